@@ -1,0 +1,106 @@
+"""One entry of a layer's index: what the tar said about one path.
+
+Every committed layer snapshot carries an index (a list of ``Entry``) beside its directory.
+The applier (``fsnap.archive.apply``) writes it while it reads the tar; the mount, ``inspect``
+and ``diff`` read it instead of re-reading tars or scanning directories. The index is the
+authority for metadata (owner, mode, times, device numbers, xattrs): the directory holds file
+*contents* and whatever metadata the unpacking user was allowed to put on disk.
+
+Paths are relative to the layer root, '/'-separated, without a leading slash or trailing
+slash; the root directory itself is ``""``. Names that are not UTF-8 are kept as ``str`` with
+surrogate escapes (``os.fsdecode``), so ``os.fsencode(path)`` gives the tar's bytes back.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo", "whiteout"]
+
+KINDS: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo", "whiteout")
+
+
+@dataclass
+class Entry:
+    """Metadata of one path in one layer.
+
+    - ``kind == "hardlink"``: ``link`` is the path (in this same layer) of the entry it shares
+      an inode with; the mount gives both one st_ino. ``size`` is that file's size.
+    - ``kind == "symlink"``: ``link`` is the target exactly as the tar gave it.
+    - ``kind == "whiteout"``: this layer deletes ``path`` from the layers beneath
+      (from a ``.wh.NAME`` tar entry). No other field matters.
+    - ``kind == "dir"`` with ``opaque``: the layers beneath contribute nothing under it
+      (from ``.wh..wh..opq``).
+    - ``implicit``: a directory the tar never named but a child needed; the unpacker gives it
+      the mode, owner and xattrs of the same directory in the lower layers (as containerd).
+    - ``mode``: permission bits only (``0o7777``: includes setuid, setgid, sticky).
+    - ``mtime``: nanoseconds since the epoch.
+    """
+
+    path: str
+    kind: Kind
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime: int = 0
+    link: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    opaque: bool = False
+    implicit: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> str:
+        return self.path.rsplit("/", 1)[0] if "/" in self.path else ""
+
+    def key(self) -> bytes:
+        """The LMDB key suffix for this entry (the raw path bytes)."""
+        return os.fsencode(self.path)
+
+    def to_bytes(self) -> bytes:
+        """Compact JSON: a list in field order; xattr values base64 (they are binary)."""
+        row: list[Any] = [
+            self.path.encode("utf-8", "surrogateescape").decode("latin-1"),
+            self.kind,
+            self.mode,
+            self.uid,
+            self.gid,
+            self.size,
+            self.mtime,
+            self.link.encode("utf-8", "surrogateescape").decode("latin-1"),
+            self.devmajor,
+            self.devminor,
+            {k: base64.b64encode(v).decode() for k, v in self.xattrs.items()},
+            int(self.opaque) | (int(self.implicit) << 1),
+        ]
+        return json.dumps(row, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Entry:
+        row = json.loads(raw)
+        flags = row[11]
+        return cls(
+            path=row[0].encode("latin-1").decode("utf-8", "surrogateescape"),
+            kind=row[1],
+            mode=row[2],
+            uid=row[3],
+            gid=row[4],
+            size=row[5],
+            mtime=row[6],
+            link=row[7].encode("latin-1").decode("utf-8", "surrogateescape"),
+            devmajor=row[8],
+            devminor=row[9],
+            xattrs={k: base64.b64decode(v) for k, v in row[10].items()},
+            opaque=bool(flags & 1),
+            implicit=bool(flags & 2),
+        )

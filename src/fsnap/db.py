@@ -1,0 +1,85 @@
+"""The LMDB environment every fsnap store shares.
+
+One environment under ``<root>/meta`` holds named databases, one per concept (content,
+ingests, images, snapshots, …). Several processes (the CLI, mount daemons, concurrent
+pulls) open it at once; LMDB serialises writers. Open it *after* any fork (see NOTES.md),
+keep write transactions short, and never hold a transaction across an await.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+# Sparse: LMDB only uses what it writes. 64 GiB leaves room for 100k-file indexes.
+MAP_SIZE = 1 << 36
+MAX_DBS = 32
+
+
+class Database:
+    """A handle on the shared LMDB environment with named sub-databases."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "meta"
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(self.path),
+            map_size=MAP_SIZE,
+            max_dbs=MAX_DBS,
+            subdir=True,
+            lock=True,
+            max_readers=512,
+        )
+        self._dbs: dict[str, Any] = {}
+        self.pid = os.getpid()
+
+    def table(self, name: str) -> Any:
+        """The named sub-database (created on first use)."""
+        handle = self._dbs.get(name)
+        if handle is None:
+            handle = self.env.open_db(name.encode(), create=True)
+            self._dbs[name] = handle
+        return handle
+
+    def begin(self, write: bool = False) -> lmdb.Transaction:
+        return self.env.begin(write=write)
+
+    def get_json(self, table: str, key: str) -> Any:
+        with self.env.begin(db=self.table(table)) as txn:
+            raw = txn.get(key.encode())
+        return None if raw is None else json.loads(raw)
+
+    def put_json(self, table: str, key: str, value: Any) -> None:
+        with self.env.begin(write=True, db=self.table(table)) as txn:
+            txn.put(key.encode(), dumps(value))
+
+    def delete(self, table: str, key: str) -> bool:
+        with self.env.begin(write=True, db=self.table(table)) as txn:
+            return bool(txn.delete(key.encode()))
+
+    def items_json(self, table: str, prefix: str = "") -> Iterator[tuple[str, Any]]:
+        """All (key, value) pairs of a table whose key starts with ``prefix``, in key order."""
+        raw_prefix = prefix.encode()
+        with self.env.begin(db=self.table(table)) as txn:
+            cursor = txn.cursor()
+            found = cursor.set_range(raw_prefix) if raw_prefix else cursor.first()
+            rows = []
+            while found:
+                key, value = cursor.item()
+                if not bytes(key).startswith(raw_prefix):
+                    break
+                rows.append((bytes(key).decode(), json.loads(value)))
+                found = cursor.next()
+        yield from rows
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()

@@ -1,0 +1,73 @@
+"""Typed errors shared by every fsnap package.
+
+Library code raises these; the CLI maps them once, in ``fsnap.cli``, to a message and an
+exit code. Nothing else in fsnap decides how an error looks to a user.
+"""
+
+from __future__ import annotations
+
+
+class FsnapError(Exception):
+    """Base of every error fsnap reports to a user."""
+
+    exit_code: int = 1
+
+
+class NotFound(FsnapError):
+    """A reference, blob, image, snapshot or path does not exist."""
+
+    exit_code = 2
+
+
+class AlreadyExists(FsnapError):
+    """Something with that name or digest exists already."""
+
+    exit_code = 3
+
+
+class InvalidArgument(FsnapError):
+    """The caller passed something malformed (a bad reference, a bad option)."""
+
+    exit_code = 4
+
+
+class FailedPrecondition(FsnapError):
+    """The request is well formed but the current state forbids it (e.g. a snapshot in use)."""
+
+    exit_code = 5
+
+
+class DigestMismatch(FsnapError):
+    """Bytes did not hash to the digest (or size) that named them."""
+
+    exit_code = 6
+
+
+class Unauthorized(FsnapError):
+    """A registry refused our credentials, or demanded some and we had none."""
+
+    exit_code = 7
+
+
+class RegistryError(FsnapError):
+    """A registry answered with an error we cannot recover from (its message is kept)."""
+
+    exit_code = 8
+
+
+class Unsupported(FsnapError):
+    """A format fsnap refuses on purpose (e.g. Docker schema1 manifests)."""
+
+    exit_code = 9
+
+
+class Unavailable(FsnapError):
+    """A transient condition that outlived our retries (network, 5xx, 429)."""
+
+    exit_code = 10
+
+
+class Busy(FsnapError):
+    """A resource is in use (a mounted image, a busy mount point)."""
+
+    exit_code = 11
