@@ -1,0 +1,77 @@
+"""``fsnap.Client``: one object that owns the stores under an fsnap root.
+
+The CLI does nothing a Python caller cannot do through this class. Stores are opened lazily
+so that a command touches only what it needs, and the LMDB environment is opened in the
+process that uses it (never across fork, see NOTES.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from fsnap.db import Database
+
+if TYPE_CHECKING:
+    from fsnap.content.store import ContentStore
+    from fsnap.images.store import ImageStore
+    from fsnap.snapshots.snapshotter import Snapshotter
+
+
+class Client:
+    """Entry point of the library: ``with Client(root) as c: c.pull(...)``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._db: Database | None = None
+        self._content: ContentStore | None = None
+        self._images: ImageStore | None = None
+        self._snapshots: Snapshotter | None = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def db(self) -> Database:
+        if self._db is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._db = Database(self.root)
+        return self._db
+
+    @property
+    def content(self) -> ContentStore:
+        if self._content is None:
+            from fsnap.content.store import ContentStore
+
+            self._content = ContentStore(self.root / "content", self.db)
+        return self._content
+
+    @property
+    def images(self) -> ImageStore:
+        if self._images is None:
+            from fsnap.images.store import ImageStore
+
+            self._images = ImageStore(self.db)
+        return self._images
+
+    @property
+    def snapshots(self) -> Snapshotter:
+        if self._snapshots is None:
+            from fsnap.snapshots.snapshotter import Snapshotter
+
+            self._snapshots = Snapshotter(self.root / "snapshots", self.db)
+        return self._snapshots
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
