@@ -1,0 +1,197 @@
+"""Content store: commit, verification, resume, read-only blobs, labels, locking."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fsnap.content import ContentStore
+from fsnap.db import Database
+from fsnap.digest import sha256_of
+from fsnap.errors import AlreadyExists, Busy, DigestMismatch, NotFound
+from fsnap.oci import Descriptor
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ContentStore]:
+    db = Database(tmp_path)
+    try:
+        yield ContentStore(tmp_path / "content", db)
+    finally:
+        db.close()
+
+
+def desc_of(data: bytes) -> Descriptor:
+    return Descriptor("application/octet-stream", sha256_of(data), len(data))
+
+
+def test_commit_makes_a_read_only_indexed_blob(store: ContentStore) -> None:
+    data = b"hello blob" * 1000
+    desc = desc_of(data)
+    with store.writer("r1", desc) as writer:
+        writer.write(data[:10])
+        writer.write(data[10:])
+        info = writer.commit({"a": "1"})
+    assert info.digest == desc.digest and info.size == len(data)
+    assert store.read(desc.digest) == data
+    mode = stat.S_IMODE(store.path(desc.digest).stat().st_mode)
+    assert mode == 0o444
+    assert store.info(desc.digest).labels == {"a": "1"}
+    assert [i.digest for i in store.walk()] == [desc.digest]
+    assert store.list_ingests() == []
+    assert not store.ingest_dir("r1").exists()
+
+
+def test_digest_mismatch_names_digest_and_commits_nothing(store: ContentStore) -> None:
+    data = b"expected bytes"
+    desc = desc_of(data)
+    writer = store.writer("bad", desc)
+    writer.write(b"unexpected!!!!")
+    with pytest.raises(DigestMismatch, match=desc.digest):
+        writer.commit()
+    assert not store.exists(desc.digest)
+    assert not store.path(desc.digest).exists()
+    with pytest.raises(NotFound):
+        store.status("bad")
+
+
+def test_short_and_long_writes_are_refused(store: ContentStore) -> None:
+    data = b"0123456789"
+    desc = desc_of(data)
+    writer = store.writer("short", desc)
+    writer.write(data[:5])
+    with pytest.raises(DigestMismatch, match="expected 10"):
+        writer.commit()
+    writer = store.writer("long", desc)
+    with pytest.raises(DigestMismatch, match=desc.digest):
+        writer.write(data + b"x")
+    assert not store.exists(desc.digest)
+
+
+def test_resume_rehashes_partial_data(store: ContentStore) -> None:
+    data = os.urandom(300_000)
+    desc = desc_of(data)
+    writer = store.writer("resumable", desc)
+    writer.write(data[:123_456])
+    writer.close()
+    status = store.status("resumable")
+    assert (status.offset, status.total, status.expected) == (123_456, len(data), desc.digest)
+    with store.writer("resumable", desc) as again:
+        assert again.offset == 123_456
+        again.write(data[123_456:])
+        again.commit()
+    assert store.read(desc.digest) == data
+
+
+def test_resume_detects_corrupted_partial_data(store: ContentStore) -> None:
+    data = os.urandom(50_000)
+    desc = desc_of(data)
+    writer = store.writer("tampered", desc)
+    writer.write(data[:20_000])
+    writer.close()
+    part = store.ingest_dir("tampered") / "data"
+    with open(part, "r+b") as handle:
+        handle.write(b"\x00" * 10)
+    with store.writer("tampered", desc) as again:
+        again.write(data[again.offset :])
+        with pytest.raises(DigestMismatch, match=desc.digest):
+            again.commit()
+    assert not store.exists(desc.digest)
+
+
+def test_same_ref_for_another_blob_starts_over(store: ContentStore) -> None:
+    first, second = b"a" * 100, b"b" * 100
+    writer = store.writer("ref", desc_of(first))
+    writer.write(first[:50])
+    writer.close()
+    with store.writer("ref", desc_of(second)) as again:
+        assert again.offset == 0
+        again.write(second)
+        again.commit()
+    assert store.read(desc_of(second).digest) == second
+
+
+def test_committing_an_existing_blob_is_already_exists(store: ContentStore) -> None:
+    data = b"twice"
+    desc = desc_of(data)
+    with store.writer("one", desc) as writer:
+        writer.write(data)
+        writer.commit()
+    with store.writer("two", desc) as writer:
+        writer.write(data)
+        with pytest.raises(AlreadyExists, match=desc.digest):
+            writer.commit()
+    assert store.list_ingests() == []
+
+
+def test_second_writer_of_a_ref_is_busy_until_released(store: ContentStore) -> None:
+    desc = desc_of(b"x")
+    writer = store.writer("locked", desc)
+    with pytest.raises(Busy, match="in progress"):
+        store.writer("locked", desc)
+    writer.close()
+    store.writer("locked", desc).discard()
+
+
+def test_lock_holds_across_processes(store: ContentStore, tmp_path: Path) -> None:
+    desc = desc_of(b"x")
+    holder = store.writer("shared", desc)
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from fsnap.db import Database; from fsnap.content import ContentStore\n"
+        "from fsnap.oci import Descriptor; from fsnap.errors import Busy\n"
+        f"root = Path({str(tmp_path)!r})\n"
+        "s = ContentStore(root / 'content', Database(root))\n"
+        f"d = Descriptor('x', {desc.digest!r}, 1)\n"
+        "try:\n    s.writer('shared', d)\nexcept Busy:\n    sys.exit(42)\n"
+    )
+    try:
+        result = subprocess.run([sys.executable, "-c", script], check=False)
+        assert result.returncode == 42
+    finally:
+        holder.close()
+
+
+def test_labels_merge_and_empty_value_removes(store: ContentStore) -> None:
+    data = b"labelled"
+    desc = desc_of(data)
+    with store.writer("l", desc) as writer:
+        writer.write(data)
+        writer.commit({"keep": "1", "drop": "2"})
+    info = store.update_labels(desc.digest, {"drop": "", "new": "3"})
+    assert info.labels == {"keep": "1", "new": "3"}
+    assert store.info(desc.digest).labels == {"keep": "1", "new": "3"}
+    with pytest.raises(NotFound):
+        store.update_labels(sha256_of(b"missing"), {"a": "b"})
+
+
+def test_delete_and_abort(store: ContentStore) -> None:
+    data = b"gone soon"
+    desc = desc_of(data)
+    with store.writer("d", desc) as writer:
+        writer.write(data)
+        writer.commit()
+    store.delete(desc.digest)
+    assert not store.exists(desc.digest) and not store.path(desc.digest).exists()
+    with pytest.raises(NotFound, match=desc.digest):
+        store.delete(desc.digest)
+    with pytest.raises(NotFound):
+        store.info(desc.digest)
+    writer = store.writer("partial", desc)
+    writer.write(b"gone")
+    writer.close()
+    store.abort("partial")
+    assert store.list_ingests() == []
+    assert not store.ingest_dir("partial").exists()
+
+
+def test_path_layout(store: ContentStore) -> None:
+    digest = "sha256:" + hashlib.sha256(b"").hexdigest()
+    assert store.path(digest) == store.root / "blobs" / "sha256" / digest[7:]
