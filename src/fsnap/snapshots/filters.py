@@ -1,0 +1,166 @@
+"""containerd-style filters for ``Snapshotter.walk``.
+
+A filter string is a comma-separated list of selectors that must *all* match; a list of
+filter strings matches when *any* of them does (as containerd's ``filters.ParseAll``).
+A selector is a field path, optionally followed by an operator and a value:
+
+    name==base            parent!=""           kind==committed
+    labels."containerd.io/gc.root"==x          labels.l          labels.l~=^v[0-9]$
+
+Field path segments and values may be double-quoted (with backslash escapes); a bare
+selector (no operator) tests that the field is present and non-empty. Fields: ``name``,
+``parent``, ``kind``, ``labels.<key>``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from fsnap.errors import InvalidArgument
+from fsnap.snapshots.info import Info
+
+OPERATORS = ("==", "!=", "~=")
+_BARE_SEGMENT = re.compile(r"[A-Za-z0-9_\-/]+")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """One ``field op value`` test; ``op == ""`` means "field present"."""
+
+    path: tuple[str, ...]
+    op: str
+    value: str
+
+    def matches(self, info: Info) -> bool:
+        found, actual = field_value(info, self.path)
+        if self.op == "":
+            return found
+        if self.op == "==":
+            return found and actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        return found and re.search(self.value, actual) is not None
+
+
+Predicate = Callable[[Info], bool]
+
+
+def field_value(info: Info, path: tuple[str, ...]) -> tuple[bool, str]:
+    """(present, value) of a field path; an empty name/parent is absent, a label is present
+    when its key exists (even with an empty value)."""
+    head, rest = path[0], path[1:]
+    if head == "labels":
+        if len(rest) != 1:
+            raise InvalidArgument("filter field 'labels' needs exactly one key: labels.<key>")
+        value = info.labels.get(rest[0])
+        return (value is not None, value or "")
+    if rest:
+        raise InvalidArgument(f"filter field {head!r} has no sub-fields")
+    if head == "name":
+        value = info.name
+    elif head == "parent":
+        value = info.parent
+    elif head == "kind":
+        value = info.kind.value
+    else:
+        raise InvalidArgument(f"unknown filter field {head!r} (use name, parent, kind, labels.<k>)")
+    return (value != "", value)
+
+
+def compile_filters(filters: Sequence[str]) -> Predicate:
+    """One predicate for a list of filter strings (OR of ANDs); no filters match everything."""
+    alternatives = [parse_filter(text) for text in filters]
+    if not alternatives:
+        return lambda info: True
+    for selectors in alternatives:
+        for selector in selectors:
+            if selector.op == "~=":
+                _check_regex(selector.value)
+
+    def predicate(info: Info) -> bool:
+        return any(all(s.matches(info) for s in selectors) for selectors in alternatives)
+
+    return predicate
+
+
+def parse_filter(text: str) -> list[Selector]:
+    """Parse one filter string into the selectors that must all match."""
+    scanner = _Scanner(text)
+    selectors = [scanner.selector()]
+    while not scanner.done():
+        scanner.expect(",")
+        selectors.append(scanner.selector())
+    return selectors
+
+
+def _check_regex(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise InvalidArgument(f"bad regular expression in filter: {pattern!r}: {exc}") from None
+
+
+class _Scanner:
+    """A cursor over one filter string; each method consumes one grammar element."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def done(self) -> bool:
+        return self.pos >= len(self.text)
+
+    def fail(self, what: str) -> InvalidArgument:
+        return InvalidArgument(f"bad filter {self.text!r} at column {self.pos + 1}: {what}")
+
+    def expect(self, token: str) -> None:
+        if not self.text.startswith(token, self.pos):
+            raise self.fail(f"expected {token!r}")
+        self.pos += len(token)
+
+    def selector(self) -> Selector:
+        path = [self.segment()]
+        while self.text.startswith(".", self.pos):
+            self.pos += 1
+            path.append(self.segment())
+        op = next((o for o in OPERATORS if self.text.startswith(o, self.pos)), "")
+        if not op:
+            if not self.done() and self.text[self.pos] != ",":
+                raise self.fail("expected an operator (==, !=, ~=), ',' or the end")
+            return Selector(tuple(path), "", "")
+        self.pos += len(op)
+        return Selector(tuple(path), op, self.value())
+
+    def segment(self) -> str:
+        if self.text.startswith('"', self.pos):
+            return self.quoted()
+        match = _BARE_SEGMENT.match(self.text, self.pos)
+        if match is None:
+            raise self.fail("expected a field name")
+        self.pos = match.end()
+        return match.group()
+
+    def value(self) -> str:
+        if self.text.startswith('"', self.pos):
+            return self.quoted()
+        end = self.text.find(",", self.pos)
+        end = len(self.text) if end < 0 else end
+        value = self.text[self.pos : end]
+        self.pos = end
+        return value
+
+    def quoted(self) -> str:
+        self.pos += 1
+        out: list[str] = []
+        while not self.done():
+            char = self.text[self.pos]
+            self.pos += 1
+            if char == '"':
+                return "".join(out)
+            if char == "\\" and not self.done():
+                char = self.text[self.pos]
+                self.pos += 1
+            out.append(char)
+        raise self.fail("unterminated quoted string")

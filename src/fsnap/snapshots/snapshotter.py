@@ -1,0 +1,351 @@
+"""containerd's Snapshotter model over plain directories, with its metadata in LMDB.
+
+A snapshot is a directory ``<root>/<id>/fs`` plus one LMDB record (see ``metadata``). Keys
+of active/view snapshots and names of committed ones share one namespace. Every change is
+one LMDB transaction, ordered with its directory operations so that a crash at any point
+leaves only things ``cleanup`` recognises (see ``disk`` for the layout):
+
+- create: stage ``new-<random>/`` -> txn (record + id) -> rename to ``<id>/``
+- commit: txn (record moves from key to name; id, directory and index stay)
+- remove: txn (record, links and index go) -> rename ``<id>/`` to ``rm-<id>/`` -> delete
+
+Several processes may use one root at once: LMDB serialises the transactions, and every
+check that matters is repeated inside the transaction that acts on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import lmdb
+
+from fsnap.archive.entry import Entry
+from fsnap.db import Database
+from fsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from fsnap.snapshots import disk
+from fsnap.snapshots.cleanup import CleanupReport, clean
+from fsnap.snapshots.filters import compile_filters
+from fsnap.snapshots.info import Info, Kind, Mounts, Usage
+from fsnap.snapshots.metadata import Record, Tables, index_prefix
+
+log = logging.getLogger(__name__)
+
+MAX_LABELS_SIZE = 4096
+
+
+class Snapshotter:
+    """Prepare/View/Commit/Remove snapshots under ``root``; metadata in ``db``."""
+
+    def __init__(self, root: Path, db: Database) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db = db
+        self.tables = Tables(db)
+        self._closed = False
+        self.last_cleanup: CleanupReport = self.cleanup()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse further calls. Idempotent; the shared ``Database`` is the Client's to close."""
+        self._closed = True
+
+    def cleanup(self) -> CleanupReport:
+        """Remove what crashes left behind; report committed snapshots whose directory is gone.
+
+        Runs on open. It is skipped (``report.skipped``) while another process is mid-change.
+        """
+        self._check_open()
+        report = clean(self.root, self.tables)
+        for name in report.missing:
+            log.warning("committed snapshot %s has lost its directory", name)
+        return report
+
+    # -- creating ------------------------------------------------------------------------
+
+    def prepare(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> Mounts:
+        """A new writable (active) snapshot on top of committed ``parent`` (or empty)."""
+        return self._create(Kind.ACTIVE, key, parent, labels)
+
+    def view(self, key: str, parent: str, labels: Mapping[str, str] | None = None) -> Mounts:
+        """A new read-only snapshot of committed ``parent``; it can never be committed."""
+        return self._create(Kind.VIEW, key, parent, labels)
+
+    def _create(
+        self, kind: Kind, key: str, parent: str, labels: Mapping[str, str] | None
+    ) -> Mounts:
+        self._check_open()
+        _check_key(key)
+        clean_labels = _check_labels(labels)
+        with disk.change_lock(self.root):
+            staging = disk.stage_new(self.root, with_work=kind is Kind.ACTIVE)
+            try:
+                with self.db.begin(write=True) as txn:
+                    if self.tables.get(txn, key) is not None:
+                        raise AlreadyExists(f"snapshot {key} already exists")
+                    chain = self._parents(txn, parent) if parent else []
+                    now = time.time_ns()
+                    record = Record(
+                        id=self.tables.allocate_id(txn),
+                        kind=kind,
+                        parent=parent,
+                        labels=clean_labels,
+                        created=now,
+                        updated=now,
+                    )
+                    self.tables.put(txn, key, record)
+            except BaseException:
+                disk.remove_tree(staging)
+                raise
+            try:
+                disk.publish(staging, self._home(record.id))
+            except OSError:
+                self._forget(key, record.id)
+                disk.remove_tree(staging)
+                raise
+        return self._mounts(record, chain)
+
+    def _parents(self, txn: lmdb.Transaction, parent: str) -> list[Record]:
+        """``parent`` and its ancestors, top first; ``parent`` must be committed."""
+        first = self.tables.get(txn, parent)
+        if first is None:
+            raise NotFound(f"parent snapshot {parent} not found")
+        if first.kind is not Kind.COMMITTED:
+            raise InvalidArgument(f"parent {parent} is {first.kind.value}, not committed")
+        chain = [first]
+        while chain[-1].parent:
+            above = self.tables.get(txn, chain[-1].parent)
+            if above is None:
+                raise NotFound(f"ancestor snapshot {chain[-1].parent} not found")
+            chain.append(above)
+        return chain
+
+    def _forget(self, key: str, snapshot_id: int) -> None:
+        """Undo a create whose directory could not be published."""
+        with self.db.begin(write=True) as txn:
+            record = self.tables.get(txn, key)
+            if record is not None and record.id == snapshot_id:
+                self.tables.delete(txn, key, record)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def mounts(self, key: str) -> Mounts:
+        """The overlay ``key`` stands for. A committed snapshot gives a read-only stack of
+        itself and its parents (handy to mount an image's top layer directly)."""
+        self._check_open()
+        with self.db.begin() as txn:
+            record = self._get(txn, key)
+            chain = self._parents(txn, record.parent) if record.parent else []
+        return self._mounts(record, chain)
+
+    def _mounts(self, record: Record, parents: list[Record]) -> Mounts:
+        lowers = [self._home(p.id) / disk.FS for p in parents]
+        home = self._home(record.id)
+        if record.kind is Kind.ACTIVE:
+            upper, work = home / disk.FS, home / disk.WORK
+            return Mounts(lowers=lowers, upper=upper, work=work, readonly=False)
+        if record.kind is Kind.COMMITTED or not lowers:
+            lowers.insert(0, home / disk.FS)
+        return Mounts(lowers=lowers, upper=None, work=None, readonly=True)
+
+    def stat(self, key: str) -> Info:
+        self._check_open()
+        with self.db.begin() as txn:
+            return self._get(txn, key).info(key)
+
+    def chain(self, key: str) -> list[Info]:
+        """``key`` and its ancestors, bottom (base layer) first, ``key`` last."""
+        self._check_open()
+        infos = []
+        with self.db.begin() as txn:
+            name = key
+            while name:
+                record = self._get(txn, name)
+                infos.append(record.info(name))
+                name = record.parent
+        infos.reverse()
+        return infos
+
+    def walk(self, filters: Sequence[str] = ()) -> Iterator[Info]:
+        """Every snapshot matching any of ``filters`` (see ``filters``), in key order."""
+        self._check_open()
+        predicate = compile_filters(filters)
+        with self.db.begin() as txn:
+            infos = [record.info(key) for key, record in self.tables.records(txn)]
+        return (info for info in infos if predicate(info))
+
+    def dir(self, key: str) -> Path:
+        """The snapshot's own contents directory (``<root>/<id>/fs``)."""
+        self._check_open()
+        with self.db.begin() as txn:
+            return self._home(self._get(txn, key).id) / disk.FS
+
+    def usage(self, key: str) -> Usage:
+        """Bytes and inodes of ``key``'s own directory; cached for committed snapshots."""
+        self._check_open()
+        with self.db.begin() as txn:
+            record = self._get(txn, key)
+        if record.usage is not None:
+            return record.usage
+        try:
+            return disk.disk_usage(self._home(record.id) / disk.FS)
+        except FileNotFoundError:
+            raise NotFound(f"directory of snapshot {key} is missing") from None
+
+    # -- changing ------------------------------------------------------------------------
+
+    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
+        """Turn active ``key`` into committed ``name`` (same parent, id and index); ``key``
+        stops existing. ``labels`` replace the active snapshot's labels when given."""
+        self._check_open()
+        _check_key(name)
+        clean_labels = None if labels is None else _check_labels(labels)
+        with disk.change_lock(self.root):
+            with self.db.begin() as txn:
+                before = self._get(txn, key)
+            _require_active(key, before)
+            usage = self.usage(key)
+            with self.db.begin(write=True) as txn:
+                record = self._get(txn, key)
+                if record.id != before.id:
+                    raise FailedPrecondition(f"snapshot {key} changed during commit")
+                _require_active(key, record)
+                if self.tables.get(txn, name) is not None:
+                    raise AlreadyExists(f"snapshot {name} already exists")
+                now = time.time_ns()
+                record.kind = Kind.COMMITTED
+                record.usage = usage
+                record.created = record.updated = now
+                if clean_labels is not None:
+                    record.labels = clean_labels
+                self.tables.rename(txn, key, name, record)
+        with contextlib.suppress(OSError):
+            disk.remove_tree(self._home(record.id) / disk.WORK)
+
+    def remove(self, key: str) -> None:
+        """Delete ``key`` and its directory; refused while a snapshot names it as parent."""
+        self._check_open()
+        with disk.change_lock(self.root):
+            with self.db.begin(write=True) as txn:
+                record = self._get(txn, key)
+                if self.tables.has_children(txn, key):
+                    raise FailedPrecondition(f"cannot remove snapshot {key}: it has children")
+                self.tables.delete(txn, key, record)
+            disk.retire(self.root, record.id)
+
+    def update(
+        self, key: str, labels: Mapping[str, str], fieldpaths: Sequence[str] = ()
+    ) -> Info:
+        """Change labels, nothing else. With no ``fieldpaths`` (or ``"labels"``) the labels
+        are replaced; ``labels.<k>`` sets (or, absent from ``labels``, deletes) one key."""
+        self._check_open()
+        given = _check_labels(labels)
+        with self.db.begin(write=True) as txn:
+            record = self._get(txn, key)
+            record.labels = _updated_labels(record.labels, given, fieldpaths)
+            _check_labels(record.labels)
+            record.updated = time.time_ns()
+            self.tables.put(txn, key, record)
+            return record.info(key)
+
+    # -- layer index -----------------------------------------------------------------------
+
+    def write_index(self, key: str, entries: Iterable[Entry]) -> None:
+        """Replace active ``key``'s layer index with ``entries`` (a later duplicate path
+        wins), in one transaction. Committed snapshots are immutable, so is their index."""
+        self._check_open()
+        with self.db.begin(write=True) as txn:
+            record = self._get(txn, key)
+            _require_active(key, record)
+            self.tables.delete_index(txn, record.id)
+            prefix = index_prefix(record.id)
+            cursor = txn.cursor(db=self.tables.files)
+            cursor.putmulti((prefix + entry.key(), entry.to_bytes()) for entry in entries)
+
+    def read_index(self, key: str) -> list[Entry]:
+        """``key``'s layer index ordered by path bytes (the root ``""`` first)."""
+        self._check_open()
+        with self.db.begin() as txn:
+            prefix = index_prefix(self._get(txn, key).id)
+            cursor = txn.cursor(db=self.tables.files)
+            found = cursor.set_range(prefix)
+            entries = []
+            while found and bytes(cursor.key()).startswith(prefix):
+                entries.append(Entry.from_bytes(bytes(cursor.value())))
+                found = cursor.next()
+        return entries
+
+    def index_entry(self, key: str, path: str) -> Entry | None:
+        """The index entry of one path of ``key``'s layer, or None."""
+        self._check_open()
+        with self.db.begin() as txn:
+            prefix = index_prefix(self._get(txn, key).id)
+            raw = txn.get(prefix + os.fsencode(path), db=self.tables.files)
+        return None if raw is None else Entry.from_bytes(bytes(raw))
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _home(self, snapshot_id: int) -> Path:
+        return self.root / str(snapshot_id)
+
+    def _get(self, txn: lmdb.Transaction, key: str) -> Record:
+        record = self.tables.get(txn, key)
+        if record is None:
+            raise NotFound(f"snapshot {key} not found")
+        return record
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("snapshotter is closed")
+
+
+def _require_active(key: str, record: Record) -> None:
+    if record.kind is not Kind.ACTIVE:
+        raise FailedPrecondition(f"snapshot {key} is {record.kind.value}, not active")
+
+
+def _check_key(key: str) -> None:
+    if not key:
+        raise InvalidArgument("snapshot key must not be empty")
+    if "\0" in key:
+        raise InvalidArgument("snapshot key must not contain NUL")
+
+
+def _check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    """A copy of ``labels``, refused if malformed or over containerd's 4 KiB budget."""
+    result = dict(labels or {})
+    size = 0
+    for k, v in result.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k:
+            raise InvalidArgument(f"bad label {k!r}={v!r}: keys and values are strings")
+        size += len(k) + len(v)
+    if size > MAX_LABELS_SIZE:
+        raise InvalidArgument(f"labels too large: {size} bytes > {MAX_LABELS_SIZE}")
+    return result
+
+
+def _updated_labels(
+    current: dict[str, str], given: dict[str, str], fieldpaths: Sequence[str]
+) -> dict[str, str]:
+    if not fieldpaths:
+        return given
+    result = dict(current)
+    for path in fieldpaths:
+        if path == "labels":
+            result = dict(given)
+        elif path.startswith("labels."):
+            label = path.removeprefix("labels.")
+            if label in given:
+                result[label] = given[label]
+            else:
+                result.pop(label, None)
+        else:
+            raise InvalidArgument(f"cannot update {path!r} of a snapshot: only labels change")
+    return result
