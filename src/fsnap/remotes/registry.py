@@ -1,0 +1,372 @@
+"""``RegistryClient``: resolve references, fetch manifests and stream blobs from a registry.
+
+It speaks the OCI distribution API over httpx (which runs on trio through anyio). Every
+transient failure is retried here and every httpx exception is mapped to an fsnap error
+here, so callers see either bytes or a typed error that names what failed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from fsnap import oci
+from fsnap.digest import hasher, sha256_of, validate
+from fsnap.errors import (
+    DigestMismatch,
+    FsnapError,
+    InvalidArgument,
+    NotFound,
+    RegistryError,
+    Unauthorized,
+)
+from fsnap.reference import Reference
+from fsnap.remotes.auth import (
+    Authenticator,
+    Credentials,
+    credentials_from_docker_config,
+    default_docker_config,
+)
+from fsnap.remotes.responses import (
+    ERROR_BODY_LIMIT,
+    KNOWN_MANIFEST_TYPES,
+    check_manifest_type,
+    error_message,
+    media_type_of,
+    parse_manifest_json,
+    read_capped,
+    sniff_media_type,
+)
+from fsnap.remotes.retry import RetryBudget, RetryEvent, parse_retry_after
+
+# Docker Hub's API does not live at its reference domain.
+DOCKER_HUB_API = "registry-1.docker.io"
+RESOLVE_ACCEPT = ", ".join([oci.MANIFEST_ACCEPT, *sorted(oci.SCHEMA1_TYPES)])
+TIMEOUT = httpx.Timeout(30.0, connect=15.0)
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def is_local_host(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (with or without a port): plain HTTP by default."""
+    if host.startswith("["):
+        name = host[1:].split("]", 1)[0]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class RegistryClient:
+    """One HTTP connection pool plus the auth state of one pull; an async context manager."""
+
+    def __init__(
+        self,
+        *,
+        plain_http: bool | None = None,
+        credentials: Credentials | None = None,
+        max_retries: int = 5,
+        docker_config: Path | None = None,
+        backoff_base: float = 0.5,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self.plain_http = plain_http
+        self.credentials = credentials
+        self.max_retries = max_retries
+        self.docker_config = docker_config
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        # Every retry this client made, for callers that report what happened.
+        self.retries: list[RetryEvent] = []
+        self._auth: dict[str, Authenticator] = {}
+        self._client: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> RegistryClient:
+        self._client = httpx.AsyncClient(
+            timeout=TIMEOUT, follow_redirects=True, headers={"User-Agent": "fsnap/0.1"}
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def resolve(self, ref: Reference) -> oci.Descriptor:
+        """The descriptor of the manifest or index ``ref`` names (HEAD, falling back to GET)."""
+        path = f"/v2/{ref.repository}/manifests/{ref.object}"
+        headers = {"Accept": RESOLVE_ACCEPT}
+        what = str(ref)
+        response, _ = await self._fetch_small(ref, "HEAD", path, headers, what, str(ref))
+        media_type = media_type_of(response.headers.get("content-type", ""))
+        if media_type in oci.SCHEMA1_TYPES:
+            check_manifest_type(what, media_type)
+        digest = ref.digest or response.headers.get("docker-content-digest", "")
+        length = response.headers.get("content-length", "")
+        if not (digest and length.isdigit() and media_type in KNOWN_MANIFEST_TYPES):
+            response, body = await self._fetch_small(ref, "GET", path, headers, what, str(ref))
+            content_type = media_type_of(response.headers.get("content-type", ""))
+            media_type = sniff_media_type(content_type, body, what)
+            digest = ref.digest or response.headers.get("docker-content-digest", "")
+            digest = digest or sha256_of(body)
+            length = str(len(body))
+            if ref.digest:
+                _verify(f"manifest of {ref}", ref.digest, len(body), body)
+        check_manifest_type(what, media_type)
+        size = int(length)
+        if size > oci.MAX_MANIFEST_SIZE:
+            raise InvalidArgument(f"{ref}: manifest too large ({size} bytes)")
+        try:
+            validate(digest)
+        except InvalidArgument:
+            raise RegistryError(f"{ref}: registry sent a malformed digest {digest!r}") from None
+        return oci.Descriptor(media_type=media_type, digest=digest, size=size)
+
+    async def fetch_manifest(self, ref: Reference, desc: oci.Descriptor) -> bytes:
+        """The manifest or index ``desc`` names, by digest, size-capped and verified."""
+        what = f"manifest {desc.digest} of {ref.name}"
+        if desc.size > oci.MAX_MANIFEST_SIZE:
+            raise InvalidArgument(f"{what}: manifest too large ({desc.size} bytes)")
+        path = f"/v2/{ref.repository}/manifests/{desc.digest}"
+        accept = f"{desc.media_type}, {oci.MANIFEST_ACCEPT}" if desc.media_type else RESOLVE_ACCEPT
+        _, body = await self._fetch_small(ref, "GET", path, {"Accept": accept}, what, what)
+        _verify(what, desc.digest, desc.size, body)
+        parse_manifest_json(body, what)
+        return body
+
+    async def fetch_blob(
+        self, ref: Reference, desc: oci.Descriptor, offset: int = 0
+    ) -> AsyncIterator[bytes]:
+        """Stream the blob's bytes from ``offset``, resuming transparently after failures.
+
+        Use it under ``contextlib.aclosing`` when you may stop early. The digest is not
+        checked here: the content writer hashes what it stores.
+        """
+        if not 0 <= offset <= desc.size:
+            raise InvalidArgument(f"offset {offset} outside blob {desc.digest} ({desc.size} bytes)")
+        what = f"blob {desc.digest} of {ref.name}"
+        path = f"/v2/{ref.repository}/blobs/{desc.digest}"
+        budget = self._budget(f"fetch {what}")
+        position = offset
+        while position < desc.size:
+            headers = {"Accept-Encoding": "identity"}
+            if position:
+                headers["Range"] = f"bytes={position}-"
+            try:
+                response = await self._send(ref, "GET", path, headers)
+            except httpx.HTTPError as exc:
+                await budget.failed(_transient_reason(exc, what))
+                continue
+            retry: tuple[str, float | None] | None = None
+            try:
+                if response.status_code in TRANSIENT_STATUS:
+                    retry = _status_retry(response)
+                elif response.status_code >= 400:
+                    body = await read_capped(response, ERROR_BODY_LIMIT)
+                    raise _status_error(response, body, f"fetch {what}", what)
+                else:
+                    skip = _bytes_to_skip(response, position, what)
+                    async for chunk in response.aiter_bytes():
+                        if skip:
+                            dropped = min(skip, len(chunk))
+                            chunk, skip = chunk[dropped:], skip - dropped
+                        if not chunk:
+                            continue
+                        position += len(chunk)
+                        if position > desc.size:
+                            raise DigestMismatch(f"{what}: more bytes than its size {desc.size}")
+                        budget.progressed()
+                        yield chunk
+            except httpx.HTTPError as exc:
+                retry = (_transient_reason(exc, what), None)
+            finally:
+                await response.aclose()
+            if retry is None and position < desc.size:
+                retry = (f"stream ended after {position} of {desc.size} bytes", None)
+            if retry is not None:
+                await budget.failed(*retry)
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def _fetch_small(
+        self,
+        ref: Reference,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        what: str,
+        not_found: str,
+    ) -> tuple[httpx.Response, bytes]:
+        """A request whose whole body (at most a manifest's size) we read, with retries."""
+        budget = self._budget(f"{method} {what}")
+        while True:
+            try:
+                response = await self._send(ref, method, path, headers)
+                if response.status_code in TRANSIENT_STATUS:
+                    await response.aclose()
+                    await budget.failed(*_status_retry(response))
+                    continue
+                limit = oci.MAX_MANIFEST_SIZE if response.status_code < 400 else ERROR_BODY_LIMIT
+                body = await read_capped(response, limit)
+            except httpx.HTTPError as exc:
+                await budget.failed(_transient_reason(exc, what))
+                continue
+            if response.status_code >= 400:
+                raise _status_error(response, body, what, not_found)
+            if body is None:
+                raise InvalidArgument(
+                    f"{what}: manifest too large (over {oci.MAX_MANIFEST_SIZE} bytes)"
+                )
+            return response, body
+
+    async def _send(
+        self, ref: Reference, method: str, path: str, headers: dict[str, str]
+    ) -> httpx.Response:
+        """Send once (streamed), answering at most one auth challenge along the way."""
+        auth = self._authenticator(ref.domain)
+        scope = f"repository:{ref.repository}:pull"
+        answered = False
+        while True:
+            sent = auth.header(scope)
+            request = self._http().build_request(
+                method,
+                self._base_url(ref.domain) + path,
+                headers={**headers, **({"Authorization": sent} if sent else {})},
+            )
+            response = await self._http().send(request, stream=True)
+            if response.status_code != 401:
+                return response
+            body = await read_capped(response, ERROR_BODY_LIMIT)
+            if answered:
+                raise Unauthorized(_refusal(ref, auth.credentials, error_message(body)))
+            auth.forget(scope)
+            await auth.answer(response, scope)
+            answered = True
+
+    async def _send_token_request(self, request: httpx.Request) -> httpx.Response:
+        """Token-server requests get the same retry policy as the registry's own."""
+        budget = self._budget(f"token request to {request.url.host}")
+        while True:
+            try:
+                response = await self._http().send(request, stream=True)
+            except httpx.HTTPError as exc:
+                await budget.failed(_transient_reason(exc, "token server"))
+                continue
+            if response.status_code not in TRANSIENT_STATUS:
+                return response
+            await response.aclose()
+            await budget.failed(*_status_retry(response))
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("RegistryClient used outside 'async with'")
+        return self._client
+
+    def _budget(self, what: str) -> RetryBudget:
+        return RetryBudget(
+            what,
+            max_retries=self.max_retries,
+            base_delay=self.backoff_base,
+            max_delay=self.backoff_max,
+            events=self.retries,
+        )
+
+    def _base_url(self, domain: str) -> str:
+        host = DOCKER_HUB_API if domain == "docker.io" else domain
+        plain = is_local_host(host) if self.plain_http is None else self.plain_http
+        return f"{'http' if plain else 'https'}://{host}"
+
+    def _authenticator(self, domain: str) -> Authenticator:
+        if domain not in self._auth:
+            credentials = self.credentials or credentials_from_docker_config(
+                self.docker_config or default_docker_config(), domain
+            )
+            self._auth[domain] = Authenticator(domain, credentials, self._send_token_request)
+        return self._auth[domain]
+
+
+def _verify(what: str, digest: str, size: int, body: bytes) -> None:
+    h = hasher(digest)
+    h.update(body)
+    actual = f"{digest.split(':', 1)[0]}:{h.hexdigest()}"
+    if actual != digest:
+        raise DigestMismatch(f"{what}: content hashes to {actual}, expected {digest}")
+    if len(body) != size:
+        raise DigestMismatch(f"{what}: {len(body)} bytes, descriptor says {size}")
+
+
+def _bytes_to_skip(response: httpx.Response, position: int, what: str) -> int:
+    """How many leading bytes to drop: a server may ignore our Range and send it all (200)."""
+    if response.status_code != 206:
+        return position
+    content_range = response.headers.get("content-range", "")
+    start = content_range.removeprefix("bytes ").split("-", 1)[0]
+    if start != str(position):
+        raise RegistryError(f"{what}: asked for bytes from {position}, got range {content_range!r}")
+    return 0
+
+
+def _status_retry(response: httpx.Response) -> tuple[str, float | None]:
+    delay = parse_retry_after(response.headers.get("retry-after"))
+    return f"HTTP {response.status_code} from {response.url.host}", delay
+
+
+def _status_error(
+    response: httpx.Response, body: bytes | None, what: str, not_found: str
+) -> FsnapError:
+    message = error_message(body)
+    suffix = f": {message}" if message else ""
+    if response.status_code == 404:
+        return NotFound(f"{not_found}: not found{suffix}")
+    if response.status_code == 403:
+        return Unauthorized(f"{what}: access denied{suffix}")
+    return RegistryError(f"{what}: registry answered HTTP {response.status_code}{suffix}")
+
+
+def _refusal(ref: Reference, credentials: Credentials | None, message: str) -> str:
+    suffix = f" ({message})" if message else ""
+    if credentials is None:
+        return f"registry {ref.domain} requires authentication for {ref.name}{suffix}"
+    return (
+        f"registry {ref.domain} refused user {credentials.username!r} for {ref.name}: "
+        f"wrong username or password, or no pull access{suffix}"
+    )
+
+
+def _transient_reason(exc: httpx.HTTPError, what: str) -> str:
+    """Describe a retryable failure, or raise the typed error for one retrying cannot fix."""
+    if isinstance(exc, httpx.ConnectError) and _is_tls_verification(exc):
+        raise RegistryError(f"{what}: TLS certificate verification failed: {exc}") from None
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError):
+        raise RegistryError(f"{what}: {exc}") from None
+    if isinstance(exc, httpx.TooManyRedirects):
+        raise RegistryError(f"{what}: too many redirects") from None
+    if not isinstance(exc, httpx.TransportError):
+        raise RegistryError(f"{what}: {type(exc).__name__}: {exc}") from None
+    return f"{type(exc).__name__}: {exc or 'connection failed'}"
+
+
+def _is_tls_verification(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
