@@ -15,7 +15,11 @@ from fsnap.db import Database
 
 if TYPE_CHECKING:
     from fsnap.content.store import ContentStore
-    from fsnap.images.store import ImageStore
+    from fsnap.images.store import Image, ImageStore
+    from fsnap.oci import Platform
+    from fsnap.progress import PullProgress
+    from fsnap.pull import LayerSink
+    from fsnap.remotes.auth import Credentials
     from fsnap.snapshots.snapshotter import Snapshotter
 
 
@@ -70,6 +74,40 @@ class Client:
 
             self._snapshots = Snapshotter(self.root / "snapshots", self.db)
         return self._snapshots
+
+    def pull(
+        self,
+        ref: str,
+        *,
+        platform: Platform | None = None,
+        all_platforms: bool = False,
+        plain_http: bool | None = None,
+        credentials: Credentials | None = None,
+        max_concurrent_downloads: int = 3,
+        progress: PullProgress | None = None,
+        sink: LayerSink | None = None,
+    ) -> Image:
+        """Pull ``ref`` into the content store and record it (runs its own trio loop)."""
+        import functools
+
+        import trio
+
+        from fsnap.pull import pull_image
+
+        run = functools.partial(
+            pull_image,
+            self.content,
+            self.images,
+            ref,
+            platform=platform,
+            all_platforms=all_platforms,
+            plain_http=plain_http,
+            credentials=credentials,
+            max_concurrent_downloads=max_concurrent_downloads,
+            progress=progress,
+            sink=sink,
+        )
+        return trio.run(run)
 
     def close(self) -> None:
         if self._db is not None:

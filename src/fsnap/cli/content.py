@@ -1,15 +1,54 @@
-"""`fsnap` sub-commands: content."""
+"""`fsnap content ls|get`: look inside the content store."""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
+import time
 from typing import Any
+
+from fsnap.client import Client
+from fsnap.digest import validate
+from fsnap.progress import human_size
 
 
 def register(subparsers: Any) -> None:
-    """Add this topic's sub-commands to ``subparsers``."""
-    del subparsers
+    """Add ``content ls`` and ``content get`` to ``subparsers``."""
+    parser = subparsers.add_parser("content", help="inspect the content store")
+    sub = parser.add_subparsers(dest="content_command", required=True, metavar="COMMAND")
+    ls = sub.add_parser("ls", help="list committed blobs")
+    ls.add_argument("-q", "--quiet", action="store_true", help="print digests only")
+    ls.set_defaults(handler=handle_ls)
+    get = sub.add_parser("get", help="write a blob's raw bytes to stdout")
+    get.add_argument("digest", metavar="DIGEST")
+    get.set_defaults(handler=handle_get)
 
 
-def _unused(args: argparse.Namespace) -> None:
-    del args
+def handle_ls(client: Client, args: argparse.Namespace) -> int:
+    infos = list(client.content.walk())
+    if args.quiet:
+        for info in infos:
+            print(info.digest)
+        return 0
+    print(f"{'DIGEST':<71}  {'SIZE':>10}  {'AGE':>8}  LABELS")
+    now = time.time()
+    for info in infos:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(info.labels.items())) or "-"
+        age = _age(now - info.created)
+        print(f"{info.digest:<71}  {human_size(info.size):>10}  {age:>8}  {labels}")
+    return 0
+
+
+def handle_get(client: Client, args: argparse.Namespace) -> int:
+    with client.content.open(validate(args.digest)) as blob:
+        shutil.copyfileobj(blob, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def _age(seconds: float) -> str:
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{int(seconds // span)}{unit}"
+    return f"{int(seconds)}s"

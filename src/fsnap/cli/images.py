@@ -1,15 +1,63 @@
-"""`fsnap` sub-commands: images."""
+"""`fsnap images` and `fsnap rmi`: list and forget image records."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
+
+from fsnap.client import Client
+from fsnap.errors import InvalidArgument
+from fsnap.images.store import Image
+from fsnap.progress import human_size
+from fsnap.reference import Reference
 
 
 def register(subparsers: Any) -> None:
-    """Add this topic's sub-commands to ``subparsers``."""
-    del subparsers
+    """Add ``images`` and ``rmi`` to ``subparsers``."""
+    parser = subparsers.add_parser("images", help="list pulled images")
+    style = parser.add_mutually_exclusive_group()
+    style.add_argument("-q", "--quiet", action="store_true", help="print references only")
+    style.add_argument("--json", action="store_true", help="print JSON records")
+    parser.set_defaults(handler=handle_images)
+
+    rmi = subparsers.add_parser("rmi", help="remove an image record (blobs stay until gc)")
+    rmi.add_argument("ref", metavar="REF")
+    rmi.set_defaults(handler=handle_rmi)
 
 
-def _unused(args: argparse.Namespace) -> None:
-    del args
+def handle_images(client: Client, args: argparse.Namespace) -> int:
+    images = client.images.list()
+    if args.quiet:
+        for image in images:
+            print(image.name)
+    elif args.json:
+        print(json.dumps([image.to_json() for image in images], indent=2))
+    else:
+        print_table(images)
+    return 0
+
+
+def print_table(images: list[Image]) -> None:
+    rows = [("REF", "DIGEST", "SIZE", "PLATFORMS")]
+    for image in images:
+        platforms = ",".join(str(p) for p in image.platforms)
+        rows.append((image.name, image.target.digest, human_size(image.size), platforms))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[3]]))
+
+
+def handle_rmi(client: Client, args: argparse.Namespace) -> int:
+    client.images.delete(normalize(args.ref))
+    print(normalize(args.ref))
+    return 0
+
+
+def normalize(text: str) -> str:
+    """The stored name of ``text`` (``busybox`` -> ``docker.io/library/busybox:latest``)."""
+    try:
+        return str(Reference.parse(text))
+    except InvalidArgument:
+        return text

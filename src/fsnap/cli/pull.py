@@ -1,15 +1,79 @@
-"""`fsnap` sub-commands: pull."""
+"""`fsnap pull`: fetch an image into the content store and record it."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
+
+from fsnap.client import Client
+from fsnap.errors import InvalidArgument
+from fsnap.oci import Platform
+from fsnap.progress import LiveProgress, PlainProgress, human_size
+from fsnap.remotes.auth import Credentials
 
 
 def register(subparsers: Any) -> None:
-    """Add this topic's sub-commands to ``subparsers``."""
-    del subparsers
+    """Add ``pull`` to ``subparsers``."""
+    parser = subparsers.add_parser("pull", help="pull an image from a registry")
+    parser.add_argument("ref", metavar="REF", help="image reference, e.g. localhost:5000/app:1")
+    parser.add_argument("--platform", help="os/arch[/variant] to pull (default: this host)")
+    parser.add_argument("--all-platforms", action="store_true", help="pull every platform")
+    parser.add_argument(
+        "--plain-http",
+        action="store_const",
+        const=True,
+        default=None,
+        help="talk HTTP, not HTTPS (the default for localhost and 127.0.0.0/8)",
+    )
+    parser.add_argument("--user", metavar="USER:PASS", help="registry credentials")
+    parser.add_argument(
+        "--max-concurrent-downloads",
+        type=_positive_int,
+        default=3,
+        metavar="N",
+        help="blobs fetched at once (default 3)",
+    )
+    parser.add_argument(
+        "--no-unpack", action="store_true", help="only fetch; do not unpack into snapshots"
+    )
+    parser.set_defaults(handler=handle_pull)
 
 
-def _unused(args: argparse.Namespace) -> None:
-    del args
+def handle_pull(client: Client, args: argparse.Namespace) -> int:
+    if args.platform and args.all_platforms:
+        raise InvalidArgument("--platform and --all-platforms exclude each other")
+    platform = Platform.parse(args.platform) if args.platform else None
+    options: dict[str, Any] = {
+        "platform": platform,
+        "all_platforms": args.all_platforms,
+        "plain_http": args.plain_http,
+        "credentials": parse_user(args.user) if args.user else None,
+        "max_concurrent_downloads": args.max_concurrent_downloads,
+    }
+    if sys.stdout.isatty():
+        with LiveProgress() as live:
+            image = client.pull(args.ref, progress=live, **options)
+    else:
+        image = client.pull(args.ref, progress=PlainProgress(sys.stdout), **options)
+        platforms = ",".join(str(p) for p in image.platforms)
+        print(f"{image.name}: {image.target.digest} {human_size(image.size)} {platforms}")
+    return 0
+
+
+def parse_user(text: str) -> Credentials:
+    """``USER:PASS`` (the password may itself contain colons)."""
+    user, sep, password = text.partition(":")
+    if not sep or not user:
+        raise InvalidArgument("--user expects USER:PASS")
+    return Credentials(user, password)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value

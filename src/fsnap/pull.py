@@ -1,0 +1,333 @@
+"""The pull pipeline: resolve -> fetch (index -> manifests -> config + layers) -> commit ->
+record the image. containerd's data flow, in trio.
+
+Every blob goes through a content ``Writer`` (verified, atomic, resumable): a blob already
+committed is not fetched again, and an ingest left by a killed pull resumes at its offset.
+Blobs download concurrently, at most ``max_concurrent_downloads`` at a time; hashing, disk
+writes and fsync run in worker threads so the loop stays responsive.
+
+Unpack-while-downloading hook: pass a ``LayerSink``. For each manifest it first receives
+``manifest_ready(manifest, config)`` (the layer order and diff IDs, before any layer
+starts), then for every distinct layer blob ``layer_started(desc)``; if that returns True
+it receives every byte of the *compressed* blob, from offset 0 and in order, through
+``feed(desc, chunk)`` (bytes already on disk from the store or an earlier ingest are
+replayed first), then ``layer_done(desc)`` once the blob's digest has verified and it is
+committed. If the layer fails, ``layer_failed(desc)`` is called instead and the pull
+raises. Different layers' calls may interleave; a layer repeated in a manifest, or shared
+by two platforms, is streamed once. ``feed`` is awaited: a slow sink slows its download.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from fsnap.content.store import ContentStore
+from fsnap.content.writer import Writer
+from fsnap.errors import AlreadyExists, Busy, FsnapError
+from fsnap.images.manifest import (
+    ImageConfig,
+    Manifest,
+    index_labels,
+    kind_of,
+    load_document,
+    manifest_labels,
+    parse_config,
+    parse_index,
+    parse_manifest,
+    select_manifests,
+)
+from fsnap.images.store import Image, ImageStore
+from fsnap.oci import Descriptor, Platform
+from fsnap.progress import PullProgress
+from fsnap.reference import Reference
+from fsnap.remotes.auth import Credentials
+from fsnap.remotes.registry import RegistryClient
+
+# Chunks from the network are gathered to this size before a worker thread writes them.
+WRITE_BATCH = 1 << 20
+# How often a pull blocked on another process's ingest of the same blob looks again.
+BUSY_POLL = 0.2
+
+
+class LayerSink(Protocol):
+    """Receives layers as they download (see the module docstring for the contract)."""
+
+    async def manifest_ready(self, manifest: Manifest, config: ImageConfig) -> None: ...
+
+    async def layer_started(self, desc: Descriptor) -> bool: ...
+
+    async def feed(self, desc: Descriptor, chunk: bytes) -> None: ...
+
+    async def layer_done(self, desc: Descriptor) -> None: ...
+
+    async def layer_failed(self, desc: Descriptor) -> None: ...
+
+
+@dataclass
+class PullOptions:
+    """What to pull: ``platform`` None with ``all_platforms`` False means the host's."""
+
+    platform: Platform | None = None
+    all_platforms: bool = False
+    max_concurrent_downloads: int = 3
+
+    def wanted_platform(self) -> Platform | None:
+        if self.all_platforms:
+            return None
+        return self.platform or Platform.host()
+
+
+@dataclass
+class _Tally:
+    """Bytes seen by one pull: every distinct blob (image size) and those fetched now."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    downloaded: int = 0
+    platforms: list[Platform] = field(default_factory=list)
+
+
+class Puller:
+    """One pull of one reference. Use ``pull_image``; this class holds its shared state."""
+
+    def __init__(
+        self,
+        content: ContentStore,
+        registry: RegistryClient,
+        ref: Reference,
+        options: PullOptions,
+        progress: PullProgress,
+        sink: LayerSink | None,
+    ) -> None:
+        self.content = content
+        self.registry = registry
+        self.ref = ref
+        self.options = options
+        self.progress = progress
+        self.sink = sink
+        self.limiter = trio.CapacityLimiter(max(1, options.max_concurrent_downloads))
+        self.tally = _Tally()
+        self._blobs: dict[str, trio.Event] = {}
+        # Documents fetched but not yet committed: they are committed once their children
+        # are known, so that their gc labels go in with them.
+        self._pending_documents: dict[str, bytes] = {}
+
+    async def run(self) -> Descriptor:
+        self.progress.resolving(str(self.ref))
+        target = await self.registry.resolve(self.ref)
+        self.progress.resolved(str(self.ref), target)
+        await self.handle(target)
+        return target
+
+    async def handle(self, desc: Descriptor) -> None:
+        """Fetch an index or manifest and, below it, everything the options select."""
+        doc = load_document(desc, await self.document(desc))
+        if kind_of(desc, doc) == "index":
+            index = parse_index(desc, doc)
+            children = select_manifests(
+                index, self.options.wanted_platform(), ref=str(self.ref)
+            )
+            await self.store_document(desc, index_labels(children))
+            async with trio.open_nursery() as nursery:
+                for child in children:
+                    nursery.start_soon(self.handle, child)
+        else:
+            await self.handle_manifest(parse_manifest(desc, doc))
+
+    async def handle_manifest(self, manifest: Manifest) -> None:
+        await self.store_document(manifest.descriptor, manifest_labels(manifest))
+        for layer in manifest.layers:
+            self.progress.blob_waiting(layer)
+        await self.fetch_blob(manifest.config, stream=False)
+        config_bytes = await trio.to_thread.run_sync(self.content.read, manifest.config.digest)
+        config = parse_config(manifest.config, config_bytes)
+        platform = manifest.descriptor.platform or config.platform
+        self.tally.platforms.append(platform)
+        if self.sink is not None:
+            await self.sink.manifest_ready(manifest, config)
+        async with trio.open_nursery() as nursery:
+            for layer in manifest.layers:
+                nursery.start_soon(self.fetch_blob, layer)
+
+    # -- documents (index, manifest) -------------------------------------------------------
+
+    async def document(self, desc: Descriptor) -> bytes:
+        """The bytes of an index or manifest: from the store if committed, else the registry."""
+        self.tally.sizes[desc.digest] = desc.size
+        if self.content.exists(desc.digest):
+            return await trio.to_thread.run_sync(self.content.read, desc.digest)
+        self.progress.blob_started(desc, 0)
+        data = await self.registry.fetch_manifest(self.ref, desc)
+        self._pending_documents[desc.digest] = data
+        self.tally.downloaded += len(data)
+        return data
+
+    async def store_document(self, desc: Descriptor, labels: dict[str, str]) -> None:
+        """Commit a fetched document with its gc labels (or label the committed one)."""
+        data = self._pending_documents.pop(desc.digest, None)
+        if data is None:
+            await trio.to_thread.run_sync(self.content.update_labels, desc.digest, labels)
+            self.progress.blob_done(desc, "exists")
+            return
+        writer = await self.open_writer(desc)
+        if writer is None:
+            await trio.to_thread.run_sync(self.content.update_labels, desc.digest, labels)
+        else:
+            await trio.to_thread.run_sync(_write_and_commit, writer, data, labels)
+        self.progress.blob_done(desc, "done")
+
+    # -- blobs (config, layers) ------------------------------------------------------------
+
+    async def fetch_blob(self, desc: Descriptor, stream: bool = True) -> None:
+        """Make ``desc`` committed in the store, once per pull however often it is named."""
+        event = self._blobs.get(desc.digest)
+        if event is not None:
+            await event.wait()
+            return
+        self._blobs[desc.digest] = event = trio.Event()
+        self.tally.sizes[desc.digest] = desc.size
+        wants = stream and self.sink is not None and await self.sink.layer_started(desc)
+        try:
+            await self._fetch(desc, wants)
+        except BaseException:
+            if wants and self.sink is not None:
+                with trio.CancelScope(shield=True):
+                    await self.sink.layer_failed(desc)
+            raise
+        if wants and self.sink is not None:
+            await self.sink.layer_done(desc)
+        event.set()
+
+    async def _fetch(self, desc: Descriptor, wants: bool) -> None:
+        self.progress.blob_waiting(desc)
+        writer = await self.open_writer(desc)
+        if writer is None:
+            if wants:
+                await self.replay(desc, self.content.path(desc.digest), desc.size)
+            self.progress.blob_done(desc, "exists")
+            return
+        try:
+            async with self.limiter:
+                self.progress.blob_started(desc, writer.offset)
+                if wants:
+                    data_path = self.content.ingest_dir(writer.ref) / "data"
+                    await self.replay(desc, data_path, writer.offset)
+                await self.download(desc, writer, wants)
+                with contextlib.suppress(AlreadyExists):  # another pull won: fine
+                    await trio.to_thread.run_sync(writer.commit, None)
+        finally:
+            writer.close()
+        self.progress.blob_done(desc, "done")
+
+    async def download(self, desc: Descriptor, writer: Writer, wants: bool) -> None:
+        """Append the rest of the blob from the registry, batching writes into threads."""
+        if writer.offset >= desc.size:
+            return
+        batch = bytearray()
+        async for chunk in self.registry.fetch_blob(self.ref, desc, writer.offset):
+            batch += chunk
+            self.tally.downloaded += len(chunk)
+            if len(batch) >= WRITE_BATCH:
+                await self._flush(desc, writer, batch, wants)
+        await self._flush(desc, writer, batch, wants)
+
+    async def _flush(self, desc: Descriptor, writer: Writer, batch: bytearray, wants: bool) -> None:
+        if not batch:
+            return
+        data = bytes(batch)
+        batch.clear()
+        await trio.to_thread.run_sync(writer.write, data)
+        self.progress.blob_advanced(desc, writer.offset)
+        if wants and self.sink is not None:
+            await self.sink.feed(desc, data)
+
+    async def replay(self, desc: Descriptor, path: Path, length: int) -> None:
+        """Feed the sink ``length`` bytes already on disk (a committed blob, or a partial)."""
+        assert self.sink is not None
+        with open(path, "rb") as handle:
+            remaining = length
+            while remaining > 0:
+                chunk = await trio.to_thread.run_sync(handle.read, min(WRITE_BATCH, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                await self.sink.feed(desc, chunk)
+
+    async def open_writer(self, desc: Descriptor) -> Writer | None:
+        """A writer for ``desc``, or None once the blob is committed (by us or another pull).
+
+        Another process ingesting the same blob makes the writer Busy; we wait for it to
+        commit (or give up, in which case we resume its partial data ourselves).
+        """
+        while True:
+            if self.content.exists(desc.digest):
+                return None
+            try:
+                return await trio.to_thread.run_sync(self.content.writer, desc.digest, desc)
+            except Busy:
+                await trio.sleep(BUSY_POLL)
+
+
+def _write_and_commit(writer: Writer, data: bytes, labels: dict[str, str]) -> None:
+    try:
+        writer.write(data)
+        writer.commit(labels)
+    except AlreadyExists:
+        pass
+    finally:
+        writer.close()
+
+
+async def pull_image(
+    content: ContentStore,
+    images: ImageStore,
+    ref: str | Reference,
+    *,
+    platform: Platform | None = None,
+    all_platforms: bool = False,
+    plain_http: bool | None = None,
+    credentials: Credentials | None = None,
+    max_concurrent_downloads: int = 3,
+    progress: PullProgress | None = None,
+    sink: LayerSink | None = None,
+    registry_factory: Callable[..., RegistryClient] = RegistryClient,
+) -> Image:
+    """Pull ``ref`` into ``content`` and record it in ``images``; return the record."""
+    reference = ref if isinstance(ref, Reference) else Reference.parse(ref)
+    progress = progress or PullProgress()
+    options = PullOptions(platform, all_platforms, max_concurrent_downloads)
+    started = time.monotonic()
+    async with registry_factory(plain_http=plain_http, credentials=credentials) as registry:
+        puller = Puller(content, registry, reference, options, progress, sink)
+        try:
+            target = await puller.run()
+        except BaseExceptionGroup as group:
+            raise first_fsnap_error(group) from None
+    image = Image(
+        name=str(reference),
+        target=target,
+        platforms=tuple(dict.fromkeys(puller.tally.platforms)),
+        size=sum(puller.tally.sizes.values()),
+    )
+    record = await trio.to_thread.run_sync(images.create_or_update, image)
+    progress.finished(puller.tally.downloaded, time.monotonic() - started)
+    return record
+
+
+def first_fsnap_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a user should see from a failed nursery: its first typed fsnap error."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = first_fsnap_error(exc)
+            if isinstance(inner, FsnapError):
+                return inner
+        elif isinstance(exc, FsnapError):
+            return exc
+    return group
+
