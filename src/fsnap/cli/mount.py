@@ -1,15 +1,93 @@
-"""`fsnap` sub-commands: mount."""
+"""`fsnap` sub-commands: mount, umount, mounts (and `snapshots mount`)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
+
+from fsnap.client import Client
+from fsnap.mount import manager
 
 
 def register(subparsers: Any) -> None:
-    """Add this topic's sub-commands to ``subparsers``."""
-    del subparsers
+    """Add ``mount``, ``umount`` and ``mounts``."""
+    parser = subparsers.add_parser("mount", help="mount an image's root filesystem (read-only)")
+    parser.add_argument("ref", metavar="REF", help="image reference")
+    parser.add_argument("mountpoint", metavar="MNT", help="an existing empty directory")
+    parser.add_argument("--pull", action="store_true", help="pull the image if it is missing")
+    _add_mount_options(parser)
+    parser.set_defaults(handler=mount_image)
+
+    parser = subparsers.add_parser("umount", help="unmount and stop the mount's daemon")
+    parser.add_argument("mountpoint", metavar="MNT")
+    parser.set_defaults(handler=umount)
+
+    parser = subparsers.add_parser("mounts", help="list fsnap mounts and their state")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=mounts)
 
 
-def _unused(args: argparse.Namespace) -> None:
-    del args
+def register_snapshots_mount(subparsers: Any) -> None:
+    """Add ``snapshots mount KEY MNT`` (called by the snapshots topic)."""
+    parser = subparsers.add_parser("mount", help="mount a committed snapshot or view (read-only)")
+    parser.add_argument("key", metavar="KEY", help="snapshot key or name")
+    parser.add_argument("mountpoint", metavar="MNT", help="an existing empty directory")
+    _add_mount_options(parser)
+    parser.set_defaults(handler=mount_snapshot)
+
+
+def _add_mount_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suid", action="store_true", help="honour setuid bits (no nosuid)")
+    parser.add_argument("--dev", action="store_true", help="allow device nodes (no nodev)")
+    parser.add_argument(
+        "--foreground", action="store_true", help="serve from this process until unmounted"
+    )
+
+
+def _options(args: argparse.Namespace) -> manager.MountOptions:
+    return manager.MountOptions(
+        suid=args.suid,
+        dev=args.dev,
+        pull=getattr(args, "pull", False),
+        foreground=args.foreground,
+    )
+
+
+def mount_image(client: Client, args: argparse.Namespace) -> int:
+    info = manager.mount_image(client, args.ref, args.mountpoint, _options(args))
+    _report_mounted(info, args.foreground)
+    return 0
+
+
+def mount_snapshot(client: Client, args: argparse.Namespace) -> int:
+    info = manager.mount_snapshot(client, args.key, args.mountpoint, _options(args))
+    _report_mounted(info, args.foreground)
+    return 0
+
+
+def _report_mounted(info: manager.MountInfo, foreground: bool) -> None:
+    if foreground:
+        print(f"unmounted {info.mountpoint}")
+    else:
+        print(f"mounted {info.source} at {info.mountpoint} (daemon pid {info.pid}, log {info.log})")
+
+
+def umount(client: Client, args: argparse.Namespace) -> int:
+    info = manager.umount(client, args.mountpoint)
+    print(f"unmounted {info.mountpoint}")
+    return 0
+
+
+def mounts(client: Client, args: argparse.Namespace) -> int:
+    found = manager.list_mounts(client)
+    if args.json:
+        print(json.dumps([info.to_json() for info in found], indent=2))
+        return 0
+    rows = [("MOUNTPOINT", "SOURCE", "PID", "STATE")]
+    rows += [(i.mountpoint, i.source, str(i.pid), i.state) for i in found]
+    widths = [max(len(row[col]) for row in rows) for col in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[3]]))
+    return 0

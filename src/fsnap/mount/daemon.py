@@ -1,0 +1,111 @@
+"""The FUSE daemon: one process per mount, serving a merged tree until unmounted.
+
+``python -m fsnap.mount.daemon SPEC_JSON READY_FD`` is what the manager spawns (a fresh
+interpreter, not a fork: the CLI's LMDB handle must not be inherited). It loads the layers,
+mounts, then writes one line to READY_FD: ``ok`` once the mount is live, or
+``error <exit code> <message>`` so the CLI can print why it failed. SIGTERM/SIGINT unmount.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from fsnap.errors import FsnapError, Unavailable
+from fsnap.mount import source
+from fsnap.mount.fs import MergedFS
+from fsnap.mount.tree import Layer, MergedTree
+
+Ready = Callable[[FsnapError | None], None]
+
+
+def load_layers(spec: dict[str, Any]) -> list[Layer]:
+    """The layers a spec names: a snapshot key (read from the store) or bare directories."""
+    if "layers" in spec:
+        return source.dir_layers(spec["layers"])
+    from fsnap.client import Client
+
+    with Client(Path(spec["root"])) as client:
+        return source.snapshot_layers(client, spec["snapshot"])
+
+
+def serve(spec: dict[str, Any], ready: Ready, load: Callable[[], list[Layer]]) -> None:
+    """Build the tree, mount it, serve until unmounted or signalled; report readiness.
+
+    ``load`` reads the layers: in a spawned daemon it opens its own store handle, in
+    ``--foreground`` it reuses the CLI's (one LMDB environment per process)."""
+    try:
+        tree = MergedTree.build(load())
+        fs = MergedFS(tree)
+        try:
+            pyfuse3.init(fs, spec["mountpoint"], set(spec["options"]))
+        except RuntimeError as exc:
+            raise Unavailable(f"cannot mount {spec['mountpoint']}: {exc}") from None
+    except FsnapError as exc:
+        ready(exc)
+        return
+    try:
+        trio.run(_run, ready)
+    finally:
+        pyfuse3.close(unmount=True)
+
+
+async def _run(ready: Ready) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        ready(None)
+        await pyfuse3.main(min_tasks=2, max_tasks=16)
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return
+
+
+def pipe_reporter(fd: int) -> Ready:
+    """A ``Ready`` that writes the one readiness line to ``fd`` and closes it."""
+
+    def report(error: FsnapError | None) -> None:
+        line = "ok\n" if error is None else f"error {error.exit_code} {error}\n"
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+
+    return report
+
+
+def _forget_state(path: str | None) -> None:
+    """Unmounted from outside (``fusermount3 -u``): drop the record if it is still ours."""
+    if not path:
+        return
+    try:
+        if json.loads(Path(path).read_text()).get("pid") == os.getpid():
+            Path(path).unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[0])
+    ready = pipe_reporter(int(argv[1]))
+    print(f"fsnap mount daemon {os.getpid()}: {spec['mountpoint']}", flush=True)
+    serve(spec, ready, lambda: load_layers(spec))
+    _forget_state(spec.get("state"))
+    print(f"fsnap mount daemon {os.getpid()}: unmounted", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

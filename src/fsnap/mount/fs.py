@@ -1,0 +1,247 @@
+"""The pyfuse3 file system that serves a ``MergedTree`` read-only.
+
+Inode numbers are the tree's (fixed for the mount's life), so there is no lookup-count
+bookkeeping to do: ``forget`` has nothing to free. Everything the kernel may cache, it may
+cache for long: the layers under a mount never change.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Sequence
+
+import pyfuse3
+import trio
+
+from fsnap.mount.tree import MergedTree, Node
+
+# The layers are immutable: let the kernel keep entries and attributes (practically) forever.
+CACHE_TIMEOUT = 86400.0
+# What stat tells readers to use as a buffer size: large reads mean fewer FUSE round trips.
+BLOCK_SIZE = 128 * 1024
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+
+
+def _erofs() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.EROFS)
+
+
+class MergedFS(pyfuse3.Operations):
+    """Read-only pyfuse3 operations over one merged tree."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: MergedTree) -> None:
+        super().__init__()
+        self.tree = tree
+        # open file handle -> size of the file it reads (to tell EOF from a cache miss)
+        self._sizes: dict[int, int] = {}
+
+    # --- inode lookups -------------------------------------------------------------
+
+    def _node(self, inode: int) -> Node:
+        try:
+            node = self.tree.nodes[inode]
+        except IndexError:
+            node = None
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        attrs = pyfuse3.EntryAttributes()
+        attrs.st_ino = node.ino
+        attrs.st_mode = node.mode
+        attrs.st_nlink = node.nlink
+        attrs.st_uid = node.uid
+        attrs.st_gid = node.gid
+        attrs.st_rdev = node.rdev
+        attrs.st_size = node.size
+        attrs.st_blksize = BLOCK_SIZE
+        attrs.st_blocks = (node.size + 511) // 512
+        attrs.st_atime_ns = node.mtime
+        attrs.st_mtime_ns = node.mtime
+        attrs.st_ctime_ns = node.mtime
+        attrs.entry_timeout = CACHE_TIMEOUT
+        attrs.attr_timeout = CACHE_TIMEOUT
+        return attrs
+
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        if parent.children is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if name == b".":
+            child: Node | None = parent
+        elif name == b"..":
+            child = parent.parent
+        else:
+            child = parent.children.get(name)
+        if child is None:
+            # A negative entry the kernel may cache too: programs probe many absent paths.
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = CACHE_TIMEOUT
+            return negative
+        return self._attrs(child)
+
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._attrs(self._node(inode))
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Nodes live as long as the mount: nothing to free."""
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._node(inode)
+        if node.link is None:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return node.link
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        """``default_permissions`` makes the kernel check modes; only writes are refused."""
+        self._node(inode)
+        if mode & os.W_OK:
+            raise _erofs()
+        return True
+
+    # --- directories -----------------------------------------------------------------
+
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        if node.children is None:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Offsets 1 and 2 follow "." and ".."; offset ``i + 3`` follows ``names[i]``.
+
+        The names list is frozen for the mount's life, so an offset handed out once stays
+        valid (seekdir/telldir, a listing resumed across several readdir calls)."""
+        node = self._node(fh)
+        assert node.names is not None and node.children is not None
+        if start_id == 0:
+            if not pyfuse3.readdir_reply(token, b".", self._attrs(node), 1):
+                return
+            start_id = 1
+        if start_id == 1:
+            assert node.parent is not None
+            if not pyfuse3.readdir_reply(token, b"..", self._attrs(node.parent), 2):
+                return
+            start_id = 2
+        names = node.names
+        children = node.children
+        for index in range(start_id - 2, len(names)):
+            name = names[index]
+            if not pyfuse3.readdir_reply(token, name, self._attrs(children[name]), index + 3):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        """Directory handles are inode numbers: nothing to release."""
+
+    # --- files -------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise _erofs()
+        node = self._node(inode)
+        if node.source is None:
+            raise pyfuse3.FUSEError(errno.EIO if stat.S_ISREG(node.mode) else errno.EINVAL)
+        try:
+            fd = os.open(node.source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
+        except PermissionError:
+            fd = os.open(node.source, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        self._sizes[fd] = node.size
+        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        """Serve from the page cache on the loop when the data is there (RWF_NOWAIT);
+        otherwise the read may wait for the disk, so it goes to a worker thread."""
+        buf = bytearray(size)
+        try:
+            got = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
+        except BlockingIOError:
+            got = 0
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        if got == size or off + got >= self._sizes.get(fh, 0):
+            return bytes(buf[:got])
+        try:
+            rest = await trio.to_thread.run_sync(os.pread, fh, size - got, off + got)
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        return bytes(buf[:got]) + rest
+
+    async def release(self, fh: int) -> None:
+        self._sizes.pop(fh, None)
+        os.close(fh)
+
+    # --- file system -------------------------------------------------------------------
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = BLOCK_SIZE
+        data.f_frsize = 4096
+        data.f_blocks = (self.tree.total_size + 4095) // 4096
+        data.f_bfree = 0
+        data.f_bavail = 0
+        data.f_files = len(self.tree.nodes) - 1
+        data.f_ffree = 0
+        data.f_favail = 0
+        data.f_namemax = 255
+        return data
+
+    # --- extended attributes -----------------------------------------------------------
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return list(self._node(inode).xattrs or ())
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        xattrs = self._node(inode).xattrs
+        if not xattrs or name not in xattrs:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return xattrs[name]
+
+    # --- everything that writes: a read-only file system -----------------------------
+
+    async def setattr(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def mknod(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def mkdir(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def unlink(self, *args: object) -> None:
+        raise _erofs()
+
+    async def rmdir(self, *args: object) -> None:
+        raise _erofs()
+
+    async def symlink(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def rename(self, *args: object) -> None:
+        raise _erofs()
+
+    async def link(self, *args: object) -> pyfuse3.EntryAttributes:
+        raise _erofs()
+
+    async def write(self, *args: object) -> int:
+        raise _erofs()
+
+    async def create(self, *args: object) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise _erofs()
+
+    async def setxattr(self, *args: object) -> None:
+        raise _erofs()
+
+    async def removexattr(self, *args: object) -> None:
+        raise _erofs()

@@ -1,0 +1,410 @@
+"""Start, list and stop mounts: the library side of ``fsnap mount/umount/mounts``.
+
+Each mount has a record ``<root>/mounts/<id>.json`` (mount point, what is mounted, the
+snapshots it reads, daemon pid, log path) and a log ``<id>.log``. The record is created with
+O_EXCL before the daemon starts, so two ``fsnap mount`` of one point cannot both win, and
+``snapshots_in_use`` lets ``rmi``/``gc`` refuse to remove what a mount reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fsnap import errors
+from fsnap.errors import AlreadyExists, Busy, FsnapError, InvalidArgument, NotFound, Unavailable
+from fsnap.mount import daemon, source
+from fsnap.mount.tree import Layer
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
+
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 5.0
+FSTYPE = "fuse.fsnap"
+
+
+@dataclass
+class MountOptions:
+    """How to mount: ``suid``/``dev`` lift nosuid/nodev; ``pull`` fetches a missing image;
+    ``foreground`` serves in this process until unmounted."""
+
+    suid: bool = False
+    dev: bool = False
+    pull: bool = False
+    foreground: bool = False
+
+
+@dataclass
+class MountInfo:
+    """One mount's record. ``state``: live, stale (daemon dead, ENOTCONN), or gone
+    (neither mounted nor served: a record left behind)."""
+
+    mountpoint: str
+    source: str
+    kind: str
+    snapshots: list[str] = field(default_factory=list)
+    pid: int = 0
+    log: str = ""
+    options: list[str] = field(default_factory=list)
+    state: str = "live"
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- public API ------------------------------------------------------------------------
+
+
+def mount_image(client: Client, ref: str, mountpoint: str | os.PathLike[str],
+                options: MountOptions | None = None) -> MountInfo:
+    """Mount image ``ref``'s root filesystem read-only at ``mountpoint``."""
+    options = options or MountOptions()
+    mnt = check_mountpoint(client, mountpoint)
+    try:
+        key = source.image_snapshot(client, ref)
+    except NotFound:
+        if not options.pull:
+            raise
+        _pull(client, ref)
+        key = source.image_snapshot(client, ref)
+    info = MountInfo(mnt, ref, "image", source.snapshot_chain(client, key))
+    return _start(client, info, {"snapshot": key}, options)
+
+
+def mount_snapshot(client: Client, key: str, mountpoint: str | os.PathLike[str],
+                   options: MountOptions | None = None) -> MountInfo:
+    """Mount snapshot ``key`` (committed or view) with its parents, read-only."""
+    mnt = check_mountpoint(client, mountpoint)
+    info = MountInfo(mnt, key, "snapshot", source.snapshot_chain(client, key))
+    return _start(client, info, {"snapshot": key}, options or MountOptions())
+
+
+def mount_layers(client: Client, dirs: list[Path], mountpoint: str | os.PathLike[str],
+                 options: MountOptions | None = None) -> MountInfo:
+    """Mount bare layer directories (each with ``<dir>.index``), bottom first: for tests
+    and benchmarks that need no image store."""
+    mnt = check_mountpoint(client, mountpoint)
+    info = MountInfo(mnt, ",".join(map(str, dirs)), "layers")
+    return _start(client, info, {"layers": [str(d) for d in dirs]}, options or MountOptions())
+
+
+def umount(client: Client, mountpoint: str | os.PathLike[str]) -> MountInfo:
+    """Unmount (lazily if busy), stop the daemon, drop the record; works on stale mounts."""
+    mnt = _normalize(mountpoint)
+    record = _read_record(_record_path(client, mnt))
+    fstype = mounted_points().get(mnt)
+    if record is None and fstype != FSTYPE:
+        if fstype is None:
+            raise NotFound(f"nothing is mounted at {mnt}")
+        raise InvalidArgument(f"{mnt} is a {fstype} mount, not an fsnap mount")
+    if fstype is not None:
+        _fusermount_unmount(mnt)
+    info = record or MountInfo(mnt, "?", "?")
+    if info.pid and info.pid != os.getpid():
+        _stop(info.pid)
+    _record_path(client, mnt).unlink(missing_ok=True)
+    info.state = "unmounted"
+    return info
+
+
+def list_mounts(client: Client) -> list[MountInfo]:
+    """Every recorded mount with its current state, by mount point."""
+    points = mounted_points()
+    found = []
+    for path in sorted(_mounts_dir(client).glob("*.json")):
+        info = _read_record(path)
+        if info is not None:
+            info.state = _state(info, points)
+            found.append(info)
+    return sorted(found, key=lambda i: i.mountpoint)
+
+
+def snapshots_in_use(client: Client) -> set[str]:
+    """Snapshot names some mount (live or stale) reads: ``rmi``/``gc`` must keep them."""
+    used: set[str] = set()
+    for info in list_mounts(client):
+        used.update(info.snapshots)
+    return used
+
+
+def fuse_options(name: str, options: MountOptions) -> list[str]:
+    """FUSE mount options: read-only, kernel permission checks, fsnap in /proc/mounts."""
+    opts = [f"fsname=fsnap:{name.replace(',', '_')}", "subtype=fsnap", "ro",
+            "default_permissions"]
+    if os.geteuid() == 0:
+        opts.append("allow_other")
+    if not options.suid:
+        opts.append("nosuid")
+    if not options.dev:
+        opts.append("nodev")
+    return opts
+
+
+# --- mount points ------------------------------------------------------------------------
+
+
+def check_mountpoint(client: Client, mountpoint: str | os.PathLike[str]) -> str:
+    """The absolute mount point, or the error that says why fsnap cannot mount there."""
+    mnt = _normalize(mountpoint)
+    record = _read_record(_record_path(client, mnt))
+    if record is not None:
+        raise AlreadyExists(
+            f"{mnt} is already an fsnap mount of {record.source} (pid {record.pid}); "
+            f"run `fsnap umount {mnt}` first"
+        )
+    if mnt in mounted_points():
+        raise Busy(f"mount point {mnt} is busy: something is already mounted there")
+    path = Path(mnt)
+    if not path.exists():
+        raise NotFound(f"mount point {mnt} does not exist")
+    if not path.is_dir():
+        raise InvalidArgument(f"mount point {mnt} is not a directory")
+    root = Path(_normalize(client.root))
+    if path == root or root in path.parents:
+        raise InvalidArgument(f"mount point {mnt} is inside the fsnap root {root}")
+    if any(path.iterdir()):
+        raise Busy(f"mount point {mnt} is not empty")
+    return mnt
+
+
+def mounted_points() -> dict[str, str]:
+    """Mount point -> file system type, from /proc/self/mountinfo (no stat: a dead FUSE
+    mount would answer ENOTCONN, and the daemon must never touch its own mount)."""
+    points: dict[str, str] = {}
+    with open("/proc/self/mountinfo", "rb") as src:
+        for line in src:
+            left, _, right = line.partition(b" - ")
+            point = _unescape(left.split()[4])
+            points[point] = os.fsdecode(right.split()[0])
+    return points
+
+
+def _unescape(raw: bytes) -> str:
+    """mountinfo writes space, tab, newline and backslash as octal escapes."""
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit() and i + 3 < len(raw):
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
+
+
+def _normalize(mountpoint: str | os.PathLike[str]) -> str:
+    return os.path.normpath(os.path.abspath(os.fspath(mountpoint)))
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+def _mounts_dir(client: Client) -> Path:
+    path = client.root / "mounts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _record_path(client: Client, mnt: str) -> Path:
+    ident = hashlib.sha256(os.fsencode(mnt)).hexdigest()[:16]
+    return _mounts_dir(client) / f"{ident}.json"
+
+
+def _read_record(path: Path) -> MountInfo | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return MountInfo(**data)
+
+
+def _write_record(path: Path, info: MountInfo, exclusive: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileExistsError:
+        raise AlreadyExists(f"{info.mountpoint} is being mounted by another fsnap") from None
+    with os.fdopen(fd, "w") as out:
+        json.dump(info.to_json(), out)
+
+
+def _state(info: MountInfo, points: dict[str, str]) -> str:
+    mounted = points.get(info.mountpoint) == FSTYPE
+    alive = _alive(info.pid)
+    if mounted and alive and not _not_connected(info.mountpoint):
+        return "live"
+    if mounted:
+        return "stale"
+    return "starting" if alive else "gone"
+
+
+def _not_connected(mnt: str) -> bool:
+    try:
+        os.stat(mnt)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+# --- daemon lifecycle ---------------------------------------------------------------------
+
+
+def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
+           options: MountOptions) -> MountInfo:
+    record = _record_path(client, info.mountpoint)
+    info.log = str(record.with_suffix(".log"))
+    info.options = fuse_options(info.source, options)
+    spec = {"root": str(client.root), "mountpoint": info.mountpoint, "options": info.options,
+            "state": str(record), **spec_source}
+    _write_record(record, info, exclusive=True)
+    try:
+        if options.foreground:
+            info.pid = os.getpid()
+            _write_record(record, info, exclusive=False)
+            _serve_here(client, spec, spec_source)
+            return info
+        info.pid = _spawn(spec, Path(info.log))
+        _write_record(record, info, exclusive=False)
+    except BaseException:
+        record.unlink(missing_ok=True)
+        raise
+    return info
+
+
+def _serve_here(client: Client, spec: dict[str, Any], spec_source: dict[str, Any]) -> None:
+    """``--foreground``: serve from this process, reusing its store handle."""
+    def load() -> list[Layer]:
+        if "layers" in spec_source:
+            return source.dir_layers(spec_source["layers"])
+        return source.snapshot_layers(client, spec_source["snapshot"])
+
+    failure: list[FsnapError] = []
+
+    def ready(error: FsnapError | None) -> None:
+        if error is not None:
+            failure.append(error)
+        else:
+            print(f"fsnap: serving {spec['mountpoint']} (Ctrl-C to unmount)", flush=True)
+
+    daemon.serve(spec, ready, load)
+    if failure:
+        raise failure[0]
+
+
+def _spawn(spec: dict[str, Any], log: Path) -> int:
+    """Start the daemon detached; return its pid once it says the mount is live."""
+    read_fd, write_fd = os.pipe()
+    with open(log, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fsnap.mount.daemon", json.dumps(spec), str(write_fd)],
+            pass_fds=(write_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    os.close(write_fd)
+    try:
+        line = _read_ready(read_fd)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(read_fd)
+    if line == "ok":
+        return proc.pid
+    proc.wait()
+    if line.startswith("error "):
+        _, code, message = line.split(" ", 2)
+        raise _error_class(int(code))(message)
+    raise Unavailable(f"the mount daemon exited before mounting; see {log}:\n{_tail(log)}")
+
+
+def _read_ready(fd: int) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise Unavailable("the mount daemon did not become ready in time")
+        readable, _, _ = select.select([fd], [], [], left)
+        if readable:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def _error_class(code: int) -> Callable[[str], FsnapError]:
+    for cls in vars(errors).values():
+        if isinstance(cls, type) and issubclass(cls, FsnapError) and cls.exit_code == code:
+            return cls
+    return FsnapError
+
+
+def _tail(log: Path, lines: int = 10) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _fusermount_unmount(mnt: str) -> None:
+    """``fusermount3 -u``; if the mount is busy, detach it lazily (``-uz``)."""
+    for args in (["-u"], ["-uz"]):
+        done = subprocess.run(["fusermount3", *args, mnt], capture_output=True, text=True)
+        if done.returncode == 0:
+            return
+    raise Busy(f"cannot unmount {mnt}: {done.stderr.strip()}")
+
+
+def _stop(pid: int) -> None:
+    """Wait for the daemon to leave after the unmount; insist if it does not."""
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                return
+            time.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` a running fsnap mount daemon (not a zombie, not a reused pid)?"""
+    if pid <= 0:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    if stat.rpartition(")")[2].split()[0] == "Z":
+        return False
+    return b"fsnap.mount.daemon" in cmdline or pid == os.getpid()
+
+
+def _pull(client: Client, ref: str) -> None:
+    pull: Callable[[str], object] | None = getattr(client, "pull", None)
+    if pull is None:
+        raise errors.Unsupported("--pull: this build of fsnap cannot pull yet")
+    pull(ref)

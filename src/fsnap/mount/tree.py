@@ -1,0 +1,298 @@
+"""The merged view of a snapshot chain, built once from the layer indexes.
+
+A FUSE daemon that probed each layer directory on every lookup would pay for the layer count
+on every request. Lower layers are immutable, so fsnap instead folds the chain's indexes
+(bottom -> top) into one in-memory tree when the mount starts: after that, a lookup is one
+dict access and a readdir is a slice of a list, whatever the number of layers.
+
+Metadata comes from the index only (the directory of an unprivileged unpack holds neither
+owners nor devices); the tree keeps, per regular file, the on-disk path of its content.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from fsnap.archive.entry import Entry
+
+DIR_SIZE = 4096
+
+_TYPE_BITS = {
+    "file": stat.S_IFREG,
+    "hardlink": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "char": stat.S_IFCHR,
+    "block": stat.S_IFBLK,
+    "fifo": stat.S_IFIFO,
+}
+
+
+@dataclass
+class Layer:
+    """One layer of the chain: its directory (contents) and its index (metadata)."""
+
+    dir: os.PathLike[str] | str
+    entries: list[Entry]
+
+
+class Node:
+    """One inode of the merged tree.
+
+    Slots keep a 100k-entry tree small. ``names``/``children`` are set for directories only:
+    ``names`` is the frozen order readdir serves (an offset is an index into it, so offsets
+    stay valid across seekdir/telldir) and ``children`` the lookup table. ``source`` is the
+    path of a regular file's content in the layer that provides it.
+    """
+
+    __slots__ = (
+        "ino",
+        "mode",
+        "uid",
+        "gid",
+        "size",
+        "mtime",
+        "rdev",
+        "nlink",
+        "link",
+        "xattrs",
+        "source",
+        "parent",
+        "names",
+        "children",
+    )
+
+    def __init__(self, entry: Entry, source: str | None) -> None:
+        self.ino = 0
+        self.mode = _TYPE_BITS[entry.kind] | (entry.mode & 0o7777)
+        self.uid = entry.uid
+        self.gid = entry.gid
+        self.mtime = entry.mtime
+        self.link: bytes | None = None
+        self.rdev = 0
+        self.nlink = 1
+        self.xattrs: dict[bytes, bytes] | None = _xattrs(entry)
+        self.source = source
+        self.parent: Node | None = None
+        self.names: list[bytes] | None = None
+        self.children: dict[bytes, Node] | None = None
+        self.size = entry.size
+        if entry.kind == "symlink":
+            self.link = os.fsencode(entry.link)
+            self.size = len(self.link)
+        elif entry.kind in ("char", "block"):
+            self.rdev = os.makedev(entry.devmajor, entry.devminor)
+            self.size = 0
+        elif entry.kind == "dir":
+            self.children = {}
+            self.size = DIR_SIZE
+        elif entry.kind == "fifo":
+            self.size = 0
+
+    @property
+    def is_dir(self) -> bool:
+        return self.children is not None
+
+    def set_dir_attrs(self, entry: Entry) -> None:
+        """A directory named again in a higher layer takes that layer's attributes."""
+        self.mode = stat.S_IFDIR | (entry.mode & 0o7777)
+        self.uid = entry.uid
+        self.gid = entry.gid
+        self.mtime = entry.mtime
+        self.xattrs = _xattrs(entry)
+
+
+def _xattrs(entry: Entry) -> dict[bytes, bytes] | None:
+    if not entry.xattrs:
+        return None
+    return {os.fsencode(k): v for k, v in entry.xattrs.items()}
+
+
+ROOT_ENTRY = Entry(path="", kind="dir", mode=0o755)
+
+
+class MergedTree:
+    """The chain's merged tree: ``nodes[ino]`` is the node with inode number ``ino``."""
+
+    def __init__(self, root: Node, nodes: list[Node | None]) -> None:
+        self.root = root
+        self.nodes = nodes
+        self.total_size = sum(n.size for n in nodes if n is not None and n.source is not None)
+
+    @classmethod
+    def build(cls, layers: Iterable[Layer]) -> MergedTree:
+        """Fold the layers (bottom -> top) into one tree; one pass over each index."""
+        builder = _Builder()
+        for layer in layers:
+            builder.apply(layer)
+        return builder.finish()
+
+    def walk(self) -> Iterator[tuple[bytes, Node]]:
+        """Every (path, node) pair below the root, parents first (paths without leading /)."""
+        stack: list[tuple[bytes, Node]] = [(b"", self.root)]
+        while stack:
+            path, node = stack.pop()
+            for name in node.names or ():
+                child = (node.children or {})[name]
+                child_path = path + b"/" + name if path else name
+                yield child_path, child
+                if child.is_dir:
+                    stack.append((child_path, child))
+
+
+class _Builder:
+    """Mutable state of one build: the tree so far, before inode numbers are assigned."""
+
+    def __init__(self) -> None:
+        self.root = Node(ROOT_ENTRY, None)
+
+    def apply(self, layer: Layer) -> None:
+        """Apply one layer: its whiteouts and opaque markers hit only the layers beneath,
+        so they go first; then its entries, parents before children (sorted paths), and
+        hard links last because a link may precede its target in the tar."""
+        base = os.fspath(layer.dir)
+        entries = layer.entries
+        for entry in entries:
+            if entry.kind == "whiteout":
+                self._remove(entry.path)
+            elif entry.kind == "dir" and entry.opaque:
+                self._make_opaque(entry.path)
+        links: list[Entry] = []
+        for entry in sorted(entries, key=_path_key):
+            if entry.kind == "whiteout":
+                continue
+            if entry.kind == "hardlink":
+                links.append(entry)
+            else:
+                self._add(entry, base)
+        for entry in links:
+            self._link(entry)
+
+    def _lookup(self, path: str) -> Node | None:
+        node: Node | None = self.root
+        if not path:
+            return node
+        for part in os.fsencode(path).split(b"/"):
+            if node is None or node.children is None:
+                return None
+            node = node.children.get(part)
+        return node
+
+    def _dir(self, path: str) -> Node:
+        """The directory at ``path``, created (or made to replace a non-directory) if needed.
+
+        The applier normally names every parent (as an implicit entry); this covers an index
+        that does not, with the containerd default of 0755 root:root."""
+        node = self.root
+        if not path:
+            return node
+        for part in os.fsencode(path).split(b"/"):
+            assert node.children is not None
+            child = node.children.get(part)
+            if child is None or not child.is_dir:
+                child = Node(Entry(path="", kind="dir", mode=0o755), None)
+                self._attach(node, part, child)
+            node = child
+        return node
+
+    def _attach(self, parent: Node, name: bytes, node: Node) -> None:
+        assert parent.children is not None
+        old = parent.children.get(name)
+        if old is not None:
+            _detach(old)
+            # Keep the name's place in the listing order: dicts keep insertion order.
+            del parent.children[name]
+        parent.children[name] = node
+        if node.is_dir:
+            node.parent = parent
+
+    def _remove(self, path: str) -> None:
+        parent_path, _, name = path.rpartition("/")
+        parent = self._lookup(parent_path)
+        if parent is None or parent.children is None:
+            return
+        old = parent.children.pop(os.fsencode(name), None)
+        if old is not None:
+            _detach(old)
+
+    def _make_opaque(self, path: str) -> None:
+        node = self._lookup(path)
+        if node is not None and node.children is not None:
+            for child in node.children.values():
+                _detach(child)
+            node.children.clear()
+
+    def _add(self, entry: Entry, base: str) -> None:
+        if not entry.path:
+            self.root.set_dir_attrs(entry)
+            return
+        parent_path, _, name = entry.path.rpartition("/")
+        parent = self._dir(parent_path)
+        assert parent.children is not None
+        key = os.fsencode(name)
+        if entry.kind == "dir":
+            existing = parent.children.get(key)
+            if existing is not None and existing.is_dir:
+                existing.set_dir_attrs(entry)
+                return
+        source = os.path.join(base, entry.path) if entry.kind == "file" else None
+        self._attach(parent, key, Node(entry, source))
+
+    def _link(self, entry: Entry) -> None:
+        target = self._lookup(entry.link)
+        if target is None or target.is_dir:
+            return  # a link to nothing the applier accepted: nothing to show
+        parent_path, _, name = entry.path.rpartition("/")
+        parent = self._dir(parent_path)
+        assert parent.children is not None
+        key = os.fsencode(name)
+        if parent.children.get(key) is target:
+            return
+        self._attach(parent, key, target)
+        target.nlink += 1
+
+    def finish(self) -> MergedTree:
+        """Freeze listing order, number the inodes, count directory links."""
+        nodes: list[Node | None] = [None, self.root]
+        self.root.ino = 1
+        self.root.parent = self.root
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            assert node.children is not None
+            node.names = list(node.children)
+            subdirs = 0
+            for child in node.children.values():
+                if child.ino == 0:
+                    child.ino = len(nodes)
+                    nodes.append(child)
+                if child.is_dir:
+                    subdirs += 1
+                    stack.append(child)
+            node.nlink = 2 + subdirs
+        return MergedTree(self.root, nodes)
+
+
+def _detach(node: Node) -> None:
+    """A name of ``node`` goes away: one link fewer, and a directory takes its subtree along
+    (so a hard link that lived inside a removed directory is counted right elsewhere)."""
+    if node.children is None:
+        node.nlink -= 1
+        return
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        assert current.children is not None
+        for child in current.children.values():
+            if child.children is None:
+                child.nlink -= 1
+            else:
+                stack.append(child)
+
+
+def _path_key(entry: Entry) -> str:
+    """A sort key under which every directory comes before what it contains."""
+    return entry.path

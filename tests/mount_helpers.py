@@ -1,0 +1,168 @@
+"""Helpers for the mount tests: write layers (directory + index), mount them, list a tree.
+
+``write_layer`` lays a layer out on disk the way an unprivileged unpack would (contents and
+markers only: devices as empty placeholders, owners not applied) and writes its index, which
+is what the mount must take metadata from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import signal
+import stat
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fsnap.archive.entry import Entry, Kind
+from fsnap.client import Client
+from fsnap.mount import manager, source
+
+
+@dataclass
+class E:
+    """One test entry: index metadata plus (for files) the content to write."""
+
+    path: str
+    kind: Kind = "file"
+    data: bytes = b""
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 1_600_000_000_000_000_000
+    link: str = ""
+    dev: tuple[int, int] = (0, 0)
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    opaque: bool = False
+
+    def entry(self) -> Entry:
+        size = len(self.data) if self.kind in ("file", "hardlink") else 0
+        return Entry(
+            path=self.path, kind=self.kind, mode=self.mode, uid=self.uid, gid=self.gid,
+            size=size, mtime=self.mtime, link=self.link, devmajor=self.dev[0],
+            devminor=self.dev[1], xattrs=dict(self.xattrs), opaque=self.opaque,
+        )
+
+
+def write_layer(layer_dir: Path, items: list[E]) -> Path:
+    """Write ``items`` under ``layer_dir`` and its index beside it; return the dir."""
+    layer_dir.mkdir(parents=True)
+    for item in items:
+        target = layer_dir / item.path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if item.kind == "dir":
+            target.mkdir(exist_ok=True)
+            if item.opaque:
+                (target / ".wh..wh..opq").touch()
+        elif item.kind == "file":
+            target.write_bytes(item.data)
+            os.chmod(target, item.mode)
+        elif item.kind == "symlink":
+            os.symlink(item.link, target)
+        elif item.kind == "hardlink":
+            os.link(layer_dir / item.link, target)
+        elif item.kind == "whiteout":
+            (target.parent / (".wh." + target.name)).touch()
+        else:  # devices and fifos: placeholders, as an unprivileged unpack leaves them
+            target.touch()
+    source.write_index(layer_dir, [item.entry() for item in items])
+    return layer_dir
+
+
+@contextlib.contextmanager
+def mounted(root: Path, layers: list[Path], mnt: Path) -> Iterator[manager.MountInfo]:
+    """Mount bare layers at ``mnt``; unmount and stop the daemon whatever happens."""
+    mnt.mkdir(exist_ok=True)
+    info: manager.MountInfo | None = None
+    try:
+        with Client(root) as client:
+            info = manager.mount_layers(client, layers, mnt)
+        yield info
+    finally:
+        cleanup(root, mnt, info.pid if info else 0)
+
+
+def cleanup(root: Path, mnt: Path, pid: int) -> None:
+    """Best effort, in order: fsnap umount, lazy fusermount, SIGKILL the daemon."""
+    with contextlib.suppress(Exception), Client(root) as client:
+        manager.umount(client, mnt)
+    if str(mnt) in manager.mounted_points():
+        subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+Row = tuple[object, ...]
+
+
+def listing(top: Path) -> dict[str, Row]:
+    """path -> (type, perms, uid, gid, size|sha256|target|rdev, xattrs) for every entry."""
+    rows: dict[str, Row] = {}
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rows[os.path.relpath(full, top)] = describe(full)
+    return rows
+
+
+def describe(path: str) -> Row:
+    st = os.lstat(path)
+    mode = st.st_mode
+    what: object
+    if stat.S_ISREG(mode):
+        kind = "file"
+        with open(path, "rb") as src:
+            what = (st.st_size, hashlib.sha256(src.read()).hexdigest()[:12])
+    elif stat.S_ISDIR(mode):
+        kind, what = "dir", None
+    elif stat.S_ISLNK(mode):
+        kind, what = "symlink", os.readlink(path)
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "char" if stat.S_ISCHR(mode) else "block"
+        what = (os.major(st.st_rdev), os.minor(st.st_rdev))
+    else:
+        kind, what = ("fifo" if stat.S_ISFIFO(mode) else "other"), None
+    names = sorted(os.listxattr(path, follow_symlinks=False))
+    xattrs = {n: os.getxattr(path, n, follow_symlinks=False) for n in names}
+    return (kind, oct(stat.S_IMODE(mode)), st.st_uid, st.st_gid, what, xattrs, st.st_mtime_ns)
+
+
+def row(kind: str, mode: int, what: object = None, uid: int = 0, gid: int = 0,
+        xattrs: dict[str, bytes] | None = None, mtime: int = 1_600_000_000_000_000_000) -> Row:
+    """An expected listing row, in ``describe``'s shape."""
+    if kind == "file" and isinstance(what, bytes):
+        what = (len(what), hashlib.sha256(what).hexdigest()[:12])
+    return (kind, oct(mode), uid, gid, what, xattrs or {}, mtime)
+
+
+def hardlink_groups(top: Path) -> set[tuple[frozenset[str], int]]:
+    """Sets of paths sharing an st_ino (non-directories with st_nlink > 1), with st_nlink."""
+    by_ino: dict[int, set[str]] = {}
+    nlinks: dict[int, int] = {}
+    for dirpath, _, filenames in os.walk(top):
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            st = os.lstat(full)
+            if st.st_nlink > 1:
+                by_ino.setdefault(st.st_ino, set()).add(os.path.relpath(full, top))
+                nlinks[st.st_ino] = st.st_nlink
+    return {(frozenset(paths), nlinks[ino]) for ino, paths in by_ino.items()}
+
+
+def errno_of(func: object, *args: object) -> int:
+    """The errno ``func(*args)`` fails with (0 if it does not fail)."""
+    try:
+        func(*args)  # type: ignore[operator]
+    except OSError as exc:
+        return exc.errno or -1
+    return 0
+
+
+__all__ = ["E", "errno", "write_layer", "mounted", "listing", "row", "hardlink_groups"]
