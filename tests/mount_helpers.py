@@ -51,7 +51,8 @@ class E:
 def write_layer(layer_dir: Path, items: list[E]) -> Path:
     """Write ``items`` under ``layer_dir`` and its index beside it; return the dir."""
     layer_dir.mkdir(parents=True)
-    for item in items:
+    # On disk, a link needs its target first; the index keeps the order the test gave.
+    for item in sorted(items, key=lambda i: i.kind == "hardlink"):
         target = layer_dir / item.path
         target.parent.mkdir(parents=True, exist_ok=True)
         if item.kind == "dir":
