@@ -133,11 +133,13 @@ class LiveProgress(PullProgress):
         self._live.stop()
 
     def render(self) -> RenderableType:
-        table = Table.grid(padding=(0, 2))
-        table.add_column(no_wrap=True)
-        table.add_column(no_wrap=True)
-        table.add_column(width=30)
-        table.add_column(no_wrap=True)
+        # Fixed widths for state, bar and sizes; the blob name gives way on narrow terminals.
+        table = Table.grid(padding=(0, 1))
+        name_width = max(16, self.console.width - 11 - 24 - 21 - 4)
+        table.add_column(no_wrap=True, overflow="ellipsis", max_width=name_width)
+        table.add_column(no_wrap=True, width=11)
+        table.add_column(width=24)
+        table.add_column(no_wrap=True, width=21)
         table.add_row(f"{self.ref}:", self.ref_state, ProgressBar(total=1, completed=1), "")
         for row in self.rows.values():
             total = max(row.desc.size, 1)

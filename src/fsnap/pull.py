@@ -269,9 +269,15 @@ class Puller:
             if self.content.exists(desc.digest):
                 return None
             try:
-                return await trio.to_thread.run_sync(self.content.writer, desc.digest, desc)
+                writer = await trio.to_thread.run_sync(self.content.writer, desc.digest, desc)
             except Busy:
                 await trio.sleep(BUSY_POLL)
+                continue
+            if not self.content.exists(desc.digest):
+                return writer
+            # The holder committed between our check and our lock: nothing left to do.
+            writer.discard()
+            return None
 
 
 def _write_and_commit(writer: Writer, data: bytes, labels: dict[str, str]) -> None:
