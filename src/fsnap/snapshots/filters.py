@@ -47,25 +47,28 @@ class Selector:
 Predicate = Callable[[Info], bool]
 
 
-def field_value(info: Info, path: tuple[str, ...]) -> tuple[bool, str]:
-    """(present, value) of a field path; an empty name/parent is absent, a label is present
-    when its key exists (even with an empty value)."""
+FIELDS = ("name", "parent", "kind")
+
+
+def check_path(path: tuple[str, ...]) -> None:
+    """Refuse a field path no snapshot could have (a typo should not silently match none)."""
     head, rest = path[0], path[1:]
     if head == "labels":
         if len(rest) != 1:
             raise InvalidArgument("filter field 'labels' needs exactly one key: labels.<key>")
-        value = info.labels.get(rest[0])
-        return (value is not None, value or "")
-    if rest:
-        raise InvalidArgument(f"filter field {head!r} has no sub-fields")
-    if head == "name":
-        value = info.name
-    elif head == "parent":
-        value = info.parent
-    elif head == "kind":
-        value = info.kind.value
-    else:
+    elif head not in FIELDS:
         raise InvalidArgument(f"unknown filter field {head!r} (use name, parent, kind, labels.<k>)")
+    elif rest:
+        raise InvalidArgument(f"filter field {head!r} has no sub-fields")
+
+
+def field_value(info: Info, path: tuple[str, ...]) -> tuple[bool, str]:
+    """(present, value) of a checked field path; an empty name/parent is absent, a label is
+    present when its key exists (even with an empty value)."""
+    if path[0] == "labels":
+        value = info.labels.get(path[1])
+        return (value is not None, value or "")
+    value = info.kind.value if path[0] == "kind" else getattr(info, path[0])
     return (value != "", value)
 
 
@@ -76,6 +79,7 @@ def compile_filters(filters: Sequence[str]) -> Predicate:
         return lambda info: True
     for selectors in alternatives:
         for selector in selectors:
+            check_path(selector.path)
             if selector.op == "~=":
                 _check_regex(selector.value)
 

@@ -1,0 +1,130 @@
+"""Usage accounting and the per-snapshot layer index kept in LMDB."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fsnap.archive.entry import Entry
+from fsnap.db import Database
+from fsnap.errors import FailedPrecondition, NotFound
+from fsnap.snapshots import Snapshotter
+from fsnap.snapshots.metadata import FILES
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(tmp_path / "state")
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+@pytest.fixture
+def sn(tmp_path: Path, db: Database) -> Snapshotter:
+    return Snapshotter(tmp_path / "state" / "snapshots", db)
+
+
+def _blocks(path: Path) -> int:
+    return os.lstat(path).st_blocks * 512
+
+
+def test_usage_counts_own_layer_only_and_hard_links_once(sn: Snapshotter) -> None:
+    sn.prepare("base-a")
+    (sn.dir("base-a") / "big").write_bytes(b"x" * 100_000)
+    sn.commit("base", "base-a")
+    sn.prepare("top-a", "base")
+    top = sn.dir("top-a")
+    (top / "d").mkdir()
+    (top / "d" / "f").write_bytes(b"y" * 10_000)
+    os.link(top / "d" / "f", top / "d" / "g")
+    os.symlink("f", top / "d" / "s")
+    expected_size = sum(_blocks(p) for p in (top, top / "d", top / "d" / "f", top / "d" / "s"))
+    usage = sn.usage("top-a")
+    assert usage.inodes == 4
+    assert usage.size == expected_size
+    assert sn.usage("base").size >= 100_000
+
+
+def test_usage_of_committed_is_cached_at_commit(sn: Snapshotter) -> None:
+    sn.prepare("a")
+    (sn.dir("a") / "f").write_bytes(b"z" * 50_000)
+    sn.commit("c", "a")
+    before = sn.usage("c")
+    # A committed snapshot is immutable: nothing should write here, and if something does,
+    # usage still reports what was committed rather than walking the tree again.
+    (sn.dir("c") / "sneaky").write_bytes(b"w" * 50_000)
+    assert sn.usage("c") == before
+    with pytest.raises(NotFound):
+        sn.usage("a")
+
+
+def _entries() -> list[Entry]:
+    return [
+        Entry("usr/bin", "dir", 0o755),
+        Entry("", "dir", 0o755),
+        Entry("usr", "dir", 0o755, uid=0, gid=0),
+        Entry("usr/bin/sh", "file", 0o4755, uid=0, gid=0, size=3, mtime=123),
+        Entry("usr/bin/sh2", "hardlink", link="usr/bin/sh", size=3),
+        Entry(os.fsdecode(b"caf\xe9"), "file", xattrs={"security.capability": b"\x01\x00"}),
+        Entry("gone", "whiteout"),
+        Entry("opaque", "dir", opaque=True),
+    ]
+
+
+def test_index_roundtrip_ordered_by_path_bytes(sn: Snapshotter) -> None:
+    sn.prepare("a")
+    sn.write_index("a", _entries())
+    paths = [e.path for e in sn.read_index("a")]
+    assert [os.fsencode(p) for p in paths] == sorted(os.fsencode(e.path) for e in _entries())
+    assert paths[0] == ""
+    assert sn.index_entry("a", "usr/bin/sh") == _entries()[3]
+    assert sn.index_entry("a", os.fsdecode(b"caf\xe9")) == _entries()[5]
+    assert sn.index_entry("a", "missing") is None
+
+
+def test_index_is_kept_across_commit_and_immutable_after(sn: Snapshotter) -> None:
+    sn.prepare("a")
+    sn.write_index("a", _entries())
+    sn.commit("c", "a")
+    assert len(sn.read_index("c")) == len(_entries())
+    with pytest.raises(FailedPrecondition):
+        sn.write_index("c", [])
+    with pytest.raises(NotFound):
+        sn.read_index("a")
+
+
+def test_write_index_replaces_and_last_duplicate_wins(sn: Snapshotter) -> None:
+    sn.prepare("a")
+    sn.write_index("a", _entries())
+    sn.write_index("a", [Entry("x", "file", size=1), Entry("x", "file", size=2)])
+    assert sn.read_index("a") == [Entry("x", "file", size=2)]
+
+
+def test_index_is_removed_with_the_snapshot(sn: Snapshotter, db: Database) -> None:
+    sn.prepare("a")
+    sn.write_index("a", _entries())
+    sn.prepare("b")
+    sn.write_index("b", [Entry("keep", "file")])
+    sn.remove("a")
+    with db.begin() as txn:
+        left = [bytes(k) for k, _ in txn.cursor(db=db.table(FILES))]
+    assert left == [sn.dir("b").parent.name.encode() + b"\0keep"]
+
+
+def test_mounts_of_a_committed_snapshot_is_its_readonly_stack(sn: Snapshotter) -> None:
+    sn.prepare("a")
+    sn.commit("base", "a")
+    sn.prepare("b", "base")
+    sn.commit("top", "b")
+    mounts = sn.mounts("top")
+    assert mounts.readonly and mounts.upper is None
+    assert mounts.lowers == [sn.dir("top"), sn.dir("base")]
+    assert [i.name for i in sn.chain("top")] == ["base", "top"]
+    active = sn.prepare("c", "top")
+    assert active.lowers == mounts.lowers and active.work is not None and active.work.is_dir()
+    assert sn.mounts("c") == active
