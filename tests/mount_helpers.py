@@ -8,12 +8,13 @@ is what the mount must take metadata from.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
+import io
 import os
 import signal
 import stat
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,4 +167,72 @@ def errno_of(func: object, *args: object) -> int:
     return 0
 
 
-__all__ = ["E", "errno", "write_layer", "mounted", "listing", "row", "hardlink_groups"]
+
+
+# --- real snapshots from real tars -----------------------------------------------------
+
+
+class TarLayer:
+    """An in-memory layer tar built member by member (what a registry blob unpacks to)."""
+
+    def __init__(self) -> None:
+        self.buf = io.BytesIO()
+        self.tar = tarfile.open(fileobj=self.buf, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+
+    def dir(self, path: str, mode: int = 0o755) -> TarLayer:
+        info = tarfile.TarInfo(path)
+        info.type, info.mode = tarfile.DIRTYPE, mode
+        self.tar.addfile(info)
+        return self
+
+    def file(self, path: str, data: bytes, mode: int = 0o644) -> TarLayer:
+        info = tarfile.TarInfo(path)
+        info.size, info.mode = len(data), mode
+        self.tar.addfile(info, io.BytesIO(data))
+        return self
+
+    def host_file(self, path: str, host_path: str) -> TarLayer:
+        data = Path(host_path).read_bytes()
+        return self.file(path, data, stat.S_IMODE(os.stat(host_path).st_mode))
+
+    def symlink(self, path: str, target: str) -> TarLayer:
+        info = tarfile.TarInfo(path)
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, target, 0o777
+        self.tar.addfile(info)
+        return self
+
+    def bytes(self) -> bytes:
+        self.tar.close()
+        return self.buf.getvalue()
+
+
+def commit_chain(client: Client, tars: list[bytes]) -> list[str]:
+    """Apply each tar into a snapshot on top of the previous one, committed under its chain
+    ID (as the unpacker does); return the chain IDs bottom -> top."""
+    from fsnap.archive.apply import apply_layer
+    from fsnap.digest import chain_id
+
+    diff_ids: list[str] = []
+    names: list[str] = []
+    for index, data in enumerate(tars):
+        key = f"extract-{index}"
+        client.snapshots.prepare(key, names[-1] if names else "")
+        result = apply_layer(io.BytesIO(data), client.snapshots.dir(key), sync=False)
+        client.snapshots.write_index(key, result.entries)
+        diff_ids.append(result.diff_id)
+        names.append(chain_id(diff_ids))
+        client.snapshots.commit(names[-1], key)
+    return names
+
+
+@contextlib.contextmanager
+def mounted_snapshot(root: Path, key: str, mnt: Path) -> Iterator[manager.MountInfo]:
+    """Mount snapshot ``key`` at ``mnt``; unmount and stop the daemon whatever happens."""
+    mnt.mkdir(exist_ok=True)
+    info: manager.MountInfo | None = None
+    try:
+        with Client(root) as client:
+            info = manager.mount_snapshot(client, key, mnt)
+        yield info
+    finally:
+        cleanup(root, mnt, info.pid if info else 0)

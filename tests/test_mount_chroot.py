@@ -1,0 +1,170 @@
+"""Snapshots committed from real tars, mounted over FUSE, used with chroot; daemon faults."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mount_helpers import TarLayer, cleanup, commit_chain, mounted_snapshot
+
+from fsnap.client import Client
+from fsnap.mount import manager
+
+
+def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from fsnap.cli import run; run()", "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def busybox_tars() -> list[bytes]:
+    base = TarLayer().dir("bin").host_file("bin/busybox", "/bin/busybox").bytes()
+    top = TarLayer().symlink("bin/sh", "busybox").file("etc/motd", b"hello\n").bytes()
+    return [base, top]
+
+
+@pytest.fixture
+def busybox(tmp_path: Path) -> tuple[Path, str]:
+    root = tmp_path / "root"
+    with Client(root) as client:
+        names = commit_chain(client, busybox_tars())
+    return root, names[-1]
+
+
+def test_chroot_busybox_shell(busybox: tuple[Path, str], tmp_path: Path) -> None:
+    root, key = busybox
+    mnt = tmp_path / "mnt"
+    with mounted_snapshot(root, key, mnt) as info:
+        done = subprocess.run(
+            ["chroot", str(mnt), "/bin/sh", "-c", "echo ok; ls /; busybox cat /etc/motd"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["ok", "bin", "etc", "hello"]
+        with Client(root) as client:
+            assert set(info.snapshots) <= manager.snapshots_in_use(client)
+            assert key in manager.snapshots_in_use(client)
+
+
+def test_chroot_dynamically_linked_program(tmp_path: Path) -> None:
+    """/bin/ls with the libraries and loader ldd names, over three layers (usrmerge links
+    in the first, libraries in the second, the program in the third)."""
+    libs = []
+    for line in subprocess.run(["ldd", "/bin/ls"], capture_output=True, text=True,
+                               check=True).stdout.splitlines():
+        words = [w for w in line.split() if w.startswith("/")]
+        if words:
+            libs.append(words[0])
+    base = TarLayer()
+    for top in ("bin", "lib", "lib64"):
+        base.symlink(top, f"usr/{top}")
+    libs_layer = TarLayer().dir("usr")
+    made = {"usr"}
+    for lib in libs:
+        real = os.path.realpath(lib)
+        inside = "usr/" + os.path.relpath(real, "/usr") if real.startswith("/usr/") else real[1:]
+        logical = os.path.normpath(lib.lstrip("/"))
+        for path in (inside, logical if logical.startswith("usr/") else "usr/" + logical):
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                parent = "/".join(parts[:i])
+                if parent not in made:
+                    libs_layer.dir(parent)
+                    made.add(parent)
+            if path not in made:
+                libs_layer.host_file(path, real)
+                made.add(path)
+    program = TarLayer().dir("usr").dir("usr/bin").host_file("usr/bin/ls", "/bin/ls")
+    root = tmp_path / "root"
+    with Client(root) as client:
+        key = commit_chain(client, [base.bytes(), libs_layer.bytes(), program.bytes()])[-1]
+    mnt = tmp_path / "mnt"
+    with mounted_snapshot(root, key, mnt):
+        done = subprocess.run(["chroot", str(mnt), "/bin/ls", "/"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["bin", "lib", "lib64", "usr"]
+
+
+def test_killed_daemon_is_stale_until_umount(busybox: tuple[Path, str], tmp_path: Path) -> None:
+    root, key = busybox
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    pid = 0
+    try:
+        with Client(root) as client:
+            pid = manager.mount_snapshot(client, key, mnt).pid
+        assert (mnt / "etc/motd").read_bytes() == b"hello\n"
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        # (attributes already looked up stay cached in the kernel: ask for something new)
+        for probe in (lambda: os.listdir(mnt), lambda: os.stat(mnt / "never-looked-up")):
+            with pytest.raises(OSError) as failure:
+                probe()
+            assert failure.value.errno == errno.ENOTCONN
+        listed = fsnap(root, "mounts")
+        assert listed.returncode == 0, listed.stderr
+        assert str(mnt) in listed.stdout and "stale" in listed.stdout
+        done = fsnap(root, "umount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert str(mnt) not in manager.mounted_points()
+        assert str(mnt) not in fsnap(root, "mounts").stdout
+        with mounted_snapshot(root, key, mnt):
+            assert (mnt / "etc/motd").read_bytes() == b"hello\n"
+    finally:
+        cleanup(root, mnt, pid)
+
+
+def test_umount_stops_the_daemon(busybox: tuple[Path, str], tmp_path: Path) -> None:
+    root, key = busybox
+    mnt = tmp_path / "mnt"
+    with mounted_snapshot(root, key, mnt) as info:
+        listed = fsnap(root, "mounts")
+        assert "live" in listed.stdout and str(info.pid) in listed.stdout
+        done = fsnap(root, "umount", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert str(mnt) not in manager.mounted_points()
+        assert _gone(info.pid)
+
+
+def _gone(pid: int) -> bool:
+    """The daemon is this test's child: reap it if it exited, then look for it."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_cli_mount_errors(busybox: tuple[Path, str], tmp_path: Path) -> None:
+    root, key = busybox
+    missing = fsnap(root, "mount", "busybox:latest", str(tmp_path / "missing"))
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").touch()
+    busy = fsnap(root, "mount", "busybox:latest", str(full))
+    assert busy.returncode != 0 and "not empty" in busy.stderr
+    inside = root / "inside"
+    inside.mkdir()
+    within = fsnap(root, "mount", "busybox:latest", str(inside))
+    assert within.returncode != 0 and "inside the fsnap root" in within.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    absent = fsnap(root, "mount", "nothere:1", str(empty))
+    assert absent.returncode != 0 and "fsnap pull" in absent.stderr
+    mnt = tmp_path / "mnt"
+    with mounted_snapshot(root, key, mnt):
+        again = fsnap(root, "mount", "busybox:latest", str(mnt))
+        assert again.returncode != 0 and "already" in again.stderr
+    nothing = fsnap(root, "umount", str(empty))
+    assert nothing.returncode != 0 and "nothing is mounted" in nothing.stderr
+    for done in (missing, busy, within, absent, again, nothing):
+        assert "Traceback" not in done.stderr + done.stdout
