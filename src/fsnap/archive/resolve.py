@@ -1,0 +1,190 @@
+"""Resolving tar member names inside a snapshot root, as if the root were ``/``.
+
+This is the containment boundary of the applier. A layer is hostile until proven otherwise:
+its names may hold ``..`` or start with ``/``, and earlier members may have planted symlinks
+(to ``/``, to ``..``, chains of them) on the path of later ones. ``RootDir`` therefore never
+hands a path string to the kernel for resolution. It walks names one component at a time
+from directory file descriptors, looks at each component with ``lstat`` (never following),
+reads symlinks itself and restarts their targets from the root (absolute) or from the
+current directory (relative), and clamps ``..`` at the root. Every directory it opens is
+opened with ``O_NOFOLLOW`` relative to a directory it already holds, so what the kernel acts
+on is exactly what was checked (no time-of-check/time-of-use gap through path strings).
+
+Resolved directories are cached by their canonical path (a path whose every component is a
+real directory), so the common case (many members in one directory) costs a dict lookup
+instead of a walk. Removing a directory evicts it and everything beneath from the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from pathlib import Path
+
+from fsnap.errors import InvalidArgument, NotFound
+
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 255  # like the kernel's limit on symlinks met in one lookup (ELOOP)
+_MAX_FDS = 1024
+
+
+def clean_name(name: str) -> list[str]:
+    """A member name as root-relative components: lexically cleaned, ``..`` clamped at ``/``.
+
+    Like containerd, the name is cleaned *before* symlinks are looked at, so
+    ``dne/../.wh.etc`` names ``.wh.etc`` in the root. An empty list names the root itself.
+    """
+    cleaned = posixpath.normpath("/" + name)
+    return [c for c in cleaned.split("/") if c]
+
+
+def join(parent: str, name: str) -> str:
+    """Join index paths ('' is the root)."""
+    return f"{parent}/{name}" if parent else name
+
+
+class RootDir:
+    """Directory file descriptors for one snapshot root, and contained lookups in it.
+
+    ``on_implicit(path)`` is called for each directory created because a member needed it as
+    a parent; ``on_replace(path)`` before a non-directory is removed to make room for one.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        on_implicit: Callable[[str], None] | None = None,
+        on_replace: Callable[[str], None] | None = None,
+    ) -> None:
+        self.root_fd = os.open(root, _OPEN_DIR)
+        self._fds: OrderedDict[str, int] = OrderedDict({"": self.root_fd})
+        self._on_implicit = on_implicit or (lambda path: None)
+        self._on_replace = on_replace or (lambda path: None)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def dir_fd(self, path: str) -> int:
+        """The fd of the directory at canonical ``path``, opened component by component."""
+        fd = self._fds.get(path)
+        if fd is not None:
+            self._fds.move_to_end(path)
+            return fd
+        parent, _, name = path.rpartition("/")
+        parent_fd = self.dir_fd(parent)
+        fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+        self._fds[path] = fd
+        if len(self._fds) > _MAX_FDS:
+            self._evict_oldest()
+        return fd
+
+    def _evict_oldest(self) -> None:
+        for key in self._fds:
+            if key:  # never the root
+                os.close(self._fds.pop(key))
+                return
+
+    def forget(self, path: str) -> None:
+        """Drop cached fds of ``path`` and below (it was removed or replaced)."""
+        prefix = path + "/"
+        for key in [k for k in self._fds if k == path or k.startswith(prefix)]:
+            if key:
+                os.close(self._fds.pop(key))
+
+    def resolve_dir(self, components: list[str], *, create: bool) -> str:
+        """Canonical path of the directory named by ``components``, following symlinks inside
+        the root. With ``create``, missing directories are made (and reported as implicit) and
+        a non-directory in the way is replaced; without, a missing one is ``NotFound``."""
+        joined = "/".join(components)
+        if joined in self._fds:
+            self._fds.move_to_end(joined)
+            return joined
+        stack: list[str] = []
+        pending = deque(components)
+        links = 0
+        while pending:
+            comp = pending.popleft()
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if stack:
+                    stack.pop()
+                continue
+            here = "/".join(stack)
+            path = join(here, comp)
+            if path in self._fds:
+                stack.append(comp)
+                continue
+            parent_fd = self.dir_fd(here)
+            target = self._step(parent_fd, comp, path, create)
+            if target is None:
+                stack.append(comp)
+                continue
+            links += 1
+            if links > _MAX_LINKS:
+                raise InvalidArgument(f"invalid archive: too many levels of symlinks at {path!r}")
+            if target.startswith("/"):
+                stack = []
+            pending.extendleft(reversed(target.split("/")))
+        return "/".join(stack)
+
+    def _step(self, parent_fd: int, comp: str, path: str, create: bool) -> str | None:
+        """Look at one component: None when it is (now) a directory, else its symlink target."""
+        try:
+            st = os.stat(comp, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            if not create:
+                raise NotFound(f"{path!r} does not exist in the layer") from None
+            os.mkdir(comp, 0o755, dir_fd=parent_fd)
+            self._on_implicit(path)
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            return os.readlink(comp, dir_fd=parent_fd)
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        if not create:
+            raise NotFound(f"{path!r} is not a directory")
+        # A later member needs a directory where an earlier one put a file: the later wins.
+        self._on_replace(path)
+        os.unlink(comp, dir_fd=parent_fd)
+        os.mkdir(comp, 0o755, dir_fd=parent_fd)
+        self._on_implicit(path)
+        return None
+
+    def remove(self, parent_fd: int, name: str, path: str) -> None:
+        """Remove whatever is at ``name`` in ``parent_fd`` (a whole tree for a directory)."""
+        try:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.forget(path)
+            fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+            try:
+                _empty_dir(fd)
+            finally:
+                os.close(fd)
+            os.rmdir(name, dir_fd=parent_fd)
+        else:
+            os.unlink(name, dir_fd=parent_fd)
+
+
+def _empty_dir(fd: int) -> None:
+    """Delete a directory's contents through its fd, never following a symlink."""
+    with os.scandir(fd) as it:
+        names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    for name, is_dir in names:
+        if is_dir:
+            sub = os.open(name, _OPEN_DIR, dir_fd=fd)
+            try:
+                _empty_dir(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(name, dir_fd=fd)
+        else:
+            os.unlink(name, dir_fd=fd)
