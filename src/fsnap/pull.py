@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import trio
 
@@ -230,11 +230,16 @@ class Puller:
         if writer.offset >= desc.size:
             return
         batch = bytearray()
-        async for chunk in self.registry.fetch_blob(self.ref, desc, writer.offset):
-            batch += chunk
-            self.tally.downloaded += len(chunk)
-            if len(batch) >= WRITE_BATCH:
-                await self._flush(desc, writer, batch, wants)
+        # fetch_blob is an async generator; its declared type only promises iteration.
+        stream = cast(
+            "AsyncGenerator[bytes, None]", self.registry.fetch_blob(self.ref, desc, writer.offset)
+        )
+        async with contextlib.aclosing(stream) as chunks:  # closes the HTTP stream on error
+            async for chunk in chunks:
+                batch += chunk
+                self.tally.downloaded += len(chunk)
+                if len(batch) >= WRITE_BATCH:
+                    await self._flush(desc, writer, batch, wants)
         await self._flush(desc, writer, batch, wants)
 
     async def _flush(self, desc: Descriptor, writer: Writer, batch: bytearray, wants: bool) -> None:
