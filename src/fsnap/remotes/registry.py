@@ -112,12 +112,17 @@ class RegistryClient:
         path = f"/v2/{ref.repository}/manifests/{ref.object}"
         headers = {"Accept": RESOLVE_ACCEPT}
         what = str(ref)
-        response, _ = await self._fetch_small(ref, "HEAD", path, headers, what, str(ref))
-        media_type = media_type_of(response.headers.get("content-type", ""))
-        if media_type in oci.SCHEMA1_TYPES:
-            check_manifest_type(what, media_type)
-        digest = ref.digest or response.headers.get("docker-content-digest", "")
-        length = response.headers.get("content-length", "")
+        media_type, digest, length = "", "", ""
+        try:
+            response, _ = await self._fetch_small(ref, "HEAD", path, headers, what, str(ref))
+        except RegistryError:
+            pass  # a HEAD error has no body to explain it: GET below gets the message
+        else:
+            media_type = media_type_of(response.headers.get("content-type", ""))
+            if media_type in oci.SCHEMA1_TYPES:
+                check_manifest_type(what, media_type)
+            digest = ref.digest or response.headers.get("docker-content-digest", "")
+            length = response.headers.get("content-length", "")
         if not (digest and length.isdigit() and media_type in KNOWN_MANIFEST_TYPES):
             response, body = await self._fetch_small(ref, "GET", path, headers, what, str(ref))
             content_type = media_type_of(response.headers.get("content-type", ""))

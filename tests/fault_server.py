@@ -1,0 +1,244 @@
+"""A fault-injecting HTTP proxy in front of the real registry, for faults it cannot produce.
+
+Tests arm faults (each fires a given number of times, then the proxy is transparent again):
+drop a blob's connection after N bytes, answer 429 with Retry-After, answer 5xx, redirect
+blob GETs to another path (as registries do to object storage), corrupt a blob's bytes, or
+serve a canned manifest (schema 1, oversized, not JSON) the registry would refuse to store.
+Every request is logged with its headers so tests can assert what the client sent.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
+OBJECTS_PREFIX = "/_objects"
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request the proxy received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class Fault:
+    """A fault armed ``times`` times for requests whose path contains ``match``."""
+
+    kind: str
+    times: int
+    match: str
+    status: int = 503
+    retry_after: str = ""
+    after_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class CannedManifest:
+    content_type: str
+    body: bytes
+    digest: str | None
+
+
+@dataclass
+class FaultServer:
+    """The proxy's state: upstream address, armed faults, canned manifests, request log."""
+
+    upstream: str  # "127.0.0.1:PORT" of the real registry
+    host: str = ""
+    requests: list[Seen] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+    manifests: dict[str, CannedManifest] = field(default_factory=dict)
+    redirect_blobs: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    # -- arming faults ---------------------------------------------------------------------
+
+    def drop_blob_after(self, nbytes: int, times: int = 1) -> None:
+        """Send the full Content-Length, then only ``nbytes`` of a blob, then hang up."""
+        self._arm(Fault("drop", times, "/blobs/", after_bytes=nbytes))
+
+    def throttle(self, times: int = 1, retry_after: str = "1", match: str = "/v2/") -> None:
+        """Answer 429 Too Many Requests with ``Retry-After``."""
+        self._arm(Fault("status", times, match, status=429, retry_after=retry_after))
+
+    def fail(self, times: int = 1, status: int = 503, match: str = "/v2/") -> None:
+        """Answer ``status`` (a 5xx) without asking the registry."""
+        self._arm(Fault("status", times, match, status=status))
+
+    def corrupt_blob(self, times: int = 1) -> None:
+        """Flip one byte in the middle of a blob body."""
+        self._arm(Fault("corrupt", times, "/blobs/"))
+
+    def serve_manifest(
+        self, repo: str, reference: str, content_type: str, body: bytes, digest: str | None = None
+    ) -> None:
+        """Answer ``/v2/<repo>/manifests/<reference>`` with this body, never the registry's."""
+        self.manifests[f"/v2/{repo}/manifests/{reference}"] = CannedManifest(
+            content_type, body, digest
+        )
+
+    def seen(self, method: str | None = None, contains: str = "") -> list[Seen]:
+        """Logged requests, filtered by method and path substring."""
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if (method is None or r.method == method) and contains in r.path
+            ]
+
+    def _arm(self, fault: Fault) -> None:
+        with self._lock:
+            self.faults.append(fault)
+
+    def take(self, kinds: tuple[str, ...], path: str) -> Fault | None:
+        """The first armed fault of ``kinds`` matching ``path``, consuming one of its shots."""
+        with self._lock:
+            for fault in self.faults:
+                if fault.kind in kinds and fault.times > 0 and fault.match in path:
+                    fault.times -= 1
+                    return fault
+        return None
+
+    def log(self, seen: Seen) -> None:
+        with self._lock:
+            self.requests.append(seen)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _ProxyServer
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._handle()
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._handle()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._handle()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle()
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._handle()
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._handle()
+
+    def _handle(self) -> None:
+        state = self.server.state
+        path = self.path
+        state.log(Seen(self.command, path, {k.lower(): v for k, v in self.headers.items()}))
+        canned = state.manifests.get(path.split("?", 1)[0])
+        if canned is not None:
+            self._send_canned(canned)
+            return
+        fault = state.take(("status",), path)
+        if fault is not None:
+            self._send_status(fault)
+            return
+        if path.startswith(OBJECTS_PREFIX):
+            path = path[len(OBJECTS_PREFIX) :]
+        elif state.redirect_blobs and self.command == "GET" and BLOB_PATH.match(path):
+            self.send_response(307)
+            self.send_header("Location", f"{state.url}{OBJECTS_PREFIX}{path}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self._proxy(path)
+
+    def _proxy(self, path: str) -> None:
+        state = self.server.state
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+        upstream = http.client.HTTPConnection(state.upstream, timeout=30)
+        try:
+            upstream.request(self.command, path, body=body, headers=headers)
+            response = upstream.getresponse()
+            data = response.read()
+            status, reply_headers = response.status, response.getheaders()
+        finally:
+            upstream.close()
+        is_blob = self.command == "GET" and BLOB_PATH.match(path) and status in (200, 206)
+        fault = state.take(("drop", "corrupt"), path) if is_blob and data else None
+        if fault is not None and fault.kind == "corrupt":
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+        self.send_response(status)
+        for key, value in reply_headers:
+            if key.lower() not in HOP_HEADERS:
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if fault is not None and fault.kind == "drop":
+            self.wfile.write(data[: fault.after_bytes])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(data)
+
+    def _send_canned(self, canned: CannedManifest) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", canned.content_type)
+        self.send_header("Content-Length", str(len(canned.body)))
+        if canned.digest:
+            self.send_header("Docker-Content-Digest", canned.digest)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(canned.body)
+
+    def _send_status(self, fault: Fault) -> None:
+        body = b'{"errors":[{"code":"INJECTED","message":"injected HTTP %d"}]}' % fault.status
+        self.send_response(fault.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if fault.retry_after:
+            self.send_header("Retry-After", fault.retry_after)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        del format, args
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+    state: FaultServer
+
+
+@contextmanager
+def run_fault_server(upstream: str) -> Iterator[FaultServer]:
+    """Serve a FaultServer in front of ``upstream`` (``host:port``) until the block ends."""
+    state = FaultServer(upstream)
+    server = _ProxyServer(("127.0.0.1", 0), _Handler)
+    server.state = state
+    state.host = f"127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(
+        target=server.serve_forever, args=(0.05,), name="fault-server", daemon=True
+    )
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
