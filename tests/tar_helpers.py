@@ -31,7 +31,7 @@ class TarBuilder:
 
     def __init__(self, fmt: int = tarfile.PAX_FORMAT) -> None:
         self._buf = io.BytesIO()
-        self._tar = tarfile.open(
+        self._tar = tarfile.open(  # noqa: SIM115 (closed by data())
             fileobj=self._buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape"
         )
 
@@ -142,7 +142,10 @@ def snapshot_paths(paths: list[str]) -> dict[str, dict[str, Any] | None]:
 
 def stat_in_chroot(root: Path, path: str) -> tuple[int, int]:
     """(st_dev, st_ino) of ``path`` as the kernel resolves it with ``root`` as ``/``."""
-    code = "import os,sys; os.chroot(sys.argv[1]); s=os.stat(sys.argv[2]); print(s.st_dev, s.st_ino)"
+    code = (
+        "import os, sys; os.chroot(sys.argv[1]); os.chdir('/'); "
+        "s = os.stat(sys.argv[2]); print(s.st_dev, s.st_ino)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code, str(root), path], check=True, capture_output=True, text=True
     ).stdout.split()

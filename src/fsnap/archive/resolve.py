@@ -29,6 +29,9 @@ from fsnap.errors import InvalidArgument, NotFound
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 255  # like the kernel's limit on symlinks met in one lookup (ELOOP)
 _MAX_FDS = 1024
+# what _step found; symlink targets are other strings (they are never empty on Linux)
+_DIR = "\0dir"
+_MISSING = "\0missing"
 
 
 def clean_name(name: str) -> list[str]:
@@ -105,6 +108,7 @@ class RootDir:
             self._fds.move_to_end(joined)
             return joined
         stack: list[str] = []
+        real = 0  # stack[:real] exist on disk; the rest is lexical, below a missing name
         pending = deque(components)
         links = 0
         while pending:
@@ -114,39 +118,39 @@ class RootDir:
             if comp == "..":
                 if stack:
                     stack.pop()
+                real = min(real, len(stack))
+                continue
+            if real < len(stack):
+                stack.append(comp)  # nothing exists here, so no symlink can be met
                 continue
             here = "/".join(stack)
             path = join(here, comp)
-            if path in self._fds:
+            target = _DIR if path in self._fds else self._step(here, comp, path, create)
+            if target in (_DIR, _MISSING):
                 stack.append(comp)
-                continue
-            parent_fd = self.dir_fd(here)
-            target = self._step(parent_fd, comp, path, create)
-            if target is None:
-                stack.append(comp)
+                real += target == _DIR
                 continue
             links += 1
             if links > _MAX_LINKS:
                 raise InvalidArgument(f"invalid archive: too many levels of symlinks at {path!r}")
             if target.startswith("/"):
-                stack = []
+                stack, real = [], 0
             pending.extendleft(reversed(target.split("/")))
+        self._make_missing(stack, real, create)
         return "/".join(stack)
 
-    def _step(self, parent_fd: int, comp: str, path: str, create: bool) -> str | None:
-        """Look at one component: None when it is (now) a directory, else its symlink target."""
+    def _step(self, here: str, comp: str, path: str, create: bool) -> str:
+        """Look at one component: ``_DIR``, ``_MISSING`` or its symlink target. With
+        ``create``, a non-directory in the way is replaced by a directory."""
+        parent_fd = self.dir_fd(here)
         try:
             st = os.stat(comp, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
-            if not create:
-                raise NotFound(f"{path!r} does not exist in the layer") from None
-            os.mkdir(comp, 0o755, dir_fd=parent_fd)
-            self._on_implicit(path)
-            return None
+            return _MISSING
         if stat.S_ISLNK(st.st_mode):
             return os.readlink(comp, dir_fd=parent_fd)
         if stat.S_ISDIR(st.st_mode):
-            return None
+            return _DIR
         if not create:
             raise NotFound(f"{path!r} is not a directory")
         # A later member needs a directory where an earlier one put a file: the later wins.
@@ -154,7 +158,16 @@ class RootDir:
         os.unlink(comp, dir_fd=parent_fd)
         os.mkdir(comp, 0o755, dir_fd=parent_fd)
         self._on_implicit(path)
-        return None
+        return _DIR
+
+    def _make_missing(self, stack: list[str], real: int, create: bool) -> None:
+        """Create the directories below the last existing one (implicit), or fail."""
+        for depth in range(real, len(stack)):
+            path = "/".join(stack[: depth + 1])
+            if not create:
+                raise NotFound(f"{path!r} does not exist in the layer")
+            os.mkdir(stack[depth], 0o755, dir_fd=self.dir_fd("/".join(stack[:depth])))
+            self._on_implicit(path)
 
     def remove(self, parent_fd: int, name: str, path: str) -> None:
         """Remove whatever is at ``name`` in ``parent_fd`` (a whole tree for a directory)."""
