@@ -1,0 +1,186 @@
+"""Pull against a real registry: media types, compressions, platforms, the CLI, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from registry_helpers import (
+    AMD64,
+    ARM64,
+    RegistryProcess,
+    make_image,
+    make_layer,
+    two_platform_index,
+)
+
+from fsnap import oci
+from fsnap.client import Client
+from fsnap.oci import Platform
+
+FSNAP = Path(sys.executable).with_name("fsnap")
+HOST = Platform.host()
+
+
+def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run the real CLI in a child process (as a user would), capturing its output."""
+    return subprocess.run(
+        [str(FSNAP), "--root", str(root), *args], capture_output=True, timeout=120, check=False
+    )
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[bytes]) -> str:
+    stderr = result.stderr.decode()
+    assert result.returncode != 0, stderr
+    assert "Traceback" not in stderr
+    return stderr
+
+
+@pytest.mark.parametrize(
+    ("fmt", "compression"),
+    [("oci", "gzip"), ("oci", "zstd"), ("oci", "none"), ("docker", "gzip"), ("docker", "none")],
+)
+def test_pull_stores_every_blob_verified(
+    registry: RegistryProcess, tmp_path: Path, fmt: Any, compression: Any
+) -> None:
+    layers = [
+        make_layer({"etc/": b"", "etc/hostname": "one\n"}, compression, fmt),
+        make_layer({"data.bin": os.urandom(200_000)}, compression, fmt),
+    ]
+    image = make_image(layers, fmt=fmt, platform=HOST)
+    repo = f"pull/{fmt}-{compression}"
+    registry.push_image(repo, "v1", image)
+    with Client(tmp_path / "root") as client:
+        record = client.pull(f"{registry.host}/{repo}:v1")
+        assert record.name == f"{registry.host}/{repo}:v1"
+        assert record.target.digest == image.manifest.digest
+        assert record.target.media_type == image.manifest.media_type
+        assert record.platforms == (HOST,)
+        blobs = [image.manifest, image.config, *(layer.blob for layer in layers)]
+        assert record.size == sum(blob.size for blob in blobs)
+        for blob in blobs:
+            assert client.content.read(blob.digest) == blob.data
+        labels = client.content.info(image.manifest.digest).labels
+        assert labels["containerd.io/gc.ref.content.config"] == image.config.digest
+        assert labels["containerd.io/gc.ref.content.l.1"] == layers[1].blob.digest
+        assert client.images.get(record.name) == record
+        assert client.content.list_ingests() == []
+
+
+def test_two_platform_index_pulls_only_the_wanted_platform(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    index = two_platform_index()
+    registry.push_index("pull/multi", "v1", index)
+    ref = f"{registry.host}/pull/multi:v1"
+    wanted, other = index.for_platform(AMD64), index.for_platform(ARM64)
+    with Client(tmp_path / "host") as client:
+        record = client.pull(ref, platform=AMD64)
+        assert record.platforms == (AMD64,)
+        for blob in [index.index, wanted.manifest, *wanted.blobs]:
+            assert client.content.exists(blob.digest), blob.digest
+        assert not client.content.exists(other.manifest.digest)
+        assert not client.content.exists(other.config.digest)
+        assert not client.content.exists(other.layers[1].blob.digest)
+        assert client.content.info(index.index.digest).labels == {
+            "containerd.io/gc.ref.content.m.0": wanted.manifest.digest
+        }
+    with Client(tmp_path / "arm") as client:
+        assert client.pull(ref, platform=ARM64).platforms == (ARM64,)
+        assert client.content.exists(other.layers[1].blob.digest)
+        assert not client.content.exists(wanted.layers[1].blob.digest)
+    with Client(tmp_path / "all") as client:
+        record = client.pull(ref, all_platforms=True)
+        assert set(record.platforms) == {AMD64, ARM64}
+        for image in index.images:
+            for blob in [image.manifest, *image.blobs]:
+                assert client.content.read(blob.digest) == blob.data
+
+
+def test_default_platform_is_the_host(registry: RegistryProcess, tmp_path: Path) -> None:
+    index = two_platform_index(fmt="docker")
+    registry.push_index("pull/multi-docker", "v1", index)
+    with Client(tmp_path / "root") as client:
+        record = client.pull(f"{registry.host}/pull/multi-docker:v1")
+        host_image = next(i for i in index.images if HOST.matches(i.platform))
+        assert record.platforms == (host_image.platform,)
+        others = [i for i in index.images if i is not host_image]
+        assert all(not client.content.exists(i.manifest.digest) for i in others)
+
+
+def test_cli_pull_images_content_rmi(registry: RegistryProcess, tmp_path: Path) -> None:
+    image = make_image([make_layer({"hello": "world\n"}, "zstd")], platform=HOST)
+    registry.push_image("pull/cli", "v1", image)
+    root, ref = tmp_path / "root", f"{registry.host}/pull/cli:v1"
+
+    pulled = fsnap(root, "pull", ref)
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    out = pulled.stdout.decode()
+    assert "layer-" + image.layers[0].blob.digest in out and "elapsed" in out
+
+    table = fsnap(root, "images")
+    assert table.returncode == 0
+    lines = table.stdout.decode().splitlines()
+    assert lines[0].split() == ["REF", "DIGEST", "SIZE", "PLATFORMS"]
+    assert lines[1].split()[:2] == [ref, image.manifest.digest] and str(HOST) in lines[1]
+    assert fsnap(root, "images", "--quiet").stdout.decode().split() == [ref]
+    records = json.loads(fsnap(root, "images", "--json").stdout)
+    assert records[0]["target"]["digest"] == image.manifest.digest
+
+    listing = fsnap(root, "content", "ls").stdout.decode()
+    for blob in [image.manifest, *image.blobs]:
+        assert blob.digest in listing
+    raw = fsnap(root, "content", "get", image.layers[0].blob.digest)
+    assert raw.returncode == 0 and raw.stdout == image.layers[0].blob.data
+
+    again = fsnap(root, "pull", ref)
+    assert again.returncode == 0 and "exists" in again.stdout.decode()
+
+    assert fsnap(root, "rmi", ref).returncode == 0
+    assert fsnap(root, "images", "--quiet").stdout == b""
+    stderr = assert_clean_failure(fsnap(root, "rmi", ref))
+    assert "not found" in stderr and ref in stderr
+
+
+def test_unknown_repository_or_tag_is_not_found(registry: RegistryProcess, tmp_path: Path) -> None:
+    registry.push_image("pull/known", "v1", make_image([make_layer({"a": "b"})]))
+    for ref in (f"{registry.host}/pull/unknown:v1", f"{registry.host}/pull/known:nope"):
+        stderr = assert_clean_failure(fsnap(tmp_path / "root", "pull", ref))
+        assert "not found" in stderr and ref in stderr
+    assert fsnap(tmp_path / "root", "images", "-q").stdout == b""
+
+
+def test_bad_arguments_are_clean_errors(registry: RegistryProcess, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert "invalid" in assert_clean_failure(fsnap(root, "pull", "Bad Ref"))
+    ref = f"{registry.host}/pull/x:v1"
+    assert "platform" in assert_clean_failure(fsnap(root, "pull", "--platform", "linux", ref))
+    assert "USER:PASS" in assert_clean_failure(fsnap(root, "pull", "--user", "nobody", ref))
+    stderr = assert_clean_failure(fsnap(root, "content", "get", "sha256:" + "0" * 64))
+    assert "not found" in stderr
+
+
+def test_no_matching_platform_is_not_found(registry: RegistryProcess, tmp_path: Path) -> None:
+    registry.push_index("pull/multi-s390", "v1", two_platform_index())
+    ref = f"{registry.host}/pull/multi-s390:v1"
+    result = fsnap(tmp_path / "root", "pull", "--platform", "linux/s390x", ref)
+    stderr = assert_clean_failure(result)
+    assert "linux/s390x" in stderr
+
+
+def test_schema_media_types_are_what_the_registry_serves(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A Docker manifest list resolves as one, and its children are Docker manifests."""
+    index = two_platform_index(fmt="docker")
+    registry.push_index("pull/docker-list", "v1", index)
+    with Client(tmp_path / "root") as client:
+        record = client.pull(f"{registry.host}/pull/docker-list:v1", platform=AMD64)
+        assert record.target.media_type == oci.DOCKER_MANIFEST_LIST
+        manifest = json.loads(client.content.read(index.for_platform(AMD64).manifest.digest))
+        assert manifest["mediaType"] == oci.DOCKER_MANIFEST
