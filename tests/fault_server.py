@@ -60,6 +60,7 @@ class FaultServer:
     faults: list[Fault] = field(default_factory=list)
     manifests: dict[str, CannedManifest] = field(default_factory=dict)
     redirect_blobs: bool = False
+    ignore_range: bool = False  # answer Range requests with the whole blob (200)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -167,6 +168,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+        if state.ignore_range:
+            headers = {k: v for k, v in headers.items() if k.lower() != "range"}
         upstream = http.client.HTTPConnection(state.upstream, timeout=30)
         try:
             upstream.request(self.command, path, body=body, headers=headers)

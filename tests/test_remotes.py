@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import email.utils
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 import trio
 from fault_server import FaultServer
+from image_builder import Format, Image
 from registry_helpers import (
     RegistryProcess,
     busybox_image,
@@ -21,6 +24,7 @@ from registry_helpers import (
 )
 
 from fsnap import oci
+from fsnap.digest import sha256_of
 from fsnap.errors import (
     DigestMismatch,
     InvalidArgument,
@@ -33,6 +37,7 @@ from fsnap.errors import (
 from fsnap.reference import Reference
 from fsnap.remotes import Credentials, RegistryClient
 from fsnap.remotes.registry import is_local_host
+from fsnap.remotes.retry import MAX_RETRY_AFTER, parse_retry_after
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05}
 
@@ -53,9 +58,9 @@ async def read_blob(
     return b"".join([chunk async for chunk in client.fetch_blob(ref, desc, offset)])
 
 
-def small_image(name: str, fmt: str = "oci") -> Any:
-    layer = make_layer({"hello.txt": f"hello from {name}\n" * 2000}, "gzip", fmt)  # type: ignore[arg-type]
-    return make_image([layer], fmt=fmt)  # type: ignore[arg-type]
+def small_image(name: str, fmt: Format = "oci") -> Image:
+    layer = make_layer({"hello.txt": f"hello from {name}\n" * 2000}, "gzip", fmt)
+    return make_image([layer], fmt=fmt)
 
 
 def ref_at(host: str, repo: str, obj: str = "v1") -> Reference:
@@ -67,7 +72,7 @@ def ref_at(host: str, repo: str, obj: str = "v1") -> Reference:
 
 
 @pytest.mark.parametrize("fmt", ["oci", "docker"])
-def test_resolve_and_fetch_image(registry: RegistryProcess, fmt: str) -> None:
+def test_resolve_and_fetch_image(registry: RegistryProcess, fmt: Format) -> None:
     image = small_image(f"fetch-{fmt}", fmt)
     pushed = registry.push_image(f"remotes/fetch-{fmt}", "v1", image)
     ref = ref_at(registry.host, f"remotes/fetch-{fmt}")
@@ -89,8 +94,8 @@ def test_resolve_and_fetch_image(registry: RegistryProcess, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["oci", "docker"])
-def test_resolve_index_then_platform_manifest(registry: RegistryProcess, fmt: str) -> None:
-    index = two_platform_index(fmt)  # type: ignore[arg-type]
+def test_resolve_index_then_platform_manifest(registry: RegistryProcess, fmt: Format) -> None:
+    index = two_platform_index(fmt)
     registry.push_index(f"remotes/index-{fmt}", "v1", index)
     ref = ref_at(registry.host, f"remotes/index-{fmt}")
 
@@ -127,6 +132,17 @@ def test_fetch_blob_from_offset_sends_range(
     assert fault_server.seen("GET", "/blobs/")[0].headers.get("range") == "bytes=100-"
 
 
+def test_offset_honoured_when_server_ignores_range(
+    registry: RegistryProcess, fault_server: FaultServer
+) -> None:
+    image = small_image("no-range")
+    registry.push_image("remotes/no-range", "v1", image)
+    fault_server.ignore_range = True
+    ref = ref_at(fault_server.host, "remotes/no-range")
+    layer = image.layers[0].blob
+    assert run(lambda c: read_blob(c, ref, layer.descriptor(), 100)) == layer.data[100:]
+
+
 def test_unknown_tag_repo_and_blob_are_not_found(registry: RegistryProcess) -> None:
     registry.push_image("remotes/known", "v1", small_image("known"))
     missing_tag = ref_at(registry.host, "remotes/known", "nope")
@@ -149,8 +165,9 @@ def test_schema1_refused_by_name(fault_server: FaultServer) -> None:
     fault_server.serve_manifest("remotes/old", "v1", oci.DOCKER_SCHEMA1_SIGNED, body, digest)
     fault_server.serve_manifest("remotes/old", "json", "application/json", body, digest)
     for tag in ("v1", "json"):
+        ref = ref_at(fault_server.host, "remotes/old", tag)
         with pytest.raises(Unsupported, match="schema 1"):
-            run(lambda c, t=tag: c.resolve(ref_at(fault_server.host, "remotes/old", t)))
+            run(lambda c: c.resolve(ref))  # noqa: B023 (run() completes inside the loop)
 
 
 def test_oversized_manifest_refused(fault_server: FaultServer) -> None:
@@ -172,8 +189,6 @@ def test_oversized_manifest_refused(fault_server: FaultServer) -> None:
 
 def test_non_json_manifest_refused(fault_server: FaultServer) -> None:
     body = b"<html>not a manifest</html>"
-    from fsnap.digest import sha256_of
-
     digest = sha256_of(body)
     fault_server.serve_manifest("remotes/html", "v1", "text/html", body)
     fault_server.serve_manifest("remotes/html", digest, oci.OCI_MANIFEST, body, digest)
@@ -269,6 +284,23 @@ def test_bearer_with_credentials(token_registry: RegistryProcess) -> None:
         run(lambda c: c.resolve(ref), credentials=Credentials("alice", "wrong"))
 
 
+def test_expired_bearer_token_fetched_again(token_registry: RegistryProcess) -> None:
+    image = small_image("bearer-expired")
+    token_registry.push_image("remotes/bearer-expired", "v1", image)
+    ref = ref_at(token_registry.host, "remotes/bearer-expired")
+    asked_before = len(token_registry.issuer.requests)
+
+    async def body(client: RegistryClient) -> bytes:
+        desc = await client.resolve(ref)
+        # Simulate expiry: the cached token is one the registry no longer accepts.
+        auth = client._auth[ref.domain]
+        auth._tokens = {scope: "Bearer expired" for scope in auth._tokens}
+        return await client.fetch_manifest(ref, desc)
+
+    assert run(body, docker_config=Path("/nonexistent/config.json")) == image.manifest.data
+    assert len(token_registry.issuer.requests) - asked_before == 2
+
+
 # -- faults and retries --------------------------------------------------------------------
 
 
@@ -351,6 +383,16 @@ def test_corrupt_blob_passed_through_for_the_writer_to_catch(
     ref = ref_at(fault_server.host, "remotes/corrupt")
     data = run(lambda c: read_blob(c, ref, layer.descriptor()))
     assert len(data) == layer.size and data != layer.data
+
+
+def test_retry_after_forms() -> None:
+    assert parse_retry_after("2") == 2.0
+    assert parse_retry_after("100000") == MAX_RETRY_AFTER
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+    later = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    assert parse_retry_after(later) == MAX_RETRY_AFTER
+    assert parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT") == 0.0
 
 
 @pytest.mark.parametrize(
