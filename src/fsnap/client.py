@@ -87,7 +87,11 @@ class Client:
         progress: PullProgress | None = None,
         sink: LayerSink | None = None,
     ) -> Image:
-        """Pull ``ref`` into the content store and record it (runs its own trio loop)."""
+        """Pull ``ref`` into the content store and record it.
+
+        Runs its own trio loop, so it cannot be called from async code: there, await
+        ``fsnap.pull.pull_image`` instead. ``sink`` receives layers while they download.
+        """
         import functools
 
         import trio
