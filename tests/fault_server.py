@@ -187,7 +187,9 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in reply_headers:
             if key.lower() not in HOP_HEADERS:
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
+        upstream_length = dict((k.lower(), v) for k, v in reply_headers).get("content-length")
+        head_length = upstream_length if self.command == "HEAD" and upstream_length else None
+        self.send_header("Content-Length", head_length or str(len(data)))
         self.end_headers()
         if self.command == "HEAD":
             return

@@ -123,7 +123,8 @@ class RegistryClient:
                 check_manifest_type(what, media_type)
             digest = ref.digest or response.headers.get("docker-content-digest", "")
             length = response.headers.get("content-length", "")
-        if not (digest and length.isdigit() and media_type in KNOWN_MANIFEST_TYPES):
+        usable = digest and length.isdigit() and int(length) > 0
+        if not (usable and media_type in KNOWN_MANIFEST_TYPES):
             response, body = await self._fetch_small(ref, "GET", path, headers, what, str(ref))
             content_type = media_type_of(response.headers.get("content-type", ""))
             media_type = sniff_media_type(content_type, body, what)
