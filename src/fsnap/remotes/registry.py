@@ -14,6 +14,7 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+import trio
 
 from fsnap import oci
 from fsnap.digest import hasher, sha256_of, validate
@@ -244,7 +245,7 @@ class RegistryClient:
         self, ref: Reference, method: str, path: str, headers: dict[str, str]
     ) -> httpx.Response:
         """Send once (streamed), answering at most one auth challenge along the way."""
-        auth = self._authenticator(ref.domain)
+        auth = await self._authenticator(ref.domain)
         scope = f"repository:{ref.repository}:pull"
         answered = False
         while True:
@@ -299,12 +300,16 @@ class RegistryClient:
         plain = is_local_host(host) if self.plain_http is None else self.plain_http
         return f"{'http' if plain else 'https'}://{host}"
 
-    def _authenticator(self, domain: str) -> Authenticator:
+    async def _authenticator(self, domain: str) -> Authenticator:
         if domain not in self._auth:
-            credentials = self.credentials or credentials_from_docker_config(
-                self.docker_config or default_docker_config(), domain
-            )
-            self._auth[domain] = Authenticator(domain, credentials, self._send_token_request)
+            credentials = self.credentials
+            if credentials is None:
+                config = self.docker_config or default_docker_config()
+                credentials = await trio.to_thread.run_sync(
+                    credentials_from_docker_config, config, domain
+                )
+            if domain not in self._auth:  # another task may have got here first
+                self._auth[domain] = Authenticator(domain, credentials, self._send_token_request)
         return self._auth[domain]
 
 
