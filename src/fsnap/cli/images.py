@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from fsnap.client import Client
@@ -50,8 +51,12 @@ def print_table(images: list[Image]) -> None:
 
 
 def handle_rmi(client: Client, args: argparse.Namespace) -> int:
-    client.images.delete(normalize(args.ref))
-    print(normalize(args.ref))
+    """Forget the image (Busy while mounted); its blobs and snapshots wait for gc."""
+    from fsnap.gc.rmi import remove_image
+
+    image = remove_image(client, normalize(args.ref))
+    print(image.name)
+    print("hint: its blobs and snapshots stay until `fsnap gc` reclaims them", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,180 @@
+"""Garbage collection: mark and sweep in containerd's order (``fsnap gc``).
+
+``collect(client)`` first lists the candidates (blobs, snapshots, ingests), then reads what
+keeps things alive (leases, images, mounts), marks everything reachable (``mark``), and
+sweeps the rest (``sweep``): committed snapshots children first, then blobs, then ingests no
+writer holds, then stale leases. Listing candidates *before* roots is what makes gc safe
+next to a running pull: whatever is created after the listing is not a candidate, and an
+image recorded after it is seen as a root. See ``fsnap.leases`` for the lease rule.
+
+``rmi`` only forgets an image record; this is what then reclaims its blobs and snapshots
+(unless another image, a mount, a user snapshot or a live lease still holds them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fsnap import leases
+from fsnap.gc import mark, sweep
+from fsnap.snapshots.info import Kind
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
+
+BLOB = "blob"
+SNAPSHOT = "snapshot"
+INGEST = "ingest"
+LEASE = "lease"
+KINDS = (SNAPSHOT, BLOB, INGEST, LEASE)
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One thing gc removes (or, in a dry run, would): its kind, name and bytes."""
+
+    kind: str
+    name: str
+    size: int = 0
+    detail: str = ""
+
+
+@dataclass
+class GCReport:
+    """What a gc run removed, in sweep order; ``skipped`` changed under gc and stays."""
+
+    dry_run: bool
+    removed: list[Removal] = field(default_factory=list)
+    skipped: list[Removal] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> list[Removal]:
+        return [item for item in self.removed if item.kind == kind]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {kind: len(self.of_kind(kind)) for kind in KINDS}
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        return sum(item.size for item in self.removed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "removed": [asdict(item) for item in self.removed],
+            "skipped": [asdict(item) for item in self.skipped],
+            "counts": self.counts,
+            "bytes_reclaimed": self.bytes_reclaimed,
+        }
+
+
+def collect(client: Client, dry_run: bool = False) -> GCReport:
+    """Remove what nothing references; with ``dry_run``, only say what would go."""
+    plan = plan_removals(client)
+    report = GCReport(dry_run=dry_run)
+    if dry_run:
+        report.removed = plan
+        return report
+    for item in plan:
+        (report.removed if _remove(client, item) else report.skipped).append(item)
+    return report
+
+
+def plan_removals(client: Client) -> list[Removal]:
+    """Everything gc would remove now, in the order it removes it."""
+    from fsnap.mount.manager import snapshots_in_use
+
+    content, snapshots = client.content, client.snapshots
+    graph = mark.Graph(
+        blobs={info.digest: info for info in content.walk()},
+        snapshots={info.name: info for info in snapshots.walk()},
+        blob_lookup=content.info,
+        snapshot_lookup=snapshots.stat,
+    )
+    ingests = content.list_ingests()
+    orphans = sweep.orphan_ingest_dirs(content)
+    all_leases = leases.list_leases(client.db)
+    since = leases.protected_since(all_leases)
+    sources = mark.RootSources(
+        image_targets=[image.target.digest for image in client.images.list()],
+        mounted_snapshots=snapshots_in_use(client),
+        protected_since=since,
+    )
+    marked = mark.mark(graph, mark.roots(graph, sources))
+    plan = _doomed_snapshots(client, graph, marked)
+    plan += [
+        Removal(BLOB, digest, info.size)
+        for digest, info in sorted(graph.blobs.items())
+        if (mark.CONTENT, digest) not in marked
+    ]
+    plan += [
+        Removal(INGEST, status.ref, status.offset, status.expected)
+        for status in ingests
+        if not _leased(max(status.started, status.updated), since)
+        and sweep.is_idle(content, sweep.lock_name(status.ref))
+    ]
+    plan += [
+        Removal(INGEST, sweep.ORPHAN_PREFIX + path.name, sweep.dir_size(path))
+        for path in orphans
+        if not _leased(_mtime(path), since) and sweep.is_idle(content, path.name + ".lock")
+    ]
+    plan += [
+        Removal(LEASE, lease.id, 0, f"pid {lease.pid}: {lease.reason}")
+        for lease in all_leases
+        if not lease.is_live()
+    ]
+    return plan
+
+
+def _doomed_snapshots(client: Client, graph: mark.Graph, marked: set[mark.Node]) -> list[Removal]:
+    """Unmarked committed snapshots, deepest first so children go before their parents.
+
+    Marking keeps whole chains (a marked child marks its parent), so the unmarked set is
+    closed under "child of": removing it in this order never meets a child that stays.
+    """
+    doomed = [
+        info.name
+        for info in graph.snapshots.values()
+        if info.kind is Kind.COMMITTED and (mark.SNAPSHOT, info.name) not in marked
+    ]
+    depth = {name: _depth(graph, name) for name in doomed}
+    doomed.sort(key=lambda name: (-depth[name], name))
+    return [
+        Removal(SNAPSHOT, name, sweep.snapshot_size(client.snapshots, name)) for name in doomed
+    ]
+
+
+def _depth(graph: mark.Graph, name: str) -> int:
+    depth, seen = 0, set()
+    info = graph.snapshots.get(name)
+    while info is not None and info.parent and info.parent not in seen:
+        seen.add(info.parent)
+        depth += 1
+        info = graph.snapshots.get(info.parent)
+    return depth
+
+
+def _leased(touched: float, since: float | None) -> bool:
+    return since is not None and touched >= since
+
+
+def _mtime(path: Path) -> float:
+    with contextlib.suppress(OSError):
+        return float(path.stat().st_mtime)
+    return float("inf")  # vanished or unreadable: treat as new, keep it
+
+
+def _remove(client: Client, item: Removal) -> bool:
+    if item.kind == SNAPSHOT:
+        return sweep.remove_snapshot(client.snapshots, item.name)
+    if item.kind == BLOB:
+        return sweep.remove_blob(client.content, item.name)
+    if item.kind == INGEST and item.name.startswith(sweep.ORPHAN_PREFIX):
+        path = client.content.ingest_root / item.name.removeprefix(sweep.ORPHAN_PREFIX)
+        return sweep.remove_orphan_dir(client.content, path)
+    if item.kind == INGEST:
+        return sweep.remove_ingest(client.content, item.name)
+    return leases.delete(client.db, item.name)

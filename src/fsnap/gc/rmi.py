@@ -1,0 +1,52 @@
+"""Safe image removal (``fsnap rmi``): forget the record, refuse while the image is mounted.
+
+Removing an image only deletes its record, as in containerd: the blobs and snapshots stay
+until ``fsnap gc`` finds nothing else holds them. The record is all a mounted image has to
+say what it is, so removing it under a live (or stale, not yet unmounted) mount is refused
+with Busy, naming the mount point so the user knows what to unmount.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from fsnap.errors import Busy, InvalidArgument
+from fsnap.images.store import Image
+from fsnap.reference import Reference
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
+    from fsnap.mount.manager import MountInfo
+
+
+def remove_image(client: Client, name: str) -> Image:
+    """Delete image ``name``'s record and return it; NotFound if absent, Busy if mounted."""
+    image = client.images.get(name)
+    mounts = mounts_of(client, image.name)
+    if mounts:
+        where = ", ".join(mount.mountpoint for mount in mounts)
+        first = mounts[0].mountpoint
+        raise Busy(
+            f"image {image.name} is mounted at {where}: run `fsnap umount {first}` first"
+        )
+    client.images.delete(image.name)
+    return image
+
+
+def mounts_of(client: Client, name: str) -> list[MountInfo]:
+    """Mounts of image ``name`` that still exist (live, stale or starting)."""
+    from fsnap.mount.manager import list_mounts
+
+    return [
+        mount
+        for mount in list_mounts(client)
+        if mount.kind == "image" and mount.state != "gone" and _same_image(mount.source, name)
+    ]
+
+
+def _same_image(source: str, name: str) -> bool:
+    """Mount records keep the reference as the user typed it; compare normalised names."""
+    try:
+        return str(Reference.parse(source)) == name
+    except InvalidArgument:
+        return source == name
