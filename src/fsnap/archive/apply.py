@@ -26,13 +26,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
-import hashlib
 import logging
 import os
 import stat
 import tarfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -40,6 +39,7 @@ from typing import BinaryIO, cast
 from fsnap.archive import metadata
 from fsnap.archive.entry import Entry
 from fsnap.archive.members import entry_of
+from fsnap.archive.reader import LayerStream
 from fsnap.archive.resolve import RootDir, clean_name, join
 from fsnap.errors import FailedPrecondition, FsnapError, InvalidArgument, NotFound
 
@@ -60,29 +60,6 @@ class ApplyResult:
     size: int
 
 
-class _HashingReader:
-    """Counts and hashes every byte the tar reader pulls from the stream."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self._raw = raw
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._raw.read(n)
-        self._hash.update(data)
-        self.size += len(data)
-        return data
-
-    def drain(self) -> None:
-        """Hash what follows the end of the archive too: it is part of the diff_id."""
-        while self.read(_COPY):
-            pass
-
-    def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
-
-
 def apply_layer(
     tar_stream: BinaryIO, root: Path, *, privileged: bool | None = None, sync: bool = True
 ) -> ApplyResult:
@@ -94,17 +71,18 @@ def apply_layer(
     """
     if privileged is None:
         privileged = os.geteuid() == 0
-    reader = _HashingReader(tar_stream)
+    reader = LayerStream(tar_stream)
     layer = _Layer(root, privileged)
     try:
         with tarfile.open(
             fileobj=cast(BinaryIO, reader),
-            mode="r|",
+            mode="r:",
             encoding="utf-8",
             errors="surrogateescape",
         ) as tar:
-            for member in tar:
-                layer.add(member, tar)
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # type: ignore[attr-defined]  # one pass: keep no history
+                layer.add(member, tar, reader)
         reader.drain()
         layer.finish()
         if sync:
@@ -186,7 +164,7 @@ class _Layer:
 
     # -- members -----------------------------------------------------------------------
 
-    def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+    def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile, stream: LayerStream) -> None:
         components = clean_name(member.name)
         if not components:
             self._add_root(member)
@@ -207,17 +185,16 @@ class _Layer:
         if entry.kind == "hardlink":
             self._add_hardlink(dir_fd, base, entry)
             return
-        self._make_room(dir_fd, base, path, keep_dir=entry.kind == "dir")
-        self._put(entry)
         if entry.kind == "file":
-            self._write_file(dir_fd, base, entry, tar, member)
+            self._write_file(dir_fd, base, entry, self._contents(member, tar, stream))
         elif entry.kind == "dir":
             self._make_dir(dir_fd, base, entry)
         elif entry.kind == "symlink":
-            os.symlink(entry.link, base, dir_fd=dir_fd)
+            self._create(dir_fd, base, path, lambda: os.symlink(entry.link, base, dir_fd=dir_fd))
             metadata.set_at(dir_fd, base, entry, self.privileged)
         else:
             self._make_node(dir_fd, base, entry)
+        self._put(entry)
 
     def _add_root(self, member: tarfile.TarInfo) -> None:
         if member.isdir():
@@ -238,45 +215,79 @@ class _Layer:
         self._forget(path)
         self.tree.remove(dir_fd, base, path)
 
-    def _write_file(
-        self, dir_fd: int, base: str, entry: Entry, tar: tarfile.TarFile, member: tarfile.TarInfo
-    ) -> None:
-        fd = os.open(base, _CREATE, 0o600, dir_fd=dir_fd)
+    def _create(self, dir_fd: int, base: str, path: str, make: Callable[[], object]) -> None:
+        """``make()`` the node; if an earlier member is in the way, remove it and retry (one
+        syscall in the common case, instead of a look before every create)."""
         try:
+            make()
+        except FileExistsError:
+            self._make_room(dir_fd, base, path, keep_dir=False)
+            make()
+
+    @staticmethod
+    def _contents(
+        member: tarfile.TarInfo, tar: tarfile.TarFile, stream: LayerStream
+    ) -> Iterator[bytes]:
+        """A member's data: straight from the stream, or through tarfile for sparse files."""
+        if member.sparse is not None:
             src = tar.extractfile(member)
-            if src is not None:
-                while chunk := src.read(_COPY):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view) :]
+            while src is not None and (chunk := src.read(_COPY)):
+                yield chunk
+            return
+        left = member.size
+        while left:
+            chunk = stream.read(min(left, _COPY))
+            if not chunk:
+                raise InvalidArgument(f"invalid archive: {member.name!r} is truncated")
+            left -= len(chunk)
+            yield chunk
+
+    def _write_file(self, dir_fd: int, base: str, entry: Entry, data: Iterator[bytes]) -> None:
+        fd = -1
+
+        def make() -> None:
+            nonlocal fd
+            fd = os.open(base, _CREATE, 0o600, dir_fd=dir_fd)
+
+        self._create(dir_fd, base, entry.path, make)
+        try:
+            for chunk in data:
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
             metadata.set_by_fd(fd, entry, self.privileged)
         finally:
             os.close(fd)
 
     def _make_dir(self, dir_fd: int, base: str, entry: Entry) -> None:
-        with contextlib.suppress(FileExistsError):  # dir over dir: they merge
+        try:
             os.mkdir(base, 0o700, dir_fd=dir_fd)
+        except FileExistsError:  # dir over dir merges; anything else goes
+            self._make_room(dir_fd, base, entry.path, keep_dir=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(base, 0o700, dir_fd=dir_fd)
         self._dirs[entry.path] = entry
 
     def _make_node(self, dir_fd: int, base: str, entry: Entry) -> None:
         if entry.kind == "fifo":
-            os.mkfifo(base, 0o600, dir_fd=dir_fd)
+            self._create(dir_fd, base, entry.path, lambda: os.mkfifo(base, 0o600, dir_fd=dir_fd))
             metadata.set_at(dir_fd, base, entry, self.privileged)
             return
         if self.privileged:
             kind = stat.S_IFCHR if entry.kind == "char" else stat.S_IFBLK
             dev = os.makedev(entry.devmajor, entry.devminor)
             try:
-                os.mknod(base, kind | 0o600, dev, dir_fd=dir_fd)
+                self._create(
+                    dir_fd,
+                    base,
+                    entry.path,
+                    lambda: os.mknod(base, kind | 0o600, dev, dir_fd=dir_fd),
+                )
                 metadata.set_at(dir_fd, base, entry, self.privileged)
                 return
             except PermissionError:
                 log.debug("mknod %r refused: an empty file stands in for it", entry.path)
-        fd = os.open(base, _CREATE, 0o600, dir_fd=dir_fd)  # placeholder: the index knows
-        try:
-            metadata.set_by_fd(fd, entry, self.privileged)
-        finally:
-            os.close(fd)
+        self._write_file(dir_fd, base, entry, iter(()))  # a placeholder: the index knows
 
     def _add_hardlink(self, dir_fd: int, base: str, entry: Entry) -> None:
         target_components = clean_name(entry.link)
