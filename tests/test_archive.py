@@ -6,9 +6,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import logging
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +23,7 @@ from tar_helpers import EPOCH, TarBuilder, apply_as, binary_str
 from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
 from fsnap.archive.compression import Compression, compress_writer, open_uncompressed
 from fsnap.archive.entry import Entry
+from fsnap.archive.reader import LayerStream
 from fsnap.errors import InvalidArgument
 from fsnap.oci import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
@@ -343,3 +346,51 @@ def test_apply_as_an_unprivileged_user(nobody_dir: Path) -> None:
     assert os.listxattr(root / "usr/bin/ping") == ["user.note"]
     assert os.lstat(root / "usr/bin/ping6").st_ino == os.lstat(root / "usr/bin/ping").st_ino
     assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/UTC"
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix"])
+def test_sparse_files_written_by_gnu_tar(root: Path, tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "sparse", "wb") as f:
+        f.write(b"head")
+        f.truncate(5 << 20)
+        f.seek(0, os.SEEK_END)
+        f.write(b"tail")
+    tar_path = tmp_path / "sparse.tar"
+    subprocess.run(
+        ["tar", "--sparse", f"--format={fmt}", "-cf", str(tar_path), "-C", str(src), "sparse"],
+        check=True,
+    )
+    result = apply(tar_path.read_bytes(), root)
+    assert (root / "sparse").read_bytes() == (src / "sparse").read_bytes()
+    assert index(result)["sparse"].size == (5 << 20) + 4
+    assert result.diff_id == "sha256:" + hashlib.sha256(tar_path.read_bytes()).hexdigest()
+
+
+def test_a_mislabelled_blob_is_reported_in_the_debug_log(caplog: pytest.LogCaptureFixture) -> None:
+    blob = gzip.compress(b"not really a tar")
+    with caplog.at_level(logging.DEBUG, logger="fsnap.archive.compression"):
+        assert open_uncompressed(io.BytesIO(blob), OCI_LAYER).read() == b"not really a tar"
+    assert "gzip-compressed by its magic bytes" in caplog.text
+
+
+def test_layer_stream_only_moves_forward() -> None:
+    stream = LayerStream(io.BytesIO(b"0123456789"))
+    assert stream.read(2) == b"01"
+    assert stream.seek(5) == 5 and stream.read(1) == b"5"
+    with pytest.raises(io.UnsupportedOperation):
+        stream.seek(0)
+    stream.drain()
+    assert stream.size == 10
+    assert stream.digest() == "sha256:" + hashlib.sha256(b"0123456789").hexdigest()
+
+
+def test_members_naming_the_root_change_only_the_index(root: Path) -> None:
+    root.chmod(0o755)
+    tar = TarBuilder().dir("./", 0o700, uid=5).file("..", b"x").symlink("/", "/etc").file("a", b"a")
+    idx = index(apply(tar.data(), root))
+    assert (idx[""].kind, idx[""].mode, idx[""].uid) == ("dir", 0o700, 5)
+    st = os.lstat(root)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o755, 0)
+    assert sorted(os.listdir(root)) == ["a"]
