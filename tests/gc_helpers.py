@@ -1,0 +1,161 @@
+"""Helpers for the gc tests: images sharing a base layer, pulled and unpacked for real, and a
+full account of what a store holds (files on disk and every LMDB table gc touches).
+
+``pull_unpacked`` pulls through ``Client.pull`` from a real registry. Where the pull does
+not unpack yet (no ``containerd.io/gc.ref.snapshot.fsnap`` label on the config), it unpacks
+the layers itself as the unpacker does (Stat -> Prepare -> apply the real tar -> Commit
+under the chain ID) and writes the same labels, so gc sees exactly what a pull leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from mount_helpers import cleanup
+from registry_helpers import Image, RegistryProcess, make_image, make_layer
+
+from fsnap.client import Client
+from fsnap.errors import NotFound
+from fsnap.mount import manager
+from fsnap.oci import Platform
+
+FSNAP = Path(sys.executable).with_name("fsnap")
+HOST = Platform.host()
+SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
+UNCOMPRESSED = "containerd.io/uncompressed"
+TABLES = (
+    "content",
+    "ingests",
+    "images",
+    "leases",
+    "snapshots",
+    "snapshots.ids",
+    "snapshots.children",
+    "files",
+)
+
+
+def shared_base_images(tag: str) -> tuple[Image, Image]:
+    """Two images on one base layer, each with its own top layer (``tag`` keeps the
+    blobs of different tests apart)."""
+    base = make_layer({"etc/": b"", "etc/base": f"shared base {tag}\n"})
+    first = make_layer({"srv/": b"", "srv/a": f"image a {tag}\n"})
+    second = make_layer({"srv/": b"", "srv/b": f"image b {tag}\n"})
+    return make_image([base, first], platform=HOST), make_image([base, second], platform=HOST)
+
+
+def pull_unpacked(client: Client, registry: RegistryProcess, repo: str, image: Image) -> str:
+    """Push ``image`` as ``repo:v1``, pull it, make sure it is unpacked; return its name."""
+    registry.push_image(repo, "v1", image)
+    record = client.pull(f"{registry.host}/{repo}:v1")
+    if SNAPSHOT_LABEL not in client.content.info(image.config.digest).labels:
+        unpack(client, image)
+    assert client.content.info(image.config.digest).labels[SNAPSHOT_LABEL] == image.chain_id
+    return record.name
+
+
+def unpack(client: Client, image: Image) -> None:
+    """What the unpacker does per layer, on the real tars (see the module docstring)."""
+    from fsnap.archive.apply import apply_layer
+
+    parent = ""
+    for layer, chain in zip(image.layers, image.chain_ids, strict=True):
+        if not _snapshot_exists(client, chain):
+            key = f"unpack-{chain}"
+            client.snapshots.prepare(key, parent)
+            result = apply_layer(io.BytesIO(layer.tar), client.snapshots.dir(key), sync=False)
+            client.snapshots.write_index(key, result.entries)
+            client.snapshots.commit(chain, key)
+        client.content.update_labels(layer.blob.digest, {UNCOMPRESSED: layer.diff_id})
+        parent = chain
+    client.content.update_labels(image.config.digest, {SNAPSHOT_LABEL: image.chain_id})
+
+
+def _snapshot_exists(client: Client, name: str) -> bool:
+    try:
+        client.snapshots.stat(name)
+    except NotFound:
+        return False
+    return True
+
+
+def image_blobs(image: Image) -> set[str]:
+    return {image.manifest.digest, *(blob.digest for blob in image.blobs)}
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """Everything a store holds that gc may remove."""
+
+    blobs: frozenset[str]
+    blob_files: frozenset[str]
+    snapshots: frozenset[str]
+    snapshot_dirs: frozenset[str]
+    ingest_dirs: frozenset[str]
+    rows: tuple[tuple[str, int], ...]
+
+    def count(self, table: str) -> int:
+        return dict(self.rows)[table]
+
+
+def store_state(client: Client) -> StoreState:
+    blobs_dir = client.root / "content" / "blobs"
+    ingest_dir = client.root / "content" / "ingest"
+    snapshots_dir = client.root / "snapshots"
+    return StoreState(
+        blobs=frozenset(info.digest for info in client.content.walk()),
+        blob_files=frozenset(
+            f"{p.parent.name}:{p.name}" for p in blobs_dir.rglob("*") if p.is_file()
+        ),
+        snapshots=frozenset(info.name for info in client.snapshots.walk()),
+        snapshot_dirs=frozenset(p.name for p in snapshots_dir.iterdir() if p.is_dir()),
+        ingest_dirs=frozenset(p.name for p in ingest_dir.iterdir() if p.is_dir()),
+        rows=tuple((table, _rows(client, table)) for table in TABLES),
+    )
+
+
+def _rows(client: Client, table: str) -> int:
+    handle = client.db.table(table)  # opening a table needs its own transaction
+    with client.db.begin() as txn:
+        return int(txn.stat(handle)["entries"])
+
+
+def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a child process, as a user runs it."""
+    return subprocess.run(
+        [str(FSNAP), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@contextlib.contextmanager
+def mounted_image(root: Path, name: str, mnt: Path) -> Iterator[manager.MountInfo]:
+    """Mount image ``name`` at ``mnt``; unmount and stop the daemon whatever happens."""
+    mnt.mkdir(exist_ok=True)
+    info: manager.MountInfo | None = None
+    try:
+        with Client(root) as client:
+            info = manager.mount_image(client, name, mnt)
+        yield info
+    finally:
+        cleanup(root, mnt, info.pid if info else 0)
+
+
+def read_in_mount(path: Path) -> str:
+    """Read a file of a FUSE mount from a child process: never from a thread that could be
+    the one serving it, and with a timeout so a hung mount fails the test."""
+    done = subprocess.run(
+        ["cat", os.fspath(path)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
