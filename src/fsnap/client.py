@@ -86,11 +86,16 @@ class Client:
         max_concurrent_downloads: int = 3,
         progress: PullProgress | None = None,
         sink: LayerSink | None = None,
+        unpack: bool = True,
     ) -> Image:
         """Pull ``ref`` into the content store and record it.
 
         Runs its own trio loop, so it cannot be called from async code: there, await
         ``fsnap.pull.pull_image`` instead. ``sink`` receives layers while they download.
+
+        With ``unpack`` (the default, as ``ctr pull``) each layer of the image for
+        ``platform`` (else this host) also becomes a committed snapshot named by its chain
+        ID, applied while it downloads (``fsnap.rootfs``); ``sink`` still gets its calls.
         """
         import functools
 
@@ -98,7 +103,7 @@ class Client:
 
         from fsnap.pull import pull_image
 
-        run = functools.partial(
+        pull = functools.partial(
             pull_image,
             self.content,
             self.images,
@@ -109,7 +114,23 @@ class Client:
             credentials=credentials,
             max_concurrent_downloads=max_concurrent_downloads,
             progress=progress,
-            sink=sink,
+        )
+        if not unpack:
+            return trio.run(functools.partial(pull, sink=sink))
+        from fsnap.rootfs import pull_unpacked
+        from fsnap.unpack.fanout import FanOut
+
+        async def pull_into(unpacker: LayerSink) -> Image:
+            return await pull(sink=unpacker if sink is None else FanOut(sink, unpacker))
+
+        run = functools.partial(
+            pull_unpacked,
+            pull_into,
+            self.snapshots,
+            self.content,
+            self.root / "unpack",
+            platform=platform,
+            progress=progress,
         )
         return trio.run(run)
 

@@ -22,7 +22,7 @@ from rich.text import Text
 from fsnap import oci
 from fsnap.oci import Descriptor
 
-BlobState = Literal["waiting", "downloading", "done", "exists"]
+BlobState = Literal["waiting", "downloading", "done", "exists", "unpacking", "unpacked"]
 
 
 class PullProgress:
@@ -45,6 +45,12 @@ class PullProgress:
 
     def blob_done(self, desc: Descriptor, state: Literal["done", "exists"]) -> None:
         """The blob is committed: fetched now (``done``) or found in the store (``exists``)."""
+
+    def layer_unpacking(self, desc: Descriptor) -> None:
+        """The layer is being applied (while it downloads, or from the store)."""
+
+    def layer_unpacked(self, desc: Descriptor, chain_id: str) -> None:
+        """The layer is committed as snapshot ``chain_id``."""
 
     def finished(self, downloaded: int, elapsed: float) -> None:
         """The pull succeeded; ``downloaded`` bytes came over the network in ``elapsed`` s."""
@@ -100,6 +106,12 @@ class PlainProgress(PullProgress):
     def blob_done(self, desc: Descriptor, state: Literal["done", "exists"]) -> None:
         self._say(f"{blob_label(desc)}: {state}")
 
+    def layer_unpacking(self, desc: Descriptor) -> None:
+        self._say(f"{blob_label(desc)}: unpacking")
+
+    def layer_unpacked(self, desc: Descriptor, chain_id: str) -> None:
+        self._say(f"{blob_label(desc)}: unpacked {chain_id}")
+
     def finished(self, downloaded: int, elapsed: float) -> None:
         self._say(summary_line(downloaded, elapsed))
 
@@ -143,7 +155,7 @@ class LiveProgress(PullProgress):
         table.add_row(f"{self.ref}:", self.ref_state, ProgressBar(total=1, completed=1), "")
         for row in self.rows.values():
             total = max(row.desc.size, 1)
-            complete = row.desc.size if row.state in ("done", "exists") else row.offset
+            complete = row.offset if row.state in ("waiting", "downloading") else row.desc.size
             sizes = f"{human_size(complete)}/{human_size(row.desc.size)}"
             table.add_row(
                 blob_label(row.desc) + ":",
@@ -172,7 +184,15 @@ class LiveProgress(PullProgress):
         self.rows.setdefault(desc.digest, _Row(desc)).offset = offset
 
     def blob_done(self, desc: Descriptor, state: Literal["done", "exists"]) -> None:
-        self.rows.setdefault(desc.digest, _Row(desc)).state = state
+        row = self.rows.setdefault(desc.digest, _Row(desc))
+        if row.state != "unpacking":  # fetched, but still being unpacked: say so
+            row.state = state
+
+    def layer_unpacking(self, desc: Descriptor) -> None:
+        self.rows.setdefault(desc.digest, _Row(desc)).state = "unpacking"
+
+    def layer_unpacked(self, desc: Descriptor, chain_id: str) -> None:
+        self.rows.setdefault(desc.digest, _Row(desc)).state = "unpacked"
 
     def finished(self, downloaded: int, elapsed: float) -> None:
         self.summary = summary_line(downloaded, elapsed)

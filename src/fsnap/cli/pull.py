@@ -50,6 +50,7 @@ def handle_pull(client: Client, args: argparse.Namespace) -> int:
         "plain_http": args.plain_http,
         "credentials": parse_user(args.user) if args.user else None,
         "max_concurrent_downloads": args.max_concurrent_downloads,
+        "unpack": not args.no_unpack,
     }
     if sys.stdout.isatty():
         with LiveProgress() as live:

@@ -1,0 +1,363 @@
+"""Unpacking an image's layers into snapshots named by chain ID, while the pull downloads.
+
+containerd unpacks layer by layer: Stat(chain ID) -> Prepare(tmp key, parent) -> Apply ->
+Commit(chain ID). fsnap keeps that contract but splits Apply from the rest, so that every
+layer applies concurrently, as its blob arrives, into a staging directory of its own:
+
+1. ``manifest_ready``: chain IDs from the config's diff IDs; a layer whose chain ID is a
+   committed snapshot already is declined (``layer_started`` returns False): nothing is
+   redone. Only manifests for the unpack platform are unpacked (the requested one, else the
+   host's; with ``--all-platforms`` every manifest matching the host, as ``ctr`` does).
+2. ``feed``: the blob's bytes go through a bounded ``BytePipe`` to a worker thread that
+   decompresses and applies them (``fsnap.unpack.layer.apply_blob``); the diff ID is
+   checked as soon as the tar ends, so a bad layer fails the pull early.
+3. One task per manifest commits bottom to top: when layer i is applied and layer i-1's
+   chain is committed, the staged tree becomes snapshot ``chain[i]`` (``commit_staged``).
+4. A layer not streamed to us (its blob was already in the store and, e.g., another manifest
+   declined it, or it repeats in the manifest) is applied from the stored blob.
+5. ``finish``, once the pull has every blob: the layer blobs get
+   ``containerd.io/uncompressed=<diff_id>``, the config ``containerd.io/gc.ref.snapshot.fsnap=
+   <top chain ID>`` (what ``fsnap.mount.source`` reads).
+
+Whatever fails, the temporary snapshot and staging directory go (see ``fsnap.unpack.staging``
+for what a crash leaves and how the next pull removes it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, TypeVar, cast
+
+import trio
+
+from fsnap.archive.apply import ApplyResult
+from fsnap.content.store import ContentStore
+from fsnap.digest import chain_ids
+from fsnap.errors import FsnapError, InvalidArgument, NotFound
+from fsnap.images.manifest import ImageConfig, Manifest
+from fsnap.oci import Descriptor, Platform
+from fsnap.progress import PullProgress
+from fsnap.pull import LayerSink, first_fsnap_error
+from fsnap.snapshots.disk import remove_tree
+from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.unpack.layer import apply_blob, apply_stored, commit_staged
+from fsnap.unpack.pipe import BytePipe
+from fsnap.unpack.staging import Session, clean_stale, open_session
+
+UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
+SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Applied:
+    """A layer applied into ``staged``: its index and diff ID are in ``result``."""
+
+    staged: Path
+    result: ApplyResult
+
+
+@dataclass
+class _Stream:
+    """One layer blob applied in a worker thread as it downloads."""
+
+    desc: Descriptor
+    diff_id: str
+    pipe: BytePipe
+    flowing: trio.Event = field(default_factory=trio.Event)  # first bytes, or the end
+    settled: trio.Event = field(default_factory=trio.Event)  # the download ended
+    download_failed: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+    applied: _Applied | None = None
+
+
+@dataclass
+class _Plan:
+    """One manifest to unpack: its layers, their diff IDs and chain IDs, bottom first."""
+
+    manifest: Manifest
+    diff_ids: list[str]
+    chain: list[str]
+    streamed: dict[int, _Stream] = field(default_factory=dict)  # layer position -> stream
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+class Unpacker:
+    """A ``LayerSink`` that unpacks what it is fed. Create it with ``unpacking``."""
+
+    def __init__(
+        self,
+        snapshotter: Snapshotter,
+        content: ContentStore,
+        session: Session,
+        nursery: trio.Nursery,
+        platform: Platform,
+        progress: PullProgress,
+    ) -> None:
+        self.snapshotter = snapshotter
+        self.content = content
+        self.session = session
+        self.platform = platform
+        self.progress = progress
+        self._nursery = nursery
+        self._plans: list[_Plan] = []
+        self._claims: dict[str, tuple[_Plan, int]] = {}  # blob digest -> first position
+        self._streams: dict[str, _Stream] = {}
+        self._blob_ready: dict[str, trio.Event] = {}
+        self._pull_done = trio.Event()
+        self._limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
+
+    # -- LayerSink -----------------------------------------------------------------------
+
+    async def manifest_ready(self, manifest: Manifest, config: ImageConfig) -> None:
+        platform = manifest.descriptor.platform or config.platform
+        if not self.platform.matches(platform):
+            return
+        if len(config.diff_ids) != len(manifest.layers):
+            raise InvalidArgument(
+                f"manifest {manifest.descriptor.digest}: {len(manifest.layers)} layers but "
+                f"its config lists {len(config.diff_ids)} diff_ids"
+            )
+        diff_ids = list(config.diff_ids)
+        plan = _Plan(manifest, diff_ids, chain_ids(diff_ids))
+        self._plans.append(plan)
+        for i, desc in enumerate(manifest.layers):
+            if desc.digest not in self._claims and not await self._committed(plan.chain[i]):
+                self._claims[desc.digest] = (plan, i)
+        self._nursery.start_soon(self._commit_chain, plan)
+
+    async def layer_started(self, desc: Descriptor) -> bool:
+        claim = self._claims.get(desc.digest)
+        if claim is None or desc.digest in self._streams:
+            return False
+        plan, index = claim
+        stream = _Stream(desc, plan.diff_ids[index], BytePipe())
+        self._streams[desc.digest] = plan.streamed[index] = stream
+        self._nursery.start_soon(self._apply_stream, stream)
+        return True
+
+    async def feed(self, desc: Descriptor, chunk: bytes) -> None:
+        stream = self._streams[desc.digest]
+        stream.flowing.set()
+        await stream.pipe.write(chunk)
+
+    async def layer_done(self, desc: Descriptor) -> None:
+        stream = self._streams[desc.digest]
+        stream.pipe.close()
+        stream.flowing.set()
+        stream.settled.set()
+        self._ready_event(desc.digest).set()
+
+    async def layer_failed(self, desc: Descriptor) -> None:
+        stream = self._streams[desc.digest]
+        stream.pipe.abort(f"download of layer {desc.digest} failed")
+        stream.download_failed = True
+        stream.flowing.set()
+        stream.settled.set()
+
+    # -- after the pull --------------------------------------------------------------------
+
+    async def finish(self) -> None:
+        """Called once the pull has committed every blob: wait for the commits, then label
+        the blobs (they all exist now, even those of layers that needed no unpacking)."""
+        self._pull_done.set()
+        for plan in self._plans:
+            await plan.done.wait()
+        await trio.to_thread.run_sync(self._label_all)
+
+    def abort(self) -> None:
+        """The pull failed: unblock every applier still waiting for bytes."""
+        for stream in self._streams.values():
+            stream.pipe.abort("the pull was stopped")
+
+    # -- applying ---------------------------------------------------------------------------
+
+    async def _apply_stream(self, stream: _Stream) -> None:
+        """Apply a streamed layer in a worker thread once its bytes flow (a thread slot is
+        only taken by a layer that is actually downloading, so none waits on another).
+
+        A failure is reported only once the download has ended well: a corrupt download
+        also breaks the tar, and then the pull's own error (the digest) is the true one."""
+        await stream.flowing.wait()
+        staged = await trio.to_thread.run_sync(self.session.staging_dir)
+        self.progress.layer_unpacking(stream.desc)
+        try:
+            result = await trio.to_thread.run_sync(
+                self._apply_from_pipe, stream, staged, limiter=self._limiter
+            )
+        except BaseException as exc:
+            stream.pipe.detach()
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(remove_tree, staged)
+            if not isinstance(exc, FsnapError):
+                raise
+            await stream.settled.wait()
+            if stream.download_failed:
+                return  # the pull raises its own error
+            raise
+        stream.applied = _Applied(staged, result)
+        stream.done.set()
+
+    @staticmethod
+    def _apply_from_pipe(stream: _Stream, staged: Path) -> ApplyResult:
+        try:
+            raw = cast(BinaryIO, stream.pipe)  # it has the one method a reader needs: read
+            return apply_blob(raw, stream.desc, staged, stream.diff_id)
+        except FsnapError as exc:
+            raise type(exc)(_naming(stream.desc, exc)) from None
+
+    async def _apply_from_store(self, plan: _Plan, index: int) -> _Applied:
+        desc = plan.manifest.layers[index]
+        await self._wait_for_blob(desc.digest)
+        staged = await trio.to_thread.run_sync(self.session.staging_dir)
+        self.progress.layer_unpacking(desc)
+        try:
+            result = await trio.to_thread.run_sync(
+                apply_stored,
+                self.content.path(desc.digest),
+                desc,
+                staged,
+                plan.diff_ids[index],
+                limiter=self._limiter,
+            )
+        except FsnapError as exc:
+            await trio.to_thread.run_sync(remove_tree, staged)
+            raise type(exc)(_naming(desc, exc)) from None
+        return _Applied(staged, result)
+
+    async def _wait_for_blob(self, digest: str) -> None:
+        """Until the blob is committed: its own download finished, or the whole pull did."""
+        async with trio.open_nursery() as nursery:
+
+            async def wait(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait, self._ready_event(digest))
+            nursery.start_soon(wait, self._pull_done)
+
+    # -- committing -------------------------------------------------------------------------
+
+    async def _commit_chain(self, plan: _Plan) -> None:
+        """Commit the plan's layers bottom to top, each on its committed parent."""
+        parent = ""
+        for index, desc in enumerate(plan.manifest.layers):
+            chain_id = plan.chain[index]
+            stream = plan.streamed.get(index)
+            if stream is not None:
+                await stream.done.wait()
+                assert stream.applied is not None
+                applied = stream.applied
+            elif await self._committed(chain_id):
+                parent = chain_id
+                continue
+            else:
+                applied = await self._apply_from_store(plan, index)
+            await self._commit_one(applied, desc, chain_id, parent)
+            parent = chain_id
+        plan.done.set()
+
+    async def _commit_one(
+        self, applied: _Applied, desc: Descriptor, chain_id: str, parent: str
+    ) -> None:
+        try:
+            await trio.to_thread.run_sync(
+                commit_staged,
+                self.snapshotter,
+                self.session,
+                applied.staged,
+                applied.result.entries,
+                chain_id,
+                parent,
+            )
+        except FsnapError as exc:
+            raise type(exc)(_naming(desc, exc)) from None
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(remove_tree, applied.staged)
+        self.progress.layer_unpacked(desc, chain_id)
+
+    async def _committed(self, chain_id: str) -> bool:
+        try:
+            await trio.to_thread.run_sync(self.snapshotter.stat, chain_id)
+        except NotFound:
+            return False
+        return True
+
+    def _ready_event(self, digest: str) -> trio.Event:
+        return self._blob_ready.setdefault(digest, trio.Event())
+
+    # -- labels -----------------------------------------------------------------------------
+
+    def _label_all(self) -> None:
+        for plan in self._plans:
+            for desc, diff_id in zip(plan.manifest.layers, plan.diff_ids, strict=True):
+                self.content.update_labels(desc.digest, {UNCOMPRESSED_LABEL: diff_id})
+            config = plan.manifest.config.digest
+            self.content.update_labels(config, {SNAPSHOT_LABEL: plan.chain[-1]})
+
+
+def _naming(desc: Descriptor, exc: FsnapError) -> str:
+    """The error's message, prefixed with the layer unless it names it already."""
+    text = str(exc)
+    return text if desc.digest in text else f"unpacking layer {desc.digest}: {text}"
+
+
+@contextlib.asynccontextmanager
+async def unpacking(
+    snapshotter: Snapshotter,
+    content: ContentStore,
+    work_root: Path,
+    *,
+    platform: Platform | None = None,
+    progress: PullProgress | None = None,
+) -> AsyncIterator[Unpacker]:
+    """An ``Unpacker`` for one pull, staging under ``work_root`` (same filesystem as the
+    snapshots). Stale sessions of dead processes are cleaned first; ours is removed after."""
+    await trio.to_thread.run_sync(clean_stale, work_root, snapshotter)
+    session = await trio.to_thread.run_sync(open_session, work_root)
+    try:
+        async with trio.open_nursery() as nursery:
+            unpacker = Unpacker(
+                snapshotter,
+                content,
+                session,
+                nursery,
+                platform or Platform.host(),
+                progress or PullProgress(),
+            )
+            try:
+                yield unpacker
+            finally:
+                unpacker.abort()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(session.close)
+
+
+async def pull_unpacked(
+    pull: Callable[[LayerSink], Awaitable[T]],
+    snapshotter: Snapshotter,
+    content: ContentStore,
+    work_root: Path,
+    *,
+    platform: Platform | None = None,
+    progress: PullProgress | None = None,
+) -> T:
+    """Run ``pull(sink)`` with an unpacker as its sink; return once everything is committed.
+
+    The first typed error of any layer or of the pull is what a failure raises."""
+    try:
+        async with unpacking(
+            snapshotter, content, work_root, platform=platform, progress=progress
+        ) as unpacker:
+            result = await pull(unpacker)
+            await unpacker.finish()
+    except BaseExceptionGroup as group:
+        raise first_fsnap_error(group) from None
+    return result

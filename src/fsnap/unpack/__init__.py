@@ -1,0 +1,1 @@
+"""Pieces of the unpacker (``fsnap.rootfs``): the byte pipe, staging, per-layer steps."""

@@ -1,0 +1,106 @@
+"""The blocking steps of unpacking one layer, run in worker threads by ``fsnap.rootfs``.
+
+``apply_blob`` turns a compressed blob stream into a staged directory plus its index;
+``commit_staged`` turns that staged tree into a committed snapshot named by its chain ID
+(containerd's Prepare -> Apply -> Commit, with the apply done beforehand so that layers
+apply concurrently while commits stay in order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
+from fsnap.archive.compression import open_uncompressed
+from fsnap.archive.entry import Entry
+from fsnap.errors import AlreadyExists, DigestMismatch, FsnapError, NotFound
+from fsnap.oci import Descriptor
+from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.unpack.staging import Session
+
+log = logging.getLogger(__name__)
+
+
+def apply_blob(raw: BinaryIO, desc: Descriptor, staging: Path, diff_id: str) -> ApplyResult:
+    """Decompress and apply ``raw`` (the blob of ``desc``) into the empty ``staging``; the
+    uncompressed bytes must hash to ``diff_id`` (the config's), else ``DigestMismatch``."""
+    result = apply_layer(open_uncompressed(raw, desc.media_type), staging)
+    if result.diff_id != diff_id:
+        raise DigestMismatch(
+            f"layer {desc.digest}: uncompressed content has diff_id {result.diff_id}, "
+            f"the image config says {diff_id}"
+        )
+    return result
+
+
+def apply_stored(path: Path, desc: Descriptor, staging: Path, diff_id: str) -> ApplyResult:
+    """``apply_blob`` from a blob already in the content store."""
+    with open(path, "rb") as raw:
+        return apply_blob(raw, desc, staging, diff_id)
+
+
+def lower_lookup(snapshotter: Snapshotter, parent: str) -> Callable[[str], Entry | None]:
+    """``path -> Entry`` in the merged layers below (topmost layer that names the path).
+
+    A whiteout in a higher layer hides the path: it is returned as is, and
+    ``fixup_implicit`` treats anything but a directory as "not there"."""
+    names = [info.name for info in reversed(snapshotter.chain(parent))] if parent else []
+
+    def lookup(path: str) -> Entry | None:
+        for name in names:
+            entry = snapshotter.index_entry(name, path)
+            if entry is not None:
+                return entry
+        return None
+
+    return lookup
+
+
+def commit_staged(
+    snapshotter: Snapshotter,
+    session: Session,
+    staged: Path,
+    entries: list[Entry],
+    chain_id: str,
+    parent: str,
+) -> bool:
+    """Make ``staged`` the committed snapshot ``chain_id`` on ``parent``.
+
+    Returns False when that snapshot exists already (another pull got there first: ours is
+    discarded). On any failure the temporary snapshot is removed: a half-done layer never
+    becomes a committed snapshot. ``staged`` is moved away on success, left otherwise."""
+    if _exists(snapshotter, chain_id):
+        return False
+    key = session.temp_key(chain_id)
+    snapshotter.prepare(key, parent)
+    try:
+        home = snapshotter.dir(key)
+        os.rename(staged, home)  # replaces the empty directory prepare made
+        fixup_implicit(home, entries, lower_lookup(snapshotter, parent))
+        snapshotter.write_index(key, entries)
+        snapshotter.commit(chain_id, key)
+    except AlreadyExists:
+        _remove(snapshotter, key)
+        return False
+    except BaseException:
+        _remove(snapshotter, key)
+        raise
+    return True
+
+
+def _exists(snapshotter: Snapshotter, key: str) -> bool:
+    try:
+        snapshotter.stat(key)
+    except NotFound:
+        return False
+    return True
+
+
+def _remove(snapshotter: Snapshotter, key: str) -> None:
+    with contextlib.suppress(FsnapError, OSError):
+        snapshotter.remove(key)
