@@ -101,6 +101,7 @@ class Client:
 
         import trio
 
+        from fsnap.leases import acquire
         from fsnap.pull import pull_image
 
         pull = functools.partial(
@@ -115,8 +116,11 @@ class Client:
             max_concurrent_downloads=max_concurrent_downloads,
             progress=progress,
         )
+        # The lease makes a concurrent `fsnap gc` keep what this pull creates before the
+        # image record references it (see fsnap.leases).
         if not unpack:
-            return trio.run(functools.partial(pull, sink=sink))
+            with acquire(self.db, f"pull {ref}"):
+                return trio.run(functools.partial(pull, sink=sink))
         from fsnap.rootfs import pull_unpacked
         from fsnap.unpack.fanout import FanOut
 
@@ -132,7 +136,8 @@ class Client:
             platform=platform,
             progress=progress,
         )
-        return trio.run(run)
+        with acquire(self.db, f"pull {ref}"):
+            return trio.run(run)
 
     def close(self) -> None:
         if self._db is not None:
