@@ -1,4 +1,8 @@
-"""The unpack-while-downloading hook: a LayerSink sees every layer's bytes, in order."""
+"""The unpack-while-downloading hook: a LayerSink sees every layer's bytes, in order.
+
+These pulls pass ``unpack=False`` so that the sink under test is the only consumer (the
+unpacker is itself a sink, tested with ``fsnap.rootfs``).
+"""
 
 from __future__ import annotations
 
@@ -54,7 +58,7 @@ def test_sink_receives_each_layer_whole_and_in_order(
     registry.push_image("sink/fresh", "v1", image)
     sink = RecordingSink()
     with Client(tmp_path / "root") as client:
-        client.pull(f"{registry.host}/sink/fresh:v1", sink=sink)
+        client.pull(f"{registry.host}/sink/fresh:v1", sink=sink, unpack=False)
     assert sink.events[0] == ("manifest", image.manifest.digest)
     assert sink.configs[0].diff_ids == tuple(image.diff_ids)
     for layer in layers:
@@ -78,7 +82,7 @@ def test_sink_gets_stored_and_partial_bytes_replayed(
         with client.content.writer(partial.digest, partial.descriptor()) as writer:
             writer.write(partial.data[:150_000])
         sink = RecordingSink(wanted={stored.digest, partial.digest})
-        client.pull(f"{fault_server.host}/sink/replay:v1", sink=sink)
+        client.pull(f"{fault_server.host}/sink/replay:v1", sink=sink, unpack=False)
     assert bytes(sink.data[stored.digest]) == stored.data
     assert bytes(sink.data[partial.digest]) == partial.data
     assert not fault_server.seen("GET", stored.digest)
@@ -91,7 +95,7 @@ def test_sink_that_declines_gets_no_bytes(registry: RegistryProcess, tmp_path: P
     registry.push_image("sink/decline", "v1", image)
     sink = RecordingSink(wanted=set())
     with Client(tmp_path / "root") as client:
-        client.pull(f"{registry.host}/sink/decline:v1", sink=sink)
+        client.pull(f"{registry.host}/sink/decline:v1", sink=sink, unpack=False)
         assert client.content.exists(image.layers[0].blob.digest)
     assert sink.data == {image.layers[0].blob.digest: bytearray()}
     assert ("done", image.layers[0].blob.digest) not in sink.events
@@ -111,6 +115,6 @@ def test_sink_hears_of_a_failed_layer(
         fault_server.corrupt_blob(times=1)  # the config is stored: the layer gets corrupted
         sink = RecordingSink()
         with pytest.raises(DigestMismatch, match=layer.digest):
-            client.pull(f"{fault_server.host}/sink/failed:v1", sink=sink)
+            client.pull(f"{fault_server.host}/sink/failed:v1", sink=sink, unpack=False)
     assert ("failed", layer.digest) in sink.events
     assert ("done", layer.digest) not in sink.events
