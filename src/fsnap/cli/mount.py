@@ -43,6 +43,11 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--foreground", action="store_true", help="serve from this process until unmounted"
     )
+    parser.add_argument(
+        "--provenance",
+        action="store_true",
+        help="add xattr user.fsnap.layer ('<layer index> <chain ID>') to every entry",
+    )
 
 
 def _options(args: argparse.Namespace) -> manager.MountOptions:
@@ -51,6 +56,7 @@ def _options(args: argparse.Namespace) -> manager.MountOptions:
         dev=args.dev,
         pull=getattr(args, "pull", False),
         foreground=args.foreground,
+        provenance=args.provenance,
     )
 
 

@@ -44,7 +44,7 @@ def serve(spec: dict[str, Any], ready: Ready, load: Callable[[], list[Layer]]) -
     ``--foreground`` it reuses the CLI's (one LMDB environment per process)."""
     try:
         tree = MergedTree.build(load())
-        fs = MergedFS(tree)
+        fs = MergedFS(tree, provenance=bool(spec.get("provenance")))
         try:
             pyfuse3.init(fs, spec["mountpoint"], set(spec["options"]))
         except RuntimeError as exc:

@@ -22,6 +22,8 @@ CACHE_TIMEOUT = 86400.0
 # What stat tells readers to use as a buffer size: large reads mean fewer FUSE round trips.
 BLOCK_SIZE = 128 * 1024
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+# ``fsnap mount --provenance``: "<layer index> <chain ID>" of the layer an entry comes from.
+PROVENANCE_XATTR = b"user.fsnap.layer"
 
 
 def _erofs() -> pyfuse3.FUSEError:
@@ -35,9 +37,11 @@ class MergedFS(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: MergedTree) -> None:
+    def __init__(self, tree: MergedTree, provenance: bool = False) -> None:
         super().__init__()
         self.tree = tree
+        # Off by default: the default mount shows exactly the image's own xattrs.
+        self.provenance = provenance
         # open file handle -> size of the file it reads (to tell EOF from a cache miss)
         self._sizes: dict[int, int] = {}
 
@@ -200,13 +204,21 @@ class MergedFS(pyfuse3.Operations):
     # --- extended attributes -----------------------------------------------------------
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
-        return list(self._node(inode).xattrs or ())
+        names = list(self._node(inode).xattrs or ())
+        return [*names, PROVENANCE_XATTR] if self.provenance else names
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if self.provenance and name == PROVENANCE_XATTR:
+            return self._provenance(self._node(inode))
         xattrs = self._node(inode).xattrs
         if not xattrs or name not in xattrs:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return xattrs[name]
+
+    def _provenance(self, node: Node) -> bytes:
+        names = self.tree.layer_names
+        name = names[node.layer] if 0 <= node.layer < len(names) else ""
+        return f"{node.layer} {name}".encode()
 
     # --- everything that writes: a read-only file system -----------------------------
 

@@ -39,12 +39,14 @@ FSTYPE = "fuse.fsnap"
 @dataclass
 class MountOptions:
     """How to mount: ``suid``/``dev`` lift nosuid/nodev; ``pull`` fetches a missing image;
-    ``foreground`` serves in this process until unmounted."""
+    ``foreground`` serves in this process until unmounted; ``provenance`` adds the
+    read-only xattr ``user.fsnap.layer`` ("<layer index> <chain ID>") to every entry."""
 
     suid: bool = False
     dev: bool = False
     pull: bool = False
     foreground: bool = False
+    provenance: bool = False
 
 
 @dataclass
@@ -269,7 +271,7 @@ def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
     info.log = str(record.with_suffix(".log"))
     info.options = fuse_options(info.source, options)
     spec = {"root": str(client.root), "mountpoint": info.mountpoint, "options": info.options,
-            "state": str(record), **spec_source}
+            "state": str(record), "provenance": options.provenance, **spec_source}
     _write_record(record, info, exclusive=True)
     try:
         if options.foreground:

@@ -33,10 +33,13 @@ _TYPE_BITS = {
 
 @dataclass
 class Layer:
-    """One layer of the chain: its directory (contents) and its index (metadata)."""
+    """One layer of the chain: its directory (contents) and its index (metadata).
+
+    ``name`` (the snapshot's chain ID, or the bare directory) is what provenance reports."""
 
     dir: os.PathLike[str] | str
     entries: list[Entry]
+    name: str = ""
 
 
 class Node:
@@ -63,10 +66,14 @@ class Node:
         "parent",
         "names",
         "children",
+        "layer",
     )
 
-    def __init__(self, entry: Entry, source: str | None) -> None:
+    def __init__(self, entry: Entry, source: str | None, layer: int = -1) -> None:
         self.ino = 0
+        # Provenance: index (bottom = 0) of the layer this node's entry (or, for a directory
+        # named again higher up, its attributes) comes from. -1 only before any layer.
+        self.layer = layer
         self.mode = _TYPE_BITS[entry.kind] | (entry.mode & 0o7777)
         self.uid = entry.uid
         self.gid = entry.gid
@@ -96,8 +103,11 @@ class Node:
     def is_dir(self) -> bool:
         return self.children is not None
 
-    def set_dir_attrs(self, entry: Entry) -> None:
-        """A directory named again in a higher layer takes that layer's attributes."""
+    def set_dir_attrs(self, entry: Entry, layer: int = -1) -> None:
+        """A directory named again in a higher layer takes that layer's attributes (and,
+        unless the applier only made it up as a parent, that layer's provenance)."""
+        if layer >= 0 and not entry.implicit:
+            self.layer = layer
         self.mode = stat.S_IFDIR | (entry.mode & 0o7777)
         self.uid = entry.uid
         self.gid = entry.gid
@@ -121,14 +131,29 @@ class MergedTree:
         self.root = root
         self.nodes = nodes
         self.total_size = sum(n.size for n in nodes if n is not None and n.source is not None)
+        # Layer names bottom -> top (``Node.layer`` indexes this), for provenance.
+        self.layer_names: list[str] = []
 
     @classmethod
     def build(cls, layers: Iterable[Layer]) -> MergedTree:
         """Fold the layers (bottom -> top) into one tree; one pass over each index."""
         builder = _Builder()
+        names = []
         for layer in layers:
             builder.apply(layer)
-        return builder.finish()
+            names.append(layer.name)
+        tree = builder.finish()
+        tree.layer_names = names
+        return tree
+
+    def lookup(self, path: str) -> Node | None:
+        """The node at ``path`` ('/'-separated, no leading slash; ``""`` is the root)."""
+        node: Node | None = self.root
+        for part in os.fsencode(path).split(b"/") if path else ():
+            if node is None or node.children is None:
+                return None
+            node = node.children.get(part)
+        return node
 
     def walk(self) -> Iterator[tuple[bytes, Node]]:
         """Every (path, node) pair below the root, parents first (paths without leading /)."""
@@ -148,11 +173,20 @@ class _Builder:
 
     def __init__(self) -> None:
         self.root = Node(ROOT_ENTRY, None)
+        self.layer = -1  # index of the layer being applied
+
+    def lookup(self, path: str) -> Node | None:
+        """The node at ``path`` in the tree built so far: ``fsnap.inspect`` compares each
+        layer with the layers beneath it this way, folding the chain only once."""
+        return self._lookup(path)
 
     def apply(self, layer: Layer) -> None:
         """Apply one layer: its whiteouts and opaque markers hit only the layers beneath,
         so they go first; then its entries, parents before children (sorted paths), and
         hard links last because a link may precede its target in the tar."""
+        self.layer += 1
+        if self.root.layer < 0:
+            self.root.layer = self.layer
         base = os.fspath(layer.dir)
         entries = layer.entries
         for entry in entries:
@@ -193,7 +227,7 @@ class _Builder:
             assert node.children is not None
             child = node.children.get(part)
             if child is None or not child.is_dir:
-                child = Node(Entry(path="", kind="dir", mode=0o755), None)
+                child = Node(Entry(path="", kind="dir", mode=0o755), None, self.layer)
                 self._attach(node, part, child)
             node = child
         return node
@@ -227,7 +261,7 @@ class _Builder:
 
     def _add(self, entry: Entry, base: str) -> None:
         if not entry.path:
-            self.root.set_dir_attrs(entry)
+            self.root.set_dir_attrs(entry, self.layer)
             return
         parent_path, _, name = entry.path.rpartition("/")
         parent = self._dir(parent_path)
@@ -236,10 +270,10 @@ class _Builder:
         if entry.kind == "dir":
             existing = parent.children.get(key)
             if existing is not None and existing.is_dir:
-                existing.set_dir_attrs(entry)
+                existing.set_dir_attrs(entry, self.layer)
                 return
         source = os.path.join(base, entry.path) if entry.kind == "file" else None
-        self._attach(parent, key, Node(entry, source))
+        self._attach(parent, key, Node(entry, source, self.layer))
 
     def _link(self, entry: Entry) -> None:
         target = self._lookup(entry.link)
@@ -274,6 +308,10 @@ class _Builder:
                     stack.append(child)
             node.nlink = 2 + subdirs
         return MergedTree(self.root, nodes)
+
+
+# The builder, for callers that need the tree between layers (``fsnap.inspect``).
+TreeBuilder = _Builder
 
 
 def _detach(node: Node) -> None:
