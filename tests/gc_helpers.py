@@ -1,16 +1,11 @@
-"""Helpers for the gc tests: images sharing a base layer, pulled and unpacked for real, and a
-full account of what a store holds (files on disk and every LMDB table gc touches).
-
-``pull_unpacked`` pulls through ``Client.pull`` from a real registry. Where the pull does
-not unpack yet (no ``containerd.io/gc.ref.snapshot.fsnap`` label on the config), it unpacks
-the layers itself as the unpacker does (Stat -> Prepare -> apply the real tar -> Commit
-under the chain ID) and writes the same labels, so gc sees exactly what a pull leaves.
+"""Helpers for the gc tests: images sharing a base layer, pulled and unpacked for real from
+a real registry, a full account of what a store holds (files on disk and every LMDB table
+gc touches), the CLI in a child process, and child processes that hold things gc must see.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -22,14 +17,12 @@ from mount_helpers import cleanup
 from registry_helpers import Image, RegistryProcess, make_image, make_layer
 
 from fsnap.client import Client
-from fsnap.errors import NotFound
 from fsnap.mount import manager
 from fsnap.oci import Platform
 
 FSNAP = Path(sys.executable).with_name("fsnap")
 HOST = Platform.host()
 SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
-UNCOMPRESSED = "containerd.io/uncompressed"
 TABLES = (
     "content",
     "ingests",
@@ -52,38 +45,11 @@ def shared_base_images(tag: str) -> tuple[Image, Image]:
 
 
 def pull_unpacked(client: Client, registry: RegistryProcess, repo: str, image: Image) -> str:
-    """Push ``image`` as ``repo:v1``, pull it, make sure it is unpacked; return its name."""
+    """Push ``image`` as ``repo:v1``, pull (and unpack) it; return its name."""
     registry.push_image(repo, "v1", image)
     record = client.pull(f"{registry.host}/{repo}:v1")
-    if SNAPSHOT_LABEL not in client.content.info(image.config.digest).labels:
-        unpack(client, image)
     assert client.content.info(image.config.digest).labels[SNAPSHOT_LABEL] == image.chain_id
     return record.name
-
-
-def unpack(client: Client, image: Image) -> None:
-    """What the unpacker does per layer, on the real tars (see the module docstring)."""
-    from fsnap.archive.apply import apply_layer
-
-    parent = ""
-    for layer, chain in zip(image.layers, image.chain_ids, strict=True):
-        if not _snapshot_exists(client, chain):
-            key = f"unpack-{chain}"
-            client.snapshots.prepare(key, parent)
-            result = apply_layer(io.BytesIO(layer.tar), client.snapshots.dir(key), sync=False)
-            client.snapshots.write_index(key, result.entries)
-            client.snapshots.commit(chain, key)
-        client.content.update_labels(layer.blob.digest, {UNCOMPRESSED: layer.diff_id})
-        parent = chain
-    client.content.update_labels(image.config.digest, {SNAPSHOT_LABEL: image.chain_id})
-
-
-def _snapshot_exists(client: Client, name: str) -> bool:
-    try:
-        client.snapshots.stat(name)
-    except NotFound:
-        return False
-    return True
 
 
 def image_blobs(image: Image) -> set[str]:
@@ -159,3 +125,21 @@ def read_in_mount(path: Path) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+@contextlib.contextmanager
+def child(root: Path, code: str) -> Iterator[subprocess.Popen[str]]:
+    """Run ``code`` in a child python with ``client`` (a Client on ``root``) in scope; yield
+    once it prints ``ready``. The child is killed and reaped whatever happens."""
+    script = f"import sys\nfrom fsnap.client import Client\nclient = Client({str(root)!r})\n{code}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"child failed: {line!r}"
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
