@@ -1,0 +1,243 @@
+"""One walk of a snapshot directory into the index entries of the layer it holds.
+
+An active snapshot's ``fs/`` holds only its changes, in the on-disk format of a layer (see
+``fsnap.archive.apply``): whiteouts as empty ``.wh.NAME`` files, opaque directories marked
+by an empty ``.wh..wh..opq``. ``scan_snapshot`` reads it back into the same shape
+``apply_layer`` produces, so a diff can be written as a tar without knowing how the changes
+were made. Disk says *what exists* (kind, size, mtime, link targets, hard links); metadata
+the writer could not put on disk (owners and devices when unprivileged, xattrs outside
+``user.*``) comes from ``overrides``, the snapshot's index records.
+
+With ``overlay=True`` the directory may also be in overlayfs's format (``fsnap-overlay``
+lower and upper directories): a 0/0 character device is a whiteout, and the xattrs
+``trusted.overlay.opaque``, ``user.overlay.opaque`` or ``user.fuseoverlayfs.opaque`` set to
+``y`` make a directory opaque. overlayfs's own bookkeeping xattrs are dropped then.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from fsnap.archive.apply import OPAQUE_MARKER, WHITEOUT_PREFIX
+from fsnap.archive.entry import Entry, Kind
+from fsnap.errors import FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+OVERLAY_OPAQUE_XATTRS = (
+    "trusted.overlay.opaque",
+    "user.overlay.opaque",
+    "user.fuseoverlayfs.opaque",
+)
+OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
+_NO_OVERRIDES: Mapping[str, Entry] = {}
+
+
+def scan_snapshot(
+    fs_dir: Path, overrides: Mapping[str, Entry] = _NO_OVERRIDES, *, overlay: bool = False
+) -> list[Entry]:
+    """The entries of the layer in ``fs_dir``, ordered by path bytes (as an index is).
+
+    The root itself is included only when ``overrides`` has an entry for it (a layer whose
+    tar named ``./``). Raises ``FailedPrecondition`` when the directory cannot be read.
+    """
+    scanner = _Scanner(Path(fs_dir), overrides, overlay)
+    try:
+        scanner.walk()
+    except OSError as e:
+        raise FailedPrecondition(f"scanning snapshot directory {fs_dir}: {e}") from None
+    return sorted(scanner.entries.values(), key=lambda e: e.key())
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _kind_of(mode: int) -> Kind:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISCHR(mode):
+        return "char"
+    if stat.S_ISBLK(mode):
+        return "block"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    return "file"
+
+
+def _compatible(disk: Kind, recorded: Kind) -> bool:
+    """Whether an index record still describes what is on disk: same kind (a hard link is
+    a file), or a device the unprivileged writer could only leave a placeholder file for."""
+    family = {"hardlink": "file"}
+    if family.get(disk, disk) == family.get(recorded, recorded):
+        return True
+    return disk == "file" and recorded in ("char", "block")
+
+
+class _Scanner:
+    """The state of one walk: entries so far, and the first path of every inode seen."""
+
+    def __init__(self, root: Path, overrides: Mapping[str, Entry], overlay: bool) -> None:
+        self.root = root
+        self.overrides = overrides
+        self.overlay = overlay
+        self.entries: dict[str, Entry] = {}
+        self._inodes: dict[int, str] = {}
+
+    def walk(self) -> None:
+        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if "" in self.overrides:
+                self._add_root(root_fd)
+            self._walk_dir(root_fd, "")
+        finally:
+            os.close(root_fd)
+
+    def _add_root(self, fd: int) -> None:
+        entry = self._entry_of(fd, "", os.fstat(fd), None)
+        entry.opaque = entry.opaque or self._has_marker(fd)
+        self.entries[""] = entry
+
+    def _walk_dir(self, dir_fd: int, parent: str) -> None:
+        """Entries of one directory: names sorted so hard links pick the same first path."""
+        names = sorted(os.listdir(dir_fd), key=os.fsencode)
+        whiteouts = [n for n in names if n.startswith(WHITEOUT_PREFIX)]
+        for name in names:
+            if not name.startswith(WHITEOUT_PREFIX):
+                self._add(dir_fd, parent, name)
+        for name in whiteouts:
+            self._add_whiteout(parent, name[len(WHITEOUT_PREFIX) :])
+
+    def _add(self, dir_fd: int, parent: str, name: str) -> None:
+        path = _join(parent, name)
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if self.overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            self.entries[path] = Entry(path, "whiteout")
+            return
+        if stat.S_ISDIR(st.st_mode):
+            fd = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+            )
+            try:
+                entry = self._entry_of(fd, path, st, None)
+                entry.opaque = entry.opaque or self._has_marker(fd) or self._overlay_opaque(fd)
+                self.entries[path] = entry
+                self._walk_dir(fd, path)
+            finally:
+                os.close(fd)
+            return
+        link = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
+        entry = self._entry_of(dir_fd, path, st, name if link is None else None, link)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            entry = self._link_or_first(entry, st.st_ino)
+        self.entries[path] = entry
+
+    def _add_whiteout(self, parent: str, name: str) -> None:
+        """``.wh.NAME`` deletes NAME below, unless this layer has NAME too: a directory of
+        this layer is then opaque (as the applier does), anything else simply wins."""
+        if name.startswith(WHITEOUT_PREFIX) or name in ("", ".", ".."):
+            return  # the opaque marker (read with its directory) or whiteout metadata
+        path = _join(parent, name)
+        existing = self.entries.get(path)
+        if existing is None:
+            self.entries[path] = Entry(path, "whiteout")
+        elif existing.kind == "dir":
+            existing.opaque = True
+
+    def _link_or_first(self, entry: Entry, inode: int) -> Entry:
+        """The first path of an inode is its ``file``; later ones are ``hardlink``s to it,
+        sharing its metadata (as ``apply_layer`` indexes them)."""
+        first = self._inodes.setdefault(inode, entry.path)
+        if first == entry.path:
+            return entry
+        owner = self.entries[first]
+        return dataclasses.replace(
+            owner, path=entry.path, kind="hardlink", link=first, xattrs=dict(owner.xattrs)
+        )
+
+    def _entry_of(
+        self,
+        fd: int,
+        path: str,
+        st: os.stat_result,
+        name: str | None,
+        link: str | None = None,
+    ) -> Entry:
+        """What disk says about one path, corrected by its index record if it has one.
+
+        ``fd`` is the path's own descriptor (``name`` None) or its directory's (``name``
+        set); symlinks (``link`` set) carry no xattrs we could read without following.
+        """
+        kind = _kind_of(st.st_mode)
+        entry = Entry(
+            path=path,
+            kind=kind,
+            mode=stat.S_IMODE(st.st_mode),
+            uid=st.st_uid,
+            gid=st.st_gid,
+            size=st.st_size if kind == "file" else 0,
+            mtime=st.st_mtime_ns,
+            link=link or "",
+            devmajor=os.major(st.st_rdev) if kind in ("char", "block") else 0,
+            devminor=os.minor(st.st_rdev) if kind in ("char", "block") else 0,
+            xattrs={} if link is not None else self._xattrs(fd, name),
+        )
+        recorded = self.overrides.get(path)
+        if recorded is None:
+            return entry
+        if not _compatible(kind, recorded.kind):
+            log.debug("index record of %r (%s) is stale: disk has a %s", path, recorded.kind, kind)
+            return entry
+        merged = dataclasses.replace(
+            recorded, path=path, size=entry.size, mtime=entry.mtime, xattrs=dict(recorded.xattrs)
+        )
+        if recorded.kind == "hardlink":
+            merged.kind, merged.link = "file", ""  # the walk decides who links to whom
+        if kind == "symlink":
+            merged.link = entry.link
+        if merged.kind in ("char", "block"):
+            merged.size = 0
+        return merged
+
+    def _xattrs(self, fd: int, name: str | None) -> dict[str, bytes]:
+        target: int | str = fd if name is None else f"/proc/self/fd/{fd}/{name}"
+        nofollow = name is not None  # an fd is the file itself: nothing to follow
+        try:
+            names = os.listxattr(target, follow_symlinks=not nofollow)
+        except OSError:
+            return {}
+        found: dict[str, bytes] = {}
+        for key in sorted(names):
+            if self.overlay and key.startswith(OVERLAY_XATTR_PREFIXES):
+                continue
+            try:
+                found[key] = os.getxattr(target, key, follow_symlinks=not nofollow)
+            except OSError as e:
+                log.debug("xattr %s of %r unreadable: %s", key, name, e)
+        return found
+
+    @staticmethod
+    def _has_marker(dir_fd: int) -> bool:
+        try:
+            st = os.stat(OPAQUE_MARKER, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        return stat.S_ISREG(st.st_mode)
+
+    def _overlay_opaque(self, dir_fd: int) -> bool:
+        if not self.overlay:
+            return False
+        for key in OVERLAY_OPAQUE_XATTRS:
+            try:
+                if os.getxattr(dir_fd, key) == b"y":
+                    return True
+            except OSError:
+                continue
+        return False
