@@ -3,6 +3,7 @@ paused half way), a dead holder's lease is dropped, and only ingests no writer h
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -197,3 +198,26 @@ def test_only_ingests_no_writer_holds_are_removed(tmp_path: Path) -> None:
         assert [(r.kind, r.name) for r in report.removed] == [(gc.INGEST, "held")]
         assert store_state(client).ingest_dirs == frozenset()
         assert store_state(client).count("ingests") == 0
+
+
+def test_an_ingest_directory_without_a_record_is_removed_unless_locked(tmp_path: Path) -> None:
+    with Client(tmp_path / "root") as client:
+        orphan = client.content.ingest_dir("crashed before its first status")
+        orphan.mkdir()
+        (orphan / "data").write_bytes(b"partial")
+        taken = client.content.ingest_dir("being opened right now")
+        taken.mkdir()
+        lock_path = client.content.lock_path("being opened right now")
+        lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            planned = gc.collect(client, dry_run=True).removed
+            assert [(r.kind, r.name, r.size) for r in planned] == [
+                (gc.INGEST, "orphan:" + orphan.name, 7)
+            ]
+            assert orphan.exists()
+            assert gc.collect(client).removed == planned
+            assert not orphan.exists() and taken.exists()
+        finally:
+            os.close(lock_fd)
+        assert [r.name for r in gc.collect(client).removed] == ["orphan:" + taken.name]
