@@ -221,3 +221,16 @@ def test_an_ingest_directory_without_a_record_is_removed_unless_locked(tmp_path:
         finally:
             os.close(lock_fd)
         assert [r.name for r in gc.collect(client).removed] == ["orphan:" + taken.name]
+
+
+def test_the_gc_root_label_keeps_a_blob_and_what_it_references(tmp_path: Path) -> None:
+    with Client(tmp_path / "root") as client:
+        child_blob = commit_blob(client, b"referenced by a root")
+        root_blob = commit_blob(client, b"a root")
+        client.content.update_labels(
+            root_blob,
+            {"containerd.io/gc.root": "yes", "containerd.io/gc.ref.content.x": child_blob},
+        )
+        assert gc.collect(client).removed == []
+        client.content.update_labels(root_blob, {"containerd.io/gc.root": ""})
+        assert {r.name for r in gc.collect(client).removed} == {root_blob, child_blob}
