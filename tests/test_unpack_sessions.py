@@ -1,0 +1,133 @@
+"""What a dead unpacker leaves is removed by the next pull, a live one's is not; the byte
+pipe between the download and the applier thread is bounded, ordered and abortable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+from registry_helpers import RegistryProcess, make_image, make_layer
+from unpack_helpers import HOST, fsnap, ok
+
+from fsnap.client import Client
+from fsnap.unpack.pipe import BytePipe, PipeAborted
+from fsnap.unpack.staging import clean_stale, open_session
+
+FAKE_CHAIN = "sha256:" + "ab" * 32
+
+# A child that starts an unpack session, stages a file and a temporary snapshot, and dies
+# without unwinding (os._exit), as a SIGKILLed pull would.
+CRASHING_UNPACKER = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from fsnap.client import Client
+    from fsnap.unpack.staging import open_session
+    root = Path(sys.argv[1])
+    client = Client(root)
+    session = open_session(root / "unpack")
+    (session.staging_dir() / "half-written").write_bytes(b"x")
+    client.snapshots.prepare(session.temp_key(sys.argv[2]), "")
+    print(session.name, flush=True)
+    os._exit(0)
+    """
+)
+
+
+def crash_an_unpacker(root: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", CRASHING_UNPACKER, str(root), FAKE_CHAIN],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_next_pull_removes_a_dead_unpackers_leftovers_but_not_a_live_ones(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    dead = crash_an_unpacker(root)
+    unpack = root / "unpack"
+    assert (unpack / dead).is_dir() and (unpack / f"{dead}.lock").exists()
+    with Client(root) as client:
+        live = open_session(unpack)
+        try:
+            live_key = live.temp_key(FAKE_CHAIN)
+            client.snapshots.prepare(live_key, "")
+            (live.staging_dir() / "busy").write_bytes(b"y")
+
+            image = make_image([make_layer({"f": "1\n"})], platform=HOST)
+            registry.push_image("unpack/after-crash", "v1", image)
+            ok(fsnap(root, "pull", f"{registry.host}/unpack/after-crash:v1"))
+
+            left = {info.name for info in client.snapshots.walk()}
+            assert not any(name.startswith(f"extract-{dead}-") for name in left)
+            assert live_key in left
+            assert not (unpack / dead).exists() and not (unpack / f"{dead}.lock").exists()
+            assert (live.directory / "1" / "busy").exists()
+            assert image.chain_id in left
+        finally:
+            live.close()
+        assert clean_stale(unpack, client.snapshots) == [live_key]  # its own: now dead
+    assert sorted(p.name for p in unpack.iterdir()) == []
+
+
+def _pipe_run(limit: int, chunks: list[bytes], read_size: int) -> tuple[bytes, int]:
+    """Write ``chunks`` through a pipe of ``limit`` bytes to a thread reading ``read_size``
+    at a time; return what the thread read and the most bytes ever queued."""
+
+    async def main() -> tuple[bytes, int]:
+        pipe = BytePipe(limit)
+        most = 0
+
+        def reader() -> bytes:
+            nonlocal most
+            out = bytearray()
+            while True:
+                most = max(most, pipe._queued)
+                data = pipe.read(read_size)
+                if not data:
+                    return bytes(out)
+                out += data
+
+        async with trio.open_nursery() as nursery:
+            result: list[bytes] = []
+
+            async def consume() -> None:
+                result.append(await trio.to_thread.run_sync(reader))
+
+            nursery.start_soon(consume)
+            for chunk in chunks:
+                await pipe.write(chunk)
+            pipe.close()
+        return result[0], most
+
+    return trio.run(main)
+
+
+def test_pipe_delivers_every_byte_in_order_and_stays_bounded() -> None:
+    chunks = [bytes([i]) * (1000 + i) for i in range(200)]
+    data, most = _pipe_run(4096, chunks, 777)
+    assert data == b"".join(chunks)
+    assert most < 4096 + max(map(len, chunks))  # never more than the limit plus one chunk
+
+
+def test_pipe_abort_fails_the_reader_and_detach_frees_the_writer() -> None:
+    async def main() -> None:
+        pipe = BytePipe(10)
+        await pipe.write(b"0123456789")
+        pipe.abort("download failed")
+        with pytest.raises(PipeAborted, match="download failed"):
+            await trio.to_thread.run_sync(pipe.read, 4)
+
+        detached = BytePipe(10)
+        await detached.write(b"0123456789")
+        await trio.to_thread.run_sync(detached.detach)
+        for _ in range(5):  # would wait forever on a full pipe if writes were not dropped
+            await detached.write(b"more bytes than the limit")
+
+    trio.run(main)
