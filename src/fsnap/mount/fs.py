@@ -36,14 +36,16 @@ class MergedFS(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
+    # How long the kernel may trust an entry or attribute it got from us.
+    cache_timeout = CACHE_TIMEOUT
 
     def __init__(self, tree: MergedTree, provenance: bool = False) -> None:
         super().__init__()
         self.tree = tree
         # Off by default: the default mount shows exactly the image's own xattrs.
         self.provenance = provenance
-        # open file handle -> size of the file it reads (to tell EOF from a cache miss)
-        self._sizes: dict[int, int] = {}
+        # open file handle -> the node it reads (its size tells EOF from a cache miss)
+        self._open: dict[int, Node] = {}
 
     # --- inode lookups -------------------------------------------------------------
 
@@ -70,8 +72,8 @@ class MergedFS(pyfuse3.Operations):
         attrs.st_atime_ns = node.mtime
         attrs.st_mtime_ns = node.mtime
         attrs.st_ctime_ns = node.mtime
-        attrs.entry_timeout = CACHE_TIMEOUT
-        attrs.attr_timeout = CACHE_TIMEOUT
+        attrs.entry_timeout = self.cache_timeout
+        attrs.attr_timeout = self.cache_timeout
         return attrs
 
     async def lookup(
@@ -90,7 +92,7 @@ class MergedFS(pyfuse3.Operations):
             # A negative entry the kernel may cache too: programs probe many absent paths.
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
-            negative.entry_timeout = CACHE_TIMEOUT
+            negative.entry_timeout = self.cache_timeout
             return negative
         return self._attrs(child)
 
@@ -141,6 +143,8 @@ class MergedFS(pyfuse3.Operations):
         children = node.children
         for index in range(start_id - 2, len(names)):
             name = names[index]
+            if name is None:
+                continue  # a name removed by a writable mount: its slot keeps offsets stable
             if not pyfuse3.readdir_reply(token, name, self._attrs(children[name]), index + 3):
                 return
 
@@ -161,7 +165,7 @@ class MergedFS(pyfuse3.Operations):
             fd = os.open(node.source, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        self._sizes[fd] = node.size
+        self._open[fd] = node
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -174,7 +178,8 @@ class MergedFS(pyfuse3.Operations):
             got = 0
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        if got == size or off + got >= self._sizes.get(fh, 0):
+        node = self._open.get(fh)
+        if got == size or off + got >= (node.size if node is not None else 0):
             return bytes(buf[:got])
         try:
             rest = await trio.to_thread.run_sync(os.pread, fh, size - got, off + got)
@@ -183,7 +188,7 @@ class MergedFS(pyfuse3.Operations):
         return bytes(buf[:got]) + rest
 
     async def release(self, fh: int) -> None:
-        self._sizes.pop(fh, None)
+        self._open.pop(fh, None)
         os.close(fh)
 
     # --- file system -------------------------------------------------------------------

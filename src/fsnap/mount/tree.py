@@ -39,6 +39,8 @@ class Layer:
 
     dir: os.PathLike[str] | str
     entries: list[Entry]
+    # The writable top of a read-write mount: its nodes are marked ``upper``.
+    upper: bool = False
     name: str = ""
 
 
@@ -49,6 +51,11 @@ class Node:
     ``names`` is the frozen order readdir serves (an offset is an index into it, so offsets
     stay valid across seekdir/telldir) and ``children`` the lookup table. ``source`` is the
     path of a regular file's content in the layer that provides it.
+
+    ``parent``/``name`` are the node's first link (a writable mount turns an inode back into
+    a path with them); ``upper`` says the node exists in a writable mount's upper directory
+    and ``opaque`` that the lower layers show nothing under it. A writable mount may put
+    ``None`` in ``names`` where a name went away, so that offsets handed out stay valid.
     """
 
     __slots__ = (
@@ -64,9 +71,12 @@ class Node:
         "xattrs",
         "source",
         "parent",
+        "name",
         "names",
         "children",
         "layer",
+        "upper",
+        "opaque",
     )
 
     def __init__(self, entry: Entry, source: str | None, layer: int = -1) -> None:
@@ -84,7 +94,10 @@ class Node:
         self.xattrs: dict[bytes, bytes] | None = _xattrs(entry)
         self.source = source
         self.parent: Node | None = None
-        self.names: list[bytes] | None = None
+        self.name = b""
+        self.upper = False
+        self.opaque = False
+        self.names: list[bytes | None] | None = None
         self.children: dict[bytes, Node] | None = None
         self.size = entry.size
         if entry.kind == "symlink":
@@ -161,6 +174,8 @@ class MergedTree:
         while stack:
             path, node = stack.pop()
             for name in node.names or ():
+                if name is None:
+                    continue
                 child = (node.children or {})[name]
                 child_path = path + b"/" + name if path else name
                 yield child_path, child
@@ -174,6 +189,7 @@ class _Builder:
     def __init__(self) -> None:
         self.root = Node(ROOT_ENTRY, None)
         self.layer = -1  # index of the layer being applied
+        self.upper = False  # applying a writable mount's upper layer
 
     def lookup(self, path: str) -> Node | None:
         """The node at ``path`` in the tree built so far: ``fsnap.inspect`` compares each
@@ -189,6 +205,7 @@ class _Builder:
             self.root.layer = self.layer
         base = os.fspath(layer.dir)
         entries = layer.entries
+        self.upper = layer.upper
         for entry in entries:
             if entry.kind == "whiteout":
                 self._remove(entry.path)
@@ -258,10 +275,13 @@ class _Builder:
             for child in node.children.values():
                 _detach(child)
             node.children.clear()
+            node.opaque = self.upper
 
     def _add(self, entry: Entry, base: str) -> None:
         if not entry.path:
             self.root.set_dir_attrs(entry, self.layer)
+            self.root.upper = self.upper
+            self.root.opaque = self.root.opaque or (self.upper and entry.opaque)
             return
         parent_path, _, name = entry.path.rpartition("/")
         parent = self._dir(parent_path)
@@ -271,9 +291,14 @@ class _Builder:
             existing = parent.children.get(key)
             if existing is not None and existing.is_dir:
                 existing.set_dir_attrs(entry, self.layer)
+                existing.upper = self.upper
+                existing.opaque = existing.opaque or (self.upper and entry.opaque)
                 return
         source = os.path.join(base, entry.path) if entry.kind == "file" else None
-        self._attach(parent, key, Node(entry, source, self.layer))
+        node = Node(entry, source, self.layer)
+        node.upper = self.upper
+        node.opaque = self.upper and entry.opaque
+        self._attach(parent, key, node)
 
     def _link(self, entry: Entry) -> None:
         target = self._lookup(entry.link)
@@ -299,9 +324,10 @@ class _Builder:
             assert node.children is not None
             node.names = list(node.children)
             subdirs = 0
-            for child in node.children.values():
+            for name, child in node.children.items():
                 if child.ino == 0:
                     child.ino = len(nodes)
+                    child.parent, child.name = node, name
                     nodes.append(child)
                 if child.is_dir:
                     subdirs += 1
