@@ -36,6 +36,12 @@ from fsnap.snapshots.metadata import Record, Tables, index_prefix
 log = logging.getLogger(__name__)
 
 MAX_LABELS_SIZE = 4096
+# Active snapshots served by a writable mount: key -> mount point (commit/remove refuse them).
+MOUNTED = "snapshots.mounted"
+# Ids of active snapshots whose index holds only *overrides* for the files in their
+# directory (a writable mount's metadata that could not go on disk), not a full layer
+# index: committing one scans its directory (``fsnap.diff.scan``) into a full index.
+OVERRIDES = "snapshots.overrides"
 
 
 class Snapshotter:
@@ -46,6 +52,9 @@ class Snapshotter:
         self.root.mkdir(parents=True, exist_ok=True)
         self.db = db
         self.tables = Tables(db)
+        # (named tables are opened before any transaction may use them)
+        self._mounted = db.table(MOUNTED)
+        self._overrides = db.table(OVERRIDES)
         self._closed = False
         self.last_cleanup: CleanupReport = self.cleanup()
 
@@ -210,13 +219,19 @@ class Snapshotter:
         with disk.change_lock(self.root):
             with self.db.begin() as txn:
                 before = self._get(txn, key)
+                self._refuse_mounted(txn, key, "commit")
+                scan = txn.get(str(before.id).encode(), db=self._overrides) is not None
             _require_active(key, before)
             usage = self.usage(key)
+            index = self._scanned_index(key) if scan else None
             with self.db.begin(write=True) as txn:
                 record = self._get(txn, key)
                 if record.id != before.id:
                     raise FailedPrecondition(f"snapshot {key} changed during commit")
                 _require_active(key, record)
+                self._refuse_mounted(txn, key, "commit")
+                if index is not None:
+                    self._replace_index(txn, record.id, index)
                 if self.tables.get(txn, name) is not None:
                     raise AlreadyExists(f"snapshot {name} already exists")
                 now = time.time_ns()
@@ -237,7 +252,9 @@ class Snapshotter:
                 record = self._get(txn, key)
                 if self.tables.has_children(txn, key):
                     raise FailedPrecondition(f"cannot remove snapshot {key}: it has children")
+                self._refuse_mounted(txn, key, "remove")
                 self.tables.delete(txn, key, record)
+                txn.delete(str(record.id).encode(), db=self._overrides)
             disk.retire(self.root, record.id)
 
     def update(
@@ -265,6 +282,7 @@ class Snapshotter:
             record = self._get(txn, key)
             _require_active(key, record)
             self.tables.delete_index(txn, record.id)
+            txn.delete(str(record.id).encode(), db=self._overrides)
             prefix = index_prefix(record.id)
             cursor = txn.cursor(db=self.tables.files)
             cursor.putmulti((prefix + entry.key(), entry.to_bytes()) for entry in entries)
@@ -289,6 +307,99 @@ class Snapshotter:
             prefix = index_prefix(self._get(txn, key).id)
             raw = txn.get(prefix + os.fsencode(path), db=self.tables.files)
         return None if raw is None else Entry.from_bytes(bytes(raw))
+
+    # -- writable mounts ------------------------------------------------------------------
+
+    def put_index_entry(self, key: str, entry: Entry) -> None:
+        """Record one override entry of active ``key`` (metadata its directory cannot hold);
+        from then on its index is overrides only, and commit scans the directory."""
+        self._check_open()
+        with self.db.begin(write=True) as txn:
+            record = self._get(txn, key)
+            _require_active(key, record)
+            txn.put(str(record.id).encode(), b"", db=self._overrides)
+            txn.put(index_prefix(record.id) + entry.key(), entry.to_bytes(), db=self.tables.files)
+
+    def delete_index_entry(self, key: str, path: str, subtree: bool = False) -> None:
+        """Drop the override of ``path`` of active ``key`` (with ``subtree``, also of every
+        path below it: a directory renamed or removed)."""
+        self._check_open()
+        with self.db.begin(write=True) as txn:
+            prefix = index_prefix(self._get(txn, key).id)
+            txn.delete(prefix + os.fsencode(path), db=self.tables.files)
+            if subtree:
+                below = prefix + os.fsencode(path) + b"/" if path else prefix
+                cursor = txn.cursor(db=self.tables.files)
+                found = cursor.set_range(below)
+                while found and bytes(cursor.key()).startswith(below):
+                    found = cursor.delete()
+
+    def use_overrides(self, key: str) -> None:
+        """Mark active ``key``'s index as overrides only (a writable mount starts): commit
+        will scan its directory. Refused if the index is a full layer index already."""
+        self._check_open()
+        with self.db.begin(write=True) as txn:
+            record = self._get(txn, key)
+            _require_active(key, record)
+            flags = self._overrides
+            marker = str(record.id).encode()
+            if txn.get(marker, db=flags) is None and self._has_index(txn, record.id):
+                raise FailedPrecondition(
+                    f"snapshot {key} has a layer index already (an unpack in progress?)"
+                )
+            txn.put(marker, b"", db=flags)
+
+    def set_mounted(self, key: str, mountpoint: str | None) -> None:
+        """Record that active ``key`` is mounted writable at ``mountpoint`` (None: no longer).
+        One writable mount per snapshot: a second is refused, naming the first."""
+        self._check_open()
+        table = self._mounted
+        with self.db.begin(write=True) as txn:
+            if mountpoint is None:
+                txn.delete(key.encode(), db=table)
+                return
+            _require_active(key, self._get(txn, key))
+            current = txn.get(key.encode(), db=table)
+            if current is not None and bytes(current).decode() != mountpoint:
+                raise FailedPrecondition(
+                    f"snapshot {key} is already mounted writable at {bytes(current).decode()}"
+                )
+            txn.put(key.encode(), mountpoint.encode(), db=table)
+
+    def mounted_at(self, key: str) -> str | None:
+        """Where active ``key`` is mounted writable, or None."""
+        self._check_open()
+        with self.db.begin() as txn:
+            raw = txn.get(key.encode(), db=self._mounted)
+        return None if raw is None else bytes(raw).decode()
+
+    def _refuse_mounted(self, txn: lmdb.Transaction, key: str, action: str) -> None:
+        raw = txn.get(key.encode(), db=self._mounted)
+        if raw is not None:
+            mnt = bytes(raw).decode()
+            raise FailedPrecondition(
+                f"cannot {action} snapshot {key}: it is mounted writable at {mnt}; "
+                f"run `fsnap umount {mnt}` first"
+            )
+
+    def _scanned_index(self, key: str) -> list[Entry]:
+        """The full index of active ``key``: its directory scanned, with its overrides."""
+        from fsnap.diff.scan import scan_snapshot
+
+        overrides = {entry.path: entry for entry in self.read_index(key)}
+        return scan_snapshot(self.dir(key), overrides)
+
+    def _replace_index(self, txn: lmdb.Transaction, snapshot_id: int, entries: list[Entry]) -> None:
+        self.tables.delete_index(txn, snapshot_id)
+        txn.delete(str(snapshot_id).encode(), db=self._overrides)
+        prefix = index_prefix(snapshot_id)
+        cursor = txn.cursor(db=self.tables.files)
+        cursor.putmulti((prefix + entry.key(), entry.to_bytes()) for entry in entries)
+
+    def _has_index(self, txn: lmdb.Transaction, snapshot_id: int) -> bool:
+        prefix = index_prefix(snapshot_id)
+        cursor = txn.cursor(db=self.tables.files)
+        return bool(cursor.set_range(prefix)) and bytes(cursor.key()).startswith(prefix)
 
     # -- helpers ---------------------------------------------------------------------------
 
