@@ -139,6 +139,34 @@ class Client:
         with acquire(self.db, f"pull {ref}"):
             return trio.run(run)
 
+    def commit_image(
+        self,
+        key: str,
+        new_ref: str,
+        compression: str = "gzip",
+        *,
+        base: str | None = None,
+    ) -> Image:
+        """Record ``new_ref``: the base image of snapshot ``key`` plus ``key``'s diff as one
+        new layer (``gzip``, ``zstd`` or ``none``); see ``fsnap.diff.commit``."""
+        from fsnap.archive.compression import Compression
+        from fsnap.diff.commit import commit_image
+        from fsnap.errors import InvalidArgument
+
+        try:
+            kind = Compression(compression)
+        except ValueError:
+            raise InvalidArgument(f"unknown compression {compression!r}") from None
+        return commit_image(
+            self.content,
+            self.images,
+            self.snapshots,
+            key,
+            new_ref,
+            compression=kind,
+            base_ref=base,
+        )
+
     def close(self) -> None:
         if self._db is not None:
             self._db.close()

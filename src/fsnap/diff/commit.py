@@ -1,0 +1,212 @@
+"""``commit_image``: a snapshot's diff becomes one new layer on top of its base image.
+
+The snapshot (active or committed) sits on a parent chain; the image whose top layer has
+that chain ID is the base (found by its config's ``containerd.io/gc.ref.snapshot.fsnap``
+label or by computing the chain ID of its diff_ids; ``base`` names it explicitly). The new
+layer is the diff of the snapshot alone, scanned from its directory with its index records
+as overrides. Config and manifest follow the base (``fsnap.images.compose``), every
+document goes into the content store with its gc labels, and the new image is recorded.
+
+Mountable right away: the new layer is also unpacked from the blob just written into a
+committed snapshot named by the new chain ID (as a pull would have done), and the config
+is labelled with it. The snapshot given is left as it was: an active one stays active and
+can go on changing; its next commit diffs against the same parent again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any, BinaryIO, cast
+
+from fsnap.archive.apply import apply_layer, fixup_implicit
+from fsnap.archive.compression import Compression, open_uncompressed
+from fsnap.content.store import ContentStore
+from fsnap.content.writer import Writer
+from fsnap.diff.scan import scan_snapshot
+from fsnap.diff.tar import LayerBlob, write_layer
+from fsnap.digest import chain_id, sha256_of
+from fsnap.errors import AlreadyExists, DigestMismatch, FailedPrecondition, FsnapError, NotFound
+from fsnap.images import compose
+from fsnap.images.manifest import (
+    Manifest,
+    kind_of,
+    load_document,
+    manifest_labels,
+    parse_index,
+    parse_manifest,
+)
+from fsnap.images.store import Image, ImageStore
+from fsnap.oci import Descriptor, Platform
+from fsnap.reference import Reference
+from fsnap.snapshots.info import Kind
+from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.unpack.layer import lower_lookup
+
+UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
+SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
+
+
+@dataclass(frozen=True)
+class Base:
+    """The image a snapshot builds on: one manifest and its whole config document."""
+
+    manifest: Manifest
+    config: dict[str, Any]
+    platform: Platform
+
+
+def commit_image(
+    content: ContentStore,
+    images: ImageStore,
+    snapshots: Snapshotter,
+    key: str,
+    new_ref: str,
+    *,
+    compression: Compression = Compression.GZIP,
+    base_ref: str | None = None,
+) -> Image:
+    """Record ``new_ref`` as the base image plus the diff of snapshot ``key``. Blocking."""
+    name = str(Reference.parse(new_ref))
+    info = snapshots.stat(key)
+    if info.kind is Kind.VIEW:
+        raise FailedPrecondition(f"snapshot {key} is a view: only active or committed ones")
+    base = _base_for(content, images, info.parent, base_ref)
+    fam = compose.family(base.manifest.descriptor.media_type) if base.manifest else "oci"
+    overrides = {e.path: e for e in snapshots.read_index(key)}
+    fs_dir = snapshots.dir(key)
+    entries = scan_snapshot(fs_dir, overrides)
+    layer = write_layer(
+        content,
+        fs_dir,
+        entries,
+        compression=compression,
+        media_type=compose.layer_type(fam, compression),
+    )
+    content.update_labels(layer.descriptor.digest, {UNCOMPRESSED_LABEL: layer.diff_id})
+    config = compose.extended_config(base.config, layer.diff_id, compose.now_rfc3339())
+    top = chain_id(config["rootfs"]["diff_ids"])
+    _unpack(content, snapshots, layer, info.parent, top)
+    config_desc = put_document(
+        content, compose.config_type(fam), compose.encode(config), {SNAPSHOT_LABEL: top}
+    )
+    layers = [*base.manifest.layers, layer.descriptor] if base.manifest else [layer.descriptor]
+    data = compose.encode(compose.manifest_document(fam, config_desc, layers))
+    # A manifest's gc labels name its config and layers; its own descriptor plays no part.
+    labels = manifest_labels(Manifest(config_desc, config_desc, tuple(layers)))
+    manifest_desc = put_document(content, compose.manifest_type(fam), data, labels)
+    size = manifest_desc.size + config_desc.size + sum(d.size for d in layers)
+    image = Image(name=name, target=manifest_desc, platforms=(base.platform,), size=size)
+    return images.create_or_update(image)
+
+
+def put_document(
+    content: ContentStore, media_type: str, data: bytes, labels: dict[str, str]
+) -> Descriptor:
+    """Commit a small document (config, manifest) with its labels; an existing one is
+    labelled instead."""
+    desc = Descriptor(media_type, sha256_of(data), len(data))
+    if content.exists(desc.digest):
+        content.update_labels(desc.digest, labels)
+        return desc
+    writer: Writer = content.writer(f"fsnap-commit-{desc.digest}", desc)
+    try:
+        writer.write(data[writer.offset :])  # an interrupted ingest of it resumes
+        writer.commit(labels)
+    except AlreadyExists:
+        content.update_labels(desc.digest, labels)
+    finally:
+        writer.close()
+    return desc
+
+
+# -- the base image -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scratch:
+    """No base: the snapshot has no parent, the image starts with the new layer."""
+
+    manifest: None
+    config: dict[str, Any]
+    platform: Platform
+
+
+def _base_for(
+    content: ContentStore, images: ImageStore, parent: str, base_ref: str | None
+) -> Base | _Scratch:
+    if base_ref is not None:
+        name = str(Reference.parse(base_ref))
+        for base in _bases_of(content, images.get(name)):
+            if _top_chain(base) == parent:
+                return base
+        raise FailedPrecondition(
+            f"image {name} is not the base of this snapshot: "
+            f"its top layer is not {parent or '(none)'}"
+        )
+    if not parent:
+        host = Platform.host()
+        return _Scratch(None, compose.scratch_config(host), host)
+    for image in images.list():
+        for base in _bases_of(content, image):
+            if _top_chain(base) == parent:
+                return base
+    raise NotFound(
+        f"no image in the store has top layer {parent}: name the base image with --base REF"
+    )
+
+
+def _top_chain(base: Base) -> str:
+    diff_ids = base.config.get("rootfs", {}).get("diff_ids") or []
+    return chain_id([str(d) for d in diff_ids]) if diff_ids else ""
+
+
+def _bases_of(content: ContentStore, image: Image) -> list[Base]:
+    """Every manifest of ``image`` in the store (index children too), with its config."""
+    found: list[Base] = []
+    pending = [image.target]
+    while pending:
+        desc = pending.pop()
+        if not content.exists(desc.digest):
+            continue
+        doc = load_document(desc, content.read(desc.digest))
+        if kind_of(desc, doc) == "index":
+            pending.extend(parse_index(desc, doc).manifests)
+            continue
+        manifest = parse_manifest(desc, doc)
+        if not content.exists(manifest.config.digest):
+            continue
+        config = json.loads(content.read(manifest.config.digest))
+        platform = desc.platform or Platform.from_json(config)
+        found.append(Base(manifest, config, platform))
+    return found
+
+
+# -- making it mountable --------------------------------------------------------------------
+
+
+def _unpack(
+    content: ContentStore, snapshots: Snapshotter, layer: LayerBlob, parent: str, top: str
+) -> None:
+    """Apply the new blob as committed snapshot ``top`` on ``parent`` (skip if it exists)."""
+    with contextlib.suppress(NotFound):
+        snapshots.stat(top)
+        return
+    key = f"commit-{secrets.token_hex(8)} {top}"
+    snapshots.prepare(key, parent)
+    try:
+        home = snapshots.dir(key)
+        with content.open(layer.descriptor.digest) as raw:
+            tar = open_uncompressed(cast(BinaryIO, raw), layer.descriptor.media_type)
+            result = apply_layer(tar, home)
+        if result.diff_id != layer.diff_id:
+            raise DigestMismatch(f"layer {layer.descriptor.digest} re-read as {result.diff_id}")
+        fixup_implicit(home, result.entries, lower_lookup(snapshots, parent))
+        snapshots.write_index(key, result.entries)
+        snapshots.commit(top, key)
+    except BaseException:
+        with contextlib.suppress(FsnapError, OSError):
+            snapshots.remove(key)
+        raise
