@@ -39,9 +39,9 @@ class Layer:
 
     dir: os.PathLike[str] | str
     entries: list[Entry]
+    name: str = ""
     # The writable top of a read-write mount: its nodes are marked ``upper``.
     upper: bool = False
-    name: str = ""
 
 
 class Node:
