@@ -66,7 +66,7 @@ def snapshot_layers(client: Client, key: str) -> list[Layer]:
     """The layers of ``key``'s chain with their indexes (bottom -> top)."""
     snapshots = client.snapshots
     return [
-        Layer(snapshots.dir(info.name), snapshots.read_index(info.name), info.name)
+        Layer(snapshots.dir(info.name), snapshots.read_index(info.name), name=info.name)
         for info in snapshots.chain(key)
     ]
 
@@ -95,4 +95,4 @@ def read_index(layer_dir: Path) -> list[Entry]:
 
 
 def dir_layers(dirs: Iterable[str | os.PathLike[str]]) -> list[Layer]:
-    return [Layer(Path(d), read_index(Path(d)), os.fspath(d)) for d in dirs]
+    return [Layer(Path(d), read_index(Path(d)), name=os.fspath(d)) for d in dirs]
