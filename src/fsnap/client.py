@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fsnap.db import Database
 
 if TYPE_CHECKING:
     from fsnap.content.store import ContentStore
     from fsnap.images.store import Image, ImageStore
-    from fsnap.oci import Platform
+    from fsnap.oci import Descriptor, Platform
     from fsnap.progress import PullProgress
     from fsnap.pull import LayerSink
+    from fsnap.push import PushProgress
     from fsnap.remotes.auth import Credentials
     from fsnap.snapshots.snapshotter import Snapshotter
 
@@ -166,6 +167,39 @@ class Client:
             compression=kind,
             base_ref=base,
         )
+
+    def push(
+        self,
+        ref: str,
+        target: str | None = None,
+        *,
+        plain_http: bool | None = None,
+        credentials: Credentials | None = None,
+        progress: PushProgress | None = None,
+        chunk_size: int | None = None,
+    ) -> Descriptor:
+        """Push image ``ref`` from the store to ``target`` (default ``ref``) and return the
+        pushed descriptor. Runs its own trio loop: async callers await
+        ``fsnap.push.push_image``."""
+        import functools
+
+        import trio
+
+        from fsnap.push import push_image
+
+        options: dict[str, Any] = {} if chunk_size is None else {"chunk_size": chunk_size}
+        run = functools.partial(
+            push_image,
+            self.content,
+            self.images,
+            ref,
+            target,
+            plain_http=plain_http,
+            credentials=credentials,
+            progress=progress,
+            **options,
+        )
+        return trio.run(run)
 
     def close(self) -> None:
         if self._db is not None:

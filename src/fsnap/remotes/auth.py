@@ -163,9 +163,12 @@ class Authenticator:
         realm = challenge.params.get("realm")
         if not realm:
             raise Unauthorized(f"registry {self.host} sent a Bearer challenge without a realm")
-        params = {"scope": scope}
+        # Several scopes (a cross-repository mount needs two) go as repeated parameters.
+        params: list[tuple[str, str | int | float | bool | None]] = [
+            ("scope", one) for one in scope.split()
+        ]
         if challenge.params.get("service"):
-            params["service"] = challenge.params["service"]
+            params.append(("service", challenge.params["service"]))
         headers = {"Accept": "application/json"}
         if self.credentials is not None:
             headers["Authorization"] = self.credentials.basic_header()

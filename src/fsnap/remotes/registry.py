@@ -242,18 +242,30 @@ class RegistryClient:
             return response, body
 
     async def _send(
-        self, ref: Reference, method: str, path: str, headers: dict[str, str]
+        self,
+        ref: Reference,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        *,
+        scope: str | None = None,
+        content: bytes | None = None,
     ) -> httpx.Response:
-        """Send once (streamed), answering at most one auth challenge along the way."""
+        """Send once (streamed), answering at most one auth challenge along the way.
+
+        ``path`` is below the registry's base URL, or a whole URL (an upload's Location).
+        ``scope`` defaults to pulling ``ref``'s repository; uploads ask for more."""
         auth = await self._authenticator(ref.domain)
-        scope = f"repository:{ref.repository}:pull"
+        scope = scope or f"repository:{ref.repository}:pull"
+        url = path if "://" in path else self._base_url(ref.domain) + path
         answered = False
         while True:
             sent = auth.header(scope)
             request = self._http().build_request(
                 method,
-                self._base_url(ref.domain) + path,
+                url,
                 headers={**headers, **({"Authorization": sent} if sent else {})},
+                content=content,
             )
             response = await self._http().send(request, stream=True)
             if response.status_code != 401:
