@@ -17,7 +17,7 @@ from pathlib import Path
 from fsnap.errors import FsnapError
 
 # Every topic module under fsnap.cli, in the order ``fsnap --help`` lists them.
-TOPICS = ("pull", "images", "content", "snapshots", "mount", "gc", "commit", "push")
+TOPICS = ("pull", "images", "content", "snapshots", "mount", "gc", "commit", "push", "inspect")
 
 
 def default_root() -> Path:
