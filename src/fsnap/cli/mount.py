@@ -7,15 +7,28 @@ import json
 from typing import Any
 
 from fsnap.client import Client
+from fsnap.errors import InvalidArgument
 from fsnap.mount import manager
 
 
 def register(subparsers: Any) -> None:
     """Add ``mount``, ``umount`` and ``mounts``."""
-    parser = subparsers.add_parser("mount", help="mount an image's root filesystem (read-only)")
+    parser = subparsers.add_parser(
+        "mount", help="mount an image's root filesystem (read-only, or writable with --rw)"
+    )
     parser.add_argument("ref", metavar="REF", help="image reference")
     parser.add_argument("mountpoint", metavar="MNT", help="an existing empty directory")
     parser.add_argument("--pull", action="store_true", help="pull the image if it is missing")
+    parser.add_argument(
+        "--rw",
+        action="store_true",
+        help="prepare an active snapshot on the image (its key is printed) and mount it "
+        "writable; umount keeps it, `fsnap snapshots commit NAME KEY` commits it",
+    )
+    parser.add_argument(
+        "--key", metavar="KEY", help="with --rw: the active snapshot's key "
+        "(default: <image name>-rw-<random>)",
+    )
     _add_mount_options(parser)
     parser.set_defaults(handler=mount_image)
 
@@ -30,7 +43,9 @@ def register(subparsers: Any) -> None:
 
 def register_snapshots_mount(subparsers: Any) -> None:
     """Add ``snapshots mount KEY MNT`` (called by the snapshots topic)."""
-    parser = subparsers.add_parser("mount", help="mount a committed snapshot or view (read-only)")
+    parser = subparsers.add_parser(
+        "mount", help="mount a snapshot: an active one writable, committed or view read-only"
+    )
     parser.add_argument("key", metavar="KEY", help="snapshot key or name")
     parser.add_argument("mountpoint", metavar="MNT", help="an existing empty directory")
     _add_mount_options(parser)
@@ -61,7 +76,15 @@ def _options(args: argparse.Namespace) -> manager.MountOptions:
 
 
 def mount_image(client: Client, args: argparse.Namespace) -> int:
-    info = manager.mount_image(client, args.ref, args.mountpoint, _options(args))
+    if args.key and not args.rw:
+        raise InvalidArgument("--key needs --rw")
+    if args.rw:
+        info = manager.mount_image_writable(
+            client, args.ref, args.mountpoint, args.key, _options(args)
+        )
+        print(f"active snapshot {info.writable}", flush=True)
+    else:
+        info = manager.mount_image(client, args.ref, args.mountpoint, _options(args))
     _report_mounted(info, args.foreground)
     return 0
 
@@ -76,7 +99,9 @@ def _report_mounted(info: manager.MountInfo, foreground: bool) -> None:
     if foreground:
         print(f"unmounted {info.mountpoint}")
     else:
-        print(f"mounted {info.source} at {info.mountpoint} (daemon pid {info.pid}, log {info.log})")
+        how = "writable" if info.writable else "read-only"
+        print(f"mounted {info.source} at {info.mountpoint} {how} "
+              f"(daemon pid {info.pid}, log {info.log})")
 
 
 def umount(client: Client, args: argparse.Namespace) -> int:

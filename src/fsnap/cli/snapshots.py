@@ -47,7 +47,11 @@ def register(subparsers: Any) -> None:
     _add_labels(view)
     view.set_defaults(handler=view_snapshot)
 
-    commit = commands.add_parser("commit", help="commit active snapshot KEY as NAME")
+    commit = commands.add_parser(
+        "commit",
+        help="commit active snapshot KEY as NAME (refused while KEY is mounted writable: "
+        "`fsnap umount` it first)",
+    )
     commit.add_argument("name")
     commit.add_argument("key")
     _add_labels(commit)

@@ -1,7 +1,8 @@
 """The FUSE daemon: one process per mount, serving a merged tree until unmounted.
 
 ``python -m fsnap.mount.daemon SPEC_JSON READY_FD`` is what the manager spawns (a fresh
-interpreter, not a fork: the CLI's LMDB handle must not be inherited). It loads the layers,
+interpreter, not a fork: the CLI's LMDB handle must not be inherited). A writable mount keeps
+its store handle for its whole life (it records index overrides). It loads the layers,
 mounts, then writes one line to READY_FD: ``ok`` once the mount is live, or
 ``error <exit code> <message>`` so the CLI can print why it failed. SIGTERM/SIGINT unmount.
 """
@@ -19,32 +20,36 @@ from typing import Any
 import pyfuse3
 import trio
 
+from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
 from fsnap.mount import source
 from fsnap.mount.fs import MergedFS
-from fsnap.mount.tree import Layer, MergedTree
+from fsnap.mount.rwfs import writable_fs
+from fsnap.mount.tree import MergedTree
 
 Ready = Callable[[FsnapError | None], None]
 
 
-def load_layers(spec: dict[str, Any]) -> list[Layer]:
-    """The layers a spec names: a snapshot key (read from the store) or bare directories."""
+def build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
+    """The file system a spec names: bare layer directories, a snapshot's chain read-only,
+    or (``writable``) an active snapshot over its parents."""
+    provenance = bool(spec.get("provenance"))
     if "layers" in spec:
-        return source.dir_layers(spec["layers"])
-    from fsnap.client import Client
+        return MergedFS(MergedTree.build(source.dir_layers(spec["layers"])), provenance)
+    if spec.get("writable"):
+        return writable_fs(client.snapshots, spec["snapshot"])
+    tree = MergedTree.build(source.snapshot_layers(client, spec["snapshot"]))
+    return MergedFS(tree, provenance)
 
-    with Client(Path(spec["root"])) as client:
-        return source.snapshot_layers(client, spec["snapshot"])
 
+def serve(spec: dict[str, Any], ready: Ready, build: Callable[[], MergedFS]) -> None:
+    """Build the file system, mount it, serve until unmounted or signalled; report
+    readiness.
 
-def serve(spec: dict[str, Any], ready: Ready, load: Callable[[], list[Layer]]) -> None:
-    """Build the tree, mount it, serve until unmounted or signalled; report readiness.
-
-    ``load`` reads the layers: in a spawned daemon it opens its own store handle, in
-    ``--foreground`` it reuses the CLI's (one LMDB environment per process)."""
+    ``build`` reads the layers: in a spawned daemon with its own store handle, in
+    ``--foreground`` with the CLI's (one LMDB environment per process)."""
     try:
-        tree = MergedTree.build(load())
-        fs = MergedFS(tree, provenance=bool(spec.get("provenance")))
+        fs = build()
         try:
             pyfuse3.init(fs, spec["mountpoint"], set(spec["options"]))
         except RuntimeError as exc:
@@ -56,6 +61,18 @@ def serve(spec: dict[str, Any], ready: Ready, load: Callable[[], list[Layer]]) -
         trio.run(_run, ready)
     finally:
         pyfuse3.close(unmount=True)
+
+
+def release_snapshot(spec: dict[str, Any], client: Client) -> None:
+    """A writable mount ended: its snapshot may be committed again (if it is still ours)."""
+    if not spec.get("writable"):
+        return
+    key = spec["snapshot"]
+    try:
+        if client.snapshots.mounted_at(key) == spec["mountpoint"]:
+            client.snapshots.set_mounted(key, None)
+    except FsnapError:
+        pass
 
 
 async def _run(ready: Ready) -> None:
@@ -101,7 +118,9 @@ def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     ready = pipe_reporter(int(argv[1]))
     print(f"fsnap mount daemon {os.getpid()}: {spec['mountpoint']}", flush=True)
-    serve(spec, ready, lambda: load_layers(spec))
+    with Client(Path(spec["root"])) as client:
+        serve(spec, ready, lambda: build_fs(spec, client))
+        release_snapshot(spec, client)
     _forget_state(spec.get("state"))
     print(f"fsnap mount daemon {os.getpid()}: unmounted", flush=True)
     return 0

@@ -225,40 +225,50 @@ class MergedFS(pyfuse3.Operations):
         name = names[node.layer] if 0 <= node.layer < len(names) else ""
         return f"{node.layer} {name}".encode()
 
-    # --- everything that writes: a read-only file system -----------------------------
+    # --- everything that writes: a read-only file system (``rwfs`` overrides these) -----
 
-    async def setattr(self, *args: object) -> pyfuse3.EntryAttributes:
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise _erofs()
 
-    async def mknod(self, *args: object) -> pyfuse3.EntryAttributes:
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise _erofs()
 
-    async def mkdir(self, *args: object) -> pyfuse3.EntryAttributes:
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise _erofs()
 
-    async def unlink(self, *args: object) -> None:
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise _erofs()
 
-    async def rmdir(self, *args: object) -> None:
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise _erofs()
 
-    async def symlink(self, *args: object) -> pyfuse3.EntryAttributes:
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise _erofs()
 
-    async def rename(self, *args: object) -> None:
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
         raise _erofs()
 
-    async def link(self, *args: object) -> pyfuse3.EntryAttributes:
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise _erofs()
 
-    async def write(self, *args: object) -> int:
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
         raise _erofs()
 
-    async def create(self, *args: object) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
+                                                           pyfuse3.EntryAttributes]:
         raise _erofs()
 
-    async def setxattr(self, *args: object) -> None:
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
         raise _erofs()
 
-    async def removexattr(self, *args: object) -> None:
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise _erofs()

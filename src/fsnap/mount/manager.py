@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import secrets
 import select
 import signal
 import subprocess
@@ -26,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from fsnap import errors
 from fsnap.errors import AlreadyExists, Busy, FsnapError, InvalidArgument, NotFound, Unavailable
 from fsnap.mount import daemon, source
-from fsnap.mount.tree import Layer
+from fsnap.mount.fs import MergedFS
+from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
     from fsnap.client import Client
@@ -62,6 +64,8 @@ class MountInfo:
     log: str = ""
     options: list[str] = field(default_factory=list)
     state: str = "live"
+    # The active snapshot a writable mount changes ("" for read-only mounts).
+    writable: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,9 +90,57 @@ def mount_image(client: Client, ref: str, mountpoint: str | os.PathLike[str],
     return _start(client, info, {"snapshot": key}, options)
 
 
+def mount_image_writable(client: Client, ref: str, mountpoint: str | os.PathLike[str],
+                         key: str | None = None,
+                         options: MountOptions | None = None) -> MountInfo:
+    """Prepare active snapshot ``key`` (default ``<image name>-rw-<random>``) on image
+    ``ref``'s top snapshot and mount it writable; a failed mount removes it again."""
+    options = options or MountOptions()
+    check_mountpoint(client, mountpoint)
+    try:
+        top = source.image_snapshot(client, ref)
+    except NotFound:
+        if not options.pull:
+            raise
+        _pull(client, ref)
+        top = source.image_snapshot(client, ref)
+    key = key or f"{_image_name(ref)}-rw-{secrets.token_hex(4)}"
+    client.snapshots.prepare(key, top, labels={"fsnap.io/image": ref})
+    try:
+        return mount_active(client, key, mountpoint, options)
+    except BaseException:
+        with contextlib.suppress(FsnapError):
+            client.snapshots.remove(key)
+        raise
+
+
+def mount_active(client: Client, key: str, mountpoint: str | os.PathLike[str],
+                 options: MountOptions | None = None) -> MountInfo:
+    """Mount active snapshot ``key`` writable over its parents. While mounted, the
+    snapshotter refuses to commit or remove it (one writable mount per snapshot)."""
+    mnt = check_mountpoint(client, mountpoint)
+    client.snapshots.set_mounted(key, mnt)
+    try:
+        info = MountInfo(mnt, key, "active", source.snapshot_chain(client, key), writable=key)
+        return _start(client, info, {"snapshot": key, "writable": True},
+                      options or MountOptions())
+    except BaseException:
+        with contextlib.suppress(FsnapError):
+            client.snapshots.set_mounted(key, None)
+        raise
+
+
+def _image_name(ref: str) -> str:
+    """``registry/ns/name:tag@digest`` -> ``name``: what a default snapshot key starts with."""
+    name = ref.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    return name or "image"
+
+
 def mount_snapshot(client: Client, key: str, mountpoint: str | os.PathLike[str],
                    options: MountOptions | None = None) -> MountInfo:
-    """Mount snapshot ``key`` (committed or view) with its parents, read-only."""
+    """Mount snapshot ``key`` with its parents: writable if it is active, else read-only."""
+    if client.snapshots.stat(key).kind is Kind.ACTIVE:
+        return mount_active(client, key, mountpoint, options)
     mnt = check_mountpoint(client, mountpoint)
     info = MountInfo(mnt, key, "snapshot", source.snapshot_chain(client, key))
     return _start(client, info, {"snapshot": key}, options or MountOptions())
@@ -117,6 +169,8 @@ def umount(client: Client, mountpoint: str | os.PathLike[str]) -> MountInfo:
     info = record or MountInfo(mnt, "?", "?")
     if info.pid and info.pid != os.getpid():
         _stop(info.pid)
+    if info.writable and client.snapshots.mounted_at(info.writable) == mnt:
+        client.snapshots.set_mounted(info.writable, None)
     _record_path(client, mnt).unlink(missing_ok=True)
     info.state = "unmounted"
     return info
@@ -142,10 +196,11 @@ def snapshots_in_use(client: Client) -> set[str]:
     return used
 
 
-def fuse_options(name: str, options: MountOptions) -> list[str]:
-    """FUSE mount options: read-only, kernel permission checks, fsnap in /proc/mounts."""
-    opts = [f"fsname=fsnap:{name.replace(',', '_')}", "subtype=fsnap", "ro",
-            "default_permissions"]
+def fuse_options(name: str, options: MountOptions, writable: bool = False) -> list[str]:
+    """FUSE mount options: read-only unless ``writable``, kernel permission checks, fsnap in
+    /proc/mounts."""
+    opts = [f"fsname=fsnap:{name.replace(',', '_')}", "subtype=fsnap",
+            "rw" if writable else "ro", "default_permissions"]
     if os.geteuid() == 0:
         opts.append("allow_other")
     if not options.suid:
@@ -269,7 +324,7 @@ def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
            options: MountOptions) -> MountInfo:
     record = _record_path(client, info.mountpoint)
     info.log = str(record.with_suffix(".log"))
-    info.options = fuse_options(info.source, options)
+    info.options = fuse_options(info.source, options, writable=bool(info.writable))
     spec = {"root": str(client.root), "mountpoint": info.mountpoint, "options": info.options,
             "state": str(record), "provenance": options.provenance, **spec_source}
     _write_record(record, info, exclusive=True)
@@ -289,10 +344,8 @@ def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
 
 def _serve_here(client: Client, spec: dict[str, Any], spec_source: dict[str, Any]) -> None:
     """``--foreground``: serve from this process, reusing its store handle."""
-    def load() -> list[Layer]:
-        if "layers" in spec_source:
-            return source.dir_layers(spec_source["layers"])
-        return source.snapshot_layers(client, spec_source["snapshot"])
+    def build() -> MergedFS:
+        return daemon.build_fs(spec, client)
 
     failure: list[FsnapError] = []
 
@@ -302,7 +355,8 @@ def _serve_here(client: Client, spec: dict[str, Any], spec_source: dict[str, Any
         else:
             print(f"fsnap: serving {spec['mountpoint']} (Ctrl-C to unmount)", flush=True)
 
-    daemon.serve(spec, ready, load)
+    daemon.serve(spec, ready, build)
+    daemon.release_snapshot(spec, client)
     if failure:
         raise failure[0]
 

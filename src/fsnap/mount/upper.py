@@ -1,0 +1,274 @@
+"""The upper directory of a writable mount: every disk change an active snapshot receives.
+
+All functions here block (they touch the disk); the writable file system calls them through
+``trio.to_thread``. Paths are bytes relative to the snapshot's ``fs/`` (``b""`` is ``fs/``).
+
+On-disk format of an active snapshot (``<id>/fs``), which ``fsnap.diff.scan`` reads back
+into a layer index at commit time (the same format as an unpacked layer, see
+``fsnap.archive.apply``):
+
+- ``fs/`` holds only the changes: files created or copied up (full content), directories
+  created or copied up, symlinks, fifos, and devices (``mknod`` when the daemon is root;
+  otherwise an empty regular file standing in for the device).
+- ``DIR/.wh.NAME``, an empty regular file, deletes NAME of the lower layers. Users cannot
+  create a name starting with ``.wh.`` through the mount: EINVAL. A lower name longer than
+  251 bytes cannot be deleted (its whiteout name would exceed 255): ENAMETOOLONG.
+- ``DIR/.wh..wh..opq``, an empty regular file, makes DIR opaque: the lower layers show
+  nothing under it. A lower directory removed and created again is opaque; a directory
+  renamed is copied up with everything below it, each directory of it made opaque (no
+  redirects: an OCI layer cannot express them), so renames never fail with EXDEV.
+- Metadata: a root daemon puts owner, mode, times, xattrs and devices on disk. An
+  unprivileged daemon cannot, so for every path whose metadata disk cannot hold (another
+  owner, a device, any xattr, a mode without the owner's rw(x) bits, which the daemon keeps
+  on disk for itself) the snapshot's index holds an *override*: the full ``Entry`` of that
+  path (kind, owner, mode, devices, xattrs). Size and mtime always come from disk.
+- The root of the mount is in the upper layer once its metadata changed: then the index
+  has an override for ``""`` (in both modes), else the lower layers' root stands.
+- Copy-up of a lower object happens in ``work/``: a temporary copy with content, mode,
+  owner, times and xattrs, fsync'ed, then renamed to its place in ``fs/``. A crash leaves
+  at most a temporary in ``work/`` (cleared when the next mount starts), never a partial
+  file in ``fs/``. A hard-linked lower file is copied once, and its other names are hard
+  links to that copy in ``fs/`` too: the links stay one inode, and the layer records them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from fsnap.archive.apply import OPAQUE_MARKER, WHITEOUT_PREFIX
+from fsnap.archive.entry import Entry
+from fsnap.snapshots import disk
+
+_COPY_CHUNK = 8 << 20
+NAME_MAX = 255
+_NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+WHITEOUT = os.fsencode(WHITEOUT_PREFIX)
+OPAQUE = os.fsencode(OPAQUE_MARKER)
+
+
+def join(parent: bytes, name: bytes) -> bytes:
+    return parent + b"/" + name if parent else name
+
+
+class Upper:
+    """The ``fs/`` and ``work/`` directories of one active snapshot.
+
+    ``privileged``: metadata goes to disk as is. Otherwise the daemon keeps its own rw(x)
+    bits on disk (it must be able to write what it serves) and ``needs_override`` says when
+    the index has to carry the entry instead."""
+
+    def __init__(self, fs_dir: Path, work_dir: Path, privileged: bool) -> None:
+        self.fs = os.fsencode(fs_dir)
+        self.work = os.fsencode(work_dir)
+        self.privileged = privileged
+        self.euid = os.geteuid()
+        self.egid = os.getegid()
+
+    def path(self, rel: bytes) -> bytes:
+        return join(self.fs, rel) if rel else self.fs
+
+    # --- metadata policy ------------------------------------------------------------------
+
+    def disk_mode(self, entry: Entry) -> int:
+        if self.privileged:
+            return entry.mode & 0o7777
+        keep = 0o700 if entry.kind == "dir" else 0o600
+        return (entry.mode & 0o7777) | keep
+
+    def needs_override(self, entry: Entry) -> bool:
+        """Does disk fall short of ``entry`` (so the index must hold it)?"""
+        if self.privileged:
+            return False
+        if entry.uid != self.euid or entry.gid != self.egid or entry.xattrs:
+            return True
+        if entry.kind in ("char", "block"):
+            return True
+        return entry.kind != "symlink" and self.disk_mode(entry) != entry.mode & 0o7777
+
+    # --- start of a mount -------------------------------------------------------------------
+
+    def clear_work(self) -> None:
+        """Drop what a crashed copy-up left in ``work/`` (never visible in ``fs/``)."""
+        os.makedirs(self.work, mode=0o700, exist_ok=True)
+        for name in os.listdir(self.work):
+            disk.remove_tree(Path(os.fsdecode(join(self.work, name))))
+
+    # --- creating -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _times_kept(self, rel: bytes) -> Iterator[None]:
+        """Copy-up and its markers are not changes a user made: the directory written into
+        keeps its times."""
+        path = self.path(rel)
+        st = os.lstat(path)
+        yield
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+    def copy_up(self, rel: bytes, entry: Entry, source: str | None = None) -> None:
+        """``place`` a copy of a lower object, leaving its directory's times as they were."""
+        with self._times_kept(rel.rpartition(b"/")[0]):
+            self.place(rel, entry, source)
+
+    def place(self, rel: bytes, entry: Entry, source: str | None = None,
+              opaque: bool = False) -> None:
+        """Build ``entry`` in ``work/`` (content copied from ``source``, metadata applied,
+        fsync'ed), then rename it to ``rel`` in one step."""
+        temp = join(self.work, b"new-" + secrets.token_hex(8).encode())
+        try:
+            self._build(temp, entry, source)
+            if opaque:
+                self._touch(join(temp, OPAQUE))
+            self.apply(temp, entry)
+            os.rename(temp, self.path(rel))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                disk.remove_tree(Path(os.fsdecode(temp)))
+            raise
+
+    def _build(self, temp: bytes, entry: Entry, source: str | None) -> None:
+        kind = entry.kind
+        if kind == "dir":
+            os.mkdir(temp, 0o700)
+        elif kind == "symlink":
+            os.symlink(entry.link, temp)
+        elif kind == "fifo":
+            os.mkfifo(temp, 0o600)
+        elif kind in ("char", "block") and self.privileged:
+            bits = stat.S_IFCHR if kind == "char" else stat.S_IFBLK
+            os.mknod(temp, bits | 0o600, os.makedev(entry.devmajor, entry.devminor))
+        else:
+            self._copy(temp, source)
+
+    def _copy(self, temp: bytes, source: str | None) -> None:
+        fd = os.open(temp, os.O_WRONLY | _NEW, 0o600)
+        try:
+            if source is not None:
+                src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    while os.copy_file_range(src, fd, _COPY_CHUNK):
+                        pass
+                finally:
+                    os.close(src)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _touch(self, path: bytes) -> None:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+
+    def apply(self, path: bytes, entry: Entry, times: bool = True) -> None:
+        """Put ``entry``'s metadata on ``path`` as far as this daemon may (owner before mode:
+        chown clears setuid bits)."""
+        symlink = entry.kind == "symlink"
+        if self.privileged:
+            os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
+            self._set_xattrs(path, entry)
+        if not symlink:
+            os.chmod(path, self.disk_mode(entry))
+        if times:
+            os.utime(path, ns=(entry.mtime, entry.mtime), follow_symlinks=False)
+
+    def _set_xattrs(self, path: bytes, entry: Entry) -> None:
+        want = {os.fsencode(k): v for k, v in entry.xattrs.items()}
+        for name in os.listxattr(path, follow_symlinks=False):
+            key = os.fsencode(name)
+            if key not in want:
+                os.removexattr(path, key, follow_symlinks=False)
+        for key, value in want.items():
+            os.setxattr(path, key, value, follow_symlinks=False)
+
+    def set_root(self, entry: Entry) -> None:
+        """The mount's root changes for the first time: give ``fs/`` its metadata."""
+        self.apply(self.fs, entry)
+
+    def link(self, existing: bytes, new: bytes) -> None:
+        os.link(self.path(existing), self.path(new), follow_symlinks=False)
+
+    def link_up(self, existing: bytes, new: bytes) -> None:
+        """Another name of a copied-up hard link, its directory's times kept."""
+        with self._times_kept(new.rpartition(b"/")[0]):
+            self.link(existing, new)
+
+    # --- whiteouts and opaque markers -------------------------------------------------------
+
+    def whiteout(self, parent: bytes, name: bytes) -> None:
+        self._touch(join(self.path(parent), WHITEOUT + name))
+
+    def unwhiteout(self, parent: bytes, name: bytes) -> None:
+        if len(WHITEOUT + name) > NAME_MAX:
+            return  # no whiteout can exist for it (and none can be written: ENAMETOOLONG)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(join(self.path(parent), WHITEOUT + name))
+
+    def mark_opaque(self, rel: bytes) -> None:
+        with self._times_kept(rel):
+            self._touch(join(self.path(rel), OPAQUE))
+
+    # --- removing and moving ------------------------------------------------------------------
+
+    def remove(self, rel: bytes | None, whiteout: tuple[bytes, bytes] | None) -> None:
+        """Remove ``rel`` from ``fs/`` (a directory with the markers it holds), then leave
+        a whiteout for the lower layers' name if there is one."""
+        if rel is not None:
+            path = self.path(rel)
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                disk.remove_tree(Path(os.fsdecode(path)))
+            else:
+                os.unlink(path)
+        if whiteout is not None:
+            self.whiteout(*whiteout)
+
+    def rename(self, old: bytes, new: bytes, clear_dir: bool,
+               whiteout: tuple[bytes, bytes] | None) -> None:
+        """``rename(2)`` in ``fs/``; ``clear_dir``: the target is an (empty in the merged
+        view) upper directory that may hold markers, removed first."""
+        target = self.path(new)
+        if clear_dir:
+            disk.remove_tree(Path(os.fsdecode(target)))
+        parent, _, name = new.rpartition(b"/")
+        self.unwhiteout(parent, name)
+        os.rename(self.path(old), target)
+        if whiteout is not None:
+            self.whiteout(*whiteout)
+
+    # --- files ------------------------------------------------------------------------------------
+
+    def open(self, rel: bytes, flags: int) -> int:
+        return os.open(self.path(rel), flags | os.O_CLOEXEC | os.O_NOFOLLOW)
+
+    def lstat(self, rel: bytes) -> os.stat_result:
+        return os.lstat(self.path(rel))
+
+    def truncate(self, rel: bytes, size: int) -> None:
+        os.truncate(self.path(rel), size)
+
+    def set_times(self, rel: bytes, atime: int | None, mtime: int | None) -> None:
+        path = self.path(rel)
+        st = os.lstat(path)
+        os.utime(path, ns=(st.st_atime_ns if atime is None else atime,
+                           st.st_mtime_ns if mtime is None else mtime), follow_symlinks=False)
+
+    def fsync_dir(self, rel: bytes) -> None:
+        fd = os.open(self.path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def set_xattr(self, rel: bytes, name: bytes, value: bytes | None) -> None:
+        """Set (or with None remove) one xattr on disk (root daemons only)."""
+        path = self.path(rel)
+        try:
+            if value is None:
+                os.removexattr(path, name, follow_symlinks=False)
+            else:
+                os.setxattr(path, name, value, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno != errno.ENODATA or value is not None:
+                raise
