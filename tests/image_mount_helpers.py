@@ -1,0 +1,62 @@
+"""The user's path through the real CLI: ``fsnap pull REF``, then ``fsnap mount REF MNT``.
+
+``pulled`` and ``image_mounted`` run the ``fsnap`` command in child processes (so the
+mount's daemon is never this process, and tests may touch the mount freely); the mount is
+undone by ``fsnap umount`` and, should that fail, by ``mount_helpers.cleanup``, also when
+the test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from mount_helpers import cleanup
+
+from fsnap.client import Client
+from fsnap.mount import manager
+
+FSNAP = Path(sys.executable).with_name("fsnap")
+
+
+def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``fsnap --root ROOT ARGS`` and return what it did (never raises on failure)."""
+    return subprocess.run(
+        [str(FSNAP), "--root", str(root), *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def succeeded(done: subprocess.CompletedProcess[str]) -> str:
+    """The stdout of a command that must have worked; its output when it did not."""
+    assert done.returncode == 0, f"{done.args} -> {done.returncode}\n{done.stdout}{done.stderr}"
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stdout
+
+
+def pulled(root: Path, ref: str) -> None:
+    """``fsnap pull REF`` (plain HTTP: the test registries listen on 127.0.0.1)."""
+    succeeded(fsnap(root, "pull", ref))
+
+
+@contextlib.contextmanager
+def image_mounted(root: Path, ref: str, mnt: Path) -> Iterator[Path]:
+    """``fsnap mount REF MNT``; unmounted and its daemon stopped whatever happens."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    try:
+        succeeded(fsnap(root, "mount", ref, str(mnt)))
+        yield mnt
+    finally:
+        cleanup(root, mnt, _daemon_pid(root, mnt))
+
+
+def _daemon_pid(root: Path, mnt: Path) -> int:
+    """The pid in ``mnt``'s mount record (0 if there is none)."""
+    with contextlib.suppress(Exception), Client(root) as client:
+        for info in manager.list_mounts(client):
+            if info.mountpoint == str(mnt):
+                return info.pid
+    return 0
