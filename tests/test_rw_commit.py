@@ -1,0 +1,156 @@
+"""Writable mounts and the snapshot lifecycle: commit refused while mounted, the committed
+snapshot's index, remounting, and a daemon killed in the middle of a copy-up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mount_helpers import TarLayer, cleanup, commit_chain, listing, mounted_snapshot
+from rw_helpers import fsnap, make_image, mounted_rw, run_ops, shared_dir
+
+from fsnap.client import Client
+from fsnap.mount import manager
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    with shared_dir() as path:
+        yield path
+
+
+def test_commit_refused_while_mounted_then_committed_mounts_alike(
+    tmp_path: Path, shared: Path
+) -> None:
+    root = tmp_path / "root"
+    top = make_image(root)
+    mnt = shared / "mnt"
+    listed = fsnap(root, "snapshots", "prepare", "rw", top)
+    assert listed.returncode == 0, listed.stderr
+    with mounted_rw(root, "rw", mnt) as info:
+        assert info.writable == "rw" and "rw" in info.options
+        done = run_ops(mnt, as_nobody=False)
+        assert done.returncode == 0, done.stderr
+        before = listing(mnt)
+        refused = fsnap(root, "snapshots", "commit", "done", "rw")
+        assert refused.returncode != 0
+        assert str(mnt) in refused.stderr and "umount" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        removed = fsnap(root, "snapshots", "rm", "rw")
+        assert removed.returncode != 0 and str(mnt) in removed.stderr
+        second = shared / "second"
+        second.mkdir()
+        twice = fsnap(root, "snapshots", "mount", "rw", str(second))
+        assert twice.returncode != 0 and "already mounted writable" in twice.stderr
+    committed = fsnap(root, "snapshots", "commit", "done", "rw")
+    assert committed.returncode == 0, committed.stderr
+    with Client(root) as client:
+        index = {e.path: e for e in client.snapshots.read_index("done")}
+    assert index["play/mv-src.txt"].kind == "whiteout"
+    assert index["play/opq"].opaque and index["play/tree2"].opaque
+    assert index["play/hl2"].kind == "hardlink" and index["play/hl2"].link == "play/hl1"
+    assert index["play/xattr.txt"].xattrs == {"user.size": b"big"}
+    assert "rootonly/secret" not in index
+    with mounted_snapshot(root, "done", mnt) as info:
+        assert "ro" in info.options and not info.writable
+        assert listing(mnt) == before
+    # and the committed snapshot parents a new writable one that sees it all
+    with Client(root) as client:
+        client.snapshots.prepare("rw2", "done")
+    with mounted_rw(root, "rw2", mnt):
+        assert listing(mnt) == before
+        (mnt / "play" / "lower.txt").write_bytes(b"third\n")
+    with mounted_rw(root, "rw2", mnt):
+        assert (mnt / "play" / "lower.txt").read_bytes() == b"third\n"
+
+
+def test_cli_snapshots_mount_writable_and_umount_keeps_changes(
+    tmp_path: Path, shared: Path
+) -> None:
+    root = tmp_path / "root"
+    top = make_image(root)
+    mnt = shared / "mnt"
+    mnt.mkdir()
+    with Client(root) as client:
+        client.snapshots.prepare("k", top)
+    pid = 0
+    try:
+        done = fsnap(root, "snapshots", "mount", "k", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert "writable" in done.stdout
+        with Client(root) as client:
+            pid = next(i.pid for i in manager.list_mounts(client) if i.mountpoint == str(mnt))
+        (mnt / "play" / "new").write_bytes(b"n")
+        os.unlink(mnt / "play" / "gone.txt")
+        umounted = fsnap(root, "umount", str(mnt))
+        assert umounted.returncode == 0, umounted.stderr
+        with Client(root) as client:
+            assert client.snapshots.mounted_at("k") is None
+            upper = client.snapshots.dir("k")
+        assert (upper / "play" / "new").read_bytes() == b"n"
+        assert (upper / "play" / ".wh.gone.txt").is_file()
+        again = fsnap(root, "snapshots", "mount", "k", str(mnt))
+        assert again.returncode == 0, again.stderr
+        assert sorted(os.listdir(mnt / "play")).count("new") == 1
+        assert not (mnt / "play" / "gone.txt").exists()
+        fsnap(root, "umount", str(mnt))
+        bad = fsnap(root, "mount", "--key", "x", "some:image", str(mnt))
+        assert bad.returncode != 0 and "--rw" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        cleanup(root, mnt, pid)
+
+
+_KILLER = """
+import os, sys
+with open(sys.argv[1], "ab") as f:
+    f.write(b"tail")
+"""
+
+
+def test_sigkill_during_copy_up_leaves_no_partial_file(tmp_path: Path, shared: Path) -> None:
+    """The daemon dies while a big lower file is being copied up: ``fs/`` must not hold a
+    file that looks complete but is not (the copy was in ``work/``)."""
+    root = tmp_path / "root"
+    big = os.urandom(1 << 20) * 192  # 192 MiB: copying and fsyncing it takes a while
+    with Client(root) as client:
+        top = commit_chain(client, [TarLayer().dir("data").file("data/big", big).bytes()])[-1]
+        client.snapshots.prepare("rw", top)
+        upper = client.snapshots.dir("rw")
+        work = upper.parent / "work"
+    mnt = shared / "mnt"
+    with mounted_rw(root, "rw", mnt) as info:
+        writer = subprocess.Popen([sys.executable, "-c", _KILLER, str(mnt / "data" / "big")],
+                                  stderr=subprocess.DEVNULL)
+        try:
+            saw_copy = _wait_for_copy(work, writer)
+            os.kill(info.pid, signal.SIGKILL)
+        finally:
+            writer.kill()
+            writer.wait()
+        assert saw_copy, "the copy-up finished before it could be interrupted"
+        partial = upper / "data" / "big"
+        assert not partial.exists() or partial.stat().st_size == len(big)
+    with mounted_rw(root, "rw", mnt):
+        assert os.listdir(work) == []  # the interrupted copy is gone
+        assert (mnt / "data" / "big").stat().st_size == len(big)
+        with open(mnt / "data" / "big", "ab") as f:
+            f.write(b"tail")
+        assert (mnt / "data" / "big").stat().st_size == len(big) + 4
+    assert (upper / "data" / "big").stat().st_size == len(big) + 4
+
+
+def _wait_for_copy(work: Path, writer: subprocess.Popen[bytes]) -> bool:
+    """Poll (without a deadline of our own: the writer's end bounds it) until a copy-up
+    temporary appears in ``work/``."""
+    while writer.poll() is None:
+        try:
+            if any(name.startswith("new-") for name in os.listdir(work)):
+                return True
+        except FileNotFoundError:
+            pass
+    return False
