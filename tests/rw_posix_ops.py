@@ -35,7 +35,8 @@ def fails(code: int, func: Callable[..., object], *args: object) -> None:
     try:
         func(*args)
     except OSError as exc:
-        assert exc.errno == code, f"{func.__name__}{args}: {errno.errorcode.get(exc.errno or 0)}, want {errno.errorcode[code]}"
+        got = errno.errorcode.get(exc.errno or 0)
+        assert exc.errno == code, f"{func.__name__}{args}: {got}, want {errno.errorcode[code]}"
         return
     raise AssertionError(f"{func.__name__}{args} succeeded, want {errno.errorcode[code]}")
 
