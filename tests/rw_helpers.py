@@ -79,13 +79,14 @@ def shared_dir() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def mounted_rw(root: Path, key: str, mnt: Path) -> Iterator[manager.MountInfo]:
+def mounted_rw(root: Path, key: str, mnt: Path,
+               options: manager.MountOptions | None = None) -> Iterator[manager.MountInfo]:
     """Mount active snapshot ``key`` writable at ``mnt``; unmount whatever happens."""
     mnt.mkdir(exist_ok=True)
     info: manager.MountInfo | None = None
     try:
         with Client(root) as client:
-            info = manager.mount_snapshot(client, key, mnt)
+            info = manager.mount_snapshot(client, key, mnt, options)
         yield info
     finally:
         cleanup(root, mnt, info.pid if info else 0)

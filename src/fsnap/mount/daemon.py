@@ -37,7 +37,8 @@ def build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
     if "layers" in spec:
         return MergedFS(MergedTree.build(source.dir_layers(spec["layers"])), provenance)
     if spec.get("writable"):
-        return writable_fs(client.snapshots, spec["snapshot"])
+        privileged = False if spec.get("index_metadata") else None
+        return writable_fs(client.snapshots, spec["snapshot"], privileged)
     tree = MergedTree.build(source.snapshot_layers(client, spec["snapshot"]))
     return MergedFS(tree, provenance)
 

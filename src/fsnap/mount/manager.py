@@ -49,6 +49,9 @@ class MountOptions:
     pull: bool = False
     foreground: bool = False
     provenance: bool = False
+    # Writable mounts: keep owners, devices and xattrs in the snapshot's index (overrides)
+    # even when the daemon could put them on disk, as an unprivileged daemon must.
+    index_metadata: bool = False
 
 
 @dataclass
@@ -326,7 +329,8 @@ def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
     info.log = str(record.with_suffix(".log"))
     info.options = fuse_options(info.source, options, writable=bool(info.writable))
     spec = {"root": str(client.root), "mountpoint": info.mountpoint, "options": info.options,
-            "state": str(record), "provenance": options.provenance, **spec_source}
+            "state": str(record), "provenance": options.provenance,
+            "index_metadata": options.index_metadata, **spec_source}
     _write_record(record, info, exclusive=True)
     try:
         if options.foreground:

@@ -644,9 +644,11 @@ class WritableFS(MergedFS):
 
 
 
-def writable_fs(snapshots: Snapshotter, key: str) -> WritableFS:
+def writable_fs(snapshots: Snapshotter, key: str,
+                privileged: bool | None = None) -> WritableFS:
     """The writable file system of active snapshot ``key``: its parents' layers below, its
-    directory (scanned once, with its index overrides) on top."""
+    directory (scanned once, with its index overrides) on top. ``privileged`` (default:
+    running as root) puts metadata on disk; otherwise what disk cannot hold is indexed."""
     from fsnap.diff.scan import scan_snapshot
 
     chain = snapshots.chain(key)
@@ -656,7 +658,9 @@ def writable_fs(snapshots: Snapshotter, key: str) -> WritableFS:
     if mounts.upper is None or mounts.work is None:
         raise FailedPrecondition(f"snapshot {key} is not active: it mounts read-only")
     snapshots.use_overrides(key)
-    upper = Upper(mounts.upper, mounts.work, privileged=os.geteuid() == 0)
+    if privileged is None:
+        privileged = os.geteuid() == 0
+    upper = Upper(mounts.upper, mounts.work, privileged)
     upper.clear_work()
     overrides = {entry.path: entry for entry in snapshots.read_index(key)}
     top = Layer(mounts.upper, scan_snapshot(mounts.upper, overrides), key, upper=True)
