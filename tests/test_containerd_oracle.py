@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 from containerd_helpers import ContainerdUnavailable, Ctr, run_containerd
-from image_builder import Blob, Image, Layer, compress, layer_media_type, make_image
+from image_builder import (
+    Blob,
+    Compression,
+    Format,
+    Image,
+    Layer,
+    compress,
+    layer_media_type,
+    make_image,
+)
 from image_mount_helpers import image_mounted, pulled
 from listing import differences, full_listing
 from registry_helpers import RegistryProcess
@@ -56,7 +65,10 @@ def base_layer() -> bytes:
     t.file("f2l", b"file becomes symlink").symlink("l2d", "etc")
     t.dir("d2l").file("d2l/x", b"goes with its dir")
     t.dir("attrdir", mode=0o700, uid=5, gid=5).file("attrdir/in", b"in")
-    t.dir("implicit", mode=0o710, uid=3, gid=4)
+    t.dir("implicit", mode=0o710, uid=3, gid=4, xattrs={"user.implicit": b"lower"})
+    t.symlink("l2f", "etc/passwd").file("empty", b"")
+    t.dir("locked", mode=0o000).file("locked/in", b"behind mode 000", mode=0o000)
+    t.file("binxattr", b"b", xattrs={"user.bin": b"\xff\x00\x80binary"})
     t.dir("hl").file("hl/a", b"linked", mode=0o600, uid=9)
     t.hardlink("hl/b", "hl/a", mode=0o600, uid=9).hardlink("hl/c", "hl/a", mode=0o600, uid=9)
     t.dir("dev").char("dev/null", 1, 3).block("dev/loop0", 7, 0, gid=6)
@@ -83,7 +95,7 @@ def middle_layer() -> bytes:
     t.opaque("opq").file("opq/upper", b"kept")
     t.dir("f2d").file("f2d/inner", b"inner").file("d2f", b"now a file")
     t.symlink("f2l", "etc/passwd").dir("l2d", mode=0o750).file("l2d/y", b"y")
-    t.symlink("d2l", "bin")
+    t.symlink("d2l", "bin").file("l2f", b"symlink becomes file", mode=0o600)
     t.dir("attrdir", mode=0o751, uid=7, gid=8, xattrs={"user.dir": b"top"})
     t.whiteout("hl/c")
     t.file("implicit/new", b"parent not in this layer")
@@ -107,14 +119,13 @@ def top_layer() -> bytes:
     return t.data()
 
 
-def cases_image(fmt: str, compressions: tuple[str, str, str]) -> Image:
+def cases_image(fmt: Format, compressions: tuple[Compression, ...]) -> Image:
     tars = [base_layer(), middle_layer(), top_layer()]
     layers = []
     for tar, compression in zip(tars, compressions, strict=True):
-        media_type = layer_media_type(compression, fmt)  # type: ignore[arg-type]
-        blob = Blob(media_type, compress(tar, compression))  # type: ignore[arg-type]
+        blob = Blob(layer_media_type(compression, fmt), compress(tar, compression))
         layers.append(Layer(blob, tar))
-    return make_image(layers, fmt=fmt, platform=Platform.host())  # type: ignore[arg-type]
+    return make_image(layers, fmt=fmt, platform=Platform.host())
 
 
 # What containerd's own view must show, so that two empty (or equally broken) views fail.
@@ -141,8 +152,8 @@ def test_mount_lists_like_containerd(
     containerd: Ctr,
     registry: RegistryProcess,
     tmp_path: Path,
-    fmt: str,
-    compressions: tuple[str, str, str],
+    fmt: Format,
+    compressions: tuple[Compression, ...],
 ) -> None:
     repo = f"oracle/{fmt}"
     registry.push_image(repo, "v1", cases_image(fmt, compressions))

@@ -18,7 +18,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from image_builder import Blob, Image, Layer, compress, layer_media_type, make_image
+from image_builder import (
+    Blob,
+    Compression,
+    Image,
+    Layer,
+    compress,
+    layer_media_type,
+    make_image,
+)
 from image_mount_helpers import image_mounted, pulled
 from registry_helpers import RegistryProcess
 from tar_helpers import TarBuilder
@@ -125,9 +133,10 @@ def python_image() -> Image:
     extra.file(f"{STDLIB}/{EXTRA}.py".lstrip("/"), b'GREETING = "from the top layer"\n')
     extra.whiteout(f"{STDLIB}/{DOOMED}.py".lstrip("/"))
     tars = [libs.tar.data(), python.tar.data(), extra.data()]
+    kinds: tuple[Compression, ...] = ("gzip", "zstd", "gzip")
     layers = [
         Layer(Blob(layer_media_type(kind), compress(tar, kind)), tar)
-        for tar, kind in zip(tars, ("gzip", "zstd", "gzip"), strict=True)
+        for tar, kind in zip(tars, kinds, strict=True)
     ]
     return make_image(layers, platform=Platform.host(),
                       config={"Cmd": ["/usr/bin/python3"], "Env": ["PATH=/usr/bin:/bin"]})
