@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from image_builder import make_image, make_layer
 from mount_helpers import TarLayer, cleanup, commit_chain, listing, mounted_snapshot
-from rw_helpers import fsnap, make_image, mounted_rw, run_ops, shared_dir
+from registry_helpers import RegistryProcess
+from rw_helpers import fsnap, mounted_rw, run_ops, shared_dir
+from rw_helpers import make_image as make_lower
 
+from fsnap import oci
 from fsnap.client import Client
 from fsnap.mount import manager
 
@@ -28,7 +32,7 @@ def test_commit_refused_while_mounted_then_committed_mounts_alike(
     tmp_path: Path, shared: Path
 ) -> None:
     root = tmp_path / "root"
-    top = make_image(root)
+    top = make_lower(root)
     mnt = shared / "mnt"
     listed = fsnap(root, "snapshots", "prepare", "rw", top)
     assert listed.returncode == 0, listed.stderr
@@ -73,7 +77,7 @@ def test_cli_snapshots_mount_writable_and_umount_keeps_changes(
     tmp_path: Path, shared: Path
 ) -> None:
     root = tmp_path / "root"
-    top = make_image(root)
+    top = make_lower(root)
     mnt = shared / "mnt"
     mnt.mkdir()
     with Client(root) as client:
@@ -154,3 +158,34 @@ def _wait_for_copy(work: Path, writer: subprocess.Popen[bytes]) -> bool:
         except FileNotFoundError:
             pass
     return False
+
+
+def test_cli_mount_rw_of_a_pulled_image(registry: RegistryProcess, tmp_path: Path,
+                                        shared: Path) -> None:
+    image = make_image([make_layer({"etc/motd": "hello\n"})], platform=oci.Platform.host())
+    registry.push_image("rw/cli", "v1", image)
+    root, ref = tmp_path / "root", f"{registry.host}/rw/cli:v1"
+    mnt = shared / "mnt"
+    mnt.mkdir()
+    pid = 0
+    try:
+        done = fsnap(root, "mount", "--rw", "--pull", ref, str(mnt))
+        assert done.returncode == 0, done.stderr
+        key = done.stdout.split()[2]
+        assert key.startswith("cli-rw-")
+        with Client(root) as client:
+            pid = next(i.pid for i in manager.list_mounts(client) if i.mountpoint == str(mnt))
+            assert client.snapshots.mounted_at(key) == str(mnt)
+        (mnt / "etc" / "motd").write_text("changed\n")
+        assert fsnap(root, "umount", str(mnt)).returncode == 0
+        named = fsnap(root, "mount", "--rw", "--key", "mine", ref, str(mnt))
+        assert named.returncode == 0, named.stderr
+        assert "active snapshot mine" in named.stdout
+        assert (mnt / "etc" / "motd").read_text() == "hello\n"  # a new snapshot
+        assert fsnap(root, "umount", str(mnt)).returncode == 0
+        taken = fsnap(root, "mount", "--rw", "--key", "mine", ref, str(mnt))
+        assert taken.returncode != 0 and "already exists" in taken.stderr
+        with Client(root) as client:
+            assert (client.snapshots.dir(key) / "etc" / "motd").read_text() == "changed\n"
+    finally:
+        cleanup(root, mnt, pid)
