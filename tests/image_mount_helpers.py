@@ -22,11 +22,16 @@ from fsnap.mount import manager
 FSNAP = Path(sys.executable).with_name("fsnap")
 
 
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``fsnap --root ROOT ARGS`` and return what it did (never raises on failure)."""
+def fsnap(root: Path, *args: str, uid: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``fsnap --root ROOT ARGS`` (as ``uid``, with that gid and no groups, if given)
+    and return what it did (never raises on failure)."""
+    prefix = [] if uid is None else [
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"
+    ]
+    env = None if uid is None else {"PATH": "/usr/bin:/bin", "HOME": str(root)}
     return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args],
-        capture_output=True, text=True, timeout=120, check=False,
+        [*prefix, str(FSNAP), "--root", str(root), *args],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
     )
 
 
@@ -37,9 +42,10 @@ def succeeded(done: subprocess.CompletedProcess[str]) -> str:
     return done.stdout
 
 
-def pulled(root: Path, ref: str) -> None:
-    """``fsnap pull REF`` (plain HTTP: the test registries listen on 127.0.0.1)."""
-    succeeded(fsnap(root, "pull", ref))
+def pulled(root: Path, ref: str, uid: int | None = None) -> None:
+    """``fsnap pull REF`` (plain HTTP: the test registries listen on 127.0.0.1), as ``uid``
+    if given (``root`` must then be that user's)."""
+    succeeded(fsnap(root, "pull", ref, uid=uid))
 
 
 @contextlib.contextmanager

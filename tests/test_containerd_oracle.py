@@ -13,6 +13,8 @@ never under CI (``$CI`` set), where ``scripts/setup`` has installed it.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from tar_helpers import TarBuilder, binary_str
 from fsnap.oci import Platform
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw, v2
+NOBODY = 65534
 LONG_NAME = "n" * 255
 DEEP_DIR = "long/" + "/".join(f"{i}{'d' * 60}" for i in range(5))
 NON_UTF8_DIR = binary_str(b"bytes/d\xff\xfe")
@@ -168,6 +171,41 @@ def test_mount_lists_like_containerd(
             got = full_listing(mnt)
     assert got == want, "fsnap's mount differs from containerd's view:\n" + differences(
         want, got, ("containerd", "fsnap")
+    )
+
+
+@pytest.fixture
+def nobody_root() -> Iterator[Path]:
+    """An fsnap root owned by nobody, in a directory nobody can reach (pytest's tmp_path is
+    0700 root); removed after."""
+    base = Path(tempfile.mkdtemp(prefix="fsnap-oracle-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        (base / "root").mkdir()
+        os.chown(base / "root", NOBODY, NOBODY)
+        yield base / "root"
+    finally:
+        shutil.rmtree(base)
+
+
+def test_unprivileged_pull_lists_like_containerd(
+    containerd: Ctr, registry: RegistryProcess, nobody_root: Path, tmp_path: Path
+) -> None:
+    """fsnap unpacked as nobody (no chown, no mknod, no setuid bits or security xattrs on
+    disk), mounted by root: the mount still shows what containerd, unpacking as root, shows."""
+    repo = "oracle/unprivileged"
+    registry.push_image(repo, "v1", cases_image("oci", ("zstd", "gzip", "none")))
+    ref = f"{registry.host}/{repo}:v1"
+    containerd.pull(ref)
+    pulled(nobody_root, ref, uid=NOBODY)
+    lower = next((nobody_root / "snapshots").rglob("dev"), None)
+    assert lower is not None and os.lstat(lower).st_uid == NOBODY, "not unpacked as nobody"
+    with containerd.mounted(ref, tmp_path / "containerd-view") as view:
+        want = full_listing(view)
+        with image_mounted(nobody_root, ref, tmp_path / "mnt") as mnt:
+            got = full_listing(mnt)
+    assert got == want, "fsnap's mount differs from containerd's view:\n" + differences(
+        want, got, ("containerd", "fsnap as nobody")
     )
 
 
