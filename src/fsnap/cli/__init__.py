@@ -19,6 +19,32 @@ from fsnap.errors import FsnapError
 # Every topic module under fsnap.cli, in the order ``fsnap --help`` lists them.
 TOPICS = ("pull", "images", "content", "snapshots", "mount", "gc", "commit", "push", "inspect")
 
+# Which topic registers each command. Importing a topic imports the library code behind it
+# (httpx, trio, rich, pyfuse3 ...), so a command loads only its own topic: `fsnap images`
+# does not pay for the registry client. tests/test_cli.py checks this table against TOPICS.
+COMMANDS = {
+    "pull": "pull",
+    "images": "images",
+    "rmi": "images",
+    "content": "content",
+    "snapshots": "snapshots",
+    "mount": "mount",
+    "umount": "mount",
+    "mounts": "mount",
+    "gc": "gc",
+    "commit": "commit",
+    "push": "push",
+    "inspect": "inspect",
+    "history": "inspect",
+    "diff": "inspect",
+    "analyze": "inspect",
+    "which": "inspect",
+    "tree": "inspect",
+    "du": "inspect",
+}
+
+DESCRIPTION = "fsnap: pull container images, unpack them into snapshots, mount them over FUSE."
+
 
 def default_root() -> Path:
     """``--root``, else ``$FSNAP_ROOT``, else /var/lib/fsnap (root) or $XDG_DATA_HOME/fsnap."""
@@ -31,19 +57,37 @@ def default_root() -> Path:
     return Path(data) / "fsnap"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fsnap", description="fsnap: pull container images, unpack them into snapshots, mount them over FUSE.")
+def build_parser(topics: Sequence[str] = TOPICS) -> argparse.ArgumentParser:
+    """The parser with the commands of ``topics`` (all of them unless told otherwise)."""
+    parser = argparse.ArgumentParser(prog="fsnap", description=DESCRIPTION)
     parser.add_argument("--root", type=Path, default=None, help="fsnap state directory")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for topic in TOPICS:
+    for topic in topics:
         module = importlib.import_module(f"fsnap.cli.{topic}")
         module.register(subparsers)
     return parser
 
 
+def topics_for(argv: Sequence[str]) -> Sequence[str]:
+    """The topics needed to parse ``argv``: one for a known command, else all (for help)."""
+    rest = list(argv)
+    while rest:
+        word = rest.pop(0)
+        if word == "--root":
+            if rest:
+                rest.pop(0)
+            continue
+        if word.startswith("--root="):
+            continue
+        topic = COMMANDS.get(word)
+        return (topic,) if topic is not None else TOPICS
+    return TOPICS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(topics_for(words))
+    args = parser.parse_args(words)
     root = (args.root or default_root()).absolute()
     from fsnap.client import Client
 

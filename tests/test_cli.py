@@ -1,0 +1,50 @@
+"""The CLI's command table and its lazy loading of topics."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from fsnap.cli import COMMANDS, TOPICS, build_parser, topics_for
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    for action in parser._actions:  # argparse keeps sub-commands here and nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    raise AssertionError("no sub-commands")
+
+
+def test_command_table_matches_what_topics_register() -> None:
+    assert _commands(build_parser()) == set(COMMANDS)
+    assert set(COMMANDS.values()) == set(TOPICS)
+    for command, topic in COMMANDS.items():
+        assert command in _commands(build_parser((topic,)))
+
+
+def test_topics_for_skips_root_and_falls_back_to_all() -> None:
+    assert topics_for(["--root", "/x", "rmi", "busybox"]) == ("images",)
+    assert topics_for(["--root=/x", "tree", "busybox"]) == ("inspect",)
+    assert topics_for(["--help"]) == TOPICS
+    assert topics_for(["nonsense"]) == TOPICS
+    assert topics_for([]) == TOPICS
+
+
+def test_images_command_does_not_load_the_registry_client(tmp_path: object) -> None:
+    code = (
+        "import sys; from fsnap.cli import main; "
+        f"rc = main(['--root', {str(tmp_path)!r}, 'images', '--quiet']); "
+        "print(rc, 'httpx' in sys.modules, 'pyfuse3' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", "False", "False"]
+
+
+def test_unknown_command_is_a_usage_error_without_traceback() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "fsnap.cli", "frobnicate"], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "invalid choice" in out.stderr
+    assert "Traceback" not in out.stderr
