@@ -82,9 +82,9 @@ class Containerd:
         view's mounts (a one-layer chain is a bind mount of its only directory)."""
         mounts = json.loads(self.run("snapshots", "view", "--mounts", key, top_chain_id))
         mount = mounts[0]
-        if mount["type"] == "bind":
-            return [mount["source"]]
-        for option in mount["options"]:
+        if mount["Type"] == "bind":
+            return [mount["Source"]]
+        for option in mount["Options"]:
             if option.startswith("lowerdir="):
                 return list(option.removeprefix("lowerdir=").split(":"))
         raise RuntimeError(f"no lowerdir in {mount}")

@@ -1,0 +1,150 @@
+"""The three mounted views the mount benchmark compares, behind one small interface.
+
+- ``FsnapMount``: ``fsnap mount REF MNT`` (or, while pull does not unpack yet, fsnap's
+  daemon over layers unpacked by fsnap's applier; the run says which);
+- ``FuseOverlayMount``: Debian's ``fuse-overlayfs`` over containerd's snapshot directories;
+- ``KernelOverlayMount``: ``mount -t overlay`` over the same directories (a read-only bind
+  mount for a one-layer chain, as containerd does), the floor.
+
+Lower directories are passed relative to their common parent (the process runs there):
+128 absolute paths would not fit in one page of mount options.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchlib import services
+from benchlib.timing import timed
+
+FSNAP = str(services.REPO / ".venv/bin/fsnap")
+PYTHON = str(services.REPO / ".venv/bin/python")
+
+
+@dataclass
+class View:
+    """How to present one image: what each kind of mount needs to know about it."""
+
+    ref: str
+    lowerdirs: list[str]  # containerd's snapshot dirs, top first
+    fsnap_layers: list[Path] = field(default_factory=list)  # fallback dirs, bottom first
+
+
+class Mount:
+    """One kind of mount. ``mount`` returns the seconds it took; ``pid`` serves it (or 0)."""
+
+    name = ""
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.pid = 0
+
+    def mount(self, view: View, mnt: Path) -> float:
+        raise NotImplementedError
+
+    def umount(self, mnt: Path) -> None:
+        subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
+
+
+def _check(cmd: list[str], cwd: str | None = None) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
+                          env=services.env_without_proxy())
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()[-1500:]}")
+    return done.stdout
+
+
+class FsnapMount(Mount):
+    name = "fsnap"
+
+    def __init__(self, work: Path, root: Path) -> None:
+        super().__init__(work)
+        self.root = root
+
+    def mount(self, view: View, mnt: Path) -> float:
+        out: list[str] = []
+        if view.fsnap_layers:
+            cmd = [PYTHON, "-m", "benchlib.fsnap_layers", "mount", str(self.root), str(mnt),
+                   *map(str, view.fsnap_layers)]
+        else:
+            cmd = [FSNAP, "--root", str(self.root), "mount", view.ref, str(mnt)]
+        took = timed(lambda: out.append(_check(cmd)))
+        found = re.search(r"daemon pid (\d+)", out[0])
+        self.pid = int(found.group(1)) if found else 0
+        if self.pid:
+            services.remember_pid(self.work, self.pid)
+        return took
+
+    def umount(self, mnt: Path) -> None:
+        _check([FSNAP, "--root", str(self.root), "umount", str(mnt)])
+        self.pid = 0
+
+
+class FuseOverlayMount(Mount):
+    name = "fuse-overlayfs"
+
+    def mount(self, view: View, mnt: Path) -> float:
+        parent, names = _relative(view.lowerdirs)
+        cmd = ["fuse-overlayfs", "-o", "lowerdir=" + ":".join(names), str(mnt)]
+        took = timed(lambda: _check(cmd, cwd=parent))
+        self.pid = _serving_pid("fuse-overlayfs", mnt)
+        if self.pid:
+            services.remember_pid(self.work, self.pid)
+        return took
+
+    def umount(self, mnt: Path) -> None:
+        _check(["fusermount3", "-u", str(mnt)])
+        self.pid = 0
+
+
+class KernelOverlayMount(Mount):
+    name = "overlayfs"
+
+    def mount(self, view: View, mnt: Path) -> float:
+        if len(view.lowerdirs) == 1:
+            def bind() -> None:
+                _check(["mount", "--bind", view.lowerdirs[0], str(mnt)])
+                _check(["mount", "-o", "remount,bind,ro", str(mnt)])
+            return timed(bind)
+        parent, names = _relative(view.lowerdirs)
+        cmd = ["mount", "-t", "overlay", "overlay", "-o",
+               "ro,index=off,lowerdir=" + ":".join(names), str(mnt)]
+        return timed(lambda: _check(cmd, cwd=parent))
+
+
+def _relative(dirs: list[str]) -> tuple[str, list[str]]:
+    parent = os.path.commonpath(dirs)
+    if len(dirs) == 1:
+        parent = os.path.dirname(parent)
+    return parent, [os.path.relpath(d, parent) for d in dirs]
+
+
+def _serving_pid(program: str, mnt: Path) -> int:
+    """The pid of the ``program`` process whose command line names ``mnt``."""
+    want = os.fsencode(str(mnt))
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(os.fsencode(program)) and want in argv:
+            return int(entry)
+    return 0
+
+
+def rss_mb(pid: int) -> tuple[float, float] | None:
+    """(VmRSS, VmHWM) of ``pid`` in MB, or None if it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    values = {k: int(v.split()[0]) / 1024 for k, v in
+              (line.split(":", 1) for line in status.splitlines() if ":" in line)
+              if k in ("VmRSS", "VmHWM")}
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
