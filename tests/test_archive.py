@@ -180,10 +180,34 @@ def test_file_replaces_directory_and_back(root: Path) -> None:
 
 
 def test_hardlinked_path_replaced_keeps_its_inode_in_the_index(root: Path) -> None:
-    tar = TarBuilder().file("a", b"old", 0o600, uid=4).hardlink("b", "a").file("a", b"new")
+    tar = (
+        TarBuilder()
+        .file("a", b"old", 0o600, uid=4)
+        .hardlink("b", "a", mode=0o600, uid=4)
+        .file("a", b"new")
+    )
     idx = index(apply(tar.data(), root))
     assert (root / "b").read_bytes() == b"old" and (root / "a").read_bytes() == b"new"
     assert (idx["b"].kind, idx["b"].uid, idx["b"].size) == ("file", 4, 3)
+
+
+def test_hardlink_header_metadata_wins_for_the_whole_inode(root: Path) -> None:
+    """As containerd: a link header's owner, mode and mtime are applied to the shared inode."""
+    tar = (
+        TarBuilder()
+        .file("a", b"data", 0o600, uid=9, gid=9, mtime=1_700_000_000)
+        .hardlink("b", "a", mode=0o644, uid=0, gid=0, mtime=1_700_000_500)
+    )
+    idx = index(apply(tar.data(), root))
+    for name in ("a", "b"):
+        assert (idx[name].mode, idx[name].uid, idx[name].gid) == (0o644, 0, 0)
+        assert idx[name].mtime == 1_700_000_500 * 10**9
+    st = os.lstat(root / "a")
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_mtime_ns) == (
+        0o644,
+        0,
+        1_700_000_500 * 10**9,
+    )
 
 
 def test_whiteouts_and_opaque_directories(root: Path) -> None:

@@ -21,9 +21,9 @@ HOST = Platform.host()
 D, F, L, S = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE
 
 
-def _file(name: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> tuple[
-    tarfile.TarInfo, bytes
-]:
+def _file(
+    name: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0
+) -> tuple[tarfile.TarInfo, bytes]:
     return tar_info(name, F, mode=mode, size=len(data), uid=uid, gid=gid), data
 
 
@@ -34,7 +34,7 @@ def three_layers() -> list[Layer]:
         [
             (tar_info("etc", D, mode=0o755), None),
             _file("etc/a", b"alpha\n", mode=0o640, uid=1000, gid=1001),
-            (tar_info("etc/hard", L, linkname="etc/a"), None),
+            (tar_info("etc/hard", L, linkname="etc/a", mode=0o640, uid=1000, gid=1001), None),
             (tar_info("etc/link", S, mode=0o777, linkname="a"), None),
             (tar_info("usr", D, mode=0o755), None),
             (tar_info("usr/bin", D, mode=0o755), None),
@@ -60,7 +60,7 @@ def three_layers() -> list[Layer]:
         [
             (tar_info("data", D, mode=0o1777), None),
             _file("data/f", b"f\n", mode=0o2755, uid=7, gid=8),
-            (tar_info("data/g", L, linkname="data/f"), None),
+            (tar_info("data/g", L, linkname="data/f", mode=0o2755, uid=7, gid=8), None),
             (tar_info("data/s", S, mode=0o777, linkname="f"), None),
             _file("var/lib/new", b"new\n"),
         ],
@@ -114,8 +114,16 @@ EXPECTED_INDEX: list[dict[str, Row]] = [
 # What each layer's directory holds on disk (markers included).
 EXPECTED_FILES: list[set[str]] = [
     set(EXPECTED_INDEX[0]),
-    {"etc", "etc/a", "usr", "usr/.wh.bin", "opt", "opt/keep", "opt/keep/.wh..wh..opq",
-     "opt/keep/y"},
+    {
+        "etc",
+        "etc/a",
+        "usr",
+        "usr/.wh.bin",
+        "opt",
+        "opt/keep",
+        "opt/keep/.wh..wh..opq",
+        "opt/keep/y",
+    },
     set(EXPECTED_INDEX[2]),
 ]
 

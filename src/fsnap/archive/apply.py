@@ -318,22 +318,39 @@ class _Layer:
             raise InvalidArgument(
                 f"invalid archive: hardlink {entry.path!r} to {entry.link!r}, removed by it"
             ) from None
-        self._put(self._link_entry(entry, target))
+        linked = self._link_entry(entry, target)
+        first = self.index.get(linked.link)
+        if first is not None:
+            metadata.set_at(target_fd, target_base, first, self.privileged)
+        self._put(linked)
 
     def _link_entry(self, entry: Entry, target: str) -> Entry:
-        """The index entry of a hardlink: it names its inode's first path, and shares its
-        metadata (a tar's hardlink header may carry other, meaningless values)."""
+        """The index entry of a hardlink: it names its inode's first path and shares its
+        metadata. Like containerd, the link header's owner, mode (not on a symlink), mtime
+        and xattrs are applied to the shared inode: the last header of a group wins."""
         first = self.index.get(target)
         if first is not None and first.kind == "hardlink":
             target, first = first.link, self.index.get(first.link)
         linked = entry
         if first is not None:
+            self._restamp_inode(target, entry)
             linked = dataclasses.replace(first, path=entry.path, xattrs=dict(first.xattrs))
         linked.kind = "hardlink"
         linked.link = target
         linked.opaque = linked.implicit = False
         self._links_to.setdefault(target, []).append(entry.path)
         return linked
+
+    def _restamp_inode(self, first_path: str, header: Entry) -> None:
+        """Give every name of ``first_path``'s inode the metadata of a later link header."""
+        for path in [first_path, *self._links_to.get(first_path, [])]:
+            named = self.index.get(path)
+            if named is None:
+                continue
+            named.uid, named.gid, named.mtime = header.uid, header.gid, header.mtime
+            if named.kind != "symlink" and self.index[first_path].kind != "symlink":
+                named.mode = header.mode
+            named.xattrs = {**named.xattrs, **header.xattrs}
 
     def _add_whiteout(self, parent: str, base: str, name: str) -> None:
         dir_fd = self.tree.dir_fd(parent)
