@@ -56,6 +56,33 @@ def join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
+class Markers:
+    """How an upper directory says "deleted" and "opaque": fsnap's layer format here
+    (``.wh.NAME`` files, ``.wh..wh..opq`` markers). A strategy object so that another
+    on-disk format (overlayfs's, for ``fsnap-overlay``) reuses all of ``Upper``.
+
+    Paths are absolute bytes of the directory concerned. ``own_xattrs`` are xattrs the
+    format itself keeps on disk: metadata updates never strip them."""
+
+    own_xattrs: frozenset[bytes] = frozenset()
+
+    def whiteout(self, dir_path: bytes, name: bytes) -> None:
+        _touch(join(dir_path, WHITEOUT + name))
+
+    def unwhiteout(self, dir_path: bytes, name: bytes) -> None:
+        if len(WHITEOUT + name) > NAME_MAX:
+            return  # no whiteout can exist for it (and none can be written: ENAMETOOLONG)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(join(dir_path, WHITEOUT + name))
+
+    def mark_opaque(self, dir_path: bytes) -> None:
+        _touch(join(dir_path, OPAQUE))
+
+
+def _touch(path: bytes) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+
+
 class Upper:
     """The ``fs/`` and ``work/`` directories of one active snapshot.
 
@@ -63,10 +90,12 @@ class Upper:
     bits on disk (it must be able to write what it serves) and ``needs_override`` says when
     the index has to carry the entry instead."""
 
-    def __init__(self, fs_dir: Path, work_dir: Path, privileged: bool) -> None:
+    def __init__(self, fs_dir: Path, work_dir: Path, privileged: bool,
+                 markers: Markers | None = None) -> None:
         self.fs = os.fsencode(fs_dir)
         self.work = os.fsencode(work_dir)
         self.privileged = privileged
+        self.markers = markers or Markers()
         self.euid = os.geteuid()
         self.egid = os.getegid()
 
@@ -123,7 +152,7 @@ class Upper:
         try:
             self._build(temp, entry, source)
             if opaque:
-                self._touch(join(temp, OPAQUE))
+                self.markers.mark_opaque(temp)
             self.apply(temp, entry)
             os.rename(temp, self.path(rel))
         except BaseException:
@@ -159,9 +188,6 @@ class Upper:
         finally:
             os.close(fd)
 
-    def _touch(self, path: bytes) -> None:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
-
     def apply(self, path: bytes, entry: Entry, times: bool = True) -> None:
         """Put ``entry``'s metadata on ``path`` as far as this daemon may (owner before mode:
         chown clears setuid bits)."""
@@ -178,7 +204,7 @@ class Upper:
         want = {os.fsencode(k): v for k, v in entry.xattrs.items()}
         for name in os.listxattr(path, follow_symlinks=False):
             key = os.fsencode(name)
-            if key not in want:
+            if key not in want and key not in self.markers.own_xattrs:
                 os.removexattr(path, key, follow_symlinks=False)
         for key, value in want.items():
             os.setxattr(path, key, value, follow_symlinks=False)
@@ -198,17 +224,14 @@ class Upper:
     # --- whiteouts and opaque markers -------------------------------------------------------
 
     def whiteout(self, parent: bytes, name: bytes) -> None:
-        self._touch(join(self.path(parent), WHITEOUT + name))
+        self.markers.whiteout(self.path(parent), name)
 
     def unwhiteout(self, parent: bytes, name: bytes) -> None:
-        if len(WHITEOUT + name) > NAME_MAX:
-            return  # no whiteout can exist for it (and none can be written: ENAMETOOLONG)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(join(self.path(parent), WHITEOUT + name))
+        self.markers.unwhiteout(self.path(parent), name)
 
     def mark_opaque(self, rel: bytes) -> None:
         with self._times_kept(rel):
-            self._touch(join(self.path(rel), OPAQUE))
+            self.markers.mark_opaque(self.path(rel))
 
     # --- removing and moving ------------------------------------------------------------------
 

@@ -1,0 +1,207 @@
+"""``fsnap-overlay``: an overlayfs-format layer stack mounted by fsnap's engine, checked
+against kernel overlayfs (``mount -t overlay``) over the very same directories.
+
+Read-only: the merged listing equals the kernel's, whether the lowers spell whiteouts and
+opaque directories the kernel's way (0/0 character devices, ``trusted.overlay.opaque``) or
+with ``.wh.`` files. Writable: one change set through each gives the same listing, the
+upper directories hold the same whiteouts (0/0 character devices, never ``.wh.`` files),
+and the kernel itself, stacking fsnap-overlay's upper on the lowers, sees the same tree.
+Also the ``mount -t fuse.fsnap-overlay`` form (mount.fuse3), ``-f``, ignored options and
+refusals. Every mount is undone in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from listing import differences, full_listing
+from overlay_helpers import (
+    FSNAP_OVERLAY,
+    apply_changes,
+    fsnap_overlay,
+    fstype,
+    is_mountpoint,
+    kernel_overlay,
+    lowerdir,
+    run_checked,
+    unmount,
+    write_stack,
+)
+
+from fsnap.diff.scan import scan_snapshot
+
+PRESENT = ("etc/passwd", "etc/keep", "opq/upper", "new/deep/file", "hl/b", "sym", "dev/null",
+           "dev/fifo", "d2f", "data/e")
+ABSENT = ("etc/gone", "opq/lower", "opq/sub", "data/drop", "d2f/child", "etc/.wh.gone",
+          "opq/.wh..wh..opq", "data/.wh.drop")
+# /usr/local/bin is on the PATH mount(8) gives its helpers (it drops the caller's PATH).
+SYSTEM_BIN = Path("/usr/local/bin/fsnap-overlay")
+
+
+def assert_same(want: list[str], got: list[str], labels: tuple[str, str]) -> None:
+    assert got == want, f"{labels[1]} differs from {labels[0]}:\n" + differences(
+        want, got, labels)
+
+
+def check_view(view: Path) -> None:
+    """Guards against two equally empty (or equally wrong) views comparing equal."""
+    for rel in PRESENT:
+        assert os.path.lexists(view / rel), f"{view} lacks {rel}"
+    for rel in ABSENT:
+        assert not os.path.lexists(view / rel), f"{view} shows {rel}"
+    assert (view / "etc" / "passwd").read_bytes() == b"root:x:0:0\nuser:x:1000:1000\n"
+
+
+@pytest.mark.parametrize("style", ["chardev", "wh"])
+def test_read_only_lists_like_kernel_overlay(tmp_path: Path, style: str) -> None:
+    kernel_lowers = write_stack(tmp_path / "kernel-format", "chardev")
+    lowers = kernel_lowers if style == "chardev" else write_stack(tmp_path / "wh-format", "wh")
+    with kernel_overlay(lowerdir(kernel_lowers), tmp_path / "kernel") as kernel:
+        check_view(kernel)
+        want = full_listing(kernel)
+    with fsnap_overlay(lowerdir(lowers), tmp_path / "fsnap") as mnt:
+        check_view(mnt)
+        got = full_listing(mnt)
+        with pytest.raises(OSError) as refused:
+            (mnt / "new-file").write_bytes(b"x")
+        assert refused.value.errno == errno.EROFS
+    assert_same(want, got, ("kernel overlayfs", f"fsnap-overlay ({style} lowers)"))
+
+
+def whiteouts(upper: Path) -> set[str]:
+    return {e.path for e in scan_snapshot(upper, overlay=True) if e.kind == "whiteout"}
+
+
+def upper_names(upper: Path) -> list[str]:
+    return [name for _, dirs, files in os.walk(upper) for name in dirs + files]
+
+
+def writable(base: Path, lowers: list[Path]) -> str:
+    for sub in ("upper", "work"):
+        (base / sub).mkdir(parents=True)
+    return f"{lowerdir(lowers)},upperdir={base / 'upper'},workdir={base / 'work'}"
+
+
+def test_writable_changes_like_kernel_overlay(tmp_path: Path) -> None:
+    lowers = write_stack(tmp_path / "lowers", "chardev")
+    kernel_opts = writable(tmp_path / "k", lowers)
+    fsnap_opts = writable(tmp_path / "f", lowers)
+    with kernel_overlay(kernel_opts, tmp_path / "kernel") as kernel:
+        apply_changes(kernel)
+        want = full_listing(kernel)
+    with fsnap_overlay(fsnap_opts, tmp_path / "fsnap") as mnt:
+        apply_changes(mnt)
+        got = full_listing(mnt)
+    assert "new.txt file mode=0644 uid=0 gid=0 size=10" in " ".join(got)
+    assert not any(line.startswith("etc/keep ") for line in got)
+    assert_same(want, got, ("kernel overlayfs", "fsnap-overlay"))
+
+    upper = tmp_path / "f" / "upper"
+    assert whiteouts(upper) == whiteouts(tmp_path / "k" / "upper")
+    assert {"etc/keep", "data/a", "tree", "dev/fifo", "new/deep"} <= whiteouts(upper)
+    for rel in whiteouts(upper):
+        st = os.lstat(upper / rel)
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0, rel
+    assert not [n for n in upper_names(upper) if n.startswith(".wh.")]
+    assert os.getxattr(upper / "opq2", "trusted.overlay.opaque") == b"y"
+    assert os.listdir(tmp_path / "f" / "work" / "fsnap-overlay") == []
+
+    # the kernel reads fsnap-overlay's upper as one more layer and sees the same tree
+    with kernel_overlay(lowerdir([upper, *lowers]), tmp_path / "kernel-reads-ours") as view:
+        assert_same(want, full_listing(view), ("kernel overlayfs", "kernel over our upper"))
+    # and fsnap-overlay mounted again over its upper shows its changes again
+    with fsnap_overlay(fsnap_opts, tmp_path / "again") as again:
+        assert_same(want, full_listing(again), ("kernel overlayfs", "fsnap-overlay remounted"))
+
+
+@contextlib.contextmanager
+def on_system_path() -> Iterator[None]:
+    """``fsnap-overlay`` where mount(8)'s helpers look (a link to this venv's script),
+    removed after if this test put it there."""
+    created = False
+    if not os.path.lexists(SYSTEM_BIN):
+        SYSTEM_BIN.symlink_to(FSNAP_OVERLAY)
+        created = True
+    elif os.path.realpath(SYSTEM_BIN) != os.path.realpath(FSNAP_OVERLAY):
+        pytest.fail(f"{SYSTEM_BIN} exists and is not this checkout's fsnap-overlay")
+    try:
+        yield
+    finally:
+        if created:
+            SYSTEM_BIN.unlink()
+
+
+def test_mount_t_fuse_fsnap_overlay(tmp_path: Path) -> None:
+    lowers = write_stack(tmp_path / "lowers", "wh")
+    options = writable(tmp_path / "o", lowers)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with on_system_path():
+        try:
+            run_checked(["mount", "-t", "fuse.fsnap-overlay", "fsnap-overlay", str(mnt),
+                         "-o", options])
+            assert fstype(mnt) == "fuse.fsnap-overlay"
+            check_view(mnt)
+            (mnt / "etc" / "added").write_bytes(b"through mount(8)\n")
+            os.unlink(mnt / "etc" / "keep")
+            run_checked(["umount", str(mnt)])
+        finally:
+            unmount(mnt)
+    upper = tmp_path / "o" / "upper"
+    assert (upper / "etc" / "added").read_bytes() == b"through mount(8)\n"
+    assert whiteouts(upper) == {"etc/keep"}
+
+
+def test_foreground_and_ignored_options(tmp_path: Path) -> None:
+    """``-f`` serves until unmounted, then exits 0; options of overlayfs and fuse-overlayfs
+    that fsnap has no use for do not stop the mount."""
+    lowers = write_stack(tmp_path / "lowers", "chardev")
+    options = (writable(tmp_path / "o", lowers)
+               + ",index=off,xino=off,redirect_dir=off,squash_to_root,noatime,nodev")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    process = subprocess.Popen([str(FSNAP_OVERLAY), "-f", "-o", options, str(mnt)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not is_mountpoint(mnt):
+            assert process.poll() is None, process.communicate()
+        assert (mnt / "etc" / "passwd").read_bytes().startswith(b"root")
+        with open("/proc/self/mounts") as mounts:
+            line = next(m for m in mounts if m.split()[1] == str(mnt))
+        assert "noatime" in line and "nodev" in line
+        run_checked(["fusermount3", "-u", str(mnt)])
+        assert process.wait(timeout=30) == 0
+    finally:
+        unmount(mnt)
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "message"),
+    [
+        ("upperdir=/tmp", 4, "lowerdir"),
+        ("lowerdir=/nonexistent/fsnap-overlay-lower", 2, "not a directory"),
+        ("lowerdir=/tmp,upperdir=/tmp", 4, "workdir"),
+    ],
+)
+def test_refusals_without_traceback(tmp_path: Path, options: str, code: int,
+                                    message: str) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        done = subprocess.run([str(FSNAP_OVERLAY), "-o", options, str(mnt)],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == code, done.stderr
+        assert message in done.stderr and "Traceback" not in done.stderr
+        assert not is_mountpoint(mnt)
+    finally:
+        unmount(mnt)
