@@ -35,7 +35,10 @@ from overlay_helpers import (
     write_stack,
 )
 
+from fsnap.archive.entry import Entry
 from fsnap.diff.scan import scan_snapshot
+from fsnap.mount.upper import Upper
+from fsnap.overlay.markers import OPAQUE_XATTR, OverlayMarkers
 
 PRESENT = ("etc/passwd", "etc/keep", "opq/upper", "new/deep/file", "hl/b", "sym", "dev/null",
            "dev/fifo", "d2f", "data/e")
@@ -205,3 +208,37 @@ def test_refusals_without_traceback(tmp_path: Path, options: str, code: int,
         assert not is_mountpoint(mnt)
     finally:
         unmount(mnt)
+
+
+@pytest.mark.parametrize("privileged", [True, False])
+def test_upper_in_overlay_format(tmp_path: Path, privileged: bool) -> None:
+    """The upper directory's markers, with and without the right to mknod and to set
+    ``trusted.`` xattrs: what each writes, that metadata updates keep the opaque xattr,
+    that a whiteout of either form goes away when the name is used again, and that
+    ``scan_snapshot`` reads it all back."""
+    fs, work = tmp_path / "upper", tmp_path / "work"
+    fs.mkdir()
+    upper = Upper(fs, work, privileged=True, markers=OverlayMarkers(privileged))
+    upper.clear_work()
+    upper.whiteout(b"", b"gone")
+    upper.place(b"dir", Entry("dir", "dir", mode=0o755), opaque=True)
+    upper.apply(upper.path(b"dir"), Entry("dir", "dir", mode=0o700), times=False)
+    upper.mark_opaque(b"")
+    entries = {e.path: e for e in scan_snapshot(fs, overlay=True)}
+    assert entries["gone"].kind == "whiteout" and entries["dir"].opaque
+    assert entries["dir"].mode == 0o700 and entries["dir"].xattrs == {}
+    if privileged:
+        st = os.lstat(fs / "gone")
+        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        assert os.getxattr(fs / "dir", OPAQUE_XATTR) == b"y"
+        assert os.getxattr(fs, OPAQUE_XATTR) == b"y"
+        assert not [n for n in upper_names(fs) if n.startswith(".wh.")]
+    else:
+        assert (fs / ".wh.gone").is_file() and not os.path.lexists(fs / "gone")
+        assert (fs / "dir" / ".wh..wh..opq").is_file() and (fs / ".wh..wh..opq").is_file()
+        assert OPAQUE_XATTR.decode() not in os.listxattr(fs / "dir")
+    upper.unwhiteout(b"", b"gone")
+    upper.place(b"gone", Entry("gone", "file", mode=0o600))
+    assert (fs / "gone").is_file() and not os.path.lexists(fs / ".wh.gone")
+    assert "gone" not in {e.path for e in scan_snapshot(fs, overlay=True)
+                          if e.kind == "whiteout"}

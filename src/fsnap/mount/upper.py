@@ -29,6 +29,10 @@ into a layer index at commit time (the same format as an unpacked layer, see
   at most a temporary in ``work/`` (cleared when the next mount starts), never a partial
   file in ``fs/``. A hard-linked lower file is copied once, and its other names are hard
   links to that copy in ``fs/`` too: the links stay one inode, and the layer records them.
+
+Whiteouts and opaque markers are written by a ``Markers`` strategy: the format above by
+default; ``fsnap.overlay.markers`` writes overlayfs's instead (0/0 character devices,
+``trusted.overlay.opaque``) for ``fsnap-overlay`` upper directories.
 """
 
 from __future__ import annotations
