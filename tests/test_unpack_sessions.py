@@ -131,3 +131,37 @@ def test_pipe_abort_fails_the_reader_and_detach_frees_the_writer() -> None:
             await detached.write(b"more bytes than the limit")
 
     trio.run(main)
+
+
+# One thread holds a write transaction while another opens a table for the first time (as
+# the unpacker's commit and the pull's image record do): both must finish.
+TABLE_WHILE_WRITING = textwrap.dedent(
+    """
+    import sys, threading
+    from pathlib import Path
+    from fsnap.db import Database
+    db = Database(Path(sys.argv[1]))
+    holding = threading.Event()
+    def writer():
+        with db.begin(write=True) as txn:
+            holding.set()
+            opener.join(0.5)  # the other thread is now waiting for the write lock
+            txn.put(b"k", b"v", db=db.table("first"))
+    def open_table():
+        holding.wait()
+        db.table("second")
+    opener = threading.Thread(target=open_table)
+    db.table("first")
+    w = threading.Thread(target=writer)
+    opener.start(); w.start(); w.join(); opener.join()
+    print("both done")
+    """
+)
+
+
+def test_opening_a_table_while_another_thread_writes_does_not_deadlock(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", TABLE_WHILE_WRITING, str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.stdout.strip() == "both done", done.stderr

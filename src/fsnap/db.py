@@ -42,7 +42,11 @@ class Database:
         """The named sub-database (created on first use)."""
         handle = self._dbs.get(name)
         if handle is None:
-            handle = self.env.open_db(name.encode(), create=True)
+            # Inside a transaction of our own: without one, py-lmdb's open_db waits for the
+            # write lock *holding the GIL*, and a write transaction in another of our
+            # threads can then never finish (a whole-process deadlock).
+            with self.env.begin(write=True) as txn:
+                handle = self.env.open_db(name.encode(), txn=txn, create=True)
             self._dbs[name] = handle
         return handle
 
