@@ -34,6 +34,9 @@ class TarBuilder:
         self._tar = tarfile.open(  # noqa: SIM115 (closed by data())
             fileobj=self._buf, mode="w", format=fmt, encoding="utf-8", errors="surrogateescape"
         )
+        # Header metadata of each member so far: a hardlink header repeats its target's, as
+        # tar writers do (containerd applies a link header's metadata to the shared inode).
+        self._meta: dict[str, dict[str, Any]] = {}
 
     def _add(
         self,
@@ -64,6 +67,7 @@ class TarBuilder:
             info.mtime = mtime
         for key, value in (xattrs or {}).items():
             info.pax_headers["SCHILY.xattr." + key] = binary_str(value)
+        self._meta[name] = {"mode": mode, "uid": uid, "gid": gid, "mtime": mtime, "xattrs": xattrs}
         self._tar.addfile(info, io.BytesIO(data) if data else None)
         return self
 
@@ -77,7 +81,8 @@ class TarBuilder:
         return self._add(name, tarfile.SYMTYPE, link=target, mode=0o777, **kw)
 
     def hardlink(self, name: str, target: str, **kw: Any) -> TarBuilder:
-        return self._add(name, tarfile.LNKTYPE, link=target, **kw)
+        """A link header carrying its target's metadata unless ``kw`` says otherwise."""
+        return self._add(name, tarfile.LNKTYPE, link=target, **{**self._meta.get(target, {}), **kw})
 
     def char(self, name: str, major: int, minor: int, mode: int = 0o666, **kw: Any) -> TarBuilder:
         return self._add(name, tarfile.CHRTYPE, dev=(major, minor), mode=mode, **kw)
