@@ -49,13 +49,15 @@ print(repr(sorted(listing(Path(sys.argv[1])).items())))
 
 def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": TESTS, "HOME": "/"}
-    return subprocess.run([*_AS_NOBODY, *args], capture_output=True, text=True, timeout=120,
-                          env=env, cwd="/")
+    return subprocess.run(
+        [*_AS_NOBODY, *args], capture_output=True, text=True, timeout=120, env=env, cwd="/"
+    )
 
 
 def fsnap_as_nobody(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return as_nobody(sys.executable, "-c", "from fsnap.cli import run; run()", "--root",
-                     str(root), *args)
+    return as_nobody(
+        sys.executable, "-c", "from fsnap.cli import run; run()", "--root", str(root), *args
+    )
 
 
 @pytest.fixture
@@ -78,10 +80,22 @@ def served_as_nobody(root: Path, key: str, mnt: Path) -> Iterator[None]:
     cannot be re-executed by 65534, so the detached daemon is not an option here), until
     ``fsnap umount`` as 65534 ends it."""
     env = {**os.environ, "PYTHONPATH": TESTS, "HOME": "/"}
-    command = [*_AS_NOBODY, sys.executable, "-c", "from fsnap.cli import run; run()",
-               "--root", str(root), "snapshots", "mount", "--foreground", key, str(mnt)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd="/")
+    command = [
+        *_AS_NOBODY,
+        sys.executable,
+        "-c",
+        "from fsnap.cli import run; run()",
+        "--root",
+        str(root),
+        "snapshots",
+        "mount",
+        "--foreground",
+        key,
+        str(mnt),
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd="/"
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -142,10 +156,23 @@ def test_index_metadata_daemon(tmp_path: Path) -> None:
     assert index["play/hl2"].kind == "hardlink"
 
 
-@pytest.mark.skipif(not os.stat("/dev/fuse").st_mode & 0o006,
-                    reason="/dev/fuse is root's only here: uid 65534 cannot mount")
+@pytest.fixture
+def fuse_device_for_users() -> Iterator[None]:
+    """/dev/fuse as Debian's udev leaves it (0666), so a user's daemon can open it.
+
+    libfuse only falls back to the setuid fusermount3 when mount(2) is refused, not when
+    /dev/fuse cannot be opened; container machines create it 0600. The mode is restored.
+    """
+    before = os.stat("/dev/fuse").st_mode & 0o7777
+    os.chmod("/dev/fuse", 0o666)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", before)
+
+
 def test_unprivileged_daemon_keeps_metadata_in_overrides(
-    nobody_root: tuple[Path, Path]
+    fuse_device_for_users: None, nobody_root: tuple[Path, Path]
 ) -> None:
     root, mnt = nobody_root
     built = as_nobody(sys.executable, "-c", _BUILD, str(root))
@@ -153,8 +180,9 @@ def test_unprivileged_daemon_keeps_metadata_in_overrides(
     with served_as_nobody(root, "rw", mnt):
         done = run_ops(mnt, as_nobody=True)
         assert done.returncode == 0, done.stdout + done.stderr
-        chmod = as_nobody(sys.executable, "-c",
-                          f"import os; os.chmod({str(mnt / 'play/lower2.txt')!r}, 0o400)")
+        chmod = as_nobody(
+            sys.executable, "-c", f"import os; os.chmod({str(mnt / 'play/lower2.txt')!r}, 0o400)"
+        )
         assert chmod.returncode == 0, chmod.stderr
         before = as_nobody(sys.executable, "-c", _LIST, str(mnt))
         assert before.returncode == 0, before.stderr
