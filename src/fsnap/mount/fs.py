@@ -179,13 +179,15 @@ class MergedFS(pyfuse3.Operations):
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         node = self._open.get(fh)
-        if got == size or off + got >= (node.size if node is not None else 0):
-            return bytes(buf[:got])
+        if got == size:
+            return bytes(buf)
+        if off + got >= (node.size if node is not None else 0):
+            return bytes(memoryview(buf)[:got])  # one copy, not two
         try:
             rest = await trio.to_thread.run_sync(os.pread, fh, size - got, off + got)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        return bytes(buf[:got]) + rest
+        return bytes(memoryview(buf)[:got]) + rest
 
     async def release(self, fh: int) -> None:
         self._open.pop(fh, None)
