@@ -176,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds[r % 3:] + kinds[: r % 3]:
                 tree_figures(kind, views["rootfs"], args.work / f"mnt-{kind.name}", figures)
                 print(f"round {r + 1}: {kind.name} done", flush=True)
-        for kind in kinds:
-            lookup_figures(kind, views, args.work / f"mnt-{kind.name}", figures)
+        for _ in range(args.rounds):
+            for kind in kinds:
+                lookup_figures(kind, views, args.work / f"mnt-{kind.name}", figures)
     _report(figures, [k.name for k in kinds])
     return 0
 
