@@ -6,11 +6,11 @@ import argparse
 import sys
 from typing import Any
 
+from fsnap.cli.registry_options import add_registry_options, credentials_of
 from fsnap.client import Client
 from fsnap.errors import InvalidArgument
 from fsnap.oci import Platform
 from fsnap.progress import LiveProgress, PlainProgress, human_size
-from fsnap.remotes.auth import Credentials
 
 
 def register(subparsers: Any) -> None:
@@ -19,14 +19,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("ref", metavar="REF", help="image reference, e.g. localhost:5000/app:1")
     parser.add_argument("--platform", help="os/arch[/variant] to pull (default: this host)")
     parser.add_argument("--all-platforms", action="store_true", help="pull every platform")
-    parser.add_argument(
-        "--plain-http",
-        action="store_const",
-        const=True,
-        default=None,
-        help="talk HTTP, not HTTPS (the default for localhost and 127.0.0.0/8)",
-    )
-    parser.add_argument("--user", metavar="USER:PASS", help="registry credentials")
+    add_registry_options(parser)
     parser.add_argument(
         "--max-concurrent-downloads",
         type=_positive_int,
@@ -48,7 +41,7 @@ def handle_pull(client: Client, args: argparse.Namespace) -> int:
         "platform": platform,
         "all_platforms": args.all_platforms,
         "plain_http": args.plain_http,
-        "credentials": parse_user(args.user) if args.user else None,
+        "credentials": credentials_of(args),
         "max_concurrent_downloads": args.max_concurrent_downloads,
         "unpack": not args.no_unpack,
     }
@@ -60,14 +53,6 @@ def handle_pull(client: Client, args: argparse.Namespace) -> int:
         platforms = ",".join(str(p) for p in image.platforms)
         print(f"{image.name}: {image.target.digest} {human_size(image.size)} {platforms}")
     return 0
-
-
-def parse_user(text: str) -> Credentials:
-    """``USER:PASS`` (the password may itself contain colons)."""
-    user, sep, password = text.partition(":")
-    if not sep or not user:
-        raise InvalidArgument("--user expects USER:PASS")
-    return Credentials(user, password)
 
 
 def _positive_int(text: str) -> int:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import IO, Any
 
-from fsnap.cli.pull import parse_user
+from fsnap.cli.registry_options import add_registry_options, credentials_of
 from fsnap.client import Client
 from fsnap.oci import Descriptor
 from fsnap.progress import blob_label, human_size, summary_line
@@ -20,14 +20,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "target", metavar="TARGET", nargs="?", help="where to push it (default: REF)"
     )
-    parser.add_argument(
-        "--plain-http",
-        action="store_const",
-        const=True,
-        default=None,
-        help="talk HTTP, not HTTPS (the default for localhost and 127.0.0.0/8)",
-    )
-    parser.add_argument("--user", metavar="USER:PASS", help="registry credentials")
+    add_registry_options(parser)
     parser.set_defaults(handler=handle_push)
 
 
@@ -56,7 +49,7 @@ def handle_push(client: Client, args: argparse.Namespace) -> int:
         args.ref,
         args.target,
         plain_http=args.plain_http,
-        credentials=parse_user(args.user) if args.user else None,
+        credentials=credentials_of(args),
         progress=PlainPushProgress(sys.stdout),
     )
     print(f"{args.target or args.ref}: {desc.digest}")

@@ -12,7 +12,6 @@ at once rather than blocking, so an async caller can wait without tying up a thr
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 from collections.abc import Mapping
@@ -23,6 +22,7 @@ from typing import IO
 from fsnap.content.store import INGEST_TABLE, ContentStore, Info, fsync_dir
 from fsnap.digest import hasher
 from fsnap.errors import AlreadyExists, Busy, DigestMismatch
+from fsnap.locking import try_exclusive
 from fsnap.oci import Descriptor
 
 # How often a writer refreshes its LMDB status record: each write transaction syncs, so
@@ -203,14 +203,7 @@ class Writer:
 
 def _try_lock(store: ContentStore, ref: str) -> int:
     """An fd holding the exclusive lock of ``ref``, or Busy if someone else holds it."""
-    fd = os.open(store.lock_path(ref), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise Busy(f"ingest {ref!r} is in progress in another writer") from None
-    except BaseException:
-        os.close(fd)
-        raise
+    fd = try_exclusive(store.lock_path(ref))
+    if fd is None:
+        raise Busy(f"ingest {ref!r} is in progress in another writer")
     return fd
-

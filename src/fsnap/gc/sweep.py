@@ -8,7 +8,6 @@ picked up) is left alone: gc is conservative, the next run will see it again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from fsnap.content.store import INGEST_TABLE, ContentStore
 from fsnap.errors import FailedPrecondition, NotFound
+from fsnap.locking import exclusive_if_free
 from fsnap.snapshots.snapshotter import Snapshotter
 
 ORPHAN_PREFIX = "orphan:"
@@ -59,16 +59,8 @@ def idle_ingest(content: ContentStore, lock_name: str) -> Iterator[bool]:
     on ``<hash>.lock`` from open to commit/close, so a lock we can take means nobody is
     writing, and holding it keeps a writer from starting while we remove its data.
     """
-    fd = os.open(content.ingest_root / lock_name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # closing drops the flock
+    with exclusive_if_free(content.ingest_root / lock_name) as free:
+        yield free
 
 
 def ingest_hash(ref: str) -> str:
@@ -101,9 +93,7 @@ def orphan_ingest_dirs(content: ContentStore) -> list[Path]:
     while forgetting): nothing can resume them."""
     known = {ingest_hash(status.ref) for status in content.list_ingests()}
     return sorted(
-        path
-        for path in content.ingest_root.iterdir()
-        if path.is_dir() and path.name not in known
+        path for path in content.ingest_root.iterdir() if path.is_dir() and path.name not in known
     )
 
 

@@ -24,6 +24,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from fsnap.locking import exclusive_if_free
 from fsnap.snapshots.info import Usage
 
 NEW_PREFIX = "new-"
@@ -56,16 +57,8 @@ def cleanup_lock(root: Path) -> Iterator[bool]:
     If another process is mid-change, cleanup is skipped rather than waited for: that
     process's own (or the next) open will clean up.
     """
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with exclusive_if_free(root / LOCK_NAME, 0o644) as free:
+        yield free
 
 
 def stage_new(root: Path, with_work: bool) -> Path:
