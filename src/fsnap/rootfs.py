@@ -109,6 +109,7 @@ class Unpacker:
         self._claims: dict[str, tuple[_Plan, int]] = {}  # blob digest -> first position
         self._streams: dict[str, _Stream] = {}
         self._blob_ready: dict[str, trio.Event] = {}
+        self._announced: dict[str, trio.Event] = {}  # layer_started took the blob's stream
         self._pull_done = trio.Event()
         self._limiter = trio.CapacityLimiter(max(2, os.cpu_count() or 2))
 
@@ -139,6 +140,7 @@ class Unpacker:
         stream = _Stream(desc, plan.diff_ids[index], BytePipe())
         self._streams[desc.digest] = plan.streamed[index] = stream
         self._nursery.start_soon(self._apply_stream, stream)
+        self._event(self._announced, desc.digest).set()
         return True
 
     async def feed(self, desc: Descriptor, chunk: bytes) -> None:
@@ -232,14 +234,20 @@ class Unpacker:
 
     async def _wait_for_blob(self, digest: str) -> None:
         """Until the blob is committed: its own download finished, or the whole pull did."""
-        async with trio.open_nursery() as nursery:
+        await _first_of(self._ready_event(digest), self._pull_done)
 
-            async def wait(event: trio.Event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel()
+    async def _stream_of(self, plan: _Plan, index: int) -> _Stream | None:
+        """The stream that brings layer ``index``, if it comes as one.
 
-            nursery.start_soon(wait, self._ready_event(digest))
-            nursery.start_soon(wait, self._pull_done)
+        The pipeline announces a blob (``layer_started``) before it downloads it, possibly
+        after this plan's commit task got here: a layer this plan claimed is waited for
+        until it is announced, or the pull ends without announcing it (then it comes from
+        the store). Deciding earlier would apply a streamed layer a second time."""
+        digest = plan.manifest.layers[index].digest
+        claim = self._claims.get(digest)
+        if claim is not None and claim[0] is plan and claim[1] == index:
+            await _first_of(self._event(self._announced, digest), self._pull_done)
+        return plan.streamed.get(index)
 
     # -- committing -------------------------------------------------------------------------
 
@@ -248,7 +256,7 @@ class Unpacker:
         parent = ""
         for index, desc in enumerate(plan.manifest.layers):
             chain_id = plan.chain[index]
-            stream = plan.streamed.get(index)
+            stream = await self._stream_of(plan, index)
             if stream is not None:
                 await stream.done.wait()
                 assert stream.applied is not None
@@ -290,7 +298,11 @@ class Unpacker:
         return True
 
     def _ready_event(self, digest: str) -> trio.Event:
-        return self._blob_ready.setdefault(digest, trio.Event())
+        return self._event(self._blob_ready, digest)
+
+    @staticmethod
+    def _event(events: dict[str, trio.Event], digest: str) -> trio.Event:
+        return events.setdefault(digest, trio.Event())
 
     # -- labels -----------------------------------------------------------------------------
 
@@ -361,3 +373,15 @@ async def pull_unpacked(
     except BaseExceptionGroup as group:
         raise first_fsnap_error(group) from None
     return result
+
+
+async def _first_of(*events: trio.Event) -> None:
+    """Return as soon as any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel()
+
+        for event in events:
+            nursery.start_soon(wait, event)
