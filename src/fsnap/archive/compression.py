@@ -7,6 +7,13 @@ that the first bytes of the blob decide: the magic wins, and a debug log line sa
 label was wrong, so a silent fallback can still be seen.
 
 Readers are single-pass and never seek: the blob may come straight from a download.
+
+gzip is inflated with ISA-L (the ``isal`` package: ``isal_zlib`` has zlib's decompressobj
+API and releases the GIL while it works) rather than ``zlib``. Measured in one process,
+best of 3, on the pull benchmark's layers: the biggest (76 MB, incompressible data) zlib
+0.028 s, isal 0.012 s; the largest compressible one (49 MB of gzip, 146 MB of tar) zlib
+0.39 s, isal 0.17 s: 2.3x, on the applier's biggest CPU cost after creating files.
+``zlib`` stays only where we *compress* (``gzip.GzipFile`` below).
 """
 
 from __future__ import annotations
@@ -14,11 +21,11 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-import zlib
 from enum import Enum
 from typing import BinaryIO, cast
 
 import zstandard
+from isal import isal_zlib
 
 from fsnap.errors import InvalidArgument
 
@@ -81,14 +88,14 @@ class _Prefixed(io.RawIOBase):
 class _GzipReader(io.RawIOBase):
     """Inflates gzip members one after another until the input ends.
 
-    ``zlib`` with ``wbits=31`` parses one member; its ``unused_data`` is where the next member
+    A decompressor with ``wbits=31`` parses one member; its ``unused_data`` is where the next member
     starts. Zero padding after the last member is tolerated (some tools pad blobs); anything
     else trailing is an error rather than silently dropped bytes.
     """
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self._z = zlib.decompressobj(31)
+        self._z = isal_zlib.decompressobj(31)
         self._pending = b""  # compressed input not yet given to self._z
         self._done = False
 
@@ -124,7 +131,7 @@ class _GzipReader(io.RawIOBase):
             return
         if not rest.startswith(GZIP_MAGIC):
             raise InvalidArgument("invalid archive: garbage after the end of the gzip stream")
-        self._z = zlib.decompressobj(31)
+        self._z = isal_zlib.decompressobj(31)
         self._pending = rest
 
     def _drain_padding(self) -> None:
