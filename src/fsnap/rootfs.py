@@ -209,7 +209,8 @@ class Unpacker:
     def _apply_from_pipe(stream: _Stream, staged: Path) -> ApplyResult:
         try:
             raw = cast(BinaryIO, stream.pipe)  # it has the one method a reader needs: read
-            return apply_blob(raw, stream.desc, staged, stream.diff_id)
+            wake = stream.pipe.detach  # the read-ahead thread may wait on the pipe
+            return apply_blob(raw, stream.desc, staged, stream.diff_id, interrupt=wake)
         except FsnapError as exc:
             raise type(exc)(_naming(stream.desc, exc)) from None
 

@@ -61,17 +61,25 @@ class ApplyResult:
 
 
 def apply_layer(
-    tar_stream: BinaryIO, root: Path, *, privileged: bool | None = None, sync: bool = True
+    tar_stream: BinaryIO,
+    root: Path,
+    *,
+    privileged: bool | None = None,
+    sync: bool = True,
+    interrupt: Callable[[], None] | None = None,
 ) -> ApplyResult:
     """Unpack the uncompressed tar ``tar_stream`` into the empty directory ``root``.
 
     ``privileged`` (default: running as root) decides whether owners, device nodes and all
     xattrs go to disk; see ``fsnap.archive.metadata``. Raises ``InvalidArgument`` for a
     malformed or hostile archive, ``FailedPrecondition`` when the disk refuses a write.
+    ``tar_stream`` is read (so decompressed) and hashed in a thread of its own; if the
+    apply fails early, ``interrupt`` is called to wake that thread should it be waiting for
+    bytes (see ``fsnap.archive.reader``).
     """
     if privileged is None:
         privileged = os.geteuid() == 0
-    reader = LayerStream(tar_stream)
+    reader = LayerStream(tar_stream, interrupt=interrupt)
     layer = _Layer(root, privileged)
     try:
         with tarfile.open(
@@ -96,6 +104,7 @@ def apply_layer(
     except OSError as e:
         raise FailedPrecondition(f"applying layer into {root}: {e}") from None
     finally:
+        reader.close()
         layer.tree.close()
     return ApplyResult(diff_id=reader.digest(), entries=layer.entries(), size=reader.size)
 

@@ -26,10 +26,19 @@ from fsnap.unpack.staging import Session
 log = logging.getLogger(__name__)
 
 
-def apply_blob(raw: BinaryIO, desc: Descriptor, staging: Path, diff_id: str) -> ApplyResult:
+def apply_blob(
+    raw: BinaryIO,
+    desc: Descriptor,
+    staging: Path,
+    diff_id: str,
+    *,
+    interrupt: Callable[[], None] | None = None,
+) -> ApplyResult:
     """Decompress and apply ``raw`` (the blob of ``desc``) into the empty ``staging``; the
-    uncompressed bytes must hash to ``diff_id`` (the config's), else ``DigestMismatch``."""
-    result = apply_layer(open_uncompressed(raw, desc.media_type), staging)
+    uncompressed bytes must hash to ``diff_id`` (the config's), else ``DigestMismatch``.
+    ``interrupt`` wakes a read of ``raw`` blocked in another thread when the apply fails
+    (``apply_layer`` reads ahead in a thread)."""
+    result = apply_layer(open_uncompressed(raw, desc.media_type), staging, interrupt=interrupt)
     if result.diff_id != diff_id:
         raise DigestMismatch(
             f"layer {desc.digest}: uncompressed content has diff_id {result.diff_id}, "

@@ -86,13 +86,15 @@ class BytePipe:
         """Up to ``n`` bytes (all that is left if ``n < 0``); ``b""`` only at end of data."""
         with self._cond:
             if n < 0:
-                while not self._eof and self._aborted is None:
+                while not self._eof and self._aborted is None and not self._detached:
                     self._cond.wait()
             else:
-                while not self._chunks and not self._eof and self._aborted is None:
+                while not (self._chunks or self._eof or self._detached) and self._aborted is None:
                     self._cond.wait()
             if self._aborted is not None:
                 raise PipeAborted(self._aborted)
+            if self._detached:
+                raise PipeAborted("the reader stopped reading")
             data = self._take(n)
             room = self._room
         if data:
@@ -100,11 +102,13 @@ class BytePipe:
         return data
 
     def detach(self) -> None:
-        """The reader stops reading: drop what is queued and whatever comes later."""
+        """The reader stops reading: drop what is queued and whatever comes later. A read
+        blocked in another thread of the reader's (its read-ahead) raises ``PipeAborted``."""
         with self._cond:
             self._detached = True
             self._chunks.clear()
             self._queued = 0
+            self._cond.notify_all()
             room = self._room
         self._wake(room)
 
