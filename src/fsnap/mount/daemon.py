@@ -24,7 +24,6 @@ from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
 from fsnap.mount import source
 from fsnap.mount.fs import MergedFS
-from fsnap.mount.rwfs import writable_fs
 from fsnap.mount.tree import MergedTree
 
 Ready = Callable[[FsnapError | None], None]
@@ -37,6 +36,8 @@ def build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
     if "layers" in spec:
         return MergedFS(MergedTree.build(source.dir_layers(spec["layers"])), provenance)
     if spec.get("writable"):
+        from fsnap.mount.rwfs import writable_fs  # read-only mounts need none of it
+
         privileged = False if spec.get("index_metadata") else None
         return writable_fs(client.snapshots, spec["snapshot"], privileged)
     tree = MergedTree.build(source.snapshot_layers(client, spec["snapshot"]))

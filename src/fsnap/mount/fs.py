@@ -11,19 +11,80 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
+from typing import cast
 
 import pyfuse3
-import trio
 
 from fsnap.mount.tree import MergedTree, Node
+from fsnap.mount.worker import run_blocking
 
 # The layers are immutable: let the kernel keep entries and attributes (practically) forever.
 CACHE_TIMEOUT = 86400.0
 # What stat tells readers to use as a buffer size: large reads mean fewer FUSE round trips.
 BLOCK_SIZE = 128 * 1024
+# Lazily opened files get handles from here up, above any file descriptor number.
+LAZY_HANDLES = 1 << 32
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 # ``fsnap mount --provenance``: "<layer index> <chain ID>" of the layer an entry comes from.
 PROVENANCE_XATTR = b"user.fsnap.layer"
+
+
+class _LazyFile:
+    """A read-only open whose descriptor waits for the first read. Files the kernel still
+    has in its page cache (``keep_cache``) are then never opened by the daemon at all."""
+
+    __slots__ = ("node", "fd")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.fd = -1
+
+
+def _open_source(path: str) -> int:
+    """Open a lower file for reading without touching its atime (not allowed on files the
+    daemon does not own unless it is root: then with the atime)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def _reply(buf: bytearray, got: int) -> bytes:
+    """The first ``got`` bytes of ``buf`` as a read reply. pyfuse3 replies from any
+    contiguous buffer, so a view spares copying up to ``max_read`` bytes (its stub says
+    ``bytes``, hence the cast)."""
+    return cast(bytes, buf if got == len(buf) else memoryview(buf)[:got])
+
+
+def _open_and_read(path: str, off: int, size: int) -> tuple[int, bytes]:
+    """In a worker thread: open, then read ``size`` bytes at ``off`` (short only at EOF)."""
+    fd = _open_source(path)
+    try:
+        buf = bytearray(size)
+        got = os.preadv(fd, [buf], off)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, _reply(buf, got)
+
+
+async def _read_fd(fd: int, off: int, size: int, file_size: int) -> bytes:
+    """Read from an open descriptor: on the loop if the page cache has it all, else the
+    rest (into the same buffer, no copies) in a worker thread."""
+    buf = bytearray(size)
+    try:
+        got = os.preadv(fd, [buf], off, os.RWF_NOWAIT)
+    except BlockingIOError:
+        got = 0
+    except OSError as exc:
+        raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+    if got < size and off + got < file_size:
+        rest = memoryview(buf)[got:]
+        try:
+            got += await run_blocking(lambda: os.preadv(fd, [rest], off + got))
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+    return _reply(buf, got)
 
 
 def _erofs() -> pyfuse3.FUSEError:
@@ -38,14 +99,20 @@ class MergedFS(pyfuse3.Operations):
     enable_acl = False
     # How long the kernel may trust an entry or attribute it got from us.
     cache_timeout = CACHE_TIMEOUT
+    # Open lower files at their first read (file handles are then not descriptors): a
+    # subclass that uses a handle as a descriptor (``rwfs``) turns this off.
+    lazy_open = True
 
     def __init__(self, tree: MergedTree, provenance: bool = False) -> None:
         super().__init__()
         self.tree = tree
         # Off by default: the default mount shows exactly the image's own xattrs.
         self.provenance = provenance
-        # open file handle -> the node it reads (its size tells EOF from a cache miss)
+        # open file descriptor -> the node it reads (its size tells EOF from a cache miss)
         self._open: dict[int, Node] = {}
+        # lazily opened file handle -> its node and (once read) descriptor
+        self._lazy: dict[int, _LazyFile] = {}
+        self._last_handle = LAZY_HANDLES
 
     # --- inode lookups -------------------------------------------------------------
 
@@ -159,39 +226,45 @@ class MergedFS(pyfuse3.Operations):
         node = self._node(inode)
         if node.source is None:
             raise pyfuse3.FUSEError(errno.EIO if stat.S_ISREG(node.mode) else errno.EINVAL)
-        try:
-            fd = os.open(node.source, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
-        except PermissionError:
-            fd = os.open(node.source, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        self._open[fd] = node
-        return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+        if not self.lazy_open:
+            fd = _open_source(node.source)
+            self._open[fd] = node
+            return pyfuse3.FileInfo(fh=fd, keep_cache=True)
+        self._last_handle += 1
+        self._lazy[self._last_handle] = _LazyFile(node)
+        return pyfuse3.FileInfo(fh=self._last_handle, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         """Serve from the page cache on the loop when the data is there (RWF_NOWAIT);
-        otherwise the read may wait for the disk, so it goes to a worker thread."""
-        buf = bytearray(size)
+        otherwise the read may wait for the disk, so it goes to a worker thread.
+
+        A lazily opened file is opened by its first read, in the worker thread: looking up
+        a cold path waits for the disk too, and that wait must not hold up the loop."""
+        lazy = self._lazy.get(fh)
+        if lazy is None:
+            node = self._open.get(fh)
+            return await _read_fd(fh, off, size, node.size if node is not None else 0)
+        if lazy.fd >= 0:
+            return await _read_fd(lazy.fd, off, size, lazy.node.size)
+        source = lazy.node.source
+        assert source is not None
         try:
-            got = os.preadv(fh, [buf], off, os.RWF_NOWAIT)
-        except BlockingIOError:
-            got = 0
+            fd, data = await run_blocking(lambda: _open_and_read(source, off, size))
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        node = self._open.get(fh)
-        if got == size:
-            return bytes(buf)
-        if off + got >= (node.size if node is not None else 0):
-            return bytes(memoryview(buf)[:got])  # one copy, not two
-        try:
-            rest = await trio.to_thread.run_sync(os.pread, fh, size - got, off + got)
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        return bytes(memoryview(buf)[:got]) + rest
+        if lazy.fd < 0 and fh in self._lazy:
+            lazy.fd = fd
+        else:
+            os.close(fd)  # a concurrent read of the same handle opened it first
+        return data
 
     async def release(self, fh: int) -> None:
-        self._open.pop(fh, None)
-        os.close(fh)
+        lazy = self._lazy.pop(fh, None)
+        if lazy is None:
+            self._open.pop(fh, None)
+            os.close(fh)
+        elif lazy.fd >= 0:
+            os.close(lazy.fd)
 
     # --- file system -------------------------------------------------------------------
 

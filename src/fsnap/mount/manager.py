@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 
 from fsnap import errors
 from fsnap.errors import AlreadyExists, Busy, FsnapError, InvalidArgument, NotFound, Unavailable
-from fsnap.mount import daemon, source
-from fsnap.mount.fs import MergedFS
+from fsnap.mount import source
 from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
     from fsnap.client import Client
+    from fsnap.mount.fs import MergedFS
 
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 5.0
@@ -347,7 +347,12 @@ def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
 
 
 def _serve_here(client: Client, spec: dict[str, Any], spec_source: dict[str, Any]) -> None:
-    """``--foreground``: serve from this process, reusing its store handle."""
+    """``--foreground``: serve from this process, reusing its store handle.
+
+    The daemon module (trio, pyfuse3) is imported here only: a spawning ``fsnap mount``
+    never needs it, and importing it would add about a tenth of a second to every mount."""
+    from fsnap.mount import daemon
+
     def build() -> MergedFS:
         return daemon.build_fs(spec, client)
 

@@ -85,6 +85,8 @@ class WritableFS(MergedFS):
     leave a whiteout (the name exists below) and whether a new directory must be opaque."""
 
     cache_timeout = 1.0
+    # File handles are descriptors here (writes, fsync and ftruncate use them directly).
+    lazy_open = False
 
     def __init__(self, tree: MergedTree, lower: MergedTree, upper: Upper,
                  overrides: Overrides) -> None:
