@@ -23,7 +23,6 @@ directory) but never change the root directory on disk, as containerd ignores th
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -125,6 +124,8 @@ class _Layer:
         self.index: dict[str, Entry] = {}
         self.tree = RootDir(root, on_implicit=self._implicit, on_replace=self._forget)
         self._dirs: dict[str, Entry] = {}  # directories whose metadata is set at the end
+        self._dir_modes: dict[str, int | None] = {}  # their mode as created (None: unknown)
+        self._creator = _creator_owner(self.tree.root_fd)
         self._opaque: set[str] = set()
         self._whited: set[str] = set()
         self._links_to: dict[str, list[str]] = {}
@@ -143,6 +144,7 @@ class _Layer:
         if old is None:
             return
         self._dirs.pop(path, None)
+        self._dir_modes.pop(path, None)
         if old.kind == "dir":
             prefix = path + "/"
             for key in [k for k in self.index if k.startswith(prefix)]:
@@ -252,11 +254,14 @@ class _Layer:
             yield chunk
 
     def _write_file(self, dir_fd: int, base: str, entry: Entry, data: Iterator[bytes]) -> None:
+        """Create, fill and stamp a file: created with its final mode where that is plain,
+        so that the usual file costs open, write, futimens and close (see ``metadata``)."""
         fd = -1
+        created = metadata.creation_mode(entry, self.privileged)
 
         def make() -> None:
             nonlocal fd
-            fd = os.open(base, _CREATE, 0o600, dir_fd=dir_fd)
+            fd = os.open(base, _CREATE, 0o600 if created is None else created, dir_fd=dir_fd)
 
         self._create(dir_fd, base, entry.path, make)
         try:
@@ -264,18 +269,28 @@ class _Layer:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
-            metadata.set_by_fd(fd, entry, self.privileged)
+            metadata.set_by_fd(
+                fd, entry, self.privileged, mode_on_disk=created, owner_on_disk=self._creator
+            )
         finally:
             os.close(fd)
 
     def _make_dir(self, dir_fd: int, base: str, entry: Entry) -> None:
+        """A directory, its metadata left for ``finish``. It is created with its final mode
+        where that is plain: as root, permissions never stop us filling it; unprivileged,
+        ``metadata`` keeps u+rwx on every directory."""
+        created = metadata.creation_mode(entry, self.privileged)
+        mode = 0o700 if created is None else created
         try:
-            os.mkdir(base, 0o700, dir_fd=dir_fd)
+            os.mkdir(base, mode, dir_fd=dir_fd)
         except FileExistsError:  # dir over dir merges; anything else goes
             self._make_room(dir_fd, base, entry.path, keep_dir=True)
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(base, 0o700, dir_fd=dir_fd)
+            try:
+                os.mkdir(base, mode, dir_fd=dir_fd)
+            except FileExistsError:
+                created = self._dir_modes.get(entry.path)  # merged: as the first made it
         self._dirs[entry.path] = entry
+        self._dir_modes[entry.path] = created
 
     def _make_node(self, dir_fd: int, base: str, entry: Entry) -> None:
         if entry.kind == "fifo":
@@ -391,7 +406,22 @@ class _Layer:
                 entry = self.index[path]
             entry.opaque = True
         for path in sorted(self._dirs, key=lambda p: p.count("/"), reverse=True):
-            metadata.set_by_fd(self.tree.dir_fd(path), self._dirs[path], self.privileged)
+            metadata.set_by_fd(
+                self.tree.dir_fd(path),
+                self._dirs[path],
+                self.privileged,
+                mode_on_disk=self._dir_modes.get(path),
+                owner_on_disk=self._creator,
+            )
+
+
+def _creator_owner(root_fd: int) -> tuple[int, int] | None:
+    """Who owns what we create under the root: ourselves, unless the root is setgid (then
+    new nodes take its group): None, as unknown. Directories we create stay without setgid
+    until ``finish``, after their contents, so the root's is the only one that counts."""
+    if stat.S_ISGID & os.fstat(root_fd).st_mode:
+        return None
+    return os.geteuid(), os.getegid()
 
 
 def fixup_implicit(

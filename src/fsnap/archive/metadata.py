@@ -26,6 +26,11 @@ opaque directories     index (``opaque``); disk:   same
 
 A failure to set an xattr is not an error: the index keeps it, and a debug line says so.
 Hardlinks get no metadata of their own: they share the inode their target already set up.
+
+Syscalls per file are what unpacking a layer of small files costs, so the applier saves
+those that change nothing: a file or directory whose mode is plain (no setuid, setgid or
+sticky bit, nothing the umask would clear) is created with that mode (``creation_mode``)
+and not chmod'ed again; the owner is not chown'ed when it is already the creating user's.
 """
 
 from __future__ import annotations
@@ -36,6 +41,32 @@ import os
 from fsnap.archive.entry import Entry
 
 log = logging.getLogger(__name__)
+
+
+def _read_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only swap it, and
+    other threads may create files meanwhile)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o777  # unknown: no mode counts as plain, every node is chmod'ed
+
+
+UMASK = _read_umask()
+
+
+def creation_mode(entry: Entry, privileged: bool) -> int | None:
+    """The mode to create ``entry``'s file or directory with so that it needs no chmod
+    afterwards, or None when only a chmod can set it (special bits, or bits the umask
+    clears: the caller creates it owner-only and lets ``set_by_fd`` chmod it)."""
+    mode = _disk_mode(entry, privileged)
+    if mode & 0o7000 or mode & UMASK:
+        return None
+    return mode
 
 
 def _disk_mode(entry: Entry, privileged: bool) -> int:
@@ -53,12 +84,24 @@ def _wanted_xattrs(entry: Entry, privileged: bool) -> dict[str, bytes]:
     return {k: v for k, v in entry.xattrs.items() if k.startswith("user.")}
 
 
-def set_by_fd(fd: int, entry: Entry, privileged: bool, *, mtime: bool = True) -> None:
+def set_by_fd(
+    fd: int,
+    entry: Entry,
+    privileged: bool,
+    *,
+    mtime: bool = True,
+    mode_on_disk: int | None = None,
+    owner_on_disk: tuple[int, int] | None = None,
+) -> None:
     """Metadata of a regular file or directory we hold open (owner before mode: chown
-    clears setuid bits; mtime last, after contents and xattrs)."""
-    if privileged:
+    clears setuid bits; mtime last, after contents and xattrs). ``mode_on_disk`` and
+    ``owner_on_disk``, when the caller knows them, spare a chmod or chown that would not
+    change anything."""
+    if privileged and owner_on_disk != (entry.uid, entry.gid):
         os.fchown(fd, entry.uid, entry.gid)
-    os.fchmod(fd, _disk_mode(entry, privileged))
+    mode = _disk_mode(entry, privileged)
+    if mode != mode_on_disk:
+        os.fchmod(fd, mode)
     for name, value in _wanted_xattrs(entry, privileged).items():
         try:
             os.setxattr(fd, name, value)
