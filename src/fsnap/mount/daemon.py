@@ -9,6 +9,7 @@ mounts, then writes one line to READY_FD: ``ok`` once the mount is live, or
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -116,12 +117,26 @@ def _forget_state(path: str | None) -> None:
         pass
 
 
+def build_read_only(spec: dict[str, Any], client: Client) -> MergedFS:
+    """Build the file system; a read-only one then lets go of what only the build needed.
+
+    Its tree never changes again, so the store handle (and the index pages it mapped) is
+    closed, and the tree's objects leave the garbage collector's generations
+    (``gc.freeze``): serving allocates constantly, and a full collection would otherwise
+    walk every node of a large tree again and again."""
+    fs = build_fs(spec, client)
+    if not spec.get("writable"):
+        client.close()
+        gc.freeze()
+    return fs
+
+
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[0])
     ready = pipe_reporter(int(argv[1]))
     print(f"fsnap mount daemon {os.getpid()}: {spec['mountpoint']}", flush=True)
     with Client(Path(spec["root"])) as client:
-        serve(spec, ready, lambda: build_fs(spec, client))
+        serve(spec, ready, lambda: build_read_only(spec, client))
         release_snapshot(spec, client)
     _forget_state(spec.get("state"))
     print(f"fsnap mount daemon {os.getpid()}: unmounted", flush=True)
