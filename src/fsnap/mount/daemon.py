@@ -61,7 +61,7 @@ def serve(spec: dict[str, Any], ready: Ready, build: Callable[[], MergedFS]) -> 
         ready(exc)
         return
     try:
-        trio.run(_run, ready)
+        trio.run(_run, ready, fs)
     finally:
         pyfuse3.close(unmount=True)
 
@@ -78,9 +78,10 @@ def release_snapshot(spec: dict[str, Any], client: Client) -> None:
         pass
 
 
-async def _run(ready: Ready) -> None:
+async def _run(ready: Ready, fs: MergedFS) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
+        nursery.start_soon(fs.background)
         ready(None)
         await pyfuse3.main(min_tasks=2, max_tasks=16)
         nursery.cancel_scope.cancel()

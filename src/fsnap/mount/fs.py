@@ -7,6 +7,7 @@ cache for long: the layers under a mount never change.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -15,6 +16,7 @@ from typing import cast
 
 import pyfuse3
 
+from fsnap.mount.prefetch import Prefetcher
 from fsnap.mount.tree import MergedTree, Node
 from fsnap.mount.worker import run_blocking
 
@@ -113,6 +115,13 @@ class MergedFS(pyfuse3.Operations):
         # lazily opened file handle -> its node and (once read) descriptor
         self._lazy: dict[int, _LazyFile] = {}
         self._last_handle = LAZY_HANDLES
+        self.prefetcher = Prefetcher()
+
+    async def background(self) -> None:
+        """What runs beside the request handlers for the mount's life (the serving nursery
+        starts it and cancels it at unmount): warming files a reader is about to open."""
+        if self.lazy_open:
+            await self.prefetcher.run()
 
     # --- inode lookups -------------------------------------------------------------
 
@@ -232,6 +241,7 @@ class MergedFS(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fd, keep_cache=True)
         self._last_handle += 1
         self._lazy[self._last_handle] = _LazyFile(node)
+        self.prefetcher.opened(node)
         return pyfuse3.FileInfo(fh=self._last_handle, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -244,10 +254,13 @@ class MergedFS(pyfuse3.Operations):
         if lazy is None:
             node = self._open.get(fh)
             return await _read_fd(fh, off, size, node.size if node is not None else 0)
-        if lazy.fd >= 0:
-            return await _read_fd(lazy.fd, off, size, lazy.node.size)
         source = lazy.node.source
         assert source is not None
+        if lazy.fd < 0 and self.prefetcher.is_warm(lazy.node):
+            with contextlib.suppress(OSError):  # then the worker thread tries (and says why)
+                lazy.fd = _open_source(source)
+        if lazy.fd >= 0:
+            return await _read_fd(lazy.fd, off, size, lazy.node.size)
         try:
             fd, data = await run_blocking(lambda: _open_and_read(source, off, size))
         except OSError as exc:
