@@ -132,8 +132,7 @@ def test_prefetcher_warms_the_next_regular_files_only(tmp_path: Path) -> None:
     async def scenario() -> None:
         prefetcher = Prefetcher()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(prefetcher.run)
-            await trio.sleep(0)  # let it open its queue
+            await nursery.start(prefetcher.run)
             prefetcher.opened(node("d/a-empty"))
             wanted = [node(f"d/f{i:02d}") for i in range(AHEAD - 1)]
             for _ in range(1000):

@@ -39,6 +39,8 @@ class Prefetcher:
         self._asked: set[int] = set()
         self._warm: set[int] = set()
         self._send: trio.MemorySendChannel[list[Node]] | None = None
+        # directory inode -> index after the name last opened in it
+        self._next: dict[int, int] = {}
 
     def is_warm(self, node: Node) -> bool:
         """Was ``node``'s lower file opened recently (its lookup will not wait)?"""
@@ -51,9 +53,8 @@ class Prefetcher:
             return
         names, children = parent.names, parent.children
         assert children is not None
-        try:
-            start = names.index(node.name) + 1
-        except ValueError:
+        start = self._position(parent.ino, names, node.name)
+        if start < 0:
             return
         batch = []
         for name in names[start : start + AHEAD]:
@@ -69,10 +70,27 @@ class Prefetcher:
             except trio.WouldBlock:
                 self._asked.difference_update(child.ino for child in batch)
 
-    async def run(self) -> None:
-        """Warm queued batches until cancelled (the mount's serving nursery owns this)."""
+    def _position(self, directory: int, names: list[bytes | None], name: bytes) -> int:
+        """The index after ``name`` in ``names``, or -1. A reader going through a directory
+        opens its files in order, so the next one is usually right after the last found:
+        checking there first keeps a large directory from costing a search per open."""
+        hint = self._next.get(directory, 0)
+        if hint < len(names) and names[hint] == name:
+            found = hint
+        else:
+            try:
+                found = names.index(name)
+            except ValueError:
+                return -1
+        self._next[directory] = found + 1
+        return found + 1
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Warm queued batches until cancelled (the mount's serving nursery owns this).
+        Started with ``nursery.start``, it returns once ``opened`` queues work."""
         send, receive = trio.open_memory_channel[list[Node]](QUEUE)
         self._send = send
+        task_status.started()
         async with receive:
             async for batch in receive:
                 paths = [child.source for child in batch if child.source is not None]
