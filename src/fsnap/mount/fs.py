@@ -81,9 +81,9 @@ async def _read_fd(fd: int, off: int, size: int, file_size: int) -> bytes:
     except OSError as exc:
         raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
     if got < size and off + got < file_size:
-        rest = memoryview(buf)[got:]
+        rest, rest_off = memoryview(buf)[got:], off + got
         try:
-            got += await run_blocking(lambda: os.preadv(fd, [rest], off + got))
+            got += await run_blocking(lambda: os.preadv(fd, [rest], rest_off))
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
     return _reply(buf, got)
