@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 from fsnap.cli import COMMANDS, TOPICS, build_parser, topics_for
+from fsnap.errors import FailedPrecondition
 
 
 def _commands(parser: argparse.ArgumentParser) -> set[str]:
@@ -47,4 +49,17 @@ def test_unknown_command_is_a_usage_error_without_traceback() -> None:
     )
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unreadable_metadata_is_one_line_and_a_failure(tmp_path: Path) -> None:
+    (tmp_path / "meta").mkdir()
+    (tmp_path / "meta" / "data.mdb").write_bytes(b"not an LMDB file" * 512)
+    out = subprocess.run(
+        [sys.executable, "-m", "fsnap.cli", "--root", str(tmp_path), "snapshots", "ls"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == FailedPrecondition.exit_code
+    assert out.stderr.startswith("fsnap: error: cannot open fsnap metadata:")
     assert "Traceback" not in out.stderr

@@ -16,6 +16,8 @@ from typing import Any
 
 import lmdb
 
+from fsnap.errors import FailedPrecondition
+
 # Sparse: LMDB only uses what it writes. 64 GiB leaves room for 100k-file indexes.
 MAP_SIZE = 1 << 36
 MAX_DBS = 32
@@ -27,14 +29,19 @@ class Database:
     def __init__(self, root: Path) -> None:
         self.path = root / "meta"
         self.path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(
-            str(self.path),
-            map_size=MAP_SIZE,
-            max_dbs=MAX_DBS,
-            subdir=True,
-            lock=True,
-            max_readers=512,
-        )
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=MAP_SIZE,
+                max_dbs=MAX_DBS,
+                subdir=True,
+                lock=True,
+                max_readers=512,
+            )
+        except lmdb.Error as exc:
+            # e.g. another user's root (lock.mdb needs write access even to read): a typed
+            # error, so the CLI prints one line instead of lmdb's traceback.
+            raise FailedPrecondition(f"cannot open fsnap metadata: {exc}") from None
         self._dbs: dict[str, Any] = {}
         self.pid = os.getpid()
 
