@@ -162,9 +162,15 @@ def test_two_processes_pull_the_same_image(
     )
     registry.push_image("faults/twice", "v1", image)
     ref, root = f"{fault_server.host}/faults/twice:v1", tmp_path / "root"
-    first, second = fsnap(root, "pull", ref), fsnap(root, "pull", ref)
-    for process in (first, second):
-        code, stderr = finish(process)
+    processes = [fsnap(root, "pull", ref), fsnap(root, "pull", ref)]
+    try:
+        outcomes = [finish(process) for process in processes]
+    finally:  # a hung first pull must not leave the second one running
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    for code, stderr in outcomes:
         assert code == 0, stderr
     with Client(root) as client:
         digests = [info.digest for info in client.content.walk()]
