@@ -5,12 +5,16 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from mount_helpers import E, errno_of, hardlink_groups, listing, mounted, row, write_layer
 
+from fsnap.client import Client
+from fsnap.mount import manager
 from fsnap.mount.manager import MountInfo
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw, v2
@@ -246,3 +250,40 @@ def test_readdir_offsets_survive_seekdir_telldir(tmp_path: Path) -> None:
                 assert libc.readdir(handle).contents.d_name == name
         finally:
             libc.closedir(handle)
+
+
+FOREGROUND = """
+import sys
+from pathlib import Path
+from fsnap.client import Client
+from fsnap.mount import manager
+with Client(Path(sys.argv[1])) as client:
+    manager.mount_layers(client, [Path(sys.argv[2])], sys.argv[3],
+                         manager.MountOptions(foreground=True))
+"""
+
+
+def test_foreground_mount_unmounted_from_outside_drops_its_record(tmp_path: Path) -> None:
+    """A ``--foreground`` mount ended by ``fusermount3 -u`` (or Ctrl-C) leaves no record
+    behind: the mount point can be mounted again without ``fsnap umount``."""
+    layer = write_layer(tmp_path / "l0", [E("a", data=b"x")])
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    mnt.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", FOREGROUND, str(root), str(layer), str(mnt)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        assert b"serving" in proc.stdout.readline()
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+        with Client(root) as client:
+            assert manager.list_mounts(client) == []
+            with mounted(root, [layer], mnt):
+                assert (mnt / "a").read_bytes() == b"x"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if str(mnt) in manager.mounted_points():
+            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)

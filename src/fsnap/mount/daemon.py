@@ -107,8 +107,9 @@ def pipe_reporter(fd: int) -> Ready:
     return report
 
 
-def _forget_state(path: str | None) -> None:
-    """Unmounted from outside (``fusermount3 -u``): drop the record if it is still ours."""
+def forget_state(path: str | None) -> None:
+    """Unmounted from outside (``fusermount3 -u``, or a signal to a ``--foreground`` mount):
+    drop the record if it is still ours (``fsnap umount`` has dropped it already)."""
     if not path:
         return
     try:
@@ -139,7 +140,7 @@ def main(argv: list[str]) -> int:
     with Client(Path(spec["root"])) as client:
         serve(spec, ready, lambda: build_read_only(spec, client))
         release_snapshot(spec, client)
-    _forget_state(spec.get("state"))
+    forget_state(spec.get("state"))
     print(f"fsnap mount daemon {os.getpid()}: unmounted", flush=True)
     return 0
 

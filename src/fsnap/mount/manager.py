@@ -366,6 +366,7 @@ def _serve_here(client: Client, spec: dict[str, Any], spec_source: dict[str, Any
 
     daemon.serve(spec, ready, build)
     daemon.release_snapshot(spec, client)
+    daemon.forget_state(spec.get("state"))
     if failure:
         raise failure[0]
 
