@@ -22,9 +22,8 @@ import httpx
 
 from fsnap.errors import InvalidArgument, RegistryError, Unauthorized
 
-# Docker Hub keeps its credentials under its legacy index address.
+# Hosts that all mean Docker Hub in a docker config (its legacy index address among them).
 DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
-DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
 
 _PARAM = re.compile(r'([A-Za-z_][\w-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)')
 
