@@ -95,7 +95,7 @@ def plan_removals(client: Client) -> list[Removal]:
         snapshot_lookup=snapshots.stat,
     )
     ingests = content.list_ingests()
-    orphans = sweep.orphan_ingest_dirs(content)
+    orphans = sweep.orphan_ingest_dirs(content, ingests)
     all_leases = leases.list_leases(client.db)
     since = leases.protected_since(all_leases)
     sources = mark.RootSources(
@@ -114,12 +114,12 @@ def plan_removals(client: Client) -> list[Removal]:
         Removal(INGEST, status.ref, status.offset, status.expected)
         for status in ingests
         if not _leased(max(status.started, status.updated), since)
-        and sweep.is_idle(content, sweep.lock_name(status.ref))
+        and sweep.is_idle(content.lock_path(status.ref))
     ]
     plan += [
         Removal(INGEST, sweep.ORPHAN_PREFIX + path.name, sweep.dir_size(path))
         for path in orphans
-        if not _leased(_mtime(path), since) and sweep.is_idle(content, path.name + ".lock")
+        if not _leased(_mtime(path), since) and sweep.is_idle(sweep.dir_lock(path))
     ]
     plan += [
         Removal(LEASE, lease.id, 0, f"pid {lease.pid}: {lease.reason}")

@@ -8,13 +8,13 @@ picked up) is left alone: gc is conservative, the next run will see it again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fsnap.content.store import INGEST_TABLE, ContentStore
+from fsnap.content.writer import IngestStatus
 from fsnap.errors import FailedPrecondition, NotFound
 from fsnap.locking import exclusive_if_free
 from fsnap.snapshots.snapshotter import Snapshotter
@@ -52,25 +52,32 @@ def snapshot_size(snapshots: Snapshotter, name: str) -> int:
 
 
 @contextlib.contextmanager
-def idle_ingest(content: ContentStore, lock_name: str) -> Iterator[bool]:
-    """Hold the ingest's writer lock if no writer holds it (yields False if one does).
+def idle_ingest(lock: Path) -> Iterator[bool]:
+    """Hold an ingest's writer lock if no writer holds it (yields False if one does).
 
     The writer's lock protocol (``content.writer``): a live writer keeps an exclusive flock
-    on ``<hash>.lock`` from open to commit/close, so a lock we can take means nobody is
+    on its lock file from open to commit/close, so a lock we can take means nobody is
     writing, and holding it keeps a writer from starting while we remove its data.
     """
-    with exclusive_if_free(content.ingest_root / lock_name) as free:
+    with exclusive_if_free(lock) as free:
         yield free
 
 
-def ingest_hash(ref: str) -> str:
-    """The name of ``ref``'s directory and lock file (refs are free text)."""
-    return hashlib.sha256(ref.encode()).hexdigest()
+def is_idle(lock: Path) -> bool:
+    """Is the ingest lock ``lock`` free (no writer holds it) right now?"""
+    with idle_ingest(lock) as idle:
+        return idle
+
+
+def dir_lock(ingest_dir: Path) -> Path:
+    """The lock file of an ingest directory, for one whose ref is unknown (an orphan): the
+    content store puts it next to the directory (``ContentStore.lock_path``)."""
+    return ingest_dir.with_name(ingest_dir.name + ".lock")
 
 
 def remove_ingest(content: ContentStore, ref: str) -> bool:
     """Drop an ingest's record and partial data unless a writer holds it right now."""
-    with idle_ingest(content, lock_name(ref)) as idle:
+    with idle_ingest(content.lock_path(ref)) as idle:
         if not idle:
             return False
         content.db.delete(INGEST_TABLE, ref)
@@ -78,20 +85,10 @@ def remove_ingest(content: ContentStore, ref: str) -> bool:
         return True
 
 
-def is_idle(content: ContentStore, lock_name: str) -> bool:
-    """Is the ingest lock ``lock_name`` free (no writer holds it) right now?"""
-    with idle_ingest(content, lock_name) as idle:
-        return idle
-
-
-def lock_name(ref: str) -> str:
-    return ingest_hash(ref) + ".lock"
-
-
-def orphan_ingest_dirs(content: ContentStore) -> list[Path]:
-    """Ingest directories without a record (a writer crashed before its first status, or
-    while forgetting): nothing can resume them."""
-    known = {ingest_hash(status.ref) for status in content.list_ingests()}
+def orphan_ingest_dirs(content: ContentStore, ingests: Iterable[IngestStatus]) -> list[Path]:
+    """Ingest directories without a record among ``ingests`` (a writer crashed before its
+    first status, or while forgetting): nothing can resume them."""
+    known = _dir_names(content, ingests)
     return sorted(
         path for path in content.ingest_root.iterdir() if path.is_dir() and path.name not in known
     )
@@ -99,14 +96,18 @@ def orphan_ingest_dirs(content: ContentStore) -> list[Path]:
 
 def remove_orphan_dir(content: ContentStore, path: Path) -> bool:
     """Remove an orphan ingest directory unless a writer took it up meanwhile."""
-    with idle_ingest(content, path.name + ".lock") as idle:
+    with idle_ingest(dir_lock(path)) as idle:
         if not idle:
             return False
         # A writer may have opened, written its record and closed since we listed.
-        if path.name in {ingest_hash(s.ref) for s in content.list_ingests()}:
+        if path.name in _dir_names(content, content.list_ingests()):
             return False
         shutil.rmtree(path, ignore_errors=True)
         return True
+
+
+def _dir_names(content: ContentStore, ingests: Iterable[IngestStatus]) -> set[str]:
+    return {content.ingest_dir(status.ref).name for status in ingests}
 
 
 def dir_size(path: Path) -> int:
