@@ -82,13 +82,7 @@ def mount_image(client: Client, ref: str, mountpoint: str | os.PathLike[str],
     """Mount image ``ref``'s root filesystem read-only at ``mountpoint``."""
     options = options or MountOptions()
     mnt = check_mountpoint(client, mountpoint)
-    try:
-        key = source.image_snapshot(client, ref)
-    except NotFound:
-        if not options.pull:
-            raise
-        _pull(client, ref)
-        key = source.image_snapshot(client, ref)
+    key = _image_top(client, ref, options)
     info = MountInfo(mnt, ref, "image", source.snapshot_chain(client, key))
     return _start(client, info, {"snapshot": key}, options)
 
@@ -100,13 +94,7 @@ def mount_image_writable(client: Client, ref: str, mountpoint: str | os.PathLike
     ``ref``'s top snapshot and mount it writable; a failed mount removes it again."""
     options = options or MountOptions()
     check_mountpoint(client, mountpoint)
-    try:
-        top = source.image_snapshot(client, ref)
-    except NotFound:
-        if not options.pull:
-            raise
-        _pull(client, ref)
-        top = source.image_snapshot(client, ref)
+    top = _image_top(client, ref, options)
     key = key or f"{_image_name(ref)}-rw-{secrets.token_hex(4)}"
     client.snapshots.prepare(key, top, labels={"fsnap.io/image": ref})
     try:
@@ -131,6 +119,18 @@ def mount_active(client: Client, key: str, mountpoint: str | os.PathLike[str],
         with contextlib.suppress(FsnapError):
             client.snapshots.set_mounted(key, None)
         raise
+
+
+def _image_top(client: Client, ref: str, options: MountOptions) -> str:
+    """The top snapshot of image ``ref``, pulling the image first if it is missing and
+    ``options.pull`` asks for that."""
+    try:
+        return source.image_snapshot(client, ref)
+    except NotFound:
+        if not options.pull:
+            raise
+    _pull(client, ref)
+    return source.image_snapshot(client, ref)
 
 
 def _image_name(ref: str) -> str:
