@@ -37,14 +37,14 @@ import trio
 from fsnap.archive.apply import ApplyResult
 from fsnap.content.store import ContentStore
 from fsnap.digest import chain_ids
-from fsnap.errors import FsnapError, InvalidArgument, NotFound
+from fsnap.errors import FsnapError, InvalidArgument
 from fsnap.images.manifest import ImageConfig, Manifest
 from fsnap.oci import Descriptor, Platform
 from fsnap.progress import PullProgress
 from fsnap.pull import LayerSink, first_fsnap_error
 from fsnap.snapshots.disk import remove_tree
 from fsnap.snapshots.snapshotter import Snapshotter
-from fsnap.unpack.layer import apply_blob, apply_stored, commit_staged
+from fsnap.unpack.layer import apply_blob, apply_stored, commit_staged, snapshot_exists
 from fsnap.unpack.pipe import BytePipe
 from fsnap.unpack.staging import Session, clean_stale, open_session
 
@@ -292,11 +292,7 @@ class Unpacker:
         self.progress.layer_unpacked(desc, chain_id)
 
     async def _committed(self, chain_id: str) -> bool:
-        try:
-            await trio.to_thread.run_sync(self.snapshotter.stat, chain_id)
-        except NotFound:
-            return False
-        return True
+        return await trio.to_thread.run_sync(snapshot_exists, self.snapshotter, chain_id)
 
     def _ready_event(self, digest: str) -> trio.Event:
         return self._event(self._blob_ready, digest)

@@ -83,7 +83,7 @@ def commit_staged(
     Returns False when that snapshot exists already (another pull got there first: ours is
     discarded). On any failure the temporary snapshot is removed: a half-done layer never
     becomes a committed snapshot. ``staged`` is moved away on success, left otherwise."""
-    if _exists(snapshotter, chain_id):
+    if snapshot_exists(snapshotter, chain_id):
         return False
     key = session.temp_key(chain_id)
     snapshotter.prepare(key, parent)
@@ -102,7 +102,8 @@ def commit_staged(
     return True
 
 
-def _exists(snapshotter: Snapshotter, key: str) -> bool:
+def snapshot_exists(snapshotter: Snapshotter, key: str) -> bool:
+    """Whether ``key`` names a snapshot (the unpacker's "nothing to redo" test)."""
     try:
         snapshotter.stat(key)
     except NotFound:
