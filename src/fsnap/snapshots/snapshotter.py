@@ -281,11 +281,7 @@ class Snapshotter:
         with self.db.begin(write=True) as txn:
             record = self._get(txn, key)
             _require_active(key, record)
-            self.tables.delete_index(txn, record.id)
-            txn.delete(str(record.id).encode(), db=self._overrides)
-            prefix = index_prefix(record.id)
-            cursor = txn.cursor(db=self.tables.files)
-            cursor.putmulti((prefix + entry.key(), entry.to_bytes()) for entry in entries)
+            self._replace_index(txn, record.id, entries)
 
     def read_index(self, key: str) -> list[Entry]:
         """``key``'s layer index ordered by path bytes (the root ``""`` first)."""
@@ -389,7 +385,11 @@ class Snapshotter:
         overrides = {entry.path: entry for entry in self.read_index(key)}
         return scan_snapshot(self.dir(key), overrides)
 
-    def _replace_index(self, txn: lmdb.Transaction, snapshot_id: int, entries: list[Entry]) -> None:
+    def _replace_index(
+        self, txn: lmdb.Transaction, snapshot_id: int, entries: Iterable[Entry]
+    ) -> None:
+        """The index of ``snapshot_id`` becomes ``entries`` (a full layer index again, not
+        overrides)."""
         self.tables.delete_index(txn, snapshot_id)
         txn.delete(str(snapshot_id).encode(), db=self._overrides)
         prefix = index_prefix(snapshot_id)
