@@ -168,10 +168,9 @@ class _Layer:
         self._links_to[owner] = rest
 
     def _put(self, entry: Entry) -> None:
-        self.index.pop(entry.path, None)  # re-insert: the last member for a path wins
         if entry.kind == "dir" and entry.path in self._whited:
             entry.opaque = True  # the lower layers' path is deleted: nothing shows through
-        self.index[entry.path] = entry
+        self.index[entry.path] = entry  # the last member for a path wins
 
     # -- members -----------------------------------------------------------------------
 

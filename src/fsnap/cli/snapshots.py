@@ -14,11 +14,12 @@ from typing import Any
 
 from fsnap.client import Client
 from fsnap.errors import InvalidArgument
+from fsnap.progress import human_size
 from fsnap.snapshots import Info, Kind, Mounts, Snapshotter
 
 
 def register(subparsers: Any) -> None:
-    """Add ``snapshots`` and its sub-commands (plus ``mount``, once cli.mount offers it)."""
+    """Add ``snapshots`` and its sub-commands (``snapshots mount`` comes from cli.mount)."""
     parser = subparsers.add_parser("snapshots", help="list, inspect and manage snapshots")
     commands = parser.add_subparsers(dest="snapshots_command", required=True, metavar="COMMAND")
 
@@ -71,8 +72,7 @@ def register(subparsers: Any) -> None:
 
     from fsnap.cli import mount as mount_cli
 
-    if hasattr(mount_cli, "register_snapshots_mount"):
-        mount_cli.register_snapshots_mount(commands)
+    mount_cli.register_snapshots_mount(commands)
 
 
 def _add_labels(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +157,7 @@ def show_usage(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({key: u.to_json() for key, u in usages}, indent=2))
         return 0
-    rows = [[key, _human(u.size), str(u.inodes)] for key, u in usages]
+    rows = [[key, human_size(u.size), str(u.inodes)] for key, u in usages]
     _print_table(["KEY", "SIZE", "INODES"], rows)
     return 0
 
@@ -200,11 +200,3 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
