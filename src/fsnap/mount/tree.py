@@ -161,12 +161,7 @@ class MergedTree:
 
     def lookup(self, path: str) -> Node | None:
         """The node at ``path`` ('/'-separated, no leading slash; ``""`` is the root)."""
-        node: Node | None = self.root
-        for part in os.fsencode(path).split(b"/") if path else ():
-            if node is None or node.children is None:
-                return None
-            node = node.children.get(part)
-        return node
+        return _find(self.root, path)
 
     def walk(self) -> Iterator[tuple[bytes, Node]]:
         """Every (path, node) pair below the root, parents first (paths without leading /)."""
@@ -194,7 +189,7 @@ class _Builder:
     def lookup(self, path: str) -> Node | None:
         """The node at ``path`` in the tree built so far: ``fsnap.inspect`` compares each
         layer with the layers beneath it this way, folding the chain only once."""
-        return self._lookup(path)
+        return _find(self.root, path)
 
     def apply(self, layer: Layer) -> None:
         """Apply one layer: its whiteouts and opaque markers hit only the layers beneath,
@@ -221,16 +216,6 @@ class _Builder:
                 self._add(entry, base)
         for entry in links:
             self._link(entry)
-
-    def _lookup(self, path: str) -> Node | None:
-        node: Node | None = self.root
-        if not path:
-            return node
-        for part in os.fsencode(path).split(b"/"):
-            if node is None or node.children is None:
-                return None
-            node = node.children.get(part)
-        return node
 
     def _dir(self, path: str) -> Node:
         """The directory at ``path``, created (or made to replace a non-directory) if needed.
@@ -262,7 +247,7 @@ class _Builder:
 
     def _remove(self, path: str) -> None:
         parent_path, _, name = path.rpartition("/")
-        parent = self._lookup(parent_path)
+        parent = self.lookup(parent_path)
         if parent is None or parent.children is None:
             return
         old = parent.children.pop(os.fsencode(name), None)
@@ -270,7 +255,7 @@ class _Builder:
             _detach(old)
 
     def _make_opaque(self, path: str) -> None:
-        node = self._lookup(path)
+        node = self.lookup(path)
         if node is not None and node.children is not None:
             for child in node.children.values():
                 _detach(child)
@@ -301,7 +286,7 @@ class _Builder:
         self._attach(parent, key, node)
 
     def _link(self, entry: Entry) -> None:
-        target = self._lookup(entry.link)
+        target = self.lookup(entry.link)
         if target is None or target.is_dir:
             return  # a link to nothing the applier accepted: nothing to show
         parent_path, _, name = entry.path.rpartition("/")
@@ -338,6 +323,17 @@ class _Builder:
 
 # The builder, for callers that need the tree between layers (``fsnap.inspect``).
 TreeBuilder = _Builder
+
+
+def _find(root: Node, path: str) -> Node | None:
+    """The node at ``path`` below ``root`` (the one path walk of built and unfinished
+    trees alike)."""
+    node: Node | None = root
+    for part in os.fsencode(path).split(b"/") if path else ():
+        if node is None or node.children is None:
+            return None
+        node = node.children.get(part)
+    return node
 
 
 def _detach(node: Node) -> None:
