@@ -27,7 +27,7 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyfuse3
@@ -99,14 +99,11 @@ class WritableFS(MergedFS):
         self._links: dict[int, list[tuple[Node, bytes]]] = {}
         # directory ino -> name -> its slot in ``names`` (built on a directory's first removal)
         self._slots: dict[int, dict[bytes, int]] = {}
-        for _, node in tree.walk():
-            if not node.is_dir and node.nlink > 1:
-                self._links.setdefault(node.ino, [])
         for parent in tree.nodes:
             if parent is not None and parent.children is not None:
                 for name, child in parent.children.items():
-                    if child.ino in self._links:
-                        self._links[child.ino].append((parent, name))
+                    if not child.is_dir and child.nlink > 1:
+                        self._links.setdefault(child.ino, []).append((parent, name))
 
     # --- the tree ---------------------------------------------------------------------------
 
@@ -579,7 +576,7 @@ class WritableFS(MergedFS):
         worker thread; size and mtime then come from the file."""
         try:
             written = os.pwritev(fh, [buf], off, os.RWF_NOWAIT)
-        except (BlockingIOError, OSError):
+        except OSError:  # BlockingIOError included: the worker thread retries (and fails)
             written = 0
         if written < len(buf):
             view = memoryview(buf)[written:]
@@ -640,9 +637,6 @@ class WritableFS(MergedFS):
             setattr(data, name, getattr(st, name))
         data.f_namemax = NAME_MAX
         return data
-
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        """Nodes live as long as the mount (see the module docstring)."""
 
 
 
