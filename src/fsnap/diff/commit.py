@@ -19,16 +19,16 @@ import contextlib
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import Any
 
-from fsnap.archive.apply import apply_layer, fixup_implicit
-from fsnap.archive.compression import Compression, open_uncompressed
+from fsnap.archive.apply import fixup_implicit
+from fsnap.archive.compression import Compression
 from fsnap.content.store import ContentStore
 from fsnap.content.writer import Writer
 from fsnap.diff.scan import scan_snapshot
 from fsnap.diff.tar import LayerBlob, write_layer
 from fsnap.digest import chain_id, sha256_of
-from fsnap.errors import AlreadyExists, DigestMismatch, FailedPrecondition, FsnapError, NotFound
+from fsnap.errors import AlreadyExists, FailedPrecondition, FsnapError, NotFound
 from fsnap.images import compose
 from fsnap.images.manifest import (
     Manifest,
@@ -43,7 +43,7 @@ from fsnap.oci import Descriptor, Platform
 from fsnap.reference import Reference
 from fsnap.snapshots.info import Kind
 from fsnap.snapshots.snapshotter import Snapshotter
-from fsnap.unpack.layer import lower_lookup
+from fsnap.unpack.layer import apply_stored, lower_lookup, snapshot_exists
 
 UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
 SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
@@ -191,18 +191,14 @@ def _unpack(
     content: ContentStore, snapshots: Snapshotter, layer: LayerBlob, parent: str, top: str
 ) -> None:
     """Apply the new blob as committed snapshot ``top`` on ``parent`` (skip if it exists)."""
-    with contextlib.suppress(NotFound):
-        snapshots.stat(top)
+    if snapshot_exists(snapshots, top):
         return
     key = f"commit-{secrets.token_hex(8)} {top}"
     snapshots.prepare(key, parent)
     try:
         home = snapshots.dir(key)
-        with content.open(layer.descriptor.digest) as raw:
-            tar = open_uncompressed(cast(BinaryIO, raw), layer.descriptor.media_type)
-            result = apply_layer(tar, home)
-        if result.diff_id != layer.diff_id:
-            raise DigestMismatch(f"layer {layer.descriptor.digest} re-read as {result.diff_id}")
+        desc = layer.descriptor
+        result = apply_stored(content.path(desc.digest), desc, home, layer.diff_id)
         fixup_implicit(home, result.entries, lower_lookup(snapshots, parent))
         snapshots.write_index(key, result.entries)
         snapshots.commit(top, key)
