@@ -15,7 +15,7 @@ import signal
 import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,16 +76,24 @@ def write_layer(layer_dir: Path, items: list[E]) -> Path:
 
 
 @contextlib.contextmanager
-def mounted(root: Path, layers: list[Path], mnt: Path) -> Iterator[manager.MountInfo]:
-    """Mount bare layers at ``mnt``; unmount and stop the daemon whatever happens."""
+def mounted_with(root: Path, mnt: Path,
+                 mount: Callable[[Client], manager.MountInfo]) -> Iterator[manager.MountInfo]:
+    """Create ``mnt``, mount there with ``mount(client)``; unmount and stop the daemon
+    whatever happens (the one fixture body every ``mounted*`` helper shares)."""
     mnt.mkdir(exist_ok=True)
     info: manager.MountInfo | None = None
     try:
         with Client(root) as client:
-            info = manager.mount_layers(client, layers, mnt)
+            info = mount(client)
         yield info
     finally:
         cleanup(root, mnt, info.pid if info else 0)
+
+
+def mounted(root: Path, layers: list[Path],
+            mnt: Path) -> contextlib.AbstractContextManager[manager.MountInfo]:
+    """Mount bare layers at ``mnt``; unmount and stop the daemon whatever happens."""
+    return mounted_with(root, mnt, lambda client: manager.mount_layers(client, layers, mnt))
 
 
 def cleanup(root: Path, mnt: Path, pid: int) -> None:
@@ -225,14 +233,7 @@ def commit_chain(client: Client, tars: list[bytes]) -> list[str]:
     return names
 
 
-@contextlib.contextmanager
-def mounted_snapshot(root: Path, key: str, mnt: Path) -> Iterator[manager.MountInfo]:
+def mounted_snapshot(root: Path, key: str,
+                     mnt: Path) -> contextlib.AbstractContextManager[manager.MountInfo]:
     """Mount snapshot ``key`` at ``mnt``; unmount and stop the daemon whatever happens."""
-    mnt.mkdir(exist_ok=True)
-    info: manager.MountInfo | None = None
-    try:
-        with Client(root) as client:
-            info = manager.mount_snapshot(client, key, mnt)
-        yield info
-    finally:
-        cleanup(root, mnt, info.pid if info else 0)
+    return mounted_with(root, mnt, lambda client: manager.mount_snapshot(client, key, mnt))

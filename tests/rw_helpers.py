@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from mount_helpers import cleanup, commit_chain
+from mount_helpers import commit_chain, mounted_with
 from tar_helpers import TarBuilder
 
 from fsnap.client import Client
@@ -78,18 +78,12 @@ def shared_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def mounted_rw(root: Path, key: str, mnt: Path,
-               options: manager.MountOptions | None = None) -> Iterator[manager.MountInfo]:
+def mounted_rw(root: Path, key: str, mnt: Path, options: manager.MountOptions | None = None,
+               ) -> contextlib.AbstractContextManager[manager.MountInfo]:
     """Mount active snapshot ``key`` writable at ``mnt``; unmount whatever happens."""
-    mnt.mkdir(exist_ok=True)
-    info: manager.MountInfo | None = None
-    try:
-        with Client(root) as client:
-            info = manager.mount_snapshot(client, key, mnt, options)
-        yield info
-    finally:
-        cleanup(root, mnt, info.pid if info else 0)
+    return mounted_with(
+        root, mnt, lambda client: manager.mount_snapshot(client, key, mnt, options)
+    )
 
 
 def run_ops(mnt: Path, as_nobody: bool) -> subprocess.CompletedProcess[str]:
