@@ -5,16 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fsnap.archive.entry import Entry
-from fsnap.mount.tree import Layer, MergedTree, Node
-
-
-def lookup(tree: MergedTree, path: str) -> Node | None:
-    node: Node | None = tree.root
-    for part in path.encode().split(b"/"):
-        if node is None or node.children is None:
-            return None
-        node = node.children.get(part)
-    return node
+from fsnap.mount.tree import Layer, MergedTree
 
 
 def test_128_layers_100k_entries(tmp_path: Path) -> None:
@@ -27,10 +18,10 @@ def test_128_layers_100k_entries(tmp_path: Path) -> None:
         layers.append(Layer(tmp_path / f"l{n}", entries))
     tree = MergedTree.build(layers)
     assert sum(len(layer.entries) for layer in layers) > 100_000
-    common = lookup(tree, "common")
+    common = tree.lookup("common")
     assert common is not None and common.size == 127
     assert common.source == str(tmp_path / "l127" / "common")
-    assert lookup(tree, "d5/f0") is None and lookup(tree, "d127/f0") is not None
+    assert tree.lookup("d5/f0") is None and tree.lookup("d127/f0") is not None
     files = [node for node in tree.nodes[1:] if node is not None]
     assert len(files) == 1 + 1 + 128 + 128 * 780 - 127
     assert len({node.ino for node in files}) == len(files)
@@ -46,9 +37,9 @@ def test_removing_a_directory_drops_its_hard_link_names(tmp_path: Path) -> None:
     ]
     upper = [Entry("d", "whiteout"), Entry("c", "symlink", link="b")]
     tree = MergedTree.build([Layer(tmp_path / "l1", lower), Layer(tmp_path / "l2", upper)])
-    b = lookup(tree, "b")
+    b = tree.lookup("b")
     assert b is not None and b.nlink == 1 and b.source == str(tmp_path / "l1" / "d/a")
-    assert lookup(tree, "d") is None
+    assert tree.lookup("d") is None
     assert tree.root.names == [b"b", b"c"]
 
 
@@ -56,5 +47,5 @@ def test_opaque_directory_keeps_only_its_own_layer(tmp_path: Path) -> None:
     lower = [Entry("o", "dir"), Entry("o/x", "file"), Entry("o/s", "dir"), Entry("o/s/y", "file")]
     upper = [Entry("o/z", "file"), Entry("o", "dir", mode=0o700, opaque=True)]
     tree = MergedTree.build([Layer(tmp_path / "l1", lower), Layer(tmp_path / "l2", upper)])
-    o = lookup(tree, "o")
+    o = tree.lookup("o")
     assert o is not None and o.names == [b"z"] and o.mode & 0o7777 == 0o700 and o.nlink == 2
