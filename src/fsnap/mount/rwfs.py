@@ -36,6 +36,7 @@ import trio
 from fsnap.archive.entry import Entry, Kind
 from fsnap.errors import FailedPrecondition
 from fsnap.mount.fs import MergedFS
+from fsnap.mount.source import chain_layers
 from fsnap.mount.tree import Layer, MergedTree, Node
 from fsnap.mount.upper import WHITEOUT, Upper, join
 
@@ -648,8 +649,7 @@ def writable_fs(snapshots: Snapshotter, key: str,
     from fsnap.diff.scan import scan_snapshot
 
     chain = snapshots.chain(key)
-    lowers = [Layer(snapshots.dir(i.name), snapshots.read_index(i.name), i.name)
-              for i in chain[:-1]]
+    lowers = chain_layers(snapshots, chain[:-1])
     mounts = snapshots.mounts(key)
     if mounts.upper is None or mounts.work is None:
         raise FailedPrecondition(f"snapshot {key} is not active: it mounts read-only")

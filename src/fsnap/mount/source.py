@@ -20,6 +20,8 @@ from fsnap.mount.tree import Layer
 
 if TYPE_CHECKING:
     from fsnap.client import Client
+    from fsnap.snapshots.info import Info
+    from fsnap.snapshots.snapshotter import Snapshotter
 
 SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
 _INDEX_TYPES = (oci.OCI_INDEX, oci.DOCKER_MANIFEST_LIST)
@@ -64,10 +66,15 @@ def snapshot_chain(client: Client, key: str) -> list[str]:
 
 def snapshot_layers(client: Client, key: str) -> list[Layer]:
     """The layers of ``key``'s chain with their indexes (bottom -> top)."""
-    snapshots = client.snapshots
+    return chain_layers(client.snapshots, client.snapshots.chain(key))
+
+
+def chain_layers(snapshots: Snapshotter, chain: Iterable[Info]) -> list[Layer]:
+    """The snapshots of ``chain`` as layers: their directories and indexes, named by
+    snapshot (a writable mount passes its chain without its own top)."""
     return [
         Layer(snapshots.dir(info.name), snapshots.read_index(info.name), name=info.name)
-        for info in snapshots.chain(key)
+        for info in chain
     ]
 
 
