@@ -63,3 +63,23 @@ def test_unreadable_metadata_is_one_line_and_a_failure(tmp_path: Path) -> None:
     assert out.returncode == FailedPrecondition.exit_code
     assert out.stderr.startswith("fsnap: error: cannot open fsnap metadata:")
     assert "Traceback" not in out.stderr
+
+
+def test_an_unexpected_error_is_one_line_and_exit_70(tmp_path: object) -> None:
+    """A bug (here: a handler raising a plain exception) never shows a user a traceback."""
+    code = (
+        "import sys, fsnap.cli.images as images\n"
+        "def broken(client, args):\n"
+        "    raise RuntimeError('boom')\n"
+        "real = images.register\n"
+        "def register(sub):\n"
+        "    real(sub)\n"
+        "    sub.choices['images'].set_defaults(handler=broken)\n"
+        "images.register = register\n"
+        "from fsnap.cli import main\n"
+        f"sys.exit(main(['--root', {str(tmp_path)!r}, 'images']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 70
+    assert "internal error: RuntimeError: boom" in out.stderr
+    assert "Traceback" not in out.stderr

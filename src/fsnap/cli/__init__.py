@@ -43,6 +43,9 @@ COMMANDS = {
     "du": "inspect",
 }
 
+# Exit code of an unexpected error (a bug): EX_SOFTWARE from sysexits.h.
+INTERNAL_ERROR = 70
+
 DESCRIPTION = "fsnap: pull container images, unpack them into snapshots, mount them over FUSE."
 
 
@@ -104,6 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"fsnap: error: {exc}", file=sys.stderr)
         return 1
+    except Exception as exc:  # a bug of ours: still one line, unless asked for the traceback
+        if os.environ.get("FSNAP_DEBUG"):
+            raise
+        print(
+            f"fsnap: internal error: {type(exc).__name__}: {exc} "
+            "(run again with FSNAP_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
 
 
 def run() -> None:
