@@ -140,10 +140,6 @@ class Tables:
         txn.put(_NEXT, str(new_id + 1).encode(), db=self.seq)
         return new_id
 
-    def key_of(self, txn: lmdb.Transaction, snapshot_id: int) -> str | None:
-        raw = txn.get(str(snapshot_id).encode(), db=self.ids)
-        return None if raw is None else bytes(raw).decode()
-
     def all_ids(self, txn: lmdb.Transaction) -> dict[int, str]:
         """Every allocated-and-live id with its key (for cleanup)."""
         return {int(k): bytes(v).decode() for k, v in txn.cursor(db=self.ids)}
