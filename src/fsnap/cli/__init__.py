@@ -11,7 +11,7 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fsnap.errors import FsnapError
@@ -94,24 +94,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = (args.root or default_root()).absolute()
     from fsnap.client import Client
 
-    try:
+    def command() -> int:
         with Client(root) as client:
             code: int = args.handler(client, args)
             return code
+
+    return guarded("fsnap", command)
+
+
+def guarded(prog: str, call: Callable[[], int]) -> int:
+    """Run a command's ``call`` and turn every error into one line on stderr and an exit
+    code: the one place (for ``fsnap`` and ``fsnap-overlay``) where errors meet the user."""
+    try:
+        return call()
     except FsnapError as exc:
-        print(f"fsnap: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("fsnap: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:
-        print(f"fsnap: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug of ours: still one line, unless asked for the traceback
         if os.environ.get("FSNAP_DEBUG"):
             raise
         print(
-            f"fsnap: internal error: {type(exc).__name__}: {exc} "
+            f"{prog}: internal error: {type(exc).__name__}: {exc} "
             "(run again with FSNAP_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )

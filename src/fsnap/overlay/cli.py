@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from fsnap.cli import guarded
 from fsnap.errors import FsnapError, NotFound, Unavailable
 from fsnap.mount.daemon import Ready, pipe_reporter, serve
 from fsnap.mount.fs import MergedFS
@@ -34,18 +35,29 @@ def parser() -> argparse.ArgumentParser:
         description="Mount lower directories (overlayfs format) merged, with an optional "
         "writable upper directory, through FUSE.",
     )
-    cli.add_argument("source", nargs="?", metavar="SOURCE",
-                     help="file system name shown in /proc/mounts (mount.fuse3 passes it)")
+    cli.add_argument(
+        "source",
+        nargs="?",
+        metavar="SOURCE",
+        help="file system name shown in /proc/mounts (mount.fuse3 passes it)",
+    )
     cli.add_argument("mountpoint", metavar="MNT")
-    cli.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
-                     help="lowerdir=L1:L2:...[,upperdir=U,workdir=W][,FUSE options]")
+    cli.add_argument(
+        "-o",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="OPTS",
+        help="lowerdir=L1:L2:...[,upperdir=U,workdir=W][,FUSE options]",
+    )
     cli.add_argument("-f", dest="foreground", action="store_true", help="stay in foreground")
     cli.add_argument("-d", dest="debug", action="store_true", help="FUSE debug output (-f)")
     return cli
 
 
-def fuse_options(opts: overlay_options.OverlayOptions, source: str | None,
-                 debug: bool) -> tuple[list[str], bool]:
+def fuse_options(
+    opts: overlay_options.OverlayOptions, source: str | None, debug: bool
+) -> tuple[list[str], bool]:
     """The options pyfuse3 mounts with, and whether the mount is read-only (no upper
     directory, or ``ro`` asked for). The kernel checks permissions (the engine does not)."""
     read_only = not opts.writable or "ro" in opts.fuse
@@ -69,8 +81,7 @@ def _check_mountpoint(path: str) -> str:
     return os.path.abspath(path)
 
 
-def _spec(args: argparse.Namespace) -> tuple[dict[str, Any], overlay_options.OverlayOptions,
-                                               bool]:
+def _spec(args: argparse.Namespace) -> tuple[dict[str, Any], overlay_options.OverlayOptions, bool]:
     opts = overlay_options.parse(args.options)
     mountpoint = _check_mountpoint(args.mountpoint)
     fuse, read_only = fuse_options(opts, args.source, args.debug)
@@ -79,16 +90,16 @@ def _spec(args: argparse.Namespace) -> tuple[dict[str, Any], overlay_options.Ove
     return {"mountpoint": mountpoint, "options": fuse}, opts, read_only
 
 
-def _serve(spec: dict[str, Any], opts: overlay_options.OverlayOptions, read_only: bool,
-           ready: Ready) -> None:
+def _serve(
+    spec: dict[str, Any], opts: overlay_options.OverlayOptions, read_only: bool, ready: Ready
+) -> None:
     def build() -> MergedFS:
         return stack.build(opts, read_only)
 
     serve(spec, ready, build)
 
 
-def _foreground(spec: dict[str, Any], opts: overlay_options.OverlayOptions,
-                read_only: bool) -> int:
+def _foreground(spec: dict[str, Any], opts: overlay_options.OverlayOptions, read_only: bool) -> int:
     failure: list[FsnapError] = []
 
     def ready(error: FsnapError | None) -> None:
@@ -101,8 +112,7 @@ def _foreground(spec: dict[str, Any], opts: overlay_options.OverlayOptions,
     return 0
 
 
-def _daemonise(spec: dict[str, Any], opts: overlay_options.OverlayOptions,
-               read_only: bool) -> int:
+def _daemonise(spec: dict[str, Any], opts: overlay_options.OverlayOptions, read_only: bool) -> int:
     """Fork a session leader that mounts and serves; return once it says the mount is live.
 
     The child is forked before any trio loop or thread exists, and reports on a pipe:
@@ -144,16 +154,14 @@ def _become_daemon() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    try:
+
+    def command() -> int:
         spec, opts, read_only = _spec(args)
         if args.foreground or args.debug:
             return _foreground(spec, opts, read_only)
         return _daemonise(spec, opts, read_only)
-    except FsnapError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        return 130
+
+    return guarded(PROG, command)
 
 
 def run() -> None:
