@@ -32,7 +32,12 @@ def console() -> Console:
 
 
 def print_json(doc: dict[str, Any]) -> None:
-    print(json.dumps(doc, indent=2, sort_keys=False))
+    """Indented for a person at a terminal; compact into a pipe, where Python's C encoder
+    writes a 10,000-entry diff several times faster than the indenting one."""
+    if sys.stdout.isatty():
+        print(json.dumps(doc, indent=2))
+    else:
+        print(json.dumps(doc, separators=(",", ":")))
 
 
 def short(digest: str, no_trunc: bool) -> str:
