@@ -87,20 +87,30 @@ class Entry:
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Entry:
+        """The inverse of ``to_bytes``; hot (every index read), so ASCII names, the usual
+        case, skip the byte round trip and empty xattrs the base64 pass."""
         row = json.loads(raw)
         flags = row[11]
+        xattrs = row[10]
         return cls(
-            path=row[0].encode("latin-1").decode("utf-8", "surrogateescape"),
+            path=_unlatin(row[0]),
             kind=row[1],
             mode=row[2],
             uid=row[3],
             gid=row[4],
             size=row[5],
             mtime=row[6],
-            link=row[7].encode("latin-1").decode("utf-8", "surrogateescape"),
+            link=_unlatin(row[7]),
             devmajor=row[8],
             devminor=row[9],
-            xattrs={k: base64.b64decode(v) for k, v in row[10].items()},
+            xattrs={k: base64.b64decode(v) for k, v in xattrs.items()} if xattrs else {},
             opaque=bool(flags & 1),
             implicit=bool(flags & 2),
         )
+
+
+def _unlatin(text: str) -> str:
+    """A stored name back to ``os.fsdecode`` form (see ``to_bytes``)."""
+    if text.isascii():
+        return text
+    return text.encode("latin-1").decode("utf-8", "surrogateescape")
