@@ -23,7 +23,7 @@ import trio
 
 from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
-from fsnap.mount import source
+from fsnap.mount import source, treecache
 from fsnap.mount.fs import MergedFS
 from fsnap.mount.tree import MergedTree
 
@@ -41,8 +41,7 @@ def build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
 
         privileged = False if spec.get("index_metadata") else None
         return writable_fs(client.snapshots, spec["snapshot"], privileged)
-    tree = MergedTree.build(source.snapshot_layers(client, spec["snapshot"]))
-    return MergedFS(tree, provenance)
+    return MergedFS(treecache.merged_tree(client.snapshots, spec["snapshot"]), provenance)
 
 
 def serve(spec: dict[str, Any], ready: Ready, build: Callable[[], MergedFS]) -> None:

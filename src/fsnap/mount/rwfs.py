@@ -82,17 +82,16 @@ async def _disk(func: Callable[..., _T], *args: Any) -> _T:
 class WritableFS(MergedFS):
     """pyfuse3 operations over ``tree`` (lower layers + upper), writing to ``upper``.
 
-    ``lower`` is the tree of the lower layers alone: it says whether removing a name must
-    leave a whiteout (the name exists below) and whether a new directory must be opaque."""
+    Each directory's ``Node.below`` (noted while the one tree was built) says whether
+    removing a name must leave a whiteout (the name exists below) and whether a new
+    directory must be opaque."""
 
     cache_timeout = 1.0
     # File handles are descriptors here (writes, fsync and ftruncate use them directly).
     lazy_open = False
 
-    def __init__(self, tree: MergedTree, lower: MergedTree, upper: Upper,
-                 overrides: Overrides) -> None:
+    def __init__(self, tree: MergedTree, upper: Upper, overrides: Overrides) -> None:
         super().__init__(tree)
-        self.lower = lower
         self.upper = upper
         self.overrides = overrides
         self._lock = trio.Lock()
@@ -200,8 +199,13 @@ class WritableFS(MergedFS):
             devminor=os.minor(node.rdev), xattrs=xattrs,
         )
 
-    def _lower_at(self, parent: Node, name: bytes) -> Node | None:
-        """The lower layers' node at ``parent/name`` if it shows through, else None."""
+    def _lower_at(self, parent: Node, name: bytes) -> bool | None:
+        """Whether the lower layers' ``parent/name`` (if it shows through) is a directory;
+        None if nothing below shows there.
+
+        ``parent.below`` describes the lower directory at ``parent``'s path when the mount
+        started. That is still its path unless it or an ancestor was renamed, and a renamed
+        directory is materialized opaque, which the walk up stops at first."""
         node = parent
         while True:
             if node.opaque:
@@ -210,7 +214,7 @@ class WritableFS(MergedFS):
                 break
             assert node.parent is not None
             node = node.parent
-        return self.lower.lookup(os.fsdecode(join(self._path(parent), name)))
+        return (parent.below or {}).get(name)
 
     def _subtree(self, top: Node) -> Iterator[Node]:
         stack = [top]
@@ -343,8 +347,7 @@ class WritableFS(MergedFS):
         entry = Entry(path=os.fsdecode(rel), kind=kind, mode=perms, uid=uid, gid=gid,
                       mtime=time.time_ns(), link=os.fsdecode(link),
                       devmajor=os.major(rdev), devminor=os.minor(rdev))
-        lower = self._lower_at(parent, name)
-        opaque = kind == "dir" and lower is not None and lower.is_dir
+        opaque = kind == "dir" and bool(self._lower_at(parent, name))
         await _disk(self.upper.place, rel, entry, None, opaque)
         node = self._new_node(entry)
         node.opaque = opaque
@@ -665,4 +668,4 @@ def writable_fs(snapshots: Snapshotter, key: str,
         put=lambda entry: snapshots.put_index_entry(key, entry),
         delete=lambda path, subtree: snapshots.delete_index_entry(key, path, subtree),
     )
-    return WritableFS(tree, MergedTree.build(lowers), upper, sink)
+    return WritableFS(tree, upper, sink)

@@ -56,6 +56,10 @@ class Node:
     a path with them); ``upper`` says the node exists in a writable mount's upper directory
     and ``opaque`` that the lower layers show nothing under it. A writable mount may put
     ``None`` in ``names`` where a name went away, so that offsets handed out stay valid.
+    ``below`` (writable mounts, directories present in the lower layers) maps each name the
+    lower layers have in the directory to whether it is a directory there: it answers "does
+    this name exist below?" (a removal leaves a whiteout, a new directory is opaque) without
+    a second tree.
     """
 
     __slots__ = (
@@ -77,6 +81,7 @@ class Node:
         "layer",
         "upper",
         "opaque",
+        "below",
     )
 
     def __init__(self, entry: Entry, source: str | None, layer: int = -1) -> None:
@@ -97,6 +102,7 @@ class Node:
         self.name = b""
         self.upper = False
         self.opaque = False
+        self.below: dict[bytes, bool] | None = None
         self.names: list[bytes | None] | None = None
         self.children: dict[bytes, Node] | None = None
         self.size = entry.size
@@ -196,6 +202,8 @@ class _Builder:
         so they go first; then its entries, parents before children (sorted paths), and
         hard links last because a link may precede its target in the tar."""
         self.layer += 1
+        if layer.upper and not self.upper:
+            self._note_below()
         if self.root.layer < 0:
             self.root.layer = self.layer
         base = os.fspath(layer.dir)
@@ -216,6 +224,16 @@ class _Builder:
                 self._add(entry, base)
         for entry in links:
             self._link(entry)
+
+    def _note_below(self) -> None:
+        """Before a writable mount's upper layer: each directory notes what the lower
+        layers have in it (see ``Node.below``)."""
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            assert node.children is not None
+            node.below = {name: child.is_dir for name, child in node.children.items()}
+            stack.extend(child for child in node.children.values() if child.is_dir)
 
     def _dir(self, path: str) -> Node:
         """The directory at ``path``, created (or made to replace a non-directory) if needed.

@@ -84,7 +84,6 @@ def build(options: OverlayOptions, read_only: bool) -> MergedFS:
         upper = Upper(options.upper, _work_area(options.work, options.upper), privileged,
                       OverlayMarkers(privileged))
         upper.clear_work()
-        return WritableFS(MergedTree.build(layers), MergedTree.build(lowers), upper,
-                          _ignore_overrides())
+        return WritableFS(MergedTree.build(layers), upper, _ignore_overrides())
     except OSError as exc:
         raise FailedPrecondition(f"reading the layer stack: {exc}") from None

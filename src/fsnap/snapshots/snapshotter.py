@@ -196,6 +196,14 @@ class Snapshotter:
         with self.db.begin() as txn:
             return self._home(self._get(txn, key).id) / disk.FS
 
+    def state_dir(self, key: str) -> Path:
+        """The snapshot's own directory (``<root>/<id>``, mode 0700), where data derived
+        from it may live (a mount's merged tree cache): removing the snapshot retires the
+        directory, so nothing kept there outlives it."""
+        self._check_open()
+        with self.db.begin() as txn:
+            return self._home(self._get(txn, key).id)
+
     def usage(self, key: str) -> Usage:
         """Bytes and inodes of ``key``'s own directory; cached for committed snapshots."""
         self._check_open()

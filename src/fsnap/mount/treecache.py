@@ -1,0 +1,209 @@
+"""The merged tree of a committed snapshot chain, saved once and reloaded by later mounts.
+
+Building the tree means reading and JSON-decoding every layer's index from LMDB and folding
+them; for a committed chain the result never changes (committed snapshots are immutable and
+a parent cannot be removed while a child exists). So the first read-only mount of a chain
+saves the finished tree in the top snapshot's own directory (``<root>/<id>/merged.tree``):
+removing that snapshot retires its directory and takes the cache along, and snapshot ids
+are never reused, so a cache can never describe another chain.
+
+The format is ``marshal`` of plain tuples (fast to load, and unable to run code), behind a
+magic, a version and a sha256 of the payload, so a truncated or damaged file is refused
+before it is decoded. ``marshal`` is not hardened against crafted input, so a cache is read
+only if the file and its directory belong to us and nobody else may write them; anything
+wrong means "rebuild from the indexes", never an error for the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import marshal
+import os
+import secrets
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fsnap.mount.source import chain_layers
+from fsnap.mount.tree import MergedTree, Node
+from fsnap.snapshots.info import Info, Kind
+
+if TYPE_CHECKING:
+    from fsnap.snapshots.snapshotter import Snapshotter
+
+log = logging.getLogger(__name__)
+
+CACHE_NAME = "merged.tree"
+MAGIC = b"fsnaptr\n"
+VERSION = 1
+_HASH_SIZE = 32
+
+# One node as saved: everything ``Node`` holds except its inode (its position in the list)
+# and object references (parent and children are inode numbers).
+_Row = tuple[Any, ...]
+
+
+def merged_tree(snapshots: Snapshotter, key: str) -> MergedTree:
+    """The merged tree of ``key``'s chain: from the cache when the chain is committed and a
+    sound cache exists, else built from the indexes (and then saved for the next mount)."""
+    chain = snapshots.chain(key)
+    dirs = [os.fspath(snapshots.dir(info.name)) for info in chain]
+    cacheable = all(info.kind is Kind.COMMITTED for info in chain)
+    path = snapshots.state_dir(key) / CACHE_NAME
+    if cacheable:
+        tree = load(path, chain, dirs)
+        if tree is not None:
+            return tree
+    tree = MergedTree.build(chain_layers(snapshots, chain))
+    if cacheable:
+        save(path, tree, chain, dirs)
+    return tree
+
+
+# --- saving -----------------------------------------------------------------------------
+
+
+def save(path: Path, tree: MergedTree, chain: list[Info], dirs: list[str]) -> None:
+    """Write the cache atomically (temporary file + rename); a failure only costs the next
+    mount a rebuild, so it is logged, not raised."""
+    payload = marshal.dumps((VERSION, _names(chain), _rows(tree, dirs)))
+    data = MAGIC + hashlib.sha256(payload).digest() + payload
+    temp = path.with_name(f".{CACHE_NAME}.{secrets.token_hex(6)}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+    except OSError as exc:
+        log.warning("cannot save the merged tree cache %s: %s", path, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+
+
+def _names(chain: list[Info]) -> tuple[str, ...]:
+    return tuple(info.name for info in chain)
+
+
+def _rows(tree: MergedTree, dirs: list[str]) -> list[_Row]:
+    rows: list[_Row] = []
+    for node in tree.nodes[1:]:
+        assert node is not None
+        rows.append(_row(node, dirs))
+    return rows
+
+
+def _row(node: Node, dirs: list[str]) -> _Row:
+    names = inos = None
+    if node.children is not None:
+        names = tuple(node.names or ())
+        inos = tuple(node.children[name].ino for name in names if name is not None)
+    parent = node.parent.ino if node.parent is not None else 0
+    return (
+        node.mode, node.uid, node.gid, node.size, node.mtime, node.rdev, node.nlink,
+        node.link, node.xattrs, _relative(node, dirs), parent, node.name, node.layer,
+        names, inos,
+    )
+
+
+def _relative(node: Node, dirs: list[str]) -> str | None:
+    """A file's content path relative to its layer's directory, so a cache stays right if
+    the store is moved; a path outside it (none today) is kept absolute."""
+    if node.source is None:
+        return None
+    base = dirs[node.layer] + os.sep if 0 <= node.layer < len(dirs) else None
+    if base is not None and node.source.startswith(base):
+        return node.source[len(base):]
+    return node.source
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def load(path: Path, chain: list[Info], dirs: list[str]) -> MergedTree | None:
+    """The cached tree, or None when there is none or it cannot be trusted or decoded."""
+    payload = _trusted_payload(path)
+    if payload is None:
+        return None
+    try:
+        version, names, rows = marshal.loads(payload)
+        if version != VERSION or tuple(names) != _names(chain):
+            log.warning("merged tree cache %s is for another chain: rebuilding", path)
+            return None
+        tree = _restore(rows, dirs)
+    except (ValueError, TypeError, EOFError, IndexError, KeyError, AttributeError):
+        log.warning("merged tree cache %s cannot be decoded: rebuilding", path)
+        return None
+    tree.layer_names = list(names)
+    return tree
+
+
+def _trusted_payload(path: Path) -> bytes | None:
+    """The file's payload if it is ours, unwritable by others and intact."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("cannot open merged tree cache %s: %s", path, exc)
+        return None
+    try:
+        if not (_owned(os.fstat(fd)) and _owned(os.stat(path.parent), directory=True)):
+            log.warning("merged tree cache %s is not safely ours: ignoring it", path)
+            return None
+        with os.fdopen(os.dup(fd), "rb") as src:
+            data = src.read()
+    except OSError as exc:
+        log.warning("cannot read merged tree cache %s: %s", path, exc)
+        return None
+    finally:
+        os.close(fd)
+    head = len(MAGIC) + _HASH_SIZE
+    payload = data[head:]
+    if data[: len(MAGIC)] != MAGIC or hashlib.sha256(payload).digest() != data[len(MAGIC):head]:
+        log.warning("merged tree cache %s is damaged: rebuilding", path)
+        return None
+    return payload
+
+
+def _owned(st: os.stat_result, directory: bool = False) -> bool:
+    kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
+    return kind_ok and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _restore(rows: list[_Row], dirs: list[str]) -> MergedTree:
+    """Nodes from rows (inode ``i`` is row ``i - 1``), then their links to each other."""
+    nodes: list[Node | None] = [None]
+    new = Node.__new__
+    for ino, row in enumerate(rows, start=1):
+        node: Node = new(Node)
+        (node.mode, node.uid, node.gid, node.size, node.mtime, node.rdev, node.nlink,
+         node.link, node.xattrs, rel, _, node.name, node.layer, names, _) = row
+        node.ino = ino
+        node.source = None if rel is None else os.path.join(dirs[node.layer], rel)
+        node.upper = node.opaque = False
+        node.below = None
+        node.names = None if names is None else list(names)
+        node.children = None
+        nodes.append(node)
+    for linked, row in zip(nodes[1:], rows, strict=True):
+        assert linked is not None
+        linked.parent = _node(nodes, row[10])
+        if linked.names is not None:
+            linked.children = {
+                name: _node(nodes, ino) for name, ino in zip(row[13], row[14], strict=True)
+            }
+    root = nodes[1]
+    if root is None or root.children is None or root.parent is not root:
+        raise ValueError("the cache has no root directory")
+    return MergedTree(root, nodes)
+
+
+def _node(nodes: list[Node | None], ino: int) -> Node:
+    node = nodes[ino]
+    if node is None or ino <= 0:
+        raise IndexError(ino)
+    return node
