@@ -17,6 +17,7 @@ from fsnap import oci
 from fsnap.archive.entry import Entry
 from fsnap.errors import FailedPrecondition, NotFound
 from fsnap.mount.tree import Layer
+from fsnap.reference import Reference
 
 if TYPE_CHECKING:
     from fsnap.client import Client
@@ -30,9 +31,11 @@ _INDEX_TYPES = (oci.OCI_INDEX, oci.DOCKER_MANIFEST_LIST)
 def image_snapshot(client: Client, ref: str) -> str:
     """The top snapshot (chain ID) of an unpacked image, from its config's GC label.
 
-    NotFound names the command that fixes it, because that is what the user needs next."""
+    NotFound names the command that fixes it, because that is what the user needs next.
+    ``ref`` is normalised as ``fsnap pull`` normalises it (``host/repo`` is stored as
+    ``host/repo:latest``), so the reference that pulled an image also mounts it."""
     try:
-        image = client.images.get(ref)
+        image = client.images.get(str(Reference.parse(ref)))
     except NotFound:
         raise NotFound(f"image {ref} not found: run `fsnap pull {ref}` first") from None
     config = _config_digest(client, image.target.digest, image.target.media_type)

@@ -1,0 +1,40 @@
+"""Gaps found by trying the issues' commands as a new user types them (the CLI in child
+processes, a real registry, real FUSE mounts)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from image_builder import busybox_image
+from image_mount_helpers import fsnap, image_mounted, pulled, succeeded
+from mount_helpers import cleanup
+from registry_helpers import RegistryProcess
+
+
+def test_mount_takes_the_reference_pull_took(registry: RegistryProcess, tmp_path: Path) -> None:
+    """``fsnap pull HOST/REPO`` stores ``HOST/REPO:latest``; ``fsnap mount HOST/REPO`` (the
+    same words) must find it, as ``docker run busybox`` finds ``busybox:latest``."""
+    registry.push_image("acceptance-untagged", "latest", busybox_image())
+    root = tmp_path / "root"
+    ref = f"{registry.host}/acceptance-untagged"
+    pulled(root, ref)
+    with image_mounted(root, ref, tmp_path / "mnt") as mnt:
+        done = subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", "echo ok"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.stdout == "ok\n", done.stderr
+
+
+def test_mount_pull_of_an_untagged_reference(registry: RegistryProcess, tmp_path: Path) -> None:
+    """``fsnap mount --pull HOST/REPO`` pulls ``HOST/REPO:latest`` and then mounts it
+    (it used to pull, look for the untagged name, and say "run fsnap pull")."""
+    registry.push_image("acceptance-mount-pull", "latest", busybox_image())
+    root = tmp_path / "root"
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        succeeded(fsnap(root, "mount", "--pull", f"{registry.host}/acceptance-mount-pull",
+                        str(mnt)))
+        assert (mnt / "bin" / "busybox").is_file()
+    finally:
+        cleanup(root, mnt, 0)
