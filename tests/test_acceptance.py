@@ -6,10 +6,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from image_builder import busybox_image
+from image_builder import busybox_image, two_platform_index
 from image_mount_helpers import fsnap, image_mounted, pulled, succeeded
 from mount_helpers import cleanup
 from registry_helpers import RegistryProcess
+
+from fsnap.client import Client
 
 
 def test_mount_takes_the_reference_pull_took(registry: RegistryProcess, tmp_path: Path) -> None:
@@ -38,3 +40,21 @@ def test_mount_pull_of_an_untagged_reference(registry: RegistryProcess, tmp_path
         assert (mnt / "bin" / "busybox").is_file()
     finally:
         cleanup(root, mnt, 0)
+
+
+def test_gc_keeps_each_platform_pulled_from_one_index(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """Pulling a second platform of an index must not drop the first one's gc reference:
+    both were pulled under the one image record, so ``fsnap gc`` keeps both."""
+    index = two_platform_index()
+    registry.push_index("acceptance-two-platforms", "latest", index)
+    root = tmp_path / "root"
+    ref = f"{registry.host}/acceptance-two-platforms:latest"
+    for platform in ("linux/amd64", "linux/arm64"):
+        succeeded(fsnap(root, "pull", "--platform", platform, ref))
+    succeeded(fsnap(root, "gc"))
+    with Client(root) as client:
+        for image in index.images:
+            for blob in (image.manifest, *image.blobs):
+                assert client.content.exists(blob.digest), (image.platform, blob.digest)

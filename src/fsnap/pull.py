@@ -133,7 +133,7 @@ class Puller:
             children = select_manifests(
                 index, self.options.wanted_platform(), ref=str(self.ref)
             )
-            await self.store_document(desc, index_labels(children))
+            await self.store_document(desc, index_labels(index, children))
             async with trio.open_nursery() as nursery:
                 for child in children:
                     nursery.start_soon(self.handle, child)

@@ -141,8 +141,14 @@ def select_manifests(
     return chosen
 
 
-def index_labels(children: Sequence[Descriptor]) -> dict[str, str]:
-    return {GC_MANIFEST.format(i): child.digest for i, child in enumerate(children)}
+def index_labels(index: Index, children: Sequence[Descriptor]) -> dict[str, str]:
+    """The gc labels an index gets for the ``children`` a pull fetched.
+
+    Each label is numbered by the child's position in the index, not in ``children``, so
+    pulling another platform later adds its label beside the first one's (labels merge)
+    instead of overwriting it, and gc keeps every platform that was pulled."""
+    positions = {child.digest: i for i, child in enumerate(index.manifests)}
+    return {GC_MANIFEST.format(positions[child.digest]): child.digest for child in children}
 
 
 def manifest_labels(manifest: Manifest) -> dict[str, str]:
