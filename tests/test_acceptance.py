@@ -3,6 +3,7 @@ processes, a real registry, real FUSE mounts)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -58,3 +59,21 @@ def test_gc_keeps_each_platform_pulled_from_one_index(
         for image in index.images:
             for blob in (image.manifest, *image.blobs):
                 assert client.content.exists(blob.digest), (image.platform, blob.digest)
+
+
+def test_suid_and_dev_lift_nosuid_and_nodev(registry: RegistryProcess, tmp_path: Path) -> None:
+    """``--suid --dev`` must reach the kernel: libfuse mounts nosuid,nodev unless told
+    ``suid``/``dev`` explicitly, so leaving the flags out is not enough."""
+    registry.push_image("acceptance-suid-dev", "latest", busybox_image())
+    root = tmp_path / "root"
+    ref = f"{registry.host}/acceptance-suid-dev:latest"
+    pulled(root, ref)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        succeeded(fsnap(root, "mount", "--suid", "--dev", ref, str(mnt)))
+        flags = os.statvfs(mnt).f_flag
+        assert not flags & os.ST_NOSUID
+        assert not flags & os.ST_NODEV
+    finally:
+        cleanup(root, mnt, 0)

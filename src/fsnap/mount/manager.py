@@ -201,15 +201,14 @@ def snapshots_in_use(client: Client) -> set[str]:
 
 def fuse_options(name: str, options: MountOptions, writable: bool = False) -> list[str]:
     """FUSE mount options: read-only unless ``writable``, kernel permission checks, fsnap in
-    /proc/mounts."""
+    /proc/mounts. libfuse mounts nosuid,nodev unless told ``suid``/``dev``, so lifting them
+    takes the explicit option, not just leaving the other one out."""
     opts = [f"fsname=fsnap:{name.replace(',', '_')}", "subtype=fsnap",
             "rw" if writable else "ro", "default_permissions"]
     if os.geteuid() == 0:
         opts.append("allow_other")
-    if not options.suid:
-        opts.append("nosuid")
-    if not options.dev:
-        opts.append("nodev")
+    opts.append("suid" if options.suid else "nosuid")
+    opts.append("dev" if options.dev else "nodev")
     return opts
 
 
