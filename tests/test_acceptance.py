@@ -7,8 +7,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from image_builder import busybox_image, two_platform_index
-from image_mount_helpers import fsnap, image_mounted, pulled, succeeded
+from image_mount_helpers import FSNAP, fsnap, image_mounted, pulled, succeeded
 from mount_helpers import cleanup
 from registry_helpers import RegistryProcess
 
@@ -77,3 +78,22 @@ def test_suid_and_dev_lift_nosuid_and_nodev(registry: RegistryProcess, tmp_path:
         assert not flags & os.ST_NODEV
     finally:
         cleanup(root, mnt, 0)
+
+
+@pytest.mark.parametrize("command", [["images"], ["content", "ls"], ["snapshots", "ls"]])
+def test_a_closed_stdout_stops_quietly(
+    registry: RegistryProcess, tmp_path: Path, command: list[str]
+) -> None:
+    """``fsnap images | head -1``: when the reader has gone, fsnap stops with the SIGPIPE
+    status and says nothing (it printed "error: [Errno 32] Broken pipe")."""
+    registry.push_image("acceptance-pipe", "latest", busybox_image())
+    root = tmp_path / "root"
+    pulled(root, f"{registry.host}/acceptance-pipe:latest")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    try:
+        done = subprocess.run([str(FSNAP), "--root", str(root), *command], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

@@ -45,6 +45,8 @@ COMMANDS = {
 
 # Exit code of an unexpected error (a bug): EX_SOFTWARE from sysexits.h.
 INTERNAL_ERROR = 70
+# stdout's reader went away: the status a shell reports for a process killed by SIGPIPE.
+SIGPIPE_STATUS = 141
 
 DESCRIPTION = "fsnap: pull container images, unpack them into snapshots, mount them over FUSE."
 
@@ -106,7 +108,11 @@ def guarded(prog: str, call: Callable[[], int]) -> int:
     """Run a command's ``call`` and turn every error into one line on stderr and an exit
     code: the one place (for ``fsnap`` and ``fsnap-overlay``) where errors meet the user."""
     try:
-        return call()
+        code = call()
+        sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except FsnapError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -125,6 +131,16 @@ def guarded(prog: str, call: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return INTERNAL_ERROR
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``fsnap images | head -1``): stop quietly, as
+    coreutils do, with the SIGPIPE status. stdout goes to /dev/null so the interpreter's
+    last flush of what is still buffered cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return SIGPIPE_STATUS
 
 
 def run() -> None:
