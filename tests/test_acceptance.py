@@ -14,6 +14,7 @@ from mount_helpers import cleanup
 from registry_helpers import RegistryProcess
 
 from fsnap.client import Client
+from fsnap.oci import Platform
 
 
 def test_mount_takes_the_reference_pull_took(registry: RegistryProcess, tmp_path: Path) -> None:
@@ -24,8 +25,13 @@ def test_mount_takes_the_reference_pull_took(registry: RegistryProcess, tmp_path
     ref = f"{registry.host}/acceptance-untagged"
     pulled(root, ref)
     with image_mounted(root, ref, tmp_path / "mnt") as mnt:
-        done = subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", "echo ok"],
-                              capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            ["chroot", str(mnt), "/bin/sh", "-c", "echo ok"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.stdout == "ok\n", done.stderr
 
 
@@ -37,8 +43,9 @@ def test_mount_pull_of_an_untagged_reference(registry: RegistryProcess, tmp_path
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        succeeded(fsnap(root, "mount", "--pull", f"{registry.host}/acceptance-mount-pull",
-                        str(mnt)))
+        succeeded(
+            fsnap(root, "mount", "--pull", f"{registry.host}/acceptance-mount-pull", str(mnt))
+        )
         assert (mnt / "bin" / "busybox").is_file()
     finally:
         cleanup(root, mnt, 0)
@@ -92,8 +99,31 @@ def test_a_closed_stdout_stops_quietly(
     read_end, write_end = os.pipe()
     os.close(read_end)  # every write to the pipe now fails with EPIPE
     try:
-        done = subprocess.run([str(FSNAP), "--root", str(root), *command], stdout=write_end,
-                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [str(FSNAP), "--root", str(root), *command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     finally:
         os.close(write_end)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_pulling_a_second_platform_adds_it_to_the_image_record(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """`fsnap images` lists every platform pulled from an index, not just the last one."""
+    index = two_platform_index()
+    registry.push_index("accept/platforms-record", "v1", index)
+    ref = f"{registry.host}/accept/platforms-record:v1"
+    with Client(tmp_path / "root") as client:
+        first = client.pull(ref, platform=Platform.parse("linux/amd64"), unpack=False)
+        both = client.pull(ref, platform=Platform.parse("linux/arm64"), unpack=False)
+        again = client.pull(ref, platform=Platform.parse("linux/arm64"), unpack=False)
+    assert [str(p) for p in first.platforms] == ["linux/amd64"]
+    assert [str(p) for p in both.platforms] == ["linux/amd64", "linux/arm64"]
+    assert both.size > first.size
+    assert again.platforms == both.platforms and again.size == both.size

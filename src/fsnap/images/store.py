@@ -71,12 +71,23 @@ class ImageStore:
         return [Image.from_json(data) for _, data in self.db.items_json(IMAGES_TABLE)]
 
     def create_or_update(self, image: Image, labels: Mapping[str, str] | None = None) -> Image:
-        """Record ``image``; an existing record keeps its ``created`` time, as containerd's."""
+        """Record ``image``; an existing record keeps its ``created`` time, as containerd's.
+
+        Pulling another platform of the same index adds to the record's platforms, and its
+        blobs to the size (the index itself counted once; a layer two platforms share would
+        count twice, which registries' per-architecture layers make rare)."""
         now = time.time()
         existing = self.db.get_json(IMAGES_TABLE, image.name)
         created = float(existing["created"]) if existing else now
         merged = {**image.labels, **(labels or {})}
         record = replace(image, created=created, updated=now, labels=merged)
+        if existing:
+            before = Image.from_json(existing)
+            kept = [p for p in before.platforms if p not in image.platforms]
+            if before.target.digest == image.target.digest and image.platforms and kept:
+                added = tuple(p for p in image.platforms if p not in before.platforms)
+                size = before.size + image.size - image.target.size if added else before.size
+                record = replace(record, platforms=before.platforms + added, size=size)
         self.db.put_json(IMAGES_TABLE, image.name, record.to_json())
         return record
 
