@@ -229,24 +229,31 @@ class Puller:
         """Append the rest of the blob from the registry, batching writes into threads."""
         if writer.offset >= desc.size:
             return
-        batch = bytearray()
+        # Chunks (64 KiB from the socket) are kept in a list and joined once per batch: a
+        # growing bytearray reallocates and copies as it grows, then copies again into bytes.
+        batch: list[bytes] = []
+        batched = 0
         # fetch_blob is an async generator; its declared type only promises iteration.
         stream = cast(
             "AsyncGenerator[bytes, None]", self.registry.fetch_blob(self.ref, desc, writer.offset)
         )
         async with contextlib.aclosing(stream) as chunks:  # closes the HTTP stream on error
             async for chunk in chunks:
-                batch += chunk
-                self.tally.downloaded += len(chunk)
-                if len(batch) >= WRITE_BATCH:
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= WRITE_BATCH:
                     await self._flush(desc, writer, batch, wants)
+                    batched = 0
         await self._flush(desc, writer, batch, wants)
 
-    async def _flush(self, desc: Descriptor, writer: Writer, batch: bytearray, wants: bool) -> None:
+    async def _flush(
+        self, desc: Descriptor, writer: Writer, batch: list[bytes], wants: bool
+    ) -> None:
         if not batch:
             return
-        data = bytes(batch)
+        data = b"".join(batch)
         batch.clear()
+        self.tally.downloaded += len(data)
         await trio.to_thread.run_sync(writer.write, data)
         self.progress.blob_advanced(desc, writer.offset)
         if wants and self.sink is not None:
