@@ -27,6 +27,7 @@ for what a crash leaves and how the next pull removes it).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import BinaryIO, TypeVar, cast
 
 import trio
 
-from fsnap.archive.apply import ApplyResult
+from fsnap.archive.apply import ApplyResult, sync_tree
 from fsnap.content.store import ContentStore
 from fsnap.digest import chain_ids
 from fsnap.errors import FsnapError, InvalidArgument
@@ -217,7 +218,9 @@ class Unpacker:
         try:
             raw = cast(BinaryIO, stream.pipe)  # it has the one method a reader needs: read
             wake = stream.pipe.detach  # the read-ahead thread may wait on the pipe
-            return apply_blob(raw, stream.desc, staged, stream.diff_id, interrupt=wake)
+            return apply_blob(
+                raw, stream.desc, staged, stream.diff_id, interrupt=wake, sync=False
+            )
         except FsnapError as exc:
             raise type(exc)(_naming(stream.desc, exc)) from None
 
@@ -228,7 +231,7 @@ class Unpacker:
         self.progress.layer_unpacking(desc)
         try:
             result = await trio.to_thread.run_sync(
-                apply_stored,
+                functools.partial(apply_stored, sync=False),
                 self.content.path(desc.digest),
                 desc,
                 staged,
@@ -282,6 +285,10 @@ class Unpacker:
         self, applied: _Applied, desc: Descriptor, chain_id: str, parent: str
     ) -> None:
         try:
+            # Layers apply with sync=False: the flush happens here, outside the applier
+            # slot, so the next layer applies meanwhile. It must come before the commit:
+            # a committed snapshot's files are on disk.
+            await trio.to_thread.run_sync(sync_tree, applied.staged)
             await trio.to_thread.run_sync(
                 commit_staged,
                 self.snapshotter,

@@ -116,6 +116,17 @@ def _syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def sync_tree(root: Path) -> None:
+    """Flush the filesystem holding ``root`` (for a tree applied with ``sync=False``)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _syncfs(fd)
+    except OSError as e:
+        raise FailedPrecondition(f"flushing {root} to disk: {e}") from None
+    finally:
+        os.close(fd)
+
+
 class _Layer:
     """The state of one application: the directory tree and the index being built."""
 

@@ -33,12 +33,15 @@ def apply_blob(
     diff_id: str,
     *,
     interrupt: Callable[[], None] | None = None,
+    sync: bool = True,
 ) -> ApplyResult:
     """Decompress and apply ``raw`` (the blob of ``desc``) into the empty ``staging``; the
     uncompressed bytes must hash to ``diff_id`` (the config's), else ``DigestMismatch``.
     ``interrupt`` wakes a read of ``raw`` blocked in another thread when the apply fails
-    (``apply_layer`` reads ahead in a thread)."""
-    result = apply_layer(open_uncompressed(raw, desc.media_type), staging, interrupt=interrupt)
+    (``apply_layer`` reads ahead in a thread). ``sync=False`` leaves flushing the tree to
+    the caller (``sync_tree``), which must do it before the tree becomes a snapshot."""
+    uncompressed = open_uncompressed(raw, desc.media_type)
+    result = apply_layer(uncompressed, staging, interrupt=interrupt, sync=sync)
     if result.diff_id != diff_id:
         raise DigestMismatch(
             f"layer {desc.digest}: uncompressed content has diff_id {result.diff_id}, "
@@ -47,10 +50,12 @@ def apply_blob(
     return result
 
 
-def apply_stored(path: Path, desc: Descriptor, staging: Path, diff_id: str) -> ApplyResult:
+def apply_stored(
+    path: Path, desc: Descriptor, staging: Path, diff_id: str, *, sync: bool = True
+) -> ApplyResult:
     """``apply_blob`` from a blob already in the content store."""
     with open(path, "rb") as raw:
-        return apply_blob(raw, desc, staging, diff_id)
+        return apply_blob(raw, desc, staging, diff_id, sync=sync)
 
 
 def lower_lookup(snapshotter: Snapshotter, parent: str) -> Callable[[str], Entry | None]:
