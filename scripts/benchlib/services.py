@@ -91,8 +91,9 @@ class Containerd:
 
 
 @contextmanager
-def containerd(work: Path, name: str) -> Iterator[Containerd]:
-    """Start containerd on fresh directories ``<work>/<name>``; stop it and delete them after."""
+def containerd(work: Path, name: str, *, keep: bool = False) -> Iterator[Containerd]:
+    """Start containerd on fresh directories ``<work>/<name>``; stop it and delete them after
+    (unless ``keep``: then they stay for the caller to delete, e.g. with the work directory)."""
     apt_install_missing("containerd", "containerd")
     base = work / name
     base.mkdir(parents=True)
@@ -122,7 +123,8 @@ def containerd(work: Path, name: str) -> Iterator[Containerd]:
             process.kill()
             process.wait()
         _unmount_under(base)
-        shutil.rmtree(base, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _wait_for_socket(process: subprocess.Popen[bytes], socket: Path, log: Path) -> None:
