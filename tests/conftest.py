@@ -16,6 +16,9 @@ from fault_server import FaultServer, run_fault_server
 from registry_helpers import RegistryProcess, run_registry
 from token_issuer import TokenIssuer, run_issuer
 
+from fsnap.db import Database
+from fsnap.snapshots import Snapshotter
+
 REGISTRY_USER = "alice"
 REGISTRY_PASSWORD = "wonderland"
 
@@ -78,3 +81,19 @@ def fault_server(registry: RegistryProcess) -> Iterator[FaultServer]:
 def docker_config(tmp_path: Path) -> Path:
     """Where a test may write a docker ``config.json`` (the file does not exist yet)."""
     return tmp_path / "docker" / "config.json"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """An LMDB environment under ``tmp_path/state``, closed after the test."""
+    database = Database(tmp_path / "state")
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+@pytest.fixture
+def sn(tmp_path: Path, db: Database) -> Snapshotter:
+    """A snapshotter under ``tmp_path/state/snapshots`` on ``db``."""
+    return Snapshotter(tmp_path / "state" / "snapshots", db)

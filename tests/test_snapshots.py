@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,25 +22,10 @@ from snapshot_helpers import (
     tree_state,
 )
 
-from fsnap.db import Database
 from fsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from fsnap.snapshots import Kind, Snapshotter
 
 GC_ROOT = {"containerd.io/gc.root": "check"}
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "state")
-    try:
-        yield database
-    finally:
-        database.close()
-
-
-@pytest.fixture
-def sn(tmp_path: Path, db: Database) -> Snapshotter:
-    return Snapshotter(tmp_path / "state" / "snapshots", db)
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,20 +12,6 @@ from fsnap.db import Database
 from fsnap.errors import FailedPrecondition, NotFound
 from fsnap.snapshots import Snapshotter
 from fsnap.snapshots.metadata import FILES
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "state")
-    try:
-        yield database
-    finally:
-        database.close()
-
-
-@pytest.fixture
-def sn(tmp_path: Path, db: Database) -> Snapshotter:
-    return Snapshotter(tmp_path / "state" / "snapshots", db)
 
 
 def _blocks(path: Path) -> int:
