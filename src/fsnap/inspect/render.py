@@ -25,10 +25,19 @@ from fsnap.progress import human_size
 MARK_STYLES = {"added": "green", "modified": "yellow", "removed": "red"}
 
 
+class _Console(Console):
+    """rich's Console, but a closed pipe reaches ``fsnap.cli.guarded`` like any other
+    write's would (rich itself exits 1), so every command stops with the SIGPIPE status."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def console() -> Console:
     if sys.stdout.isatty():
-        return Console(highlight=False)
-    return Console(width=1000, no_color=True, highlight=False, color_system=None)
+        return _Console(highlight=False)
+    return _Console(width=1000, no_color=True, highlight=False, color_system=None)
 
 
 def print_json(doc: dict[str, Any]) -> None:
@@ -68,18 +77,20 @@ def inspect_json(image: ImageLayers, sizes: Sequence[tuple[int, int] | None]) ->
     for info in image.layers:
         found = sizes[info.index]
         history = info.history
-        layers.append({
-            "index": info.index,
-            "digest": info.descriptor.digest,
-            "media_type": info.descriptor.media_type,
-            "size": info.descriptor.size,
-            "diff_id": info.diff_id,
-            "chain_id": info.chain_id,
-            "unpacked_size": None if found is None else found[0],
-            "entries": None if found is None else found[1],
-            "created_by": history.created_by if history else "",
-            "created": history.created if history else "",
-        })
+        layers.append(
+            {
+                "index": info.index,
+                "digest": info.descriptor.digest,
+                "media_type": info.descriptor.media_type,
+                "size": info.descriptor.size,
+                "diff_id": info.diff_id,
+                "chain_id": info.chain_id,
+                "unpacked_size": None if found is None else found[0],
+                "entries": None if found is None else found[1],
+                "created_by": history.created_by if history else "",
+                "created": history.created if history else "",
+            }
+        )
     unpacked = all(s is not None for s in sizes)
     return {
         "schema": "fsnap/inspect/v1",
@@ -110,20 +121,42 @@ def inspect_table(doc: dict[str, Any], no_trunc: bool) -> None:
             out.print(f"  {key:9} {digest}")
     for key, value in doc["runtime"].items():
         out.print(f"  {key:9} {json.dumps(value)}")
-    table = _table("layers", "#", "DIGEST", "DIFF ID", "CHAIN ID", "SIZE", "UNPACKED",
-                   "MEDIA TYPE", "CREATED BY")
+    table = _table(
+        "layers",
+        "#",
+        "DIGEST",
+        "DIFF ID",
+        "CHAIN ID",
+        "SIZE",
+        "UNPACKED",
+        "MEDIA TYPE",
+        "CREATED BY",
+    )
     for layer in doc["layers"]:
         unpacked = layer["unpacked_size"]
-        table.add_row(str(layer["index"]), short(layer["digest"], no_trunc),
-                      short(layer["diff_id"], no_trunc), short(layer["chain_id"], no_trunc),
-                      human_size(layer["size"]),
-                      "-" if unpacked is None else human_size(unpacked),
-                      layer["media_type"].rsplit(".", 1)[-1], layer["created_by"])
+        table.add_row(
+            str(layer["index"]),
+            short(layer["digest"], no_trunc),
+            short(layer["diff_id"], no_trunc),
+            short(layer["chain_id"], no_trunc),
+            human_size(layer["size"]),
+            "-" if unpacked is None else human_size(unpacked),
+            layer["media_type"].rsplit(".", 1)[-1],
+            layer["created_by"],
+        )
     totals = doc["totals"]
     unpacked_total = totals["unpacked_size"]
     table.add_section()
-    table.add_row("", f"{totals['layers']} layers", "", "", human_size(totals["size"]),
-                  "-" if unpacked_total is None else human_size(unpacked_total), "", "")
+    table.add_row(
+        "",
+        f"{totals['layers']} layers",
+        "",
+        "",
+        human_size(totals["size"]),
+        "-" if unpacked_total is None else human_size(unpacked_total),
+        "",
+        "",
+    )
     _print(out, table)
     if not doc["unpacked"]:
         out.print(f"[yellow]not unpacked: run `fsnap pull {doc['name']}`[/yellow]")
@@ -132,30 +165,43 @@ def inspect_table(doc: dict[str, Any], no_trunc: bool) -> None:
 def history_json(image: ImageLayers) -> dict[str, Any]:
     lines = []
     for line in reversed(image.history):
-        layer = None if line.layer is None or line.layer >= len(image.layers) else \
-            image.layers[line.layer]
-        lines.append({
-            "created": line.created,
-            "created_by": line.created_by,
-            "comment": line.comment,
-            "empty_layer": line.empty_layer,
-            "layer": line.layer,
-            "size": layer.descriptor.size if layer else 0,
-            "digest": layer.descriptor.digest if layer else None,
-            "chain_id": layer.chain_id if layer else None,
-        })
+        layer = (
+            None
+            if line.layer is None or line.layer >= len(image.layers)
+            else image.layers[line.layer]
+        )
+        lines.append(
+            {
+                "created": line.created,
+                "created_by": line.created_by,
+                "comment": line.comment,
+                "empty_layer": line.empty_layer,
+                "layer": line.layer,
+                "size": layer.descriptor.size if layer else 0,
+                "digest": layer.descriptor.digest if layer else None,
+                "chain_id": layer.chain_id if layer else None,
+            }
+        )
     return {"schema": "fsnap/history/v1", "name": image.name, "history": lines}
 
 
 def history_table(doc: dict[str, Any], no_trunc: bool) -> None:
-    table = _table(f"history of {doc['name']} (newest first)", "LAYER", "CREATED",
-                   "CREATED BY", "SIZE", "COMMENT")
+    table = _table(
+        f"history of {doc['name']} (newest first)",
+        "LAYER",
+        "CREATED",
+        "CREATED BY",
+        "SIZE",
+        "COMMENT",
+    )
     for line in doc["history"]:
         layer = "<empty>" if line["layer"] is None else str(line["layer"])
-        created_by = line["created_by"] if no_trunc or len(line["created_by"]) < 60 else \
-            line["created_by"][:57] + "..."
-        table.add_row(layer, line["created"], created_by, human_size(line["size"]),
-                      line["comment"])
+        created_by = (
+            line["created_by"]
+            if no_trunc or len(line["created_by"]) < 60
+            else line["created_by"][:57] + "..."
+        )
+        table.add_row(layer, line["created"], created_by, human_size(line["size"]), line["comment"])
     _print(console(), table)
 
 
@@ -176,8 +222,9 @@ def change_json(change: Change) -> dict[str, Any]:
     }
 
 
-def diff_json(source: dict[str, Any], path: str, groups: list[LayerChanges],
-              names: list[str]) -> dict[str, Any]:
+def diff_json(
+    source: dict[str, Any], path: str, groups: list[LayerChanges], names: list[str]
+) -> dict[str, Any]:
     return {
         "schema": "fsnap/diff/v1",
         "source": source,
@@ -188,8 +235,10 @@ def diff_json(source: dict[str, Any], path: str, groups: list[LayerChanges],
                 "last": group.last,
                 "chain_id": names[group.last],
                 "changes": [change_json(c) for c in group.changes],
-                "totals": {mark: {"count": group.count(mark), "bytes": group.bytes(mark)}
-                           for mark in ("added", "modified", "removed")},
+                "totals": {
+                    mark: {"count": group.count(mark), "bytes": group.bytes(mark)}
+                    for mark in ("added", "modified", "removed")
+                },
             }
             for group in groups
         ],
@@ -199,19 +248,30 @@ def diff_json(source: dict[str, Any], path: str, groups: list[LayerChanges],
 def diff_table(doc: dict[str, Any]) -> None:
     out = console()
     for group in doc["layers"]:
-        span = str(group["first"]) if group["first"] == group["last"] else \
-            f"{group['first']}..{group['last']}"
+        span = (
+            str(group["first"])
+            if group["first"] == group["last"]
+            else f"{group['first']}..{group['last']}"
+        )
         out.print(f"[bold]layer {span}[/bold] ({group['chain_id']})")
         table = _table("", "MARK", "SIZE", "KIND", "PATH", "NOTE")
         for change in group["changes"]:
             style = MARK_STYLES[change["mark"]]
-            table.add_row(f"[{style}]{change['mark']}[/{style}]", human_size(change["size"]),
-                          change["kind"], f"[{style}]{change['path']}[/{style}]",
-                          _note(change))
+            table.add_row(
+                f"[{style}]{change['mark']}[/{style}]",
+                human_size(change["size"]),
+                change["kind"],
+                f"[{style}]{change['path']}[/{style}]",
+                _note(change),
+            )
         _print(out, table)
         totals = group["totals"]
-        out.print("  " + ", ".join(f"{t['count']} {mark} ({human_size(t['bytes'])})"
-                                   for mark, t in totals.items()))
+        out.print(
+            "  "
+            + ", ".join(
+                f"{t['count']} {mark} ({human_size(t['bytes'])})" for mark, t in totals.items()
+            )
+        )
 
 
 def _note(change: dict[str, Any]) -> str:
@@ -230,8 +290,9 @@ def _note(change: dict[str, Any]) -> str:
 # --- analyze ---------------------------------------------------------------------------------
 
 
-def analyze_json(name: str, names: list[str], analysis: Analysis, top: int,
-                 verdicts: list[Verdict] | None) -> dict[str, Any]:
+def analyze_json(
+    name: str, names: list[str], analysis: Analysis, top: int, verdicts: list[Verdict] | None
+) -> dict[str, Any]:
     return {
         "schema": "fsnap/analyze/v1",
         "name": name,
@@ -241,18 +302,28 @@ def analyze_json(name: str, names: list[str], analysis: Analysis, top: int,
         "total_bytes": analysis.total_bytes,
         "visible_bytes": analysis.visible_bytes,
         "user_bytes": analysis.user_bytes,
-        "layers": [{"index": i, "chain_id": names[i], "bytes": size}
-                   for i, size in enumerate(analysis.layer_bytes)],
+        "layers": [
+            {"index": i, "chain_id": names[i], "bytes": size}
+            for i, size in enumerate(analysis.layer_bytes)
+        ],
         "offenders": [
-            {"path": o.path, "wasted": o.wasted,
-             "versions": [{"layer": v.layer, "size": v.size, "visible": v.visible}
-                          for v in o.versions]}
+            {
+                "path": o.path,
+                "wasted": o.wasted,
+                "versions": [
+                    {"layer": v.layer, "size": v.size, "visible": v.visible} for v in o.versions
+                ],
+            }
             for o in analysis.offenders[:top]
         ],
-        "ci": None if verdicts is None else {
+        "ci": None
+        if verdicts is None
+        else {
             "passed": all(v.passed for v in verdicts),
-            "rules": [{"rule": v.rule, "limit": v.limit, "value": v.value, "passed": v.passed}
-                      for v in verdicts],
+            "rules": [
+                {"rule": v.rule, "limit": v.limit, "value": v.value, "passed": v.passed}
+                for v in verdicts
+            ],
         },
     }
 
@@ -263,23 +334,28 @@ def analyze_table(doc: dict[str, Any]) -> None:
     out.print(f"  efficiency:          {doc['efficiency'] * 100:.2f} %")
     out.print(f"  wasted bytes:        {doc['wasted_bytes']} ({human_size(doc['wasted_bytes'])})")
     out.print(f"  user wasted percent: {doc['user_wasted_percent'] * 100:.2f} %")
-    out.print(f"  content bytes:       {doc['total_bytes']} stored, {doc['visible_bytes']} "
-              "visible")
+    out.print(f"  content bytes:       {doc['total_bytes']} stored, {doc['visible_bytes']} visible")
     if doc["offenders"]:
         table = _table("top offenders", "WASTED", "COUNT", "LAYERS", "PATH")
         for offender in doc["offenders"]:
-            layers = ",".join(str(v["layer"]) + ("" if v["visible"] else "*")
-                              for v in offender["versions"])
-            table.add_row(human_size(offender["wasted"]), str(len(offender["versions"])),
-                          layers, offender["path"])
+            layers = ",".join(
+                str(v["layer"]) + ("" if v["visible"] else "*") for v in offender["versions"]
+            )
+            table.add_row(
+                human_size(offender["wasted"]),
+                str(len(offender["versions"])),
+                layers,
+                offender["path"],
+            )
         _print(out, table)
         out.print("  (* a version the merged view does not show)")
     ci = doc["ci"]
     if ci is not None:
         for rule in ci["rules"]:
             verdict = "[green]PASS[/green]" if rule["passed"] else "[red]FAIL[/red]"
-            out.print(f"  {verdict} {rule['rule']}: {rule['value']:.4g} (limit "
-                      f"{rule['limit']:.4g})")
+            out.print(
+                f"  {verdict} {rule['rule']}: {rule['value']:.4g} (limit {rule['limit']:.4g})"
+            )
         out.print("[green]result: PASS[/green]" if ci["passed"] else "[red]result: FAIL[/red]")
 
 
@@ -287,8 +363,15 @@ def analyze_table(doc: dict[str, Any]) -> None:
 
 
 def sighting_json(s: Sighting, names: list[str]) -> dict[str, Any]:
-    return {"layer": s.layer, "chain_id": names[s.layer], "action": s.action, "kind": s.kind,
-            "size": s.size, "cause": s.cause, "by": s.by}
+    return {
+        "layer": s.layer,
+        "chain_id": names[s.layer],
+        "action": s.action,
+        "kind": s.kind,
+        "size": s.size,
+        "cause": s.cause,
+        "by": s.by,
+    }
 
 
 def which_json(name: str, names: list[str], answer: Which) -> dict[str, Any]:
@@ -298,13 +381,11 @@ def which_json(name: str, names: list[str], answer: Which) -> dict[str, Any]:
         "name": name,
         "path": answer.path,
         "present": answer.present,
-        "provider": None if provider is None else {"layer": provider,
-                                                   "chain_id": names[provider]},
+        "provider": None if provider is None else {"layer": provider, "chain_id": names[provider]},
         "kind": answer.kind,
         "sightings": [sighting_json(s, names) for s in answer.sightings],
         "shadowed": [{"layer": i, "chain_id": names[i]} for i in answer.shadowed],
-        "hidden_by": None if answer.hidden_by is None else
-        sighting_json(answer.hidden_by, names),
+        "hidden_by": None if answer.hidden_by is None else sighting_json(answer.hidden_by, names),
     }
 
 
@@ -312,14 +393,18 @@ def which_table(doc: dict[str, Any], no_trunc: bool) -> None:
     out = console()
     if doc["present"]:
         provider = doc["provider"]
-        out.print(f"{doc['path']}: {doc['kind']} from layer {provider['layer']} "
-                  f"({short(provider['chain_id'], no_trunc)})")
+        out.print(
+            f"{doc['path']}: {doc['kind']} from layer {provider['layer']} "
+            f"({short(provider['chain_id'], no_trunc)})"
+        )
         if doc["shadowed"]:
             out.print("  shadows layers " + ", ".join(str(s["layer"]) for s in doc["shadowed"]))
     elif doc["hidden_by"] is not None:
         hidden = doc["hidden_by"]
-        out.print(f"{doc['path']}: [red]removed[/red] in layer {hidden['layer']} by "
-                  f"{hidden['cause']} of {hidden['by']}")
+        out.print(
+            f"{doc['path']}: [red]removed[/red] in layer {hidden['layer']} by "
+            f"{hidden['cause']} of {hidden['by']}"
+        )
     else:
         out.print(f"{doc['path']}: not in any layer")
     if doc["sightings"]:
@@ -327,14 +412,25 @@ def which_table(doc: dict[str, Any], no_trunc: bool) -> None:
         for s in doc["sightings"]:
             style = MARK_STYLES[s["action"]]
             by = f"{s['cause']} of {s['by']}" if s["cause"] else ""
-            table.add_row(str(s["layer"]), short(s["chain_id"], no_trunc),
-                          f"[{style}]{s['action']}[/{style}]", s["kind"],
-                          human_size(s["size"]), by)
+            table.add_row(
+                str(s["layer"]),
+                short(s["chain_id"], no_trunc),
+                f"[{style}]{s['action']}[/{style}]",
+                s["kind"],
+                human_size(s["size"]),
+                by,
+            )
         _print(out, table)
 
 
-def tree_json(name: str, names: list[str], path: str, layer: int | None, depth: int | None,
-              rows: list[TreeRow]) -> dict[str, Any]:
+def tree_json(
+    name: str,
+    names: list[str],
+    path: str,
+    layer: int | None,
+    depth: int | None,
+    rows: list[TreeRow],
+) -> dict[str, Any]:
     return {
         "schema": "fsnap/tree/v1",
         "name": name,
@@ -342,9 +438,16 @@ def tree_json(name: str, names: list[str], path: str, layer: int | None, depth: 
         "layer": layer,
         "depth": depth,
         "entries": [
-            {"path": r.path, "depth": r.depth, "kind": r.kind, "size": r.size,
-             "layer": r.layer, "chain_id": names[r.layer] if r.layer >= 0 else None,
-             "link": r.link, "mark": r.mark}
+            {
+                "path": r.path,
+                "depth": r.depth,
+                "kind": r.kind,
+                "size": r.size,
+                "layer": r.layer,
+                "chain_id": names[r.layer] if r.layer >= 0 else None,
+                "link": r.link,
+                "mark": r.mark,
+            }
             for r in rows
         ],
     }
@@ -362,21 +465,24 @@ def tree_text(doc: dict[str, Any], no_trunc: bool) -> None:
             name += f" [red]({entry['mark']})[/red]"
         size = f" {human_size(entry['size'])}" if entry["kind"] in ("file", "hardlink") else ""
         chain = short(entry["chain_id"], no_trunc) if entry["chain_id"] else "-"
-        out.print(f"[dim]{entry['layer']:>3} {chain}[/dim] {'  ' * entry['depth']}{name}"
-                  f"{size}")
+        out.print(f"[dim]{entry['layer']:>3} {chain}[/dim] {'  ' * entry['depth']}{name}{size}")
 
 
-def du_json(name: str, path: str, depth: int, dirs: list[DirUsage],
-            layers: list[LayerUsage]) -> dict[str, Any]:
+def du_json(
+    name: str, path: str, depth: int, dirs: list[DirUsage], layers: list[LayerUsage]
+) -> dict[str, Any]:
     return {
         "schema": "fsnap/du/v1",
         "name": name,
         "path": path,
         "depth": depth,
-        "directories": [{"path": d.path, "depth": d.depth, "size": d.size,
-                         "entries": d.entries} for d in dirs],
-        "layers": [{"layer": u.layer, "chain_id": u.chain_id, "stored": u.stored,
-                    "visible": u.visible} for u in layers],
+        "directories": [
+            {"path": d.path, "depth": d.depth, "size": d.size, "entries": d.entries} for d in dirs
+        ],
+        "layers": [
+            {"layer": u.layer, "chain_id": u.chain_id, "stored": u.stored, "visible": u.visible}
+            for u in layers
+        ],
     }
 
 
@@ -388,6 +494,11 @@ def du_table(doc: dict[str, Any], no_trunc: bool) -> None:
     _print(out, table)
     table = _table("per layer", "LAYER", "CHAIN ID", "STORED", "VISIBLE", "HIDDEN")
     for u in doc["layers"]:
-        table.add_row(str(u["layer"]), short(u["chain_id"], no_trunc), human_size(u["stored"]),
-                      human_size(u["visible"]), human_size(u["stored"] - u["visible"]))
+        table.add_row(
+            str(u["layer"]),
+            short(u["chain_id"], no_trunc),
+            human_size(u["stored"]),
+            human_size(u["visible"]),
+            human_size(u["stored"] - u["visible"]),
+        )
     _print(out, table)
