@@ -177,27 +177,22 @@ class RootDir:
             return
         if stat.S_ISDIR(st.st_mode):
             self.forget(path)
-            fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
-            try:
-                _empty_dir(fd)
-            finally:
-                os.close(fd)
-            os.rmdir(name, dir_fd=parent_fd)
+            _remove_dir(parent_fd, name)
         else:
             os.unlink(name, dir_fd=parent_fd)
 
 
-def _empty_dir(fd: int) -> None:
-    """Delete a directory's contents through its fd, never following a symlink."""
-    with os.scandir(fd) as it:
-        names = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-    for name, is_dir in names:
-        if is_dir:
-            sub = os.open(name, _OPEN_DIR, dir_fd=fd)
-            try:
-                _empty_dir(sub)
-            finally:
-                os.close(sub)
-            os.rmdir(name, dir_fd=fd)
-        else:
-            os.unlink(name, dir_fd=fd)
+def _remove_dir(parent_fd: int, name: str) -> None:
+    """Delete directory ``name`` and its contents through fds, never following a symlink."""
+    fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for entry, is_dir in entries:
+            if is_dir:
+                _remove_dir(fd, entry)
+            else:
+                os.unlink(entry, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
