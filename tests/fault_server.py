@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from http_helpers import serving
+
 BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
 OBJECTS_PREFIX = "/_objects"
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
@@ -236,14 +238,6 @@ def run_fault_server(upstream: str) -> Iterator[FaultServer]:
     state = FaultServer(upstream)
     server = _ProxyServer(("127.0.0.1", 0), _Handler)
     server.state = state
-    state.host = f"127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="fault-server", daemon=True
-    )
-    thread.start()
-    try:
+    with serving(server, "fault-server") as port:
+        state.host = f"127.0.0.1:{port}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

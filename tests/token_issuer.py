@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
+from http_helpers import serving
 
 SERVICE = "fsnap-test-registry"
 ISSUER = "fsnap-test-issuer"
@@ -173,14 +174,6 @@ def run_issuer(username: str, password: str) -> Iterator[TokenIssuer]:
     issuer = make_issuer(username, password)
     server = _IssuerServer(("127.0.0.1", 0), _Handler)
     server.issuer = issuer
-    issuer.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(
-        target=server.serve_forever, args=(0.05,), name="token-issuer", daemon=True
-    )
-    thread.start()
-    try:
+    with serving(server, "token-issuer") as port:
+        issuer.url = f"http://127.0.0.1:{port}"
         yield issuer
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
