@@ -27,6 +27,9 @@ from fsnap.archive.reader import LayerStream
 from fsnap.errors import InvalidArgument
 from fsnap.oci import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
+# No mount, no registry: these tests take seconds, so a minute means a hang.
+pytestmark = pytest.mark.timeout(60)
+
 NOBODY = 65534
 # vfs capability v2 (cap_setgid, cap_setuid permitted): 0xc0 makes it invalid UTF-8
 CAPABILITY = b"\x01\x00\x00\x02\xc0\x00\x00\x00" + b"\x00" * 12

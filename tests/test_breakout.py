@@ -24,6 +24,9 @@ from fsnap.archive.apply import apply_layer
 from fsnap.archive.entry import Entry
 from fsnap.errors import InvalidArgument
 
+# No mount, no registry: these tests take seconds, so a minute means a hang.
+pytestmark = pytest.mark.timeout(60)
+
 HOST_TARGETS = [
     "/etc/passwd",
     "/etc/unbroken",

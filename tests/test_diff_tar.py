@@ -19,6 +19,9 @@ from fsnap.db import Database
 from fsnap.diff.scan import scan_snapshot
 from fsnap.diff.tar import ordered, write_layer, write_tar
 
+# No mount, no registry: these tests take seconds, so a minute means a hang.
+pytestmark = pytest.mark.timeout(60)
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[ContentStore]:

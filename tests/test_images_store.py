@@ -27,6 +27,9 @@ from fsnap.images.manifest import (
 from fsnap.images.store import Image, ImageStore
 from fsnap.oci import Descriptor, Platform
 
+# No mount, no registry: these tests take seconds, so a minute means a hang.
+pytestmark = pytest.mark.timeout(60)
+
 
 @pytest.fixture
 def images(tmp_path: Path) -> Iterator[ImageStore]:

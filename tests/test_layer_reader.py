@@ -22,6 +22,9 @@ from fsnap.errors import InvalidArgument
 from fsnap.oci import OCI_LAYER_GZIP
 from fsnap.unpack.pipe import BytePipe
 
+# No mount, no registry: these tests take seconds, so a minute means a hang.
+pytestmark = pytest.mark.timeout(60)
+
 WAKE_TIMEOUT = 30.0
 
 

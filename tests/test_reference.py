@@ -7,6 +7,9 @@ import pytest
 from fsnap.errors import InvalidArgument
 from fsnap.reference import Reference
 
+# No mount, no registry: these tests take seconds, so a minute means a hang.
+pytestmark = pytest.mark.timeout(60)
+
 DIGEST = "sha256:" + "ab" * 32
 
 
