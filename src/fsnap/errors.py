@@ -71,3 +71,35 @@ class Busy(FsnapError):
     """A resource is in use (a mounted image, a busy mount point)."""
 
     exit_code = 11
+
+
+class EnvironmentProblem(FsnapError):
+    """The machine lacks something fsnap needs. The message names the cause and the fix;
+    each subclass has its own exit code so scripts can tell them apart (README lists them).
+    ``fsnap.info`` holds the probes that raise these."""
+
+    exit_code = 12
+
+
+class FuseUnavailable(EnvironmentProblem):
+    """/dev/fuse is missing or cannot be opened by this user."""
+
+    exit_code = 12
+
+
+class ToolMissing(EnvironmentProblem):
+    """A program fsnap runs (fusermount3, unshare, runc ...) is not installed."""
+
+    exit_code = 13
+
+
+class UserNamespacesDisabled(EnvironmentProblem):
+    """This user cannot create user namespaces (a sysctl, or a limit of 0, forbids it)."""
+
+    exit_code = 14
+
+
+class NoSpace(EnvironmentProblem):
+    """The file system holding the fsnap root is full (ENOSPC or EDQUOT)."""
+
+    exit_code = 15

@@ -8,6 +8,7 @@ Errors are mapped to messages and exit codes here, once: no traceback reaches a 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -17,7 +18,9 @@ from pathlib import Path
 from fsnap.errors import FsnapError
 
 # Every topic module under fsnap.cli, in the order ``fsnap --help`` lists them.
-TOPICS = ("pull", "images", "content", "snapshots", "mount", "gc", "commit", "push", "inspect")
+TOPICS = (
+    "pull", "images", "content", "snapshots", "mount", "gc", "commit", "push", "inspect", "info"
+)
 
 # Which topic registers each command. Importing a topic imports the library code behind it
 # (httpx, trio, rich, pyfuse3 ...), so a command loads only its own topic: `fsnap images`
@@ -41,6 +44,7 @@ COMMANDS = {
     "which": "inspect",
     "tree": "inspect",
     "du": "inspect",
+    "info": "info",
 }
 
 # Exit code of an unexpected error (a bug): EX_SOFTWARE from sysexits.h.
@@ -98,10 +102,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def command() -> int:
         with Client(root) as client:
-            code: int = args.handler(client, args)
+            try:
+                code: int = args.handler(client, args)
+            except BaseException as exc:
+                if out_of_space(exc, root):
+                    from fsnap.info.store import no_space
+
+                    raise no_space(root) from None
+                raise
             return code
 
     return guarded("fsnap", command)
+
+
+def out_of_space(exc: BaseException, root: Path) -> bool:
+    """Whether ``exc`` is (or wraps, in a group or as its cause) ENOSPC/EDQUOT on a path
+    under ``root`` (or on no named path: a write to a descriptor the store opened)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(out_of_space(inner, root) for inner in exc.exceptions)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return exc.filename is None or Path(os.fsdecode(exc.filename)).is_relative_to(root)
+    return exc.__cause__ is not None and out_of_space(exc.__cause__, root)
 
 
 def guarded(prog: str, call: Callable[[], int]) -> int:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from fsnap import errors
 from fsnap.errors import AlreadyExists, Busy, FsnapError, InvalidArgument, NotFound, Unavailable
+from fsnap.info.fuse import require_fuse
 from fsnap.mount import source
 from fsnap.snapshots.info import Kind
 
@@ -324,6 +325,7 @@ def _not_connected(mnt: str) -> bool:
 
 def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
            options: MountOptions) -> MountInfo:
+    require_fuse()  # before any record or daemon: a missing /dev/fuse is named, with the fix
     record = _record_path(client, info.mountpoint)
     info.log = str(record.with_suffix(".log"))
     info.options = fuse_options(info.source, options, writable=bool(info.writable))

@@ -21,6 +21,7 @@ from typing import Any
 
 from fsnap.cli import guarded
 from fsnap.errors import FsnapError, NotFound, Unavailable
+from fsnap.info.fuse import require_fuse
 from fsnap.mount.daemon import Ready, pipe_reporter, serve
 from fsnap.mount.fs import MergedFS
 from fsnap.overlay import options as overlay_options
@@ -84,6 +85,7 @@ def _check_mountpoint(path: str) -> str:
 def _spec(args: argparse.Namespace) -> tuple[dict[str, Any], overlay_options.OverlayOptions, bool]:
     opts = overlay_options.parse(args.options)
     mountpoint = _check_mountpoint(args.mountpoint)
+    require_fuse()
     fuse, read_only = fuse_options(opts, args.source, args.debug)
     if args.debug and opts.ignored:
         print(f"{PROG}: ignoring options: {','.join(opts.ignored)}", file=sys.stderr)
