@@ -7,6 +7,7 @@ when the test fails. Helpers to build and push images live in ``registry_helpers
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +98,60 @@ def db(tmp_path: Path) -> Iterator[Database]:
 def sn(tmp_path: Path, db: Database) -> Snapshotter:
     """A snapshotter under ``tmp_path/state/snapshots`` on ``db``."""
     return Snapshotter(tmp_path / "state" / "snapshots", db)
+
+
+# --- the file system under fsnap's root --------------------------------------------------
+
+ROOT_FILESYSTEMS = ["disk", "tmpfs", "overlayfs"]
+
+
+@contextlib.contextmanager
+def _mounted(argv: list[str], mnt: Path) -> Iterator[None]:
+    """``argv`` mounts something at ``mnt``; unmounted (lazily if busy) whatever happens."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    subprocess.run(argv, check=True, capture_output=True, timeout=60)
+    try:
+        yield
+    finally:
+        done = subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
+        if done.returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
+
+
+@contextlib.contextmanager
+def filesystem_at(kind: str, base: Path) -> Iterator[Path]:
+    """A directory on file system ``kind`` under ``base``: ``base`` itself for "disk" (the
+    test machine's own), else a tmpfs or an overlayfs (lower, upper and work on disk)
+    mounted for the test and unmounted after, also when it fails. Stores live on all three
+    (CI runners keep them on tmpfs, containers on overlayfs); each answers the fast paths
+    (RWF_NOWAIT, O_NOATIME) its own way."""
+    if kind == "disk":
+        yield base
+        return
+    mnt = base / f"on-{kind}"
+    if kind == "tmpfs":
+        argv = ["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(mnt)]
+    else:
+        parts = {name: base / f"overlay-{name}" for name in ("lower", "upper", "work")}
+        for part in parts.values():
+            part.mkdir(parents=True)
+        argv = ["mount", "-t", "overlay", "overlay", "-o",
+                f"lowerdir={parts['lower']},upperdir={parts['upper']},"
+                f"workdir={parts['work']}", str(mnt)]
+    with _mounted(argv, mnt):
+        yield mnt
+
+
+@pytest.fixture(params=ROOT_FILESYSTEMS)
+def fs_base(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A directory for fsnap's root on each file system in turn."""
+    with filesystem_at(request.param, tmp_path) as base:
+        yield base
+
+
+@pytest.fixture(params=["disk", "tmpfs"])
+def stack_base(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A directory for an overlay stack (lowers, upper, work) on disk, then on tmpfs. Not on
+    overlayfs: its own whiteouts and ``trusted.overlay.*`` xattrs would be taken by it."""
+    with filesystem_at(request.param, tmp_path) as base:
+        yield base

@@ -40,8 +40,17 @@ def busybox(tmp_path: Path) -> tuple[Path, str]:
     return root, names[-1]
 
 
-def test_chroot_busybox_shell(busybox: tuple[Path, str], tmp_path: Path) -> None:
-    root, key = busybox
+@pytest.fixture
+def busybox_anywhere(fs_base: Path) -> tuple[Path, str]:
+    """``busybox`` with fsnap's root on disk, on tmpfs and on overlayfs in turn."""
+    root = fs_base / "root"
+    with Client(root) as client:
+        names = commit_chain(client, busybox_tars())
+    return root, names[-1]
+
+
+def test_chroot_busybox_shell(busybox_anywhere: tuple[Path, str], tmp_path: Path) -> None:
+    root, key = busybox_anywhere
     mnt = tmp_path / "mnt"
     with mounted_snapshot(root, key, mnt) as info:
         done = subprocess.run(
@@ -55,7 +64,7 @@ def test_chroot_busybox_shell(busybox: tuple[Path, str], tmp_path: Path) -> None
             assert key in manager.snapshots_in_use(client)
 
 
-def test_chroot_dynamically_linked_program(tmp_path: Path) -> None:
+def test_chroot_dynamically_linked_program(tmp_path: Path, fs_base: Path) -> None:
     """/bin/ls with the libraries and loader ldd names, over three layers (usrmerge links
     in the first, libraries in the second, the program in the third)."""
     libs = []
@@ -84,7 +93,7 @@ def test_chroot_dynamically_linked_program(tmp_path: Path) -> None:
                 libs_layer.host_file(path, real)
                 made.add(path)
     program = TarLayer().dir("usr").dir("usr/bin").host_file("usr/bin/ls", "/bin/ls")
-    root = tmp_path / "root"
+    root = fs_base / "root"
     with Client(root) as client:
         key = commit_chain(client, [base.bytes(), libs_layer.bytes(), program.bytes()])[-1]
     mnt = tmp_path / "mnt"

@@ -78,21 +78,22 @@ def _open_files(pid: int, under: Path) -> list[str]:
     return found
 
 
-def test_whole_tree_read_twice_matches_layers(tmp_path: Path) -> None:
-    dirs, expected = _layers(tmp_path / "layers")
+def test_whole_tree_read_twice_matches_layers(tmp_path: Path, fs_base: Path) -> None:
+    """On disk, tmpfs and overlayfs: each answers the page-cache-only read its own way."""
+    dirs, expected = _layers(fs_base / "layers")
     want = {path: hashlib.sha256(data).hexdigest() for path, data in expected.items()}
-    with mounted(tmp_path / "root", dirs, tmp_path / "mnt") as info:
+    with mounted(fs_base / "root", dirs, tmp_path / "mnt") as info:
         assert _read_all(tmp_path / "mnt") == want
         # Second pass: the kernel's page cache (keep_cache) and the daemon agree.
         assert _read_all(tmp_path / "mnt") == want
         # Every open was released: the daemon holds no layer file open. Releases reach the
         # daemon after the reader exits, so give it a moment to answer them.
-        leftover = _open_files(info.pid, tmp_path / "layers")
+        leftover = _open_files(info.pid, fs_base / "layers")
         for _ in range(200):
             if not leftover:
                 break
             time.sleep(0.05)
-            leftover = _open_files(info.pid, tmp_path / "layers")
+            leftover = _open_files(info.pid, fs_base / "layers")
         assert leftover == []
 
 

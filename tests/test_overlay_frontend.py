@@ -63,9 +63,10 @@ def check_view(view: Path) -> None:
 
 
 @pytest.mark.parametrize("style", ["chardev", "wh"])
-def test_read_only_lists_like_kernel_overlay(tmp_path: Path, style: str) -> None:
+def test_read_only_lists_like_kernel_overlay(tmp_path: Path, stack_base: Path,
+                                             style: str) -> None:
     kernel_lowers = write_stack(tmp_path / "kernel-format", "chardev")
-    lowers = kernel_lowers if style == "chardev" else write_stack(tmp_path / "wh-format", "wh")
+    lowers = write_stack(stack_base / f"{style}-format", style)
     with kernel_overlay(lowerdir(kernel_lowers), tmp_path / "kernel") as kernel:
         check_view(kernel)
         want = full_listing(kernel)
@@ -92,10 +93,12 @@ def writable(base: Path, lowers: list[Path]) -> str:
     return f"{lowerdir(lowers)},upperdir={base / 'upper'},workdir={base / 'work'}"
 
 
-def test_writable_changes_like_kernel_overlay(tmp_path: Path) -> None:
-    lowers = write_stack(tmp_path / "lowers", "chardev")
-    kernel_opts = writable(tmp_path / "k", lowers)
-    fsnap_opts = writable(tmp_path / "f", lowers)
+def test_writable_changes_like_kernel_overlay(tmp_path: Path, stack_base: Path) -> None:
+    """fsnap-overlay's stack on disk, then on tmpfs; the kernel's always on disk."""
+    kernel_lowers = write_stack(tmp_path / "kernel-lowers", "chardev")
+    lowers = write_stack(stack_base / "lowers", "chardev")
+    kernel_opts = writable(tmp_path / "k", kernel_lowers)
+    fsnap_opts = writable(stack_base / "f", lowers)
     with kernel_overlay(kernel_opts, tmp_path / "kernel") as kernel:
         apply_changes(kernel)
         want = full_listing(kernel)
@@ -106,7 +109,7 @@ def test_writable_changes_like_kernel_overlay(tmp_path: Path) -> None:
     assert not any(line.startswith("etc/keep ") for line in got)
     assert_same(want, got, ("kernel overlayfs", "fsnap-overlay"))
 
-    upper = tmp_path / "f" / "upper"
+    upper = stack_base / "f" / "upper"
     assert whiteouts(upper) == whiteouts(tmp_path / "k" / "upper")
     assert {"etc/keep", "data/a", "tree", "dev/fifo", "new/deep"} <= whiteouts(upper)
     for rel in whiteouts(upper):
@@ -114,7 +117,7 @@ def test_writable_changes_like_kernel_overlay(tmp_path: Path) -> None:
         assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0, rel
     assert not [n for n in upper_names(upper) if n.startswith(".wh.")]
     assert os.getxattr(upper / "opq2", "trusted.overlay.opaque") == b"y"
-    assert os.listdir(tmp_path / "f" / "work" / "fsnap-overlay") == []
+    assert os.listdir(stack_base / "f" / "work" / "fsnap-overlay") == []
 
     # the kernel reads fsnap-overlay's upper as one more layer and sees the same tree
     with kernel_overlay(lowerdir([upper, *lowers]), tmp_path / "kernel-reads-ours") as view:

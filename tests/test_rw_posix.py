@@ -18,9 +18,10 @@ from fsnap.client import Client
 
 
 @pytest.fixture
-def active(tmp_path: Path) -> Iterator[tuple[Path, str, Path]]:
-    """(fsnap root, active key, mount point) over the lower image of ``rw_helpers``."""
-    root = tmp_path / "root"
+def active(fs_base: Path) -> Iterator[tuple[Path, str, Path]]:
+    """(fsnap root, active key, mount point) over the lower image of ``rw_helpers``, the
+    root on disk, tmpfs and overlayfs in turn."""
+    root = fs_base / "root"
     top = make_image(root)
     with Client(root) as client:
         client.snapshots.prepare("rw", top)

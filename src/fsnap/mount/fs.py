@@ -16,6 +16,7 @@ from typing import cast
 
 import pyfuse3
 
+from fsnap.mount.fastpath import LEARNT, open_source, read_nowait
 from fsnap.mount.prefetch import Prefetcher
 from fsnap.mount.tree import MergedTree, Node
 from fsnap.mount.worker import run_blocking
@@ -42,15 +43,6 @@ class _LazyFile:
         self.fd = -1
 
 
-def _open_source(path: str) -> int:
-    """Open a lower file for reading without touching its atime (not allowed on files the
-    daemon does not own unless it is root: then with the atime)."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
-    except PermissionError:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-
-
 def _reply(buf: bytearray, got: int) -> bytes:
     """The first ``got`` bytes of ``buf`` as a read reply. pyfuse3 replies from any
     contiguous buffer, so a view spares copying up to ``max_read`` bytes (its stub says
@@ -60,7 +52,7 @@ def _reply(buf: bytearray, got: int) -> bytes:
 
 def _open_and_read(path: str, off: int, size: int) -> tuple[int, bytes]:
     """In a worker thread: open, then read ``size`` bytes at ``off`` (short only at EOF)."""
-    fd = _open_source(path)
+    fd = open_source(path)
     try:
         buf = bytearray(size)
         got = os.preadv(fd, [buf], off)
@@ -72,12 +64,11 @@ def _open_and_read(path: str, off: int, size: int) -> tuple[int, bytes]:
 
 async def _read_fd(fd: int, off: int, size: int, file_size: int) -> bytes:
     """Read from an open descriptor: on the loop if the page cache has it all, else the
-    rest (into the same buffer, no copies) in a worker thread."""
+    rest (into the same buffer, no copies) in a worker thread (also on file systems that
+    refuse the page-cache-only read, see ``fastpath``)."""
     buf = bytearray(size)
     try:
-        got = os.preadv(fd, [buf], off, os.RWF_NOWAIT)
-    except BlockingIOError:
-        got = 0
+        got = read_nowait(fd, buf, off)
     except OSError as exc:
         raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
     if got < size and off + got < file_size:
@@ -236,7 +227,7 @@ class MergedFS(pyfuse3.Operations):
         if node.source is None:
             raise pyfuse3.FUSEError(errno.EIO if stat.S_ISREG(node.mode) else errno.EINVAL)
         if not self.lazy_open:
-            fd = _open_source(node.source)
+            fd = open_source(node.source)
             self._open[fd] = node
             return pyfuse3.FileInfo(fh=fd, keep_cache=True)
         self._last_handle += 1
@@ -258,7 +249,7 @@ class MergedFS(pyfuse3.Operations):
         assert source is not None
         if lazy.fd < 0 and self.prefetcher.is_warm(lazy.node):
             with contextlib.suppress(OSError):  # then the worker thread tries (and says why)
-                lazy.fd = _open_source(source)
+                lazy.fd = open_source(source)
         if lazy.fd >= 0:
             return await _read_fd(lazy.fd, off, size, lazy.node.size)
         try:
@@ -268,6 +259,7 @@ class MergedFS(pyfuse3.Operations):
         if lazy.fd < 0 and fh in self._lazy:
             lazy.fd = fd
         else:
+            LEARNT.forget(fd)
             os.close(fd)  # a concurrent read of the same handle opened it first
         return data
 
@@ -275,8 +267,10 @@ class MergedFS(pyfuse3.Operations):
         lazy = self._lazy.pop(fh, None)
         if lazy is None:
             self._open.pop(fh, None)
+            LEARNT.forget(fh)
             os.close(fh)
         elif lazy.fd >= 0:
+            LEARNT.forget(lazy.fd)
             os.close(lazy.fd)
 
     # --- file system -------------------------------------------------------------------

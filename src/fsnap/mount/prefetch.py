@@ -23,6 +23,7 @@ from collections.abc import Iterable
 
 import trio
 
+from fsnap.mount.fastpath import open_source
 from fsnap.mount.tree import Node
 from fsnap.mount.worker import run_blocking
 
@@ -102,9 +103,9 @@ def _warm(paths: Iterable[str]) -> None:
     """Open each file (its inode is read now) and queue the read of its first pages."""
     for path in paths:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
+            fd = open_source(path)
         except OSError:
-            continue  # not ours to open without atime, or gone: the reader will say
+            continue  # gone or not ours to read: the reader will say
         try:
             os.posix_fadvise(fd, 0, WARM_BYTES, os.POSIX_FADV_WILLNEED)
         except OSError:

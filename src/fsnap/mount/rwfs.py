@@ -35,6 +35,7 @@ import trio
 
 from fsnap.archive.entry import Entry, Kind
 from fsnap.errors import FailedPrecondition
+from fsnap.mount.fastpath import write_nowait
 from fsnap.mount.fs import MergedFS
 from fsnap.mount.source import chain_layers
 from fsnap.mount.tree import Layer, MergedTree, Node
@@ -576,12 +577,10 @@ class WritableFS(MergedFS):
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        """Into the page cache on the loop when that cannot block (RWF_NOWAIT), else in a
-        worker thread; size and mtime then come from the file."""
-        try:
-            written = os.pwritev(fh, [buf], off, os.RWF_NOWAIT)
-        except OSError:  # BlockingIOError included: the worker thread retries (and fails)
-            written = 0
+        """Into the page cache on the loop when that cannot block (RWF_NOWAIT, where the
+        file system takes it), else in a worker thread; size and mtime then come from the
+        file."""
+        written = write_nowait(fh, buf, off)
         if written < len(buf):
             view = memoryview(buf)[written:]
             written += await _disk(os.pwrite, fh, view, off + written)

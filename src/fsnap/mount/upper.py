@@ -47,9 +47,9 @@ from pathlib import Path
 
 from fsnap.archive.apply import OPAQUE_MARKER, WHITEOUT_PREFIX
 from fsnap.archive.entry import Entry
+from fsnap.mount.fastpath import copy_all
 from fsnap.snapshots import disk
 
-_COPY_CHUNK = 8 << 20
 NAME_MAX = 255
 _NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WHITEOUT = os.fsencode(WHITEOUT_PREFIX)
@@ -184,8 +184,7 @@ class Upper:
             if source is not None:
                 src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    while os.copy_file_range(src, fd, _COPY_CHUNK):
-                        pass
+                    copy_all(src, fd)
                 finally:
                     os.close(src)
             os.fsync(fd)
