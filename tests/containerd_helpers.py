@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +43,9 @@ class ContainerdUnavailable(RuntimeError):
     """containerd is missing here or would not start; the message says why."""
 
 
-def config_toml(base: Path) -> str:
-    """A version 2 config confining every path containerd writes to ``base``."""
+def config_toml(base: Path, extra: str = "") -> str:
+    """A version 2 config confining every path containerd writes to ``base``; ``extra``
+    is appended (e.g. a ``[proxy_plugins.NAME]`` table)."""
     disabled = ", ".join(f'"{name}"' for name in DISABLED_PLUGINS)
     return "\n".join([
         "version = 2",
@@ -59,6 +60,7 @@ def config_toml(base: Path) -> str:
         '  address = ""',
         "[metrics]",
         '  address = ""',
+        extra,
         "",
     ])
 
@@ -69,11 +71,14 @@ class Ctr:
 
     socket: Path
     log: Path
+    env: Mapping[str, str] | None = None  # ctr mounts snapshots too: mount helpers' PATH
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``ctr -a SOCKET -n oracle ARGS``; fail with its output if it fails."""
         argv = [str(CTR_BIN), "-a", str(self.socket), "-n", NAMESPACE, *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=CTR_TIMEOUT)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=CTR_TIMEOUT, env=self.env
+        )
         if done.returncode != 0:
             raise AssertionError(
                 f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n"
@@ -119,20 +124,23 @@ def tail(path: Path, size: int = 3000) -> str:
 
 
 @contextlib.contextmanager
-def run_containerd(base: Path) -> Iterator[Ctr]:
+def run_containerd(
+    base: Path, extra_config: str = "", env: Mapping[str, str] | None = None
+) -> Iterator[Ctr]:
     """Start a private containerd under ``base``; wait until ``ctr version`` answers; stop
-    it (SIGTERM, then SIGKILL) and unmount anything left in its state after."""
+    it (SIGTERM, then SIGKILL) and unmount anything left in its state after. ``env``
+    replaces containerd's environment (its PATH is where mount helpers are found)."""
     if not CONTAINERD_BIN.exists() or not CTR_BIN.exists():
         raise ContainerdUnavailable(
             f"{CONTAINERD_BIN} or {CTR_BIN} missing (scripts/setup installs containerd)"
         )
     base.mkdir(parents=True, exist_ok=True)
-    (base / "config.toml").write_text(config_toml(base))
-    ctr = Ctr(base / "containerd.sock", base / "containerd.log")
+    (base / "config.toml").write_text(config_toml(base, extra_config))
+    ctr = Ctr(base / "containerd.sock", base / "containerd.log", env)
     with open(ctr.log, "ab") as log:
         process = subprocess.Popen(
             [str(CONTAINERD_BIN), "--config", str(base / "config.toml")],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
         )
     try:
         _wait_until_serving(process, ctr)

@@ -211,6 +211,8 @@ WALK_CASES = [
     (["p", "a-np-wl"], ["name==p", "name==a-np-wl"]),
     (["a-wl"], ["name==a-wl,labels.l"]),
     (["a", "v"], ["parent==p"]),
+    # (containerd's metadata layer finds a remote snapshotter's base layer this way)
+    (["a-np", "p", "p-wl", "a-np-wl"], ['parent=="",labels."containerd.io/gc.root"==check-walk']),
     (["a", "v", "a-wl", "v-wl"], ['parent!="",labels."containerd.io/gc.root"==check-walk']),
     (["p-wl", "a-wl", "v-wl", "a-np-wl"], ["labels.l"]),
     (["a-wl", "a-np-wl"], ["labels.l==2"]),

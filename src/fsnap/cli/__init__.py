@@ -19,7 +19,17 @@ from fsnap.errors import FsnapError
 
 # Every topic module under fsnap.cli, in the order ``fsnap --help`` lists them.
 TOPICS = (
-    "pull", "images", "content", "snapshots", "mount", "gc", "commit", "push", "inspect", "info"
+    "pull",
+    "images",
+    "content",
+    "snapshots",
+    "mount",
+    "gc",
+    "commit",
+    "push",
+    "inspect",
+    "info",
+    "serve",
 )
 
 # Which topic registers each command. Importing a topic imports the library code behind it
@@ -45,6 +55,7 @@ COMMANDS = {
     "tree": "inspect",
     "du": "inspect",
     "info": "info",
+    "serve": "serve",
 }
 
 # Exit code of an unexpected error (a bug): EX_SOFTWARE from sysexits.h.

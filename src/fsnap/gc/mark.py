@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from fsnap.content.store import Info as BlobInfo
 from fsnap.errors import NotFound
+from fsnap.snapshots.info import OWNER_LABEL, Kind
 from fsnap.snapshots.info import Info as SnapshotInfo
-from fsnap.snapshots.info import Kind
 
 CONTENT_REF = "containerd.io/gc.ref.content."
 SNAPSHOT_REF = "containerd.io/gc.ref.snapshot.fsnap"
@@ -127,6 +127,8 @@ def _snapshot_is_root(snapshot: SnapshotInfo, since: float | None) -> bool:
     """Active and view snapshots are the user's (they stay until removed, as in
     containerd); anything a live lease covers stays too."""
     if snapshot.kind is not Kind.COMMITTED or GC_ROOT in snapshot.labels:
+        return True
+    if OWNER_LABEL in snapshot.labels:  # containerd's, through ``fsnap serve``
         return True
     touched = max(snapshot.created, snapshot.updated).timestamp()
     return since is not None and touched >= since

@@ -8,7 +8,8 @@ A selector is a field path, optionally followed by an operator and a value:
     labels."containerd.io/gc.root"==x          labels.l          labels.l~=^v[0-9]$
 
 Field path segments and values may be double-quoted (with backslash escapes); a bare
-selector (no operator) tests that the field is present and non-empty. Fields: ``name``,
+selector (no operator) tests that the field is present (a label key exists; name, parent
+and kind always are, as in containerd). Fields: ``name``,
 ``parent``, ``kind``, ``labels.<key>``.
 """
 
@@ -63,13 +64,15 @@ def check_path(path: tuple[str, ...]) -> None:
 
 
 def field_value(info: Info, path: tuple[str, ...]) -> tuple[bool, str]:
-    """(present, value) of a checked field path; an empty name/parent is absent, a label is
-    present when its key exists (even with an empty value)."""
+    """(present, value) of a checked field path. As in containerd's snapshot adaptor,
+    name, parent and kind are always present (so ``parent==""`` selects bases, which
+    containerd's metadata layer asks for); a label is present when its key exists (even
+    with an empty value)."""
     if path[0] == "labels":
         value = info.labels.get(path[1])
         return (value is not None, value or "")
     value = info.kind.value if path[0] == "kind" else getattr(info, path[0])
-    return (value != "", value)
+    return (True, value)
 
 
 def compile_filters(filters: Sequence[str]) -> Predicate:

@@ -13,6 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# Snapshots another program owns through fsnap's snapshotter API (``fsnap serve``: the
+# value names it, e.g. ``containerd``). That program removes them when it no longer needs
+# them, so ``fsnap gc`` treats them as roots.
+OWNER_LABEL = "fsnap.io/owner"
+
 
 class Kind(enum.StrEnum):
     """The three states of a snapshot (containerd's KindCommitted/KindActive/KindView)."""

@@ -1,0 +1,177 @@
+"""What containerd asks of a snapshotter, answered by fsnap's ``Snapshotter``: no gRPC here.
+
+containerd's proxy plugin calls Prepare/View/Mounts/Commit/Remove/Stat/Update/List/Usage/
+Cleanup. Most map one to one onto ``fsnap.snapshots.Snapshotter``; four need more:
+
+- **Mounts** are containerd ``Mount`` records, not fsnap's ``Mounts`` description: a
+  snapshot with no parents is a bind mount of its directory; anything over committed
+  parents is a ``fuse3.fsnap-overlay`` mount (``lowerdir``/``upperdir``/``workdir``),
+  which containerd runs through ``mount.fuse3`` and so through ``fsnap-overlay``.
+- **Commit** scans what containerd wrote through those mounts (overlayfs's whiteout
+  devices and opaque xattrs, as ``fsnap-overlay`` writes them with privilege) into the
+  snapshot's layer index, and rewrites the markers into fsnap's layer format (``.wh.``
+  files), so the committed snapshot is what ``fsnap pull`` would have made: ``fsnap mount``,
+  ``inspect`` and ``commit`` work on it.
+- **Prepare with a target** (the ``containerd.io/snapshot.ref`` label, the chain ID
+  containerd is about to unpack): when fsnap already holds that chain ID on the same
+  parent (pulled with ``fsnap pull``), the answer is AlreadyExists and the snapshot gets
+  the label, so containerd's metadata layer adopts it instead of fetching and applying
+  the layer again (the protocol of containerd's remote snapshotters).
+- Every snapshot containerd creates carries ``OWNER_LABEL``: containerd owns its lifetime
+  (it removes what it no longer needs through Remove), so ``fsnap gc`` keeps it.
+
+Calls come from gRPC worker threads. The snapshotter is safe for concurrent use (LMDB
+orders transactions, each change repeats its checks inside its own); ``_lock`` only keeps
+the compound operations above (check, then act) from interleaving with each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsnap.archive.entry import Entry
+from fsnap.diff.scan import OVERLAY_XATTR_PREFIXES, scan_snapshot
+from fsnap.errors import AlreadyExists, NotFound
+from fsnap.mount.upper import Markers
+from fsnap.snapshots.info import OWNER_LABEL, Info, Kind, Mounts, Usage
+from fsnap.snapshots.snapshotter import Snapshotter
+
+TARGET_LABEL = "containerd.io/snapshot.ref"
+OWNER = "containerd"
+OVERLAY_TYPE = "fuse3.fsnap-overlay"
+OVERLAY_SOURCE = "fsnap-overlay"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One containerd ``types.Mount``: what ``mount -t TYPE SOURCE TARGET -o OPTIONS`` takes."""
+
+    type: str
+    source: str
+    options: tuple[str, ...]
+
+
+def to_mounts(mounts: Mounts) -> list[Mount]:
+    """containerd's mounts for fsnap's description of a snapshot's stack.
+
+    No parents: a bind mount of the one directory (read-only for a view). A view of one
+    committed layer is a read-only bind of it too, as containerd's overlayfs snapshotter
+    does. Anything else is fsnap-overlay; ``lowerdir`` lists the top layer first."""
+    if mounts.upper is not None and not mounts.lowers:
+        return [Mount("bind", str(mounts.upper), ("rbind", "rw"))]
+    if mounts.upper is None and len(mounts.lowers) == 1:
+        return [Mount("bind", str(mounts.lowers[0]), ("rbind", "ro"))]
+    options = ["lowerdir=" + ":".join(_escape(p) for p in mounts.lowers)]
+    if mounts.upper is not None and mounts.work is not None:
+        options += [f"upperdir={_escape(mounts.upper)}", f"workdir={_escape(mounts.work)}"]
+    else:
+        options.append("ro")
+    return [Mount(OVERLAY_TYPE, OVERLAY_SOURCE, tuple(options))]
+
+
+def _escape(path: Path) -> str:
+    """overlayfs's option escaping: ``:`` and ``,`` in a path are backslash-escaped."""
+    return str(path).replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
+
+
+class Backend:
+    """containerd's snapshotter verbs over one fsnap ``Snapshotter``."""
+
+    def __init__(self, snapshots: Snapshotter) -> None:
+        self.snapshots = snapshots
+        self._lock = threading.Lock()
+
+    def prepare(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
+        log.debug("prepare %s on %r with labels %s", key, parent, dict(labels))
+        with self._lock:
+            self._adopt_target(parent, labels)
+            found = self.snapshots.prepare(key, parent, _owned(labels))
+        return to_mounts(found)
+
+    def view(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
+        with self._lock:
+            found = self.snapshots.view(key, parent, _owned(labels))
+        return to_mounts(found)
+
+    def mounts(self, key: str) -> list[Mount]:
+        return to_mounts(self.snapshots.mounts(key))
+
+    def commit(self, name: str, key: str, labels: Mapping[str, str]) -> None:
+        """Index what was written into ``key``'s directory, normalise its markers, then
+        commit. A crash before the commit leaves ``key`` active with an index; containerd
+        removes such leftovers itself (its unpack keys are one-shot)."""
+        with self._lock:
+            current = self.snapshots.stat(key)
+            entries = scan_snapshot(self.snapshots.dir(key), overlay=True)
+            normalise_markers(self.snapshots.dir(key), entries)
+            self.snapshots.write_index(key, entries)
+            merged = {**current.labels, **labels, OWNER_LABEL: OWNER}
+            self.snapshots.commit(name, key, merged)
+
+    def remove(self, key: str) -> None:
+        self.snapshots.remove(key)
+
+    def stat(self, key: str) -> Info:
+        return self.snapshots.stat(key)
+
+    def update(self, info: Info, fieldpaths: Sequence[str]) -> Info:
+        return self.snapshots.update(info.name, info.labels, fieldpaths)
+
+    def walk(self, filters: Sequence[str]) -> Iterator[Info]:
+        return self.snapshots.walk(filters)
+
+    def usage(self, key: str) -> Usage:
+        return self.snapshots.usage(key)
+
+    def cleanup(self) -> None:
+        self.snapshots.cleanup()
+
+    def _adopt_target(self, parent: str, labels: Mapping[str, str]) -> None:
+        """Raise AlreadyExists when fsnap holds the target chain ID on ``parent`` already,
+        labelled so that containerd's Walk for it finds it."""
+        target = labels.get(TARGET_LABEL)
+        if not target:
+            return
+        try:
+            info = self.snapshots.stat(target)
+        except NotFound:
+            return
+        if info.kind is not Kind.COMMITTED or info.parent != parent:
+            return
+        if info.labels.get(TARGET_LABEL) != target or OWNER_LABEL not in info.labels:
+            extra = {TARGET_LABEL: target, OWNER_LABEL: OWNER}
+            self.snapshots.update(target, extra, [f"labels.{k}" for k in extra])
+        raise AlreadyExists(f"target snapshot {target} exists")
+
+
+def _owned(labels: Mapping[str, str]) -> dict[str, str]:
+    return {**labels, OWNER_LABEL: OWNER}
+
+
+def normalise_markers(fs_dir: Path, entries: Sequence[Entry]) -> None:
+    """Rewrite overlayfs's markers in ``fs_dir`` (0/0 character devices, opaque xattrs)
+    into fsnap's layer format (``.wh.NAME`` files, ``.wh..wh..opq``), per scanned entry."""
+    markers = Markers()
+    root = os.fsencode(fs_dir)
+    for entry in entries:
+        parent, _, name = os.fsencode(entry.path).rpartition(b"/")
+        dir_path = os.path.join(root, parent) if parent else root
+        if entry.kind == "whiteout":
+            path = os.path.join(dir_path, name)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # the 0/0 device (a .wh. file is left as it is)
+            markers.whiteout(dir_path, name)
+        elif entry.kind == "dir" and entry.opaque:
+            path = os.path.join(root, os.fsencode(entry.path)) if entry.path else root
+            markers.mark_opaque(path)
+            for xattr in os.listxattr(path, follow_symlinks=False):
+                if xattr.startswith(OVERLAY_XATTR_PREFIXES):
+                    os.removexattr(path, xattr, follow_symlinks=False)
