@@ -151,17 +151,17 @@ def _base_snapshots(sn: Snapshotter) -> None:
     sn.view("v2", "", GC_ROOT)
 
 
-@pytest.mark.parametrize(
-    ("name", "kind", "parent"),
-    [
-        ("c1", Kind.COMMITTED, ""),
-        ("c2", Kind.COMMITTED, "c1"),
-        ("a1", Kind.ACTIVE, "c2"),
-        ("a2", Kind.ACTIVE, ""),
-        ("v1", Kind.VIEW, "c2"),
-        ("v2", Kind.VIEW, ""),
-    ],
-)
+UPDATE_CASES = [
+    ("c1", Kind.COMMITTED, ""),
+    ("c2", Kind.COMMITTED, "c1"),
+    ("a1", Kind.ACTIVE, "c2"),
+    ("a2", Kind.ACTIVE, ""),
+    ("v1", Kind.VIEW, "c2"),
+    ("v2", Kind.VIEW, ""),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "parent"), UPDATE_CASES)
 def test_update_labels(sn: Snapshotter, name: str, kind: Kind, parent: str) -> None:
     _base_snapshots(sn)
     before = sn.stat(name)

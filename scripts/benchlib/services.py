@@ -91,9 +91,11 @@ class Containerd:
 
 
 @contextmanager
-def containerd(work: Path, name: str, *, keep: bool = False) -> Iterator[Containerd]:
+def containerd(work: Path, name: str, *, keep: bool = False, extra_config: str = "",
+               env: dict[str, str] | None = None) -> Iterator[Containerd]:
     """Start containerd on fresh directories ``<work>/<name>``; stop it and delete them after
-    (unless ``keep``: then they stay for the caller to delete, e.g. with the work directory)."""
+    (unless ``keep``: then they stay for the caller to delete, e.g. with the work directory).
+    ``extra_config`` is appended to its config; ``env`` replaces its environment."""
     apt_install_missing("containerd", "containerd")
     base = work / name
     base.mkdir(parents=True)
@@ -106,10 +108,11 @@ def containerd(work: Path, name: str, *, keep: bool = False) -> Iterator[Contain
         'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
         f'[grpc]\n  address = "{socket}"\n'
         f'[ttrpc]\n  address = "{socket}.ttrpc"\n'
+        f"{extra_config}\n"
     )
     with open(base / "containerd.log", "ab") as log:
         process = subprocess.Popen(["containerd", "--config", str(config)],
-                                   stdout=log, stderr=log, start_new_session=True)
+                                   stdout=log, stderr=log, start_new_session=True, env=env)
     remember_pid(work, process.pid)
     try:
         _wait_for_socket(process, socket, base / "containerd.log")

@@ -78,6 +78,14 @@ class RemoteSnapshotter:
         )
         return _info(self._call(self.stub.Update, request).info)
 
+    def chain(self, key: str) -> list[Info]:
+        """``key`` and its ancestors, bottom first (from Stat calls, as the API has no
+        chain verb)."""
+        infos = [self.stat(key)]
+        while infos[-1].parent:
+            infos.append(self.stat(infos[-1].parent))
+        return infos[::-1]
+
     def walk(self, filters: Sequence[str] = ()) -> Iterator[Info]:
         request = snapshots_pb2.ListSnapshotsRequest(snapshotter=self.name, filters=list(filters))
         try:
