@@ -1,10 +1,16 @@
 """A fault-injecting HTTP proxy in front of the real registry, for faults it cannot produce.
 
 Tests arm faults (each fires a given number of times, then the proxy is transparent again):
-drop a blob's connection after N bytes, answer 429 with Retry-After, answer 5xx, redirect
-blob GETs to another path (as registries do to object storage), corrupt a blob's bytes, or
-serve a canned manifest (schema 1, oversized, not JSON) the registry would refuse to store.
-Every request is logged with its headers so tests can assert what the client sent.
+drop a blob's connection after N bytes, answer 429 with Retry-After, answer 5xx or a 401
+challenge, redirect, corrupt a blob's bytes, or serve a canned response (a schema 1,
+oversized or non-JSON manifest the registry would refuse to store, a hostile token).
+
+A second proxy bound to another loopback address (``bind="127.0.0.2"``) plays a foreign
+host: object storage that blob GETs are redirected to (``redirect_blobs_to``), or an
+upload service that upload Locations point at (``location_base``). It reaches the
+registry with its own credentials (``upstream_authorization``), as a pre-signed URL does,
+so whatever credentials the client sends it are a leak. Every request is logged with its
+headers so tests can assert what the client sent.
 """
 
 from __future__ import annotations
@@ -43,10 +49,11 @@ class Fault:
     status: int = 503
     retry_after: str = ""
     after_bytes: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class CannedManifest:
+class CannedResponse:
     content_type: str
     body: bytes
     digest: str | None
@@ -60,8 +67,11 @@ class FaultServer:
     host: str = ""
     requests: list[Seen] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
-    manifests: dict[str, CannedManifest] = field(default_factory=dict)
+    canned: dict[str, CannedResponse] = field(default_factory=dict)
     redirect_blobs: bool = False
+    redirect_blobs_to: str = ""  # base URL blob GETs go to (default: this proxy)
+    location_base: str = ""  # rewrite upload Locations to this scheme://host:port
+    upstream_authorization: str = ""  # sent upstream instead of the client's
     ignore_range: bool = False  # answer Range requests with the whole blob (200)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -83,6 +93,18 @@ class FaultServer:
         """Answer ``status`` (a 5xx) without asking the registry."""
         self._arm(Fault("status", times, match, status=status))
 
+    def challenge(self, header: str, times: int = 1, match: str = "/v2/") -> None:
+        """Answer 401 with ``WWW-Authenticate: header`` without asking the registry."""
+        self._arm(Fault("status", times, match, status=401, headers={"WWW-Authenticate": header}))
+
+    def redirect(self, location: str, times: int = 1, match: str = "/v2/") -> None:
+        """Answer 307 to ``location`` without asking the registry."""
+        self._arm(Fault("status", times, match, status=307, headers={"Location": location}))
+
+    def serve(self, path: str, content_type: str, body: bytes) -> None:
+        """Answer GETs of ``path`` (query ignored) with this body, never the registry's."""
+        self.canned[path] = CannedResponse(content_type, body, None)
+
     def corrupt_blob(self, times: int = 1) -> None:
         """Flip one byte in the middle of a blob body."""
         self._arm(Fault("corrupt", times, "/blobs/"))
@@ -91,7 +113,7 @@ class FaultServer:
         self, repo: str, reference: str, content_type: str, body: bytes, digest: str | None = None
     ) -> None:
         """Answer ``/v2/<repo>/manifests/<reference>`` with this body, never the registry's."""
-        self.manifests[f"/v2/{repo}/manifests/{reference}"] = CannedManifest(
+        self.canned[f"/v2/{repo}/manifests/{reference}"] = CannedResponse(
             content_type, body, digest
         )
 
@@ -147,7 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         path = self.path
         state.log(Seen(self.command, path, {k.lower(): v for k, v in self.headers.items()}))
-        canned = state.manifests.get(path.split("?", 1)[0])
+        canned = state.canned.get(path.split("?", 1)[0])
         if canned is not None:
             self._send_canned(canned)
             return
@@ -159,7 +181,8 @@ class _Handler(BaseHTTPRequestHandler):
             path = path[len(OBJECTS_PREFIX) :]
         elif state.redirect_blobs and self.command == "GET" and BLOB_PATH.match(path):
             self.send_response(307)
-            self.send_header("Location", f"{state.url}{OBJECTS_PREFIX}{path}")
+            base = state.redirect_blobs_to or state.url
+            self.send_header("Location", f"{base}{OBJECTS_PREFIX}{path}")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -172,6 +195,9 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
         if state.ignore_range:
             headers = {k: v for k, v in headers.items() if k.lower() != "range"}
+        if state.upstream_authorization:
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+            headers["Authorization"] = state.upstream_authorization
         upstream = http.client.HTTPConnection(state.upstream, timeout=30)
         try:
             upstream.request(self.command, path, body=body, headers=headers)
@@ -187,6 +213,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
         self.send_response(status)
         for key, value in reply_headers:
+            if key.lower() == "location" and state.location_base and "/blobs/uploads/" in value:
+                value = state.location_base + "/" + value.split("://", 1)[-1].split("/", 1)[1]
             if key.lower() not in HOP_HEADERS:
                 self.send_header(key, value)
         upstream_length = dict((k.lower(), v) for k, v in reply_headers).get("content-length")
@@ -202,7 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self.wfile.write(data)
 
-    def _send_canned(self, canned: CannedManifest) -> None:
+    def _send_canned(self, canned: CannedResponse) -> None:
         self.send_response(200)
         self.send_header("Content-Type", canned.content_type)
         self.send_header("Content-Length", str(len(canned.body)))
@@ -219,6 +247,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if fault.retry_after:
             self.send_header("Retry-After", fault.retry_after)
+        for key, value in fault.headers.items():
+            self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -233,11 +263,12 @@ class _ProxyServer(ThreadingHTTPServer):
 
 
 @contextmanager
-def run_fault_server(upstream: str) -> Iterator[FaultServer]:
-    """Serve a FaultServer in front of ``upstream`` (``host:port``) until the block ends."""
+def run_fault_server(upstream: str, bind: str = "127.0.0.1") -> Iterator[FaultServer]:
+    """Serve a FaultServer on ``bind`` in front of ``upstream`` (``host:port``) until the
+    block ends."""
     state = FaultServer(upstream)
-    server = _ProxyServer(("127.0.0.1", 0), _Handler)
+    server = _ProxyServer((bind, 0), _Handler)
     server.state = state
     with serving(server, "fault-server") as port:
-        state.host = f"127.0.0.1:{port}"
+        state.host = f"{bind}:{port}"
         yield state

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 from image_builder import *  # noqa: F403 (re-exported for tests)
 from image_builder import Blob, Image, ImageIndex
+from tls_helpers import TlsFiles
 
 from fsnap import oci
 from fsnap.reference import Reference
@@ -53,10 +55,11 @@ class RegistryProcess:
     username: str | None = None
     password: str | None = None
     issuer: Any = None
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{self.scheme}://{self.host}"
 
     def ref(self, repo: str, tag: str = "latest") -> Reference:
         """A Reference to ``repo:tag`` in this registry."""
@@ -78,8 +81,11 @@ class RegistryProcess:
 
 
 @contextmanager
-def run_registry(root: Path, auth: Mapping[str, Any] | None = None) -> Iterator[RegistryProcess]:
-    """Start a registry storing under ``root`` (with ``auth`` config, if any); stop it after."""
+def run_registry(
+    root: Path, auth: Mapping[str, Any] | None = None, tls: TlsFiles | None = None
+) -> Iterator[RegistryProcess]:
+    """Start a registry storing under ``root`` (with ``auth`` config, if any; speaking
+    HTTPS with ``tls``' certificate, if given); stop it after."""
     if not REGISTRY_BIN.exists():
         raise RuntimeError(f"{REGISTRY_BIN} missing: apt-get install docker-registry")
     root.mkdir(parents=True, exist_ok=True)
@@ -92,7 +98,11 @@ def run_registry(root: Path, auth: Mapping[str, Any] | None = None) -> Iterator[
                 "filesystem": {"rootdirectory": str(root / "data")},
                 "delete": {"enabled": True},
             },
-            "http": {"addr": f"127.0.0.1:{port}", "secret": "fsnap-tests"},
+            "http": {
+                "addr": f"127.0.0.1:{port}",
+                "secret": "fsnap-tests",
+                **({"tls": {"certificate": str(tls.cert), "key": str(tls.key)}} if tls else {}),
+            },
             **({"auth": dict(auth)} if auth else {}),
         }
         config_path = root / "config.yml"
@@ -102,8 +112,10 @@ def run_registry(root: Path, auth: Mapping[str, Any] | None = None) -> Iterator[
                 [str(REGISTRY_BIN), "serve", str(config_path)], stdout=log, stderr=log
             )
         try:
-            if _wait_until_serving(process, f"http://127.0.0.1:{port}/v2/"):
-                yield RegistryProcess(f"127.0.0.1:{port}", process, root)
+            scheme = "https" if tls else "http"
+            verify = ssl.create_default_context(cafile=str(tls.ca)) if tls else True
+            if _wait_until_serving(process, f"{scheme}://127.0.0.1:{port}/v2/", verify):
+                yield RegistryProcess(f"127.0.0.1:{port}", process, root, scheme=scheme)
                 return
         finally:
             process.terminate()
@@ -116,13 +128,15 @@ def run_registry(root: Path, auth: Mapping[str, Any] | None = None) -> Iterator[
     raise RuntimeError(f"docker-registry did not start:\n{log_text}")
 
 
-def _wait_until_serving(process: subprocess.Popen[bytes], url: str) -> bool:
+def _wait_until_serving(
+    process: subprocess.Popen[bytes], url: str, verify: ssl.SSLContext | bool
+) -> bool:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
         try:
-            if httpx.get(url, timeout=1.0).status_code in (200, 401):
+            if httpx.get(url, timeout=1.0, verify=verify).status_code in (200, 401):
                 return True
         except httpx.HTTPError:
             pass

@@ -6,22 +6,19 @@ import base64
 import email.utils
 import json
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 from fault_server import FaultServer
-from image_builder import Format, Image
+from image_builder import Format
 from registry_helpers import (
     RegistryProcess,
     busybox_image,
     free_port,
-    make_image,
-    make_layer,
     two_platform_index,
 )
+from remotes_helpers import FAST, read_blob, ref_at, run, small_image
 
 from fsnap import oci
 from fsnap.digest import sha256_of
@@ -34,39 +31,9 @@ from fsnap.errors import (
     Unavailable,
     Unsupported,
 )
-from fsnap.reference import Reference
 from fsnap.remotes import Credentials, RegistryClient
 from fsnap.remotes.registry import is_local_host
 from fsnap.remotes.retry import MAX_RETRY_AFTER, parse_retry_after
-
-FAST = {"backoff_base": 0.01, "backoff_max": 0.05}
-
-
-def run(body: Callable[[RegistryClient], Awaitable[Any]], **client_args: Any) -> Any:
-    """Run ``body(client)`` under trio with a fresh RegistryClient."""
-
-    async def main() -> Any:
-        async with RegistryClient(**client_args) as client:
-            return await body(client)
-
-    return trio.run(main)
-
-
-async def read_blob(
-    client: RegistryClient, ref: Reference, desc: oci.Descriptor, offset: int = 0
-) -> bytes:
-    return b"".join([chunk async for chunk in client.fetch_blob(ref, desc, offset)])
-
-
-def small_image(name: str, fmt: Format = "oci") -> Image:
-    layer = make_layer({"hello.txt": f"hello from {name}\n" * 2000}, "gzip", fmt)
-    return make_image([layer], fmt=fmt)
-
-
-def ref_at(host: str, repo: str, obj: str = "v1") -> Reference:
-    sep = "@" if obj.startswith("sha256:") else ":"
-    return Reference.parse(f"{host}/{repo}{sep}{obj}")
-
 
 # -- resolve and fetch ---------------------------------------------------------------------
 

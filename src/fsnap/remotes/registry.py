@@ -30,9 +30,11 @@ from fsnap.reference import Reference
 from fsnap.remotes.auth import (
     Authenticator,
     Credentials,
+    TokenCache,
     credentials_from_docker_config,
     default_docker_config,
 )
+from fsnap.remotes.origin import origin_of, send_scoped
 from fsnap.remotes.responses import (
     ERROR_BODY_LIMIT,
     KNOWN_MANIFEST_TYPES,
@@ -78,8 +80,10 @@ class RegistryClient:
         docker_config: Path | None = None,
         backoff_base: float = 0.5,
         backoff_max: float = 10.0,
+        ca_file: Path | None = None,
     ) -> None:
         self.plain_http = plain_http
+        self.ca_file = ca_file
         self.credentials = credentials
         self.max_retries = max_retries
         self.docker_config = docker_config
@@ -88,11 +92,16 @@ class RegistryClient:
         # Every retry this client made, for callers that report what happened.
         self.retries: list[RetryEvent] = []
         self._auth: dict[str, Authenticator] = {}
+        self._tokens: TokenCache = {}
         self._client: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> RegistryClient:
+        # Redirects are followed by fsnap.remotes.origin, which scopes credentials per hop.
         self._client = httpx.AsyncClient(
-            timeout=TIMEOUT, follow_redirects=True, headers={"User-Agent": "fsnap/0.1"}
+            timeout=TIMEOUT,
+            follow_redirects=False,
+            headers={"User-Agent": "fsnap/0.1"},
+            verify=_tls_context(self.ca_file),
         )
         return self
 
@@ -253,36 +262,42 @@ class RegistryClient:
     ) -> httpx.Response:
         """Send once (streamed), answering at most one auth challenge along the way.
 
-        ``path`` is below the registry's base URL, or a whole URL (an upload's Location).
-        ``scope`` defaults to pulling ``ref``'s repository; uploads ask for more."""
+        ``path`` is below the registry's base URL, or a whole URL (an upload's Location,
+        which may name another host). ``scope`` defaults to pulling ``ref``'s repository;
+        uploads ask for more. Credentials go only to the registry's own origin (redirects
+        included, see fsnap.remotes.origin); a 401 from any other origin is Unauthorized,
+        never a login."""
         auth = await self._authenticator(ref.domain)
         scope = scope or f"repository:{ref.repository}:pull"
         url = path if "://" in path else self._base_url(ref.domain) + path
         answered = False
         while True:
-            sent = auth.header(scope)
-            request = self._http().build_request(
-                method,
-                url,
-                headers={**headers, **({"Authorization": sent} if sent else {})},
-                content=content,
-            )
-            response = await self._http().send(request, stream=True)
+            request = self._http().build_request(method, url, headers=headers, content=content)
+            response = await send_scoped(self._http(), request, auth.header(scope), auth.origin)
             if response.status_code != 401:
                 return response
             body = await read_capped(response, ERROR_BODY_LIMIT)
+            if origin_of(response.url) != auth.origin:
+                raise Unauthorized(
+                    f"{origin_of(response.url)} asked for credentials (401) for {ref.name}, "
+                    f"but it is not the registry {ref.domain}: fsnap logs in only there"
+                )
             if answered:
                 raise Unauthorized(_refusal(ref, auth.credentials, error_message(body)))
             auth.forget(scope)
             await auth.answer(response, scope)
             answered = True
 
-    async def _send_token_request(self, request: httpx.Request) -> httpx.Response:
-        """Token-server requests get the same retry policy as the registry's own."""
+    async def _send_token_request(
+        self, request: httpx.Request, authorization: str | None
+    ) -> httpx.Response:
+        """Token-server requests get the same retry policy as the registry's own, and the
+        same origin rule: ``authorization`` goes only to the realm's origin."""
         budget = self._budget(f"token request to {request.url.host}")
+        realm = origin_of(request.url)
         while True:
             try:
-                response = await self._http().send(request, stream=True)
+                response = await send_scoped(self._http(), request, authorization, realm)
             except httpx.HTTPError as exc:
                 await budget.failed(_transient_reason(exc, "token server"))
                 continue
@@ -321,8 +336,22 @@ class RegistryClient:
                     credentials_from_docker_config, config, domain
                 )
             if domain not in self._auth:  # another task may have got here first
-                self._auth[domain] = Authenticator(domain, credentials, self._send_token_request)
+                origin = origin_of(httpx.URL(self._base_url(domain)))
+                self._auth[domain] = Authenticator(
+                    domain, origin, credentials, self._send_token_request, self._tokens
+                )
         return self._auth[domain]
+
+
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """Trust ``ca_file`` (PEM) instead of the default bundle; without it httpx's default
+    (certifi, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set) applies."""
+    if ca_file is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise InvalidArgument(f"cannot use CA file {ca_file}: {exc}") from None
 
 
 def _verify(what: str, digest: str, size: int, body: bytes) -> None:
@@ -379,8 +408,6 @@ def _transient_reason(exc: httpx.HTTPError, what: str) -> str:
         raise RegistryError(f"{what}: TLS certificate verification failed: {exc}") from None
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError | httpx.ProxyError):
         raise RegistryError(f"{what}: {exc}") from None
-    if isinstance(exc, httpx.TooManyRedirects):
-        raise RegistryError(f"{what}: too many redirects") from None
     if not isinstance(exc, httpx.TransportError):
         raise RegistryError(f"{what}: {type(exc).__name__}: {exc}") from None
     return f"{type(exc).__name__}: {exc or 'connection failed'}"
