@@ -163,3 +163,37 @@ def _upper(mount: Any) -> Path:
     if mount.type == "bind":
         return Path(mount.source)
     return Path(next(o for o in mount.options if o.startswith("upperdir=")).partition("=")[2])
+
+
+def test_unpack_snapshots_are_written_directly(remote: RemoteSnapshotter, tmp_path: Path) -> None:
+    """containerd's unpack keys get an ``overlay``-typed answer over parents (its applier
+    then writes into upperdir without mounting); Commit turns overlayfs's whiteout device
+    and opaque xattr into fsnap's layer format and index."""
+    import os
+    import stat
+
+    top = mounted_check_layers(remote, tmp_path, [[CreateFile("/gone", b"x\n"),
+                                                   suite.CreateDir("/d"),
+                                                   CreateFile("/d/old", b"o\n")]])
+    key = "ns/7/extract-123-abc sha256:" + "0" * 64
+    (mount,) = remote.prepare(key, top)
+    assert mount.type == "overlay"
+    upper = _upper(mount)
+    assert len(suite_dir(mount).split(":")) == 1
+    os.mknod(upper / "gone", stat.S_IFCHR | 0o000, os.makedev(0, 0))  # as containerd writes
+    (upper / "d").mkdir()
+    os.setxattr(upper / "d", "trusted.overlay.opaque", b"y")
+    (upper / "d" / "new").write_bytes(b"n\n")
+    remote.commit("unpacked", key)
+    assert not (upper / "gone").exists() and (upper / ".wh.gone").is_file()
+    assert (upper / "d" / ".wh..wh..opq").is_file()
+    assert "trusted.overlay.opaque" not in os.listxattr(upper / "d")
+    with mounted(remote.view("check", "unpacked"), tmp_path / "check") as view:
+        assert sorted(p.name for p in view.iterdir()) == ["d"]
+        assert sorted(p.name for p in (view / "d").iterdir()) == ["new"]
+    (base,) = remote.prepare("ns/8/extract-9 sha256:" + "1" * 64)
+    assert base.type == "bind"  # no parents: the directory itself
+
+
+def suite_dir(mount: Any) -> str:
+    return next(o for o in mount.options if o.startswith("lowerdir=")).partition("=")[2]

@@ -46,6 +46,7 @@ TARGET_LABEL = "containerd.io/snapshot.ref"
 OWNER = "containerd"
 OVERLAY_TYPE = "fuse3.fsnap-overlay"
 OVERLAY_SOURCE = "fsnap-overlay"
+UNPACK_PREFIX = "extract-"  # containerd's snapshots.UnpackKeyPrefix
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,33 @@ def to_mounts(mounts: Mounts) -> list[Mount]:
     return [Mount(OVERLAY_TYPE, OVERLAY_SOURCE, tuple(options))]
 
 
+def is_unpack_key(key: str) -> bool:
+    """containerd's unpack keys (``[ns/id/]extract-<random> <chainID>``): snapshots its
+    diff service writes a layer into, never mounted for anything else."""
+    return key.rpartition("/")[2].startswith(UNPACK_PREFIX)
+
+
+def unpack_mounts(mounts: Mounts) -> list[Mount]:
+    """The mounts of an unpack snapshot. Over parents they are typed ``overlay``:
+    containerd's applier then writes the layer straight into ``upperdir`` (overlayfs's
+    whiteout devices, parent directories' attributes taken from ``lowerdir``) instead of
+    mounting anything and pushing every file through FUSE. Nothing mounts these as kernel
+    overlayfs (whose lowers would not understand fsnap's ``.wh.`` files): containerd's
+    applier is the only user of an unpack key, and Commit turns the upper into fsnap's
+    format. Measured with scripts/bench-serve: see docs/benchmarks.md."""
+    if mounts.upper is None or mounts.work is None or not mounts.lowers:
+        return to_mounts(mounts)
+    paths = [mounts.work, mounts.upper, *mounts.lowers]
+    if any(":" in str(p) or "," in str(p) for p in paths):
+        return to_mounts(mounts)  # (containerd splits these options without unescaping)
+    options = (
+        f"workdir={mounts.work}",
+        f"upperdir={mounts.upper}",
+        "lowerdir=" + ":".join(str(p) for p in mounts.lowers),
+    )
+    return [Mount("overlay", "overlay", options)]
+
+
 def _escape(path: Path) -> str:
     """overlayfs's option escaping: ``:`` and ``,`` in a path are backslash-escaped."""
     return str(path).replace("\\", "\\\\").replace(":", "\\:").replace(",", "\\,")
@@ -94,6 +122,8 @@ class Backend:
         with self._lock:
             self._adopt_target(parent, labels)
             found = self.snapshots.prepare(key, parent, _owned(labels))
+        if is_unpack_key(key):
+            return unpack_mounts(found)
         return to_mounts(found)
 
     def view(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
