@@ -100,3 +100,9 @@ def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-c", "from fsnap.cli import run; run()", "--root", str(root), *args],
         capture_output=True, text=True, timeout=120,
     )
+
+
+def mount_pid(root: Path, mnt: Path) -> int:
+    """The pid of the daemon serving ``mnt`` (a mount made by the CLI)."""
+    with Client(root) as client:
+        return next(i.pid for i in manager.list_mounts(client) if i.mountpoint == str(mnt))

@@ -51,6 +51,7 @@ class TarBuilder:
         link: str = "",
         dev: tuple[int, int] = (0, 0),
         xattrs: dict[str, bytes] | None = None,
+        atime: str | None = None,
     ) -> TarBuilder:
         info = tarfile.TarInfo(name)
         info.type = kind
@@ -65,6 +66,8 @@ class TarBuilder:
             info.pax_headers["mtime"] = mtime
         else:
             info.mtime = mtime
+        if atime is not None:  # PAX record, e.g. "1600000000.5"
+            info.pax_headers["atime"] = atime
         for key, value in (xattrs or {}).items():
             info.pax_headers["SCHILY.xattr." + key] = binary_str(value)
         self._meta[name] = {"mode": mode, "uid": uid, "gid": gid, "mtime": mtime, "xattrs": xattrs}

@@ -7,6 +7,7 @@ process that uses it (never across fork, see NOTES.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -147,9 +148,11 @@ class Client:
         compression: str = "gzip",
         *,
         base: str | None = None,
+        left_out: Callable[[list[str]], None] | None = None,
     ) -> Image:
         """Record ``new_ref``: the base image of snapshot ``key`` plus ``key``'s diff as one
-        new layer (``gzip``, ``zstd`` or ``none``); see ``fsnap.diff.commit``."""
+        new layer (``gzip``, ``zstd`` or ``none``); see ``fsnap.diff.commit`` (``left_out``
+        gets the paths of sockets the layer leaves out)."""
         from fsnap.archive.compression import Compression
         from fsnap.diff.commit import commit_image
         from fsnap.errors import InvalidArgument
@@ -166,6 +169,7 @@ class Client:
             new_ref,
             compression=kind,
             base_ref=base,
+            left_out=left_out,
         )
 
     def push(

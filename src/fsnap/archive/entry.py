@@ -16,12 +16,31 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo", "whiteout"]
+Kind = Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo", "socket",
+               "whiteout"]
 
-KINDS: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo", "whiteout")
+KINDS: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo",
+                          "socket", "whiteout")
+# Linux shows every symlink as 0777 (lrwxrwxrwx) whatever mode a tar header gives it.
+SYMLINK_MODE = 0o777
+_MODE_KINDS: tuple[tuple[int, Kind], ...] = (
+    (stat.S_IFDIR, "dir"), (stat.S_IFREG, "file"), (stat.S_IFLNK, "symlink"),
+    (stat.S_IFCHR, "char"), (stat.S_IFBLK, "block"), (stat.S_IFIFO, "fifo"),
+    (stat.S_IFSOCK, "socket"),
+)
+
+
+def kind_of_mode(mode: int) -> Kind:
+    """The kind of an ``st_mode`` (a regular file for anything unknown)."""
+    bits = stat.S_IFMT(mode)
+    for fmt, kind in _MODE_KINDS:
+        if bits == fmt:
+            return kind
+    return "file"
 
 
 @dataclass
@@ -33,12 +52,18 @@ class Entry:
     - ``kind == "symlink"``: ``link`` is the target exactly as the tar gave it.
     - ``kind == "whiteout"``: this layer deletes ``path`` from the layers beneath
       (from a ``.wh.NAME`` tar entry). No other field matters.
+    - ``kind == "socket"``: a Unix socket a writable mount created in an active snapshot.
+      A socket is not content: commits leave it out, so no layer ever holds one.
     - ``kind == "dir"`` with ``opaque``: the layers beneath contribute nothing under it
       (from ``.wh..wh..opq``).
     - ``implicit``: a directory the tar never named but a child needed; the unpacker gives it
       the mode, owner and xattrs of the same directory in the lower layers (as containerd).
-    - ``mode``: permission bits only (``0o7777``: includes setuid, setgid, sticky).
+    - ``mode``: permission bits only (``0o7777``: includes setuid, setgid, sticky); always
+      0777 for a symlink (as Linux shows every symlink), whatever its tar header said.
     - ``mtime``: nanoseconds since the epoch.
+    - ``atime``: nanoseconds since the epoch, when the tar (PAX ``atime``) or the directory
+      scanned recorded one; None means "the same as ``mtime``" (as containerd's unpack
+      leaves it). Not part of equality: an access changes no layer.
     """
 
     path: str
@@ -54,6 +79,7 @@ class Entry:
     xattrs: dict[str, bytes] = field(default_factory=dict)
     opaque: bool = False
     implicit: bool = False
+    atime: int | None = field(default=None, compare=False)
 
     @property
     def name(self) -> str:
@@ -83,6 +109,8 @@ class Entry:
             {k: base64.b64encode(v).decode() for k, v in self.xattrs.items()},
             int(self.opaque) | (int(self.implicit) << 1),
         ]
+        if self.atime is not None:
+            row.append(self.atime)
         return json.dumps(row, separators=(",", ":")).encode()
 
     @classmethod
@@ -95,7 +123,7 @@ class Entry:
         return cls(
             path=_unlatin(row[0]),
             kind=row[1],
-            mode=row[2],
+            mode=SYMLINK_MODE if row[1] == "symlink" else row[2],  # indexes of older fsnaps
             uid=row[3],
             gid=row[4],
             size=row[5],
@@ -106,6 +134,7 @@ class Entry:
             xattrs={k: base64.b64decode(v) for k, v in xattrs.items()} if xattrs else {},
             opaque=bool(flags & 1),
             implicit=bool(flags & 2),
+            atime=row[12] if len(row) > 12 else None,
         )
 
 

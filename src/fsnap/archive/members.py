@@ -13,7 +13,7 @@ import base64
 import tarfile
 import urllib.parse
 
-from fsnap.archive.entry import Entry, Kind
+from fsnap.archive.entry import SYMLINK_MODE, Entry, Kind
 
 SCHILY_XATTR = "SCHILY.xattr."
 LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
@@ -40,7 +40,7 @@ def entry_of(member: tarfile.TarInfo, path: str) -> Entry | None:
     return Entry(
         path=path,
         kind=kind,
-        mode=member.mode & 0o7777,
+        mode=SYMLINK_MODE if kind == "symlink" else member.mode & 0o7777,
         uid=member.uid,
         gid=member.gid,
         size=member.size if kind == "file" else 0,
@@ -49,7 +49,15 @@ def entry_of(member: tarfile.TarInfo, path: str) -> Entry | None:
         devmajor=member.devmajor if kind in ("char", "block") else 0,
         devminor=member.devminor if kind in ("char", "block") else 0,
         xattrs=xattrs_of(member),
+        atime=atime_ns(member),
     )
+
+
+def atime_ns(member: tarfile.TarInfo) -> int | None:
+    """The PAX ``atime`` record in nanoseconds; None without one (then it is the mtime)."""
+    if "atime" not in member.pax_headers:
+        return None
+    return _pax_time_ns(member.pax_headers["atime"], 0.0)
 
 
 def mtime_ns(member: tarfile.TarInfo) -> int:
@@ -57,12 +65,18 @@ def mtime_ns(member: tarfile.TarInfo) -> int:
     text = member.pax_headers.get("mtime")
     if text is None:
         return int(member.mtime) * 1_000_000_000
+    return _pax_time_ns(text, member.mtime)
+
+
+def _pax_time_ns(text: str, fallback: float) -> int:
+    """A PAX time record ("[-]seconds[.fraction]") in nanoseconds; ``fallback`` seconds
+    if it does not parse."""
     sign = -1 if text.startswith("-") else 1
     whole, _, frac = text.lstrip("+-").partition(".")
     try:
         ns = int(whole or "0") * 1_000_000_000 + int((frac + "000000000")[:9])
     except ValueError:
-        return int(member.mtime * 1_000_000_000)
+        return int(fallback * 1_000_000_000)
     return sign * ns
 
 

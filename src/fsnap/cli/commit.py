@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from fsnap.cli.snapshots import warn_sockets_left_out
 from fsnap.client import Client
 from fsnap.progress import human_size
 
@@ -31,6 +32,7 @@ def register(subparsers: Any) -> None:
 
 
 def handle_commit(client: Client, args: argparse.Namespace) -> int:
-    image = client.commit_image(args.key, args.new_ref, args.compression, base=args.base)
+    image = client.commit_image(args.key, args.new_ref, args.compression, base=args.base,
+                                left_out=warn_sockets_left_out)
     print(f"{image.name}: {image.target.digest} {human_size(image.size)}")
     return 0

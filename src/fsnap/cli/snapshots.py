@@ -138,8 +138,17 @@ def view_snapshot(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def warn_sockets_left_out(paths: list[str]) -> None:
+    """Say on stderr which Unix sockets a commit left out (they are not content)."""
+    if paths:
+        shown = ", ".join("/" + p for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
+        print(f"fsnap: warning: left {len(paths)} Unix socket(s) out of the layer: {shown}",
+              file=sys.stderr)
+
+
 def commit_snapshot(client: Client, args: argparse.Namespace) -> int:
-    _snapshotter(client).commit(args.name, args.key, parse_labels(args.label))
+    sockets = _snapshotter(client).commit(args.name, args.key, parse_labels(args.label))
+    warn_sockets_left_out(sockets)
     return 0
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from fsnap.archive.apply import fixup_implicit
 from fsnap.archive.compression import Compression
 from fsnap.content.store import ContentStore
 from fsnap.content.writer import Writer
-from fsnap.diff.scan import scan_snapshot
+from fsnap.diff.scan import scan_snapshot, without_sockets
 from fsnap.diff.tar import LayerBlob, write_layer
 from fsnap.digest import chain_id, sha256_of
 from fsnap.errors import AlreadyExists, FailedPrecondition, FsnapError, NotFound
@@ -67,8 +68,12 @@ def commit_image(
     *,
     compression: Compression = Compression.GZIP,
     base_ref: str | None = None,
+    left_out: Callable[[list[str]], None] | None = None,
 ) -> Image:
-    """Record ``new_ref`` as the base image plus the diff of snapshot ``key``. Blocking."""
+    """Record ``new_ref`` as the base image plus the diff of snapshot ``key``. Blocking.
+
+    Unix sockets in the snapshot are not content: the layer leaves them out and
+    ``left_out`` gets their paths (when there are any)."""
     name = str(Reference.parse(new_ref))
     info = snapshots.stat(key)
     if info.kind is Kind.VIEW:
@@ -77,7 +82,9 @@ def commit_image(
     fam = compose.family(base.manifest.descriptor.media_type) if base.manifest else "oci"
     overrides = {e.path: e for e in snapshots.read_index(key)}
     fs_dir = snapshots.dir(key)
-    entries = scan_snapshot(fs_dir, overrides)
+    entries, sockets = without_sockets(scan_snapshot(fs_dir, overrides))
+    if sockets and left_out is not None:
+        left_out(sockets)
     layer = write_layer(
         content,
         fs_dir,

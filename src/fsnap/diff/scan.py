@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from fsnap.archive.apply import OPAQUE_MARKER, WHITEOUT_PREFIX
-from fsnap.archive.entry import Entry, Kind
+from fsnap.archive.entry import Entry, Kind, kind_of_mode
 from fsnap.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -54,22 +54,20 @@ def scan_snapshot(
     return sorted(scanner.entries.values(), key=lambda e: e.key())
 
 
+def without_sockets(entries: list[Entry]) -> tuple[list[Entry], list[str]]:
+    """``entries`` minus Unix sockets, and the paths of the sockets left out: a socket is
+    not content (containerd and docker leave them out of layers too)."""
+    sockets = [entry.path for entry in entries if entry.kind == "socket"]
+    if not sockets:
+        return entries, []
+    gone = set(sockets)  # with their other names (hard links to a socket)
+    kept = [e for e in entries if e.path not in gone and not (e.kind == "hardlink"
+                                                            and e.link in gone)]
+    return kept, sockets + [e.path for e in entries if e.kind == "hardlink" and e.link in gone]
+
+
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
-
-
-def _kind_of(mode: int) -> Kind:
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    if stat.S_ISCHR(mode):
-        return "char"
-    if stat.S_ISBLK(mode):
-        return "block"
-    if stat.S_ISFIFO(mode):
-        return "fifo"
-    return "file"
 
 
 def _compatible(disk: Kind, recorded: Kind) -> bool:
@@ -135,7 +133,7 @@ class _Scanner:
             return
         link = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
         entry = self._entry_of(dir_fd, path, st, name if link is None else None, link)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        if (stat.S_ISREG(st.st_mode) or stat.S_ISSOCK(st.st_mode)) and st.st_nlink > 1:
             entry = self._link_or_first(entry, st.st_ino)
         self.entries[path] = entry
 
@@ -175,7 +173,7 @@ class _Scanner:
         ``fd`` is the path's own descriptor (``name`` None) or its directory's (``name``
         set); symlinks (``link`` set) carry no xattrs we could read without following.
         """
-        kind = _kind_of(st.st_mode)
+        kind = kind_of_mode(st.st_mode)
         entry = Entry(
             path=path,
             kind=kind,
@@ -188,6 +186,7 @@ class _Scanner:
             devmajor=os.major(st.st_rdev) if kind in ("char", "block") else 0,
             devminor=os.minor(st.st_rdev) if kind in ("char", "block") else 0,
             xattrs={} if link is not None else self._xattrs(fd, name),
+            atime=st.st_atime_ns,
         )
         recorded = self.overrides.get(path)
         if recorded is None:
@@ -196,7 +195,8 @@ class _Scanner:
             log.debug("index record of %r (%s) is stale: disk has a %s", path, recorded.kind, kind)
             return entry
         merged = dataclasses.replace(
-            recorded, path=path, size=entry.size, mtime=entry.mtime, xattrs=dict(recorded.xattrs)
+            recorded, path=path, size=entry.size, mtime=entry.mtime, atime=entry.atime,
+            xattrs=dict(recorded.xattrs),
         )
         if recorded.kind == "hardlink":
             merged.kind, merged.link = "file", ""  # the walk decides who links to whom

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fsnap.archive.entry import Entry
+from fsnap.archive.entry import Entry, kind_of_mode
 from fsnap.mount.tree import Layer, MergedTree, Node, TreeBuilder
 
 Mark = Literal["added", "modified", "removed"]
@@ -210,14 +210,7 @@ def _same_node_attrs(a: Node, b: Node) -> bool:
 
 def node_kind(node: Node) -> str:
     """The index kind a merged node stands for (hard links show as the file they share)."""
-    import stat
-
-    mode = node.mode
-    for test, kind in ((stat.S_ISDIR, "dir"), (stat.S_ISREG, "file"), (stat.S_ISLNK, "symlink"),
-                       (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block")):
-        if test(mode):
-            return kind
-    return "fifo"
+    return kind_of_mode(node.mode)
 
 
 def subtree(node: Node) -> tuple[int, int]:

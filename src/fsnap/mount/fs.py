@@ -136,7 +136,7 @@ class MergedFS(pyfuse3.Operations):
         attrs.st_size = node.size
         attrs.st_blksize = BLOCK_SIZE
         attrs.st_blocks = (node.size + 511) // 512
-        attrs.st_atime_ns = node.mtime
+        attrs.st_atime_ns = node.atime
         attrs.st_mtime_ns = node.mtime
         attrs.st_ctime_ns = node.mtime
         attrs.entry_timeout = self.cache_timeout

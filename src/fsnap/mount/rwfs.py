@@ -16,8 +16,9 @@ Choices worth knowing:
 - A renamed directory is copied up with its whole subtree, each directory made opaque.
 - Nodes (inode numbers) live as long as the mount; removed names leave ``None`` in their
   directory's listing so readdir offsets handed out stay valid.
-- ``RENAME_EXCHANGE`` is refused (EINVAL); sockets cannot be created (EPERM: a layer
-  cannot hold them); setxattr's XATTR_CREATE/REPLACE flags are not passed on by pyfuse3.
+- ``RENAME_EXCHANGE`` swaps two copied-up objects in one ``renameat2``; sockets are
+  created in the upper directory (``bind`` works) and left out by commits; setxattr's
+  XATTR_CREATE/REPLACE flags are not passed on by pyfuse3.
 - The kernel may cache attributes for ``cache_timeout`` seconds only (1 s), not a day.
 """
 
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyfuse3
 import trio
 
-from fsnap.archive.entry import Entry, Kind
+from fsnap.archive.entry import Entry, Kind, kind_of_mode
 from fsnap.errors import FailedPrecondition
 from fsnap.mount.fastpath import write_nowait
 from fsnap.mount.fs import MergedFS
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 NAME_MAX = 255
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+_RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE  # RENAME_WHITEOUT is not for users
 _T = TypeVar("_T")
 
 
@@ -57,15 +59,6 @@ class Overrides:
                  delete: Callable[[str, bool], None]) -> None:
         self.put = put
         self.delete = delete
-
-
-def _kind(mode: int) -> Kind:
-    for test, kind in ((stat.S_ISDIR, "dir"), (stat.S_ISLNK, "symlink"),
-                       (stat.S_ISCHR, "char"), (stat.S_ISBLK, "block"),
-                       (stat.S_ISFIFO, "fifo")):
-        if test(mode):
-            return kind  # type: ignore[return-value]
-    return "file"
 
 
 def _fail(code: int) -> pyfuse3.FUSEError:
@@ -192,12 +185,12 @@ class WritableFS(MergedFS):
 
     def _entry(self, node: Node, rel: bytes) -> Entry:
         xattrs = {os.fsdecode(k): v for k, v in (node.xattrs or {}).items()}
-        kind = _kind(node.mode)
+        kind = kind_of_mode(node.mode)
         return Entry(
             path=os.fsdecode(rel), kind=kind, mode=node.mode & 0o7777, uid=node.uid,
             gid=node.gid, size=node.size if kind == "file" else 0, mtime=node.mtime,
             link=os.fsdecode(node.link or b""), devmajor=os.major(node.rdev),
-            devminor=os.minor(node.rdev), xattrs=xattrs,
+            devminor=os.minor(node.rdev), xattrs=xattrs, atime=node.atime,
         )
 
     def _lower_at(self, parent: Node, name: bytes) -> bool | None:
@@ -299,14 +292,14 @@ class WritableFS(MergedFS):
                 await self._sync(node)
 
     async def _refresh(self, node: Node) -> None:
-        """Size and mtime come from disk (after the disk changed them)."""
+        """Size and times come from disk (after the disk changed them)."""
         if node.nlink == 0 and not node.is_dir:
             return
         rel = b"" if node is self.tree.root else self._path(node)
         if node is self.tree.root and not node.upper:
             return
         st = await _disk(self.upper.lstat, rel)
-        node.mtime = st.st_mtime_ns
+        node.mtime, node.atime = st.st_mtime_ns, st.st_atime_ns
         if stat.S_ISREG(st.st_mode) and stat.S_ISREG(node.mode):
             node.size = st.st_size
 
@@ -383,10 +376,8 @@ class WritableFS(MergedFS):
 
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if stat.S_ISSOCK(mode):
-            raise _fail(errno.EPERM)
         async with self._lock:
-            node = await self._create_node(parent_inode, name, _kind(mode), mode, ctx,
+            node = await self._create_node(parent_inode, name, kind_of_mode(mode), mode, ctx,
                                            rdev=rdev)
         return self._attrs(node)
 
@@ -455,7 +446,7 @@ class WritableFS(MergedFS):
 
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
                      name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
-        if flags & RENAME_EXCHANGE:
+        if flags & RENAME_EXCHANGE and flags & RENAME_NOREPLACE or flags & ~_RENAME_FLAGS:
             raise _fail(errno.EINVAL)
         async with self._lock:
             old_parent = self._dir(parent_inode_old)
@@ -464,10 +455,49 @@ class WritableFS(MergedFS):
             self._check_new_name(name_new)
             assert new_parent.children is not None
             target = new_parent.children.get(name_new)
+            if flags & RENAME_EXCHANGE:
+                if target is None:
+                    raise _fail(errno.ENOENT)
+                if target is not node:
+                    self._check_inside(node, new_parent)
+                    self._check_inside(target, old_parent)
+                    await self._exchange(old_parent, name_old, new_parent, name_new, node,
+                                         target)
+                return
             if target is node:
                 return
             self._check_rename(node, new_parent, target, flags)
             await self._move(old_parent, name_old, new_parent, name_new, node, target)
+
+    def _check_inside(self, node: Node, new_parent: Node) -> None:
+        """A directory cannot move below itself (EINVAL)."""
+        if node.is_dir:
+            above: Node | None = new_parent
+            while above is not None and above is not self.tree.root:
+                if above is node:
+                    raise _fail(errno.EINVAL)
+                above = above.parent
+
+    async def _exchange(self, old_parent: Node, name_old: bytes, new_parent: Node,
+                        name_new: bytes, node: Node, target: Node) -> None:
+        """``RENAME_EXCHANGE``: both objects are copied up (directories with all they
+        hold, made opaque: they may land where other lower directories are), then swapped
+        in the upper directory in one ``renameat2``; neither name needs a whiteout, since
+        both stay in use."""
+        await self._up_movable(target)
+        old_rel, new_rel = await self._up_move(old_parent, name_old, new_parent, name_new, node)
+        await _disk(self.upper.exchange, old_rel, new_rel)
+        if not self.upper.privileged:
+            await _disk(self.overrides.delete, os.fsdecode(old_rel), node.is_dir)
+            await _disk(self.overrides.delete, os.fsdecode(new_rel), target.is_dir)
+        self._drop(new_parent, name_new)
+        self._drop(old_parent, name_old)
+        self._insert(new_parent, name_new, node)
+        self._insert(old_parent, name_old, target)
+        await self._refresh(old_parent)
+        await self._refresh(new_parent)
+        await self._sync_tree(node)
+        await self._sync_tree(target)
 
     def _check_rename(self, node: Node, new_parent: Node, target: Node | None,
                       flags: int) -> None:
@@ -480,23 +510,26 @@ class WritableFS(MergedFS):
                 raise _fail(errno.EISDIR)
             if target.children:
                 raise _fail(errno.ENOTEMPTY)
-        if node.is_dir:
-            above: Node | None = new_parent
-            while above is not None and above is not self.tree.root:
-                if above is node:
-                    raise _fail(errno.EINVAL)
-                above = above.parent
+        self._check_inside(node, new_parent)
 
-    async def _move(self, old_parent: Node, name_old: bytes, new_parent: Node,
-                    name_new: bytes, node: Node, target: Node | None) -> None:
+    async def _up_movable(self, node: Node) -> None:
+        """Copy ``node`` up so that it can move (a directory with all it holds, opaque)."""
         if node.is_dir:
             await self._materialize(node)
         else:
             await self._up(node)
+
+    async def _up_move(self, old_parent: Node, name_old: bytes, new_parent: Node,
+                       name_new: bytes, node: Node) -> tuple[bytes, bytes]:
+        """Copy up what a move of ``node`` needs; its old and new upper paths."""
+        await self._up_movable(node)
         await self._up_dir(new_parent)
         await self._up_dir(old_parent)
-        old_rel = join(self._path(old_parent), name_old)
-        new_rel = join(self._path(new_parent), name_new)
+        return join(self._path(old_parent), name_old), join(self._path(new_parent), name_new)
+
+    async def _move(self, old_parent: Node, name_old: bytes, new_parent: Node,
+                    name_new: bytes, node: Node, target: Node | None) -> None:
+        old_rel, new_rel = await self._up_move(old_parent, name_old, new_parent, name_new, node)
         below = self._lower_at(old_parent, name_old) is not None
         whiteout = (self._path(old_parent), name_old) if below else None
         clear = target is not None and target.is_dir and target.upper
@@ -533,7 +566,7 @@ class WritableFS(MergedFS):
             if fields.update_gid:
                 node.gid = attr.st_gid
             if fields.update_mode or fields.update_uid or fields.update_gid:
-                await _disk(self.upper.apply, self.upper.path(rel), self._entry(node, rel), False)
+                await _disk(self.upper.apply_at, rel, self._entry(node, rel), False)
                 await self._sync(node, force=node is self.tree.root)
             if truncate:
                 await _disk(self.upper.truncate, rel, attr.st_size)

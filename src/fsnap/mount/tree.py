@@ -28,6 +28,7 @@ _TYPE_BITS = {
     "char": stat.S_IFCHR,
     "block": stat.S_IFBLK,
     "fifo": stat.S_IFIFO,
+    "socket": stat.S_IFSOCK,
 }
 
 
@@ -69,6 +70,7 @@ class Node:
         "gid",
         "size",
         "mtime",
+        "atime",
         "rdev",
         "nlink",
         "link",
@@ -93,6 +95,7 @@ class Node:
         self.uid = entry.uid
         self.gid = entry.gid
         self.mtime = entry.mtime
+        self.atime = entry.mtime if entry.atime is None else entry.atime
         self.link: bytes | None = None
         self.rdev = 0
         self.nlink = 1
@@ -115,7 +118,7 @@ class Node:
         elif entry.kind == "dir":
             self.children = {}
             self.size = DIR_SIZE
-        elif entry.kind == "fifo":
+        elif entry.kind in ("fifo", "socket"):
             self.size = 0
 
     @property
@@ -131,6 +134,7 @@ class Node:
         self.uid = entry.uid
         self.gid = entry.gid
         self.mtime = entry.mtime
+        self.atime = entry.mtime if entry.atime is None else entry.atime
         self.xattrs = _xattrs(entry)
 
 

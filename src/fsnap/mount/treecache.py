@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "merged.tree"
 MAGIC = b"fsnaptr\n"
-VERSION = 1
+VERSION = 2  # 2: nodes carry their atime
 _HASH_SIZE = 32
 
 # One node as saved: everything ``Node`` holds except its inode (its position in the list)
@@ -105,7 +105,7 @@ def _row(node: Node, dirs: list[str]) -> _Row:
     return (
         node.mode, node.uid, node.gid, node.size, node.mtime, node.rdev, node.nlink,
         node.link, node.xattrs, _relative(node, dirs), parent, node.name, node.layer,
-        names, inos,
+        names, inos, node.atime,
     )
 
 
@@ -181,7 +181,7 @@ def _restore(rows: list[_Row], dirs: list[str]) -> MergedTree:
     for ino, row in enumerate(rows, start=1):
         node: Node = new(Node)
         (node.mode, node.uid, node.gid, node.size, node.mtime, node.rdev, node.nlink,
-         node.link, node.xattrs, rel, _, node.name, node.layer, names, _) = row
+         node.link, node.xattrs, rel, _, node.name, node.layer, names, _, node.atime) = row
         node.ino = ino
         node.source = None if rel is None else os.path.join(dirs[node.layer], rel)
         node.upper = node.opaque = False

@@ -8,8 +8,8 @@ into a layer index at commit time (the same format as an unpacked layer, see
 ``fsnap.archive.apply``):
 
 - ``fs/`` holds only the changes: files created or copied up (full content), directories
-  created or copied up, symlinks, fifos, and devices (``mknod`` when the daemon is root;
-  otherwise an empty regular file standing in for the device).
+  created or copied up, symlinks, fifos, Unix sockets (left out by commits), and devices
+  (``mknod`` when the daemon is root; otherwise an empty regular file in their place).
 - ``DIR/.wh.NAME``, an empty regular file, deletes NAME of the lower layers. Users cannot
   create a name starting with ``.wh.`` through the mount: EINVAL. A lower name longer than
   251 bytes cannot be deleted (its whiteout name would exceed 255): ENAMETOOLONG.
@@ -21,7 +21,7 @@ into a layer index at commit time (the same format as an unpacked layer, see
   unprivileged daemon cannot, so for every path whose metadata disk cannot hold (another
   owner, a device, any xattr, a mode without the owner's rw(x) bits, which the daemon keeps
   on disk for itself) the snapshot's index holds an *override*: the full ``Entry`` of that
-  path (kind, owner, mode, devices, xattrs). Size and mtime always come from disk.
+  path (kind, owner, mode, devices, xattrs). Size, mtime and atime always come from disk.
 - The root of the mount is in the upper layer once its metadata changed: then the index
   has an override for ``""`` (in both modes), else the lower layers' root stands.
 - Copy-up of a lower object happens in ``work/``: a temporary copy with content, mode,
@@ -38,6 +38,7 @@ default; ``fsnap.overlay.markers`` writes overlayfs's instead (0/0 character dev
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import secrets
@@ -51,6 +52,12 @@ from fsnap.mount.fastpath import copy_all
 from fsnap.snapshots import disk
 
 NAME_MAX = 255
+_PATH_MAX = 4096 - 256  # a whole path shorter than this is opened in one call
+_RENAME_EXCHANGE = 2
+# renameat2 (glibc 2.28+): Python's os module has no RENAME_EXCHANGE.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                            ctypes.c_uint]
 _NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WHITEOUT = os.fsencode(WHITEOUT_PREFIX)
 OPAQUE = os.fsencode(OPAQUE_MARKER)
@@ -83,6 +90,12 @@ class Markers:
         _touch(join(dir_path, OPAQUE))
 
 
+def _proc(fd: int, name: bytes = b"") -> bytes:
+    """A short path through ``/proc/self/fd`` for ``name`` in directory ``fd``."""
+    base = f"/proc/self/fd/{fd}".encode()
+    return join(base, name) if name else base
+
+
 def _touch(path: bytes) -> None:
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
 
@@ -104,7 +117,52 @@ class Upper:
         self.egid = os.getegid()
 
     def path(self, rel: bytes) -> bytes:
+        """The whole path of ``rel``: for messages and short paths only (it may be longer
+        than PATH_MAX; system calls go through ``_at``)."""
         return join(self.fs, rel) if rel else self.fs
+
+    # --- reaching a path at any depth --------------------------------------------------
+
+    def _open_dir(self, rel: bytes) -> int:
+        """An ``O_PATH`` descriptor of directory ``rel``. A whole path that fits PATH_MAX
+        is one ``open``; a deeper one is walked a name at a time (``openat``), so depth
+        never matters. Names are never followed as symlinks on the walk."""
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+        whole = self.path(rel)
+        if len(whole) < _PATH_MAX:
+            return os.open(whole, flags)
+        fd = os.open(self.fs, flags)
+        try:
+            for name in rel.split(b"/"):
+                step = os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = step
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextlib.contextmanager
+    def _at(self, rel: bytes) -> Iterator[tuple[int, bytes]]:
+        """(descriptor of ``rel``'s directory, ``rel``'s name) for ``*at`` system calls;
+        the root (``b""``) is named in the directory above ``fs/``."""
+        parent, _, name = rel.rpartition(b"/")
+        if not rel:
+            parent_path, _, name = self.fs.rpartition(b"/")
+            fd = os.open(parent_path or b"/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd = self._open_dir(parent)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def _short(self, rel: bytes) -> Iterator[bytes]:
+        """A short path naming ``rel`` (through ``/proc/self/fd``), for calls that take no
+        directory descriptor (xattrs, markers, tree removal)."""
+        with self._at(rel) as (fd, name):
+            yield _proc(fd, name)
 
     # --- metadata policy ------------------------------------------------------------------
 
@@ -138,10 +196,11 @@ class Upper:
     def _times_kept(self, rel: bytes) -> Iterator[None]:
         """Copy-up and its markers are not changes a user made: the directory written into
         keeps its times."""
-        path = self.path(rel)
-        st = os.lstat(path)
-        yield
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        with self._at(rel) as (fd, name):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            yield
+            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=fd,
+                     follow_symlinks=False)
 
     def copy_up(self, rel: bytes, entry: Entry, source: str | None = None) -> None:
         """``place`` a copy of a lower object, leaving its directory's times as they were."""
@@ -158,7 +217,8 @@ class Upper:
             if opaque:
                 self.markers.mark_opaque(temp)
             self.apply(temp, entry)
-            os.rename(temp, self.path(rel))
+            with self._at(rel) as (fd, name):
+                os.rename(temp, name, dst_dir_fd=fd)
         except BaseException:
             with contextlib.suppress(OSError):
                 disk.remove_tree(Path(os.fsdecode(temp)))
@@ -172,6 +232,8 @@ class Upper:
             os.symlink(entry.link, temp)
         elif kind == "fifo":
             os.mkfifo(temp, 0o600)
+        elif kind == "socket":  # needs no privilege: what bind(2) makes
+            os.mknod(temp, stat.S_IFSOCK | 0o600)
         elif kind in ("char", "block") and self.privileged:
             bits = stat.S_IFCHR if kind == "char" else stat.S_IFBLK
             os.mknod(temp, bits | 0o600, os.makedev(entry.devmajor, entry.devminor))
@@ -201,7 +263,8 @@ class Upper:
         if not symlink:
             os.chmod(path, self.disk_mode(entry))
         if times:
-            os.utime(path, ns=(entry.mtime, entry.mtime), follow_symlinks=False)
+            atime = entry.mtime if entry.atime is None else entry.atime
+            os.utime(path, ns=(atime, entry.mtime), follow_symlinks=False)
 
     def _set_xattrs(self, path: bytes, entry: Entry) -> None:
         want = {os.fsencode(k): v for k, v in entry.xattrs.items()}
@@ -212,12 +275,18 @@ class Upper:
         for key, value in want.items():
             os.setxattr(path, key, value, follow_symlinks=False)
 
+    def apply_at(self, rel: bytes, entry: Entry, times: bool = True) -> None:
+        """``apply`` to ``rel`` in ``fs/``, at any depth."""
+        with self._short(rel) as path:
+            self.apply(path, entry, times)
+
     def set_root(self, entry: Entry) -> None:
         """The mount's root changes for the first time: give ``fs/`` its metadata."""
         self.apply(self.fs, entry)
 
     def link(self, existing: bytes, new: bytes) -> None:
-        os.link(self.path(existing), self.path(new), follow_symlinks=False)
+        with self._at(existing) as (old_fd, old), self._at(new) as (new_fd, name):
+            os.link(old, name, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
 
     def link_up(self, existing: bytes, new: bytes) -> None:
         """Another name of a copied-up hard link, its directory's times kept."""
@@ -227,14 +296,16 @@ class Upper:
     # --- whiteouts and opaque markers -------------------------------------------------------
 
     def whiteout(self, parent: bytes, name: bytes) -> None:
-        self.markers.whiteout(self.path(parent), name)
+        with self._short(parent) as path:
+            self.markers.whiteout(path, name)
 
     def unwhiteout(self, parent: bytes, name: bytes) -> None:
-        self.markers.unwhiteout(self.path(parent), name)
+        with self._short(parent) as path:
+            self.markers.unwhiteout(path, name)
 
     def mark_opaque(self, rel: bytes) -> None:
-        with self._times_kept(rel):
-            self.markers.mark_opaque(self.path(rel))
+        with self._times_kept(rel), self._short(rel) as path:
+            self.markers.mark_opaque(path)
 
     # --- removing and moving ------------------------------------------------------------------
 
@@ -242,11 +313,11 @@ class Upper:
         """Remove ``rel`` from ``fs/`` (a directory with the markers it holds), then leave
         a whiteout for the lower layers' name if there is one."""
         if rel is not None:
-            path = self.path(rel)
-            if stat.S_ISDIR(os.lstat(path).st_mode):
-                disk.remove_tree(Path(os.fsdecode(path)))
-            else:
-                os.unlink(path)
+            with self._at(rel) as (fd, name):
+                if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                    disk.remove_tree(Path(os.fsdecode(_proc(fd, name))))
+                else:
+                    os.unlink(name, dir_fd=fd)
         if whiteout is not None:
             self.whiteout(*whiteout)
 
@@ -254,34 +325,47 @@ class Upper:
                whiteout: tuple[bytes, bytes] | None) -> None:
         """``rename(2)`` in ``fs/``; ``clear_dir``: the target is an (empty in the merged
         view) upper directory that may hold markers, removed first."""
-        target = self.path(new)
-        if clear_dir:
-            disk.remove_tree(Path(os.fsdecode(target)))
-        parent, _, name = new.rpartition(b"/")
-        self.unwhiteout(parent, name)
-        os.rename(self.path(old), target)
+        with self._at(old) as (old_fd, old_name), self._at(new) as (new_fd, name):
+            if clear_dir:
+                disk.remove_tree(Path(os.fsdecode(_proc(new_fd, name))))
+            self.markers.unwhiteout(_proc(new_fd), name)
+            os.rename(old_name, name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
         if whiteout is not None:
             self.whiteout(*whiteout)
+
+    def exchange(self, first: bytes, second: bytes) -> None:
+        """Swap two names in ``fs/`` atomically (``renameat2(RENAME_EXCHANGE)``)."""
+        with self._at(first) as (fd1, name1), self._at(second) as (fd2, name2):
+            if _LIBC.renameat2(fd1, name1, fd2, name2, _RENAME_EXCHANGE) != 0:
+                code = ctypes.get_errno()
+                raise OSError(code, os.strerror(code), os.fsdecode(self.path(first)))
 
     # --- files ------------------------------------------------------------------------------------
 
     def open(self, rel: bytes, flags: int) -> int:
-        return os.open(self.path(rel), flags | os.O_CLOEXEC | os.O_NOFOLLOW)
+        with self._at(rel) as (fd, name):
+            return os.open(name, flags | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=fd)
 
     def lstat(self, rel: bytes) -> os.stat_result:
-        return os.lstat(self.path(rel))
+        with self._at(rel) as (fd, name):
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
 
     def truncate(self, rel: bytes, size: int) -> None:
-        os.truncate(self.path(rel), size)
+        fd = self.open(rel, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
 
     def set_times(self, rel: bytes, atime: int | None, mtime: int | None) -> None:
-        path = self.path(rel)
-        st = os.lstat(path)
-        os.utime(path, ns=(st.st_atime_ns if atime is None else atime,
-                           st.st_mtime_ns if mtime is None else mtime), follow_symlinks=False)
+        with self._at(rel) as (fd, name):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            os.utime(name, ns=(st.st_atime_ns if atime is None else atime,
+                               st.st_mtime_ns if mtime is None else mtime),
+                     dir_fd=fd, follow_symlinks=False)
 
     def fsync_dir(self, rel: bytes) -> None:
-        fd = os.open(self.path(rel), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -289,7 +373,11 @@ class Upper:
 
     def set_xattr(self, rel: bytes, name: bytes, value: bytes | None) -> None:
         """Set (or with None remove) one xattr on disk (root daemons only)."""
-        path = self.path(rel)
+        with self._short(rel) as path:
+            self._set_xattr(path, name, value)
+
+    @staticmethod
+    def _set_xattr(path: bytes, name: bytes, value: bytes | None) -> None:
         try:
             if value is None:
                 os.removexattr(path, name, follow_symlinks=False)

@@ -218,9 +218,13 @@ class Snapshotter:
 
     # -- changing ------------------------------------------------------------------------
 
-    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
+    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> list[str]:
         """Turn active ``key`` into committed ``name`` (same parent, id and index); ``key``
-        stops existing. ``labels`` replace the active snapshot's labels when given."""
+        stops existing. ``labels`` replace the active snapshot's labels when given.
+
+        Unix sockets a writable mount left in the directory are not content: they are left
+        out of the index and removed from the directory; their paths are returned (for
+        the caller to tell the user)."""
         self._check_open()
         _check_key(name)
         clean_labels = None if labels is None else _check_labels(labels)
@@ -231,7 +235,7 @@ class Snapshotter:
                 scan = txn.get(str(before.id).encode(), db=self._overrides) is not None
             _require_active(key, before)
             usage = self.usage(key)
-            index = self._scanned_index(key) if scan else None
+            index, sockets = self._scanned_index(key) if scan else (None, [])
             with self.db.begin(write=True) as txn:
                 record = self._get(txn, key)
                 if record.id != before.id:
@@ -251,6 +255,11 @@ class Snapshotter:
                 self.tables.rename(txn, key, name, record)
         with contextlib.suppress(OSError):
             disk.remove_tree(self._home(record.id) / disk.WORK)
+        fs_dir = self._home(record.id) / disk.FS
+        for path in sockets:
+            with contextlib.suppress(OSError):  # the index no longer shows it anyway
+                os.unlink(fs_dir / path)
+        return sockets
 
     def remove(self, key: str) -> None:
         """Delete ``key`` and its directory; refused while a snapshot names it as parent."""
@@ -386,12 +395,13 @@ class Snapshotter:
                 f"run `fsnap umount {mnt}` first"
             )
 
-    def _scanned_index(self, key: str) -> list[Entry]:
-        """The full index of active ``key``: its directory scanned, with its overrides."""
-        from fsnap.diff.scan import scan_snapshot
+    def _scanned_index(self, key: str) -> tuple[list[Entry], list[str]]:
+        """The full index of active ``key`` (its directory scanned, with its overrides),
+        without sockets; and the sockets' paths."""
+        from fsnap.diff.scan import scan_snapshot, without_sockets
 
         overrides = {entry.path: entry for entry in self.read_index(key)}
-        return scan_snapshot(self.dir(key), overrides)
+        return without_sockets(scan_snapshot(self.dir(key), overrides))
 
     def _replace_index(
         self, txn: lmdb.Transaction, snapshot_id: int, entries: Iterable[Entry]
