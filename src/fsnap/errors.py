@@ -103,3 +103,21 @@ class NoSpace(EnvironmentProblem):
     """The file system holding the fsnap root is full (ENOSPC or EDQUOT)."""
 
     exit_code = 15
+
+
+class RuntimeFailed(FsnapError):
+    """The OCI runtime (runc) could not start a container; exit status as ``docker run``'s."""
+
+    exit_code = 125
+
+
+class CannotExecute(FsnapError):
+    """A container's command exists but cannot be executed (permission, format)."""
+
+    exit_code = 126
+
+
+class CommandNotFound(FsnapError):
+    """A container's command is not in its image: the status shells use."""
+
+    exit_code = 127

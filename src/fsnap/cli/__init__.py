@@ -31,6 +31,7 @@ TOPICS = (
     "inspect",
     "info",
     "serve",
+    "run",
 )
 
 # Which topic registers each command. Importing a topic imports the library code behind it
@@ -58,6 +59,7 @@ COMMANDS = {
     "du": "inspect",
     "info": "info",
     "serve": "serve",
+    "run": "run",
 }
 
 # Exit code of an unexpected error (a bug): EX_SOFTWARE from sysexits.h.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from fsnap.client import Client
@@ -111,6 +112,10 @@ def umount(client: Client, args: argparse.Namespace) -> int:
 
 
 def mounts(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.run.state import reap
+
+    for line in reap(client):  # a crashed `fsnap run` leaves a mount only it can explain
+        print(f"fsnap: {line}", file=sys.stderr)
     found = manager.list_mounts(client)
     if args.json:
         print(json.dumps([info.to_json() for info in found], indent=2))

@@ -73,6 +73,10 @@ class GCReport:
 
 def collect(client: Client, dry_run: bool = False) -> GCReport:
     """Remove what nothing references; with ``dry_run``, only say what would go."""
+    if not dry_run:
+        from fsnap.run.state import reap
+
+        reap(client)  # runs whose fsnap died: their mounts and snapshots go first
     plan = plan_removals(client)
     report = GCReport(dry_run=dry_run)
     if dry_run:

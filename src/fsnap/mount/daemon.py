@@ -25,12 +25,21 @@ from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
 from fsnap.mount import source, treecache
 from fsnap.mount.fs import MergedFS
+from fsnap.mount.idshift import IdShift
 from fsnap.mount.tree import MergedTree
 
 Ready = Callable[[FsnapError | None], None]
 
 
 def build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
+    """The file system a spec names, with its owners shifted if ``shift_ids`` says so."""
+    fs = _build_fs(spec, client)
+    if spec.get("shift_ids"):
+        fs.ids = IdShift(*spec["shift_ids"])
+    return fs
+
+
+def _build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
     """The file system a spec names: bare layer directories, a snapshot's chain read-only,
     or (``writable``) an active snapshot over its parents."""
     provenance = bool(spec.get("provenance"))

@@ -17,6 +17,7 @@ from typing import cast
 import pyfuse3
 
 from fsnap.mount.fastpath import LEARNT, open_source, read_nowait
+from fsnap.mount.idshift import NO_SHIFT
 from fsnap.mount.prefetch import Prefetcher
 from fsnap.mount.tree import MergedTree, Node
 from fsnap.mount.worker import run_blocking
@@ -107,6 +108,8 @@ class MergedFS(pyfuse3.Operations):
         self._lazy: dict[int, _LazyFile] = {}
         self._last_handle = LAZY_HANDLES
         self.prefetcher = Prefetcher()
+        # Owner 0 shown as the mounting user (a rootless container's root), see idshift.
+        self.ids = NO_SHIFT
 
     async def background(self) -> None:
         """What runs beside the request handlers for the mount's life (the serving nursery
@@ -130,8 +133,8 @@ class MergedFS(pyfuse3.Operations):
         attrs.st_ino = node.ino
         attrs.st_mode = node.mode
         attrs.st_nlink = node.nlink
-        attrs.st_uid = node.uid
-        attrs.st_gid = node.gid
+        attrs.st_uid = self.ids.uid_out(node.uid)
+        attrs.st_gid = self.ids.gid_out(node.gid)
         attrs.st_rdev = node.rdev
         attrs.st_size = node.size
         attrs.st_blksize = BLOCK_SIZE

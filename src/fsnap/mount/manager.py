@@ -53,6 +53,8 @@ class MountOptions:
     # Writable mounts: keep owners, devices and xattrs in the snapshot's index (overrides)
     # even when the daemon could put them on disk, as an unprivileged daemon must.
     index_metadata: bool = False
+    # (uid, gid) whose owner shows as 0's and 0's as it (fsnap.mount.idshift): rootless runs.
+    shift_ids: tuple[int, int] | None = None
 
 
 @dataclass
@@ -331,7 +333,8 @@ def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
     info.options = fuse_options(info.source, options, writable=bool(info.writable))
     spec = {"root": str(client.root), "mountpoint": info.mountpoint, "options": info.options,
             "state": str(record), "provenance": options.provenance,
-            "index_metadata": options.index_metadata, **spec_source}
+            "index_metadata": options.index_metadata, "shift_ids": options.shift_ids,
+            **spec_source}
     _write_record(record, info, exclusive=True)
     try:
         if options.foreground:

@@ -322,13 +322,13 @@ class WritableFS(MergedFS):
 
     def _owner(self, parent: Node, ctx: pyfuse3.RequestContext, mode: int) -> tuple[int, int, int]:
         """uid, gid and permission bits of a new node (BSD group of a setgid directory)."""
-        gid = ctx.gid
+        gid = self.ids.gid_in(ctx.gid)
         perms = mode & 0o7777
         if parent.mode & stat.S_ISGID:
             gid = parent.gid
             if stat.S_ISDIR(mode):
                 perms |= stat.S_ISGID
-        return ctx.uid, gid, perms
+        return self.ids.uid_in(ctx.uid), gid, perms
 
     async def _create_node(self, parent_inode: int, name: bytes, kind: Kind, mode: int,
                            ctx: pyfuse3.RequestContext, link: bytes = b"",
@@ -562,9 +562,9 @@ class WritableFS(MergedFS):
             if fields.update_mode:
                 node.mode = stat.S_IFMT(node.mode) | (attr.st_mode & 0o7777)
             if fields.update_uid:
-                node.uid = attr.st_uid
+                node.uid = self.ids.uid_in(attr.st_uid)
             if fields.update_gid:
-                node.gid = attr.st_gid
+                node.gid = self.ids.gid_in(attr.st_gid)
             if fields.update_mode or fields.update_uid or fields.update_gid:
                 await _disk(self.upper.apply_at, rel, self._entry(node, rel), False)
                 await self._sync(node, force=node is self.tree.root)

@@ -34,16 +34,32 @@ def image_snapshot(client: Client, ref: str) -> str:
     NotFound names the command that fixes it, because that is what the user needs next.
     ``ref`` is normalised as ``fsnap pull`` normalises it (``host/repo`` is stored as
     ``host/repo:latest``), so the reference that pulled an image also mounts it."""
-    try:
-        image = client.images.get(str(Reference.parse(ref)))
-    except NotFound:
-        raise NotFound(f"image {ref} not found: run `fsnap pull {ref}` first") from None
-    config = _config_digest(client, image.target.digest, image.target.media_type)
-    labels = client.content.info(config).labels
+    labels = client.content.info(image_config_digest(client, ref)).labels
     key = labels.get(SNAPSHOT_LABEL)
     if not key:
         raise FailedPrecondition(f"image {ref} is not unpacked: run `fsnap pull {ref}` again")
     return key
+
+
+def image_config_digest(client: Client, ref: str) -> str:
+    """The digest of image ``ref``'s config for this host (normalised as ``image_snapshot``);
+    NotFound says to pull it."""
+    try:
+        image = client.images.get(str(Reference.parse(ref)))
+    except NotFound:
+        raise NotFound(f"image {ref} not found: run `fsnap pull {ref}` first") from None
+    return _config_digest(client, image.target.digest, image.target.media_type)
+
+
+def image_config(client: Client, ref: str) -> dict[str, Any]:
+    """Image ``ref``'s config document (what ``fsnap run`` takes the process from)."""
+    try:
+        document = json.loads(client.content.read(image_config_digest(client, ref)))
+    except ValueError:
+        raise FailedPrecondition(f"image {ref}: its config is not JSON") from None
+    if not isinstance(document, dict):
+        raise FailedPrecondition(f"image {ref}: its config is not a JSON object")
+    return document
 
 
 def _config_digest(client: Client, digest: str, media_type: str) -> str:
