@@ -342,3 +342,11 @@ def test_committed_image_pushed_and_run_by_containerd(root: Path, images: dict[s
     except ContainerdUnavailable as exc:
         pytest.skip(f"containerd cannot run here: {exc}")
     assert done.stdout == "made by fsnap run\n"
+
+
+def test_pull_then_run_in_a_fresh_root(images: dict[str, str], tmp_path: Path) -> None:
+    with cleaned(tmp_path / "fresh") as fresh:
+        missing = fsnap(fresh, "run", "--rm", images["plain"], "true")
+        assert missing.returncode == 2 and "fsnap pull" in missing.stderr
+        assert run_ok(fresh, "--rm", "--pull", images["plain"], "echo", "pulled") == "pulled\n"
+        assert leftovers(fresh) == []

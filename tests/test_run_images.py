@@ -59,15 +59,22 @@ def _user_namespaces_for(uid: int) -> str:
     return "" if done.returncode == 0 else done.stderr.strip()
 
 
-def test_rootless_run_as_nobody(fuse_device_for_users: None,  # noqa: F811
-                                nobody_root: Path, registry: RegistryProcess) -> None:
+@pytest.fixture
+def rootless(fuse_device_for_users: None, nobody_root: Path,  # noqa: F811
+             registry: RegistryProcess, request: pytest.FixtureRequest) -> tuple[Path, str]:
+    """(fsnap root of 65534, a busybox image 65534 pulled into it); skipped, with the
+    kernel's reason, where 65534 may not create user namespaces."""
     reason = _user_namespaces_for(NOBODY)
     if reason:
         pytest.skip(f"uid {NOBODY} may not create user namespaces here: {reason}")
-    ref = pushed(registry, "run/rootless", busybox_run_image({"Cmd": ["/bin/sh"],
-                                                              "Env": ["PATH=/bin"]}))
-    root = nobody_root
-    pulled(root, ref, uid=NOBODY)
+    image = busybox_run_image({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})
+    ref = pushed(registry, f"run/{request.node.name}", image)
+    pulled(nobody_root, ref, uid=NOBODY)
+    return nobody_root, ref
+
+
+def test_rootless_run_as_nobody(rootless: tuple[Path, str], registry: RegistryProcess) -> None:
+    root, ref = rootless
     done = fsnap_as(root, "run", "--key", "mine", ref, "sh", "-c",
                     "grep Uid /proc/self/status; cat /proc/self/uid_map; "
                     "ls -ln /etc/passwd; echo y > /etc/written; id -u", uid=NOBODY)
@@ -88,14 +95,8 @@ def test_rootless_run_as_nobody(fuse_device_for_users: None,  # noqa: F811
     assert leftovers(root) == []
 
 
-def test_rootless_other_users_are_refused(fuse_device_for_users: None,  # noqa: F811
-                                          nobody_root: Path, registry: RegistryProcess) -> None:
-    reason = _user_namespaces_for(NOBODY)
-    if reason:
-        pytest.skip(f"uid {NOBODY} may not create user namespaces here: {reason}")
-    ref = pushed(registry, "run/rootless-user", busybox_run_image({"Cmd": ["/bin/sh"],
-                                                                   "Env": ["PATH=/bin"]}))
-    pulled(nobody_root, ref, uid=NOBODY)
-    done = fsnap_as(nobody_root, "run", "--rm", "-u", "app", ref, "id", uid=NOBODY)
+def test_rootless_other_users_are_refused(rootless: tuple[Path, str]) -> None:
+    root, ref = rootless
+    done = fsnap_as(root, "run", "--rm", "-u", "app", ref, "id", uid=NOBODY)
     assert done.returncode == 9 and "maps only container root" in done.stderr
-    assert leftovers(nobody_root) == []
+    assert leftovers(root) == []
