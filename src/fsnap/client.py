@@ -89,6 +89,7 @@ class Client:
         progress: PullProgress | None = None,
         sink: LayerSink | None = None,
         unpack: bool = True,
+        registry_factory: Callable[..., Any] | None = None,
     ) -> Image:
         """Pull ``ref`` into the content store and record it.
 
@@ -98,6 +99,7 @@ class Client:
         With ``unpack`` (the default, as ``ctr pull``) each layer of the image for
         ``platform`` (else this host) also becomes a committed snapshot named by its chain
         ID, applied while it downloads (``fsnap.rootfs``); ``sink`` still gets its calls.
+        ``registry_factory`` replaces the registry client (``fsnap import`` reads archives).
         """
         import functools
 
@@ -118,6 +120,8 @@ class Client:
             max_concurrent_downloads=max_concurrent_downloads,
             progress=progress,
         )
+        if registry_factory is not None:
+            pull = functools.partial(pull, registry_factory=registry_factory)
         # The lease makes a concurrent `fsnap gc` keep what this pull creates before the
         # image record references it (see fsnap.leases).
         if not unpack:
@@ -140,6 +144,41 @@ class Client:
         )
         with acquire(self.db, f"pull {ref}"):
             return trio.run(run)
+
+    def import_archive(
+        self, path: Path, *, name: str | None = None, unpack: bool = True
+    ) -> list[Image]:
+        """Import a ``docker save`` tar or an OCI layout (directory or tar): every image in
+        it (or the only one, as ``name``) goes through the pull pipeline (``fsnap.transfer``)."""
+        from functools import partial
+
+        from fsnap.transfer.importer import import_archive
+
+        return import_archive(partial(self.pull, unpack=unpack), self.content, path, name)
+
+    def export(self, refs: list[str], out: Path, fmt: str = "oci-archive") -> None:
+        """Write images as ``oci-archive``, ``oci-dir`` or ``docker-archive`` to ``out``."""
+        from fsnap.transfer.exporter import export_images
+
+        export_images(self.content, self.images, refs, out, fmt)
+
+    def export_rootfs(self, ref: str, out: Path) -> None:
+        """Write ``ref``'s merged root file system to ``out`` as one tar."""
+        from fsnap.mount.source import image_snapshot, snapshot_layers
+        from fsnap.mount.tree import MergedTree
+        from fsnap.transfer.exporter import export_rootfs
+
+        tree = MergedTree.build(snapshot_layers(self, image_snapshot(self, ref)))
+        export_rootfs(tree, out)
+
+    def tag(self, source: str, new: str) -> Image:
+        """Record ``new`` naming the image ``source`` names (``fsnap tag``)."""
+        from dataclasses import replace
+
+        from fsnap.reference import Reference
+
+        image = self.images.get(str(Reference.parse(source)))
+        return self.images.create_or_update(replace(image, name=str(Reference.parse(new))))
 
     def commit_image(
         self,

@@ -32,6 +32,7 @@ TOPICS = (
     "info",
     "serve",
     "run",
+    "transfer",
 )
 
 # Which topic registers each command. Importing a topic imports the library code behind it
@@ -60,6 +61,9 @@ COMMANDS = {
     "info": "info",
     "serve": "serve",
     "run": "run",
+    "import": "transfer",
+    "export": "transfer",
+    "tag": "transfer",
 }
 
 # Exit code of an unexpected error (a bug): EX_SOFTWARE from sysexits.h.

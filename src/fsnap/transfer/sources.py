@@ -1,0 +1,409 @@
+"""Image archives read as hostile input: an OCI layout (directory or tar) or a ``docker save``
+tar, presented as named image descriptors plus blobs by digest.
+
+Every format ends as the same ``Source``: ``images`` (name or None, descriptor of an index
+or manifest) and ``open(digest)`` for any blob. A ``docker save`` archive has no manifests
+of its own, so one OCI manifest per image is made from its ``manifest.json`` (config and
+layer files hashed as found; the layer media type follows the bytes' magic).
+
+Limits and checks: tar members must be files, directories or links with relative names
+inside the archive (no ``..``, no absolute paths; a link is an alias of another member and
+must name one inside the archive; devices and fifos are refused: such an archive is
+refused, not half-read), at most ``MAX_MEMBERS`` of them, no duplicate names; directory
+layouts are read through directory descriptors with ``O_NOFOLLOW`` on every component, so
+a symlink anywhere on a blob's path is refused; JSON documents are size-capped before they
+are read. Digests are not trusted here: the content writer verifies every blob it stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, cast
+
+from fsnap import oci
+from fsnap.archive.compression import GZIP_MAGIC, ZSTD_MAGIC
+from fsnap.errors import InvalidArgument, NotFound
+
+MAX_MEMBERS = 100_000
+MAX_LINK_HOPS = 8
+MAX_JSON = oci.MAX_MANIFEST_SIZE
+LAYOUT_FILE = "oci-layout"
+INDEX_FILE = "index.json"
+DOCKER_MANIFEST_FILE = "manifest.json"
+REPOSITORIES_FILE = "repositories"
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+_CHUNK = 1 << 20
+
+Opener = Callable[[], IO[bytes]]
+
+
+@dataclass
+class Source:
+    """Images and blobs of one archive. ``images``: (name or None, descriptor)."""
+
+    images: list[tuple[str | None, oci.Descriptor]] = field(default_factory=list)
+    blobs: dict[str, Opener] = field(default_factory=dict)
+    # Documents made up for a docker archive (the manifests it does not have).
+    made: dict[str, bytes] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def open(self, digest: str) -> IO[bytes]:
+        if digest in self.made:
+            return io.BytesIO(self.made[digest])
+        opener = self.blobs.get(digest)
+        if opener is None:
+            raise NotFound(f"blob {digest} is missing from the archive")
+        return opener()
+
+    def read_document(self, digest: str) -> bytes:
+        with self.open(digest) as stream:
+            data = stream.read(MAX_JSON + 1)
+        if len(data) > MAX_JSON:
+            raise InvalidArgument(f"document {digest} in the archive is larger than {MAX_JSON}")
+        return data
+
+    def close(self) -> None:
+        for close in reversed(self.closers):
+            close()
+
+
+def open_source(path: Path) -> Source:
+    """The archive at ``path``: an OCI layout directory, or a tar (OCI or docker save)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise NotFound(f"{path}: no such file or directory") from None
+    if stat.S_ISLNK(st.st_mode):
+        path = Path(os.path.realpath(path))  # the argument itself may be a link, as with tar
+    if os.path.isdir(path):
+        return _oci_source(_DirFiles(path), str(path))
+    files = _TarFiles(path)
+    try:
+        if files.exists(LAYOUT_FILE) and files.exists(INDEX_FILE):
+            return _oci_source(files, str(path))
+        if files.exists(DOCKER_MANIFEST_FILE):
+            return _docker_source(files, str(path))
+        if files.exists(REPOSITORIES_FILE):
+            raise InvalidArgument(
+                f"{path}: a docker archive without manifest.json (docker before 1.10) is not "
+                "supported: save it again with a current docker or skopeo"
+            )
+        raise InvalidArgument(f"{path}: neither an OCI layout nor a docker archive")
+    except BaseException:
+        files.close()
+        raise
+
+
+# -- files inside an archive ------------------------------------------------------------------
+
+
+class _Files:
+    name = ""
+
+    def exists(self, member: str) -> bool:
+        raise NotImplementedError
+
+    def opener(self, member: str) -> Opener:
+        raise NotImplementedError
+
+    def read_json(self, member: str) -> Any:
+        with self.opener(member)() as stream:
+            data = stream.read(MAX_JSON + 1)
+        if len(data) > MAX_JSON:
+            raise InvalidArgument(f"{self.name}: {member} is larger than {MAX_JSON} bytes")
+        try:
+            return json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"{self.name}: {member} is not valid JSON: {exc}") from None
+
+    def close(self) -> None:
+        pass
+
+
+def _clean_member(name: str, archive: str) -> str:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or ".." in parts or not parts:
+        raise InvalidArgument(f"{archive}: member {name!r} points outside the archive")
+    return "/".join(parts)
+
+
+class _TarFiles(_Files):
+    """Members of a tar (read once, headers only, then opened on demand)."""
+
+    def __init__(self, path: Path) -> None:
+        self.name = str(path)
+        self.path = path
+        try:
+            self.tar = tarfile.open(path, mode="r:")  # noqa: SIM115 (closed by close())
+        except (tarfile.TarError, OSError) as exc:
+            raise InvalidArgument(f"{path}: not a readable tar archive: {exc}") from None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        self.aliases: dict[str, str] = {}
+        try:
+            self._index()
+        except BaseException:
+            self.tar.close()
+            raise
+
+    def _index(self) -> None:
+        try:
+            for count, member in enumerate(self.tar, 1):
+                if count > MAX_MEMBERS:
+                    raise InvalidArgument(f"{self.name}: more than {MAX_MEMBERS} members")
+                name = _clean_member(member.name, self.name)
+                if member.isdir():
+                    continue
+                if name in self.members or name in self.aliases:
+                    raise InvalidArgument(f"{self.name}: member {name!r} appears twice")
+                if member.issym() or member.islnk():
+                    self.aliases[name] = self._link_target(name, member)
+                elif member.isfile() and not member.issparse():
+                    self.members[name] = member
+                else:
+                    raise InvalidArgument(
+                        f"{self.name}: member {member.name!r} is a device or fifo; image "
+                        "archives hold only files"
+                    )
+        except tarfile.TarError as exc:
+            raise InvalidArgument(f"{self.name}: corrupt tar archive: {exc}") from None
+
+    def _link_target(self, name: str, member: tarfile.TarInfo) -> str:
+        """The member a link names (docker and skopeo link legacy layer paths to layer
+        files), which must be inside the archive."""
+        if member.issym():
+            if member.linkname.startswith("/"):
+                raise InvalidArgument(
+                    f"{self.name}: link {name!r} points outside the archive ({member.linkname})"
+                )
+            target = os.path.normpath(os.path.join(os.path.dirname(name), member.linkname))
+        else:
+            target = member.linkname
+        if target.startswith("../") or target == "..":
+            raise InvalidArgument(
+                f"{self.name}: link {name!r} points outside the archive ({member.linkname})"
+            )
+        return _clean_member(target, self.name)
+
+    def _resolve(self, member: str) -> str:
+        for _ in range(MAX_LINK_HOPS):
+            if member not in self.aliases:
+                return member
+            member = self.aliases[member]
+        raise InvalidArgument(f"{self.name}: too many levels of links at {member!r}")
+
+    def exists(self, member: str) -> bool:
+        return self._resolve(member) in self.members
+
+    def opener(self, member: str) -> Opener:
+        info = self.members.get(self._resolve(member))
+        if info is None:
+            raise NotFound(f"{self.name}: {member} is missing from the archive")
+
+        def open_member() -> IO[bytes]:
+            # Its own file object (concurrent downloads read members in several threads;
+            # tarfile's shared one would interleave their seeks).
+            raw = open(self.path, "rb")  # noqa: SIM115 (the caller closes the slice)
+            raw.seek(info.offset_data)
+            return cast(IO[bytes], _Slice(raw, info.size))
+
+        return open_member
+
+    def close(self) -> None:
+        self.tar.close()
+
+
+class _Slice(io.RawIOBase):
+    """``size`` bytes of ``raw`` from where it stands (one tar member's data)."""
+
+    def __init__(self, raw: IO[bytes], size: int) -> None:
+        self.raw = raw
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        view = memoryview(b)[: self.left]
+        got = self.raw.readinto(view)  # type: ignore[attr-defined]
+        self.left -= got
+        return int(got)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+class _DirFiles(_Files):
+    """Files below a directory, opened one component at a time without following links."""
+
+    def __init__(self, root: Path) -> None:
+        self.name = str(root)
+        self.root = root
+
+    def _open(self, member: str) -> int:
+        parts = _clean_member(member, self.name).split("/")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.root, flags | os.O_DIRECTORY)
+        try:
+            for part in parts[:-1]:
+                next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+            return os.open(parts[-1], flags, dir_fd=fd)
+        except FileNotFoundError:
+            raise NotFound(f"{self.name}: {member} is missing") from None
+        except OSError as exc:
+            raise InvalidArgument(f"{self.name}: cannot open {member} (a link?): {exc}") from None
+        finally:
+            os.close(fd)
+
+    def exists(self, member: str) -> bool:
+        try:
+            os.close(self._open(member))
+        except NotFound:
+            return False
+        return True
+
+    def opener(self, member: str) -> Opener:
+        def open_file() -> IO[bytes]:
+            fd = self._open(member)
+            if not os.path.isfile(f"/proc/self/fd/{fd}"):
+                os.close(fd)
+                raise InvalidArgument(f"{self.name}: {member} is not a regular file")
+            return os.fdopen(fd, "rb")
+
+        return open_file
+
+
+# -- OCI image layout -------------------------------------------------------------------------
+
+
+def _oci_source(files: _Files, where: str) -> Source:
+    layout = files.read_json(LAYOUT_FILE)
+    if not isinstance(layout, dict) or "imageLayoutVersion" not in layout:
+        raise InvalidArgument(f"{where}: {LAYOUT_FILE} has no imageLayoutVersion")
+    index = files.read_json(INDEX_FILE)
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(manifests, list):
+        raise InvalidArgument(f"{where}: {INDEX_FILE} lists no manifests")
+    source = Source(closers=[files.close])
+    for raw in manifests:
+        try:
+            desc = oci.Descriptor.from_json(raw)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidArgument(f"{where}: bad descriptor in {INDEX_FILE}: {exc}") from None
+        annotations = raw.get("annotations") or {}
+        name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME)
+        if name and annotations.get(CONTAINERD_NAME) is None and _bare_tag(str(name)):
+            name = None  # the OCI annotation often holds only a tag: the user names it
+        source.images.append((str(name) if name else None, desc))
+    for member in _blob_members(files):
+        algorithm, hexdigest = member.split("/")[1:3]
+        source.blobs[f"{algorithm}:{hexdigest}"] = files.opener(member)
+    return source
+
+
+def _bare_tag(name: str) -> bool:
+    return "/" not in name and ":" not in name
+
+
+def _blob_members(files: _Files) -> Iterator[str]:
+    if isinstance(files, _TarFiles):
+        yield from (m for m in files.members if _is_blob_path(m))
+        return
+    assert isinstance(files, _DirFiles)
+    blobs = files.root / "blobs"
+    if not os.path.isdir(blobs) or os.path.islink(blobs):
+        return
+    for algorithm in sorted(os.listdir(blobs)):
+        if os.path.islink(blobs / algorithm) or not os.path.isdir(blobs / algorithm):
+            continue
+        for hexdigest in sorted(os.listdir(blobs / algorithm)):
+            yield f"blobs/{algorithm}/{hexdigest}"
+
+
+def _is_blob_path(member: str) -> bool:
+    parts = member.split("/")
+    return len(parts) == 3 and parts[0] == "blobs"
+
+
+# -- docker save ------------------------------------------------------------------------------
+
+
+def _docker_source(files: _TarFiles, where: str) -> Source:
+    entries = files.read_json(DOCKER_MANIFEST_FILE)
+    if not isinstance(entries, list) or not entries:
+        raise InvalidArgument(f"{where}: {DOCKER_MANIFEST_FILE} lists no images")
+    source = Source(closers=[files.close])
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("Layers"), list):
+            raise InvalidArgument(f"{where}: malformed entry in {DOCKER_MANIFEST_FILE}")
+        desc = _docker_manifest(files, entry, source)
+        tags = entry.get("RepoTags") or [None]
+        for tag in tags:
+            source.images.append((str(tag) if tag else None, desc))
+    return source
+
+
+def _docker_manifest(files: _TarFiles, entry: dict[str, Any], source: Source) -> oci.Descriptor:
+    config_member = _clean_member(str(entry.get("Config", "")), files.name)
+    config = _hashed(files, config_member, source)
+    layers = []
+    for name in entry["Layers"]:
+        member = _clean_member(str(name), files.name)
+        desc = _hashed(files, member, source)
+        layers.append(desc.to_json())
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": oci.OCI_MANIFEST,
+        "config": {"mediaType": oci.OCI_CONFIG, "digest": config.digest, "size": config.size},
+        "layers": layers,
+    }
+    data = json.dumps(manifest, separators=(",", ":")).encode()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    source.made[digest] = data
+    return oci.Descriptor(oci.OCI_MANIFEST, digest, len(data))
+
+
+def _hashed(files: _TarFiles, member: str, source: Source) -> oci.Descriptor:
+    """A descriptor for one member (digest and media type from its bytes)."""
+    opener = files.opener(member)
+    sha = hashlib.sha256()
+    size = 0
+    head = b""
+    with opener() as stream:
+        while chunk := stream.read(_CHUNK):
+            if not head:
+                head = chunk[:4]
+            sha.update(chunk)
+            size += len(chunk)
+    digest = "sha256:" + sha.hexdigest()
+    source.blobs[digest] = opener
+    if member.endswith(".json"):
+        return oci.Descriptor(oci.OCI_CONFIG, digest, size)
+    if head.startswith(GZIP_MAGIC):
+        media_type = oci.OCI_LAYER_GZIP
+    elif head.startswith(ZSTD_MAGIC):
+        media_type = oci.OCI_LAYER_ZSTD
+    else:
+        media_type = oci.OCI_LAYER
+    return oci.Descriptor(media_type, digest, size)
+
+
+@contextlib.contextmanager
+def opened(path: Path) -> Iterator[Source]:
+    source = open_source(path)
+    try:
+        yield source
+    finally:
+        source.close()

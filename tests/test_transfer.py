@@ -1,0 +1,297 @@
+"""``fsnap import`` / ``fsnap export`` with the ecosystem's own tools on the other side.
+
+Images are built here, pushed to the real registry, and moved between fsnap, Debian's
+``skopeo`` (docker-archive, oci-archive, oci directories) and containerd's ``ctr``; each
+imported image is mounted and must list exactly like the original pulled from the
+registry. Hostile archives (missing or altered blobs, members escaping the archive, links)
+are refused with one line and leave no image, snapshot or ingest behind.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from containerd_helpers import ContainerdUnavailable, Ctr, run_containerd
+from image_mount_helpers import fsnap, image_mounted, succeeded
+from listing import differences, full_listing
+from registry_helpers import (
+    Image,
+    RegistryProcess,
+    busybox_members,
+    make_image,
+    make_layer,
+    tar_info,
+)
+
+from fsnap.client import Client
+
+
+def sample_image() -> Image:
+    """busybox, then a layer with a whiteout, an opaque directory, a hard link, a device,
+    an xattr and an odd owner: what an export and re-import must keep."""
+    base = make_layer(busybox_members())
+    second = make_layer({"srv/": b"", "srv/old": b"old\n", "var/": b"", "var/c/": b"",
+                         "var/c/a": b"a\n"})
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (tar_info("srv", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("srv/.wh.old"), b""),
+        (tar_info("var/c", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("var/c/.wh..wh..opq"), b""),
+        (tar_info("var/c/b", size=2), b"b\n"),
+        (tar_info("etc/data", size=5, mode=0o640, uid=1234, gid=99), b"data\n"),
+        (tar_info("etc/data-link", tarfile.LNKTYPE, linkname="etc/data"), None),
+        (tar_info("dev/null2", tarfile.CHRTYPE, mode=0o666), None),
+    ]
+    members[6][0].devmajor, members[6][0].devminor = 1, 3
+    members[5][0].pax_headers = {"SCHILY.xattr.user.note": "kept"}
+    third = make_layer(members)
+    image: Image = make_image([base, second, third],
+                              config={"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})
+    return image
+
+
+@pytest.fixture
+def pushed(registry: RegistryProcess, request: pytest.FixtureRequest) -> str:
+    repo = "transfer/" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:60].strip("-")
+    registry.push_image(repo, "v1", sample_image())
+    return f"{registry.host}/{repo}:v1"
+
+
+def listing_of(root: Path, ref: str, mnt: Path) -> list[str]:
+    with image_mounted(root, ref, mnt) as top:
+        return full_listing(top)
+
+
+def assert_same(want: list[str], got: list[str]) -> None:
+    assert len(want) > 20
+    assert got == want, differences(want, got, ("source", "imported"))
+
+
+def skopeo(*args: str) -> None:
+    done = subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_docker_archive_from_skopeo(pushed: str, tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    new = pushed.replace(":v1", ":from-docker-archive")
+    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}",
+           f"docker-archive:{archive}:{new}")
+    root = tmp_path / "root"
+    out = succeeded(fsnap(root, "import", str(archive)))
+    assert new in out
+    succeeded(fsnap(root, "pull", pushed))
+    assert_same(listing_of(root, pushed, tmp_path / "a"), listing_of(root, new, tmp_path / "b"))
+
+
+def test_oci_archive_from_skopeo(pushed: str, tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    new = pushed.replace(":v1", ":from-oci-archive")
+    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}",
+           f"oci-archive:{archive}:{new}")
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "import", str(archive)))
+    succeeded(fsnap(root, "pull", pushed))
+    assert_same(listing_of(root, pushed, tmp_path / "a"), listing_of(root, new, tmp_path / "b"))
+
+
+def test_oci_dir_with_a_bare_tag_needs_a_name(pushed: str, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}", f"oci:{layout}:v1")
+    root = tmp_path / "root"
+    done = fsnap(root, "import", str(layout))
+    assert done.returncode == 4 and "--name" in done.stderr, done.stderr
+    named = pushed.replace(":v1", ":named")
+    succeeded(fsnap(root, "import", str(layout), "--name", named))
+    succeeded(fsnap(root, "pull", pushed))
+    assert_same(listing_of(root, pushed, tmp_path / "a"), listing_of(root, named, tmp_path / "b"))
+
+
+@pytest.mark.parametrize("fmt", ["oci-archive", "oci-dir", "docker-archive"])
+def test_export_is_read_by_skopeo(
+    pushed: str, registry: RegistryProcess, tmp_path: Path, fmt: str
+) -> None:
+    """fsnap exports; skopeo reads the archive and pushes it to the registry; the pushed
+    image pulled again lists like the original."""
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", pushed))
+    out = tmp_path / ("export" if fmt == "oci-dir" else "export.tar")
+    succeeded(fsnap(root, "export", pushed, "-o", str(out), "--format", fmt))
+    again = pushed.replace(":v1", f":via-{fmt}")
+    transport = {"oci-dir": "oci", "oci-archive": "oci-archive"}.get(fmt, fmt)
+    preserve = [] if fmt == "docker-archive" else ["--preserve-digests"]
+    skopeo("copy", *preserve, "--dest-tls-verify=false", f"{transport}:{out}",
+           f"docker://{again}")
+    other = tmp_path / "other"
+    succeeded(fsnap(other, "pull", again))
+    succeeded(fsnap(other, "pull", pushed))
+    assert_same(listing_of(other, pushed, tmp_path / "a"), listing_of(other, again, tmp_path / "b"))
+    if fmt != "docker-archive":  # an OCI layout carries the manifest itself: same digest
+        with Client(other) as client:
+            assert client.images.get(again).target == client.images.get(pushed).target
+
+
+@pytest.fixture
+def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctr]:
+    try:
+        with run_containerd(tmp_path_factory.mktemp("ctrd")) as ctr:
+            yield ctr
+    except ContainerdUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"containerd must run under CI: {exc}")
+        pytest.skip(f"containerd cannot run here: {exc}")
+
+
+def test_round_trip_through_ctr(pushed: str, containerd: Ctr, tmp_path: Path) -> None:
+    """fsnap export -> ctr images import -> ctr images export -> fsnap import."""
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", pushed))
+    ours = tmp_path / "ours.tar"
+    succeeded(fsnap(root, "export", pushed, "-o", str(ours)))
+    containerd.run("images", "import", str(ours))
+    assert pushed in containerd.run("images", "ls", "-q").stdout.split()
+    theirs = tmp_path / "theirs.tar"
+    containerd.run("images", "export", str(theirs), pushed)
+    other = tmp_path / "other"
+    imported = succeeded(fsnap(other, "import", str(theirs)))
+    assert pushed in imported
+    want = listing_of(root, pushed, tmp_path / "a")
+    assert_same(want, listing_of(other, pushed, tmp_path / "b"))
+
+
+def test_export_rootfs_lists_like_the_mount(pushed: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", pushed))
+    out = tmp_path / "rootfs.tar"
+    succeeded(fsnap(root, "export", "--rootfs", pushed, "-o", str(out)))
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-xpf", str(out), "-C",
+                    str(unpacked)], check=True)
+    want = listing_of(root, pushed, tmp_path / "mnt")
+    got = full_listing(unpacked)
+    # (the root's line is left out: tar does not set the extraction directory; a symlink's
+    # mode is whatever the file system shows, always 0777 on Linux)
+    def comparable(lines: list[str]) -> list[str]:
+        return [re.sub(r" symlink mode=\d+", " symlink", line)
+                for line in lines if not line.startswith(". ")]
+
+    assert_same(comparable(want), comparable(got))
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+    assert "srv/old" not in names and "var/c/a" not in names  # whiteouts applied
+    assert not any(".wh." in n for n in names)
+
+
+# -- hostile archives ---------------------------------------------------------------------
+
+
+def oci_archive_of(pushed: str, tmp_path: Path) -> Path:
+    layout = tmp_path / "layout"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}", f"oci:{layout}:{pushed}")
+    return layout
+
+
+def tar_of(layout: Path, out: Path, extra: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(out, "w") as tar:
+        for path in sorted(layout.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(layout)), recursive=False)
+        for info, data in extra:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def assert_nothing_left(root: Path) -> None:
+    with Client(root) as client:
+        assert client.images.list() == []
+        assert list(client.snapshots.walk()) == []
+        assert client.content.list_ingests() == []
+    succeeded(fsnap(root, "gc"))
+    with Client(root) as client:
+        assert list(client.content.walk()) == []
+
+
+def largest_blob(layout: Path) -> Path:
+    return max((layout / "blobs/sha256").iterdir(), key=lambda p: p.stat().st_size)
+
+
+def test_missing_blob_is_refused(pushed: str, tmp_path: Path) -> None:
+    layout = oci_archive_of(pushed, tmp_path)
+    largest_blob(layout).unlink()
+    root = tmp_path / "root"
+    done = fsnap(root, "import", str(layout))
+    assert done.returncode == 2 and "missing" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert_nothing_left(root)
+
+
+def test_altered_blob_is_refused(pushed: str, tmp_path: Path) -> None:
+    layout = oci_archive_of(pushed, tmp_path)
+    blob = largest_blob(layout)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.chmod(0o644)
+    blob.write_bytes(bytes(data))
+    root = tmp_path / "root"
+    done = fsnap(root, "import", str(tar_of(layout, tmp_path / "bad.tar", [])))
+    assert done.returncode in (4, 6), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert_nothing_left(root)
+
+
+@pytest.mark.parametrize("kind", ["escape", "absolute", "symlink", "hardlink", "device"])
+def test_hostile_members_are_refused(pushed: str, tmp_path: Path, kind: str) -> None:
+    layout = oci_archive_of(pushed, tmp_path)
+    info = tarfile.TarInfo({"escape": "../evil", "absolute": "/tmp/evil"}.get(kind, "evil"))
+    data: bytes | None = b"x"
+    info.size = 1
+    if kind in ("symlink", "hardlink"):
+        info.type = tarfile.SYMTYPE if kind == "symlink" else tarfile.LNKTYPE
+        info.linkname, info.size, data = "/etc/passwd", 0, None
+    elif kind == "device":
+        info.type, info.size, data = tarfile.CHRTYPE, 0, None
+    archive = tar_of(layout, tmp_path / "bad.tar", [(info, data)])
+    root = tmp_path / "root"
+    done = fsnap(root, "import", str(archive))
+    assert done.returncode == 4, done.stderr
+    assert ("outside" if kind != "device" else "device") in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "evil").exists() and not Path("/tmp/evil").exists()
+    assert_nothing_left(root)
+
+
+def test_symlink_inside_an_oci_directory_is_refused(pushed: str, tmp_path: Path) -> None:
+    layout = oci_archive_of(pushed, tmp_path)
+    blob = largest_blob(layout)
+    elsewhere = tmp_path / "elsewhere"
+    shutil.move(blob, elsewhere)
+    blob.symlink_to(elsewhere)
+    root = tmp_path / "root"
+    done = fsnap(root, "import", str(layout))
+    assert done.returncode == 4 and "link" in done.stderr, done.stderr
+    assert_nothing_left(root)
+
+
+def test_not_an_archive(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.tar"
+    bogus.write_bytes(b"not a tar at all" * 100)
+    done = fsnap(tmp_path / "root", "import", str(bogus))
+    assert done.returncode == 4 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    docker = tmp_path / "docker.tar"
+    with tarfile.open(docker, "w") as tar:
+        data = json.dumps([{"Config": "../../etc/passwd", "Layers": []}]).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    done = fsnap(tmp_path / "root", "import", str(docker))
+    assert done.returncode == 4 and "outside" in done.stderr, done.stderr
