@@ -295,3 +295,50 @@ def test_not_an_archive(tmp_path: Path) -> None:
         tar.addfile(info, io.BytesIO(data))
     done = fsnap(tmp_path / "root", "import", str(docker))
     assert done.returncode == 4 and "outside" in done.stderr, done.stderr
+
+
+# -- names: tag, Docker Hub short names, images filters -----------------------------------------
+
+
+def test_tag_and_short_names_work_everywhere(pushed: str, tmp_path: Path) -> None:
+    """A Docker Hub name is shown short (as docker does) and accepted short by every
+    command taking a REF."""
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", pushed))
+    tagged = succeeded(fsnap(root, "tag", pushed, "debian:12"))
+    assert tagged.startswith("docker.io/library/debian:12: sha256:")
+    table = succeeded(fsnap(root, "images"))
+    assert any(line.split()[0] == "debian:12" for line in table.splitlines()[1:])
+    assert "docker.io/library/debian:12" in succeeded(fsnap(root, "images", "-q"))
+    with image_mounted(root, "debian:12", tmp_path / "mnt") as top:
+        assert (top / "etc/data").read_bytes() == b"data\n"
+    assert "debian:12" in succeeded(fsnap(root, "inspect", "debian:12"))
+    succeeded(fsnap(root, "rmi", "debian:12"))
+    assert "debian" not in succeeded(fsnap(root, "images", "-q"))
+    done = fsnap(root, "tag", "no-such-image", "x:1")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_images_filters_and_digests(pushed: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", pushed))
+    succeeded(fsnap(root, "tag", pushed, "example.com/team/app:2"))
+    quiet = succeeded(fsnap(root, "images", "-q", "--filter", "name~=team/app")).split()
+    assert quiet == ["example.com/team/app:2"]
+    assert succeeded(fsnap(root, "images", "-q", "-f", "name==nothing")).split() == []
+    both = succeeded(fsnap(root, "images", "-q", "-f", "name~=team", "-f", f"name=={pushed}"))
+    assert sorted(both.split()) == sorted(["example.com/team/app:2", pushed])
+    platform_hit = succeeded(fsnap(root, "images", "-q", "-f", "platform~=^linux/"))
+    assert len(platform_hit.split()) == 2
+    with Client(root) as client:
+        digest = client.images.get(pushed).target.digest
+    assert f"{pushed}@{digest}" in succeeded(fsnap(root, "images", "-q", "--digests")).split()
+    done = fsnap(root, "images", "-f", "colour==red")
+    assert done.returncode == 4 and "colour" in done.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    out = succeeded(fsnap(tmp_path / "root", "version", "--json"))
+    found = json.loads(out)
+    assert found["fsnap"] and found["pyfuse3"] != "missing"
+    assert not (tmp_path / "root").exists()  # asking for the version creates no store

@@ -74,6 +74,19 @@ class Reference:
         """What to ask for under ``/manifests/``: the digest if pinned, else the tag."""
         return self.digest or self.tag
 
+    @property
+    def familiar(self) -> str:
+        """Docker's short form: ``debian:12`` for ``docker.io/library/debian:12``,
+        ``user/app:1`` for ``docker.io/user/app:1``; other registries keep their domain."""
+        if self.domain != DEFAULT_DOMAIN:
+            name = self.name
+        elif self.path.startswith(OFFICIAL_REPO_PREFIX) and self.path.count("/") == 1:
+            name = self.path.removeprefix(OFFICIAL_REPO_PREFIX)
+        else:
+            name = self.path
+        out = f"{name}:{self.tag}" if self.tag else name
+        return f"{out}@{self.digest}" if self.digest else out
+
     def with_digest(self, digest: str) -> Reference:
         """The same reference pinned to ``digest`` (the tag is kept for display)."""
         return Reference(self.domain, self.path, self.tag, _digest.validate(digest))

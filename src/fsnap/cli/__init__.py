@@ -33,6 +33,7 @@ TOPICS = (
     "serve",
     "run",
     "transfer",
+    "version",
 )
 
 # Which topic registers each command. Importing a topic imports the library code behind it
@@ -64,6 +65,7 @@ COMMANDS = {
     "import": "transfer",
     "export": "transfer",
     "tag": "transfer",
+    "version": "version",
 }
 
 # Exit code of an unexpected error (a bug): EX_SOFTWARE from sysexits.h.

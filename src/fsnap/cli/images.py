@@ -20,6 +20,18 @@ def register(subparsers: Any) -> None:
     style = parser.add_mutually_exclusive_group()
     style.add_argument("-q", "--quiet", action="store_true", help="print references only")
     style.add_argument("--json", action="store_true", help="print JSON records")
+    parser.add_argument(
+        "--digests", action="store_true", help="name images as REF@DIGEST (with --quiet)"
+    )
+    parser.add_argument(
+        "-f",
+        "--filter",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="containerd-style filter over name, digest, platform, labels.<k> "
+        "(e.g. name~=^debian, labels.env==prod); repeat to OR them",
+    )
     parser.set_defaults(handler=handle_images)
 
     rmi = subparsers.add_parser("rmi", help="remove an image record (blobs stay until gc)")
@@ -29,9 +41,14 @@ def register(subparsers: Any) -> None:
 
 def handle_images(client: Client, args: argparse.Namespace) -> int:
     images = client.images.list()
+    if args.filter:
+        from fsnap.images.filters import compile_image_filters
+
+        matches = compile_image_filters(args.filter)
+        images = [image for image in images if matches(image)]
     if args.quiet:
         for image in images:
-            print(image.name)
+            print(f"{image.name}@{image.target.digest}" if args.digests else image.name)
     elif args.json:
         print(json.dumps([image.to_json() for image in images], indent=2))
     else:
@@ -43,7 +60,8 @@ def print_table(images: list[Image]) -> None:
     rows = [("REF", "DIGEST", "SIZE", "PLATFORMS")]
     for image in images:
         platforms = ",".join(str(p) for p in image.platforms)
-        rows.append((image.name, image.target.digest, human_size(image.size), platforms))
+        size = human_size(image.size)
+        rows.append((short_name(image.name), image.target.digest, size, platforms))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
@@ -58,6 +76,14 @@ def handle_rmi(client: Client, args: argparse.Namespace) -> int:
     print(image.name)
     print("hint: its blobs and snapshots stay until `fsnap gc` reclaims them", file=sys.stderr)
     return 0
+
+
+def short_name(name: str) -> str:
+    """What docker shows: ``debian:12`` for docker.io/library/debian:12."""
+    try:
+        return Reference.parse(name).familiar
+    except InvalidArgument:
+        return name
 
 
 def normalize(text: str) -> str:

@@ -35,7 +35,10 @@ class Selector:
     value: str
 
     def matches(self, info: Info) -> bool:
-        found, actual = field_value(info, self.path)
+        return self.test(*field_value(info, self.path))
+
+    def test(self, found: bool, actual: str) -> bool:
+        """The selector applied to one field's (present, value)."""
         if self.op == "":
             return found
         if self.op == "==":

@@ -189,24 +189,13 @@ def _write_docker(
                     _add_uncompressed(tar, content, layer, name)
                     written.add(name)
                 layer_names.append(name)
-            tag = familiar(ref)
+            tag = ref.familiar
             entries.append({"Config": config_name, "RepoTags": [tag], "Layers": layer_names})
             if ref.tag and layer_names:
                 repo = tag.rpartition(":")[0]
                 repositories.setdefault(repo, {})[ref.tag] = layer_names[-1].partition("/")[0]
         _add_bytes(tar, "manifest.json", json.dumps(entries).encode())
         _add_bytes(tar, "repositories", json.dumps(repositories).encode())
-
-
-def familiar(ref: Reference) -> str:
-    """Docker's short form: ``debian:12`` for docker.io/library/debian:12."""
-    if ref.domain != "docker.io":
-        name = ref.name
-    elif ref.path.startswith("library/") and ref.path.count("/") == 1:
-        name = ref.path.removeprefix("library/")
-    else:
-        name = ref.path
-    return f"{name}:{ref.tag}" if ref.tag else f"{name}@{ref.digest}"
 
 
 def _one_manifest(content: ContentStore, desc: oci.Descriptor) -> dict[str, Any]:
