@@ -129,19 +129,30 @@ def test_writable_changes_like_kernel_overlay(tmp_path: Path, stack_base: Path) 
 
 @contextlib.contextmanager
 def on_system_path() -> Iterator[None]:
-    """``fsnap-overlay`` where mount(8)'s helpers look (a link to this venv's script),
-    removed after if this test put it there."""
-    created = False
-    if not os.path.lexists(SYSTEM_BIN):
-        SYSTEM_BIN.symlink_to(FSNAP_OVERLAY)
-        created = True
-    elif os.path.realpath(SYSTEM_BIN) != os.path.realpath(FSNAP_OVERLAY):
-        pytest.fail(f"{SYSTEM_BIN} exists and is not this checkout's fsnap-overlay")
+    """``fsnap-overlay`` where mount(8)'s helpers look: a link to this venv's script for the
+    test's duration. A link to another checkout's (scripts/setup makes one) is pointed here
+    and restored after; a real program there is not ours to replace."""
+    previous = os.readlink(SYSTEM_BIN) if os.path.islink(SYSTEM_BIN) else None
+    if os.path.lexists(SYSTEM_BIN) and previous is None:
+        pytest.fail(f"{SYSTEM_BIN} exists and is not a link to an fsnap-overlay")
+    if previous is None or os.path.realpath(SYSTEM_BIN) != os.path.realpath(FSNAP_OVERLAY):
+        _link(SYSTEM_BIN, str(FSNAP_OVERLAY))
     try:
         yield
     finally:
-        if created:
+        if previous is None:
             SYSTEM_BIN.unlink()
+        elif os.readlink(SYSTEM_BIN) != previous:
+            _link(SYSTEM_BIN, previous)
+
+
+def _link(path: Path, target: str) -> None:
+    """Replace ``path`` by a link to ``target`` atomically."""
+    staged = path.with_name(path.name + ".fsnap-test")
+    with contextlib.suppress(FileNotFoundError):
+        staged.unlink()
+    staged.symlink_to(target)
+    os.replace(staged, path)
 
 
 def test_mount_t_fuse_fsnap_overlay(tmp_path: Path) -> None:
