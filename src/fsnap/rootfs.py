@@ -40,6 +40,7 @@ from fsnap.content.store import ContentStore
 from fsnap.digest import chain_ids
 from fsnap.errors import FsnapError, InvalidArgument
 from fsnap.images.manifest import ImageConfig, Manifest
+from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
 from fsnap.progress import PullProgress
 from fsnap.pull import LayerSink, first_fsnap_error
@@ -56,8 +57,6 @@ from fsnap.unpack.staging import Session, clean_stale, open_session
 # keeps running. It cannot deadlock: a layer takes the slot only once its bytes flow, and
 # then holds its download slot until its last byte.
 APPLIERS = 1
-UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
-SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
 
 T = TypeVar("T")
 

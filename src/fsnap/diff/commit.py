@@ -40,14 +40,12 @@ from fsnap.images.manifest import (
     parse_manifest,
 )
 from fsnap.images.store import Image, ImageStore
+from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
 from fsnap.reference import Reference
 from fsnap.snapshots.info import Kind
 from fsnap.snapshots.snapshotter import Snapshotter
 from fsnap.unpack.layer import apply_stored, lower_lookup, snapshot_exists
-
-UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
-SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
 
 
 @dataclass(frozen=True)

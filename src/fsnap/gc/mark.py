@@ -22,12 +22,10 @@ from dataclasses import dataclass
 
 from fsnap.content.store import Info as BlobInfo
 from fsnap.errors import NotFound
+from fsnap.labels import CONTENT_REF, GC_ROOT
+from fsnap.labels import SNAPSHOT_LABEL as SNAPSHOT_REF
 from fsnap.snapshots.info import OWNER_LABEL, Kind
 from fsnap.snapshots.info import Info as SnapshotInfo
-
-CONTENT_REF = "containerd.io/gc.ref.content."
-SNAPSHOT_REF = "containerd.io/gc.ref.snapshot.fsnap"
-GC_ROOT = "containerd.io/gc.root"
 
 CONTENT = "content"
 SNAPSHOT = "snapshot"

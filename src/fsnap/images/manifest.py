@@ -17,11 +17,8 @@ from typing import Any
 from fsnap import oci
 from fsnap.digest import validate
 from fsnap.errors import InvalidArgument, NotFound, Unsupported
+from fsnap.labels import GC_CONFIG, GC_LAYER, GC_MANIFEST
 from fsnap.oci import Descriptor, Platform
-
-GC_MANIFEST = "containerd.io/gc.ref.content.m.{}"
-GC_CONFIG = "containerd.io/gc.ref.content.config"
-GC_LAYER = "containerd.io/gc.ref.content.l.{}"
 
 
 @dataclass(frozen=True)

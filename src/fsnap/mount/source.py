@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from fsnap import oci
 from fsnap.archive.entry import Entry
 from fsnap.errors import FailedPrecondition, NotFound
+from fsnap.labels import SNAPSHOT_LABEL
 from fsnap.mount.tree import Layer
 from fsnap.reference import Reference
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from fsnap.snapshots.info import Info
     from fsnap.snapshots.snapshotter import Snapshotter
 
-SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
 _INDEX_TYPES = (oci.OCI_INDEX, oci.DOCKER_MANIFEST_LIST)
 
 

@@ -38,11 +38,11 @@ from pathlib import Path
 from fsnap.archive.entry import Entry
 from fsnap.diff.scan import OVERLAY_XATTR_PREFIXES, scan_snapshot
 from fsnap.errors import AlreadyExists, NotFound
+from fsnap.labels import TARGET_LABEL
 from fsnap.mount.upper import Markers
 from fsnap.snapshots.info import OWNER_LABEL, Info, Kind, Mounts, Usage
 from fsnap.snapshots.snapshotter import Snapshotter
 
-TARGET_LABEL = "containerd.io/snapshot.ref"
 OWNER = "containerd"
 OVERLAY_TYPE = "fuse3.fsnap-overlay"
 OVERLAY_SOURCE = "fsnap-overlay"
