@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fsnap import labels as label_names
 from fsnap import leases
 from fsnap.archive.entry import Entry
 from fsnap.diff.scan import scan_snapshot
 from fsnap.digest import hasher
 from fsnap.errors import FsnapError, NotFound
-from fsnap.gc import mark
 from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
@@ -271,9 +271,9 @@ def reach(content: ContentStore, target: str) -> Reach:
             continue
         found.present.add(digest)
         for key, value in info.labels.items():
-            if key.startswith(mark.CONTENT_REF):
+            if key.startswith(label_names.CONTENT_REF):
                 stack.append(value)
-            elif key == mark.SNAPSHOT_REF:
+            elif key == label_names.SNAPSHOT_LABEL:
                 found.snapshots.add(value)
     return found
 
@@ -293,13 +293,13 @@ def labels(client: Client) -> Iterator[Problem]:
     names = {info.name: info for info in sn.walk()}
     for info in content.walk():
         for key, value in sorted(info.labels.items()):
-            if key.startswith(mark.CONTENT_REF) and not _has_blob(content, value):
+            if key.startswith(label_names.CONTENT_REF) and not _has_blob(content, value):
                 yield Problem(LABEL, f"{info.digest} {key}", "names a missing blob", value)
-            elif key == mark.SNAPSHOT_REF and value not in names:
+            elif key == label_names.SNAPSHOT_LABEL and value not in names:
                 yield Problem(LABEL, f"{info.digest} {key}", "names a missing snapshot", value)
     for name, snap in names.items():
         for key, value in sorted(snap.labels.items()):
-            if key.startswith(mark.CONTENT_REF) and not _has_blob(content, value):
+            if key.startswith(label_names.CONTENT_REF) and not _has_blob(content, value):
                 yield Problem(LABEL, f"snapshot {name} {key}", "names a missing blob", value)
 
 
