@@ -34,7 +34,8 @@ GROUP = "root:x:0:\napp:x:1001:\nextra:x:3000:app\nnogroup:x:65534:\n"
 
 def busybox_run_image(config: Mapping[str, Any], files: Mapping[str, bytes] | None = None,
                       ) -> Image:
-    """busybox-static with more applets, users and groups, /sys, and ``config``."""
+    """busybox-static with more applets, users and groups, /sys, and ``config``; ``files``
+    are added (executable under bin/)."""
     members = list(busybox_members())
     members.append((tar_info("sys", tarfile.DIRTYPE, mode=0o755), None))
     for applet in APPLETS:
@@ -42,7 +43,8 @@ def busybox_run_image(config: Mapping[str, Any], files: Mapping[str, bytes] | No
             members.append((tar_info(f"bin/{applet}", tarfile.SYMTYPE, linkname="busybox"), None))
     all_files = {"etc/passwd": PASSWD.encode(), "etc/group": GROUP.encode(), **(files or {})}
     for path, data in all_files.items():
-        members.append((tar_info(path, size=len(data)), data))
+        mode = 0o755 if path.startswith("bin/") else 0o644
+        members.append((tar_info(path, size=len(data), mode=mode), data))
     return make_image([make_layer(members)], config=dict(config))
 
 

@@ -41,16 +41,26 @@ MAIN_CONFIG = {
 }
 
 
+# Programs that exist but cannot start: runc would say so only on the container's stderr.
+BROKEN = {
+    "bin/no-interpreter": b"#!/nothere\necho never\n",
+    "bin/no-loader": Path("/usr/bin/python3").resolve().read_bytes(),  # no ld.so here
+    "bin/not-a-program": b"just text\n",
+}
+
+
 @pytest.fixture(scope="module")
 def images(registry: RegistryProcess) -> dict[str, str]:
-    """Three images: ``main`` (Cmd, Env, WorkingDir, User, StopSignal), ``entry``
-    (Entrypoint + Cmd), ``plain`` (root, /bin/sh)."""
+    """``main`` (Cmd, Env, WorkingDir, User, StopSignal), ``entry`` (Entrypoint + Cmd),
+    ``plain`` (root, /bin/sh), all three with the same layer; ``broken`` (BROKEN)."""
     return {
         "main": pushed(registry, "run/main", busybox_run_image(MAIN_CONFIG)),
         "entry": pushed(registry, "run/entry", busybox_run_image(
             {"Entrypoint": ["/bin/echo", "entry"], "Cmd": ["default"], "Env": ["PATH=/bin"]})),
         "plain": pushed(registry, "run/plain", busybox_run_image(
             {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})),
+        "broken": pushed(registry, "run/broken", busybox_run_image(
+            {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}, files=BROKEN)),
     }
 
 
@@ -288,6 +298,9 @@ def test_read_only_run(root: Path, images: dict[str, str]) -> None:
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["nothere.invalid/img:1"], 2, "fsnap pull"),
     (["{plain}", "nosuchcommand"], 127, "nosuchcommand: executable file not found"),
+    (["{broken}", "no-interpreter"], 127, "its interpreter /nothere is not in the image"),
+    (["{broken}", "no-loader"], 127, "its interpreter /lib"),
+    (["{broken}", "not-a-program"], 126, "exec format error"),
     (["-v", "/nonexistent-dir:/x", "{plain}"], 4, "invalid volume"),
     (["-v", "/tmp", "{plain}"], 4, "invalid volume"),
     (["-u", "nosuch", "{plain}", "true"], 4, "unable to find user nosuch"),

@@ -74,9 +74,10 @@ def read_file(root: Path, path: str, limit: int) -> bytes:
             os.close(fd)
 
 
-def find_executable(root: Path, name: str, cwd: str, path_env: str) -> bool:
-    """Whether the container can exec ``name`` (as Go's ``exec.LookPath`` that runc uses:
-    a name with a slash is a path from ``cwd``, others are searched in ``path_env``)."""
+def find_executable(root: Path, name: str, cwd: str, path_env: str) -> str | None:
+    """The path by which the container would exec ``name`` (as Go's ``exec.LookPath`` that
+    runc uses: a name with a slash is a path from ``cwd``, others are searched in
+    ``path_env``), or None."""
     if "/" in name:
         candidates = [name if name.startswith("/") else join(cwd, name)]
     else:
@@ -85,8 +86,8 @@ def find_executable(root: Path, name: str, cwd: str, path_env: str) -> bool:
     for candidate in candidates:
         st = lookup(root, candidate)
         if st is not None and stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
-            return True
-    return False
+            return candidate
+    return None
 
 
 def ensure(root: Path, path: str, directory: bool) -> list[str]:

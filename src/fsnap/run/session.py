@@ -34,6 +34,7 @@ from fsnap.errors import (
 )
 from fsnap.mount import manager, source
 from fsnap.run import bundle, rootfs, state
+from fsnap.run.command import check_command
 from fsnap.run.options import RunOptions
 from fsnap.run.process import ImageRuntime, build_process
 from fsnap.run.runtime import Runc
@@ -177,9 +178,7 @@ def _prepare_root(client: Client, root: Path, process: Process, layout: Layout,
             record.created += rootfs.ensure(root, mount["destination"], directory)
             state.save(client, record)
     path = next((e[5:] for e in process.env if e.startswith("PATH=")), "")
-    if not rootfs.find_executable(root, process.args[0], process.cwd, path):
-        raise CommandNotFound(f"{process.args[0]}: executable file not found in the image "
-                              f"(PATH={path})")
+    check_command(root, process.args[0], process.cwd, path)
     return layout
 
 
