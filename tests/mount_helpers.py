@@ -97,13 +97,17 @@ def mounted(root: Path, layers: list[Path],
 
 
 def cleanup(root: Path, mnt: Path, pid: int) -> None:
-    """Best effort, in order: fsnap umount, lazy fusermount, SIGKILL the daemon."""
+    """Best effort, in order: fsnap umount, lazy fusermount, SIGKILL the supervisor and
+    its server."""
     with contextlib.suppress(Exception), Client(root) as client:
         manager.umount(client, mnt)
     if str(mnt) in manager.mounted_points():
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
     if pid:
         with contextlib.suppress(ProcessLookupError):
+            # the supervisor leads its own process group: its server goes with it
+            if os.getpgid(pid) == pid != os.getpid():
+                os.killpg(pid, signal.SIGKILL)
             os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,16 +106,22 @@ def test_chroot_dynamically_linked_program(tmp_path: Path, fs_base: Path) -> Non
 
 
 def test_killed_daemon_is_stale_until_umount(busybox: tuple[Path, str], tmp_path: Path) -> None:
+    """Supervisor and server both killed (a killed server alone is replaced: see
+    test_mount_supervisor): the mount stays stale until `fsnap umount`."""
     root, key = busybox
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     pid = 0
     try:
         with Client(root) as client:
-            pid = manager.mount_snapshot(client, key, mnt).pid
+            info = manager.mount_snapshot(client, key, mnt)
+        pid = info.pid
         assert (mnt / "etc/motd").read_bytes() == b"hello\n"
-        os.kill(pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)  # the supervisor leads its server's process group
         os.waitpid(pid, 0)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{info.server}") and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the server is gone too (init reaps it)
         # (attributes already looked up stay cached in the kernel: ask for something new)
         for probe in (lambda: os.listdir(mnt), lambda: os.stat(mnt / "never-looked-up")):
             with pytest.raises(OSError) as failure:

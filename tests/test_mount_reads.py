@@ -86,14 +86,15 @@ def test_whole_tree_read_twice_matches_layers(tmp_path: Path, fs_base: Path) -> 
         assert _read_all(tmp_path / "mnt") == want
         # Second pass: the kernel's page cache (keep_cache) and the daemon agree.
         assert _read_all(tmp_path / "mnt") == want
-        # Every open was released: the daemon holds no layer file open. Releases reach the
+        # Every open was released: the server holds no layer file open. Releases reach the
         # daemon after the reader exits, so give it a moment to answer them.
-        leftover = _open_files(info.pid, fs_base / "layers")
+        assert info.server  # the serving process (info.pid is its supervisor)
+        leftover = _open_files(info.server, fs_base / "layers")
         for _ in range(200):
             if not leftover:
                 break
             time.sleep(0.05)
-            leftover = _open_files(info.pid, fs_base / "layers")
+            leftover = _open_files(info.server, fs_base / "layers")
         assert leftover == []
 
 

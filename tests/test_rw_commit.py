@@ -132,7 +132,7 @@ def test_sigkill_during_copy_up_leaves_no_partial_file(tmp_path: Path, shared: P
                                   stderr=subprocess.DEVNULL)
         try:
             saw_copy = _wait_for_copy(work, writer)
-            os.kill(info.pid, signal.SIGKILL)
+            os.kill(info.server, signal.SIGKILL)  # the serving process, not its supervisor
         finally:
             writer.kill()
             writer.wait()

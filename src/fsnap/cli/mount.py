@@ -120,10 +120,11 @@ def mounts(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([info.to_json() for info in found], indent=2))
         return 0
-    rows = [("MOUNTPOINT", "SOURCE", "PID", "STATE")]
-    rows += [(i.mountpoint, i.source, str(i.pid), i.state) for i in found]
-    widths = [max(len(row[col]) for row in rows) for col in range(3)]
+    rows = [("MOUNTPOINT", "SOURCE", "PID", "RESTARTS", "STATE")]
+    rows += [(i.mountpoint, i.source, str(i.pid), str(i.restarts),
+              f"{i.state}: {i.failure}" if i.failure else i.state) for i in found]
+    widths = [max(len(row[col]) for row in rows) for col in range(4)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[3]]))
+        print("  ".join([*cells, row[4]]))
     return 0

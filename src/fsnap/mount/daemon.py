@@ -1,10 +1,12 @@
 """The FUSE daemon: one process per mount, serving a merged tree until unmounted.
 
-``python -m fsnap.mount.daemon SPEC_JSON READY_FD`` is what the manager spawns (a fresh
-interpreter, not a fork: the CLI's LMDB handle must not be inherited). A writable mount keeps
-its store handle for its whole life (it records index overrides). It loads the layers,
-mounts, then writes one line to READY_FD: ``ok`` once the mount is live, or
-``error <exit code> <message>`` so the CLI can print why it failed. SIGTERM/SIGINT unmount.
+``run(spec, ready_fd)`` is what the mount's supervisor (``fsnap.mount.supervisor``) runs
+in a forked child, again after each death (the supervisor never opens the store, so no
+LMDB handle crosses the fork); ``python -m fsnap.mount.daemon SPEC_JSON READY_FD`` runs it
+stand-alone. A writable mount keeps its store handle for its whole life (it records index
+overrides). It loads the layers, mounts, then writes one line to READY_FD: ``ok`` once the
+mount is live, or ``error <exit code> <message>`` so the CLI can print why it failed.
+SIGTERM/SIGINT unmount.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import trio
 
 from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
-from fsnap.mount import source, treecache
+from fsnap.mount import manager, source, treecache
 from fsnap.mount.fs import MergedFS
 from fsnap.mount.idshift import IdShift
 from fsnap.mount.tree import MergedTree
@@ -117,14 +119,10 @@ def pipe_reporter(fd: int) -> Ready:
 
 def forget_state(path: str | None) -> None:
     """Unmounted from outside (``fusermount3 -u``, or a signal to a ``--foreground`` mount):
-    drop the record if it is still ours (``fsnap umount`` has dropped it already)."""
-    if not path:
-        return
-    try:
-        if json.loads(Path(path).read_text()).get("pid") == os.getpid():
-            Path(path).unlink()
-    except (OSError, ValueError):
-        pass
+    drop the record if this process owns it (a supervised server does not: its supervisor
+    does)."""
+    if path:
+        manager.forget_record(Path(path), os.getpid())
 
 
 def build_read_only(spec: dict[str, Any], client: Client) -> MergedFS:
@@ -142,8 +140,13 @@ def build_read_only(spec: dict[str, Any], client: Client) -> MergedFS:
 
 
 def main(argv: list[str]) -> int:
-    spec = json.loads(argv[0])
-    ready = pipe_reporter(int(argv[1]))
+    return run(json.loads(argv[0]), int(argv[1]))
+
+
+def run(spec: dict[str, Any], ready_fd: int) -> int:
+    """Serve ``spec`` until unmounted, reporting readiness on ``ready_fd``: the body of a
+    daemon process (the supervisor runs it in a forked child, see its docstring)."""
+    ready = pipe_reporter(ready_fd)
     print(f"fsnap mount daemon {os.getpid()}: {spec['mountpoint']}", flush=True)
     with Client(Path(spec["root"])) as client:
         serve(spec, ready, lambda: build_read_only(spec, client))

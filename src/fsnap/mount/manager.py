@@ -59,8 +59,10 @@ class MountOptions:
 
 @dataclass
 class MountInfo:
-    """One mount's record. ``state``: live, stale (daemon dead, ENOTCONN), or gone
-    (neither mounted nor served: a record left behind)."""
+    """One mount's record. ``state``: live, stale (no server, ENOTCONN: dead, or being
+    replaced by its supervisor), failed (the supervisor gave up restarting it: ``failure``
+    says why), or gone (neither mounted nor served: a record left behind). ``pid`` is the
+    supervisor's (``fsnap.mount.supervisor``), ``server`` the serving process's."""
 
     mountpoint: str
     source: str
@@ -72,6 +74,9 @@ class MountInfo:
     state: str = "live"
     # The active snapshot a writable mount changes ("" for read-only mounts).
     writable: str = ""
+    server: int = 0
+    restarts: int = 0
+    failure: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -164,7 +169,7 @@ def mount_layers(client: Client, dirs: list[Path], mountpoint: str | os.PathLike
 def umount(client: Client, mountpoint: str | os.PathLike[str]) -> MountInfo:
     """Unmount (lazily if busy), stop the daemon, drop the record; works on stale mounts."""
     mnt = _normalize(mountpoint)
-    record = _read_record(_record_path(client, mnt))
+    record = read_record(_record_path(client, mnt))
     fstype = mounted_points().get(mnt)
     if record is None and fstype != FSTYPE:
         if fstype is None:
@@ -173,8 +178,9 @@ def umount(client: Client, mountpoint: str | os.PathLike[str]) -> MountInfo:
     if fstype is not None:
         _fusermount_unmount(mnt)
     info = record or MountInfo(mnt, "?", "?")
-    if info.pid and info.pid != os.getpid():
-        _stop(info.pid)
+    for pid in (info.pid, info.server):  # the supervisor, then a server it left behind
+        if pid and pid != os.getpid():
+            _stop(pid)
     if info.writable and client.snapshots.mounted_at(info.writable) == mnt:
         client.snapshots.set_mounted(info.writable, None)
     _record_path(client, mnt).unlink(missing_ok=True)
@@ -187,7 +193,7 @@ def list_mounts(client: Client) -> list[MountInfo]:
     points = mounted_points()
     found = []
     for path in sorted(_mounts_dir(client).glob("*.json")):
-        info = _read_record(path)
+        info = read_record(path)
         if info is not None:
             info.state = _state(info, points)
             found.append(info)
@@ -221,7 +227,7 @@ def fuse_options(name: str, options: MountOptions, writable: bool = False) -> li
 def check_mountpoint(client: Client, mountpoint: str | os.PathLike[str]) -> str:
     """The absolute mount point, or the error that says why fsnap cannot mount there."""
     mnt = _normalize(mountpoint)
-    record = _read_record(_record_path(client, mnt))
+    record = read_record(_record_path(client, mnt))
     if record is not None:
         raise AlreadyExists(
             f"{mnt} is already an fsnap mount of {record.source} (pid {record.pid}); "
@@ -286,7 +292,7 @@ def _record_path(client: Client, mnt: str) -> Path:
     return _mounts_dir(client) / f"{ident}.json"
 
 
-def _read_record(path: Path) -> MountInfo | None:
+def read_record(path: Path) -> MountInfo | None:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -304,9 +310,34 @@ def _write_record(path: Path, info: MountInfo, exclusive: bool) -> None:
         json.dump(info.to_json(), out)
 
 
+def update_record(path: Path, pid: int, **changes: Any) -> None:
+    """Change fields of the record at ``path`` if process ``pid`` owns it (or claims a
+    record still being set up, pid 0), atomically (write a temporary file, rename it over):
+    ``fsnap mounts`` never reads half a record."""
+    info = read_record(path)
+    if info is None or info.pid not in (0, pid):
+        return
+    info.pid = pid
+    for name, value in changes.items():
+        setattr(info, name, value)
+    tmp = path.with_name(f".{path.name}.{pid}")
+    tmp.write_text(json.dumps(info.to_json()))
+    os.replace(tmp, path)
+
+
+def forget_record(path: Path, pid: int) -> None:
+    """The mount ended from outside (``fusermount3 -u``, a signal): drop the record if
+    process ``pid`` still owns it (``fsnap umount`` has dropped it already)."""
+    info = read_record(path)
+    if info is not None and info.pid == pid:
+        path.unlink(missing_ok=True)
+
+
 def _state(info: MountInfo, points: dict[str, str]) -> str:
     mounted = points.get(info.mountpoint) == FSTYPE
-    alive = _alive(info.pid)
+    if info.failure:
+        return "failed"
+    alive = _alive(info.pid) or _alive(info.server)  # a server outliving its supervisor
     if mounted and alive and not _not_connected(info.mountpoint):
         return "live"
     if mounted:
@@ -343,7 +374,8 @@ def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
             _serve_here(client, spec, spec_source)
             return info
         info.pid = _spawn(spec, Path(info.log))
-        _write_record(record, info, exclusive=False)
+        # The supervisor claimed the record (pid, server) before it reported ready.
+        info = read_record(record) or info
     except BaseException:
         record.unlink(missing_ok=True)
         raise
@@ -376,11 +408,12 @@ def _serve_here(client: Client, spec: dict[str, Any], spec_source: dict[str, Any
 
 
 def _spawn(spec: dict[str, Any], log: Path) -> int:
-    """Start the daemon detached; return its pid once it says the mount is live."""
+    """Start the mount's supervisor detached (it starts the server, see
+    ``fsnap.mount.supervisor``); return its pid once it says the mount is live."""
     read_fd, write_fd = os.pipe()
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fsnap.mount.daemon", json.dumps(spec), str(write_fd)],
+            [sys.executable, "-m", "fsnap.mount.supervisor", json.dumps(spec), str(write_fd)],
             pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
@@ -389,9 +422,9 @@ def _spawn(spec: dict[str, Any], log: Path) -> int:
         )
     os.close(write_fd)
     try:
-        line = _read_ready(read_fd)
+        line = read_ready(read_fd, READY_TIMEOUT)
     except BaseException:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)  # the supervisor and any server it forked
         proc.wait()
         raise
     finally:
@@ -405,8 +438,9 @@ def _spawn(spec: dict[str, Any], log: Path) -> int:
     raise Unavailable(f"the mount daemon exited before mounting; see {log}:\n{_tail(log)}")
 
 
-def _read_ready(fd: int) -> str:
-    deadline = time.monotonic() + READY_TIMEOUT
+def read_ready(fd: int, timeout: float) -> str:
+    """The readiness line a mount daemon writes to ``fd`` ("" if it closed it unsaid)."""
+    deadline = time.monotonic() + timeout
     data = b""
     while b"\n" not in data:
         left = deadline - time.monotonic()
@@ -444,6 +478,12 @@ def _fusermount_unmount(mnt: str) -> None:
     raise Busy(f"cannot unmount {mnt}: {done.stderr.strip()}")
 
 
+def detach(mnt: str) -> None:
+    """Lazily unmount ``mnt`` (``fusermount3 -uz``): a dead connection leaves the mount
+    table; whoever still holds files or a cwd on it keeps getting ENOTCONN."""
+    subprocess.run(["fusermount3", "-uz", mnt], capture_output=True, check=False)
+
+
 def _stop(pid: int) -> None:
     """Wait for the daemon to leave after the unmount; insist if it does not."""
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
@@ -458,7 +498,8 @@ def _stop(pid: int) -> None:
 
 
 def _alive(pid: int) -> bool:
-    """Is ``pid`` a running fsnap mount daemon (not a zombie, not a reused pid)?"""
+    """Is ``pid`` a running fsnap mount supervisor or daemon (not a zombie, not a reused
+    pid)?"""
     if pid <= 0:
         return False
     with contextlib.suppress(ChildProcessError):
@@ -470,7 +511,8 @@ def _alive(pid: int) -> bool:
         return False
     if stat.rpartition(")")[2].split()[0] == "Z":
         return False
-    return b"fsnap.mount.daemon" in cmdline or pid == os.getpid()
+    ours = b"fsnap.mount.daemon" in cmdline or b"fsnap.mount.supervisor" in cmdline
+    return ours or pid == os.getpid()
 
 
 def _pull(client: Client, ref: str) -> None:
