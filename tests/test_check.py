@@ -329,3 +329,13 @@ def test_busybox_with_links_checks_clean(
         pull_unpacked(client, registry, f"check/busybox-{links}", busybox_image(links=links))
         report = check_store(client)
     assert _found(report) == set()
+
+
+def test_a_new_store_lists_the_same_problems_with_and_without_repair(tmp_path: Path) -> None:
+    """The stores are opened before the directories are looked at (opening creates some)."""
+    with Client(tmp_path / "root") as client:
+        plain = {p.ident for p in check_store(client).problems}
+    with Client(tmp_path / "root") as client:
+        report = check_store(client, repair=True)
+    assert {p.ident for p in report.problems} == plain
+    assert report.remaining == []

@@ -63,14 +63,15 @@ class Problem:
 
 def find_problems(client: Client) -> list[Problem]:
     """Every problem a pass over the store finds, grouped by kind."""
-    return [
-        *permissions(client.root),
+    found = [
         *blobs(client.content, leases.protected_since(leases.list_leases(client.db))),
         *ingests(client),
         *snapshots(client.snapshots),
         *images(client),
         *labels(client),
     ]
+    # Last: opening the stores (above) creates the directories a new store lacks.
+    return [*permissions(client.root), *found]
 
 
 def opened_problems(client: Client) -> list[Problem]:

@@ -70,5 +70,6 @@ def print_report(report: CheckReport) -> None:
     console().print(table)
     left = len(report.remaining if report.repaired else report.problems)
     fixed = sum(p.fixed for p in report.problems)
-    verdict = f"{len(report.problems)} problems, {fixed} fixed, {left} left"
+    count = len(report.problems)
+    verdict = f"{count} problem{'' if count == 1 else 's'}, {fixed} fixed, {left} left"
     print(f"check: {verdict}", file=sys.stderr if left else sys.stdout)
