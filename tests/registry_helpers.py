@@ -56,6 +56,8 @@ class RegistryProcess:
     password: str | None = None
     issuer: Any = None
     scheme: str = "http"
+    verify: Any = True  # the pusher's TLS trust (a context for a private CA)
+    client_cert: tuple[str, str] | None = None  # the pusher's client certificate
 
     @property
     def url(self) -> str:
@@ -67,7 +69,8 @@ class RegistryProcess:
 
     def pusher(self) -> Pusher:
         """A Pusher logged in as this registry's user (if it has one)."""
-        return Pusher(self.url, username=self.username, password=self.password)
+        return Pusher(self.url, username=self.username, password=self.password,
+                      verify=self.verify, client_cert=self.client_cert)
 
     def push_image(self, repo: str, tag: str, image: Image) -> oci.Descriptor:
         """Push ``image`` as ``repo:tag``; return its manifest descriptor."""
@@ -82,10 +85,14 @@ class RegistryProcess:
 
 @contextmanager
 def run_registry(
-    root: Path, auth: Mapping[str, Any] | None = None, tls: TlsFiles | None = None
+    root: Path,
+    auth: Mapping[str, Any] | None = None,
+    tls: TlsFiles | None = None,
+    client_ca: Path | None = None,
 ) -> Iterator[RegistryProcess]:
     """Start a registry storing under ``root`` (with ``auth`` config, if any; speaking
-    HTTPS with ``tls``' certificate, if given); stop it after."""
+    HTTPS with ``tls``' certificate, if given; demanding a client certificate signed by
+    ``client_ca``, if given); stop it after."""
     if not REGISTRY_BIN.exists():
         raise RuntimeError(f"{REGISTRY_BIN} missing: apt-get install docker-registry")
     root.mkdir(parents=True, exist_ok=True)
@@ -101,7 +108,7 @@ def run_registry(
             "http": {
                 "addr": f"127.0.0.1:{port}",
                 "secret": "fsnap-tests",
-                **({"tls": {"certificate": str(tls.cert), "key": str(tls.key)}} if tls else {}),
+                **({"tls": _tls_config(tls, client_ca)} if tls else {}),
             },
             **({"auth": dict(auth)} if auth else {}),
         }
@@ -114,8 +121,16 @@ def run_registry(
         try:
             scheme = "https" if tls else "http"
             verify = ssl.create_default_context(cafile=str(tls.ca)) if tls else True
+            if client_ca is not None:  # the probe must not be refused for lack of one
+                assert tls is not None and tls.ca_key is not None
+                from tls_helpers import make_client_cert
+
+                cert = make_client_cert(tls, root / "probe-client")
+                assert isinstance(verify, ssl.SSLContext)
+                verify.load_cert_chain(*cert)
             if _wait_until_serving(process, f"{scheme}://127.0.0.1:{port}/v2/", verify):
-                yield RegistryProcess(f"127.0.0.1:{port}", process, root, scheme=scheme)
+                yield RegistryProcess(f"127.0.0.1:{port}", process, root, scheme=scheme,
+                                      verify=verify)
                 return
         finally:
             process.terminate()
@@ -126,6 +141,13 @@ def run_registry(
                 process.wait()
     log_text = (root / "registry.log").read_text(errors="replace")[-2000:]
     raise RuntimeError(f"docker-registry did not start:\n{log_text}")
+
+
+def _tls_config(tls: TlsFiles, client_ca: Path | None) -> dict[str, Any]:
+    config: dict[str, Any] = {"certificate": str(tls.cert), "key": str(tls.key)}
+    if client_ca is not None:
+        config["clientcas"] = [str(client_ca)]
+    return config
 
 
 def _wait_until_serving(
@@ -151,11 +173,17 @@ class Pusher:
     base_url: str
     username: str | None = None
     password: str | None = None
+    verify: Any = True
+    client_cert: tuple[str, str] | None = None
     _http: httpx.Client = field(init=False)
     _tokens: dict[str, str] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._http = httpx.Client(base_url=self.base_url, timeout=30.0)
+        verify = self.verify
+        if self.client_cert is not None:
+            verify = ssl.create_default_context(cafile=None) if verify is True else verify
+            verify.load_cert_chain(*self.client_cert)
+        self._http = httpx.Client(base_url=self.base_url, timeout=30.0, verify=verify)
 
     def __enter__(self) -> Pusher:
         return self

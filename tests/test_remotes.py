@@ -260,7 +260,7 @@ def test_expired_bearer_token_fetched_again(token_registry: RegistryProcess) -> 
     async def body(client: RegistryClient) -> bytes:
         desc = await client.resolve(ref)
         # Simulate expiry: the cached token is one the registry no longer accepts.
-        auth = client._auth[ref.domain]
+        (auth,) = client._auth.values()  # (one host: the registry)
         auth._tokens = {scope: "Bearer expired" for scope in auth._tokens}
         return await client.fetch_manifest(ref, desc)
 

@@ -20,6 +20,7 @@ class TlsFiles:
     ca: Path
     cert: Path
     key: Path
+    ca_key: Path | None = None  # to sign more certificates (``make_client_cert``)
 
 
 def make_tls(directory: Path, ip: str = "127.0.0.1") -> TlsFiles:
@@ -48,7 +49,11 @@ def make_tls(directory: Path, ip: str = "127.0.0.1") -> TlsFiles:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    files = TlsFiles(
+        directory / "ca.pem", directory / "server.pem", directory / "server.key",
+        directory / "ca.key",
+    )
+    _write_key(files.ca_key, ca_key)
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.key.write_bytes(
@@ -59,6 +64,40 @@ def make_tls(directory: Path, ip: str = "127.0.0.1") -> TlsFiles:
         )
     )
     return files
+
+
+def make_client_cert(tls: TlsFiles, directory: Path, name: str = "client") -> tuple[Path, Path]:
+    """A client certificate (and its key) signed by ``tls``' CA: ``(NAME.cert, NAME.key)``,
+    the file names docker's certs.d layout expects."""
+    assert tls.ca_key is not None
+    ca_key = serialization.load_pem_private_key(tls.ca_key.read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate(tls.ca.read_bytes())
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        _builder(subject, ca.subject, key.public_key(), now)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / f"{name}.cert", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key_path, key)
+    return cert_path, key_path
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
 
 
 def _builder(

@@ -8,10 +8,12 @@ here, so callers see either bytes or a typed error that names what failed.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import httpx
 import trio
@@ -34,7 +36,8 @@ from fsnap.remotes.auth import (
     credentials_from_docker_config,
     default_docker_config,
 )
-from fsnap.remotes.origin import origin_of, send_scoped
+from fsnap.remotes.hosts import Host, Hosts, hosts_dirs_from_env
+from fsnap.remotes.origin import Origin, origin_of, send_scoped
 from fsnap.remotes.responses import (
     ERROR_BODY_LIMIT,
     KNOWN_MANIFEST_TYPES,
@@ -47,8 +50,10 @@ from fsnap.remotes.responses import (
 )
 from fsnap.remotes.retry import RetryBudget, RetryEvent, parse_retry_after
 
-# Docker Hub's API does not live at its reference domain.
-DOCKER_HUB_API = "registry-1.docker.io"
+# A mirror gets one retry before the next host is tried; the registry gets the full budget.
+MIRROR_RETRIES = 1
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 RESOLVE_ACCEPT = ", ".join([oci.MANIFEST_ACCEPT, *sorted(oci.SCHEMA1_TYPES)])
 TIMEOUT = httpx.Timeout(30.0, connect=15.0)
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -81,9 +86,12 @@ class RegistryClient:
         backoff_base: float = 0.5,
         backoff_max: float = 10.0,
         ca_file: Path | None = None,
+        hosts_dirs: Sequence[Path] | None = None,
     ) -> None:
         self.plain_http = plain_http
         self.ca_file = ca_file
+        self.hosts = Hosts(hosts_dirs if hosts_dirs is not None else hosts_dirs_from_env(),
+                           plain_http)
         self.credentials = credentials
         self.max_retries = max_retries
         self.docker_config = docker_config
@@ -93,17 +101,24 @@ class RegistryClient:
         self.retries: list[RetryEvent] = []
         self._auth: dict[str, Authenticator] = {}
         self._tokens: TokenCache = {}
-        self._client: httpx.AsyncClient | None = None
+        # One connection pool per TLS setting: the default one, and one per host whose
+        # hosts.toml / certs.d gives it its own CA or client certificate.
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._entered = False
 
     async def __aenter__(self) -> RegistryClient:
+        self._entered = True
+        self._clients[""] = self._new_client(_tls_context(self.ca_file))
+        return self
+
+    def _new_client(self, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
         # Redirects are followed by fsnap.remotes.origin, which scopes credentials per hop.
-        self._client = httpx.AsyncClient(
+        return httpx.AsyncClient(
             timeout=TIMEOUT,
             follow_redirects=False,
             headers={"User-Agent": "fsnap/0.1"},
-            verify=_tls_context(self.ca_file),
+            verify=verify,
         )
-        return self
 
     async def __aexit__(
         self,
@@ -111,20 +126,28 @@ class RegistryClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        clients, self._clients = self._clients, {}
+        self._entered = False
+        for client in clients.values():
+            await client.aclose()
 
     # -- the API ---------------------------------------------------------------------------
 
     async def resolve(self, ref: Reference) -> oci.Descriptor:
-        """The descriptor of the manifest or index ``ref`` names (HEAD, falling back to GET)."""
+        """The descriptor of the manifest or index ``ref`` names (HEAD, falling back to GET),
+        from the first host (mirrors, then the registry) with the resolve capability."""
+        capability = "pull" if ref.digest else "resolve"
+        return await self._on_hosts(ref, capability, lambda host: self._resolve_on(ref, host))
+
+    async def _resolve_on(self, ref: Reference, host: Host) -> oci.Descriptor:
         path = f"/v2/{ref.repository}/manifests/{ref.object}"
         headers = {"Accept": RESOLVE_ACCEPT}
         what = str(ref)
         media_type, digest, length = "", "", ""
         try:
-            response, _ = await self._fetch_small(ref, "HEAD", path, headers, what, str(ref))
+            response, _ = await self._fetch_small(
+                ref, "HEAD", path, headers, what, str(ref), host
+            )
         except RegistryError:
             pass  # a HEAD error has no body to explain it: GET below gets the message
         else:
@@ -135,7 +158,9 @@ class RegistryClient:
             length = response.headers.get("content-length", "")
         usable = digest and length.isdigit() and int(length) > 0
         if not (usable and media_type in KNOWN_MANIFEST_TYPES):
-            response, body = await self._fetch_small(ref, "GET", path, headers, what, str(ref))
+            response, body = await self._fetch_small(
+                ref, "GET", path, headers, what, str(ref), host
+            )
             content_type = media_type_of(response.headers.get("content-type", ""))
             media_type = sniff_media_type(content_type, body, what)
             digest = ref.digest or response.headers.get("docker-content-digest", "")
@@ -155,12 +180,15 @@ class RegistryClient:
 
     async def fetch_manifest(self, ref: Reference, desc: oci.Descriptor) -> bytes:
         """The manifest or index ``desc`` names, by digest, size-capped and verified."""
+        return await self._on_hosts(ref, "pull", lambda host: self._manifest_on(ref, desc, host))
+
+    async def _manifest_on(self, ref: Reference, desc: oci.Descriptor, host: Host) -> bytes:
         what = f"manifest {desc.digest} of {ref.name}"
         if desc.size > oci.MAX_MANIFEST_SIZE:
             raise InvalidArgument(f"{what}: manifest too large ({desc.size} bytes)")
         path = f"/v2/{ref.repository}/manifests/{desc.digest}"
         accept = f"{desc.media_type}, {oci.MANIFEST_ACCEPT}" if desc.media_type else RESOLVE_ACCEPT
-        _, body = await self._fetch_small(ref, "GET", path, {"Accept": accept}, what, what)
+        _, body = await self._fetch_small(ref, "GET", path, {"Accept": accept}, what, what, host)
         _verify(what, desc.digest, desc.size, body)
         parse_manifest_json(body, what)
         return body
@@ -175,16 +203,32 @@ class RegistryClient:
         """
         if not 0 <= offset <= desc.size:
             raise InvalidArgument(f"offset {offset} outside blob {desc.digest} ({desc.size} bytes)")
+        hosts = self._hosts(ref, "pull")
+        position = offset
+        for number, host in enumerate(hosts, 1):
+            try:
+                async for chunk in self._blob_from(ref, desc, position, host):
+                    position += len(chunk)
+                    yield chunk
+                return
+            except FsnapError as exc:
+                if number == len(hosts):
+                    raise
+                self._mirror_failed(f"fetch blob {desc.digest}", host, hosts[number], exc)
+
+    async def _blob_from(
+        self, ref: Reference, desc: oci.Descriptor, position: int, host: Host
+    ) -> AsyncIterator[bytes]:
+        """The blob from ``position`` on one host, with that host's retries."""
         what = f"blob {desc.digest} of {ref.name}"
         path = f"/v2/{ref.repository}/blobs/{desc.digest}"
-        budget = self._budget(f"fetch {what}")
-        position = offset
+        budget = self._budget(f"fetch {what}", host)
         while position < desc.size:
             headers = {"Accept-Encoding": "identity"}
             if position:
                 headers["Range"] = f"bytes={position}-"
             try:
-                response = await self._send(ref, "GET", path, headers)
+                response = await self._send(ref, "GET", path, headers, host=host)
             except httpx.HTTPError as exc:
                 await budget.failed(_transient_reason(exc, what))
                 continue
@@ -227,12 +271,13 @@ class RegistryClient:
         headers: dict[str, str],
         what: str,
         not_found: str,
+        host: Host,
     ) -> tuple[httpx.Response, bytes]:
         """A request whose whole body (at most a manifest's size) we read, with retries."""
-        budget = self._budget(f"{method} {what}")
+        budget = self._budget(f"{method} {what}", host)
         while True:
             try:
-                response = await self._send(ref, method, path, headers)
+                response = await self._send(ref, method, path, headers, host=host)
                 if response.status_code in TRANSIENT_STATUS:
                     await response.aclose()
                     await budget.failed(*_status_retry(response))
@@ -259,6 +304,7 @@ class RegistryClient:
         *,
         scope: str | None = None,
         content: bytes | None = None,
+        host: Host | None = None,
     ) -> httpx.Response:
         """Send once (streamed), answering at most one auth challenge along the way.
 
@@ -266,21 +312,24 @@ class RegistryClient:
         which may name another host). ``scope`` defaults to pulling ``ref``'s repository;
         uploads ask for more. Credentials go only to the registry's own origin (redirects
         included, see fsnap.remotes.origin); a 401 from any other origin is Unauthorized,
-        never a login."""
-        auth = await self._authenticator(ref.domain)
+        never a login. ``host`` is a mirror or the registry (default: the registry)."""
+        host = host or self._upstream(ref.domain)
+        auth = await self._authenticator(ref.domain, host)
         scope = scope or f"repository:{ref.repository}:pull"
-        url = path if "://" in path else self._base_url(ref.domain) + path
+        url = path if "://" in path else host.url(path)
+        headers = {**dict(host.headers), **headers}
+        http = self._http(host)
         answered = False
         while True:
-            request = self._http().build_request(method, url, headers=headers, content=content)
-            response = await send_scoped(self._http(), request, auth.header(scope), auth.origin)
+            request = http.build_request(method, url, headers=headers, content=content)
+            response = await send_scoped(http, request, auth.header(scope), auth.origin)
             if response.status_code != 401:
                 return response
             body = await read_capped(response, ERROR_BODY_LIMIT)
             if origin_of(response.url) != auth.origin:
                 raise Unauthorized(
                     f"{origin_of(response.url)} asked for credentials (401) for {ref.name}, "
-                    f"but it is not the registry {ref.domain}: fsnap logs in only there"
+                    f"but it is not the registry host {host.base}: fsnap logs in only there"
                 )
             if answered:
                 raise Unauthorized(_refusal(ref, auth.credentials, error_message(body)))
@@ -297,7 +346,9 @@ class RegistryClient:
         realm = origin_of(request.url)
         while True:
             try:
-                response = await send_scoped(self._http(), request, authorization, realm)
+                response = await send_scoped(
+                    self._pool_for(realm), request, authorization, realm
+                )
             except httpx.HTTPError as exc:
                 await budget.failed(_transient_reason(exc, "token server"))
                 continue
@@ -308,39 +359,82 @@ class RegistryClient:
 
     # -- state -----------------------------------------------------------------------------
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
+    def _http(self, host: Host | None) -> httpx.AsyncClient:
+        """The connection pool for ``host``'s TLS settings (None: the default pool)."""
+        if not self._entered:
             raise RuntimeError("RegistryClient used outside 'async with'")
-        return self._client
+        verify = host.tls() if host is not None else True
+        if verify is True:
+            return self._clients[""]
+        if host is not None and host.base not in self._clients:
+            self._clients[host.base] = self._new_client(verify)
+        return self._clients[host.base if host is not None else ""]
 
-    def _budget(self, what: str) -> RetryBudget:
+    def _pool_for(self, origin: Origin) -> httpx.AsyncClient:
+        """The pool of a configured host at ``origin`` (a token realm on the registry's own
+        host needs its CA), else the default one."""
+        for hosts in self.hosts.loaded():
+            for host in hosts:
+                if origin_of(httpx.URL(host.base)) == origin:
+                    return self._http(host)
+        return self._http(None)
+
+    def _hosts(self, ref: Reference, capability: str) -> list[Host]:
+        """Where to send ``capability`` requests for ``ref``, in order (mirrors first)."""
+        hosts = self.hosts.for_(ref.domain, is_local_host(ref.domain))
+        able = [h for h in hosts if capability in h.capabilities]
+        return able or [hosts[-1]]
+
+    def _upstream(self, domain: str) -> Host:
+        return self.hosts.for_(domain, is_local_host(domain))[-1]
+
+    async def _on_hosts(
+        self, ref: Reference, capability: str, call: Callable[[Host], Awaitable[T]]
+    ) -> T:
+        """``call`` on each host able to serve ``capability`` until one succeeds; a mirror's
+        failure is recorded (``retries``, shown by the progress output) and the next tried."""
+        hosts = self._hosts(ref, capability)
+        for number, host in enumerate(hosts, 1):
+            try:
+                return await call(host)
+            except FsnapError as exc:
+                if number == len(hosts):
+                    raise
+                self._mirror_failed(f"{capability} {ref}", host, hosts[number], exc)
+        raise AssertionError("unreachable: the last host raises")
+
+    def _mirror_failed(self, what: str, host: Host, following: Host, exc: FsnapError) -> None:
+        reason = f"{host.base} failed ({exc}); trying {following.base}"
+        self.retries.append(RetryEvent(what, reason, 1, 0.0))
+        log.warning("%s: %s", what, reason)
+
+    def _budget(self, what: str, host: Host | None = None) -> RetryBudget:
         return RetryBudget(
             what,
-            max_retries=self.max_retries,
+            max_retries=MIRROR_RETRIES if host is not None and host.mirror else self.max_retries,
             base_delay=self.backoff_base,
             max_delay=self.backoff_max,
             events=self.retries,
         )
 
-    def _base_url(self, domain: str) -> str:
-        host = DOCKER_HUB_API if domain == "docker.io" else domain
-        plain = is_local_host(host) if self.plain_http is None else self.plain_http
-        return f"{'http' if plain else 'https'}://{host}"
-
-    async def _authenticator(self, domain: str) -> Authenticator:
-        if domain not in self._auth:
-            credentials = self.credentials
+    async def _authenticator(self, domain: str, host: Host) -> Authenticator:
+        """The auth state of one host: the registry's credentials (``--user``, docker's
+        config for ``domain``) for the registry; a mirror's own from docker's config."""
+        key = host.base
+        if key not in self._auth:
+            credentials = self.credentials if not host.mirror else None
             if credentials is None:
                 config = self.docker_config or default_docker_config()
+                name = host.host if host.mirror else domain
                 credentials = await trio.to_thread.run_sync(
-                    credentials_from_docker_config, config, domain
+                    credentials_from_docker_config, config, name
                 )
-            if domain not in self._auth:  # another task may have got here first
-                origin = origin_of(httpx.URL(self._base_url(domain)))
-                self._auth[domain] = Authenticator(
+            if key not in self._auth:  # another task may have got here first
+                origin = origin_of(httpx.URL(host.base))
+                self._auth[key] = Authenticator(
                     domain, origin, credentials, self._send_token_request, self._tokens
                 )
-        return self._auth[domain]
+        return self._auth[key]
 
 
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext | bool:
