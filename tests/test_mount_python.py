@@ -1,8 +1,9 @@
-"""Debian's own python3 runs from an fsnap mount: pull, mount, ``chroot MNT python3.11``.
+"""Debian's own python3 runs from an fsnap mount: pull, mount, ``chroot MNT python3.X``.
 
-The image is built from this machine's Debian ``/usr/bin/python3.11`` in three layers:
-the shared libraries ``ldd`` names and the dynamic loader (with the usrmerge links); the
-interpreter and the part of ``/usr/lib/python3.11`` a few imports load (what the host's
+The image is built from the interpreter this machine's ``/usr/bin/python3`` resolves to
+(``python3.11`` on Debian 12, ``python3.13`` on Debian 13) in three layers: the shared
+libraries ``ldd`` names and the dynamic loader (with the usrmerge links); the interpreter
+and the part of its stdlib directory (``/usr/lib/python3.X``) a few imports load (what the host's
 interpreter reports in ``sys.modules``: the whole stdlib is 50 MB); then a module of our
 own plus a whiteout of a module the layer below shipped. The image goes to a real registry,
 ``fsnap pull`` unpacks it and ``fsnap mount`` serves it; python then starts (exec, mmap of
@@ -12,9 +13,11 @@ and cannot import the whited-out one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -34,8 +37,7 @@ from tar_helpers import TarBuilder
 from fsnap.oci import Platform
 
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
-PYTHON = Path("/usr/bin/python3.11")
-STDLIB = Path("/usr/lib/python3.11")
+SYSTEM_PYTHON = "/usr/bin/python3"
 IMPORTS = "import json, email, email.parser, http.client"
 EXTRA = "fsnap_extra"
 DOOMED = "fsnap_doomed"
@@ -95,6 +97,17 @@ class Tree:
         self.tar.file(path, data)
 
 
+@cache
+def system_python() -> tuple[Path, Path, list[int]]:
+    """(interpreter, stdlib directory, [major, minor]) of what ``/usr/bin/python3`` runs."""
+    asked = "import json, sys, sysconfig; print(json.dumps([sysconfig.get_path('stdlib'), " \
+            "list(sys.version_info[:2])]))"
+    out = subprocess.run([SYSTEM_PYTHON, "-I", "-c", asked], capture_output=True, text=True,
+                         check=True).stdout
+    stdlib, version = json.loads(out)
+    return Path(os.path.realpath(SYSTEM_PYTHON)), Path(stdlib), version
+
+
 def shared_libraries(binaries: list[str]) -> list[str]:
     """Every library (and the loader) ``ldd`` lists for ``binaries``, as host paths."""
     found: list[str] = []
@@ -109,29 +122,31 @@ def shared_libraries(binaries: list[str]) -> list[str]:
 
 def stdlib_files() -> list[str]:
     """The stdlib files the host's interpreter loads for ``IMPORTS`` (and to start)."""
-    out = subprocess.run([str(PYTHON), "-I", "-c", COLLECT], capture_output=True, text=True,
+    python, stdlib, _ = system_python()
+    out = subprocess.run([str(python), "-I", "-c", COLLECT], capture_output=True, text=True,
                          check=True).stdout
-    return sorted({p for p in out.split() if p.startswith(f"{STDLIB}/")})
+    return sorted({p for p in out.split() if p.startswith(f"{stdlib}/")})
 
 
 def python_image() -> Image:
+    python_bin, stdlib, _ = system_python()
     modules = stdlib_files()
     extensions = [p for p in modules if p.endswith(".so")]
     libs = Tree()
     for top in ("bin", "lib", "lib64"):
         libs.symlink(top, f"usr/{top}")
-    for lib in shared_libraries([str(PYTHON), *extensions]):
+    for lib in shared_libraries([str(python_bin), *extensions]):
         libs.host_file(lib)
     python = Tree()
-    python.host_file(str(PYTHON))
-    python.symlink("usr/bin/python3", "python3.11")
+    python.host_file(str(python_bin))
+    python.symlink("usr/bin/python3", python_bin.name)
     for module in modules:
         python.host_file(module)
-    python.parents(f"{STDLIB}/lib-dynload/x".lstrip("/"))  # the exec_prefix landmark
-    python.file(f"{STDLIB}/{DOOMED}.py".lstrip("/"), b"WHITED_OUT_ABOVE = False\n")
+    python.parents(f"{stdlib}/lib-dynload/x".lstrip("/"))  # the exec_prefix landmark
+    python.file(f"{stdlib}/{DOOMED}.py".lstrip("/"), b"WHITED_OUT_ABOVE = False\n")
     extra = TarBuilder()
-    extra.file(f"{STDLIB}/{EXTRA}.py".lstrip("/"), b'GREETING = "from the top layer"\n')
-    extra.whiteout(f"{STDLIB}/{DOOMED}.py".lstrip("/"))
+    extra.file(f"{stdlib}/{EXTRA}.py".lstrip("/"), b'GREETING = "from the top layer"\n')
+    extra.whiteout(f"{stdlib}/{DOOMED}.py".lstrip("/"))
     tars = [libs.tar.data(), python.tar.data(), extra.data()]
     kinds: tuple[Compression, ...] = ("gzip", "zstd", "gzip")
     layers = [
@@ -145,24 +160,27 @@ def python_image() -> Image:
 @pytest.fixture(scope="module")
 def python_ref(registry: RegistryProcess) -> str:
     """The python image, pushed once for this module's tests."""
-    assert PYTHON.exists(), f"{PYTHON} missing: scripts/setup installs Debian's python3"
-    registry.push_image("python/debian", "3.11", python_image())
-    return f"{registry.host}/python/debian:3.11"
+    assert os.path.exists(SYSTEM_PYTHON), "scripts/setup installs Debian's python3"
+    tag = ".".join(map(str, system_python()[2]))
+    registry.push_image("python/debian", tag, python_image())
+    return f"{registry.host}/python/debian:{tag}"
 
 
 def test_chroot_python_imports_from_the_mount(python_ref: str, tmp_path: Path) -> None:
+    python, stdlib, version = system_python()
     root = tmp_path / "fsnap"
     pulled(root, python_ref)
     with image_mounted(root, python_ref, tmp_path / "mnt") as mnt:
         done = subprocess.run(
-            [CHROOT, str(mnt), "/usr/bin/python3.11", "-c", PROGRAM],
+            [CHROOT, str(mnt), str(python), "-c", PROGRAM],
             capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
         )
-        doomed_visible = os.path.lexists(mnt / STDLIB.relative_to("/") / f"{DOOMED}.py")
-        listed = os.listdir(mnt / STDLIB.relative_to("/"))
+        doomed_visible = os.path.lexists(mnt / stdlib.relative_to("/") / f"{DOOMED}.py")
+        listed = os.listdir(mnt / stdlib.relative_to("/"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        f'[[3, 11], "{STDLIB}/json/__init__.py", "hello", "HTTPConnection", "from the top layer"]',
+        json.dumps([version, f"{stdlib}/json/__init__.py", "hello", "HTTPConnection",
+                    "from the top layer"]),
         f"{DOOMED} is gone",
     ]
     assert not doomed_visible
