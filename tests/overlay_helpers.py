@@ -123,6 +123,39 @@ def lowerdir(dirs: list[Path]) -> str:
     return "lowerdir=" + ":".join(str(d) for d in dirs)
 
 
+def relative_to_common(dirs: list[str]) -> tuple[str, list[str]]:
+    """The deepest directory above every one of ``dirs``, and each of them relative to it."""
+    parent = os.path.commonpath(dirs)
+    if parent in dirs:
+        parent = os.path.dirname(parent)
+    return parent, [os.path.relpath(d, parent) for d in dirs]
+
+
+def kernel_overlay_command(lowers: list[str], mnt: str, upper: str | None = None,
+                           work: str | None = None, options: str = "",
+                           ) -> tuple[list[str], str, dict[str, str]]:
+    """``(argv, cwd, env)`` of a ``mount -t overlay`` that takes any number of layers
+    (``lowers`` top first; containerd's limit is 128) with util-linux 2.38 and 2.41 alike.
+
+    util-linux 2.41's mount(8) hands options to the kernel through fsconfig(2), which
+    rejects one value of 256 bytes or more ("wrong fs type, bad option"): three absolute
+    pytest paths already pass that. ``LIBMOUNT_FORCE_MOUNT2=always`` makes it use mount(2)
+    like 2.38 (which ignores the variable), whose options may fill one page (4095 bytes);
+    128 absolute layer paths would not fit that either, so every directory is given
+    relative to the common parent the command runs in (what containerd does): 128 layers
+    named ``000``..``127`` take 511 bytes.
+    """
+    dirs = [*lowers, *(d for d in (upper, work) if d is not None)]
+    cwd, names = relative_to_common(dirs)
+    spelled = ["lowerdir=" + ":".join(names[:len(lowers)])]
+    if upper is not None and work is not None:
+        spelled += [f"upperdir={names[-2]}", f"workdir={names[-1]}"]
+    if options:
+        spelled.insert(0, options)
+    argv = ["mount", "-t", "overlay", "overlay", "-o", ",".join(spelled), mnt]
+    return argv, cwd, {"LIBMOUNT_FORCE_MOUNT2": "always"}
+
+
 def is_mountpoint(path: Path) -> bool:
     with open("/proc/self/mounts") as mounts:
         return any(line.split()[1] == str(path) for line in mounts)
@@ -146,20 +179,24 @@ def unmount(mnt: Path) -> None:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
-def run_checked(argv: list[str], env: dict[str, str] | None = None) -> str:
+def run_checked(argv: list[str], env: dict[str, str] | None = None,
+                cwd: str | None = None) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
-                          env=env)
+                          env=env, cwd=cwd)
     assert done.returncode == 0, f"{argv} -> {done.returncode}\n{done.stdout}{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr
     return done.stdout
 
 
 @contextlib.contextmanager
-def kernel_overlay(options: str, mnt: Path) -> Iterator[Path]:
-    """``mount -t overlay overlay -o OPTIONS MNT``; unmounted after."""
+def kernel_overlay(lowers: list[Path], mnt: Path, upper: Path | None = None,
+                   work: Path | None = None) -> Iterator[Path]:
+    """Kernel overlayfs through mount(8) (``kernel_overlay_command``); unmounted after."""
     mnt.mkdir(parents=True, exist_ok=True)
+    argv, cwd, env = kernel_overlay_command(
+        [str(d) for d in lowers], str(mnt), upper and str(upper), work and str(work))
     try:
-        run_checked(["mount", "-t", "overlay", "overlay", "-o", options, str(mnt)])
+        run_checked(argv, {**os.environ, **env}, cwd)
         yield mnt
     finally:
         unmount(mnt)

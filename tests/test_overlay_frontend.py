@@ -67,7 +67,7 @@ def test_read_only_lists_like_kernel_overlay(tmp_path: Path, stack_base: Path,
                                              style: str) -> None:
     kernel_lowers = write_stack(tmp_path / "kernel-format", "chardev")
     lowers = write_stack(stack_base / f"{style}-format", style)
-    with kernel_overlay(lowerdir(kernel_lowers), tmp_path / "kernel") as kernel:
+    with kernel_overlay(kernel_lowers, tmp_path / "kernel") as kernel:
         check_view(kernel)
         want = full_listing(kernel)
     with fsnap_overlay(lowerdir(lowers), tmp_path / "fsnap") as mnt:
@@ -97,9 +97,10 @@ def test_writable_changes_like_kernel_overlay(tmp_path: Path, stack_base: Path) 
     """fsnap-overlay's stack on disk, then on tmpfs; the kernel's always on disk."""
     kernel_lowers = write_stack(tmp_path / "kernel-lowers", "chardev")
     lowers = write_stack(stack_base / "lowers", "chardev")
-    kernel_opts = writable(tmp_path / "k", kernel_lowers)
+    writable(tmp_path / "k", kernel_lowers)
     fsnap_opts = writable(stack_base / "f", lowers)
-    with kernel_overlay(kernel_opts, tmp_path / "kernel") as kernel:
+    with kernel_overlay(kernel_lowers, tmp_path / "kernel", tmp_path / "k" / "upper",
+                        tmp_path / "k" / "work") as kernel:
         apply_changes(kernel)
         want = full_listing(kernel)
     with fsnap_overlay(fsnap_opts, tmp_path / "fsnap") as mnt:
@@ -120,7 +121,7 @@ def test_writable_changes_like_kernel_overlay(tmp_path: Path, stack_base: Path) 
     assert os.listdir(stack_base / "f" / "work" / "fsnap-overlay") == []
 
     # the kernel reads fsnap-overlay's upper as one more layer and sees the same tree
-    with kernel_overlay(lowerdir([upper, *lowers]), tmp_path / "kernel-reads-ours") as view:
+    with kernel_overlay([upper, *lowers], tmp_path / "kernel-reads-ours") as view:
         assert_same(want, full_listing(view), ("kernel overlayfs", "kernel over our upper"))
     # and fsnap-overlay mounted again over its upper shows its changes again
     with fsnap_overlay(fsnap_opts, tmp_path / "again") as again:
@@ -174,6 +175,54 @@ def test_mount_t_fuse_fsnap_overlay(tmp_path: Path) -> None:
     upper = tmp_path / "o" / "upper"
     assert (upper / "etc" / "added").read_bytes() == b"through mount(8)\n"
     assert whiteouts(upper) == {"etc/keep"}
+
+
+LAYERS = 128  # containerd's deepest chain (its conformance suite mounts 128 layers)
+
+
+def many_layers(base: Path) -> list[Path]:
+    """``LAYERS`` layer directories, top first: each adds ``only-NNN`` and rewrites
+    ``shared``, so the view shows every layer and the top one wins."""
+    lowers = []
+    for n in range(LAYERS):
+        layer = base / f"{n:03d}"
+        layer.mkdir(parents=True)
+        (layer / f"only-{n:03d}").write_text(f"{n}\n")
+        (layer / "shared").write_text(f"{n}\n")
+        lowers.append(layer)
+    return lowers[::-1]
+
+
+def check_many(view: Path) -> None:
+    assert sorted(os.listdir(view)) == sorted(
+        [f"only-{n:03d}" for n in range(LAYERS)] + ["shared"])
+    assert (view / "shared").read_text() == f"{LAYERS - 1}\n"
+    assert (view / "only-000").read_text() == "0\n"
+
+
+def test_128_layers_through_mount8(tmp_path: Path) -> None:
+    """128 layers through mount(8): kernel overlayfs (``kernel_overlay_command``: what
+    util-linux 2.41's 256-byte fsconfig(2) limit and mount(2)'s one page leave room for)
+    and ``mount -t fuse.fsnap-overlay`` given the 128 absolute paths as they are (over 8 KB
+    of options, which mount(8) hands to the helper's command line)."""
+    lowers = many_layers(tmp_path / "layers-named-as-long-as-a-containerd-snapshot-directory")
+    absolute = lowerdir(lowers)
+    assert len(absolute) > 4096  # neither fsconfig(2) nor one page of mount(2) takes it
+    with kernel_overlay(lowers, tmp_path / "kernel") as kernel:
+        check_many(kernel)
+        want = full_listing(kernel)
+    mnt = tmp_path / "fsnap"
+    mnt.mkdir()
+    with on_system_path():
+        try:
+            run_checked(["mount", "-t", "fuse.fsnap-overlay", "fsnap-overlay", str(mnt),
+                         "-o", absolute])
+            assert fstype(mnt) == "fuse.fsnap-overlay"
+            check_many(mnt)
+            got = full_listing(mnt)
+        finally:
+            unmount(mnt)
+    assert_same(want, got, ("kernel overlayfs", "fsnap-overlay through mount(8)"))
 
 
 def test_foreground_and_ignored_options(tmp_path: Path) -> None:

@@ -7,7 +7,9 @@
   mount for a one-layer chain, as containerd does), the floor.
 
 Lower directories are passed relative to their common parent (the process runs there):
-128 absolute paths would not fit in one page of mount options.
+128 absolute paths would not fit in one page of mount options. Kernel overlayfs goes
+through ``kernel_overlay_command`` (tests/overlay_helpers): it also keeps util-linux 2.41's
+mount(8) on mount(2), whose fsconfig(2) path refuses an option of 256 bytes or more.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from benchlib.timing import timed
 
 FSNAP = str(services.REPO / ".venv/bin/fsnap")
 PYTHON = str(services.REPO / ".venv/bin/python")
+
+# tests/ is on sys.path once services is imported
+from overlay_helpers import kernel_overlay_command, relative_to_common  # noqa: E402
 
 
 @dataclass
@@ -50,9 +55,9 @@ class Mount:
         subprocess.run(["umount", str(mnt)], check=True, capture_output=True)
 
 
-def _check(cmd: list[str], cwd: str | None = None) -> str:
+def _check(cmd: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
-                          env=services.env_without_proxy())
+                          env={**services.env_without_proxy(), **(env or {})})
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()[-1500:]}")
     return done.stdout
@@ -88,7 +93,7 @@ class FuseOverlayMount(Mount):
     name = "fuse-overlayfs"
 
     def mount(self, view: View, mnt: Path) -> float:
-        parent, names = _relative(view.lowerdirs)
+        parent, names = relative_to_common(view.lowerdirs)
         cmd = ["fuse-overlayfs", "-o", "lowerdir=" + ":".join(names), str(mnt)]
         took = timed(lambda: _check(cmd, cwd=parent))
         self.pid = _serving_pid("fuse-overlayfs", mnt)
@@ -110,17 +115,9 @@ class KernelOverlayMount(Mount):
                 _check(["mount", "--bind", view.lowerdirs[0], str(mnt)])
                 _check(["mount", "-o", "remount,bind,ro", str(mnt)])
             return timed(bind)
-        parent, names = _relative(view.lowerdirs)
-        cmd = ["mount", "-t", "overlay", "overlay", "-o",
-               "ro,index=off,lowerdir=" + ":".join(names), str(mnt)]
-        return timed(lambda: _check(cmd, cwd=parent))
-
-
-def _relative(dirs: list[str]) -> tuple[str, list[str]]:
-    parent = os.path.commonpath(dirs)
-    if len(dirs) == 1:
-        parent = os.path.dirname(parent)
-    return parent, [os.path.relpath(d, parent) for d in dirs]
+        cmd, cwd, env = kernel_overlay_command(view.lowerdirs, str(mnt),
+                                               options="ro,index=off")
+        return timed(lambda: _check(cmd, cwd=cwd, env=env))
 
 
 def _serving_pid(program: str, mnt: Path) -> int:
