@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fsnap import errors
-from fsnap.errors import AlreadyExists, Busy, FsnapError, InvalidArgument, NotFound, Unavailable
+from fsnap.errors import (
+    AlreadyExists,
+    Busy,
+    FailedPrecondition,
+    FsnapError,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from fsnap.info.fuse import require_fuse
 from fsnap.mount import source
 from fsnap.snapshots.info import Kind
@@ -37,6 +45,7 @@ if TYPE_CHECKING:
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 5.0
 FSTYPE = "fuse.fsnap"
+MTAB = "/etc/mtab"
 
 
 @dataclass
@@ -470,11 +479,24 @@ def _tail(log: Path, lines: int = 10) -> str:
 
 
 def _fusermount_unmount(mnt: str) -> None:
-    """``fusermount3 -u``; if the mount is busy, detach it lazily (``-uz``)."""
+    """``fusermount3 -u``; if the mount is busy, detach it lazily (``-uz``).
+
+    Root's fusermount3 unmounts without /etc/mtab. For any other user it looks the mount's
+    owner up in /etc/mtab and nowhere else (libfuse's ``may_unmount``: no option or
+    variable names another table, and no other unprivileged way to unmount exists), so
+    where minimal systems lack the file the user is told the one fix; the mount and its
+    daemon stay as they were, so ``fsnap umount`` works again once the link is there.
+    """
     for args in (["-u"], ["-uz"]):
         done = subprocess.run(["fusermount3", *args, mnt], capture_output=True, text=True)
         if done.returncode == 0:
             return
+        if os.getuid() != 0 and not os.path.exists(MTAB):
+            raise FailedPrecondition(
+                f"cannot unmount {mnt}: fusermount3 needs {MTAB}, which this system lacks; "
+                "as root run `ln -s ../proc/self/mounts /etc/mtab` (scripts/setup does), "
+                "then `fsnap umount` again"
+            )
     raise Busy(f"cannot unmount {mnt}: {done.stderr.strip()}")
 
 
