@@ -156,22 +156,28 @@ def _link(path: Path, target: str) -> None:
     os.replace(staged, path)
 
 
-def test_mount_t_fuse_fsnap_overlay(tmp_path: Path) -> None:
-    lowers = write_stack(tmp_path / "lowers", "wh")
-    options = writable(tmp_path / "o", lowers)
-    mnt = tmp_path / "mnt"
+@contextlib.contextmanager
+def through_mount8(options: str, mnt: Path) -> Iterator[Path]:
+    """``mount -t fuse.fsnap-overlay fsnap-overlay MNT -o OPTIONS``; unmounted after."""
     mnt.mkdir()
     with on_system_path():
         try:
             run_checked(["mount", "-t", "fuse.fsnap-overlay", "fsnap-overlay", str(mnt),
                          "-o", options])
             assert fstype(mnt) == "fuse.fsnap-overlay"
-            check_view(mnt)
-            (mnt / "etc" / "added").write_bytes(b"through mount(8)\n")
-            os.unlink(mnt / "etc" / "keep")
-            run_checked(["umount", str(mnt)])
+            yield mnt
         finally:
             unmount(mnt)
+
+
+def test_mount_t_fuse_fsnap_overlay(tmp_path: Path) -> None:
+    lowers = write_stack(tmp_path / "lowers", "wh")
+    options = writable(tmp_path / "o", lowers)
+    with through_mount8(options, tmp_path / "mnt") as mnt:
+        check_view(mnt)
+        (mnt / "etc" / "added").write_bytes(b"through mount(8)\n")
+        os.unlink(mnt / "etc" / "keep")
+        run_checked(["umount", str(mnt)])
     upper = tmp_path / "o" / "upper"
     assert (upper / "etc" / "added").read_bytes() == b"through mount(8)\n"
     assert whiteouts(upper) == {"etc/keep"}
@@ -211,17 +217,9 @@ def test_128_layers_through_mount8(tmp_path: Path) -> None:
     with kernel_overlay(lowers, tmp_path / "kernel") as kernel:
         check_many(kernel)
         want = full_listing(kernel)
-    mnt = tmp_path / "fsnap"
-    mnt.mkdir()
-    with on_system_path():
-        try:
-            run_checked(["mount", "-t", "fuse.fsnap-overlay", "fsnap-overlay", str(mnt),
-                         "-o", absolute])
-            assert fstype(mnt) == "fuse.fsnap-overlay"
-            check_many(mnt)
-            got = full_listing(mnt)
-        finally:
-            unmount(mnt)
+    with through_mount8(absolute, tmp_path / "fsnap") as mnt:
+        check_many(mnt)
+        got = full_listing(mnt)
     assert_same(want, got, ("kernel overlayfs", "fsnap-overlay through mount(8)"))
 
 
