@@ -139,5 +139,5 @@ def test_sockets_in_fsnap_overlay(tmp_path: Path) -> None:
         st = os.lstat(again / "data" / "app.sock")
         assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
         assert not os.path.lexists(again / "etc" / "app.sock")
-    with kernel_overlay(lowerdir([upper, *lowers]), tmp_path / "kernel") as kernel:
+    with kernel_overlay([upper, *lowers], tmp_path / "kernel") as kernel:
         assert is_socket(kernel / "data" / "app.sock")
