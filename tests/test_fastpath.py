@@ -68,3 +68,27 @@ def test_copy_between_file_systems_falls_back(tmp_path: Path, tmpfs: Path) -> No
             os.close(dst)
         assert (tmpfs / "dst").read_bytes() == data
         assert os.stat(tmp_path).st_dev in _refused_devices(pair)  # EXDEV, learnt
+
+
+def test_a_layer_file_deeper_than_path_max_opens(tmpfs: Path) -> None:
+    """Deeply nested layer files are opened a directory at a time (ENAMETOOLONG before)."""
+    fd = os.open(tmpfs, os.O_RDONLY | os.O_DIRECTORY)
+    depth = len(os.fsencode(tmpfs))
+    try:
+        while depth < 5000:
+            os.mkdir("d" * 200, dir_fd=fd)
+            step = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = step
+            depth += 201
+        with open(os.open("f", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as out:
+            out.write(b"deep")
+    finally:
+        os.close(fd)
+    path = os.path.join(tmpfs, *["d" * 200] * ((depth - len(os.fsencode(tmpfs))) // 201), "f")
+    assert len(path) > 4096
+    src = fastpath.open_source(path)
+    try:
+        assert os.read(src, 10) == b"deep"
+    finally:
+        os.close(src)

@@ -30,6 +30,7 @@ REFUSALS = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSY
 NOWAIT = "RWF_NOWAIT"
 COPY_RANGE = "copy_file_range"
 _COPY_CHUNK = 8 << 20
+_PATH_MAX = 4096
 
 
 class FastPaths:
@@ -75,13 +76,36 @@ LEARNT = FastPaths()
 def open_source(path: str) -> int:
     """Open a lower file for reading without touching its atime. ``O_NOATIME`` is refused
     for files the daemon does not own unless it is root (EPERM), and by some file systems:
-    then open it the plain way (the atime may move, nothing else changes)."""
+    then open it the plain way (the atime may move, nothing else changes). A path longer
+    than PATH_MAX (a deeply nested layer file) is opened a directory at a time."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
+        return open_any_depth(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
     except OSError as exc:
         if exc.errno != errno.EPERM and exc.errno not in REFUSALS:
             raise
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return open_any_depth(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def open_any_depth(path: str | bytes, flags: int) -> int:
+    """``os.open(path, flags)``, also for an absolute path longer than PATH_MAX (layer
+    and upper directories may hold trees deeper than that): then each directory is opened
+    relative to the one before (``O_PATH``, never following a symlink below the first
+    PATH_MAX-sized prefix, which is opened whole). A shorter path is one ``open``."""
+    raw = os.fsencode(path)
+    if len(raw) < _PATH_MAX:
+        return os.open(raw, flags)
+    cut = raw.rfind(b"/", 0, _PATH_MAX)
+    walk = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+    fd = os.open(raw[:cut] or b"/", walk)
+    try:
+        *dirs, name = raw[cut + 1:].split(b"/")
+        for part in dirs:
+            step = os.open(part, walk | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = step
+        return os.open(name, flags, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def read_nowait(fd: int, buf: bytearray, off: int) -> int:

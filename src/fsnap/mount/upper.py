@@ -48,11 +48,10 @@ from pathlib import Path
 
 from fsnap.archive.apply import OPAQUE_MARKER, WHITEOUT_PREFIX
 from fsnap.archive.entry import Entry
-from fsnap.mount.fastpath import copy_all
+from fsnap.mount.fastpath import copy_all, open_any_depth, open_source
 from fsnap.snapshots import disk
 
 NAME_MAX = 255
-_PATH_MAX = 4096 - 256  # a whole path shorter than this is opened in one call
 _RENAME_EXCHANGE = 2
 # renameat2 (glibc 2.28+): Python's os module has no RENAME_EXCHANGE.
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -124,23 +123,8 @@ class Upper:
     # --- reaching a path at any depth --------------------------------------------------
 
     def _open_dir(self, rel: bytes) -> int:
-        """An ``O_PATH`` descriptor of directory ``rel``. A whole path that fits PATH_MAX
-        is one ``open``; a deeper one is walked a name at a time (``openat``), so depth
-        never matters. Names are never followed as symlinks on the walk."""
-        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-        whole = self.path(rel)
-        if len(whole) < _PATH_MAX:
-            return os.open(whole, flags)
-        fd = os.open(self.fs, flags)
-        try:
-            for name in rel.split(b"/"):
-                step = os.open(name, flags | os.O_NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = step
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        """An ``O_PATH`` descriptor of directory ``rel``, however deep."""
+        return open_any_depth(self.path(rel), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     @contextlib.contextmanager
     def _at(self, rel: bytes) -> Iterator[tuple[int, bytes]]:
@@ -244,7 +228,7 @@ class Upper:
         fd = os.open(temp, os.O_WRONLY | _NEW, 0o600)
         try:
             if source is not None:
-                src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+                src = open_source(source)
                 try:
                     copy_all(src, fd)
                 finally:
