@@ -177,15 +177,20 @@ def make_image(
     fmt: Format = "oci",
     platform: oci.Platform = AMD64,
     config: Mapping[str, Any] | None = None,
+    history: Sequence[str] | None = None,
 ) -> Image:
-    """Config and manifest for ``layers`` (bottom first); ``config`` is the runtime config."""
+    """Config and manifest for ``layers`` (bottom first); ``config`` is the runtime config;
+    ``history`` the ``created_by`` of each layer (default ``test layer N``)."""
     config_json = {
         "architecture": platform.architecture,
         "os": platform.os,
         **({"variant": platform.variant} if platform.variant else {}),
         "config": dict(config or {"Cmd": ["/bin/sh"]}),
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [{"created_by": f"test layer {i}"} for i in range(len(layers))],
+        "history": [
+            {"created_by": history[i] if history else f"test layer {i}"}
+            for i in range(len(layers))
+        ],
     }
     config_type = oci.OCI_CONFIG if fmt == "oci" else oci.DOCKER_CONFIG
     config_blob = Blob(config_type, _json(config_json))

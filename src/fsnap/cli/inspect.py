@@ -46,6 +46,8 @@ def register(subparsers: Any) -> None:
     parser = _command(subparsers, "analyze", "wasted space and efficiency (dive's measures)",
                       analyze)
     parser.add_argument("--top", type=int, default=20, metavar="N", help="offenders listed")
+    parser.add_argument("--html", type=Path, metavar="FILE",
+                        help="also write a self-contained HTML report (charts per layer)")
     parser.add_argument("--ci", action="store_true",
                         help=f"check thresholds; exit {CI_FAILED} if one breaks")
     parser.add_argument("--lowest-efficiency", metavar="RATIO",
@@ -163,10 +165,24 @@ def analyze(client: Client, args: argparse.Namespace) -> int:
         args.lowest_efficiency, args.highest_wasted_bytes, args.highest_user_wasted_percent))
     verdicts = waste.check(analysis, _thresholds(args)) if ci else None
     doc = render.analyze_json(image.name, _names(image), analysis, max(args.top, 0), verdicts)
+    if args.html is not None:
+        _write_report(args.html, image, layers, analysis)
     _emit(args, doc, lambda: render.analyze_table(doc))
     if verdicts is not None and not all(v.passed for v in verdicts):
         return CI_FAILED
     return 0
+
+
+def _write_report(
+    out: Path, image: ImageLayers, layers: list[Layer], analysis: waste.Analysis
+) -> None:
+    from fsnap.inspect import report
+    from fsnap.mount.tree import MergedTree
+
+    page = report.render(image, _names(image), analysis, MergedTree.build(layers))
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page)
+    tmp.replace(out)
 
 
 def which_(client: Client, args: argparse.Namespace) -> int:
