@@ -342,3 +342,13 @@ def test_version(tmp_path: Path) -> None:
     found = json.loads(out)
     assert found["fsnap"] and found["pyfuse3"] != "missing"
     assert not (tmp_path / "root").exists()  # asking for the version creates no store
+
+
+def test_content_ls_json(pushed: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", "--no-unpack", pushed))
+    records = json.loads(succeeded(fsnap(root, "content", "ls", "--json")))
+    with Client(root) as client:
+        want = {info.digest: info.size for info in client.content.walk()}
+    assert {r["digest"]: r["size"] for r in records} == want and len(want) == 5
+    assert all("labels" in r for r in records)

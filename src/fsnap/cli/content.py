@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -18,7 +19,9 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("content", help="inspect the content store")
     sub = parser.add_subparsers(dest="content_command", required=True, metavar="COMMAND")
     ls = sub.add_parser("ls", help="list committed blobs")
-    ls.add_argument("-q", "--quiet", action="store_true", help="print digests only")
+    style = ls.add_mutually_exclusive_group()
+    style.add_argument("-q", "--quiet", action="store_true", help="print digests only")
+    style.add_argument("--json", action="store_true", help="print JSON records")
     ls.set_defaults(handler=handle_ls)
     get = sub.add_parser("get", help="write a blob's raw bytes to stdout")
     get.add_argument("digest", metavar="DIGEST")
@@ -30,6 +33,9 @@ def handle_ls(client: Client, args: argparse.Namespace) -> int:
     if args.quiet:
         for info in infos:
             print(info.digest)
+        return 0
+    if args.json:
+        print(json.dumps([{"digest": i.digest, **i.to_json()} for i in infos], indent=2))
         return 0
     print(f"{'DIGEST':<71}  {'SIZE':>10}  {'AGE':>8}  LABELS")
     now = time.time()
