@@ -1,9 +1,11 @@
 """A fault-injecting HTTP proxy in front of the real registry, for faults it cannot produce.
 
-Tests arm faults (each fires a given number of times, then the proxy is transparent again):
+Tests arm faults (each fires a given number of times, then the proxy is transparent again;
+``slow_blobs`` stays until reset):
 drop a blob's connection after N bytes, answer 429 with Retry-After, answer 5xx or a 401
-challenge, redirect, corrupt a blob's bytes, or serve a canned response (a schema 1,
-oversized or non-JSON manifest the registry would refuse to store, a hostile token).
+challenge, redirect, corrupt a blob's bytes, send blobs slowly, or serve a canned response
+(a schema 1, oversized or non-JSON manifest the registry would refuse to store, a hostile
+token).
 
 A second proxy bound to another loopback address (``bind="127.0.0.2"``) plays a foreign
 host: object storage that blob GETs are redirected to (``redirect_blobs_to``), or an
@@ -18,6 +20,7 @@ from __future__ import annotations
 import http.client
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -73,6 +76,7 @@ class FaultServer:
     location_base: str = ""  # rewrite upload Locations to this scheme://host:port
     upstream_authorization: str = ""  # sent upstream instead of the client's
     ignore_range: bool = False  # answer Range requests with the whole blob (200)
+    blob_rate: int = 0  # bytes per second for blob bodies (0: as fast as possible)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -81,9 +85,9 @@ class FaultServer:
 
     # -- arming faults ---------------------------------------------------------------------
 
-    def drop_blob_after(self, nbytes: int, times: int = 1) -> None:
+    def drop_blob_after(self, nbytes: int, times: int = 1, match: str = "/blobs/") -> None:
         """Send the full Content-Length, then only ``nbytes`` of a blob, then hang up."""
-        self._arm(Fault("drop", times, "/blobs/", after_bytes=nbytes))
+        self._arm(Fault("drop", times, match, after_bytes=nbytes))
 
     def throttle(self, times: int = 1, retry_after: str = "1", match: str = "/v2/") -> None:
         """Answer 429 Too Many Requests with ``Retry-After``."""
@@ -104,6 +108,11 @@ class FaultServer:
     def serve(self, path: str, content_type: str, body: bytes) -> None:
         """Answer GETs of ``path`` (query ignored) with this body, never the registry's."""
         self.canned[path] = CannedResponse(content_type, body, None)
+
+    def slow_blobs(self, bytes_per_second: int) -> None:
+        """Send every blob body at about ``bytes_per_second`` (a slow link), until reset
+        with 0."""
+        self.blob_rate = bytes_per_second
 
     def corrupt_blob(self, times: int = 1) -> None:
         """Flip one byte in the middle of a blob body."""
@@ -228,7 +237,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if is_blob and state.blob_rate:
+            self._trickle(data, state.blob_rate)
+            return
         self.wfile.write(data)
+
+    def _trickle(self, data: bytes, rate: int) -> None:
+        """Write ``data`` in tenths of ``rate``, a tenth of a second apart."""
+        piece = max(1, rate // 10)
+        for start in range(0, len(data), piece):
+            self.wfile.write(data[start : start + piece])
+            self.wfile.flush()
+            time.sleep(0.1)
 
     def _send_canned(self, canned: CannedResponse) -> None:
         self.send_response(200)

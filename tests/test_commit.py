@@ -171,7 +171,7 @@ def test_cli_commit_and_its_errors(registry: RegistryProcess, tmp_path: Path) ->
         client.snapshots.prepare("on-lonely", "lonely")
     ok = fsnap(root, "commit", "--compression", "zstd", "work", "cli/app:1")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.decode().startswith("docker.io/cli/app:1: sha256:")
+    assert ok.stdout.decode().splitlines()[-1].startswith("docker.io/cli/app:1: sha256:")
     listed = fsnap(root, "images", "-q").stdout.decode().split()
     assert "docker.io/cli/app:1" in listed
     for args, code, words in [

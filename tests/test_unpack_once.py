@@ -15,7 +15,7 @@ from unpack_helpers import three_layer_image
 
 from fsnap.client import Client
 from fsnap.oci import Descriptor
-from fsnap.progress import PullProgress
+from fsnap.progress import Meter, PullProgress
 
 
 class CountingProgress(PullProgress):
@@ -23,7 +23,7 @@ class CountingProgress(PullProgress):
         self.unpacking: Counter[str] = Counter()
         self.unpacked: Counter[str] = Counter()
 
-    def layer_unpacking(self, desc: Descriptor) -> None:
+    def layer_unpacking(self, desc: Descriptor, applied: Meter) -> None:
         self.unpacking[desc.digest] += 1
 
     def layer_unpacked(self, desc: Descriptor, chain_id: str) -> None:

@@ -18,9 +18,8 @@ if TYPE_CHECKING:
     from fsnap.content.store import ContentStore
     from fsnap.images.store import Image, ImageStore
     from fsnap.oci import Descriptor, Platform
-    from fsnap.progress import PullProgress
+    from fsnap.progress import CommitProgress, PullProgress, PushProgress
     from fsnap.pull import LayerSink
-    from fsnap.push import PushProgress
     from fsnap.remotes.auth import Credentials
     from fsnap.snapshots.snapshotter import Snapshotter
 
@@ -188,6 +187,7 @@ class Client:
         *,
         base: str | None = None,
         left_out: Callable[[list[str]], None] | None = None,
+        progress: CommitProgress | None = None,
     ) -> Image:
         """Record ``new_ref``: the base image of snapshot ``key`` plus ``key``'s diff as one
         new layer (``gzip``, ``zstd`` or ``none``); see ``fsnap.diff.commit`` (``left_out``
@@ -209,6 +209,7 @@ class Client:
             compression=kind,
             base_ref=base,
             left_out=left_out,
+            progress=progress,
         )
 
     def push(

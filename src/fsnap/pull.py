@@ -49,6 +49,7 @@ from fsnap.progress import PullProgress
 from fsnap.reference import Reference
 from fsnap.remotes.auth import Credentials
 from fsnap.remotes.registry import RegistryClient
+from fsnap.remotes.retry import RetryEvent
 
 # Chunks from the network are gathered to this size before a worker thread writes them.
 WRITE_BATCH = 1 << 20
@@ -114,6 +115,7 @@ class Puller:
         self.limiter = trio.CapacityLimiter(max(1, options.max_concurrent_downloads))
         self.tally = _Tally()
         self._blobs: dict[str, trio.Event] = {}
+        self._downloading: dict[str, Descriptor] = {}  # blobs on the wire: retries name them
         # Documents fetched but not yet committed: they are committed once their children
         # are known, so that their gc labels go in with them.
         self._pending_documents: dict[str, bytes] = {}
@@ -195,7 +197,9 @@ class Puller:
         wants = stream and self.sink is not None and await self.sink.layer_started(desc)
         try:
             await self._fetch(desc, wants)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, FsnapError):
+                self.progress.blob_failed(desc, str(exc))
             if wants and self.sink is not None:
                 with trio.CancelScope(shield=True):
                     await self.sink.layer_failed(desc)
@@ -218,12 +222,23 @@ class Puller:
                 if wants:
                     data_path = self.content.ingest_dir(writer.ref) / "data"
                     await self.replay(desc, data_path, writer.offset)
+                self._downloading[desc.digest] = desc
                 await self.download(desc, writer, wants)
+                self.progress.blob_verifying(desc)
                 with contextlib.suppress(AlreadyExists):  # another pull won: fine
                     await trio.to_thread.run_sync(writer.commit, None)
         finally:
+            self._downloading.pop(desc.digest, None)
             writer.close()
         self.progress.blob_done(desc, "done")
+
+    def retried(self, event: RetryEvent) -> None:
+        """The registry client retries: tell the progress which blob waits (its digest is
+        in the operation's name; retries of other requests are logged only)."""
+        for digest, desc in self._downloading.items():
+            if digest in event.what:
+                self.progress.blob_retrying(desc, event.reason, event.delay)
+                return
 
     async def download(self, desc: Descriptor, writer: Writer, wants: bool) -> None:
         """Append the rest of the blob from the registry, batching writes into threads."""
@@ -323,6 +338,7 @@ async def pull_image(
     started = time.monotonic()
     async with registry_factory(plain_http=plain_http, credentials=credentials) as registry:
         puller = Puller(content, registry, reference, options, progress, sink)
+        registry.on_retry = puller.retried
         try:
             target = await puller.run()
         except BaseExceptionGroup as group:

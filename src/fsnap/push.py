@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import trio
 
@@ -23,26 +22,13 @@ from fsnap.errors import FailedPrecondition, InvalidArgument
 from fsnap.images.manifest import kind_of, load_document, parse_index, parse_manifest
 from fsnap.images.store import Image, ImageStore
 from fsnap.oci import Descriptor
+from fsnap.progress import PushProgress
 from fsnap.pull import first_fsnap_error
 from fsnap.reference import Reference
 from fsnap.remotes.auth import Credentials
 from fsnap.remotes.registry import RegistryClient
+from fsnap.remotes.retry import RetryEvent
 from fsnap.remotes.upload import DEFAULT_CHUNK_SIZE, BlobOutcome, Uploader
-
-PushState = Literal["waiting", "uploading", "exists", "mounted", "pushed"]
-
-
-class PushProgress:
-    """What a push reports; every default is a no-op (see ``fsnap.progress`` for pulls)."""
-
-    def blob_state(self, desc: Descriptor, state: PushState) -> None:
-        """A blob was queued, started uploading, or ended in one of the final states."""
-
-    def manifest_pushed(self, desc: Descriptor, reference: str) -> None:
-        """A manifest or index is in the registry under ``reference``."""
-
-    def finished(self, pushed: int, elapsed: float) -> None:
-        """Done: ``pushed`` bytes of blobs went over the network."""
 
 
 @dataclass
@@ -128,6 +114,8 @@ async def push_image(
     sources = await trio.to_thread.run_sync(blob_sources, content, images, dest)
     async with registry_factory(plain_http=plain_http, credentials=credentials) as registry:
         uploader = Uploader(registry, dest, chunk_size)
+        uploader.on_sent = progress.blob_advanced
+        registry.on_retry = _retries_to(progress, plan.blobs)
         pushed = _Tally()
         try:
             async with trio.open_nursery() as nursery:
@@ -147,6 +135,20 @@ async def push_image(
         progress.manifest_pushed(top, reference)
     progress.finished(pushed.bytes, time.monotonic() - started)
     return image.target
+
+
+def _retries_to(
+    progress: PushProgress, blobs: dict[str, Descriptor]
+) -> Callable[[RetryEvent], None]:
+    """Retries of a blob's upload (its digest is in the operation's name) go to progress."""
+
+    def retried(event: RetryEvent) -> None:
+        for digest, desc in blobs.items():
+            if f"push blob {digest}" in event.what:
+                progress.blob_retrying(desc, event.reason, event.delay)
+                return
+
+    return retried
 
 
 @dataclass

@@ -42,7 +42,7 @@ from fsnap.errors import FsnapError, InvalidArgument
 from fsnap.images.manifest import ImageConfig, Manifest
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
-from fsnap.progress import PullProgress
+from fsnap.progress import ByteMeter, PullProgress
 from fsnap.pull import LayerSink, first_fsnap_error
 from fsnap.snapshots.disk import remove_tree
 from fsnap.snapshots.snapshotter import Snapshotter
@@ -76,6 +76,7 @@ class _Stream:
     desc: Descriptor
     diff_id: str
     pipe: BytePipe
+    meter: ByteMeter = field(default_factory=ByteMeter)  # compressed bytes applied
     flowing: trio.Event = field(default_factory=trio.Event)  # first bytes, or the end
     settled: trio.Event = field(default_factory=trio.Event)  # the download ended
     download_failed: bool = False
@@ -194,7 +195,7 @@ class Unpacker:
         also breaks the tar, and then the pull's own error (the digest) is the true one."""
         await stream.flowing.wait()
         staged = await trio.to_thread.run_sync(self.session.staging_dir)
-        self.progress.layer_unpacking(stream.desc)
+        self.progress.layer_unpacking(stream.desc, stream.meter)
         try:
             result = await trio.to_thread.run_sync(
                 self._apply_from_pipe, stream, staged, limiter=self._limiter
@@ -208,6 +209,7 @@ class Unpacker:
             await stream.settled.wait()
             if stream.download_failed:
                 return  # the pull raises its own error
+            self.progress.blob_failed(stream.desc, str(exc))
             raise
         stream.applied = _Applied(staged, result)
         stream.done.set()
@@ -215,7 +217,8 @@ class Unpacker:
     @staticmethod
     def _apply_from_pipe(stream: _Stream, staged: Path) -> ApplyResult:
         try:
-            raw = cast(BinaryIO, stream.pipe)  # it has the one method a reader needs: read
+            # The pipe has the one method a reader needs: read. The meter counts what it gives.
+            raw = cast(BinaryIO, stream.meter.wrap(stream.pipe))
             wake = stream.pipe.detach  # the read-ahead thread may wait on the pipe
             return apply_blob(
                 raw, stream.desc, staged, stream.diff_id, interrupt=wake, sync=False
@@ -227,10 +230,11 @@ class Unpacker:
         desc = plan.manifest.layers[index]
         await self._wait_for_blob(desc.digest)
         staged = await trio.to_thread.run_sync(self.session.staging_dir)
-        self.progress.layer_unpacking(desc)
+        meter = ByteMeter()
+        self.progress.layer_unpacking(desc, meter)
         try:
             result = await trio.to_thread.run_sync(
-                functools.partial(apply_stored, sync=False),
+                functools.partial(apply_stored, sync=False, meter=meter),
                 self.content.path(desc.digest),
                 desc,
                 staged,
@@ -239,6 +243,7 @@ class Unpacker:
             )
         except FsnapError as exc:
             await trio.to_thread.run_sync(remove_tree, staged)
+            self.progress.blob_failed(desc, _naming(desc, exc))
             raise type(exc)(_naming(desc, exc)) from None
         return _Applied(staged, result)
 
@@ -283,6 +288,7 @@ class Unpacker:
     async def _commit_one(
         self, applied: _Applied, desc: Descriptor, chain_id: str, parent: str
     ) -> None:
+        self.progress.layer_verifying(desc)
         try:
             # Layers apply with sync=False: the flush happens here, outside the applier
             # slot, so the next layer applies meanwhile. It must come before the commit:
@@ -298,6 +304,7 @@ class Unpacker:
                 parent,
             )
         except FsnapError as exc:
+            self.progress.blob_failed(desc, _naming(desc, exc))
             raise type(exc)(_naming(desc, exc)) from None
         finally:
             with trio.CancelScope(shield=True):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
+from fsnap.cli.progress import CommitReporter, add_quiet_option, mode_for, reporting
 from fsnap.cli.snapshots import warn_sockets_left_out
 from fsnap.client import Client
 from fsnap.progress import human_size
@@ -28,11 +30,22 @@ def register(subparsers: Any) -> None:
         metavar="REF",
         help="the base image (default: the image whose top layer is KEY's parent)",
     )
+    add_quiet_option(parser)
     parser.set_defaults(handler=handle_commit)
 
 
 def handle_commit(client: Client, args: argparse.Namespace) -> int:
-    image = client.commit_image(args.key, args.new_ref, args.compression, base=args.base,
-                                left_out=warn_sockets_left_out)
-    print(f"{image.name}: {image.target.digest} {human_size(image.size)}")
+    with reporting(CommitReporter, mode_for(sys.stdout, args.quiet), sys.stdout) as progress:
+        image = client.commit_image(
+            args.key,
+            args.new_ref,
+            args.compression,
+            base=args.base,
+            left_out=warn_sockets_left_out,
+            progress=progress,
+        )
+    if args.quiet:
+        print(f"{image.name}: {image.target.digest}")
+    else:
+        print(f"{image.name}: {image.target.digest} {human_size(image.size)}")
     return 0

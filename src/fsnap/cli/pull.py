@@ -6,11 +6,12 @@ import argparse
 import sys
 from typing import Any
 
+from fsnap.cli.progress import PullReporter, add_quiet_option, mode_for, reporting
 from fsnap.cli.registry_options import add_registry_options, credentials_of
 from fsnap.client import Client
 from fsnap.errors import InvalidArgument
 from fsnap.oci import Platform
-from fsnap.progress import LiveProgress, PlainProgress, human_size
+from fsnap.progress import human_size
 
 
 def register(subparsers: Any) -> None:
@@ -20,6 +21,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--platform", help="os/arch[/variant] to pull (default: this host)")
     parser.add_argument("--all-platforms", action="store_true", help="pull every platform")
     add_registry_options(parser)
+    add_quiet_option(parser)
     parser.add_argument(
         "--max-concurrent-downloads",
         type=_positive_int,
@@ -45,11 +47,11 @@ def handle_pull(client: Client, args: argparse.Namespace) -> int:
         "max_concurrent_downloads": args.max_concurrent_downloads,
         "unpack": not args.no_unpack,
     }
-    if sys.stdout.isatty():
-        with LiveProgress() as live:
-            image = client.pull(args.ref, progress=live, **options)
+    with reporting(PullReporter, mode_for(sys.stdout, args.quiet), sys.stdout) as progress:
+        image = client.pull(args.ref, progress=progress, **options)
+    if args.quiet:
+        print(f"{image.name}: {image.target.digest}")
     else:
-        image = client.pull(args.ref, progress=PlainProgress(sys.stdout), **options)
         platforms = ",".join(str(p) for p in image.platforms)
         print(f"{image.name}: {image.target.digest} {human_size(image.size)} {platforms}")
     return 0

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import IO, Any
+from typing import Any
 
+from fsnap.cli.progress import PushReporter, add_quiet_option, mode_for, reporting
 from fsnap.cli.registry_options import add_registry_options, credentials_of
 from fsnap.client import Client
-from fsnap.oci import Descriptor
-from fsnap.progress import blob_label, human_size, summary_line
-from fsnap.push import PushProgress, PushState
 
 
 def register(subparsers: Any) -> None:
@@ -21,36 +19,18 @@ def register(subparsers: Any) -> None:
         "target", metavar="TARGET", nargs="?", help="where to push it (default: REF)"
     )
     add_registry_options(parser)
+    add_quiet_option(parser)
     parser.set_defaults(handler=handle_push)
 
 
-class PlainPushProgress(PushProgress):
-    """One line per state change, as ``fsnap pull`` prints them off a terminal."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-
-    def _say(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
-
-    def blob_state(self, desc: Descriptor, state: PushState) -> None:
-        size = f" {human_size(desc.size)}" if state == "uploading" else ""
-        self._say(f"{blob_label(desc)}: {state}{size}")
-
-    def manifest_pushed(self, desc: Descriptor, reference: str) -> None:
-        self._say(f"{blob_label(desc)}: pushed as {reference}")
-
-    def finished(self, pushed: int, elapsed: float) -> None:
-        self._say(summary_line(pushed, elapsed))
-
-
 def handle_push(client: Client, args: argparse.Namespace) -> int:
-    desc = client.push(
-        args.ref,
-        args.target,
-        plain_http=args.plain_http,
-        credentials=credentials_of(args),
-        progress=PlainPushProgress(sys.stdout),
-    )
+    with reporting(PushReporter, mode_for(sys.stdout, args.quiet), sys.stdout) as progress:
+        desc = client.push(
+            args.ref,
+            args.target,
+            plain_http=args.plain_http,
+            credentials=credentials_of(args),
+            progress=progress,
+        )
     print(f"{args.target or args.ref}: {desc.digest}")
     return 0

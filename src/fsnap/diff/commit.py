@@ -18,12 +18,15 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
+import tarfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fsnap.archive.apply import fixup_implicit
 from fsnap.archive.compression import Compression
+from fsnap.archive.entry import Entry
 from fsnap.content.store import ContentStore
 from fsnap.content.writer import Writer
 from fsnap.diff.scan import scan_snapshot, without_sockets
@@ -42,6 +45,7 @@ from fsnap.images.manifest import (
 from fsnap.images.store import Image, ImageStore
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
+from fsnap.progress import ByteMeter, CommitProgress
 from fsnap.reference import Reference
 from fsnap.snapshots.info import Kind
 from fsnap.snapshots.snapshotter import Snapshotter
@@ -67,11 +71,15 @@ def commit_image(
     compression: Compression = Compression.GZIP,
     base_ref: str | None = None,
     left_out: Callable[[list[str]], None] | None = None,
+    progress: CommitProgress | None = None,
 ) -> Image:
-    """Record ``new_ref`` as the base image plus the diff of snapshot ``key``. Blocking.
+    """Record ``new_ref`` as the base image plus the diff of snapshot ``key``. Blocking;
+    ``progress`` is called from this thread.
 
     Unix sockets in the snapshot are not content: the layer leaves them out and
     ``left_out`` gets their paths (when there are any)."""
+    progress = progress or CommitProgress()
+    started = time.monotonic()
     name = str(Reference.parse(new_ref))
     info = snapshots.stat(key)
     if info.kind is Kind.VIEW:
@@ -83,28 +91,45 @@ def commit_image(
     entries, sockets = without_sockets(scan_snapshot(fs_dir, overrides))
     if sockets and left_out is not None:
         left_out(sockets)
+    file_bytes = sum(e.size for e in entries if e.kind == "file")
+    progress.scanned(len(entries), file_bytes)
     layer = write_layer(
         content,
         fs_dir,
         entries,
         compression=compression,
         media_type=compose.layer_type(fam, compression),
+        on_writing=lambda written: progress.layer_writing(written, tar_estimate(entries)),
     )
+    progress.blob_done(layer.descriptor, "done")
     content.update_labels(layer.descriptor.digest, {UNCOMPRESSED_LABEL: layer.diff_id})
     config = compose.extended_config(base.config, layer.diff_id, compose.now_rfc3339())
     top = chain_id(config["rootfs"]["diff_ids"])
-    _unpack(content, snapshots, layer, info.parent, top)
+    _unpack(content, snapshots, layer, info.parent, top, progress)
     config_desc = put_document(
         content, compose.config_type(fam), compose.encode(config), {SNAPSHOT_LABEL: top}
     )
+    progress.blob_done(config_desc, "done")
     layers = [*base.manifest.layers, layer.descriptor] if base.manifest else [layer.descriptor]
     data = compose.encode(compose.manifest_document(fam, config_desc, layers))
     # A manifest's gc labels name its config and layers; its own descriptor plays no part.
     labels = manifest_labels(Manifest(config_desc, config_desc, tuple(layers)))
     manifest_desc = put_document(content, compose.manifest_type(fam), data, labels)
+    progress.blob_done(manifest_desc, "done")
     size = manifest_desc.size + config_desc.size + sum(d.size for d in layers)
     image = Image(name=name, target=manifest_desc, platforms=(base.platform,), size=size)
-    return images.create_or_update(image)
+    record = images.create_or_update(image)
+    written = layer.descriptor.size + config_desc.size + manifest_desc.size
+    progress.finished(written, time.monotonic() - started)
+    return record
+
+
+def tar_estimate(entries: list[Entry]) -> int:
+    """About the size of the layer tar: a header per entry, data in 512-byte blocks, the
+    two end blocks, padded to tarfile's record (long names' PAX headers add a little)."""
+    blocks = sum(1 + (e.size + 511) // 512 if e.kind == "file" else 1 for e in entries)
+    size = (blocks + 2) * tarfile.BLOCKSIZE
+    return -(-size // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
 
 
 def put_document(
@@ -193,7 +218,12 @@ def _bases_of(content: ContentStore, image: Image) -> list[Base]:
 
 
 def _unpack(
-    content: ContentStore, snapshots: Snapshotter, layer: LayerBlob, parent: str, top: str
+    content: ContentStore,
+    snapshots: Snapshotter,
+    layer: LayerBlob,
+    parent: str,
+    top: str,
+    progress: CommitProgress,
 ) -> None:
     """Apply the new blob as committed snapshot ``top`` on ``parent`` (skip if it exists)."""
     if snapshot_exists(snapshots, top):
@@ -203,10 +233,13 @@ def _unpack(
     try:
         home = snapshots.dir(key)
         desc = layer.descriptor
-        result = apply_stored(content.path(desc.digest), desc, home, layer.diff_id)
+        meter = ByteMeter()
+        progress.layer_unpacking(desc, meter)
+        result = apply_stored(content.path(desc.digest), desc, home, layer.diff_id, meter=meter)
         fixup_implicit(home, result.entries, lower_lookup(snapshots, parent))
         snapshots.write_index(key, result.entries)
         snapshots.commit(top, key)
+        progress.layer_unpacked(desc, top)
     except BaseException:
         with contextlib.suppress(FsnapError, OSError):
             snapshots.remove(key)

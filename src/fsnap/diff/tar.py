@@ -24,7 +24,7 @@ import io
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -36,6 +36,7 @@ from fsnap.archive.resolve import RootDir
 from fsnap.content.store import ContentStore
 from fsnap.errors import AlreadyExists, FailedPrecondition
 from fsnap.oci import Descriptor
+from fsnap.progress import Meter
 
 _COPY = 1 << 20
 _TYPES: dict[str, bytes] = {
@@ -76,6 +77,11 @@ class _Hashing(io.RawIOBase):
         return len(b)
 
     def tell(self) -> int:
+        return self.size
+
+    @property
+    def count(self) -> int:
+        """Bytes written so far (``fsnap.progress.Meter``)."""
         return self.size
 
     def digest(self) -> str:
@@ -192,6 +198,7 @@ def write_layer(
     compression: Compression,
     media_type: str,
     labels: Mapping[str, str] | None = None,
+    on_writing: Callable[[Meter], None] | None = None,
 ) -> LayerBlob:
     """Write the layer tar, compressed, as a committed blob of ``content`` and return it.
 
@@ -203,6 +210,8 @@ def write_layer(
         compressed = _Hashing(cast(BinaryIO, spool))
         compressor = compress_writer(compression, cast(BinaryIO, compressed))
         uncompressed = _Hashing(compressor)
+        if on_writing is not None:
+            on_writing(uncompressed)  # its count grows as the tar is written
         write_tar(fs_dir, entries, cast(BinaryIO, uncompressed))
         compressor.close()
         desc = Descriptor(media_type, compressed.digest(), compressed.size)

@@ -99,6 +99,8 @@ class RegistryClient:
         self.backoff_max = backoff_max
         # Every retry this client made, for callers that report what happened.
         self.retries: list[RetryEvent] = []
+        # Told of every retry as it happens (before its wait): progress shows them live.
+        self.on_retry: Callable[[RetryEvent], None] | None = None
         self._auth: dict[str, Authenticator] = {}
         self._tokens: TokenCache = {}
         # One connection pool per TLS setting: the default one, and one per host whose
@@ -415,7 +417,12 @@ class RegistryClient:
             base_delay=self.backoff_base,
             max_delay=self.backoff_max,
             events=self.retries,
+            notify=self._retrying,
         )
+
+    def _retrying(self, event: RetryEvent) -> None:
+        if self.on_retry is not None:
+            self.on_retry(event)
 
     async def _authenticator(self, domain: str, host: Host) -> Authenticator:
         """The auth state of one host: the registry's credentials (``--user``, docker's

@@ -12,6 +12,7 @@ import email.utils
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -61,6 +62,7 @@ class RetryBudget:
         base_delay: float,
         max_delay: float,
         events: list[RetryEvent],
+        notify: Callable[[RetryEvent], None] | None = None,
     ) -> None:
         self.what = what
         self.max_retries = max_retries
@@ -68,6 +70,7 @@ class RetryBudget:
         self.max_delay = max_delay
         self.failures = 0
         self._events = events
+        self._notify = notify
 
     def progressed(self) -> None:
         """The operation made progress (bytes arrived): later failures start a fresh count."""
@@ -85,5 +88,7 @@ class RetryBudget:
             delay = min(self.max_delay, backoff) * random.uniform(0.75, 1.0)
         event = RetryEvent(self.what, reason, self.failures, delay)
         self._events.append(event)
+        if self._notify is not None:
+            self._notify(event)
         log.warning("%s: %s; retry %d in %.2fs", self.what, reason, self.failures, delay)
         await trio.sleep(delay)

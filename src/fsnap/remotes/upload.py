@@ -18,6 +18,7 @@ mount's source repository).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -59,6 +60,8 @@ class Uploader:
         self.ref = ref
         self.chunk_size = max(1, chunk_size)
         self.scope = f"repository:{ref.repository}:pull,push"
+        # Told ``(desc, bytes the registry holds)`` after every chunk it accepted.
+        self.on_sent: Callable[[Descriptor, int], None] | None = None
 
     # -- blobs -------------------------------------------------------------------------------
 
@@ -98,6 +101,7 @@ class Uploader:
         if desc.size <= self.chunk_size:
             data = await trio.to_thread.run_sync(path.read_bytes)
             await self._finish(location, desc, data, what)
+            self._sent(desc, desc.size)
         else:
             location = await self._send_chunks(location, desc, path, what)
             await self._finish(location, desc, b"", what)
@@ -118,7 +122,12 @@ class Uploader:
                 sent = await self._request("PATCH", location, what, headers, chunk)
                 location = _location(sent, 202, what)
                 offset += len(chunk)
+                self._sent(desc, offset)
         return location
+
+    def _sent(self, desc: Descriptor, offset: int) -> None:
+        if self.on_sent is not None:
+            self.on_sent(desc, offset)
 
     async def _finish(self, location: str, desc: Descriptor, data: bytes, what: str) -> None:
         url = httpx.URL(location).copy_merge_params({"digest": desc.digest})

@@ -13,13 +13,14 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
 from fsnap.archive.compression import open_uncompressed
 from fsnap.archive.entry import Entry
 from fsnap.errors import AlreadyExists, DigestMismatch, FsnapError, NotFound
 from fsnap.oci import Descriptor
+from fsnap.progress import ByteMeter
 from fsnap.snapshots.snapshotter import Snapshotter
 from fsnap.unpack.staging import Session
 
@@ -51,11 +52,19 @@ def apply_blob(
 
 
 def apply_stored(
-    path: Path, desc: Descriptor, staging: Path, diff_id: str, *, sync: bool = True
+    path: Path,
+    desc: Descriptor,
+    staging: Path,
+    diff_id: str,
+    *,
+    sync: bool = True,
+    meter: ByteMeter | None = None,
 ) -> ApplyResult:
-    """``apply_blob`` from a blob already in the content store."""
+    """``apply_blob`` from a blob already in the content store; ``meter`` counts the
+    blob's bytes as they are applied."""
     with open(path, "rb") as raw:
-        return apply_blob(raw, desc, staging, diff_id, sync=sync)
+        source = cast(BinaryIO, meter.wrap(raw)) if meter is not None else raw
+        return apply_blob(source, desc, staging, diff_id, sync=sync)
 
 
 def lower_lookup(snapshotter: Snapshotter, parent: str) -> Callable[[str], Entry | None]:
