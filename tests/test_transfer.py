@@ -352,3 +352,48 @@ def test_content_ls_json(pushed: str, tmp_path: Path) -> None:
         want = {info.digest: info.size for info in client.content.walk()}
     assert {r["digest"]: r["size"] for r in records} == want and len(want) == 5
     assert all("labels" in r for r in records)
+
+
+def without_manifest(archive: Path, out: Path, edit: dict[str, bytes] | None = None) -> Path:
+    """``archive`` as docker before 1.10 wrote it: no manifest.json, only ``repositories``
+    and the per-layer directories (``edit`` replaces members' contents)."""
+    with tarfile.open(archive) as src, tarfile.open(out, "w") as dst:
+        for member in src.getmembers():
+            if member.name == "manifest.json":
+                continue
+            data = src.extractfile(member).read() if member.isfile() else None  # type: ignore[union-attr]
+            if edit and member.name in edit:
+                data = edit[member.name]
+                member.size = len(data)
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    return out
+
+
+def test_legacy_docker_archive(pushed: str, tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    new = pushed.replace(":v1", ":legacy")
+    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}",
+           f"docker-archive:{archive}:{new}")
+    legacy = without_manifest(archive, tmp_path / "legacy.tar")
+    root = tmp_path / "root"
+    assert new in succeeded(fsnap(root, "import", str(legacy)))
+    succeeded(fsnap(root, "pull", pushed))
+    assert_same(listing_of(root, pushed, tmp_path / "a"), listing_of(root, new, tmp_path / "b"))
+    # the made-up config carries the image's runtime config
+    inspect = json.loads(succeeded(fsnap(root, "inspect", new, "--json")))
+    assert "/bin/sh" in json.dumps(inspect)
+
+
+def test_legacy_docker_archive_with_a_parent_cycle(pushed: str, tmp_path: Path) -> None:
+    archive = tmp_path / "image.tar"
+    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}",
+           f"docker-archive:{archive}:{pushed}")
+    with tarfile.open(archive) as tar:
+        top = json.loads(tar.extractfile("repositories").read())  # type: ignore[union-attr]
+    (tags,) = top.values()
+    (top_id,) = tags.values()
+    cyclic = json.dumps({"id": top_id, "parent": top_id}).encode()
+    legacy = without_manifest(archive, tmp_path / "cyclic.tar", {f"{top_id}/json": cyclic})
+    done = fsnap(tmp_path / "root", "import", str(legacy))
+    assert done.returncode == 4 and "cyclic" in done.stderr, done.stderr
+    assert_nothing_left(tmp_path / "root")

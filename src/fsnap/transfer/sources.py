@@ -1,6 +1,9 @@
 """Image archives read as hostile input: an OCI layout (directory or tar) or a ``docker save``
 tar, presented as named image descriptors plus blobs by digest.
 
+A ``docker save`` from before docker 1.10 has only ``repositories`` and one directory per
+layer: its config is made from the top layer's ``json`` and the layers' DiffIDs.
+
 Every format ends as the same ``Source``: ``images`` (name or None, descriptor of an index
 or manifest) and ``open(digest)`` for any blob. A ``docker save`` archive has no manifests
 of its own, so one OCI manifest per image is made from its ``manifest.json`` (config and
@@ -27,14 +30,15 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, BinaryIO, cast
 
 from fsnap import oci
-from fsnap.archive.compression import GZIP_MAGIC, ZSTD_MAGIC
+from fsnap.archive.compression import GZIP_MAGIC, ZSTD_MAGIC, open_uncompressed
 from fsnap.errors import InvalidArgument, NotFound
 
 MAX_MEMBERS = 100_000
 MAX_LINK_HOPS = 8
+MAX_LEGACY_LAYERS = 256
 MAX_JSON = oci.MAX_MANIFEST_SIZE
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -94,10 +98,7 @@ def open_source(path: Path) -> Source:
         if files.exists(DOCKER_MANIFEST_FILE):
             return _docker_source(files, str(path))
         if files.exists(REPOSITORIES_FILE):
-            raise InvalidArgument(
-                f"{path}: a docker archive without manifest.json (docker before 1.10) is not "
-                "supported: save it again with a current docker or skopeo"
-            )
+            return _legacy_docker_source(files, str(path))
         raise InvalidArgument(f"{path}: neither an OCI layout nor a docker archive")
     except BaseException:
         files.close()
@@ -358,21 +359,90 @@ def _docker_source(files: _TarFiles, where: str) -> Source:
 def _docker_manifest(files: _TarFiles, entry: dict[str, Any], source: Source) -> oci.Descriptor:
     config_member = _clean_member(str(entry.get("Config", "")), files.name)
     config = _hashed(files, config_member, source)
-    layers = []
-    for name in entry["Layers"]:
-        member = _clean_member(str(name), files.name)
-        desc = _hashed(files, member, source)
-        layers.append(desc.to_json())
+    layers = [_hashed(files, _clean_member(str(name), files.name), source)
+              for name in entry["Layers"]]
+    return _made_manifest(config, layers, source)
+
+
+def _made_manifest(
+    config: oci.Descriptor, layers: list[oci.Descriptor], source: Source
+) -> oci.Descriptor:
     manifest = {
         "schemaVersion": 2,
         "mediaType": oci.OCI_MANIFEST,
         "config": {"mediaType": oci.OCI_CONFIG, "digest": config.digest, "size": config.size},
-        "layers": layers,
+        "layers": [layer.to_json() for layer in layers],
     }
-    data = json.dumps(manifest, separators=(",", ":")).encode()
+    return _made(source, oci.OCI_MANIFEST, json.dumps(manifest, separators=(",", ":")).encode())
+
+
+def _made(source: Source, media_type: str, data: bytes) -> oci.Descriptor:
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     source.made[digest] = data
-    return oci.Descriptor(oci.OCI_MANIFEST, digest, len(data))
+    return oci.Descriptor(media_type, digest, len(data))
+
+
+# -- docker save before 1.10: ``repositories`` and one directory per layer ---------------------
+
+
+def _legacy_docker_source(files: _TarFiles, where: str) -> Source:
+    """Images named in ``repositories`` (repo -> tag -> top layer id); each layer directory
+    holds ``json`` (``parent``, and on the top one the runtime ``config``) and ``layer.tar``.
+    The config is made here: the top's runtime config plus the layers' DiffIDs."""
+    repositories = files.read_json(REPOSITORIES_FILE)
+    if not isinstance(repositories, dict):
+        raise InvalidArgument(f"{where}: {REPOSITORIES_FILE} is not a JSON object")
+    source = Source(closers=[files.close])
+    made: dict[str, oci.Descriptor] = {}
+    for repo, tags in repositories.items():
+        if not isinstance(tags, dict):
+            raise InvalidArgument(f"{where}: {REPOSITORIES_FILE}: {repo!r} has no tags")
+        for tag, top in tags.items():
+            if str(top) not in made:
+                made[str(top)] = _legacy_manifest(files, str(top), source)
+            source.images.append((f"{repo}:{tag}", made[str(top)]))
+    return source
+
+
+def _legacy_manifest(files: _TarFiles, top: str, source: Source) -> oci.Descriptor:
+    chain: list[tuple[str, dict[str, Any]]] = []
+    layer_id: str | None = top
+    while layer_id:
+        if len(chain) >= MAX_LEGACY_LAYERS or any(layer_id == seen for seen, _ in chain):
+            raise InvalidArgument(f"{files.name}: layer chain of {top} is cyclic or too long")
+        if "/" in layer_id or layer_id in ("", ".", ".."):
+            raise InvalidArgument(f"{files.name}: bad layer id {layer_id!r}")
+        meta = files.read_json(f"{layer_id}/json")
+        if not isinstance(meta, dict):
+            raise InvalidArgument(f"{files.name}: {layer_id}/json is not a JSON object")
+        chain.append((layer_id, meta))
+        parent = meta.get("parent")
+        layer_id = str(parent) if parent else None
+    chain.reverse()
+    layers, diff_ids = [], []
+    for layer_id, _ in chain:
+        member = f"{layer_id}/layer.tar"
+        layers.append(_hashed(files, member, source))
+        diff_ids.append(_diff_id(files, member))
+    top_meta = chain[-1][1]
+    config = {
+        "architecture": top_meta.get("architecture") or "amd64",
+        "os": top_meta.get("os") or "linux",
+        "config": top_meta.get("config") or {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
+    config_desc = _made(source, oci.OCI_CONFIG, json.dumps(config, sort_keys=True).encode())
+    return _made_manifest(config_desc, layers, source)
+
+
+def _diff_id(files: _TarFiles, member: str) -> str:
+    """sha256 of the layer's uncompressed bytes (the DiffID a config names)."""
+    sha = hashlib.sha256()
+    with files.opener(member)() as raw:
+        stream = open_uncompressed(cast(BinaryIO, raw), oci.OCI_LAYER)
+        while chunk := stream.read(_CHUNK):
+            sha.update(chunk)
+    return "sha256:" + sha.hexdigest()
 
 
 def _hashed(files: _TarFiles, member: str, source: Source) -> oci.Descriptor:
