@@ -51,6 +51,8 @@ def layers(tmp: Path) -> list[Path]:
         E("bin/ping", data=b"ping", mode=0o755,
           xattrs={"security.capability": CAP, "user.note": b"v"}),
         E("tmp", "dir", mode=0o1777),
+        E("srv", "dir", mode=0o2775, gid=50),
+        E("drop", "dir", mode=0o3777, uid=4),
         E("secret", data=b"root only", mode=0o000),
         E("home", "dir", mode=0o755),
         E("home/u", "dir", mode=0o750, uid=1000, gid=1000),
@@ -74,6 +76,12 @@ def layers(tmp: Path) -> list[Path]:
         E("f2l", "symlink", link="etc/passwd", mode=0o777),
         E("attrdir", "dir", mode=0o751, uid=7, gid=8, mtime=T2),
         E("hl/c", "whiteout"),
+        # Directories named again (as docker-built images do): this layer's special bits
+        # and owner win, and bits the lower layer had do not stay.
+        E("tmp", "dir", mode=0o1777, uid=3, gid=4, mtime=T2),
+        E("srv", "dir", mode=0o3770, uid=9, gid=51),
+        E("drop", "dir", mode=0o755, uid=6),
+        E("suid", "dir", mode=0o4711, uid=2),
     ])
     l3 = write_layer(tmp / "l3", [
         E("etc/passwd", data=b"root:x:0:0\nuser:x:1000:1000\n"),
@@ -117,7 +125,10 @@ def expected() -> dict[str, tuple[object, ...]]:
         "opq": row("dir", 0o755),
         "opq/upper": row("file", 0o644, b"kept"),
         "secret": row("file", 0o000, b"root only"),
-        "tmp": row("dir", 0o1777),
+        "tmp": row("dir", 0o1777, uid=3, gid=4, mtime=T2),
+        "srv": row("dir", 0o3770, uid=9, gid=51),
+        "drop": row("dir", 0o755, uid=6),
+        "suid": row("dir", 0o4711, uid=2),
         "z": row("dir", 0o755),
         "z/t": row("file", 0o644, b"target"),
     }

@@ -161,6 +161,53 @@ def test_a_wrong_diff_id_fails_the_pull_naming_the_layer(
     assert not list(root.joinpath("unpack").iterdir())  # no staging dir, no lock
 
 
+def test_a_wrong_diff_id_for_a_blob_already_stored_fails_the_pull(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A second image reuses a stored blob under a config that lies about its diff_id: the
+    blob is not downloaded again (the store replays it to the applier), yet it is checked."""
+    good = three_layer_image()
+    liar = Layer(good.layers[1].blob, tar_bytes({"not/what/the/blob/holds": "x"}))
+    image = make_image([good.layers[0], liar, good.layers[2]], platform=HOST)
+    registry.push_image("unpack/stored-good", "v1", good)
+    registry.push_image("unpack/stored-liar", "v1", image)
+    root = tmp_path / "root"
+    ok(fsnap(root, "pull", f"{registry.host}/unpack/stored-good:v1"))
+    before = set(snapshots(root))
+
+    result = fsnap(root, "pull", f"{registry.host}/unpack/stored-liar:v1")
+    assert result.returncode == DigestMismatch.exit_code, result.stdout + result.stderr
+    assert f"layer-{liar.blob.digest}: exists" in result.stdout  # it came from the store
+    assert "Traceback" not in result.stderr
+    assert liar.diff_id in result.stderr and good.layers[1].diff_id in result.stderr
+    assert set(snapshots(root)) == before  # neither the lie's chain nor a temporary one
+    assert not list(root.joinpath("unpack").iterdir())
+
+
+def test_a_blob_repeated_in_one_image_is_checked_against_each_diff_id(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A blob named twice in one manifest streams once, for its first position; the second
+    is applied from the content store and must match the diff_id of ITS position: a config
+    giving the repeat another diff_id is refused (the path ``apply_stored`` serves)."""
+    good = three_layer_image().layers
+    repeat = Layer(good[0].blob, tar_bytes({"not/what/the/blob/holds": "x"}))
+    image = make_image([good[0], good[1], repeat], platform=HOST)
+    registry.push_image("unpack/repeat-liar", "v1", image)
+    root = tmp_path / "root"
+    result = fsnap(root, "pull", f"{registry.host}/unpack/repeat-liar:v1")
+    assert result.returncode == DigestMismatch.exit_code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert repeat.diff_id in result.stderr and good[0].diff_id in result.stderr
+    assert set(snapshots(root)) <= set(image.chain_ids[:2])
+    assert not list(root.joinpath("unpack").iterdir())
+
+    honest = make_image([good[0], good[1], good[0]], platform=HOST)  # the same, truthful
+    registry.push_image("unpack/repeat-honest", "v1", honest)
+    ok(fsnap(root, "pull", f"{registry.host}/unpack/repeat-honest:v1"))
+    assert set(committed(root)) == set(honest.chain_ids)
+
+
 def test_concurrent_pulls_sharing_a_base_layer_both_succeed(
     registry: RegistryProcess, tmp_path: Path
 ) -> None:
