@@ -59,6 +59,18 @@ def image_mounted(root: Path, ref: str, mnt: Path) -> Iterator[Path]:
         cleanup(root, mnt, _daemon_pid(root, mnt))
 
 
+@contextlib.contextmanager
+def image_mounted_rw(root: Path, ref: str, mnt: Path) -> Iterator[str]:
+    """``fsnap mount --rw REF MNT``; yields the active snapshot's key; unmounted (and its
+    daemon stopped) whatever happens."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    try:
+        out = succeeded(fsnap(root, "mount", "--rw", ref, str(mnt)))
+        yield out.split("active snapshot ", 1)[1].split()[0]
+    finally:
+        cleanup(root, mnt, _daemon_pid(root, mnt))
+
+
 def _daemon_pid(root: Path, mnt: Path) -> int:
     """The pid in ``mnt``'s mount record (0 if there is none)."""
     with contextlib.suppress(Exception), Client(root) as client:

@@ -81,7 +81,8 @@ class TarBuilder:
         return self._add(name, tarfile.DIRTYPE, mode=mode, **kw)
 
     def symlink(self, name: str, target: str, **kw: Any) -> TarBuilder:
-        return self._add(name, tarfile.SYMTYPE, link=target, mode=0o777, **kw)
+        """A symlink; its header mode is 0777 unless ``mode`` says otherwise."""
+        return self._add(name, tarfile.SYMTYPE, link=target, **{"mode": 0o777, **kw})
 
     def hardlink(self, name: str, target: str, **kw: Any) -> TarBuilder:
         """A link header carrying its target's metadata unless ``kw`` says otherwise."""

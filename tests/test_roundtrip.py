@@ -12,8 +12,6 @@ hard link, symlink, fifo, device, xattrs, truncate, fixed mtimes.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 from containerd_helpers import Ctr
@@ -26,9 +24,8 @@ from image_builder import (
     layer_media_type,
     make_image,
 )
-from image_mount_helpers import _daemon_pid, fsnap, image_mounted, succeeded
+from image_mount_helpers import fsnap, image_mounted, image_mounted_rw, succeeded
 from listing import differences, full_listing
-from mount_helpers import cleanup
 from overlay_helpers import apply_changes
 from registry_helpers import RegistryProcess
 from tar_helpers import TarBuilder
@@ -84,18 +81,6 @@ def base_image() -> Image:
     return make_image(layers, platform=Platform.host())
 
 
-@contextlib.contextmanager
-def mounted_rw(root: Path, ref: str, mnt: Path) -> Iterator[str]:
-    """``fsnap mount --rw REF MNT``; yields the active snapshot's key; unmounted (and its
-    daemon stopped) whatever happens."""
-    mnt.mkdir(parents=True, exist_ok=True)
-    try:
-        out = succeeded(fsnap(root, "mount", "--rw", ref, str(mnt)))
-        yield out.split("active snapshot ", 1)[1].split()[0]
-    finally:
-        cleanup(root, mnt, _daemon_pid(root, mnt))
-
-
 def changed_and_pushed(registry: RegistryProcess, tmp_path: Path, repo: str) -> tuple[
         str, list[str]]:
     """Push the base image, change it through a writable mount, commit and push the result;
@@ -105,7 +90,7 @@ def changed_and_pushed(registry: RegistryProcess, tmp_path: Path, repo: str) -> 
     base_ref, new_ref = f"{registry.host}/{repo}/base:v1", f"{registry.host}/{repo}/app:v2"
     succeeded(fsnap(root, "pull", base_ref))
     mnt = tmp_path / "rw"
-    with mounted_rw(root, base_ref, mnt) as key:
+    with image_mounted_rw(root, base_ref, mnt) as key:
         apply_changes(mnt)
         before = full_listing(mnt)
         succeeded(fsnap(root, "umount", str(mnt)))
