@@ -1,7 +1,7 @@
 """Walk one directory with libc's opendir/readdir/telldir/seekdir; print a JSON report.
 
 Run as a child process against a mount (never from the daemon's own process). The report:
-``names`` in readdir order (without "." and ".."), and ``resumed``: for sampled positions
+``names`` in readdir order ("." and ".." included), and ``resumed``: for sampled positions
 saved by telldir, whether seekdir there and reading to the end gives exactly the tail of the
 first listing. With ``--unlink K``, after the first listing it unlinks every K-th name,
 seeks back to sampled positions and reports the names read from there in ``after_unlink``.
@@ -39,7 +39,7 @@ def libc() -> ctypes.CDLL:
 
 
 def read_all(lib: ctypes.CDLL, handle: int) -> list[tuple[int, str]]:
-    """(telldir before the entry, name) for every entry to the end, "." and ".." dropped."""
+    """(telldir before the entry, name) for every entry to the end."""
     seen: list[tuple[int, str]] = []
     while True:
         pos = lib.telldir(handle)
@@ -49,14 +49,12 @@ def read_all(lib: ctypes.CDLL, handle: int) -> list[tuple[int, str]]:
             if ctypes.get_errno():
                 raise OSError(ctypes.get_errno(), "readdir")
             return seen
-        name = os.fsdecode(ent.contents.d_name)
-        if name not in (".", ".."):
-            seen.append((pos, name))
+        seen.append((pos, os.fsdecode(ent.contents.d_name)))
 
 
 def samples(count: int) -> list[int]:
     """Indexes to seek back to: the ends, and scattered ones in both directions."""
-    picks = {0, 1, count // 3, count // 2, count - 2, count - 1, 7 * count // 9, 13}
+    picks = {0, 1, 2, count // 3, count // 2, count - 2, count - 1, 7 * count // 9, 13}
     return sorted((i for i in picks if 0 <= i < count), key=lambda i: (i * 7919) % count)
 
 
@@ -76,7 +74,7 @@ def main() -> None:
             resumed[index] = [name for _, name in read_all(lib, handle)] == names[index:]
         after: dict[int, list[str]] = {}
         if unlink_every:
-            for name in names[::unlink_every]:
+            for name in [n for n in names if n not in (".", "..")][::unlink_every]:
                 os.unlink(os.path.join(sys.argv[1], name))
             for index in samples(len(seen)):
                 lib.seekdir(handle, seen[index][0])

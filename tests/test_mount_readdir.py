@@ -47,7 +47,7 @@ def check_walk(top: Path, expected: set[str]) -> dict[str, Any]:
     report = walk(top)
     names = report["names"]
     assert len(names) == len(set(names)), "a name listed twice"
-    assert set(names) == expected
+    assert set(names) == expected | {".", ".."}
     assert report["resumed"] and all(report["resumed"].values()), report["resumed"]
     return report
 
@@ -116,7 +116,7 @@ def _check_unlink_while_open(top: Path) -> set[str]:
     before = walk(top)["names"]
     report = walk(top, "--unlink", "11")
     assert report["names"] == before
-    removed = set(before[::11])
+    removed = set([n for n in before if n not in (".", "..")][::11])
     assert report["after_unlink"]
     for index, names in report["after_unlink"].items():
         assert names == [n for n in before[int(index):] if n not in removed], index

@@ -1,0 +1,215 @@
+"""Run cosmic-ray over the targets of ``targets.py`` and print survivors by module.
+
+Why cosmic-ray: it writes each mutant into the source file and runs a plain command, so
+the code under test may run in other processes (the FUSE daemon, the ``fsnap`` CLI the
+tests spawn). mutmut 3 and pytest-gremlins switch mutants inside the test process and
+would never reach the daemon's code (see docs/mutation.md for the measurements).
+
+Crash protocol: mutants are written only into scratch copies of ``src/`` and ``tests/``
+under ``--work`` (one per lane), never into the checkout; the lanes' processes import
+fsnap from their copy (``PYTHONPATH``, inherited by every child process). A killed run
+leaves only the scratch directory; sessions (``--work/sessions/*.sqlite``) resume where
+they stopped when the script runs again with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cosmic_ray.work_db import WorkDB, use_db
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+from mutationlib.targets import TARGETS, Target, kept
+
+REPO = Path(__file__).resolve().parents[2]
+PYTEST = ("-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=")
+
+
+@dataclass
+class Lane:
+    """One scratch copy of the repository, running one target at a time."""
+
+    index: int
+    root: Path
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(self.root / "src")}
+
+    def pytest(self, tests: tuple[str, ...]) -> list[str]:
+        base = self.root.parent / f"pytest-{self.index}"
+        return [sys.executable, *PYTEST, f"--basetemp={base}", *tests]
+
+
+def make_lane(work: Path, index: int) -> Lane:
+    root = work / f"lane-{index}"
+    if root.exists():
+        shutil.rmtree(root)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for part in ("src", "tests"):
+        shutil.copytree(REPO / part, root / part, ignore=ignore)
+    shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")
+    return Lane(index, root)
+
+
+def function_lines(path: Path, names: tuple[str, ...]) -> list[range]:
+    """Line ranges of the functions (or methods) called ``names`` in ``path``."""
+    tree = ast.parse(path.read_text())
+    return [range(node.lineno, (node.end_lineno or node.lineno) + 1)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in names]
+
+
+def init_session(target: Target, lane: Lane, session: Path, timeout: float) -> int:
+    """Create the session for ``target`` in ``lane``; skip what we do not run. Returns
+    how many mutants are left to run."""
+    module = lane.root / target.path
+    config = session.with_suffix(".toml")
+    command = " ".join(lane.pytest(target.tests))
+    config.write_text(
+        "[cosmic-ray]\n"
+        f'module-path = "{module}"\n'
+        f"timeout = {timeout:.0f}\n"
+        "excluded-modules = []\n"
+        f"test-command = '{command}'\n"
+        "[cosmic-ray.distributor]\n"
+        'name = "local"\n'
+    )
+    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(session)],
+                   check=True, cwd=lane.root, capture_output=True)
+    lines = function_lines(module, target.functions) if target.functions else []
+    left = 0
+    with use_db(str(session)) as db:
+        for item in db.pending_work_items:
+            mutation = item.mutations[0]
+            inside = not lines or any(mutation.start_pos[0] in r for r in lines)
+            if kept(mutation.operator_name) and inside:
+                left += 1
+            else:
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+    return left
+
+
+def baseline(target: Target, lane: Lane) -> float:
+    """Seconds the target's tests take unmutated; they must pass."""
+    start = time.monotonic()
+    done = subprocess.run(lane.pytest(target.tests), cwd=lane.root, env=lane.env(),
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{target.name}: the tests fail unmutated:\n{done.stdout[-3000:]}")
+    return time.monotonic() - start
+
+
+def run_target(target: Target, lane: Lane, sessions: Path, resume: bool) -> str:
+    session = sessions / f"{target.name}.sqlite"
+    spent = baseline(target, lane)
+    if not (resume and session.exists()):
+        session.unlink(missing_ok=True)
+        left = init_session(target, lane, session, timeout=max(120.0, 4 * spent))
+    else:
+        with use_db(str(session)) as db:
+            left = sum(1 for _ in db.pending_work_items)
+    print(f"[{target.name}] lane {lane.index}: {left} mutants, tests {spent:.0f} s each "
+          f"(up to ~{left * spent / 60:.0f} min)", flush=True)
+    config = session.with_suffix(".toml")
+    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec", str(config), str(session)],
+                   check=True, cwd=lane.root, env=lane.env(), capture_output=True)
+    return target.name
+
+
+def survivors(db: WorkDB) -> tuple[list[tuple[str, str, str]], int, int]:
+    """(line, operator, diff) of each survivor; killed count; survived count."""
+    found = []
+    killed = survived = 0
+    for item, result in db.completed_work_items:
+        if result.worker_outcome == WorkerOutcome.SKIPPED:
+            continue
+        if result.test_outcome == TestOutcome.SURVIVED:
+            survived += 1
+            mutation = item.mutations[0]
+            found.append((str(mutation.start_pos[0]), mutation.operator_name,
+                          result.diff or ""))
+        elif result.worker_outcome == WorkerOutcome.NORMAL:
+            killed += 1
+    return found, killed, survived
+
+
+def report(sessions: Path, names: list[str], show_diffs: bool) -> None:
+    print("\nmodule          killed  survived  pending  survival")
+    details = []
+    for name in names:
+        session = sessions / f"{name}.sqlite"
+        if not session.exists():
+            print(f"{name:<15} (not run)")
+            continue
+        with use_db(str(session), WorkDB.Mode.open) as db:
+            found, killed, survived = survivors(db)
+            pending = sum(1 for _ in db.pending_work_items)
+        rate = survived / (killed + survived) if killed + survived else 0.0
+        print(f"{name:<15} {killed:>6}  {survived:>8}  {pending:>7}  {rate:>7.1%}")
+        details.append((name, found))
+    for name, found in details:
+        for line, operator, diff in sorted(found, key=lambda f: int(f[0])):
+            print(f"SURVIVED {name}:{line} {operator.removeprefix('core/')}")
+            if show_diffs:
+                print("\n".join("    " + d for d in diff.splitlines()[2:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="scripts/mutation", description=__doc__)
+    parser.add_argument("--only", help="comma-separated target names (default: all)")
+    parser.add_argument("--lanes", type=int, default=2, help="targets run in parallel")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fsnap-mutation"))
+    parser.add_argument("--resume", action="store_true", help="continue earlier sessions")
+    parser.add_argument("--report-only", action="store_true", help="print, run nothing")
+    parser.add_argument("--diffs", action="store_true", help="show each survivor's diff")
+    args = parser.parse_args()
+    names = [t.name for t in TARGETS]
+    chosen = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
+    if args.only and len(chosen) != len(args.only.split(",")):
+        parser.error(f"targets are: {', '.join(names)}")
+    sessions = args.work / "sessions"
+    sessions.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        run_all(chosen, args.work, sessions, args.lanes, args.resume)
+    report(sessions, [t.name for t in chosen], args.diffs)
+
+
+def run_all(targets: list[Target], work: Path, sessions: Path, lanes: int,
+            resume: bool) -> None:
+    todo: queue.Queue[Target] = queue.Queue()
+    for target in targets:
+        todo.put(target)
+    errors: list[str] = []
+
+    def worker(lane: Lane) -> None:
+        while True:
+            try:
+                target = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                started = time.monotonic()
+                run_target(target, lane, sessions, resume)
+                print(f"[{target.name}] done in {(time.monotonic() - started) / 60:.1f} min",
+                      flush=True)
+            except (RuntimeError, subprocess.CalledProcessError) as exc:
+                errors.append(f"{target.name}: {exc}")
+
+    threads = [threading.Thread(target=worker, args=(make_lane(work, i),))
+               for i in range(min(lanes, len(targets)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for error in errors:
+        print(f"mutation: {error}", file=sys.stderr)
