@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import stat
@@ -47,6 +48,40 @@ def test_commit_makes_a_read_only_indexed_blob(store: ContentStore) -> None:
     assert [i.digest for i in store.walk()] == [desc.digest]
     assert store.list_ingests() == []
     assert not store.ingest_dir("r1").exists()
+
+
+def test_reopening_a_store_keeps_its_blobs_and_info_is_immutable(
+    store: ContentStore, tmp_path: Path
+) -> None:
+    """Every command opens the store anew (its directories exist by then); an ``Info`` is
+    a snapshot of the record that callers may share, so it cannot be changed in place."""
+    data = b"kept across opens"
+    with store.writer("r1", desc_of(data)) as writer:
+        writer.write(data)
+        info = writer.commit(None)
+    again = ContentStore(tmp_path / "content", store.db)
+    assert again.read(info.digest) == data
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.size = 0  # type: ignore[misc]
+    store.remove_ingest_dir("never-started")  # removing what is not there is no error
+
+
+def test_an_indexed_blob_whose_file_is_gone_is_not_found(store: ContentStore) -> None:
+    """A blob file deleted behind the store's back (a crash, a hand): NotFound naming it,
+    never a raw FileNotFoundError (which the CLI would report as an internal error)."""
+    data = b"vanishing"
+    desc = desc_of(data)
+    with store.writer("r1", desc) as writer:
+        writer.write(data)
+        writer.commit(None)
+    store.path(desc.digest).unlink()
+    assert store.exists(desc.digest)
+    with pytest.raises(NotFound, match=f"content {desc.digest} is indexed but its file is"):
+        store.read(desc.digest)
+    store.delete(desc.digest)  # gc of such a blob forgets it without tripping on the file
+    assert not store.exists(desc.digest)
+    with pytest.raises(NotFound):
+        store.delete(desc.digest)
 
 
 def test_digest_mismatch_names_digest_and_commits_nothing(store: ContentStore) -> None:
@@ -116,6 +151,25 @@ def test_same_ref_for_another_blob_starts_over(store: ContentStore) -> None:
         again.write(second)
         again.commit()
     assert store.read(desc_of(second).digest) == second
+
+
+def test_ingest_status_counts_the_bytes_on_disk(store: ContentStore) -> None:
+    """An ingest's offset is what its data file holds (0 once the file is gone: a crash
+    between the record and the file), so a resumed download starts at the right byte."""
+    data = b"c" * 100
+    writer = store.writer("partial", desc_of(data))
+    writer.write(data[:37])
+    writer.close()
+    (status,) = store.list_ingests()
+    assert (status.ref, status.offset, status.total) == ("partial", 37, 100)
+    assert status.expected == desc_of(data).digest
+    (store.ingest_dir("partial") / "data").unlink()
+    assert store.list_ingests()[0].offset == 0
+    with store.writer("partial", desc_of(data)) as again:
+        assert again.offset == 0
+        again.write(data)
+        again.commit()
+    assert store.read(desc_of(data).digest) == data
 
 
 def test_committing_an_existing_blob_is_already_exists(store: ContentStore) -> None:

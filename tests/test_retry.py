@@ -5,6 +5,8 @@ wait and when they stop, which a wrong exponent or an off-by-one would change un
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import trio
 import trio.testing
@@ -41,6 +43,8 @@ def test_backoff_doubles_from_the_base_under_the_cap_with_jitter() -> None:
     assert [e.reason for e in events] == [f"error {i}" for i in range(6)]
     assert all(e.what == "fetch x" for e in events)
     assert [e.delay for e in events] == pytest.approx(slept)
+    with pytest.raises(dataclasses.FrozenInstanceError):  # the record callers report from
+        events[0].delay = 0.0  # type: ignore[misc]
 
 
 def test_retry_after_replaces_the_backoff() -> None:

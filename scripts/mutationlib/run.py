@@ -19,6 +19,7 @@ import ast
 import os
 import queue
 import shutil
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -37,28 +38,31 @@ PYTEST = ("-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-o", "addopts="
 
 @dataclass
 class Lane:
-    """One scratch copy of the repository, running one target at a time."""
+    """The scratch copy of the repository one target's mutants are written into (its
+    session names files in it, so a resumed session finds them again)."""
 
-    index: int
+    name: str
     root: Path
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": str(self.root / "src")}
 
     def pytest(self, tests: tuple[str, ...]) -> list[str]:
-        base = self.root.parent / f"pytest-{self.index}"
+        base = self.root.parent / f"pytest-{self.name}"
         return [sys.executable, *PYTEST, f"--basetemp={base}", *tests]
 
 
-def make_lane(work: Path, index: int) -> Lane:
-    root = work / f"lane-{index}"
+def make_lane(work: Path, name: str) -> Lane:
+    """A fresh copy of the checkout's ``src/`` and ``tests/`` (the current tests: a resumed
+    or rechecked session runs the tests as they are now)."""
+    root = work / f"copy-{name}"
     if root.exists():
         shutil.rmtree(root)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for part in ("src", "tests"):
         shutil.copytree(REPO / part, root / part, ignore=ignore)
     shutil.copy2(REPO / "pyproject.toml", root / "pyproject.toml")
-    return Lane(index, root)
+    return Lane(name, root)
 
 
 def function_lines(path: Path, names: tuple[str, ...]) -> list[range]:
@@ -69,21 +73,27 @@ def function_lines(path: Path, names: tuple[str, ...]) -> list[range]:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in names]
 
 
-def init_session(target: Target, lane: Lane, session: Path, timeout: float) -> int:
-    """Create the session for ``target`` in ``lane``; skip what we do not run. Returns
-    how many mutants are left to run."""
-    module = lane.root / target.path
+def write_config(target: Target, lane: Lane, session: Path, timeout: float) -> Path:
+    """cosmic-ray's configuration for ``target`` in ``lane`` (beside the session)."""
     config = session.with_suffix(".toml")
     command = " ".join(lane.pytest(target.tests))
     config.write_text(
         "[cosmic-ray]\n"
-        f'module-path = "{module}"\n'
+        f'module-path = "{lane.root / target.path}"\n'
         f"timeout = {timeout:.0f}\n"
         "excluded-modules = []\n"
         f"test-command = '{command}'\n"
         "[cosmic-ray.distributor]\n"
         'name = "local"\n'
     )
+    return config
+
+
+def init_session(target: Target, lane: Lane, session: Path, timeout: float) -> int:
+    """Create the session for ``target`` in ``lane``; skip what we do not run. Returns
+    how many mutants are left to run."""
+    module = lane.root / target.path
+    config = write_config(target, lane, session, timeout)
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(session)],
                    check=True, cwd=lane.root, capture_output=True)
     lines = function_lines(module, target.functions) if target.functions else []
@@ -109,21 +119,41 @@ def baseline(target: Target, lane: Lane) -> float:
     return time.monotonic() - start
 
 
-def run_target(target: Target, lane: Lane, sessions: Path, resume: bool) -> str:
+def forget_survivors(session: Path) -> None:
+    """Keep the first run's figures (``NAME.first``), then drop the survivors' results so
+    that they run again against the tests as they are now."""
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        _, killed, survived = survivors(db)
+    first = session.with_suffix(".first")
+    if not first.exists():
+        first.write_text(f"{killed} {survived}\n")
+    with sqlite3.connect(session) as conn:
+        conn.execute("DELETE FROM work_results WHERE test_outcome = ?",
+                     (str(TestOutcome.SURVIVED),))
+
+
+def run_target(target: Target, sessions: Path, work: Path, resume: bool, recheck: bool) -> None:
     session = sessions / f"{target.name}.sqlite"
+    lane = make_lane(work, target.name)
+    if recheck and session.exists():
+        forget_survivors(session)
+        resume = True
     spent = baseline(target, lane)
     if not (resume and session.exists()):
         session.unlink(missing_ok=True)
         left = init_session(target, lane, session, timeout=max(120.0, 4 * spent))
     else:
+        with sqlite3.connect(session) as conn:  # the mutants go into this run's copy
+            conn.execute("UPDATE mutation_specs SET module_path = ?",
+                         (str(lane.root / target.path),))
+        write_config(target, lane, session, timeout=max(120.0, 4 * spent))
         with use_db(str(session)) as db:
             left = sum(1 for _ in db.pending_work_items)
-    print(f"[{target.name}] lane {lane.index}: {left} mutants, tests {spent:.0f} s each "
+    print(f"[{target.name}] {left} mutants, tests {spent:.0f} s each "
           f"(up to ~{left * spent / 60:.0f} min)", flush=True)
     config = session.with_suffix(".toml")
     subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec", str(config), str(session)],
                    check=True, cwd=lane.root, env=lane.env(), capture_output=True)
-    return target.name
 
 
 def survivors(db: WorkDB) -> tuple[list[tuple[str, str, str]], int, int]:
@@ -144,7 +174,7 @@ def survivors(db: WorkDB) -> tuple[list[tuple[str, str, str]], int, int]:
 
 
 def report(sessions: Path, names: list[str], show_diffs: bool) -> None:
-    print("\nmodule          killed  survived  pending  survival")
+    print("\nmodule          killed  survived  pending  survival  (first run: killed survived)")
     details = []
     for name in names:
         session = sessions / f"{name}.sqlite"
@@ -155,7 +185,9 @@ def report(sessions: Path, names: list[str], show_diffs: bool) -> None:
             found, killed, survived = survivors(db)
             pending = sum(1 for _ in db.pending_work_items)
         rate = survived / (killed + survived) if killed + survived else 0.0
-        print(f"{name:<15} {killed:>6}  {survived:>8}  {pending:>7}  {rate:>7.1%}")
+        first = session.with_suffix(".first")
+        before = f"  ({first.read_text().strip()})" if first.exists() else ""
+        print(f"{name:<15} {killed:>6}  {survived:>8}  {pending:>7}  {rate:>7.1%}{before}")
         details.append((name, found))
     for name, found in details:
         for line, operator, diff in sorted(found, key=lambda f: int(f[0])):
@@ -170,6 +202,8 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, default=2, help="targets run in parallel")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fsnap-mutation"))
     parser.add_argument("--resume", action="store_true", help="continue earlier sessions")
+    parser.add_argument("--recheck", action="store_true",
+                        help="run the survivors of earlier sessions again (new tests)")
     parser.add_argument("--report-only", action="store_true", help="print, run nothing")
     parser.add_argument("--diffs", action="store_true", help="show each survivor's diff")
     args = parser.parse_args()
@@ -180,18 +214,18 @@ def main() -> None:
     sessions = args.work / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        run_all(chosen, args.work, sessions, args.lanes, args.resume)
+        run_all(chosen, args.work, sessions, args.lanes, args.resume, args.recheck)
     report(sessions, [t.name for t in chosen], args.diffs)
 
 
 def run_all(targets: list[Target], work: Path, sessions: Path, lanes: int,
-            resume: bool) -> None:
+            resume: bool, recheck: bool) -> None:
     todo: queue.Queue[Target] = queue.Queue()
     for target in targets:
         todo.put(target)
     errors: list[str] = []
 
-    def worker(lane: Lane) -> None:
+    def worker() -> None:
         while True:
             try:
                 target = todo.get_nowait()
@@ -199,14 +233,13 @@ def run_all(targets: list[Target], work: Path, sessions: Path, lanes: int,
                 return
             try:
                 started = time.monotonic()
-                run_target(target, lane, sessions, resume)
+                run_target(target, sessions, work, resume, recheck)
                 print(f"[{target.name}] done in {(time.monotonic() - started) / 60:.1f} min",
                       flush=True)
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 errors.append(f"{target.name}: {exc}")
 
-    threads = [threading.Thread(target=worker, args=(make_lane(work, i),))
-               for i in range(min(lanes, len(targets)))]
+    threads = [threading.Thread(target=worker) for _ in range(min(lanes, len(targets)))]
     for thread in threads:
         thread.start()
     for thread in threads:
