@@ -299,8 +299,6 @@ def test_redeclared_dirs_whiteouts_in_one_layer_cross_dir_links_like_containerd(
         assert line in text, line
 
 
-@pytest.mark.xfail(strict=True, reason="fsnap shows a symlink's tar header mode; the kernel "
-                   "(containerd's view) always 0777: the posix helper's fix makes it 0777")
 def test_symlink_header_modes_like_containerd(
     containerd: Ctr, registry: RegistryProcess, tmp_path: Path
 ) -> None:
@@ -353,12 +351,7 @@ def change_writable(mnt: Path, with_socket: bool) -> None:
             sock.bind(os.fspath(play / "sock"))
 
 
-@pytest.mark.parametrize("with_socket", [
-    False,
-    pytest.param(True, marks=pytest.mark.xfail(
-        strict=True, reason="a writable mount refuses mknod of a socket (EPERM) until the "
-        "posix helper's change lands")),
-], ids=["fifo", "socket"])
+@pytest.mark.parametrize("with_socket", [False, True], ids=["fifo", "socket"])
 def test_writable_changes_committed_like_containerd(
     containerd: Ctr, registry: RegistryProcess, tmp_path: Path, with_socket: bool
 ) -> None:
