@@ -73,5 +73,6 @@ def test_retry_after_bounds() -> None:
     assert parse_retry_after("-4") == 0.0
     assert parse_retry_after(str(MAX_RETRY_AFTER)) == MAX_RETRY_AFTER
     assert parse_retry_after(str(MAX_RETRY_AFTER + 1)) == MAX_RETRY_AFTER
+    assert parse_retry_after("3600") == 60.0  # the policy: never more than a minute
     assert parse_retry_after("Thu, 01 Jan 2099 00:00:00 GMT") == MAX_RETRY_AFTER
     assert parse_retry_after("Thu, 99 Foo 2099 00:00:00 GMT") is None

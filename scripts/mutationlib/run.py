@@ -129,7 +129,7 @@ def forget_survivors(session: Path) -> None:
         first.write_text(f"{killed} {survived}\n")
     with sqlite3.connect(session) as conn:
         conn.execute("DELETE FROM work_results WHERE test_outcome = ?",
-                     (str(TestOutcome.SURVIVED),))
+                     (TestOutcome.SURVIVED.name,))  # stored by name
 
 
 def run_target(target: Target, sessions: Path, work: Path, resume: bool, recheck: bool) -> None:

@@ -46,7 +46,7 @@ TARGETS = (
     Target("retry", "src/fsnap/remotes/retry.py",
            ("tests/test_retry.py", "tests/test_remotes.py", "tests/test_pull_faults.py")),
     Target("gc.mark", "src/fsnap/gc/mark.py",
-           ("tests/test_gc.py", "tests/test_gc_leases.py")),
+           ("tests/test_gc_mark.py", "tests/test_gc.py", "tests/test_gc_leases.py")),
 )
 
 # Operators kept (cosmic-ray's names). Replacing every binary operator by every other gives
