@@ -73,6 +73,36 @@ def function_lines(path: Path, names: tuple[str, ...]) -> list[range]:
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in names]
 
 
+def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) positions of every annotation in ``path``: fsnap's modules use
+    ``from __future__ import annotations``, so an annotation is never evaluated and a
+    mutant inside one (``str | None`` to ``str & None``) cannot change behaviour."""
+    spans = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        found: list[ast.expr | None] = []
+        if isinstance(node, ast.arg):
+            found.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            found.append(node.annotation)
+        for expr in found:
+            if expr is not None and expr.end_lineno is not None:
+                spans.append(((expr.lineno, expr.col_offset),
+                              (expr.end_lineno, expr.end_col_offset or 0)))
+    return spans
+
+
+def skip_annotations(session: Path, module: Path) -> None:
+    """Mark every mutant inside an annotation as skipped (also in an older session)."""
+    spans = annotation_spans(module)
+    with use_db(str(session)) as db:
+        for item in list(db.work_items):
+            start = tuple(item.mutations[0].start_pos)
+            if any(low <= start < high for low, high in spans):
+                db.set_result(item.job_id, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
+
+
 def write_config(target: Target, lane: Lane, session: Path, timeout: float) -> Path:
     """cosmic-ray's configuration for ``target`` in ``lane`` (beside the session)."""
     config = session.with_suffix(".toml")
@@ -141,14 +171,15 @@ def run_target(target: Target, sessions: Path, work: Path, resume: bool, recheck
     spent = baseline(target, lane)
     if not (resume and session.exists()):
         session.unlink(missing_ok=True)
-        left = init_session(target, lane, session, timeout=max(120.0, 4 * spent))
+        init_session(target, lane, session, timeout=max(120.0, 4 * spent))
     else:
         with sqlite3.connect(session) as conn:  # the mutants go into this run's copy
             conn.execute("UPDATE mutation_specs SET module_path = ?",
                          (str(lane.root / target.path),))
         write_config(target, lane, session, timeout=max(120.0, 4 * spent))
-        with use_db(str(session)) as db:
-            left = sum(1 for _ in db.pending_work_items)
+    skip_annotations(session, lane.root / target.path)
+    with use_db(str(session)) as db:
+        left = sum(1 for _ in db.pending_work_items)
     print(f"[{target.name}] {left} mutants, tests {spent:.0f} s each "
           f"(up to ~{left * spent / 60:.0f} min)", flush=True)
     config = session.with_suffix(".toml")
