@@ -84,6 +84,7 @@ class Client:
         all_platforms: bool = False,
         plain_http: bool | None = None,
         credentials: Credentials | None = None,
+        ca_file: Path | None = None,
         max_concurrent_downloads: int = 3,
         progress: PullProgress | None = None,
         sink: LayerSink | None = None,
@@ -116,6 +117,7 @@ class Client:
             all_platforms=all_platforms,
             plain_http=plain_http,
             credentials=credentials,
+            ca_file=ca_file,
             max_concurrent_downloads=max_concurrent_downloads,
             progress=progress,
         )
@@ -219,6 +221,7 @@ class Client:
         *,
         plain_http: bool | None = None,
         credentials: Credentials | None = None,
+        ca_file: Path | None = None,
         progress: PushProgress | None = None,
         chunk_size: int | None = None,
     ) -> Descriptor:
@@ -240,10 +243,39 @@ class Client:
             target,
             plain_http=plain_http,
             credentials=credentials,
+            ca_file=ca_file,
             progress=progress,
             **options,
         )
         return trio.run(run)
+
+    def login(
+        self,
+        registry: str,
+        credentials: Credentials,
+        *,
+        plain_http: bool | None = None,
+        ca_file: Path | None = None,
+    ) -> str:
+        """Check ``credentials`` with ``registry`` (host[:port]) and store them in docker's
+        credential store (``$DOCKER_CONFIG/config.json`` or its credential helper); returns
+        where they went. Unauthorized if the registry refuses them."""
+        import functools
+
+        import trio
+
+        from fsnap.remotes.login import login
+
+        run = functools.partial(
+            login, registry, credentials, plain_http=plain_http, ca_file=ca_file
+        )
+        return trio.run(run)
+
+    def logout(self, registry: str) -> bool:
+        """Forget ``registry``'s stored credentials; False if there were none."""
+        from fsnap.remotes.login import logout
+
+        return logout(registry)
 
     def close(self) -> None:
         if self._db is not None:

@@ -330,13 +330,16 @@ async def pull_image(
     progress: PullProgress | None = None,
     sink: LayerSink | None = None,
     registry_factory: Callable[..., RegistryClient] = RegistryClient,
+    ca_file: Path | None = None,
 ) -> Image:
     """Pull ``ref`` into ``content`` and record it in ``images``; return the record."""
     reference = ref if isinstance(ref, Reference) else Reference.parse(ref)
     progress = progress or PullProgress()
     options = PullOptions(platform, all_platforms, max_concurrent_downloads)
     started = time.monotonic()
-    async with registry_factory(plain_http=plain_http, credentials=credentials) as registry:
+    async with registry_factory(
+        plain_http=plain_http, credentials=credentials, ca_file=ca_file
+    ) as registry:
         puller = Puller(content, registry, reference, options, progress, sink)
         registry.on_retry = puller.retried
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
@@ -98,6 +99,7 @@ async def push_image(
     max_concurrent_uploads: int = 3,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     registry_factory: Callable[..., RegistryClient] = RegistryClient,
+    ca_file: Path | None = None,
 ) -> Descriptor:
     """Push image ``ref`` of the store to ``target`` (default: ``ref``); its descriptor."""
     source = Reference.parse(ref)
@@ -112,7 +114,9 @@ async def push_image(
         )
     reference = dest.tag or dest.digest
     sources = await trio.to_thread.run_sync(blob_sources, content, images, dest)
-    async with registry_factory(plain_http=plain_http, credentials=credentials) as registry:
+    async with registry_factory(
+        plain_http=plain_http, credentials=credentials, ca_file=ca_file
+    ) as registry:
         uploader = Uploader(registry, dest, chunk_size)
         uploader.on_sent = progress.blob_advanced
         registry.on_retry = _retries_to(progress, plan.blobs)

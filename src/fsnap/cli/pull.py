@@ -44,6 +44,7 @@ def handle_pull(client: Client, args: argparse.Namespace) -> int:
         "all_platforms": args.all_platforms,
         "plain_http": args.plain_http,
         "credentials": credentials_of(args),
+        "ca_file": args.ca_file,
         "max_concurrent_downloads": args.max_concurrent_downloads,
         "unpack": not args.no_unpack,
     }

@@ -30,6 +30,7 @@ def handle_push(client: Client, args: argparse.Namespace) -> int:
             args.target,
             plain_http=args.plain_http,
             credentials=credentials_of(args),
+            ca_file=args.ca_file,
             progress=progress,
         )
     print(f"{args.target or args.ref}: {desc.digest}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fsnap.info.probe import from_errno
-from fsnap.remotes.auth import default_docker_config
+from fsnap.remotes.dockerconfig import default_docker_config
 
 # containerd's layout (``certs.d/<host>/hosts.toml``), fsnap's own first.
 HOSTS_DIRS = ("/etc/fsnap/certs.d", "/etc/containerd/certs.d")

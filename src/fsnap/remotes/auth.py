@@ -1,4 +1,4 @@
-"""Registry authentication: challenges, bearer tokens, Basic credentials, docker config.json.
+"""Registry authentication: challenges, bearer tokens, Basic credentials.
 
 Registries say how they want to be authenticated only when they refuse a request (a 401 with
 ``WWW-Authenticate``). We answer the challenge once, cache what we obtained (a token per
@@ -9,23 +9,17 @@ blobs costs one token request, not one per blob.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
-import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import httpx
 
-from fsnap.errors import InvalidArgument, RegistryError, Unauthorized
+from fsnap.errors import RegistryError, Unauthorized
 from fsnap.remotes.origin import SCHEMES, Origin
 from fsnap.remotes.responses import read_capped
-
-# Hosts that all mean Docker Hub in a docker config (its legacy index address among them).
-DOCKER_HUB_HOSTS = ("docker.io", "index.docker.io", "registry-1.docker.io")
 
 # Bounds on what a registry's challenge and token server may make us parse and keep.
 MAX_CHALLENGE_BYTES = 4096
@@ -82,57 +76,6 @@ def parse_challenge(header: str, who: str) -> Challenge | None:
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
         params[key.lower()] = value
     return Challenge(scheme.lower(), params)
-
-
-def default_docker_config() -> Path:
-    """Where ``docker login`` writes: ``$DOCKER_CONFIG/config.json`` or ``~/.docker/``."""
-    base = os.environ.get("DOCKER_CONFIG")
-    return Path(base) / "config.json" if base else Path.home() / ".docker" / "config.json"
-
-
-def credentials_from_docker_config(path: Path, host: str) -> Credentials | None:
-    """The credentials ``docker login`` stored for ``host`` in ``path``, if any.
-
-    Keys of ``auths`` may be bare hosts or URLs (``https://host/v1/``); both match.
-    """
-    try:
-        data: Any = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise InvalidArgument(f"cannot read docker config {path}: {exc}") from None
-    auths = data.get("auths") if isinstance(data, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    wanted = set(DOCKER_HUB_HOSTS) if host in DOCKER_HUB_HOSTS else {host}
-    for key, entry in auths.items():
-        if _config_key_host(str(key)) in wanted and isinstance(entry, dict):
-            found = _entry_credentials(path, str(key), entry)
-            if found is not None:
-                return found
-    return None
-
-
-def _config_key_host(key: str) -> str:
-    if "://" in key:
-        key = key.split("://", 1)[1]
-    return key.split("/", 1)[0]
-
-
-def _entry_credentials(path: Path, key: str, entry: dict[str, Any]) -> Credentials | None:
-    auth = entry.get("auth")
-    if isinstance(auth, str) and auth:
-        try:
-            user, sep, password = base64.b64decode(auth, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            user, sep, password = "", "", ""
-        if not sep:
-            raise InvalidArgument(f"docker config {path}: 'auth' of {key} is not base64 user:pass")
-        return Credentials(user, password)
-    username, secret = entry.get("username"), entry.get("password")
-    if isinstance(username, str) and isinstance(secret, str) and username:
-        return Credentials(username, secret)
-    return None
 
 
 # A token request: the request (without Authorization) and the credentials header for the

@@ -29,13 +29,8 @@ from fsnap.errors import (
     Unauthorized,
 )
 from fsnap.reference import Reference
-from fsnap.remotes.auth import (
-    Authenticator,
-    Credentials,
-    TokenCache,
-    credentials_from_docker_config,
-    default_docker_config,
-)
+from fsnap.remotes import dockerconfig
+from fsnap.remotes.auth import Authenticator, Credentials, TokenCache
 from fsnap.remotes.hosts import Host, Hosts, hosts_dirs_from_env
 from fsnap.remotes.origin import Origin, origin_of, send_scoped
 from fsnap.remotes.responses import (
@@ -263,6 +258,25 @@ class RegistryClient:
             if retry is not None:
                 await budget.failed(*retry)
 
+    async def login(self, domain: str) -> None:
+        """Check this client's credentials with ``domain`` as ``docker login`` does: GET
+        ``/v2/``, answering its challenge (a token asked for without a scope)."""
+        what = f"login to {domain}"
+        budget = self._budget(what)
+        while True:
+            try:
+                response = await self._exchange(domain, domain, "GET", "/v2/", {}, "", None)
+                body = await read_capped(response, ERROR_BODY_LIMIT)
+            except httpx.HTTPError as exc:
+                await budget.failed(_transient_reason(exc, what))
+                continue
+            if response.status_code in TRANSIENT_STATUS:
+                await budget.failed(*_status_retry(response))
+                continue
+            if response.status_code >= 400:
+                raise _status_error(response, body, what, f"registry {domain}")
+            return
+
     # -- requests --------------------------------------------------------------------------
 
     async def _fetch_small(
@@ -315,9 +329,25 @@ class RegistryClient:
         uploads ask for more. Credentials go only to the registry's own origin (redirects
         included, see fsnap.remotes.origin); a 401 from any other origin is Unauthorized,
         never a login. ``host`` is a mirror or the registry (default: the registry)."""
-        host = host or self._upstream(ref.domain)
-        auth = await self._authenticator(ref.domain, host)
         scope = scope or f"repository:{ref.repository}:pull"
+        return await self._exchange(
+            ref.domain, ref.name, method, path, headers, scope, content, host
+        )
+
+    async def _exchange(
+        self,
+        domain: str,
+        name: str,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        scope: str,
+        content: bytes | None,
+        host: Host | None = None,
+    ) -> httpx.Response:
+        """``_send`` for ``name`` (a repository, or the registry itself) on ``domain``."""
+        host = host or self._upstream(domain)
+        auth = await self._authenticator(domain, host)
         url = path if "://" in path else host.url(path)
         headers = {**dict(host.headers), **headers}
         http = self._http(host)
@@ -330,11 +360,11 @@ class RegistryClient:
             body = await read_capped(response, ERROR_BODY_LIMIT)
             if origin_of(response.url) != auth.origin:
                 raise Unauthorized(
-                    f"{origin_of(response.url)} asked for credentials (401) for {ref.name}, "
+                    f"{origin_of(response.url)} asked for credentials (401) for {name}, "
                     f"but it is not the registry host {host.base}: fsnap logs in only there"
                 )
             if answered:
-                raise Unauthorized(_refusal(ref, auth.credentials, error_message(body)))
+                raise Unauthorized(_refusal(domain, name, auth.credentials, error_message(body)))
             auth.forget(scope)
             await auth.answer(response, scope)
             answered = True
@@ -431,11 +461,9 @@ class RegistryClient:
         if key not in self._auth:
             credentials = self.credentials if not host.mirror else None
             if credentials is None:
-                config = self.docker_config or default_docker_config()
+                config = self.docker_config or dockerconfig.default_docker_config()
                 name = host.host if host.mirror else domain
-                credentials = await trio.to_thread.run_sync(
-                    credentials_from_docker_config, config, name
-                )
+                credentials = await trio.to_thread.run_sync(dockerconfig.lookup, config, name)
             if key not in self._auth:  # another task may have got here first
                 origin = origin_of(httpx.URL(host.base))
                 self._auth[key] = Authenticator(
@@ -493,12 +521,12 @@ def _status_error(
     return RegistryError(f"{what}: registry answered HTTP {response.status_code}{suffix}")
 
 
-def _refusal(ref: Reference, credentials: Credentials | None, message: str) -> str:
+def _refusal(domain: str, name: str, credentials: Credentials | None, message: str) -> str:
     suffix = f" ({message})" if message else ""
     if credentials is None:
-        return f"registry {ref.domain} requires authentication for {ref.name}{suffix}"
+        return f"registry {domain} requires authentication for {name}{suffix}"
     return (
-        f"registry {ref.domain} refused user {credentials.username!r} for {ref.name}: "
+        f"registry {domain} refused user {credentials.username!r} for {name}: "
         f"wrong username or password, or no pull access{suffix}"
     )
 
