@@ -102,8 +102,10 @@ def test_login_stores_auth_in_config_json(
     config.parent.mkdir()
     kept = {"psFormat": "table", "auths": {"other.example": {"auth": "eDp5"}}}
     config.write_text(json.dumps(kept))
+    stale = {**kept, "auths": {**kept["auths"], f"http://{host}/v1/": {"auth": "eDp5"}}}
     refused = fsnap(env, "login", host, "-u", "alice", "--password-stdin", stdin="nope\n")
     assert (refused.returncode, json.loads(config.read_text())) == (7, kept), refused.stderr
+    config.write_text(json.dumps(stale))  # an old URL-shaped entry for the host goes
     done = fsnap(env, "login", host, "-u", "alice", "--password-stdin", stdin=PASSWORD + "\n")
     assert done.returncode == 0, done.stderr
     assert "Login Succeeded" in done.stdout

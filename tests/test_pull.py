@@ -160,7 +160,8 @@ def test_bad_arguments_are_clean_errors(registry: RegistryProcess, tmp_path: Pat
     assert "invalid" in assert_clean_failure(fsnap(root, "pull", "Bad Ref"))
     ref = f"{registry.host}/pull/x:v1"
     assert "platform" in assert_clean_failure(fsnap(root, "pull", "--platform", "linux", ref))
-    assert "USER:PASS" in assert_clean_failure(fsnap(root, "pull", "--user", "nobody", ref))
+    no_password = assert_clean_failure(fsnap(root, "pull", "--user", "nobody", ref))
+    assert "--password-stdin" in no_password
     stderr = assert_clean_failure(fsnap(root, "content", "get", "sha256:" + "0" * 64))
     assert "not found" in stderr
 

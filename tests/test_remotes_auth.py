@@ -139,6 +139,25 @@ def test_401_at_upload_location_on_other_host_is_refused(
 # -- token realms --------------------------------------------------------------------------
 
 
+def test_token_request_redirected_elsewhere_loses_credentials(
+    registry: RegistryProcess, fault_server: FaultServer
+) -> None:
+    image = small_image("token-moved")
+    registry.push_image("origins/token-moved", "v1", image)
+    with run_fault_server(registry.host, bind=FOREIGN) as elsewhere:
+        fault_server.challenge(f'Bearer realm="{fault_server.url}/token",service="s"', 1)
+        fault_server.redirect(f"{elsewhere.url}/token", 1, "/token")
+        elsewhere.serve("/token", "application/json", b'{"token": "from-elsewhere"}')
+        ref = ref_at(fault_server.host, "origins/token-moved")
+        assert run(lambda c: c.resolve(ref), credentials=ALICE).digest == image.manifest.digest
+    assert fault_server.seen("GET", "/token")[0].headers["authorization"] == ALICE.basic_header()
+    assert [r.path.split("?")[0] for r in elsewhere.seen()] == ["/token"]
+    assert authorized(elsewhere) == []
+    last = fault_server.seen("HEAD", "/manifests/")[-1]
+    assert last.headers["authorization"] == "Bearer from-elsewhere"
+
+
+
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls(tmp_path_factory.mktemp("tls"))

@@ -80,6 +80,8 @@ def store(path: Path, host: str, credentials: Credentials) -> str:
     if not isinstance(auths, dict):
         raise InvalidArgument(f"docker config {path}: 'auths' is not an object")
     raw = f"{credentials.username}:{credentials.password}".encode()
+    for stale in [k for k in auths if _key_host(str(k)) in _aliases(host)]:
+        del auths[stale]  # e.g. an old "https://host/v1/" entry lookup() might find first
     auths[key] = {"auth": base64.b64encode(raw).decode("ascii")}
     _write_atomic(path, config)
     return str(path)
