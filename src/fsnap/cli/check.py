@@ -42,7 +42,9 @@ def handle_check(client: Client, args: argparse.Namespace) -> int:
     credentials = credentials_of(args)
 
     def pull(name: str) -> object:
-        return client.pull(name, plain_http=args.plain_http, credentials=credentials)
+        return client.pull(
+            name, plain_http=args.plain_http, credentials=credentials, ca_file=args.ca_file
+        )
 
     report = check_store(client, repair=args.repair, pull=pull)
     if args.json:
