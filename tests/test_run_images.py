@@ -14,7 +14,7 @@ from image_mount_helpers import pulled, succeeded
 from registry_helpers import RegistryProcess
 from run_helpers import busybox_run_image, cleaned, fsnap, leftovers, pull, pushed, run_ok
 from rw_helpers import NOBODY, shared_dir
-from test_mount_python import PYTHON, python_image
+from test_mount_python import python_image, system_python
 from test_rw_unprivileged import fuse_device_for_users  # noqa: F401 (a fixture)
 
 from fsnap.client import Client
@@ -25,7 +25,8 @@ READ = "print(open('/made-by-python.txt').read())"
 
 def test_python_writes_a_file_that_commit_keeps(registry: RegistryProcess,
                                                 tmp_path: Path) -> None:
-    assert PYTHON.exists(), f"{PYTHON} missing: scripts/setup installs Debian's python3"
+    python = system_python()[0]
+    assert python.exists(), f"{python} missing: scripts/setup installs Debian's python3"
     ref = pushed(registry, "run/python", python_image())
     new = f"{registry.host}/run/python-committed:1"
     with cleaned(tmp_path / "root") as root:
