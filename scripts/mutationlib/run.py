@@ -165,6 +165,11 @@ def forget_survivors(session: Path) -> None:
 def run_target(target: Target, sessions: Path, work: Path, resume: bool, recheck: bool) -> None:
     session = sessions / f"{target.name}.sqlite"
     lane = make_lane(work, target.name)
+    stamp = session.with_suffix(".source")  # the module a session's mutants were made from
+    source = (REPO / target.path).read_text()
+    if (resume or recheck) and session.exists() and stamp.exists() and stamp.read_text() != source:
+        raise RuntimeError(f"{target.path} changed since its session: cosmic-ray applies a "
+                           "mutant by occurrence, so run it afresh (without --resume/--recheck)")
     if recheck and session.exists():
         forget_survivors(session)
         resume = True
@@ -172,6 +177,7 @@ def run_target(target: Target, sessions: Path, work: Path, resume: bool, recheck
     if not (resume and session.exists()):
         session.unlink(missing_ok=True)
         init_session(target, lane, session, timeout=max(120.0, 4 * spent))
+        stamp.write_text(source)
     else:
         with sqlite3.connect(session) as conn:  # the mutants go into this run's copy
             conn.execute("UPDATE mutation_specs SET module_path = ?",
