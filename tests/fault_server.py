@@ -53,6 +53,7 @@ class Fault:
     retry_after: str = ""
     after_bytes: int = 0
     headers: dict[str, str] = field(default_factory=dict)
+    gate: threading.Event | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ class FaultServer:
         """Send every blob body at about ``bytes_per_second`` (a slow link), until reset
         with 0."""
         self.blob_rate = bytes_per_second
+
+    def stall_blob_after(self, nbytes: int, gate: threading.Event, match: str = "/blobs/") -> None:
+        """Send ``nbytes`` of a blob, then wait until ``gate`` is set (at most a minute)
+        before sending the rest: a pull caught in the middle of a layer."""
+        self._arm(Fault("stall", 1, match, after_bytes=nbytes, gate=gate))
 
     def corrupt_blob(self, times: int = 1) -> None:
         """Flip one byte in the middle of a blob body."""
@@ -216,7 +222,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             upstream.close()
         is_blob = self.command == "GET" and BLOB_PATH.match(path) and status in (200, 206)
-        fault = state.take(("drop", "corrupt"), path) if is_blob and data else None
+        kinds = ("drop", "corrupt", "stall")
+        fault = state.take(kinds, path) if is_blob and data else None
         if fault is not None and fault.kind == "corrupt":
             middle = len(data) // 2
             data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
@@ -237,6 +244,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
+        if fault is not None and fault.kind == "stall":
+            self.wfile.write(data[: fault.after_bytes])
+            self.wfile.flush()
+            assert fault.gate is not None
+            fault.gate.wait(60)
+            data = data[fault.after_bytes :]
         if is_blob and state.blob_rate:
             self._trickle(data, state.blob_rate)
             return

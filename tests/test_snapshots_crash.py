@@ -29,6 +29,7 @@ CHILD = textwrap.dedent(
     import os, shutil, sys
     from pathlib import Path
     from fsnap.db import Database
+    from fsnap import fdtree
     from fsnap.snapshots import Snapshotter, metadata
 
     state, crash_at, action, *names = sys.argv[1:]
@@ -40,7 +41,7 @@ CHILD = textwrap.dedent(
     if crash_at == "rename":
         os.rename = die
     elif crash_at == "rmtree":
-        shutil.rmtree = die
+        fdtree.remove_tree_at = die
     elif crash_at == "txn":
         metadata.Tables.put = die
     getattr(sn, action)(*names)

@@ -7,6 +7,7 @@ process that uses it (never across fork, see NOTES.md).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -22,6 +23,23 @@ if TYPE_CHECKING:
     from fsnap.pull import LayerSink
     from fsnap.remotes.auth import Credentials
     from fsnap.snapshots.snapshotter import Snapshotter
+
+
+def _check_private(root: Path) -> None:
+    """The store's private directories (``fsnap.private``) are 0700 and its owner's."""
+    from fsnap.private import PRIVATE_DIRS, keep_private
+
+    owner = os.stat(root)
+    for name in PRIVATE_DIRS:
+        keep_private(root / name, owner)
+
+
+def _has_entries(path: Path) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return any(True for _ in entries)
+    except FileNotFoundError:
+        return False
 
 
 class Client:
@@ -50,6 +68,9 @@ class Client:
         if self._db is None:
             self.root.mkdir(parents=True, exist_ok=True)
             self._db = Database(self.root)
+            _check_private(self.root)
+            if _has_entries(self.root / "unpack"):  # a pull runs, or one was killed
+                _ = self.snapshots  # opening the snapshotter removes dead sessions
         return self._db
 
     @property
@@ -70,10 +91,14 @@ class Client:
 
     @property
     def snapshots(self) -> Snapshotter:
+        """The snapshotter; opening it also removes what dead pulls staged (``unpack/``)."""
+        db = self.db  # (first: opening the database may open the snapshotter already)
         if self._snapshots is None:
             from fsnap.snapshots.snapshotter import Snapshotter
+            from fsnap.unpack.staging import clean_stale
 
-            self._snapshots = Snapshotter(self.root / "snapshots", self.db)
+            self._snapshots = Snapshotter(self.root / "snapshots", db)
+            clean_stale(self.root / "unpack", self._snapshots, warn=True)
         return self._snapshots
 
     def pull(

@@ -150,18 +150,20 @@ class _Layer:
         self._put(Entry(path, "dir", mode=0o755, mtime=time.time_ns(), implicit=True))
 
     def _forget(self, path: str) -> None:
-        """Drop ``path`` (and, if it was a directory, all below it) from the index."""
+        """Drop ``path`` (and, if it was a directory, all below it) from the index. One
+        pass, no recursion: the subtree may be thousands of levels deep."""
         old = self.index.pop(path, None)
         if old is None:
             return
-        self._dirs.pop(path, None)
-        self._dir_modes.pop(path, None)
+        doomed = [(path, old)]
         if old.kind == "dir":
             prefix = path + "/"
-            for key in [k for k in self.index if k.startswith(prefix)]:
-                self._forget(key)
+            doomed += [(k, self.index.pop(k)) for k in list(self.index) if k.startswith(prefix)]
             self._opaque = {p for p in self._opaque if p != path and not p.startswith(prefix)}
-        self._promote_links(path, old)
+        for gone, entry in doomed:
+            self._dirs.pop(gone, None)
+            self._dir_modes.pop(gone, None)
+            self._promote_links(gone, entry)
 
     def _promote_links(self, path: str, old: Entry) -> None:
         """Hardlinks to a replaced path keep the old inode: the first becomes its owner."""
@@ -257,7 +259,7 @@ class _Layer:
             return
         left = member.size
         while left:
-            chunk = stream.read(min(left, _COPY))
+            chunk = stream.read1(min(left, _COPY))
             if not chunk:
                 raise InvalidArgument(f"invalid archive: {member.name!r} is truncated")
             left -= len(chunk)

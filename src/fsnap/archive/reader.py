@@ -132,11 +132,30 @@ class LayerStream:
             self._ahead.stop()
 
     def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (at most one queued chunk's worth); ``b""`` only at the end."""
-        if not self._chunk and not self._refill():
-            return b""
+        """``n`` bytes, fewer only at the end (``b""`` then). Never a short read before
+        the end: ``tarfile`` (which reads headers straight from us) takes a short header
+        read for a damaged header, and after the first member it then *ends the archive
+        quietly*: a PAX header straddling two chunks dropped every later member."""
         if n < 0:
             return self._read_all()
+        if len(self._chunk) >= n:  # the common case: one slice of the current chunk
+            data = self._chunk[:n]
+            self._chunk = self._chunk[n:]
+            self.size += n
+            return data.tobytes()
+        out = bytearray()
+        while len(out) < n and (self._chunk or self._refill()):
+            take = self._chunk[: n - len(out)]
+            out += take
+            self._chunk = self._chunk[len(take) :]
+        self.size += len(out)
+        return bytes(out)
+
+    def read1(self, n: int) -> bytes:
+        """Up to ``n`` bytes, at most what one queued chunk holds (no copying chunks
+        together): for file contents, which are written out as they come."""
+        if not self._chunk and not self._refill():
+            return b""
         data = self._chunk[:n]
         self._chunk = self._chunk[len(data) :]
         self.size += len(data)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fsnap.errors import InvalidArgument, NotFound
+from fsnap.fdtree import remove_tree_at
 
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_LINKS = 255  # like the kernel's limit on symlinks met in one lookup (ELOOP)
@@ -78,17 +79,25 @@ class RootDir:
         if fd is not None:
             self._fds.move_to_end(path)
             return fd
-        parent, _, name = path.rpartition("/")
-        parent_fd = self.dir_fd(parent)
-        fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
-        self._fds[path] = fd
-        if len(self._fds) > _MAX_FDS:
-            self._evict_oldest()
+        missing = []  # iterative, not recursive: a path may be thousands of levels deep
+        known = path
+        while known not in self._fds:
+            known, _, name = known.rpartition("/")
+            missing.append(name)
+        fd = self._fds[known]
+        for name in reversed(missing):
+            known = join(known, name)
+            fd = os.open(name, _OPEN_DIR, dir_fd=fd)
+            self._fds[known] = fd
+            if len(self._fds) > _MAX_FDS:
+                self._evict_oldest(keep=known)
         return fd
 
-    def _evict_oldest(self) -> None:
+    def _evict_oldest(self, keep: str) -> None:
+        """Close the least recently used fd: never the root's, nor ``keep``'s (the next
+        step of a walk opens relative to it)."""
         for key in self._fds:
-            if key:  # never the root
+            if key and key != keep:
                 os.close(self._fds.pop(key))
                 return
 
@@ -107,37 +116,52 @@ class RootDir:
         if joined in self._fds:
             self._fds.move_to_end(joined)
             return joined
-        stack: list[str] = []
-        real = 0  # stack[:real] exist on disk; the rest is lexical, below a missing name
-        pending = deque(components)
+        stack, here = self._cached_start(components, joined)
+        real = len(stack)  # stack[:real] exist on disk; the rest is lexical, below a missing name
+        pending = deque(components[len(stack) :])
         links = 0
-        while pending:
+        while pending:  # ``here`` is always "/".join(stack), kept up to date, not rejoined
             comp = pending.popleft()
             if comp in ("", "."):
                 continue
             if comp == "..":
                 if stack:
                     stack.pop()
+                    here = here.rpartition("/")[0]
                 real = min(real, len(stack))
                 continue
+            path = join(here, comp)
             if real < len(stack):
                 stack.append(comp)  # nothing exists here, so no symlink can be met
+                here = path
                 continue
-            here = "/".join(stack)
-            path = join(here, comp)
             target = _DIR if path in self._fds else self._step(here, comp, path, create)
             if target in (_DIR, _MISSING):
                 stack.append(comp)
+                here = path
                 real += target == _DIR
                 continue
             links += 1
             if links > _MAX_LINKS:
                 raise InvalidArgument(f"invalid archive: too many levels of symlinks at {path!r}")
             if target.startswith("/"):
-                stack, real = [], 0
+                stack, here, real = [], "", 0
             pending.extendleft(reversed(target.split("/")))
         self._make_missing(stack, real, create)
-        return "/".join(stack)
+        return here
+
+    def _cached_start(self, components: list[str], joined: str) -> tuple[list[str], str]:
+        """The longest leading run of ``components`` that is a cached (so real, canonical)
+        directory, and its path: the walk starts there instead of at the root, so a member
+        deep in the tree costs a few steps, not one per level (names from ``clean_name``;
+        anything else starts at the root)."""
+        if "" in components or "." in components or ".." in components:
+            return [], ""
+        known, count = joined, len(components)
+        while count and known not in self._fds:
+            known = known.rpartition("/")[0]
+            count -= 1
+        return components[:count], known if count else ""
 
     def _step(self, here: str, comp: str, path: str, create: bool) -> str:
         """Look at one component: ``_DIR``, ``_MISSING`` or its symlink target. With
@@ -177,22 +201,7 @@ class RootDir:
             return
         if stat.S_ISDIR(st.st_mode):
             self.forget(path)
-            _remove_dir(parent_fd, name)
+            remove_tree_at(parent_fd, name)
         else:
             os.unlink(name, dir_fd=parent_fd)
 
-
-def _remove_dir(parent_fd: int, name: str) -> None:
-    """Delete directory ``name`` and its contents through fds, never following a symlink."""
-    fd = os.open(name, _OPEN_DIR, dir_fd=parent_fd)
-    try:
-        with os.scandir(fd) as it:
-            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
-        for entry, is_dir in entries:
-            if is_dir:
-                _remove_dir(fd, entry)
-            else:
-                os.unlink(entry, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=parent_fd)

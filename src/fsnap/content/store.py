@@ -10,10 +10,10 @@ can walk image -> manifest -> config and layers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,7 +23,9 @@ from typing import IO, TYPE_CHECKING, Any
 from fsnap.db import Database, dumps
 from fsnap.digest import validate
 from fsnap.errors import NotFound
+from fsnap.fdtree import remove_tree
 from fsnap.oci import Descriptor
+from fsnap.private import private_dir
 
 if TYPE_CHECKING:
     from fsnap.content.writer import IngestStatus, Writer
@@ -69,7 +71,7 @@ class ContentStore:
         self.db = db
         self.ingest_root = self.root / "ingest"
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
-        self.ingest_root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.ingest_root, self.root.parent)
 
     # -- committed blobs -------------------------------------------------------------------
 
@@ -195,7 +197,8 @@ class ContentStore:
         )
 
     def remove_ingest_dir(self, ref: str) -> None:
-        shutil.rmtree(self.ingest_dir(ref), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(self.ingest_dir(ref))
 
 
 def _loads(raw: bytes | memoryview) -> dict[str, Any]:

@@ -21,11 +21,13 @@ import logging
 import os
 import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from fsnap.archive.apply import OPAQUE_MARKER, WHITEOUT_PREFIX
 from fsnap.archive.entry import Entry, Kind, kind_of_mode
 from fsnap.errors import FailedPrecondition
+from fsnap.fdtree import climb
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,25 @@ def without_sockets(entries: list[Entry]) -> tuple[list[Entry], list[str]]:
     return kept, sockets + [e.path for e in entries if e.kind == "hardlink" and e.link in gone]
 
 
+@dataclass
+class _Level:
+    """A directory the walk is in: names still to index (last first), then its whiteouts."""
+
+    path: str
+    dev: int
+    ino: int
+    names: list[str]
+    whiteouts: list[str]
+
+    @classmethod
+    def of(cls, fd: int, path: str) -> _Level:
+        names = sorted(os.listdir(fd), key=os.fsencode)
+        st = os.fstat(fd)
+        whiteouts = [n for n in names if n.startswith(WHITEOUT_PREFIX)]
+        rest = [n for n in reversed(names) if not n.startswith(WHITEOUT_PREFIX)]
+        return cls(path, st.st_dev, st.st_ino, rest, whiteouts)
+
+
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
@@ -90,35 +111,44 @@ class _Scanner:
         self._inodes: dict[int, str] = {}
 
     def walk(self) -> None:
-        root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        """Depth first, names in byte order (hard links pick the same first path as any
+        earlier walk), iteratively with one directory fd held (``fsnap.fdtree``): a
+        snapshot may be nested deeper than Python's recursion limit or the fd limit."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             if "" in self.overrides:
-                self._add_root(root_fd)
-            self._walk_dir(root_fd, "")
+                self._add_root(fd)
+            stack = [_Level.of(fd, "")]
+            while stack:
+                level = stack[-1]
+                if level.names:
+                    name = level.names.pop()
+                    child = self._add(fd, level.path, name)
+                    if child is not None:
+                        os.close(fd)
+                        fd = child
+                        stack.append(_Level.of(fd, _join(level.path, name)))
+                    continue
+                for name in level.whiteouts:
+                    self._add_whiteout(level.path, name[len(WHITEOUT_PREFIX) :])
+                stack.pop()
+                if stack:
+                    fd = climb(fd, stack[-1].dev, stack[-1].ino)
         finally:
-            os.close(root_fd)
+            os.close(fd)
 
     def _add_root(self, fd: int) -> None:
         entry = self._entry_of(fd, "", os.fstat(fd), None)
         entry.opaque = entry.opaque or self._has_marker(fd)
         self.entries[""] = entry
 
-    def _walk_dir(self, dir_fd: int, parent: str) -> None:
-        """Entries of one directory: names sorted so hard links pick the same first path."""
-        names = sorted(os.listdir(dir_fd), key=os.fsencode)
-        whiteouts = [n for n in names if n.startswith(WHITEOUT_PREFIX)]
-        for name in names:
-            if not name.startswith(WHITEOUT_PREFIX):
-                self._add(dir_fd, parent, name)
-        for name in whiteouts:
-            self._add_whiteout(parent, name[len(WHITEOUT_PREFIX) :])
-
-    def _add(self, dir_fd: int, parent: str, name: str) -> None:
+    def _add(self, dir_fd: int, parent: str, name: str) -> int | None:
+        """Index ``name``; for a directory, return its fd (the walk goes into it next)."""
         path = _join(parent, name)
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         if self.overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             self.entries[path] = Entry(path, "whiteout")
-            return
+            return None
         if stat.S_ISDIR(st.st_mode):
             fd = os.open(
                 name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
@@ -126,16 +156,17 @@ class _Scanner:
             try:
                 entry = self._entry_of(fd, path, st, None)
                 entry.opaque = entry.opaque or self._has_marker(fd) or self._overlay_opaque(fd)
-                self.entries[path] = entry
-                self._walk_dir(fd, path)
-            finally:
+            except BaseException:
                 os.close(fd)
-            return
+                raise
+            self.entries[path] = entry
+            return fd
         link = os.readlink(name, dir_fd=dir_fd) if stat.S_ISLNK(st.st_mode) else None
         entry = self._entry_of(dir_fd, path, st, name if link is None else None, link)
         if (stat.S_ISREG(st.st_mode) or stat.S_ISSOCK(st.st_mode)) and st.st_nlink > 1:
             entry = self._link_or_first(entry, st.st_ino)
         self.entries[path] = entry
+        return None
 
     def _add_whiteout(self, parent: str, name: str) -> None:
         """``.wh.NAME`` deletes NAME below, unless this layer has NAME too: a directory of

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fsnap.content.store import INGEST_TABLE, ContentStore
 from fsnap.content.writer import IngestStatus
 from fsnap.errors import FailedPrecondition, NotFound
+from fsnap.fdtree import remove_tree
 from fsnap.locking import exclusive_if_free
 from fsnap.snapshots.snapshotter import Snapshotter
 
@@ -102,7 +102,8 @@ def remove_orphan_dir(content: ContentStore, path: Path) -> bool:
         # A writer may have opened, written its record and closed since we listed.
         if path.name in _dir_names(content, content.list_ingests()):
             return False
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(path)
         return True
 
 

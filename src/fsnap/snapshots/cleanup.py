@@ -9,18 +9,23 @@ What a crash can leave, and what happens to it (see ``disk`` for the layout):
   if active or view (nothing depends on those). A committed snapshot is never dropped
   silently: it is reported in ``CleanupReport.missing`` and left for a person (or GC).
 
-The whole pass is one ``listdir`` and one read of the id table when nothing is wrong.
+It also keeps every snapshot's own directory 0700 (``fsnap.private``). The whole pass is
+one ``listdir``, a ``stat`` per snapshot and one read of the id table when nothing is wrong.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fsnap.private import keep_private
 from fsnap.snapshots import disk
 from fsnap.snapshots.info import Kind
 from fsnap.snapshots.metadata import Tables
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,15 +46,29 @@ def clean(root: Path, tables: Tables) -> CleanupReport:
             report.skipped = True
             return report
         names = os.listdir(root)
+        owner = os.stat(root.parent)
         present = {int(n) for n in names if n.isdigit()}
         with tables.db.begin() as txn:
             ids = tables.all_ids(txn)
         _drop_orphan_records(tables, ids, present, report)
         for name in names:
             if _is_leftover(name, ids):
-                disk.remove_tree(root / name)
-                report.removed_dirs.append(name)
+                if _remove_leftover(root / name):
+                    report.removed_dirs.append(name)
+            elif name.isdigit():
+                keep_private(root / name, owner)
     return report
+
+
+def _remove_leftover(path: Path) -> bool:
+    """Remove one leftover directory; a failure is a warning (the next open tries again),
+    never the failure of the command that happened to open the store."""
+    try:
+        disk.remove_tree(path)
+    except OSError as exc:
+        log.warning("cannot remove leftover snapshot directory %s: %s", path, exc)
+        return False
+    return True
 
 
 def _is_leftover(name: str, ids: dict[int, str]) -> bool:

@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
-import shutil
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from fsnap.fdtree import iter_stats
+from fsnap.fdtree import remove_tree as remove_tree
 from fsnap.locking import exclusive_if_free
 from fsnap.snapshots.info import Usage
+
+log = logging.getLogger(__name__)
 
 NEW_PREFIX = "new-"
 REMOVE_PREFIX = "rm-"
@@ -89,47 +92,19 @@ def retire(root: Path, snapshot_id: int) -> None:
         os.rename(current, doomed)
     except FileNotFoundError:
         return
-    remove_tree(doomed)
-
-
-def remove_tree(path: Path) -> None:
-    """``rm -rf``, also through directories whose mode forbids writing (a layer may hold a
-    0555 directory; an unprivileged owner can still chmod it)."""
-
-    def unlock_and_retry(func: object, failed: str, excinfo: tuple[object, ...]) -> None:
-        del func
-        if isinstance(excinfo[1], FileNotFoundError):
-            return
-        os.chmod(os.path.dirname(failed), stat.S_IRWXU)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            os.chmod(failed, stat.S_IRWXU)
-            shutil.rmtree(failed, onerror=unlock_and_retry)
-        else:
-            os.unlink(failed)
-
-    if path.is_symlink() or not path.exists():
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        return
-    shutil.rmtree(path, onerror=unlock_and_retry)
+    try:
+        remove_tree(doomed)
+    except OSError as exc:  # the record is gone already: cleanup finishes the directory
+        log.warning("cannot remove %s now (cleanup will): %s", doomed, exc)
 
 
 def disk_usage(path: Path) -> Usage:
     """Bytes allocated and inodes used under ``path`` (itself included), hard links once."""
     seen: set[tuple[int, int]] = set()
     size = 0
-    inodes = 0
-    stack = [os.fsencode(path)]
-    while stack:
-        current = stack.pop()
-        st = os.lstat(current)
+    for st in iter_stats(path):
         identity = (st.st_dev, st.st_ino)
-        if identity in seen:
-            continue
-        seen.add(identity)
-        size += st.st_blocks * 512
-        inodes += 1
-        if stat.S_ISDIR(st.st_mode):
-            with os.scandir(current) as entries:
-                stack.extend(entry.path for entry in entries)
-    return Usage(size=size, inodes=inodes)
+        if identity not in seen:
+            seen.add(identity)
+            size += st.st_blocks * 512
+    return Usage(size=size, inodes=len(seen))

@@ -10,7 +10,15 @@ Tables (all in the shared environment of ``fsnap.db.Database``):
 - ``snapshots.seq``: b"next" -> the next id to allocate (decimal ASCII). Ids never repeat,
   so a stale directory can never be mistaken for a new snapshot's.
 - ``files``: id + NUL + path bytes -> ``Entry.to_bytes()``, the layer index. Keyed by id, not
-  by name, so a commit (which renames the snapshot but keeps its id) keeps the index.
+  by name, so a commit (which renames the snapshot but keeps its id) keeps the index. LMDB
+  refuses keys over 511 bytes (``MDB_BAD_VALSIZE``) while a legal path may be 4 KiB, so a
+  path too long for that is keyed by its first bytes, a NUL (never in a path) and a 16-byte
+  hash of the whole path (``index_key``); such keys are exactly ``MAX_KEY`` bytes, all
+  shorter keys are plain paths. The value always holds the full path, so readers of a
+  hashed key take the path from the entry. Plain keys keep the common case as it was (a
+  prefix scan yields paths in byte order, an exact lookup is one get); hashed keys still
+  share their path's first bytes, so a prefix scan over a directory finds them, and the
+  rare index that has any is sorted after reading.
 
 Every function here takes the caller's transaction: the snapshotter decides what makes one
 atomic change.
@@ -18,6 +26,7 @@ atomic change.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +44,9 @@ SEQ = "snapshots.seq"
 FILES = "files"
 
 _NEXT = b"next"
+# LMDB's compiled-in maximum key size (``mdb_env_get_maxkeysize``, 511 in every build).
+MAX_KEY = 511
+_HASH_SIZE = 16
 
 
 @dataclass
@@ -159,6 +171,29 @@ class Tables:
 def index_prefix(snapshot_id: int) -> bytes:
     """The ``files`` key prefix of one snapshot's index: its id and a NUL."""
     return str(snapshot_id).encode() + b"\0"
+
+
+def index_key(snapshot_id: int, path: bytes) -> bytes:
+    """The ``files`` key of ``path`` in snapshot ``snapshot_id`` (see the module docstring)."""
+    prefix = index_prefix(snapshot_id)
+    if len(prefix) + len(path) < MAX_KEY:
+        return prefix + path
+    return hashed_scan_start(prefix, path) + b"\0" + _path_hash(path)
+
+
+def hashed_scan_start(prefix: bytes, path: bytes) -> bytes:
+    """The part of a hashed key that is ``prefix`` plus the path's first bytes: every key
+    of a path starting with ``path`` (hashed or not) starts with it."""
+    return prefix + path[: MAX_KEY - len(prefix) - 1 - _HASH_SIZE]
+
+
+def is_hashed(key: bytes) -> bool:
+    """Whether ``key`` stands for its path by a hash (then the entry holds the path)."""
+    return len(key) == MAX_KEY
+
+
+def _path_hash(path: bytes) -> bytes:
+    return hashlib.blake2b(path, digest_size=_HASH_SIZE).digest()
 
 
 def _child_key(parent: str, child: str) -> bytes:

@@ -27,15 +27,25 @@ import lmdb
 from fsnap.archive.entry import Entry
 from fsnap.db import Database
 from fsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from fsnap.private import private_dir
 from fsnap.snapshots import disk
 from fsnap.snapshots.cleanup import CleanupReport, clean
 from fsnap.snapshots.filters import compile_filters
 from fsnap.snapshots.info import Info, Kind, Mounts, Usage
-from fsnap.snapshots.metadata import Record, Tables, index_prefix
+from fsnap.snapshots.metadata import (
+    Record,
+    Tables,
+    hashed_scan_start,
+    index_key,
+    index_prefix,
+    is_hashed,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_LABELS_SIZE = 4096
+# A parent link is keyed parent + NUL + child in LMDB (511 bytes at most): 255 each fits.
+MAX_KEY_BYTES = 255
 # Active snapshots served by a writable mount: key -> mount point (commit/remove refuse them).
 MOUNTED = "snapshots.mounted"
 # Ids of active snapshots whose index holds only *overrides* for the files in their
@@ -48,8 +58,7 @@ class Snapshotter:
     """Prepare/View/Commit/Remove snapshots under ``root``; metadata in ``db``."""
 
     def __init__(self, root: Path, db: Database) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = private_dir(Path(root), Path(root).parent)
         self.db = db
         self.tables = Tables(db)
         # (named tables are opened before any transaction may use them)
@@ -70,7 +79,11 @@ class Snapshotter:
         Runs on open. It is skipped (``report.skipped``) while another process is mid-change.
         """
         self._check_open()
-        report = clean(self.root, self.tables)
+        try:
+            report = clean(self.root, self.tables)
+        except (OSError, lmdb.Error) as exc:  # best effort: never fail an unrelated command
+            log.warning("snapshot cleanup failed (will retry on next open): %s", exc)
+            return CleanupReport(skipped=True)
         for name in report.missing:
             log.warning("committed snapshot %s has lost its directory", name)
         return report
@@ -308,18 +321,28 @@ class Snapshotter:
             cursor = txn.cursor(db=self.tables.files)
             found = cursor.set_range(prefix)
             entries = []
-            while found and bytes(cursor.key()).startswith(prefix):
+            hashed = False
+            while found:
+                raw_key = bytes(cursor.key())
+                if not raw_key.startswith(prefix):
+                    break
+                hashed = hashed or is_hashed(raw_key)
                 entries.append(Entry.from_bytes(bytes(cursor.value())))
                 found = cursor.next()
+        if hashed:  # keyed by hash, not in path order: rare, so sort only then
+            entries.sort(key=Entry.key)
         return entries
 
     def index_entry(self, key: str, path: str) -> Entry | None:
         """The index entry of one path of ``key``'s layer, or None."""
         self._check_open()
         with self.db.begin() as txn:
-            prefix = index_prefix(self._get(txn, key).id)
-            raw = txn.get(prefix + os.fsencode(path), db=self.tables.files)
-        return None if raw is None else Entry.from_bytes(bytes(raw))
+            snapshot_id = self._get(txn, key).id
+            raw = txn.get(index_key(snapshot_id, os.fsencode(path)), db=self.tables.files)
+        if raw is None:
+            return None
+        entry = Entry.from_bytes(bytes(raw))
+        return entry if entry.path == path else None
 
     # -- writable mounts ------------------------------------------------------------------
 
@@ -331,21 +354,33 @@ class Snapshotter:
             record = self._get(txn, key)
             _require_active(key, record)
             txn.put(str(record.id).encode(), b"", db=self._overrides)
-            txn.put(index_prefix(record.id) + entry.key(), entry.to_bytes(), db=self.tables.files)
+            txn.put(index_key(record.id, entry.key()), entry.to_bytes(), db=self.tables.files)
 
     def delete_index_entry(self, key: str, path: str, subtree: bool = False) -> None:
         """Drop the override of ``path`` of active ``key`` (with ``subtree``, also of every
         path below it: a directory renamed or removed)."""
         self._check_open()
         with self.db.begin(write=True) as txn:
-            prefix = index_prefix(self._get(txn, key).id)
-            txn.delete(prefix + os.fsencode(path), db=self.tables.files)
+            snapshot_id = self._get(txn, key).id
+            txn.delete(index_key(snapshot_id, os.fsencode(path)), db=self.tables.files)
             if subtree:
-                below = prefix + os.fsencode(path) + b"/" if path else prefix
-                cursor = txn.cursor(db=self.tables.files)
-                found = cursor.set_range(below)
-                while found and bytes(cursor.key()).startswith(below):
-                    found = cursor.delete()
+                self._delete_below(txn, snapshot_id, os.fsencode(path) + b"/" if path else b"")
+
+    def _delete_below(self, txn: lmdb.Transaction, snapshot_id: int, below: bytes) -> None:
+        """Delete every index entry whose path starts with ``below``."""
+        prefix = index_prefix(snapshot_id)
+        start = hashed_scan_start(prefix, below)
+        cursor = txn.cursor(db=self.tables.files)
+        found = cursor.set_range(start)
+        while found:
+            raw_key = bytes(cursor.key())
+            if not raw_key.startswith(start):
+                break
+            if is_hashed(raw_key):
+                path = Entry.from_bytes(bytes(cursor.value())).key()
+            else:
+                path = raw_key[len(prefix) :]
+            found = cursor.delete() if path.startswith(below) else cursor.next()
 
     def use_overrides(self, key: str) -> None:
         """Mark active ``key``'s index as overrides only (a writable mount starts): commit
@@ -410,9 +445,9 @@ class Snapshotter:
         overrides)."""
         self.tables.delete_index(txn, snapshot_id)
         txn.delete(str(snapshot_id).encode(), db=self._overrides)
-        prefix = index_prefix(snapshot_id)
         cursor = txn.cursor(db=self.tables.files)
-        cursor.putmulti((prefix + entry.key(), entry.to_bytes()) for entry in entries)
+        rows = ((index_key(snapshot_id, entry.key()), entry.to_bytes()) for entry in entries)
+        cursor.putmulti(rows)
 
     def _has_index(self, txn: lmdb.Transaction, snapshot_id: int) -> bool:
         prefix = index_prefix(snapshot_id)
@@ -445,6 +480,8 @@ def _check_key(key: str) -> None:
         raise InvalidArgument("snapshot key must not be empty")
     if "\0" in key:
         raise InvalidArgument("snapshot key must not contain NUL")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InvalidArgument(f"snapshot key longer than {MAX_KEY_BYTES} bytes")
 
 
 def _check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:

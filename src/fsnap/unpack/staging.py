@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fsnap.errors import FsnapError
+from fsnap.private import keep_private, private_dir
 from fsnap.snapshots.disk import remove_tree
 from fsnap.snapshots.info import Kind
 from fsnap.snapshots.snapshotter import Snapshotter
@@ -56,9 +57,11 @@ class Session:
         return self.root / self.name
 
     def staging_dir(self) -> Path:
-        """A fresh empty directory to apply one layer into (mode 0755, as a snapshot's)."""
+        """A fresh empty directory to apply one layer into (mode 0755, as a snapshot's,
+        inside the session's 0700 directory: see ``fsnap.private``)."""
+        private_dir(self.directory, self.root.parent)
         path = self.directory / str(next(self._counter))
-        path.mkdir(parents=True)
+        path.mkdir()
         os.chmod(path, 0o755)
         return path
 
@@ -75,7 +78,7 @@ class Session:
 
 def open_session(root: Path) -> Session:
     """Create and lock a new session under ``root`` (``<fsnap root>/unpack``)."""
-    root.mkdir(parents=True, exist_ok=True)
+    private_dir(root, root.parent)
     while True:
         name = secrets.token_hex(8)
         tmp = root / (TMP_PREFIX + name)
@@ -89,11 +92,26 @@ def open_session(root: Path) -> Session:
         return Session(root, name, fd)
 
 
-def clean_stale(root: Path, snapshotter: Snapshotter) -> list[str]:
+def clean_stale(root: Path, snapshotter: Snapshotter, *, warn: bool = False) -> list[str]:
     """Remove the staging directories, lock files and ``extract-*`` snapshots of dead
-    sessions; leave live sessions alone. Returns what was removed (for logs and tests)."""
+    sessions; leave live sessions alone. Returns what was removed (for logs and tests).
+
+    With ``warn`` (a store being opened for some other command) a failure is a warning,
+    never that command's failure; the next open tries again."""
+    if not warn:
+        return _clean_stale(root, snapshotter)
+    try:
+        return _clean_stale(root, snapshotter)
+    except (OSError, FsnapError) as exc:
+        log.warning("cannot remove what a dead pull left in %s: %s", root, exc)
+        return []
+
+
+def _clean_stale(root: Path, snapshotter: Snapshotter) -> list[str]:
     if not root.is_dir():
         return []
+    private_dir(root, root.parent)
+    owner = os.stat(root.parent)
     removed: list[str] = []
     live: set[str] = set()
     for entry in sorted(os.listdir(root)):
@@ -108,9 +126,12 @@ def clean_stale(root: Path, snapshotter: Snapshotter) -> list[str]:
             continue
         if not (root / (match.group(1) + LOCK_SUFFIX)).exists():
             _remove_snapshot(snapshotter, info.name, removed)
-    for entry in os.listdir(root):  # directories whose lock file is gone
-        orphan = not (root / (entry + LOCK_SUFFIX)).exists() and entry not in live
-        if re.fullmatch(r"[0-9a-f]{16}", entry) and orphan:
+    for entry in os.listdir(root):
+        if not re.fullmatch(r"[0-9a-f]{16}", entry):
+            continue
+        if (root / (entry + LOCK_SUFFIX)).exists() or entry in live:
+            keep_private(root / entry, owner)  # a live session's
+        else:  # a directory whose lock file is gone
             remove_tree(root / entry)
             removed.append(entry)
     return removed
