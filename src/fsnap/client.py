@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from fsnap.pull import LayerSink
     from fsnap.remotes.auth import Credentials
     from fsnap.snapshots.snapshotter import Snapshotter
+    from fsnap.unpack.layer import SizeLimit
 
 
 def _check_private(root: Path) -> None:
@@ -115,6 +116,8 @@ class Client:
         sink: LayerSink | None = None,
         unpack: bool = True,
         registry_factory: Callable[..., Any] | None = None,
+        blob_deadline: float | None = None,
+        layer_limit: SizeLimit | None = None,
     ) -> Image:
         """Pull ``ref`` into the content store and record it.
 
@@ -125,13 +128,15 @@ class Client:
         ``platform`` (else this host) also becomes a committed snapshot named by its chain
         ID, applied while it downloads (``fsnap.rootfs``); ``sink`` still gets its calls.
         ``registry_factory`` replaces the registry client (``fsnap import`` reads archives).
+        ``blob_deadline``: seconds each blob may take in all (``fsnap.pull.BLOB_DEADLINE``);
+        ``layer_limit``: what a layer may unpack to (``fsnap.unpack.layer.SizeLimit``).
         """
         import functools
 
         import trio
 
         from fsnap.leases import acquire
-        from fsnap.pull import pull_image
+        from fsnap.pull import BLOB_DEADLINE, pull_image
 
         pull = functools.partial(
             pull_image,
@@ -145,6 +150,7 @@ class Client:
             ca_file=ca_file,
             max_concurrent_downloads=max_concurrent_downloads,
             progress=progress,
+            blob_deadline=BLOB_DEADLINE if blob_deadline is None else blob_deadline,
         )
         if registry_factory is not None:
             pull = functools.partial(pull, registry_factory=registry_factory)
@@ -157,7 +163,8 @@ class Client:
         from fsnap.unpack.fanout import FanOut
 
         async def pull_into(unpacker: LayerSink) -> Image:
-            return await pull(sink=unpacker if sink is None else FanOut(sink, unpacker))
+            fed = unpacker if sink is None else FanOut(sink, unpacker)
+            return await pull(sink=fed, record=False)
 
         run = functools.partial(
             pull_unpacked,
@@ -167,9 +174,12 @@ class Client:
             self.root / "unpack",
             platform=platform,
             progress=progress,
+            limit=layer_limit,
         )
         with acquire(self.db, f"pull {ref}"):
-            return trio.run(run)
+            image = trio.run(run)
+            # Only now, every layer a committed snapshot: a failed unpack records nothing.
+            return self.images.create_or_update(image)
 
     def import_archive(
         self, path: Path, *, name: str | None = None, unpack: bool = True

@@ -6,6 +6,8 @@ exit code. Nothing else in fsnap decides how an error looks to a user.
 
 from __future__ import annotations
 
+import errno
+
 
 class FsnapError(Exception):
     """Base of every error fsnap reports to a user."""
@@ -121,3 +123,34 @@ class CommandNotFound(FsnapError):
     """A container's command is not in its image: the status shells use."""
 
     exit_code = 127
+
+
+# errnos that say the data cannot be laid out as asked (the input's fault): exit 4.
+_INVALID_ERRNOS = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.EINVAL,
+        errno.EEXIST,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.EMLINK,
+        errno.ENOTEMPTY,
+        errno.EOVERFLOW,
+        errno.ERANGE,
+        errno.E2BIG,
+    }
+)
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def os_error(exc: OSError, what: str) -> FsnapError:
+    """A typed error for ``exc`` met while doing ``what`` (one line, naming the path):
+    no space -> ``FailedPrecondition`` ("no space left"), an errno that says the input
+    cannot be laid out -> ``InvalidArgument``, anything else -> ``FailedPrecondition``."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in _NO_SPACE_ERRNOS:
+        return FailedPrecondition(f"no space left on device: {what}: {reason}")
+    if exc.errno in _INVALID_ERRNOS:
+        return InvalidArgument(f"{what}: {reason}")
+    return FailedPrecondition(f"{what}: {reason}")

@@ -28,9 +28,17 @@ from typing import Protocol, cast
 
 import trio
 
+from fsnap import oci
 from fsnap.content.store import ContentStore
 from fsnap.content.writer import Writer
-from fsnap.errors import AlreadyExists, Busy, FsnapError
+from fsnap.errors import (
+    AlreadyExists,
+    Busy,
+    FsnapError,
+    InvalidArgument,
+    Unavailable,
+    os_error,
+)
 from fsnap.images.manifest import (
     ImageConfig,
     Manifest,
@@ -55,6 +63,13 @@ from fsnap.remotes.retry import RetryEvent
 WRITE_BATCH = 1 << 20
 # How often a pull blocked on another process's ingest of the same blob looks again.
 BUSY_POLL = 0.2
+# Indexes within indexes: real images have one level (an index of manifests), containerd
+# accepts a few; a chain of 1,000 took 50 s to refuse by exhaustion. Beyond this: refused.
+MAX_INDEX_DEPTH = 4
+# A whole blob must arrive within this many seconds, whatever its per-read progress (a
+# registry trickling a byte every few seconds never trips a per-read timeout). Generous
+# for real layers on slow links; ``--blob-timeout`` changes it.
+BLOB_DEADLINE = 3600.0
 
 
 class LayerSink(Protocol):
@@ -78,6 +93,7 @@ class PullOptions:
     platform: Platform | None = None
     all_platforms: bool = False
     max_concurrent_downloads: int = 3
+    blob_deadline: float = BLOB_DEADLINE
 
     def wanted_platform(self) -> Platform | None:
         if self.all_platforms:
@@ -127,10 +143,14 @@ class Puller:
         await self.handle(target)
         return target
 
-    async def handle(self, desc: Descriptor) -> None:
+    async def handle(self, desc: Descriptor, depth: int = 0) -> None:
         """Fetch an index or manifest and, below it, everything the options select."""
         doc = load_document(desc, await self.document(desc))
         if kind_of(desc, doc) == "index":
+            if depth >= MAX_INDEX_DEPTH:
+                raise InvalidArgument(
+                    f"{desc.digest}: indexes nested more than {MAX_INDEX_DEPTH} deep"
+                )
             index = parse_index(desc, doc)
             children = select_manifests(
                 index, self.options.wanted_platform(), ref=str(self.ref)
@@ -138,7 +158,7 @@ class Puller:
             await self.store_document(desc, index_labels(index, children))
             async with trio.open_nursery() as nursery:
                 for child in children:
-                    nursery.start_soon(self.handle, child)
+                    nursery.start_soon(self.handle, child, depth + 1)
         else:
             await self.handle_manifest(parse_manifest(desc, doc))
 
@@ -146,9 +166,19 @@ class Puller:
         await self.store_document(manifest.descriptor, manifest_labels(manifest))
         for layer in manifest.layers:
             self.progress.blob_waiting(layer)
+        if manifest.config.size > oci.MAX_MANIFEST_SIZE:  # refused before any byte comes
+            raise InvalidArgument(
+                f"{manifest.config.digest}: config of {manifest.config.size} bytes is over "
+                f"the {oci.MAX_MANIFEST_SIZE}-byte limit"
+            )
         await self.fetch_blob(manifest.config, stream=False)
         config_bytes = await trio.to_thread.run_sync(self.content.read, manifest.config.digest)
         config = parse_config(manifest.config, config_bytes)
+        if len(config.diff_ids) != len(manifest.layers):
+            raise InvalidArgument(
+                f"manifest {manifest.descriptor.digest}: {len(manifest.layers)} layers but "
+                f"its config lists {len(config.diff_ids)} diff_ids"
+            )
         platform = manifest.descriptor.platform or config.platform
         self.tally.platforms.append(platform)
         if self.sink is not None:
@@ -244,6 +274,17 @@ class Puller:
         """Append the rest of the blob from the registry, batching writes into threads."""
         if writer.offset >= desc.size:
             return
+        deadline = self.options.blob_deadline
+        try:
+            with trio.fail_after(deadline):
+                await self._download(desc, writer, wants)
+        except trio.TooSlowError:
+            raise Unavailable(
+                f"blob {desc.digest} did not arrive within {deadline:g} s "
+                f"({writer.offset} of {desc.size} bytes; see --blob-timeout)"
+            ) from None
+
+    async def _download(self, desc: Descriptor, writer: Writer, wants: bool) -> None:
         # Chunks (64 KiB from the socket) are kept in a list and joined once per batch: a
         # growing bytearray reallocates and copies as it grows, then copies again into bytes.
         batch: list[bytes] = []
@@ -331,11 +372,18 @@ async def pull_image(
     sink: LayerSink | None = None,
     registry_factory: Callable[..., RegistryClient] = RegistryClient,
     ca_file: Path | None = None,
+    record: bool = True,
+    blob_deadline: float = BLOB_DEADLINE,
 ) -> Image:
-    """Pull ``ref`` into ``content`` and record it in ``images``; return the record."""
+    """Pull ``ref`` into ``content`` and record it in ``images``; return the record.
+
+    The record is written only once every blob the image needs is committed and
+    verified: a failed pull leaves no image behind (nothing to inspect or push). With
+    ``record=False`` the image is returned unrecorded, for a caller with more to finish
+    first (an unpack: ``Client.pull`` records it once every layer is a snapshot)."""
     reference = ref if isinstance(ref, Reference) else Reference.parse(ref)
     progress = progress or PullProgress()
-    options = PullOptions(platform, all_platforms, max_concurrent_downloads)
+    options = PullOptions(platform, all_platforms, max_concurrent_downloads, blob_deadline)
     started = time.monotonic()
     async with registry_factory(
         plain_http=plain_http, credentials=credentials, ca_file=ca_file
@@ -352,19 +400,30 @@ async def pull_image(
         platforms=tuple(dict.fromkeys(puller.tally.platforms)),
         size=sum(puller.tally.sizes.values()),
     )
-    record = await trio.to_thread.run_sync(images.create_or_update, image)
+    if record:
+        image = await trio.to_thread.run_sync(images.create_or_update, image)
     progress.finished(puller.tally.downloaded, time.monotonic() - started)
-    return record
+    return image
 
 
 def first_fsnap_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error a user should see from a failed nursery: its first typed fsnap error."""
+    """The error a user should see from a failed nursery: its first typed fsnap error,
+    else its first ``OSError`` as one (disk full in a download thread is exit 5, "no space
+    left", not an internal error), else the group itself."""
+    found = _first_of_type(group, FsnapError) or _first_of_type(group, OSError)
+    if isinstance(found, OSError):
+        return os_error(found, f"pulling: {found.filename or 'I/O'}")
+    return found or group
+
+
+def _first_of_type(
+    group: BaseExceptionGroup[BaseException], kind: type[BaseException]
+) -> BaseException | None:
     for exc in group.exceptions:
         if isinstance(exc, BaseExceptionGroup):
-            inner = first_fsnap_error(exc)
-            if isinstance(inner, FsnapError):
+            inner = _first_of_type(exc, kind)
+            if inner is not None:
                 return inner
-        elif isinstance(exc, FsnapError):
+        elif isinstance(exc, kind):
             return exc
-    return group
-
+    return None

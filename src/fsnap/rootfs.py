@@ -38,7 +38,7 @@ import trio
 from fsnap.archive.apply import ApplyResult, sync_tree
 from fsnap.content.store import ContentStore
 from fsnap.digest import chain_ids
-from fsnap.errors import FsnapError, InvalidArgument
+from fsnap.errors import FsnapError
 from fsnap.images.manifest import ImageConfig, Manifest
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
@@ -46,7 +46,7 @@ from fsnap.progress import ByteMeter, PullProgress
 from fsnap.pull import LayerSink, first_fsnap_error
 from fsnap.snapshots.disk import remove_tree
 from fsnap.snapshots.snapshotter import Snapshotter
-from fsnap.unpack.layer import apply_blob, apply_stored, commit_staged, snapshot_exists
+from fsnap.unpack.layer import SizeLimit, apply_blob, apply_stored, commit_staged
 from fsnap.unpack.pipe import BytePipe
 from fsnap.unpack.staging import Session, clean_stale, open_session
 
@@ -106,7 +106,9 @@ class Unpacker:
         nursery: trio.Nursery,
         platform: Platform,
         progress: PullProgress,
+        limit: SizeLimit | None = None,
     ) -> None:
+        self.limit = limit or SizeLimit()
         self.snapshotter = snapshotter
         self.content = content
         self.session = session
@@ -127,16 +129,11 @@ class Unpacker:
         platform = manifest.descriptor.platform or config.platform
         if not self.platform.matches(platform):
             return
-        if len(config.diff_ids) != len(manifest.layers):
-            raise InvalidArgument(
-                f"manifest {manifest.descriptor.digest}: {len(manifest.layers)} layers but "
-                f"its config lists {len(config.diff_ids)} diff_ids"
-            )
         diff_ids = list(config.diff_ids)
         plan = _Plan(manifest, diff_ids, chain_ids(diff_ids))
         self._plans.append(plan)
         for i, desc in enumerate(manifest.layers):
-            if desc.digest not in self._claims and not await self._committed(plan.chain[i]):
+            if desc.digest not in self._claims and not await self._reuse(plan.chain[i]):
                 self._claims[desc.digest] = (plan, i)
         self._nursery.start_soon(self._commit_chain, plan)
 
@@ -214,14 +211,19 @@ class Unpacker:
         stream.applied = _Applied(staged, result)
         stream.done.set()
 
-    @staticmethod
-    def _apply_from_pipe(stream: _Stream, staged: Path) -> ApplyResult:
+    def _apply_from_pipe(self, stream: _Stream, staged: Path) -> ApplyResult:
         try:
             # The pipe has the one method a reader needs: read. The meter counts what it gives.
             raw = cast(BinaryIO, stream.meter.wrap(stream.pipe))
             wake = stream.pipe.detach  # the read-ahead thread may wait on the pipe
             return apply_blob(
-                raw, stream.desc, staged, stream.diff_id, interrupt=wake, sync=False
+                raw,
+                stream.desc,
+                staged,
+                stream.diff_id,
+                interrupt=wake,
+                sync=False,
+                limit=self.limit,
             )
         except FsnapError as exc:
             raise type(exc)(_naming(stream.desc, exc)) from None
@@ -234,7 +236,7 @@ class Unpacker:
         self.progress.layer_unpacking(desc, meter)
         try:
             result = await trio.to_thread.run_sync(
-                functools.partial(apply_stored, sync=False, meter=meter),
+                functools.partial(apply_stored, sync=False, meter=meter, limit=self.limit),
                 self.content.path(desc.digest),
                 desc,
                 staged,
@@ -276,7 +278,7 @@ class Unpacker:
                 await stream.done.wait()
                 assert stream.applied is not None
                 applied = stream.applied
-            elif await self._committed(chain_id):
+            elif await self._reuse(chain_id):
                 parent = chain_id
                 continue
             else:
@@ -311,8 +313,10 @@ class Unpacker:
                 await trio.to_thread.run_sync(remove_tree, applied.staged)
         self.progress.layer_unpacked(desc, chain_id)
 
-    async def _committed(self, chain_id: str) -> bool:
-        return await trio.to_thread.run_sync(snapshot_exists, self.snapshotter, chain_id)
+    async def _reuse(self, chain_id: str) -> bool:
+        """Whether snapshot ``chain_id`` exists; if so it is touched, so that a gc running
+        now keeps it for this pull (see ``Snapshotter.touch``)."""
+        return await trio.to_thread.run_sync(self.snapshotter.touch, chain_id)
 
     def _ready_event(self, digest: str) -> trio.Event:
         return self._event(self._blob_ready, digest)
@@ -345,6 +349,7 @@ async def unpacking(
     *,
     platform: Platform | None = None,
     progress: PullProgress | None = None,
+    limit: SizeLimit | None = None,
 ) -> AsyncIterator[Unpacker]:
     """An ``Unpacker`` for one pull, staging under ``work_root`` (same filesystem as the
     snapshots). Stale sessions of dead processes are cleaned first; ours is removed after."""
@@ -359,6 +364,7 @@ async def unpacking(
                 nursery,
                 platform or Platform.host(),
                 progress or PullProgress(),
+                limit,
             )
             try:
                 yield unpacker
@@ -377,13 +383,14 @@ async def pull_unpacked(
     *,
     platform: Platform | None = None,
     progress: PullProgress | None = None,
+    limit: SizeLimit | None = None,
 ) -> T:
     """Run ``pull(sink)`` with an unpacker as its sink; return once everything is committed.
 
     The first typed error of any layer or of the pull is what a failure raises."""
     try:
         async with unpacking(
-            snapshotter, content, work_root, platform=platform, progress=progress
+            snapshotter, content, work_root, platform=platform, progress=progress, limit=limit
         ) as unpacker:
             result = await pull(unpacker)
             await unpacker.finish()

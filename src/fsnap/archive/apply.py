@@ -40,7 +40,7 @@ from fsnap.archive.entry import Entry
 from fsnap.archive.members import entry_of
 from fsnap.archive.reader import LayerStream
 from fsnap.archive.resolve import RootDir, clean_name, join
-from fsnap.errors import FailedPrecondition, FsnapError, InvalidArgument, NotFound
+from fsnap.errors import FailedPrecondition, FsnapError, InvalidArgument, NotFound, os_error
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,12 @@ def apply_layer(
     privileged: bool | None = None,
     sync: bool = True,
     interrupt: Callable[[], None] | None = None,
+    max_size: int | None = None,
 ) -> ApplyResult:
     """Unpack the uncompressed tar ``tar_stream`` into the empty directory ``root``.
+
+    ``max_size`` caps the bytes the layer's files *declare* (a sparse file declares far
+    more than its tar holds): past it the layer is refused as ``InvalidArgument``.
 
     ``privileged`` (default: running as root) decides whether owners, device nodes and all
     xattrs go to disk; see ``fsnap.archive.metadata``. Raises ``InvalidArgument`` for a
@@ -79,7 +83,7 @@ def apply_layer(
     if privileged is None:
         privileged = os.geteuid() == 0
     reader = LayerStream(tar_stream, interrupt=interrupt)
-    layer = _Layer(root, privileged)
+    layer = _Layer(root, privileged, max_size)
     try:
         with tarfile.open(
             fileobj=cast(BinaryIO, reader),
@@ -100,8 +104,10 @@ def apply_layer(
         raise InvalidArgument(f"invalid archive: {e}") from None
     except FsnapError:
         raise
+    except (OverflowError, ValueError) as e:  # e.g. a PAX mtime or uid out of any range
+        raise InvalidArgument(f"invalid archive: member {layer.current!r}: {e}") from None
     except OSError as e:
-        raise FailedPrecondition(f"applying layer into {root}: {e}") from None
+        raise os_error(e, f"member {layer.current!r}") from None
     finally:
         reader.close()
         layer.tree.close()
@@ -130,8 +136,11 @@ def sync_tree(root: Path) -> None:
 class _Layer:
     """The state of one application: the directory tree and the index being built."""
 
-    def __init__(self, root: Path, privileged: bool) -> None:
+    def __init__(self, root: Path, privileged: bool, max_size: int | None = None) -> None:
         self.privileged = privileged
+        self.current = ""  # the member being applied (for error messages)
+        self._max_size = max_size
+        self._declared = 0
         self.index: dict[str, Entry] = {}
         self.tree = RootDir(root, on_implicit=self._implicit, on_replace=self._forget)
         self._dirs: dict[str, Entry] = {}  # directories whose metadata is set at the end
@@ -188,6 +197,8 @@ class _Layer:
     # -- members -----------------------------------------------------------------------
 
     def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile, stream: LayerStream) -> None:
+        self.current = member.name
+        self._count(member)
         components = clean_name(member.name)
         if not components:
             self._add_root(member)
@@ -218,6 +229,17 @@ class _Layer:
         else:
             self._make_node(dir_fd, base, entry)
         self._put(entry)
+
+    def _count(self, member: tarfile.TarInfo) -> None:
+        """Refuse a layer whose files declare more bytes than ``max_size``."""
+        if not member.isfile():
+            return
+        self._declared += member.size
+        if self._max_size is not None and self._declared > self._max_size:
+            raise InvalidArgument(
+                f"invalid archive: its files declare over {self._max_size} bytes (at member "
+                f"{member.name!r}), more than this layer may unpack to (--max-layer-size)"
+            )
 
     def _add_root(self, member: tarfile.TarInfo) -> None:
         if member.isdir():

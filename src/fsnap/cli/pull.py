@@ -12,6 +12,8 @@ from fsnap.client import Client
 from fsnap.errors import InvalidArgument
 from fsnap.oci import Platform
 from fsnap.progress import human_size
+from fsnap.pull import BLOB_DEADLINE
+from fsnap.unpack.layer import INFLATION_FLOOR, INFLATION_RATIO, SizeLimit
 
 
 def register(subparsers: Any) -> None:
@@ -32,6 +34,21 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--no-unpack", action="store_true", help="only fetch; do not unpack into snapshots"
     )
+    parser.add_argument(
+        "--blob-timeout",
+        type=_positive_float,
+        default=BLOB_DEADLINE,
+        metavar="SECONDS",
+        help=f"time each blob may take to arrive in all (default {BLOB_DEADLINE:g})",
+    )
+    parser.add_argument(
+        "--max-layer-size",
+        type=_size,
+        default=None,
+        metavar="SIZE",
+        help="bytes a layer's files may declare (e.g. 20G); default: "
+        f"{INFLATION_RATIO}x its compressed size, at least {human_size(INFLATION_FLOOR)}",
+    )
     parser.set_defaults(handler=handle_pull)
 
 
@@ -47,6 +64,8 @@ def handle_pull(client: Client, args: argparse.Namespace) -> int:
         "ca_file": args.ca_file,
         "max_concurrent_downloads": args.max_concurrent_downloads,
         "unpack": not args.no_unpack,
+        "blob_deadline": args.blob_timeout,
+        "layer_limit": SizeLimit(absolute=args.max_layer_size),
     }
     with reporting(PullReporter, mode_for(sys.stdout, args.quiet), sys.stdout) as progress:
         image = client.pull(args.ref, progress=progress, **options)
@@ -65,4 +84,31 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """``123``, ``64K``, ``512M``, ``20G``, ``1T`` (binary units) as bytes."""
+    number, unit = text[:-1], text[-1:].upper()
+    if unit not in _UNITS or unit == "":
+        number, unit = text, ""
+    try:
+        value = int(number) * _UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 byte")
     return value

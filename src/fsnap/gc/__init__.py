@@ -14,7 +14,8 @@ image recorded after it is seen as a root. See ``fsnap.leases`` for the lease ru
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,12 @@ class Removal:
     name: str
     size: int = 0
     detail: str = ""
+    # A snapshot's last update as gc saw it: removed only if still so (a pull reusing it
+    # touches it; see ``Snapshotter.touch``). Not part of the report.
+    seen_updated: datetime | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "size": self.size, "detail": self.detail}
 
 
 @dataclass
@@ -64,8 +71,8 @@ class GCReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
-            "removed": [asdict(item) for item in self.removed],
-            "skipped": [asdict(item) for item in self.skipped],
+            "removed": [item.to_json() for item in self.removed],
+            "skipped": [item.to_json() for item in self.skipped],
             "counts": self.counts,
             "bytes_reclaimed": self.bytes_reclaimed,
         }
@@ -147,7 +154,13 @@ def _doomed_snapshots(client: Client, graph: mark.Graph, marked: set[mark.Node])
     depth = {name: _depth(graph, name) for name in doomed}
     doomed.sort(key=lambda name: (-depth[name], name))
     return [
-        Removal(SNAPSHOT, name, sweep.snapshot_size(client.snapshots, name)) for name in doomed
+        Removal(
+            SNAPSHOT,
+            name,
+            sweep.snapshot_size(client.snapshots, name),
+            seen_updated=graph.snapshots[name].updated,
+        )
+        for name in doomed
     ]
 
 
@@ -173,7 +186,7 @@ def _mtime(path: Path) -> float:
 
 def _remove(client: Client, item: Removal) -> bool:
     if item.kind == SNAPSHOT:
-        return sweep.remove_snapshot(client.snapshots, item.name)
+        return sweep.remove_snapshot(client.snapshots, item.name, item.seen_updated)
     if item.kind == BLOB:
         return sweep.remove_blob(client.content, item.name)
     if item.kind == INGEST and item.name.startswith(sweep.ORPHAN_PREFIX):

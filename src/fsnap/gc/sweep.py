@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 from fsnap.content.store import INGEST_TABLE, ContentStore
@@ -31,10 +32,13 @@ def remove_blob(content: ContentStore, digest: str) -> bool:
     return True
 
 
-def remove_snapshot(snapshots: Snapshotter, name: str) -> bool:
-    """Remove a committed snapshot; refused (False) if it gained a child meanwhile."""
+def remove_snapshot(
+    snapshots: Snapshotter, name: str, seen_updated: datetime | None = None
+) -> bool:
+    """Remove a committed snapshot; refused (False) if it gained a child meanwhile, or
+    was updated since gc saw it at ``seen_updated`` (a pull touched it to reuse it)."""
     try:
-        snapshots.remove(name)
+        snapshots.remove(name, if_updated=seen_updated)
     except (NotFound, FailedPrecondition):
         return False
     return True

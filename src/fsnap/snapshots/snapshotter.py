@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import lmdb
@@ -274,18 +275,37 @@ class Snapshotter:
                 os.unlink(fs_dir / path)
         return sockets
 
-    def remove(self, key: str) -> None:
-        """Delete ``key`` and its directory; refused while a snapshot names it as parent."""
+    def remove(self, key: str, *, if_updated: datetime | None = None) -> None:
+        """Delete ``key`` and its directory; refused while a snapshot names it as parent.
+
+        ``if_updated``: only if the snapshot was last updated then (what gc saw when it
+        decided; a pull that reuses it ``touch``es it meanwhile), else FailedPrecondition."""
         self._check_open()
         with disk.change_lock(self.root):
             with self.db.begin(write=True) as txn:
                 record = self._get(txn, key)
+                if if_updated is not None and record.info(key).updated != if_updated:
+                    raise FailedPrecondition(f"snapshot {key} changed meanwhile")
                 if self.tables.has_children(txn, key):
                     raise FailedPrecondition(f"cannot remove snapshot {key}: it has children")
                 self._refuse_mounted(txn, key, "remove")
                 self.tables.delete(txn, key, record)
                 txn.delete(str(record.id).encode(), db=self._overrides)
             disk.retire(self.root, record.id)
+
+    def touch(self, key: str) -> bool:
+        """Mark ``key`` as just used (its ``updated`` time becomes now); False if there is
+        no such snapshot. A pull touches each committed snapshot it reuses, inside its
+        lease: gc then keeps it (``fsnap.leases``), or, if gc removed it first, the pull
+        sees False and unpacks the layer again."""
+        self._check_open()
+        with self.db.begin(write=True) as txn:
+            record = self.tables.get(txn, key)
+            if record is None:
+                return False
+            record.updated = time.time_ns()
+            self.tables.put(txn, key, record)
+        return True
 
     def update(
         self, key: str, labels: Mapping[str, str], fieldpaths: Sequence[str] = ()
