@@ -181,3 +181,13 @@ def test_max_layer_size_is_configurable(registry: RegistryProcess, tmp_path: Pat
     ref = f"{registry.host}/hostile/capped:v1"
     refused(fsnap(tmp_path / "root", "pull", "--max-layer-size", "1K", ref), 4, "over 1024")
     assert fsnap(tmp_path / "root", "pull", "--max-layer-size", "8K", ref).returncode == 0
+
+
+def test_deeply_nested_json_manifest_is_invalid(
+    fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Found by tests/test_fuzz_parsers.py: json.loads raised RecursionError (exit 70)."""
+    body = b"[" * 100_000 + b"]" * 100_000
+    fault_server.serve_manifest("hostile/deepjson", "v1", oci.OCI_MANIFEST, body, sha256_of(body))
+    result = fsnap(tmp_path / "root", "pull", f"{fault_server.host}/hostile/deepjson:v1")
+    refused(result, 4, "JSON")

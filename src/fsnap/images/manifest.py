@@ -59,6 +59,8 @@ def load_document(desc: Descriptor, data: bytes) -> dict[str, Any]:
         doc = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgument(f"{desc.digest}: not valid JSON ({exc})") from None
+    except RecursionError:  # "[[[[..." deeper than the parser's stack (found by fuzzing)
+        raise InvalidArgument(f"{desc.digest}: JSON nested too deep") from None
     if not isinstance(doc, dict):
         raise InvalidArgument(f"{desc.digest}: expected a JSON object")
     if doc.get("schemaVersion") == 1:

@@ -216,7 +216,7 @@ class Authenticator:
         try:
             data = json.loads(body)
             token = data.get("token") or data.get("access_token")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             token = None
         if not isinstance(token, str) or not token:
             raise RegistryError(f"token server of {self.host} sent no token")

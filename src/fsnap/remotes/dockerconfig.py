@@ -19,7 +19,6 @@ renamed) with mode 0600, keeping every key fsnap does not manage.
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import json
 import os
@@ -122,7 +121,7 @@ def _load(path: Path) -> dict[str, Any]:
         raise InvalidArgument(f"docker config {path} is over {MAX_CONFIG_SIZE} bytes")
     try:
         data = json.loads(text) if text.strip() else {}
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # deep nesting: found by fuzzing
         raise InvalidArgument(f"cannot read docker config {path}: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidArgument(f"docker config {path} is not a JSON object")
@@ -179,7 +178,7 @@ def _entry_credentials(path: Path, key: str, entry: dict[str, Any]) -> Credentia
     if isinstance(auth, str) and auth:
         try:
             user, sep, password = base64.b64decode(auth, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, non-ASCII text (fuzzing)
             user, sep, password = "", "", ""
         if not sep:
             raise InvalidArgument(f"docker config {path}: 'auth' of {key} is not base64 user:pass")
@@ -215,7 +214,7 @@ def _helper_get(helper: str, server: str) -> Credentials | None:
     try:
         data = json.loads(answer)
         username, secret = data["Username"], data["Secret"]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         raise InvalidArgument(f"{HELPER_PREFIX}{helper} get: answer is not credentials") from None
     if not isinstance(username, str) or not isinstance(secret, str) or not secret:
         raise InvalidArgument(f"{HELPER_PREFIX}{helper} get: answer is not credentials")

@@ -47,7 +47,7 @@ def error_message(body: bytes | None) -> str:
         return ""
     try:
         data: Any = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         text = body.decode("utf-8", "replace").strip()
         return text[:200]
     errors = data.get("errors") if isinstance(data, dict) else None
@@ -65,7 +65,7 @@ def parse_manifest_json(body: bytes, what: str) -> dict[str, Any]:
     """``body`` as a JSON object, else InvalidArgument: a manifest that is not JSON is useless."""
     try:
         data = json.loads(body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidArgument(f"{what}: manifest is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidArgument(f"{what}: manifest is not a JSON object")
