@@ -281,6 +281,7 @@ def test_references_parse_or_fail_typed(text: str) -> None:
     | JSON
 )
 @example(DEEP_JSON)
+@example({"auths": {"reg.example": {"auth": "\x80"}}})  # non-ASCII base64: was ValueError
 def test_docker_config_parses_or_fails_typed(config: Any) -> None:
     fd, name = tempfile.mkstemp(prefix="fsnap-fuzz-", suffix=".json")
     try:

@@ -141,16 +141,18 @@ _INVALID_ERRNOS = frozenset(
         errno.E2BIG,
     }
 )
-_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_no_space(exc: OSError) -> bool:
+    """Disk or quota full: left as an ``OSError`` for the CLI, which names the store."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def os_error(exc: OSError, what: str) -> FsnapError:
-    """A typed error for ``exc`` met while doing ``what`` (one line, naming the path):
-    no space -> ``FailedPrecondition`` ("no space left"), an errno that says the input
-    cannot be laid out -> ``InvalidArgument``, anything else -> ``FailedPrecondition``."""
+    """A typed one-line error for ``exc`` met while doing ``what`` (naming the path): an
+    errno that says the input cannot be laid out -> ``InvalidArgument`` (exit 4), anything
+    else -> ``FailedPrecondition`` (exit 5). Not for no-space errors (``is_no_space``)."""
     reason = exc.strerror or str(exc)
-    if exc.errno in _NO_SPACE_ERRNOS:
-        return FailedPrecondition(f"no space left on device: {what}: {reason}")
     if exc.errno in _INVALID_ERRNOS:
         return InvalidArgument(f"{what}: {reason}")
     return FailedPrecondition(f"{what}: {reason}")

@@ -37,7 +37,6 @@ from fsnap.errors import (
     FsnapError,
     InvalidArgument,
     Unavailable,
-    os_error,
 )
 from fsnap.images.manifest import (
     ImageConfig,
@@ -408,12 +407,9 @@ async def pull_image(
 
 def first_fsnap_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error a user should see from a failed nursery: its first typed fsnap error,
-    else its first ``OSError`` as one (disk full in a download thread is exit 5, "no space
-    left", not an internal error), else the group itself."""
-    found = _first_of_type(group, FsnapError) or _first_of_type(group, OSError)
-    if isinstance(found, OSError):
-        return os_error(found, f"pulling: {found.filename or 'I/O'}")
-    return found or group
+    else its first ``OSError`` (the CLI prints it in one line; disk full becomes its
+    "no space left on <store>"), else the group itself (a bug: exit 70)."""
+    return _first_of_type(group, FsnapError) or _first_of_type(group, OSError) or group
 
 
 def _first_of_type(

@@ -40,7 +40,14 @@ from fsnap.archive.entry import Entry
 from fsnap.archive.members import entry_of
 from fsnap.archive.reader import LayerStream
 from fsnap.archive.resolve import RootDir, clean_name, join
-from fsnap.errors import FailedPrecondition, FsnapError, InvalidArgument, NotFound, os_error
+from fsnap.errors import (
+    FailedPrecondition,
+    FsnapError,
+    InvalidArgument,
+    NotFound,
+    is_no_space,
+    os_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,8 @@ def apply_layer(
     except (OverflowError, ValueError) as e:  # e.g. a PAX mtime or uid out of any range
         raise InvalidArgument(f"invalid archive: member {layer.current!r}: {e}") from None
     except OSError as e:
+        if is_no_space(e):
+            raise  # the CLI names the store and what is free there (fsnap.cli.out_of_space)
         raise os_error(e, f"member {layer.current!r}") from None
     finally:
         reader.close()
