@@ -294,6 +294,8 @@ def test_private_directories_are_made_private(store: tuple[Path, str, Image]) ->
     assert done.returncode == 21
     for name in PRIVATE_DIRS:
         assert name in done.stdout
+        assert stat.S_IMODE((root / name).stat().st_mode) == 0o700  # opening repaired it
+        os.chmod(root / name, 0o755)
     with Client(root) as client:
         report = check_store(client)
     assert {p.subject for p in report.problems if p.kind == "permission"} == set(PRIVATE_DIRS)

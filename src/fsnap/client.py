@@ -26,13 +26,14 @@ if TYPE_CHECKING:
     from fsnap.unpack.layer import SizeLimit
 
 
-def _check_private(root: Path) -> None:
-    """The store's private directories (``fsnap.private``) are 0700 and its owner's."""
+def _check_private(root: Path) -> dict[str, os.stat_result]:
+    """Make the store's private directories (``fsnap.private``) 0700 and its owner's;
+    returns what each repaired one was before (``fsnap check`` reports those)."""
     from fsnap.private import PRIVATE_DIRS, keep_private
 
     owner = os.stat(root)
-    for name in PRIVATE_DIRS:
-        keep_private(root / name, owner)
+    before = {name: keep_private(root / name, owner) for name in PRIVATE_DIRS}
+    return {name: st for name, st in before.items() if st is not None}
 
 
 def _has_entries(path: Path) -> bool:
@@ -52,6 +53,9 @@ class Client:
         self._content: ContentStore | None = None
         self._images: ImageStore | None = None
         self._snapshots: Snapshotter | None = None
+        # Private directories found wrong (and repaired) when the store was opened: name ->
+        # their stat before the repair.
+        self.private_repairs: dict[str, os.stat_result] = {}
 
     def __enter__(self) -> Client:
         return self
@@ -69,7 +73,7 @@ class Client:
         if self._db is None:
             self.root.mkdir(parents=True, exist_ok=True)
             self._db = Database(self.root)
-            _check_private(self.root)
+            self.private_repairs = _check_private(self.root)
             if _has_entries(self.root / "unpack"):  # a pull runs, or one was killed
                 _ = self.snapshots  # opening the snapshotter removes dead sessions
         return self._db

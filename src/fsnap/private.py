@@ -52,15 +52,18 @@ def private_dir(path: Path, store_root: Path) -> Path:
     return path
 
 
-def keep_private(path: Path, owner: os.stat_result) -> None:
+def keep_private(path: Path, owner: os.stat_result) -> os.stat_result | None:
     """Repair ``path`` if it is not 0700 and ``owner``'s; nothing if it is gone (unlike
-    ``private_dir``, never creates it: for directories others may remove meanwhile)."""
+    ``private_dir``, never creates it: for directories others may remove meanwhile).
+    Returns its stat from before a repair, None if none was needed."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return
+        return None
     if stat.S_IMODE(st.st_mode) != PRIVATE_MODE or st.st_uid != owner.st_uid:
         repair(path, st, owner)
+        return st
+    return None
 
 
 def repair(path: Path, st: os.stat_result, owner: os.stat_result) -> None:

@@ -9,8 +9,9 @@ is its business).
 
 from __future__ import annotations
 
+import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,7 @@ from fsnap.archive.entry import Entry
 from fsnap.diff.scan import scan_snapshot
 from fsnap.digest import hasher
 from fsnap.errors import FsnapError, NotFound
+from fsnap.private import PRIVATE_DIRS
 from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
@@ -38,7 +40,6 @@ PERMISSION = "permission"
 
 # Directories that hold staged or unpacked content: only the store's owner may enter them
 # (a root pull stages setuid binaries and device nodes there; containerd's CVE-2021-41103).
-PRIVATE_DIRS = ("unpack", "snapshots", "content/ingest")
 # How many paths a snapshot problem names (the count is always complete).
 SHOWN_PATHS = 5
 _CHUNK = 1 << 20
@@ -70,8 +71,9 @@ def find_problems(client: Client) -> list[Problem]:
         *images(client),
         *labels(client),
     ]
-    # Last: opening the stores (above) creates the directories a new store lacks.
-    return [*permissions(client.root), *found]
+    # Last: opening the stores (above) creates the directories a new store lacks, and
+    # repairs wrong ones (``fsnap.private``): those are reported as they were found.
+    return [*permissions(client.root, client.private_repairs), *found]
 
 
 def opened_problems(client: Client) -> list[Problem]:
@@ -89,12 +91,16 @@ def opened_problems(client: Client) -> list[Problem]:
 # -- directories ------------------------------------------------------------------------------
 
 
-def permissions(root: Path) -> Iterator[Problem]:
-    """``PRIVATE_DIRS`` that are not mode 0700 and owned by the owner of the store's root."""
+def permissions(
+    root: Path, repaired_on_open: Mapping[str, os.stat_result] | None = None
+) -> Iterator[Problem]:
+    """``PRIVATE_DIRS`` that are not mode 0700 and owned by the owner of the store's root,
+    or were not when the store was opened (``repaired_on_open``: opening repairs them,
+    see ``fsnap.private``; they are still reported as found)."""
     owner = root.stat()
     for name in PRIVATE_DIRS:
         try:
-            st = (root / name).lstat()
+            st = (repaired_on_open or {}).get(name) or (root / name).lstat()
         except FileNotFoundError:
             continue
         mode = stat.S_IMODE(st.st_mode)
