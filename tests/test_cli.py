@@ -43,6 +43,32 @@ def test_images_command_does_not_load_the_registry_client(tmp_path: object) -> N
     assert out.stdout.split() == ["0", "False", "False"]
 
 
+# Libraries a command should load only when it uses them (issue 17, start-up).
+HEAVY = frozenset({"httpx", "trio", "rich", "pyfuse3", "grpc", "zstandard", "isal", "ssl"})
+
+
+def _imported(*argv: str) -> set[str]:
+    """The top-level modules ``python -X importtime -m fsnap.cli ARGV`` imports."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fsnap.cli", *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    rows = [line.split("|")[-1].strip() for line in out.stderr.splitlines()]
+    assert "fsnap.cli" in rows, out.stderr[-2000:]
+    return {row.split(".")[0] for row in rows}
+
+
+def test_images_and_help_import_no_heavy_library(tmp_path: Path) -> None:
+    assert _imported("--root", str(tmp_path), "images").isdisjoint(HEAVY)
+    # Help needs the topics' parsers, not the registry client behind them (the pull and
+    # push topics' progress renderer is rich, so rich stays).
+    for argv in (["pull", "--help"], ["push", "--help"], ["info", "--help"], ["--help"]):
+        imported = _imported("--root", str(tmp_path), *argv)
+        assert imported.isdisjoint(HEAVY - {"rich"}), (argv, imported & HEAVY)
+
+
 def test_unknown_command_is_a_usage_error_without_traceback() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "fsnap.cli", "frobnicate"], capture_output=True, text=True

@@ -1,15 +1,21 @@
-"""`fsnap info`: what fsnap can do on this machine (engine: ``fsnap.info``)."""
+"""`fsnap info`: what fsnap can do on this machine (engine: ``fsnap.info``).
+
+``fsnap.info.report`` is imported by the handler, not here: its registry probe loads httpx
+and trio, which ``fsnap --help`` (it registers every topic) must not pay for.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsnap.client import Client
 from fsnap.info.probe import Tool
-from fsnap.info.report import Report, collect
 from fsnap.progress import human_size
+
+if TYPE_CHECKING:
+    from fsnap.info.report import Report
 
 
 def register(subparsers: Any) -> None:
@@ -22,6 +28,8 @@ def register(subparsers: Any) -> None:
 
 
 def handle_info(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.info.report import collect
+
     report = collect(client.root)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

@@ -9,6 +9,10 @@ local user reads it in /proc/PID/cmdline):
    ``config.json`` or a credential helper).
 
 ``--user USER:PASS`` still works, with a warning.
+
+``fsnap.remotes`` is imported by the functions that use it, not here: it loads httpx, trio,
+ssl and zstandard (0.2-0.7 s on a loaded 2-core machine, ``python -X importtime``), which
+``fsnap pull --help`` and ``fsnap --help`` (every topic registers its options) must not pay.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import getpass
 import os
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from fsnap.errors import InvalidArgument
-from fsnap.remotes.auth import Credentials
-from fsnap.remotes.hosts import HOSTS_DIR_ENV
+
+if TYPE_CHECKING:
+    from fsnap.remotes.auth import Credentials
 
 USER_ENV = "FSNAP_USERNAME"
 PASSWORD_ENV = "FSNAP_PASSWORD"
@@ -71,6 +76,9 @@ def credentials_of(
     With ``prompt`` (``fsnap login``) a missing username or password is asked for on the
     terminal, if there is one. ``--hosts-dir`` takes effect here too: it becomes
     ``$FSNAP_HOSTS_DIR`` for the registry client this command makes."""
+    from fsnap.remotes.auth import Credentials
+    from fsnap.remotes.hosts import HOSTS_DIR_ENV
+
     if getattr(args, "hosts_dir", None):
         os.environ[HOSTS_DIR_ENV] = args.hosts_dir
     stdin = stdin or sys.stdin
@@ -114,6 +122,8 @@ def _read_password(stdin: IO[str]) -> str:
 
 def parse_user(text: str) -> Credentials:
     """``USER:PASS`` (the password may itself contain colons)."""
+    from fsnap.remotes.auth import Credentials
+
     user, sep, password = text.partition(":")
     if not sep or not user:
         raise InvalidArgument("--user expects USER or USER:PASS")
