@@ -132,7 +132,7 @@ class Client:
         ``platform`` (else this host) also becomes a committed snapshot named by its chain
         ID, applied while it downloads (``fsnap.rootfs``); ``sink`` still gets its calls.
         ``registry_factory`` replaces the registry client (``fsnap import`` reads archives).
-        ``blob_deadline``: seconds each blob may take in all (``fsnap.pull.BLOB_DEADLINE``);
+        ``blob_deadline``: seconds each blob may take in all (``fsnap.limits.BLOB_DEADLINE``);
         ``layer_limit``: what a layer may unpack to (``fsnap.unpack.layer.SizeLimit``).
         """
         import functools
@@ -140,7 +140,8 @@ class Client:
         import trio
 
         from fsnap.leases import acquire
-        from fsnap.pull import BLOB_DEADLINE, pull_image
+        from fsnap.limits import BLOB_DEADLINE
+        from fsnap.pull import pull_image
 
         pull = functools.partial(
             pull_image,

@@ -51,6 +51,7 @@ from fsnap.images.manifest import (
     select_manifests,
 )
 from fsnap.images.store import Image, ImageStore
+from fsnap.limits import BLOB_DEADLINE
 from fsnap.oci import Descriptor, Platform
 from fsnap.progress import PullProgress
 from fsnap.reference import Reference
@@ -65,10 +66,6 @@ BUSY_POLL = 0.2
 # Indexes within indexes: real images have one level (an index of manifests), containerd
 # accepts a few; a chain of 1,000 took 50 s to refuse by exhaustion. Beyond this: refused.
 MAX_INDEX_DEPTH = 4
-# A whole blob must arrive within this many seconds, whatever its per-read progress (a
-# registry trickling a byte every few seconds never trips a per-read timeout). Generous
-# for real layers on slow links; ``--blob-timeout`` changes it.
-BLOB_DEADLINE = 3600.0
 
 
 class LayerSink(Protocol):

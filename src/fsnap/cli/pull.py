@@ -1,4 +1,9 @@
-"""`fsnap pull`: fetch an image into the content store and record it."""
+"""`fsnap pull`: fetch an image into the content store and record it.
+
+The pull engine (trio, httpx, isal) is imported by the handler, not here, so that
+``fsnap pull --help`` and ``fsnap --help`` start without it; the defaults the help prints
+come from ``fsnap.limits``.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,9 @@ from fsnap.cli.progress import PullReporter, add_quiet_option, mode_for, reporti
 from fsnap.cli.registry_options import add_registry_options, credentials_of
 from fsnap.client import Client
 from fsnap.errors import InvalidArgument
+from fsnap.limits import BLOB_DEADLINE, INFLATION_FLOOR, INFLATION_RATIO
 from fsnap.oci import Platform
 from fsnap.progress import human_size
-from fsnap.pull import BLOB_DEADLINE
-from fsnap.unpack.layer import INFLATION_FLOOR, INFLATION_RATIO, SizeLimit
 
 
 def register(subparsers: Any) -> None:
@@ -55,6 +59,8 @@ def register(subparsers: Any) -> None:
 def handle_pull(client: Client, args: argparse.Namespace) -> int:
     if args.platform and args.all_platforms:
         raise InvalidArgument("--platform and --all-platforms exclude each other")
+    from fsnap.unpack.layer import SizeLimit
+
     platform = Platform.parse(args.platform) if args.platform else None
     options: dict[str, Any] = {
         "platform": platform,

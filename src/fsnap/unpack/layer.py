@@ -20,6 +20,7 @@ from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
 from fsnap.archive.compression import open_uncompressed
 from fsnap.archive.entry import Entry
 from fsnap.errors import AlreadyExists, DigestMismatch, FsnapError, NotFound
+from fsnap.limits import INFLATION_FLOOR, INFLATION_RATIO
 from fsnap.oci import Descriptor
 from fsnap.progress import ByteMeter
 from fsnap.snapshots.snapshotter import Snapshotter
@@ -27,11 +28,6 @@ from fsnap.unpack.staging import Session
 
 log = logging.getLogger(__name__)
 
-# How far a layer may inflate: its files may declare at most RATIO times the compressed
-# blob's size, or FLOOR bytes if that is more. gzip rarely beats 10:1 on real files, so
-# real layers stay far below; a 194-byte gzip declaring a 1 GiB sparse file does not.
-INFLATION_RATIO = 200
-INFLATION_FLOOR = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
