@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +140,8 @@ def test_sigkill_during_copy_up_leaves_no_partial_file(tmp_path: Path, shared: P
         assert saw_copy, "the copy-up finished before it could be interrupted"
         partial = upper / "data" / "big"
         assert not partial.exists() or partial.stat().st_size == len(big)
+        _wait_until_served_again(mnt)  # (an umount racing the supervisor's restart is
+        # a separate case: this test is about the copy-up)
     with mounted_rw(root, "rw", mnt):
         assert os.listdir(work) == []  # the interrupted copy is gone
         assert (mnt / "data" / "big").stat().st_size == len(big)
@@ -146,6 +149,19 @@ def test_sigkill_during_copy_up_leaves_no_partial_file(tmp_path: Path, shared: P
             f.write(b"tail")
         assert (mnt / "data" / "big").stat().st_size == len(big) + 4
     assert (upper / "data" / "big").stat().st_size == len(big) + 4
+
+
+def _wait_until_served_again(mnt: Path, seconds: float = 60.0) -> None:
+    """The supervisor has mounted a new server at ``mnt`` (a fresh listing works)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            os.listdir(mnt / "data")
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _wait_for_copy(work: Path, writer: subprocess.Popen[bytes]) -> bool:
