@@ -135,9 +135,15 @@ def filesystem_at(kind: str, base: Path) -> Iterator[Path]:
         parts = {name: base / f"overlay-{name}" for name in ("lower", "upper", "work")}
         for part in parts.values():
             part.mkdir(parents=True)
-        argv = ["mount", "-t", "overlay", "overlay", "-o",
-                f"lowerdir={parts['lower']},upperdir={parts['upper']},"
-                f"workdir={parts['work']}", str(mnt)]
+        argv = [
+            "mount",
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            f"lowerdir={parts['lower']},upperdir={parts['upper']},workdir={parts['work']}",
+            str(mnt),
+        ]
     with _mounted(argv, mnt):
         yield mnt
 

@@ -47,22 +47,24 @@ def config_toml(base: Path, extra: str = "") -> str:
     """A version 2 config confining every path containerd writes to ``base``; ``extra``
     is appended (e.g. a ``[proxy_plugins.NAME]`` table)."""
     disabled = ", ".join(f'"{name}"' for name in DISABLED_PLUGINS)
-    return "\n".join([
-        "version = 2",
-        f'root = "{base / "root"}"',
-        f'state = "{base / "state"}"',
-        f"disabled_plugins = [{disabled}]",
-        "[grpc]",
-        f'  address = "{base / "containerd.sock"}"',
-        "[ttrpc]",
-        f'  address = "{base / "containerd.sock.ttrpc"}"',
-        "[debug]",
-        '  address = ""',
-        "[metrics]",
-        '  address = ""',
-        extra,
-        "",
-    ])
+    return "\n".join(
+        [
+            "version = 2",
+            f'root = "{base / "root"}"',
+            f'state = "{base / "state"}"',
+            f"disabled_plugins = [{disabled}]",
+            "[grpc]",
+            f'  address = "{base / "containerd.sock"}"',
+            "[ttrpc]",
+            f'  address = "{base / "containerd.sock.ttrpc"}"',
+            "[debug]",
+            '  address = ""',
+            "[metrics]",
+            '  address = ""',
+            extra,
+            "",
+        ]
+    )
 
 
 @dataclass
@@ -103,8 +105,17 @@ class Ctr:
 
     def _unmount(self, target: Path) -> None:
         """``ctr images unmount --rm``; if that fails, at least lazily unmount the point."""
-        argv = [str(CTR_BIN), "-a", str(self.socket), "-n", NAMESPACE,
-                "images", "unmount", "--rm", str(target)]
+        argv = [
+            str(CTR_BIN),
+            "-a",
+            str(self.socket),
+            "-n",
+            NAMESPACE,
+            "images",
+            "unmount",
+            "--rm",
+            str(target),
+        ]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=CTR_TIMEOUT)
         if done.returncode != 0 and is_mountpoint(target):
             subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
@@ -140,7 +151,10 @@ def run_containerd(
     with open(ctr.log, "ab") as log:
         process = subprocess.Popen(
             [str(CONTAINERD_BIN), "--config", str(base / "config.toml")],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
     try:
         _wait_until_serving(process, ctr)
@@ -159,7 +173,9 @@ def _wait_until_serving(process: subprocess.Popen[bytes], ctr: Ctr) -> None:
             )
         probe = subprocess.run(
             [str(CTR_BIN), "-a", str(ctr.socket), "version"],
-            capture_output=True, text=True, timeout=30,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         if probe.returncode == 0 and "Server:" in probe.stdout:
             return

@@ -46,16 +46,36 @@ def as_nobody_with_fuse_mode(
     scratch.mkdir(parents=True, exist_ok=True)
     rdev = os.stat("/dev/fuse").st_rdev
     command = [
-        "unshare", "--mount", "--propagation", "private", "sh", "-c", _PRIVATE_FUSE, "sh",
-        str(scratch), str(os.major(rdev)), str(os.minor(rdev)), f"{mode:o}", *argv,
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        _PRIVATE_FUSE,
+        "sh",
+        str(scratch),
+        str(os.major(rdev)),
+        str(os.minor(rdev)),
+        f"{mode:o}",
+        *argv,
     ]
     environ = {**os.environ, "PYTHONPATH": TESTS, "HOME": "/", **(env or {})}
-    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=environ,
-                          cwd="/")
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=120, env=environ, cwd="/"
+    )
 
 
-def fsnap(root: Path, *args: str, env: dict[str, str] | None = None,
-          ) -> subprocess.CompletedProcess[str]:
+def fsnap(
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """``fsnap --root ROOT ARGS`` as this user."""
-    return subprocess.run([*FSNAP_CLI, "--root", str(root), *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [*FSNAP_CLI, "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )

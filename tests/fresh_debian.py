@@ -120,9 +120,20 @@ def base_rootfs(mirror: str) -> Path:
                 _remove_tree(stale)
             # debootstrap mounts /proc and /sys in the target: keep them in a namespace.
             subprocess.run(
-                ["unshare", "--mount", "--propagation", "private", "debootstrap",
-                 "--variant=minbase", SUITE, str(partial), mirror],
-                check=True, capture_output=True, timeout=1800,
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "debootstrap",
+                    "--variant=minbase",
+                    SUITE,
+                    str(partial),
+                    mirror,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=1800,
             )
             (partial / ".complete").touch()
             partial.rename(rootfs)
@@ -147,7 +158,8 @@ def checkout_files() -> list[str]:
     """The checkout as git sees it (tracked and new files, without ignored ones)."""
     out = subprocess.run(
         ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     ).stdout
     return [name for name in os.fsdecode(out).split("\0") if name and (REPO / name).exists()]
 
@@ -158,8 +170,11 @@ class FreshDebian:
     def __init__(self, base: Path, work: Path) -> None:
         self.root = work / "root"
         with _locked(fcntl.LOCK_SH):
-            subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(self.root)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["cp", "-a", "--reflink=auto", str(base), str(self.root)],
+                check=True,
+                capture_output=True,
+            )
         self._network_setup()
         target = self.root / CHECKOUT.lstrip("/")
         for name in checkout_files():
@@ -181,16 +196,33 @@ class FreshDebian:
         names = ("PIP_CERT", "SSL_CERT_FILE")
         return {n: os.environ[n] for n in names if os.path.isfile(os.environ.get(n, ""))}
 
-    def in_chroot(self, command: str, network: bool, timeout: float,
-                  ) -> subprocess.CompletedProcess[str]:
+    def in_chroot(
+        self,
+        command: str,
+        network: bool,
+        timeout: float,
+    ) -> subprocess.CompletedProcess[str]:
         """``bash -c COMMAND`` as root in the chroot (stdout and stderr merged)."""
         namespaces = ["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private"]
         if not network:
             namespaces.append("--net")
         return subprocess.run(
-            ["unshare", *namespaces, "bash", "-c", _ENTER, "enter", str(self.root), str(CACHE),
-             "host" if network else "none", command],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+            [
+                "unshare",
+                *namespaces,
+                "bash",
+                "-c",
+                _ENTER,
+                "enter",
+                str(self.root),
+                str(CACHE),
+                "host" if network else "none",
+                command,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
             env={"PATH": PATH, "CI": os.environ.get("CI", ""), **self._trusted_bundles()},
         )
 

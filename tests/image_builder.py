@@ -188,8 +188,7 @@ def make_image(
         "config": dict(config or {"Cmd": ["/bin/sh"]}),
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
         "history": [
-            {"created_by": history[i] if history else f"test layer {i}"}
-            for i in range(len(layers))
+            {"created_by": history[i] if history else f"test layer {i}"} for i in range(len(layers))
         ],
     }
     config_type = oci.OCI_CONFIG if fmt == "oci" else oci.DOCKER_CONFIG

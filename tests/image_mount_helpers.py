@@ -25,13 +25,17 @@ FSNAP = Path(sys.executable).with_name("fsnap")
 def fsnap(root: Path, *args: str, uid: int | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``fsnap --root ROOT ARGS`` (as ``uid``, with that gid and no groups, if given)
     and return what it did (never raises on failure)."""
-    prefix = [] if uid is None else [
-        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"
-    ]
+    prefix = (
+        [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    )
     env = None if uid is None else {"PATH": "/usr/bin:/bin", "HOME": str(root)}
     return subprocess.run(
         [*prefix, str(FSNAP), "--root", str(root), *args],
-        capture_output=True, text=True, timeout=120, check=False, env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
 
 

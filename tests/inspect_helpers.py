@@ -29,16 +29,26 @@ HISTORY = [
     {"created": "2026-01-01T00:00:00Z", "created_by": "ADD base.tar /"},
     {"created": "2026-01-01T00:00:01Z", "created_by": "ENV A=1", "empty_layer": True},
     {"created": "2026-01-01T00:00:02Z", "created_by": "RUN update etc, clean tmp and cache"},
-    {"created": "2026-01-01T00:00:03Z", "created_by": "RUN replace opt, new tool",
-     "comment": "top"},
+    {
+        "created": "2026-01-01T00:00:03Z",
+        "created_by": "RUN replace opt, new tool",
+        "comment": "top",
+    },
 ]
-RUNTIME = {"Entrypoint": ["/usr/bin/tool"], "Cmd": ["--help"], "Env": ["A=1"],
-           "WorkingDir": "/srv", "User": "1000:1000", "ExposedPorts": {"8080/tcp": {}},
-           "Labels": {"org.example": "inspect"}}
+RUNTIME = {
+    "Entrypoint": ["/usr/bin/tool"],
+    "Cmd": ["--help"],
+    "Env": ["A=1"],
+    "WorkingDir": "/srv",
+    "User": "1000:1000",
+    "ExposedPorts": {"8080/tcp": {}},
+    "Labels": {"org.example": "inspect"},
+}
 
 
-def _file(path: str, size: int, fill: bytes = b"x", mode: int = 0o644) -> tuple[
-        tarfile.TarInfo, bytes]:
+def _file(
+    path: str, size: int, fill: bytes = b"x", mode: int = 0o644
+) -> tuple[tarfile.TarInfo, bytes]:
     data = (fill * size)[:size]
     return tar_info(path, size=size, mode=mode), data
 
@@ -53,25 +63,40 @@ def _whiteout(path: str) -> tuple[tarfile.TarInfo, bytes]:
 
 def layer_members() -> list[list[tuple[tarfile.TarInfo, bytes | None]]]:
     base: list[tuple[tarfile.TarInfo, bytes | None]] = [
-        _dir("etc"), (tar_info("etc/motd", size=6), b"hello\n"),
+        _dir("etc"),
+        (tar_info("etc/motd", size=6), b"hello\n"),
         (tar_info("etc/passwd", size=11), b"root:x:0:0\n"),
-        _dir("opt"), _file("opt/old.txt", 100, b"o"),
-        _dir("tmp"), _file("tmp/big.dat", 10000, b"b"),
-        _dir("usr"), _dir("usr/bin"), _file("usr/bin/tool", 500, b"1", 0o755),
-        _dir("var"), _dir("var/cache"), _file("var/cache/a.bin", 1000, b"a"),
+        _dir("opt"),
+        _file("opt/old.txt", 100, b"o"),
+        _dir("tmp"),
+        _file("tmp/big.dat", 10000, b"b"),
+        _dir("usr"),
+        _dir("usr/bin"),
+        _file("usr/bin/tool", 500, b"1", 0o755),
+        _dir("var"),
+        _dir("var/cache"),
+        _file("var/cache/a.bin", 1000, b"a"),
         _file("var/cache/b.bin", 2000, b"c"),
     ]
     update: list[tuple[tarfile.TarInfo, bytes | None]] = [
-        _dir("etc"), (tar_info("etc/motd", size=12), b"hello again\n"),
+        _dir("etc"),
+        (tar_info("etc/motd", size=12), b"hello again\n"),
         (tar_info("etc/hosts", size=20), b"127.0.0.1 localhost\n"),
-        _dir("tmp"), _whiteout("tmp/.wh.big.dat"),
-        _dir("var"), _whiteout("var/.wh.cache"),
+        _dir("tmp"),
+        _whiteout("tmp/.wh.big.dat"),
+        _dir("var"),
+        _whiteout("var/.wh.cache"),
     ]
     top: list[tuple[tarfile.TarInfo, bytes | None]] = [
-        _dir("opt"), _whiteout("opt/.wh..wh..opq"), _file("opt/new.txt", 50, b"n"),
-        _dir("usr"), _dir("usr/bin"), _file("usr/bin/tool", 600, b"2", 0o755),
+        _dir("opt"),
+        _whiteout("opt/.wh..wh..opq"),
+        _file("opt/new.txt", 50, b"n"),
+        _dir("usr"),
+        _dir("usr/bin"),
+        _file("usr/bin/tool", 600, b"2", 0o755),
         (tar_info("usr/bin/t", tarfile.SYMTYPE, mode=0o777, linkname="tool"), None),
-        _dir("srv"), _file("srv/data", 30, b"d"),
+        _dir("srv"),
+        _file("srv/data", 30, b"d"),
     ]
     return [base, update, top]
 
@@ -98,8 +123,13 @@ def inspect_image() -> Image:
 
 def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """The real CLI in a child process (stdout is a pipe: plain tables, no colour)."""
-    return subprocess.run([str(FSNAP), "--root", str(root), *args], capture_output=True,
-                          text=True, timeout=120, check=False)
+    return subprocess.run(
+        [str(FSNAP), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:

@@ -45,8 +45,13 @@ def line_for(top: bytes, rel: bytes) -> str:
     full = os.path.join(top, rel)
     st = os.lstat(full)
     kind = KINDS.get(stat.S_IFMT(st.st_mode), "other")
-    fields = [show(rel), kind, f"mode={stat.S_IMODE(st.st_mode):04o}",
-              f"uid={st.st_uid}", f"gid={st.st_gid}"]
+    fields = [
+        show(rel),
+        kind,
+        f"mode={stat.S_IMODE(st.st_mode):04o}",
+        f"uid={st.st_uid}",
+        f"gid={st.st_gid}",
+    ]
     if kind == "file":
         with open(full, "rb") as src:
             digest = hashlib.sha256(src.read()).hexdigest()

@@ -43,9 +43,18 @@ class E:
     def entry(self) -> Entry:
         size = len(self.data) if self.kind in ("file", "hardlink") else 0
         return Entry(
-            path=self.path, kind=self.kind, mode=self.mode, uid=self.uid, gid=self.gid,
-            size=size, mtime=self.mtime, link=self.link, devmajor=self.dev[0],
-            devminor=self.dev[1], xattrs=dict(self.xattrs), opaque=self.opaque,
+            path=self.path,
+            kind=self.kind,
+            mode=self.mode,
+            uid=self.uid,
+            gid=self.gid,
+            size=size,
+            mtime=self.mtime,
+            link=self.link,
+            devmajor=self.dev[0],
+            devminor=self.dev[1],
+            xattrs=dict(self.xattrs),
+            opaque=self.opaque,
         )
 
 
@@ -76,8 +85,9 @@ def write_layer(layer_dir: Path, items: list[E]) -> Path:
 
 
 @contextlib.contextmanager
-def mounted_with(root: Path, mnt: Path,
-                 mount: Callable[[Client], manager.MountInfo]) -> Iterator[manager.MountInfo]:
+def mounted_with(
+    root: Path, mnt: Path, mount: Callable[[Client], manager.MountInfo]
+) -> Iterator[manager.MountInfo]:
     """Create ``mnt``, mount there with ``mount(client)``; unmount and stop the daemon
     whatever happens (the one fixture body every ``mounted*`` helper shares)."""
     mnt.mkdir(exist_ok=True)
@@ -90,8 +100,9 @@ def mounted_with(root: Path, mnt: Path,
         cleanup(root, mnt, info.pid if info else 0)
 
 
-def mounted(root: Path, layers: list[Path],
-            mnt: Path) -> contextlib.AbstractContextManager[manager.MountInfo]:
+def mounted(
+    root: Path, layers: list[Path], mnt: Path
+) -> contextlib.AbstractContextManager[manager.MountInfo]:
     """Mount bare layers at ``mnt``; unmount and stop the daemon whatever happens."""
     return mounted_with(root, mnt, lambda client: manager.mount_layers(client, layers, mnt))
 
@@ -148,8 +159,15 @@ def describe(path: str) -> Row:
     return (kind, oct(stat.S_IMODE(mode)), st.st_uid, st.st_gid, what, xattrs, st.st_mtime_ns)
 
 
-def row(kind: str, mode: int, what: object = None, uid: int = 0, gid: int = 0,
-        xattrs: dict[str, bytes] | None = None, mtime: int = 1_600_000_000_000_000_000) -> Row:
+def row(
+    kind: str,
+    mode: int,
+    what: object = None,
+    uid: int = 0,
+    gid: int = 0,
+    xattrs: dict[str, bytes] | None = None,
+    mtime: int = 1_600_000_000_000_000_000,
+) -> Row:
     """An expected listing row, in ``describe``'s shape."""
     if kind == "file" and isinstance(what, bytes):
         what = (len(what), hashlib.sha256(what).hexdigest()[:12])
@@ -177,8 +195,6 @@ def errno_of(func: object, *args: object) -> int:
     except OSError as exc:
         return exc.errno or -1
     return 0
-
-
 
 
 # --- real snapshots from real tars -----------------------------------------------------
@@ -237,7 +253,8 @@ def commit_chain(client: Client, tars: list[bytes]) -> list[str]:
     return names
 
 
-def mounted_snapshot(root: Path, key: str,
-                     mnt: Path) -> contextlib.AbstractContextManager[manager.MountInfo]:
+def mounted_snapshot(
+    root: Path, key: str, mnt: Path
+) -> contextlib.AbstractContextManager[manager.MountInfo]:
     """Mount snapshot ``key`` at ``mnt``; unmount and stop the daemon whatever happens."""
     return mounted_with(root, mnt, lambda client: manager.mount_snapshot(client, key, mnt))

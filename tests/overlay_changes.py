@@ -14,9 +14,22 @@ STAMP = 1_660_000_000_987_654_321
 
 def main(mnt: str) -> None:
     os.chdir(mnt)
-    touched = ["new.txt", "etc/passwd", "data/a2", "data/b", "data/c", "opq2/fresh",
-               "new-link", "data/d-link", "sym2", "fifo2", "data/e", "data/f", "dev2",
-               "newdir/inner"]
+    touched = [
+        "new.txt",
+        "etc/passwd",
+        "data/a2",
+        "data/b",
+        "data/c",
+        "opq2/fresh",
+        "new-link",
+        "data/d-link",
+        "sym2",
+        "fifo2",
+        "data/e",
+        "data/f",
+        "dev2",
+        "newdir/inner",
+    ]
     with open("new.txt", "wb") as f:
         f.write(b"brand new\n")
     with open("etc/passwd", "ab") as f:

@@ -43,8 +43,15 @@ class StackWriter:
         os.chmod(path, mode)
         return self
 
-    def file(self, rel: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0,
-             xattrs: dict[str, bytes] | None = None) -> StackWriter:
+    def file(
+        self,
+        rel: str,
+        data: bytes,
+        mode: int = 0o644,
+        uid: int = 0,
+        gid: int = 0,
+        xattrs: dict[str, bytes] | None = None,
+    ) -> StackWriter:
         path = self.root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
@@ -131,9 +138,13 @@ def relative_to_common(dirs: list[str]) -> tuple[str, list[str]]:
     return parent, [os.path.relpath(d, parent) for d in dirs]
 
 
-def kernel_overlay_command(lowers: list[str], mnt: str, upper: str | None = None,
-                           work: str | None = None, options: str = "",
-                           ) -> tuple[list[str], str, dict[str, str]]:
+def kernel_overlay_command(
+    lowers: list[str],
+    mnt: str,
+    upper: str | None = None,
+    work: str | None = None,
+    options: str = "",
+) -> tuple[list[str], str, dict[str, str]]:
     """``(argv, cwd, env)`` of a ``mount -t overlay`` that takes any number of layers
     (``lowers`` top first; containerd's limit is 128) with util-linux 2.38 and 2.41 alike.
 
@@ -147,7 +158,7 @@ def kernel_overlay_command(lowers: list[str], mnt: str, upper: str | None = None
     """
     dirs = [*lowers, *(d for d in (upper, work) if d is not None)]
     cwd, names = relative_to_common(dirs)
-    spelled = ["lowerdir=" + ":".join(names[:len(lowers)])]
+    spelled = ["lowerdir=" + ":".join(names[: len(lowers)])]
     if upper is not None and work is not None:
         spelled += [f"upperdir={names[-2]}", f"workdir={names[-1]}"]
     if options:
@@ -179,22 +190,24 @@ def unmount(mnt: Path) -> None:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
 
 
-def run_checked(argv: list[str], env: dict[str, str] | None = None,
-                cwd: str | None = None) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False,
-                          env=env, cwd=cwd)
+def run_checked(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> str:
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=60, check=False, env=env, cwd=cwd
+    )
     assert done.returncode == 0, f"{argv} -> {done.returncode}\n{done.stdout}{done.stderr}"
     assert "Traceback" not in done.stderr, done.stderr
     return done.stdout
 
 
 @contextlib.contextmanager
-def kernel_overlay(lowers: list[Path], mnt: Path, upper: Path | None = None,
-                   work: Path | None = None) -> Iterator[Path]:
+def kernel_overlay(
+    lowers: list[Path], mnt: Path, upper: Path | None = None, work: Path | None = None
+) -> Iterator[Path]:
     """Kernel overlayfs through mount(8) (``kernel_overlay_command``); unmounted after."""
     mnt.mkdir(parents=True, exist_ok=True)
     argv, cwd, env = kernel_overlay_command(
-        [str(d) for d in lowers], str(mnt), upper and str(upper), work and str(work))
+        [str(d) for d in lowers], str(mnt), upper and str(upper), work and str(work)
+    )
     try:
         run_checked(argv, {**os.environ, **env}, cwd)
         yield mnt

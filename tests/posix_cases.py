@@ -28,8 +28,7 @@ def _dir(path: str, mode: int = 0o777, uid: int = 0, gid: int = 0) -> None:
     LAYOUT.append((path, "dir", mode, uid, gid, b""))
 
 
-def _file(path: str, data: bytes = b"data", mode: int = 0o666, uid: int = 0,
-          gid: int = 0) -> None:
+def _file(path: str, data: bytes = b"data", mode: int = 0o666, uid: int = 0, gid: int = 0) -> None:
     LAYOUT.append((path, "file", mode, uid, gid, data))
 
 
@@ -96,10 +95,13 @@ _file("sticky/t/nobodys", uid=NOBODY, gid=NOBODY)
 @case
 def sticky(d: str) -> list[object]:
     t = os.path.join(d, "t")
-    return [attempt(os.rename, f"{t}/roots", f"{t}/roots2"),
-            attempt(os.unlink, f"{t}/roots"),
-            attempt(os.rename, f"{t}/nobodys", f"{t}/nobodys2"),
-            attempt(os.unlink, f"{t}/nobodys2"), sorted(os.listdir(t))]
+    return [
+        attempt(os.rename, f"{t}/roots", f"{t}/roots2"),
+        attempt(os.unlink, f"{t}/roots"),
+        attempt(os.rename, f"{t}/nobodys", f"{t}/nobodys2"),
+        attempt(os.unlink, f"{t}/nobodys2"),
+        sorted(os.listdir(t)),
+    ]
 
 
 _file("chown/roots", uid=0)
@@ -108,11 +110,14 @@ _file("chown/nobodys", uid=NOBODY, gid=NOBODY)
 
 @case
 def chown(d: str) -> list[object]:
-    return [attempt(os.chown, f"{d}/roots", NOBODY, NOBODY),
-            attempt(os.chown, f"{d}/nobodys", 0, -1),
-            attempt(os.chown, f"{d}/nobodys", -1, NOBODY),
-            attempt(os.chown, f"{d}/nobodys", -1, 0),
-            owner(f"{d}/roots"), owner(f"{d}/nobodys")]
+    return [
+        attempt(os.chown, f"{d}/roots", NOBODY, NOBODY),
+        attempt(os.chown, f"{d}/nobodys", 0, -1),
+        attempt(os.chown, f"{d}/nobodys", -1, NOBODY),
+        attempt(os.chown, f"{d}/nobodys", -1, 0),
+        owner(f"{d}/roots"),
+        owner(f"{d}/nobodys"),
+    ]
 
 
 _file("setid/w", mode=0o6777, uid=NOBODY, gid=NOBODY)
@@ -122,9 +127,14 @@ _file("setid/cr", mode=0o6755, uid=0, gid=0)
 
 @case
 def setid(d: str) -> list[object]:
-    return [attempt(write_to, f"{d}/w"), mode(f"{d}/w"),
-            attempt(os.chown, f"{d}/c", -1, NOBODY), mode(f"{d}/c"),
-            attempt(os.chown, f"{d}/cr", -1, 0), mode(f"{d}/cr")]
+    return [
+        attempt(write_to, f"{d}/w"),
+        mode(f"{d}/w"),
+        attempt(os.chown, f"{d}/c", -1, NOBODY),
+        mode(f"{d}/c"),
+        attempt(os.chown, f"{d}/cr", -1, 0),
+        mode(f"{d}/cr"),
+    ]
 
 
 _dir("setgid_dir/g", 0o2777, 0, GROUP)
@@ -147,14 +157,18 @@ _file("rename_flags/dir/inner", b"inner")
 
 @case
 def rename_flags(d: str) -> list[object]:
-    return [attempt(renameat2, f"{d}/a", f"{d}/b", 1),  # RENAME_NOREPLACE
-            attempt(renameat2, f"{d}/a", f"{d}/c", 1),
-            attempt(renameat2, f"{d}/c", f"{d}/dir", 2),  # RENAME_EXCHANGE
-            mode(f"{d}/c"), read(f"{d}/dir"), read(f"{d}/c/inner"),
-            attempt(renameat2, f"{d}/b", f"{d}/absent", 2),
-            attempt(renameat2, f"{d}/c", f"{d}/c/inner", 2),
-            attempt(renameat2, f"{d}/b", f"{d}/dir", 3),
-            sorted(os.listdir(d))]
+    return [
+        attempt(renameat2, f"{d}/a", f"{d}/b", 1),  # RENAME_NOREPLACE
+        attempt(renameat2, f"{d}/a", f"{d}/c", 1),
+        attempt(renameat2, f"{d}/c", f"{d}/dir", 2),  # RENAME_EXCHANGE
+        mode(f"{d}/c"),
+        read(f"{d}/dir"),
+        read(f"{d}/c/inner"),
+        attempt(renameat2, f"{d}/b", f"{d}/absent", 2),
+        attempt(renameat2, f"{d}/c", f"{d}/c/inner", 2),
+        attempt(renameat2, f"{d}/b", f"{d}/dir", 3),
+        sorted(os.listdir(d)),
+    ]
 
 
 _dir("links/dir")
@@ -163,8 +177,11 @@ _file("links/file")
 
 @case
 def links(d: str) -> list[object]:
-    return [attempt(os.link, f"{d}/dir", f"{d}/dir2"),
-            attempt(os.link, f"{d}/file", f"{d}/file2"), os.lstat(f"{d}/file").st_nlink]
+    return [
+        attempt(os.link, f"{d}/dir", f"{d}/dir2"),
+        attempt(os.link, f"{d}/file", f"{d}/file2"),
+        os.lstat(f"{d}/file").st_nlink,
+    ]
 
 
 _dir("rmdir/full")
@@ -173,8 +190,12 @@ _file("rmdir/full/x")
 
 @case
 def rmdir(d: str) -> list[object]:
-    return [attempt(os.rmdir, f"{d}/full"), attempt(os.unlink, f"{d}/full/x"),
-            attempt(os.rmdir, f"{d}/full"), mode(f"{d}/full")]
+    return [
+        attempt(os.rmdir, f"{d}/full"),
+        attempt(os.unlink, f"{d}/full/x"),
+        attempt(os.rmdir, f"{d}/full"),
+        mode(f"{d}/full"),
+    ]
 
 
 _file("excl/lower")
@@ -192,12 +213,20 @@ _file("truncate/f", b"abcdef")
 
 @case
 def truncate(d: str) -> list[object]:
-    out: list[object] = [attempt(os.truncate, f"{d}/t", 10), read(f"{d}/t"),
-                         attempt(os.truncate, f"{d}/t", 3), read(f"{d}/t")]
+    out: list[object] = [
+        attempt(os.truncate, f"{d}/t", 10),
+        read(f"{d}/t"),
+        attempt(os.truncate, f"{d}/t", 3),
+        read(f"{d}/t"),
+    ]
     fd = os.open(f"{d}/f", os.O_RDWR)
     try:
-        out += [attempt(os.ftruncate, fd, 2), read(f"{d}/f"), attempt(os.ftruncate, fd, 5),
-                read(f"{d}/f")]
+        out += [
+            attempt(os.ftruncate, fd, 2),
+            read(f"{d}/f"),
+            attempt(os.ftruncate, fd, 5),
+            read(f"{d}/f"),
+        ]
     finally:
         os.close(fd)
     return out
@@ -205,11 +234,14 @@ def truncate(d: str) -> list[object]:
 
 @case
 def mknod(d: str) -> list[object]:
-    return [attempt(os.mkfifo, f"{d}/fifo", 0o640), mode(f"{d}/fifo"),
-            attempt(os.mknod, f"{d}/null", stat.S_IFCHR | 0o666, os.makedev(1, 3)),
-            mode(f"{d}/null"),
-            attempt(os.mknod, f"{d}/blk", stat.S_IFBLK | 0o600, os.makedev(7, 0)),
-            mode(f"{d}/blk")]
+    return [
+        attempt(os.mkfifo, f"{d}/fifo", 0o640),
+        mode(f"{d}/fifo"),
+        attempt(os.mknod, f"{d}/null", stat.S_IFCHR | 0o666, os.makedev(1, 3)),
+        mode(f"{d}/null"),
+        attempt(os.mknod, f"{d}/blk", stat.S_IFBLK | 0o600, os.makedev(7, 0)),
+        mode(f"{d}/blk"),
+    ]
 
 
 @case

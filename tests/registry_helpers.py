@@ -69,8 +69,13 @@ class RegistryProcess:
 
     def pusher(self) -> Pusher:
         """A Pusher logged in as this registry's user (if it has one)."""
-        return Pusher(self.url, username=self.username, password=self.password,
-                      verify=self.verify, client_cert=self.client_cert)
+        return Pusher(
+            self.url,
+            username=self.username,
+            password=self.password,
+            verify=self.verify,
+            client_cert=self.client_cert,
+        )
 
     def push_image(self, repo: str, tag: str, image: Image) -> oci.Descriptor:
         """Push ``image`` as ``repo:tag``; return its manifest descriptor."""
@@ -129,8 +134,9 @@ def run_registry(
                 assert isinstance(verify, ssl.SSLContext)
                 verify.load_cert_chain(*cert)
             if _wait_until_serving(process, f"{scheme}://127.0.0.1:{port}/v2/", verify):
-                yield RegistryProcess(f"127.0.0.1:{port}", process, root, scheme=scheme,
-                                      verify=verify)
+                yield RegistryProcess(
+                    f"127.0.0.1:{port}", process, root, scheme=scheme, verify=verify
+                )
                 return
         finally:
             process.terminate()

@@ -22,8 +22,23 @@ from fsnap.mount import manager
 from fsnap.run import session, state
 from fsnap.run.runtime import Runc, runc_binary
 
-APPLETS = ("sleep", "grep", "hostname", "pwd", "touch", "readlink", "tty", "test", "kill",
-           "printf", "head", "wc", "trap", "stty", "cut")
+APPLETS = (
+    "sleep",
+    "grep",
+    "hostname",
+    "pwd",
+    "touch",
+    "readlink",
+    "tty",
+    "test",
+    "kill",
+    "printf",
+    "head",
+    "wc",
+    "trap",
+    "stty",
+    "cut",
+)
 PASSWD = (
     "root:x:0:0:root:/root:/bin/sh\n"
     "app:x:1000:1001:App:/home/app:/bin/sh\n"
@@ -32,8 +47,10 @@ PASSWD = (
 GROUP = "root:x:0:\napp:x:1001:\nextra:x:3000:app\nnogroup:x:65534:\n"
 
 
-def busybox_run_image(config: Mapping[str, Any], files: Mapping[str, bytes] | None = None,
-                      ) -> Image:
+def busybox_run_image(
+    config: Mapping[str, Any],
+    files: Mapping[str, bytes] | None = None,
+) -> Image:
     """busybox-static with more applets, users and groups, /sys, and ``config``; ``files``
     are added (executable under bin/)."""
     members = list(busybox_members())
@@ -53,13 +70,23 @@ def pushed(registry: RegistryProcess, repo: str, image: Image) -> str:
     return f"{registry.host}/{repo}:1"
 
 
-def fsnap(root: Path, *args: str, stdin: str | None = None, timeout: float = 120,
-          env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def fsnap(
+    root: Path,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 120,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """``fsnap --root ROOT ARGS`` with ``stdin`` piped in (else /dev/null)."""
     return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args], input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True,
-        text=True, timeout=timeout, check=False, env=None if env is None else dict(env),
+        [str(FSNAP), "--root", str(root), *args],
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env=None if env is None else dict(env),
     )
 
 
@@ -80,10 +107,14 @@ def active_snapshots(root: Path) -> list[str]:
 def leftovers(root: Path) -> list[str]:
     """What a finished run must not leave: run records, mounts, bundles, runc containers."""
     found = [str(p) for p in (root / "runs").glob("*")] if (root / "runs").exists() else []
-    found += [str(p) for p in (root / "mounts").glob("*.json")] if (root / "mounts").exists() \
-        else []
-    found += [p for p in manager.mounted_points() if "/fsnap-" in p and p.endswith("/rootfs")
-              and _run_of(root, p)]
+    found += (
+        [str(p) for p in (root / "mounts").glob("*.json")] if (root / "mounts").exists() else []
+    )
+    found += [
+        p
+        for p in manager.mounted_points()
+        if "/fsnap-" in p and p.endswith("/rootfs") and _run_of(root, p)
+    ]
     return found
 
 
@@ -141,6 +172,8 @@ def env_of(output: str) -> dict[str, str]:
 def status_ids(output: str) -> dict[str, str]:
     """Uid/Gid/Groups lines of /proc/self/status."""
     wanted = ("Uid", "Gid", "Groups")
-    return {k: " ".join(v.split()) for k, _, v in (line.partition(":") for line in
-                                                    output.splitlines()) if k in wanted}
-
+    return {
+        k: " ".join(v.split())
+        for k, _, v in (line.partition(":") for line in output.splitlines())
+        if k in wanted
+    }

@@ -78,27 +78,30 @@ def shared_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def mounted_rw(root: Path, key: str, mnt: Path, options: manager.MountOptions | None = None,
-               ) -> contextlib.AbstractContextManager[manager.MountInfo]:
+def mounted_rw(
+    root: Path,
+    key: str,
+    mnt: Path,
+    options: manager.MountOptions | None = None,
+) -> contextlib.AbstractContextManager[manager.MountInfo]:
     """Mount active snapshot ``key`` writable at ``mnt``; unmount whatever happens."""
-    return mounted_with(
-        root, mnt, lambda client: manager.mount_snapshot(client, key, mnt, options)
-    )
+    return mounted_with(root, mnt, lambda client: manager.mount_snapshot(client, key, mnt, options))
 
 
 def run_ops(mnt: Path, as_nobody: bool) -> subprocess.CompletedProcess[str]:
     """Run ``rw_posix_ops.py`` against ``mnt`` in a child process (maybe as uid 65534)."""
     command = [sys.executable, "-I", str(OPS), str(mnt)]
     if as_nobody:
-        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                   *command]
+        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/")
 
 
 def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from fsnap.cli import run; run()", "--root", str(root), *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -70,19 +70,22 @@ OPS: dict[str, Callable[[], None]] = {
     "utime-both": lambda: utimensat(p("lower.txt"), A, M),
     "touch-a": lambda: (reset("lower.txt"), touch("-a", "-d", "@1700000000", p("lower.txt"))),
     "touch-m": lambda: (reset("lower.txt"), touch("-m", "-d", "@1700000000", p("lower.txt"))),
-    "atime-now-mtime-omit": lambda: (reset("lower.txt"),
-                                     utimensat(p("lower.txt"), UTIME_NOW, UTIME_OMIT)),
-    "atime-omit-mtime-now": lambda: (reset("lower.txt"),
-                                     utimensat(p("lower.txt"), UTIME_OMIT, UTIME_NOW)),
-    "atime-omit-mtime-set": lambda: (reset("lower.txt"),
-                                     utimensat(p("lower.txt"), UTIME_OMIT, A)),
-    "atime-set-mtime-omit": lambda: (reset("lower.txt"),
-                                     utimensat(p("lower.txt"), M, UTIME_OMIT)),
+    "atime-now-mtime-omit": lambda: (
+        reset("lower.txt"),
+        utimensat(p("lower.txt"), UTIME_NOW, UTIME_OMIT),
+    ),
+    "atime-omit-mtime-now": lambda: (
+        reset("lower.txt"),
+        utimensat(p("lower.txt"), UTIME_OMIT, UTIME_NOW),
+    ),
+    "atime-omit-mtime-set": lambda: (reset("lower.txt"), utimensat(p("lower.txt"), UTIME_OMIT, A)),
+    "atime-set-mtime-omit": lambda: (reset("lower.txt"), utimensat(p("lower.txt"), M, UTIME_OMIT)),
     "futimens": lambda: futimens(p("lower.txt"), M, A),
-    "futimens-omit-now": lambda: (reset("lower.txt"),
-                                  futimens(p("lower.txt"), UTIME_OMIT, UTIME_NOW)),
-    "new-file-times": lambda: (open(p("new.txt"), "w").close(),
-                               utimensat(p("new.txt"), A, M)),
+    "futimens-omit-now": lambda: (
+        reset("lower.txt"),
+        futimens(p("lower.txt"), UTIME_OMIT, UTIME_NOW),
+    ),
+    "new-file-times": lambda: (open(p("new.txt"), "w").close(), utimensat(p("new.txt"), A, M)),
 }
 
 
@@ -98,8 +101,9 @@ def main() -> None:
         after = time.time_ns() + 10**9
         target = p("new.txt") if name.startswith("new") else p("lower.txt")
         st = os.stat(target)
-        results[name] = ["now" if before <= t <= after else t
-                         for t in (st.st_atime_ns, st.st_mtime_ns)]
+        results[name] = [
+            "now" if before <= t <= after else t for t in (st.st_atime_ns, st.st_mtime_ns)
+        ]
     print(json.dumps(results))
 
 

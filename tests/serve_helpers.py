@@ -45,14 +45,20 @@ class Served:
 
     def calls(self, method: str) -> list[str]:
         """The debug log lines of ``method`` calls so far."""
-        return [
-            line for line in self.log.read_text().splitlines() if f"service: {method} " in line
-        ]
+        return [line for line in self.log.read_text().splitlines() if f"service: {method} " in line]
 
 
 def start_serve(root: Path, address: Path, log: Path) -> Served:
-    argv = [str(BIN / "fsnap"), "--root", str(root), "serve", "--address", str(address),
-            "--log-level", "debug"]
+    argv = [
+        str(BIN / "fsnap"),
+        "--root",
+        str(root),
+        "serve",
+        "--address",
+        str(address),
+        "--log-level",
+        "debug",
+    ]
     with open(log, "ab") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL)
     served = Served(root, address, log, process)

@@ -27,15 +27,23 @@ NO_PULL = "the registry must not be needed"
 
 
 def _image(tag: str) -> Image:
-    base = make_layer({"etc/": b"", "etc/base": f"base {tag}\n", "etc/gone": b"x\n",
-                       "bin/": b"", "bin/tool": f"tool {tag}\n" * 100})
+    base = make_layer(
+        {
+            "etc/": b"",
+            "etc/base": f"base {tag}\n",
+            "etc/gone": b"x\n",
+            "bin/": b"",
+            "bin/tool": f"tool {tag}\n" * 100,
+        }
+    )
     top = make_layer({"etc/.wh.gone": b"", "srv/": b"", "srv/data": f"data {tag}\n"})
     return make_image([base, top], platform=HOST)
 
 
 @pytest.fixture
-def store(registry: RegistryProcess, tmp_path: Path, request: pytest.FixtureRequest
-          ) -> Iterator[tuple[Path, str, Image]]:
+def store(
+    registry: RegistryProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Path, str, Image]]:
     """A store with one pulled, unpacked two-layer image (its own repository and blobs)."""
     tag = request.node.name.replace("[", "-").replace("]", "")[-60:]
     image = _image(tag)
@@ -58,8 +66,9 @@ def _no_pull(client: Client) -> Callable[[str], object]:
     return pull
 
 
-def _repaired(root: Path, pull: Callable[[Client], Callable[[str], object]] | None = None
-              ) -> CheckReport:
+def _repaired(
+    root: Path, pull: Callable[[Client], Callable[[str], object]] | None = None
+) -> CheckReport:
     """Repair with ``pull(client)`` as the re-fetch (default: the client's real pull)."""
     with Client(root) as client:
         report = check_store(client, repair=True, pull=pull(client) if pull else None)
@@ -79,13 +88,16 @@ def _mounts_right(root: Path, name: str, tag_file: str, tmp_path: Path) -> None:
 
 
 def test_a_freshly_pulled_store_is_clean_but_for_directory_modes(
-    store: tuple[Path, str, Image]
+    store: tuple[Path, str, Image],
 ) -> None:
     root, _, _ = store
     with Client(root) as client:
         report = check_store(client)
-    loose = {name for name in PRIVATE_DIRS if (root / name).exists()
-             and stat.S_IMODE((root / name).stat().st_mode) != 0o700}
+    loose = {
+        name
+        for name in PRIVATE_DIRS
+        if (root / name).exists() and stat.S_IMODE((root / name).stat().st_mode) != 0o700
+    }
     assert {p.subject for p in report.problems} == loose
     assert all(p.kind == "permission" for p in report.problems)
 
@@ -142,14 +154,17 @@ def test_a_blob_missing_altogether_leaves_the_image_and_a_label_dangling(
         client.content.delete(layer)
         found = _found(check_store(client))
     assert ("image", name, "missing blobs") in found
-    assert ("label", f"{image.manifest.digest} containerd.io/gc.ref.content.l.0",
-            "names a missing blob") in found
+    assert (
+        "label",
+        f"{image.manifest.digest} containerd.io/gc.ref.content.l.0",
+        "names a missing blob",
+    ) in found
     _repaired(root)
     _mounts_right(root, name, "bin/tool", tmp_path)
 
 
 def test_an_unreachable_registry_leaves_the_missing_blob_reported(
-    store: tuple[Path, str, Image]
+    store: tuple[Path, str, Image],
 ) -> None:
     root, name, image = store
     gone = f"127.0.0.1:{free_port()}/gone/image:v1"  # nothing listens there
@@ -178,8 +193,11 @@ def test_a_damaged_snapshot_is_found_and_unpacked_again_from_the_store(
     with Client(root) as client:
         base_dir, top_dir = client.snapshots.dir(base), client.snapshots.dir(top)
     victim, path = {
-        "delete": (base, "etc/base"), "add": (top, "srv/intruder"),
-        "resize": (base, "bin/tool"), "whiteout": (top, "etc/.wh.gone"), "dir": (base, ""),
+        "delete": (base, "etc/base"),
+        "add": (top, "srv/intruder"),
+        "resize": (base, "bin/tool"),
+        "whiteout": (top, "etc/.wh.gone"),
+        "dir": (base, ""),
     }[damage]
     where = base_dir if victim == base else top_dir
     if damage in ("delete", "whiteout"):
@@ -204,7 +222,7 @@ def test_a_damaged_snapshot_is_found_and_unpacked_again_from_the_store(
 
 
 def test_a_damaged_snapshot_under_an_active_snapshot_is_left_alone(
-    store: tuple[Path, str, Image]
+    store: tuple[Path, str, Image],
 ) -> None:
     root, _, image = store
     base, top = image.chain_ids
@@ -262,22 +280,30 @@ def test_labels_pointing_nowhere_are_dropped(store: tuple[Path, str, Image]) -> 
     nowhere = "sha256:" + "ef" * 32
     loose = "sha256:" + "12" * 32
     with Client(root) as client:
-        writer = client.content.writer("loose", Descriptor("application/octet-stream",
-                                                           _sha(b"loose"), 5))
+        writer = client.content.writer(
+            "loose", Descriptor("application/octet-stream", _sha(b"loose"), 5)
+        )
         writer.write(b"loose")
-        writer.commit({"containerd.io/gc.ref.content.x": nowhere,
-                       SNAPSHOT_LABEL: "no-such-snapshot"})
+        writer.commit(
+            {"containerd.io/gc.ref.content.x": nowhere, SNAPSHOT_LABEL: "no-such-snapshot"}
+        )
         client.content.update_labels(image.config.digest, {SNAPSHOT_LABEL: "gone-too"})
-        client.snapshots.update(image.chain_id, {"containerd.io/gc.ref.content.y": loose},
-                                ["labels.containerd.io/gc.ref.content.y"])
+        client.snapshots.update(
+            image.chain_id,
+            {"containerd.io/gc.ref.content.y": loose},
+            ["labels.containerd.io/gc.ref.content.y"],
+        )
         found = _found(check_store(client))
     blob = _sha(b"loose")
     assert found == {
         ("label", f"{blob} containerd.io/gc.ref.content.x", "names a missing blob"),
         ("label", f"{blob} {SNAPSHOT_LABEL}", "names a missing snapshot"),
         ("label", f"{image.config.digest} {SNAPSHOT_LABEL}", "names a missing snapshot"),
-        ("label", f"snapshot {image.chain_id} containerd.io/gc.ref.content.y",
-         "names a missing blob"),
+        (
+            "label",
+            f"snapshot {image.chain_id} containerd.io/gc.ref.content.y",
+            "names a missing blob",
+        ),
     }
     _repaired(root, _no_pull)
     with Client(root) as client:
@@ -318,7 +344,6 @@ def _sha(data: bytes) -> str:
     import hashlib
 
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
 
 
 @pytest.mark.parametrize("links", ["symlink", "hardlink"])

@@ -266,8 +266,9 @@ def _single_layers_image(tars: list[bytes]) -> Image:
     return make_image(layers, platform=Platform.host())
 
 
-def _compare_image(containerd: Ctr, registry: RegistryProcess, tmp_path: Path, repo: str,
-                   image: Image) -> list[str]:
+def _compare_image(
+    containerd: Ctr, registry: RegistryProcess, tmp_path: Path, repo: str, image: Image
+) -> list[str]:
     """Pull ``image`` with both; assert equal listings; return containerd's."""
     registry.push_image(repo, "v1", image)
     ref = f"{registry.host}/{repo}:v1"
@@ -290,12 +291,23 @@ def test_redeclared_dirs_whiteouts_in_one_layer_cross_dir_links_like_containerd(
     """``test_layer_semantics``' layers: directories named again with special bits and other
     owners, a whiteout then a file or symlink of that name inside one layer, a hard link
     across directories (the cases where containerd departs from the spec: ``layer_tars``)."""
-    want = _compare_image(containerd, registry, tmp_path, "oracle/semantics",
-                          _single_layers_image(layer_tars(containerd_differs=False)))
+    want = _compare_image(
+        containerd,
+        registry,
+        tmp_path,
+        "oracle/semantics",
+        _single_layers_image(layer_tars(containerd_differs=False)),
+    )
     text = "\n".join(want)
-    for line in ("tmp dir mode=1777 uid=3 gid=4", "srv dir mode=3770 uid=9 gid=51",
-                 "suid dir mode=4711 uid=2", "hardlinks: ha/orig | hb/link", "f2 file",
-                 "s1 symlink", "d3 file"):
+    for line in (
+        "tmp dir mode=1777 uid=3 gid=4",
+        "srv dir mode=3770 uid=9 gid=51",
+        "suid dir mode=4711 uid=2",
+        "hardlinks: ha/orig | hb/link",
+        "f2 file",
+        "s1 symlink",
+        "d3 file",
+    ):
         assert line in text, line
 
 
@@ -307,8 +319,9 @@ def test_symlink_header_modes_like_containerd(
     t = TarBuilder().file("target", b"t")
     t.symlink("l755", "target", mode=0o755).symlink("l700", "target", mode=0o700, uid=5)
     t.symlink("l000", "missing", mode=0o000)
-    want = _compare_image(containerd, registry, tmp_path, "oracle/symlink-modes",
-                          _single_layers_image([t.data()]))
+    want = _compare_image(
+        containerd, registry, tmp_path, "oracle/symlink-modes", _single_layers_image([t.data()])
+    )
     assert "l755 symlink mode=0777" in "\n".join(want)
 
 
@@ -316,8 +329,12 @@ def writable_base_layer() -> bytes:
     t = TarBuilder()
     t.dir("play")
     for name in ("chmod", "utime", "write", "chown"):
-        t.file(f"play/{name}", b"lower data\n", mode=0o755,
-               xattrs={"security.capability": CAP, "user.note": b"kept"})
+        t.file(
+            f"play/{name}",
+            b"lower data\n",
+            mode=0o755,
+            xattrs={"security.capability": CAP, "user.note": b"kept"},
+        )
     t.file("play/regone", b"lower\n").dir("play/redir").file("play/redir/old", b"old")
     t.dir("tmp", mode=0o1777).dir("srv", mode=0o2775, gid=50)
     t.dir("ha").file("ha/orig", b"linked across\n", mode=0o640, uid=5).dir("hb")
@@ -378,13 +395,20 @@ def test_writable_changes_committed_like_containerd(
         with image_mounted(root, new_ref, tmp_path / "mnt") as mnt:
             got = full_listing(mnt)
     assert want == before, "containerd's view differs from the writable mount:\n" + (
-        differences(before, want, ("fsnap writable mount", "containerd")))
+        differences(before, want, ("fsnap writable mount", "containerd"))
+    )
     assert got == want, "fsnap's mount differs from containerd's view:\n" + differences(
-        want, got, ("containerd", "fsnap"))
+        want, got, ("containerd", "fsnap")
+    )
     text = "\n".join(want)
-    for line in ("srv dir mode=3770 uid=9 gid=51", "tmp dir mode=1777 uid=0", "play/fifo fifo",
-                 "hardlinks: ha/orig | hb/link", "hardlinks: ha/n2 | hb/n1",
-                 "play/chmod file mode=0700 uid=0 gid=0 size=11",
-                 f"xattr:security.capability={CAP.hex()} xattr:user.note=6b657074 mtime"):
+    for line in (
+        "srv dir mode=3770 uid=9 gid=51",
+        "tmp dir mode=1777 uid=0",
+        "play/fifo fifo",
+        "hardlinks: ha/orig | hb/link",
+        "hardlinks: ha/n2 | hb/n1",
+        "play/chmod file mode=0700 uid=0 gid=0 size=11",
+        f"xattr:security.capability={CAP.hex()} xattr:user.note=6b657074 mtime",
+    ):
         assert line in text, line
     assert not any(line.startswith("play/redir/old") for line in want)

@@ -26,8 +26,9 @@ _AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-grou
 
 
 def test_exit_codes_are_distinct() -> None:
-    codes = [cls.exit_code for cls in (FuseUnavailable, ToolMissing, UserNamespacesDisabled,
-                                       NoSpace)]
+    codes = [
+        cls.exit_code for cls in (FuseUnavailable, ToolMissing, UserNamespacesDisabled, NoSpace)
+    ]
     assert codes == [12, 13, 14, 15]
 
 
@@ -39,18 +40,32 @@ def test_mount_as_user_without_dev_fuse_names_the_fix(tmp_path: Path) -> None:
             path.mkdir()
             os.chown(path, NOBODY, NOBODY)
         env = {**os.environ, "HOME": "/"}
-        prepared = subprocess.run([*_AS_NOBODY, *FSNAP_CLI, "--root", str(root), "snapshots",
-                                   "prepare", "work"], capture_output=True, text=True, env=env,
-                                  cwd="/")
+        prepared = subprocess.run(
+            [*_AS_NOBODY, *FSNAP_CLI, "--root", str(root), "snapshots", "prepare", "work"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd="/",
+        )
         assert prepared.returncode == 0, prepared.stderr
-        done = as_nobody_with_fuse_mode(0o600, tmp_path / "dev", *FSNAP_CLI, "--root",
-                                        str(root), "snapshots", "mount", "work", str(mnt))
+        done = as_nobody_with_fuse_mode(
+            0o600,
+            tmp_path / "dev",
+            *FSNAP_CLI,
+            "--root",
+            str(root),
+            "snapshots",
+            "mount",
+            "work",
+            str(mnt),
+        )
         assert str(mnt) not in manager.mounted_points()
         assert list((root / "mounts").glob("*.json")) == []  # no record left behind
     assert done.returncode == 12, done.stderr
     assert done.stderr == (
         "fsnap: error: /dev/fuse is not accessible to uid 65534 (mode 0600): ask an "
-        "administrator to make it 0666 (Debian's default) or run as root\n")
+        "administrator to make it 0666 (Debian's default) or run as root\n"
+    )
 
 
 def test_mount_without_fusermount3_names_the_package(tmp_path: Path) -> None:
@@ -65,8 +80,10 @@ def test_mount_without_fusermount3_names_the_package(tmp_path: Path) -> None:
     finally:  # without the check, the mount succeeds (libfuse has its own path): undo it
         if str(mnt) in manager.mounted_points():
             fsnap(root, "umount", str(mnt))
-    assert (done.returncode, done.stderr) == (13, "fsnap: error: fusermount3 not found: "
-                                                  "install fuse3\n")
+    assert (done.returncode, done.stderr) == (
+        13,
+        "fsnap: error: fusermount3 not found: install fuse3\n",
+    )
 
 
 _REQUIRE_USERNS = """
@@ -80,12 +97,26 @@ _LIMITED = 'echo 0 > /proc/sys/user/max_user_namespaces && exec "$@"'
 
 def test_user_namespaces_limited_to_zero_are_named() -> None:
     """In a user namespace whose limit is 0 (per namespace: the host's limit stays)."""
-    command = ["unshare", "--user", "--map-root-user", "sh", "-c", _LIMITED, "sh",
-               sys.executable, "-c", _REQUIRE_USERNS]
+    command = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "sh",
+        "-c",
+        _LIMITED,
+        "sh",
+        sys.executable,
+        "-c",
+        _REQUIRE_USERNS,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stderr) == (14, (
-        "fsnap: error: user namespaces are disabled (user.max_user_namespaces=0): ask an "
-        "administrator to run `sysctl -w user.max_user_namespaces=15000`\n"))
+    assert (done.returncode, done.stderr) == (
+        14,
+        (
+            "fsnap: error: user namespaces are disabled (user.max_user_namespaces=0): ask an "
+            "administrator to run `sysctl -w user.max_user_namespaces=15000`\n"
+        ),
+    )
     here = subprocess.run([sys.executable, "-c", _REQUIRE_USERNS], capture_output=True)
     assert here.returncode == 0, here.stderr
 
@@ -98,9 +129,11 @@ def test_debian_userns_clone_switch_is_named() -> None:
     problem = userns_problem(debian_off, euid=1000)
     assert isinstance(problem, UserNamespacesDisabled)
     assert str(problem).startswith(
-        "user namespaces are disabled (kernel.unprivileged_userns_clone=0)")
-    missing = userns_problem(UsernsInfo(None, "1", None, unknown("unshare (util-linux) not found"
-                                                                   )), euid=1000)
+        "user namespaces are disabled (kernel.unprivileged_userns_clone=0)"
+    )
+    missing = userns_problem(
+        UsernsInfo(None, "1", None, unknown("unshare (util-linux) not found")), euid=1000
+    )
     assert isinstance(missing, ToolMissing)
 
 
@@ -110,9 +143,7 @@ def small_root(tmp_path: Path) -> Iterator[Path]:
         yield mounted / "root"
 
 
-def test_pull_into_a_full_store_says_no_space(
-    registry: RegistryProcess, small_root: Path
-) -> None:
+def test_pull_into_a_full_store_says_no_space(registry: RegistryProcess, small_root: Path) -> None:
     big = make_layer({"blob.bin": os.urandom(6 << 20)}, "none")
     image = make_image([big], platform=Platform.host())
     registry.push_image("env/nospace", "v1", image)

@@ -45,8 +45,10 @@ SUBSET = [
 # Measured on a 2-core machine shared with other test runs (CACHE/timings.log): the first
 # build took about 12 minutes (debootstrap 32 s, setup 456 s downloading everything, the
 # subset 219 s); cached runs download nothing: setup 255-338 s, the subset 418-657 s.
-HOLD_5000 = ("import socket, time; s = socket.socket(); s.bind((\"127.0.0.1\", 5000)); "
-             "s.listen(); time.sleep(86400)")
+HOLD_5000 = (
+    'import socket, time; s = socket.socket(); s.bind(("127.0.0.1", 5000)); '
+    "s.listen(); time.sleep(86400)"
+)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
@@ -87,15 +89,25 @@ def test_setup_and_suite_on_fresh_trixie(trixie: FreshDebian) -> None:
     assert not os.path.lexists(trixie.root / "etc/mtab")  # what a minimal system lacks
 
     with setup_lock():  # one apt at a time in the shared download cache
-        _run(trixie, "scripts/setup",
-             f"cd {CHECKOUT} && bash scripts/setup && ! pgrep -a docker-registry", True, 1800)
+        _run(
+            trixie,
+            "scripts/setup",
+            f"cd {CHECKOUT} && bash scripts/setup && ! pgrep -a docker-registry",
+            True,
+            1800,
+        )
     assert os.readlink(trixie.root / "etc/mtab") == "../proc/self/mounts"  # setup's link
 
     # :5000 (Debian's registry's port) is taken first: no test may need it
     tests = " ".join(SUBSET)
-    out = _run(trixie, "pytest subset",
-               f"cd {CHECKOUT} && {{ python3 -c '{HOLD_5000}' & }} && sleep 1 && "
-               f".venv/bin/python -m pytest -q -p no:cacheprovider -rs {tests}", False, 1800)
+    out = _run(
+        trixie,
+        "pytest subset",
+        f"cd {CHECKOUT} && {{ python3 -c '{HOLD_5000}' & }} && sleep 1 && "
+        f".venv/bin/python -m pytest -q -p no:cacheprovider -rs {tests}",
+        False,
+        1800,
+    )
     summary = out.strip().splitlines()[-1]
     _log(f"pytest subset: {summary}")
     assert re.search(r"\d+ passed", summary), out[-3000:]

@@ -157,9 +157,7 @@ def test_max_layer_size_is_configurable(registry: RegistryProcess, tmp_path: Pat
     assert fsnap(tmp_path / "root", "pull", "--max-layer-size", "8K", ref).returncode == 0
 
 
-def test_deeply_nested_json_manifest_is_invalid(
-    fault_server: FaultServer, tmp_path: Path
-) -> None:
+def test_deeply_nested_json_manifest_is_invalid(fault_server: FaultServer, tmp_path: Path) -> None:
     """Found by tests/test_fuzz_parsers.py: json.loads raised RecursionError (exit 70)."""
     body = b"[" * 100_000 + b"]" * 100_000
     digest = sha256_of(body)

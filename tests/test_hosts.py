@@ -44,31 +44,45 @@ def test_docker_hub_name_through_a_mirror(registry: RegistryProcess, tmp_path: P
     """``fsnap pull debian`` is docker.io/library/debian:latest; a hosts.toml sends it to
     the local registry (the upstream is unreachable, as on an air-gapped site)."""
     registry.push_image("library/debian", "latest", small_image("hub debian\n"))
-    hosts = write_hosts(tmp_path / "certs.d", "docker.io", f'''
+    hosts = write_hosts(
+        tmp_path / "certs.d",
+        "docker.io",
+        f'''
 server = "{DEAD}"
 [host."http://{registry.host}"]
   capabilities = ["pull", "resolve"]
-''')
+''',
+    )
     root = tmp_path / "root"
     out = succeeded(fsnap(root, "pull", "--hosts-dir", str(hosts), "debian"))
     assert "docker.io/library/debian:latest" in out
     table = succeeded(fsnap(root, "images"))
     assert "debian:latest" in table.split()
-    done = fsnap(root, "pull", "--hosts-dir", str(tmp_path / "empty"), "--plain-http",
-                 "127.0.0.1:1/library/x")
+    done = fsnap(
+        root,
+        "pull",
+        "--hosts-dir",
+        str(tmp_path / "empty"),
+        "--plain-http",
+        "127.0.0.1:1/library/x",
+    )
     assert done.returncode == 10 and "giving up" in done.stderr.strip().splitlines()[-1]
 
 
 def test_failing_mirror_falls_back_and_says_so(registry: RegistryProcess, tmp_path: Path) -> None:
     image = small_image("fallback\n")
     registry.push_image("hosts/fallback", "v1", image)
-    hosts = write_hosts(tmp_path / "certs.d", "mirrored.example", f'''
+    hosts = write_hosts(
+        tmp_path / "certs.d",
+        "mirrored.example",
+        f'''
 server = "http://{registry.host}"
 [host."{DEAD}"]
   capabilities = ["pull", "resolve"]
 [host."http://{registry.host}"]
   capabilities = ["pull", "resolve"]
-''')
+''',
+    )
     ref = Reference.parse("mirrored.example/hosts/fallback:v1")
 
     async def fetch() -> tuple[bytes, list[str]]:
@@ -79,8 +93,9 @@ server = "http://{registry.host}"
 
     data, reasons = trio.run(fetch)
     assert data == image.manifest.data
-    assert any(DEAD in reason and f"trying http://{registry.host}" in reason
-               for reason in reasons), reasons
+    assert any(
+        DEAD in reason and f"trying http://{registry.host}" in reason for reason in reasons
+    ), reasons
 
 
 def test_mirror_without_resolve_is_not_asked_for_tags(
@@ -89,10 +104,14 @@ def test_mirror_without_resolve_is_not_asked_for_tags(
     """A pull-only mirror serves blobs and manifests by digest; tags resolve upstream."""
     image = small_image("pull only\n")
     registry.push_image("hosts/pull-only", "v1", image)
-    hosts = write_hosts(tmp_path / "certs.d", registry.host, f'''
+    hosts = write_hosts(
+        tmp_path / "certs.d",
+        registry.host,
+        f'''
 [host."{DEAD}"]
   capabilities = ["pull"]
-''')
+''',
+    )
     ref = Reference.parse(f"{registry.host}/hosts/pull-only:v1")
 
     async def resolve() -> list[str]:
@@ -136,20 +155,28 @@ def test_client_certificate_from_hosts_toml(tls: TlsFiles, tmp_path: Path) -> No
         mtls.push_image("hosts/mtls", "v1", small_image("mtls\n"))
         ref = f"{mtls.host}/hosts/mtls:v1"
         certs = tmp_path / "certs.d"
-        write_hosts(certs, mtls.host, f'''
+        write_hosts(
+            certs,
+            mtls.host,
+            f"""
 server = "https://{mtls.host}"
 ca = "ca.pem"
-''')
+""",
+        )
         (certs / mtls.host / "ca.pem").write_bytes(tls.ca.read_bytes())
         root = tmp_path / "root"
         done = fsnap(root, "pull", "--hosts-dir", str(certs), "--no-unpack", ref)
         assert done.returncode != 0, "the registry let in a client without a certificate"
         cert, key = make_client_cert(tls, tmp_path / "client")
-        write_hosts(certs, mtls.host, f'''
+        write_hosts(
+            certs,
+            mtls.host,
+            f'''
 server = "https://{mtls.host}"
 ca = "ca.pem"
 client = [["{cert}", "{key}"]]
-''')
+''',
+        )
         succeeded(fsnap(root, "pull", "--hosts-dir", str(certs), "--no-unpack", ref))
 
 
@@ -178,13 +205,17 @@ def test_oversized_hosts_toml_is_refused(tmp_path: Path) -> None:
 
 
 def test_header_and_override_path(tmp_path: Path) -> None:
-    hosts = write_hosts(tmp_path / "certs.d", "docker.io", '''
+    hosts = write_hosts(
+        tmp_path / "certs.d",
+        "docker.io",
+        """
 [host."https://mirror.example/registry/v2"]
   override_path = true
   [host."https://mirror.example/registry/v2".header]
     x-site = ["a", "b"]
 [host."https://cache.example/prefix"]
-''')
+""",
+    )
     mirror, cache, upstream = Hosts([hosts]).for_("docker.io")
     assert mirror.url("/v2/library/x/manifests/1") == (
         "https://mirror.example/registry/v2/library/x/manifests/1"
@@ -235,14 +266,16 @@ def test_https_proxy_from_the_environment(
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ConnectProxy)
     with serving(server, "connect-proxy") as port:
         env = {"HTTPS_PROXY": f"http://127.0.0.1:{port}", "NO_PROXY": ""}
-        done = fsnap_env(tmp_path / "root", env, "pull", "--hosts-dir", str(certs),
-                         "--no-unpack", ref)
+        done = fsnap_env(
+            tmp_path / "root", env, "pull", "--hosts-dir", str(certs), "--no-unpack", ref
+        )
         assert done.returncode == 0, done.stderr
         assert _ConnectProxy.seen and all(s == tls_registry.host for s in _ConnectProxy.seen)
         _ConnectProxy.seen = []
         env["NO_PROXY"] = "127.0.0.1"
-        done = fsnap_env(tmp_path / "root2", env, "pull", "--hosts-dir", str(certs),
-                         "--no-unpack", ref)
+        done = fsnap_env(
+            tmp_path / "root2", env, "pull", "--hosts-dir", str(certs), "--no-unpack", ref
+        )
         assert done.returncode == 0, done.stderr
         assert _ConnectProxy.seen == []
 
@@ -251,5 +284,8 @@ def fsnap_env(root: Path, env: dict[str, str], *args: str) -> subprocess.Complet
     clean = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     return subprocess.run(
         [sys.executable, "-m", "fsnap.cli", "--root", str(root), *args],
-        capture_output=True, text=True, timeout=120, env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**clean, **env},
     )

@@ -17,8 +17,12 @@ from fsnap.info import fuse, kernel, registry, report, store, userns
 
 
 def findmnt_fstype(path: Path) -> str:
-    done = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)],
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE", "--target", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.strip()
 
 
@@ -50,9 +54,22 @@ def test_store_on_tmpfs_has_no_rwf_nowait(tmp_path: Path) -> None:
 def test_store_not_writable_is_unknown_not_an_error(tmp_path: Path) -> None:
     with shared_dir() as shared:
         done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *FSNAP_CLI,
-             "--root", str(shared / "root"), "info", "--json"],
-            capture_output=True, text=True, cwd="/", timeout=60)
+            [
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                *FSNAP_CLI,
+                "--root",
+                str(shared / "root"),
+                "info",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            timeout=60,
+        )
     assert done.returncode == 0, done.stderr
     probe = json.loads(done.stdout)["store"]["rwf_nowait"]
     assert probe["available"] is None and "EACCES" in probe["detail"]
@@ -60,15 +77,17 @@ def test_store_not_writable_is_unknown_not_an_error(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("mode", "usable"), [(0o600, False), (0o666, True)])
 def test_dev_fuse_as_seen_by_uid_65534(tmp_path: Path, mode: int, usable: bool) -> None:
-    done = as_nobody_with_fuse_mode(mode, tmp_path / "dev", *FSNAP_CLI, "--root", "/nonexistent",
-                                    "info", "--json")
+    done = as_nobody_with_fuse_mode(
+        mode, tmp_path / "dev", *FSNAP_CLI, "--root", "/nonexistent", "info", "--json"
+    )
     assert done.returncode == 0, done.stderr
     device = json.loads(done.stdout)["fuse"]["device"]
     assert device["available"] is usable
     if not usable:
         assert device["detail"] == (
             f"/dev/fuse is not accessible to uid 65534 (mode {mode:04o}): ask an administrator "
-            "to make it 0666 (Debian's default) or run as root")
+            "to make it 0666 (Debian's default) or run as root"
+        )
 
 
 def test_dev_fuse_for_root_and_fusermount3_version() -> None:
@@ -84,7 +103,10 @@ def test_fusermount3_missing(tmp_path: Path) -> None:
     done = fsnap(tmp_path / "root", "info", "--json", env={"PATH": str(empty)})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["fuse"]["fusermount3"] == {
-        "name": "fusermount3", "path": None, "version": None}
+        "name": "fusermount3",
+        "path": None,
+        "version": None,
+    }
 
 
 def _config_value(name: str) -> str | None:
@@ -128,8 +150,20 @@ exec "$@"
 
 def test_user_namespaces_limited_to_zero() -> None:
     """In a user namespace whose limit is 0 (a per-namespace sysctl: the host's stays)."""
-    command = ["unshare", "--user", "--map-root-user", "sh", "-c", _LIMITED, "sh", *FSNAP_CLI,
-               "--root", "/nonexistent", "info", "--json"]
+    command = [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "sh",
+        "-c",
+        _LIMITED,
+        "sh",
+        *FSNAP_CLI,
+        "--root",
+        "/nonexistent",
+        "info",
+        "--json",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)["user_namespaces"]
@@ -158,15 +192,24 @@ def test_registry_configuration_found(tmp_path: Path, monkeypatch: pytest.Monkey
     assert found.docker_config == str(tmp_path / "docker" / "config.json")
     assert found.docker_config_state == "present"
     assert [(d.exists, d.hosts) for d in found.hosts_dirs] == [
-        (True, ["registry.example:5000"]), (False, [])]
+        (True, ["registry.example:5000"]),
+        (False, []),
+    ]
 
 
 def test_fsnap_info_text_and_json(tmp_path: Path) -> None:
     text = fsnap(tmp_path / "root", "info")
     assert text.returncode == 0, text.stderr
-    for line in ("store:", f"  path: {tmp_path / 'root'} (not created yet; probed {tmp_path})",
-                 "  RWF_NOWAIT reads: ", "  /dev/fuse: yes", "  fusermount3: ",
-                 "  unshare --user: yes", "  runc: ", "  hosts.toml dirs: /etc/fsnap/certs.d"):
+    for line in (
+        "store:",
+        f"  path: {tmp_path / 'root'} (not created yet; probed {tmp_path})",
+        "  RWF_NOWAIT reads: ",
+        "  /dev/fuse: yes",
+        "  fusermount3: ",
+        "  unshare --user: yes",
+        "  runc: ",
+        "  hosts.toml dirs: /etc/fsnap/certs.d",
+    ):
         assert line in text.stdout, text.stdout
     data = json.loads(fsnap(tmp_path / "root", "info", "--json").stdout)
     assert data["store"]["fstype"] == findmnt_fstype(tmp_path)

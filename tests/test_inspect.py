@@ -26,8 +26,10 @@ def pulled(registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _changes(group: dict[str, Any]) -> dict[str, tuple[Any, ...]]:
-    return {c["path"]: (c["mark"], c["kind"], c["size"], c["cause"], c["lower_layer"])
-            for c in group["changes"]}
+    return {
+        c["path"]: (c["mark"], c["kind"], c["size"], c["cause"], c["lower_layer"])
+        for c in group["changes"]
+    }
 
 
 # --- inspect / history -----------------------------------------------------------------------
@@ -49,9 +51,15 @@ def test_inspect_reports_digests_config_and_layers(pulled: Pulled) -> None:
     assert [layer["size"] for layer in layers] == [lay.blob.size for lay in image.layers]
     assert [layer["unpacked_size"] for layer in layers] == [13617, 32, 680]
     assert [layer["created_by"] for layer in layers] == [
-        HISTORY[0]["created_by"], HISTORY[2]["created_by"], HISTORY[3]["created_by"]]
-    assert doc["totals"] == {"layers": 3, "size": sum(lay.blob.size for lay in image.layers),
-                             "unpacked_size": 13617 + 32 + 680}
+        HISTORY[0]["created_by"],
+        HISTORY[2]["created_by"],
+        HISTORY[3]["created_by"],
+    ]
+    assert doc["totals"] == {
+        "layers": 3,
+        "size": sum(lay.blob.size for lay in image.layers),
+        "unpacked_size": 13617 + 32 + 680,
+    }
     table = ok(fsnap(root, "inspect", ref, "--no-trunc"))
     for chain in chains:
         assert chain in table
@@ -75,9 +83,22 @@ def test_history_includes_empty_layers_newest_first(pulled: Pulled) -> None:
 # --- diff -------------------------------------------------------------------------------------
 
 
-BASE_PATHS = {"/etc", "/etc/motd", "/etc/passwd", "/opt", "/opt/old.txt", "/tmp",
-              "/tmp/big.dat", "/usr", "/usr/bin", "/usr/bin/tool", "/var", "/var/cache",
-              "/var/cache/a.bin", "/var/cache/b.bin"}
+BASE_PATHS = {
+    "/etc",
+    "/etc/motd",
+    "/etc/passwd",
+    "/opt",
+    "/opt/old.txt",
+    "/tmp",
+    "/tmp/big.dat",
+    "/usr",
+    "/usr/bin",
+    "/usr/bin/tool",
+    "/var",
+    "/var/cache",
+    "/var/cache/a.bin",
+    "/var/cache/b.bin",
+}
 LAYER1 = {
     "/etc/motd": ("modified", "file", 12, "", 0),
     "/etc/hosts": ("added", "file", 20, "", None),
@@ -101,7 +122,10 @@ def test_diff_of_every_layer_is_exactly_the_construction(pulled: Pulled) -> None
     assert doc["schema"] == "fsnap/diff/v1" and doc["source"] == {"image": ref}
     groups: list[dict[str, Any]] = doc["layers"]  # type: ignore[assignment]
     assert [(g["first"], g["last"], g["chain_id"]) for g in groups] == [
-        (0, 0, chains[0]), (1, 1, chains[1]), (2, 2, chains[2])]
+        (0, 0, chains[0]),
+        (1, 1, chains[1]),
+        (2, 2, chains[2]),
+    ]
     base = _changes(groups[0])
     assert set(base) == BASE_PATHS
     assert {v[0] for v in base.values()} == {"added"}
@@ -112,9 +136,11 @@ def test_diff_of_every_layer_is_exactly_the_construction(pulled: Pulled) -> None
     assert removed["/var/cache"]["entries"] == 3  # the directory and its two files
     opt = next(c for c in groups[2]["changes"] if c["path"] == "/opt")
     assert opt["opaque"] is True
-    assert groups[1]["totals"] == {"added": {"count": 1, "bytes": 20},
-                                   "modified": {"count": 1, "bytes": 12},
-                                   "removed": {"count": 2, "bytes": 13000}}
+    assert groups[1]["totals"] == {
+        "added": {"count": 1, "bytes": 20},
+        "modified": {"count": 1, "bytes": 12},
+        "removed": {"count": 2, "bytes": 13000},
+    }
 
 
 def test_diff_one_layer_a_path_and_a_range(pulled: Pulled) -> None:
@@ -123,7 +149,10 @@ def test_diff_one_layer_a_path_and_a_range(pulled: Pulled) -> None:
     assert [_changes(g) for g in one["layers"]] == [LAYER2]  # type: ignore[union-attr]
     under = fsnap_json(root, "diff", ref, "/opt", "--layer", "2")  # PATH right after REF
     assert set(_changes(under["layers"][0])) == {  # type: ignore[index]
-        "/opt", "/opt/new.txt", "/opt/old.txt"}
+        "/opt",
+        "/opt/new.txt",
+        "/opt/old.txt",
+    }
     # Layers 1..2 together against layer 0: motd and tool modified, the rest as above.
     span = fsnap_json(root, "diff", ref, "--from", "1", "--to", "2")
     got = _changes(span["layers"][0])  # type: ignore[index]
@@ -179,10 +208,17 @@ def test_analyze_measures_and_offenders(pulled: Pulled) -> None:
     assert doc["ci"] is None
     offenders: list[dict[str, Any]] = doc["offenders"]  # type: ignore[assignment]
     assert [(o["path"], o["wasted"]) for o in offenders] == [
-        ("/tmp/big.dat", 10000), ("/var/cache/b.bin", 2000), ("/var/cache/a.bin", 1000),
-        ("/usr/bin/tool", 500), ("/opt/old.txt", 100), ("/etc/motd", 6)]
-    assert offenders[3]["versions"] == [{"layer": 0, "size": 500, "visible": False},
-                                        {"layer": 2, "size": 600, "visible": True}]
+        ("/tmp/big.dat", 10000),
+        ("/var/cache/b.bin", 2000),
+        ("/var/cache/a.bin", 1000),
+        ("/usr/bin/tool", 500),
+        ("/opt/old.txt", 100),
+        ("/etc/motd", 6),
+    ]
+    assert offenders[3]["versions"] == [
+        {"layer": 0, "size": 500, "visible": False},
+        {"layer": 2, "size": 600, "visible": True},
+    ]
     table = ok(fsnap(root, "analyze", ref))
     assert "/tmp/big.dat" in table and "efficiency" in table
 
@@ -192,20 +228,49 @@ def test_analyze_ci_fails_and_passes_on_thresholds(pulled: Pulled) -> None:
     failing = fsnap(root, "analyze", ref, "--ci")  # dive's defaults: efficiency >= 0.9
     assert failing.returncode == 20, failing.stderr
     assert "FAIL" in failing.stdout and "Traceback" not in failing.stderr
-    passing = [ref, "--lowest-efficiency", "0.04", "--highest-user-wasted-percent", "20",
-               "--highest-wasted-bytes", str(WASTED)]
+    passing = [
+        ref,
+        "--lowest-efficiency",
+        "0.04",
+        "--highest-user-wasted-percent",
+        "20",
+        "--highest-wasted-bytes",
+        str(WASTED),
+    ]
     doc = fsnap_json(root, "analyze", *passing)
-    assert doc["ci"] == {"passed": True, "rules": [
-        {"rule": "lowest-efficiency", "limit": 0.04, "value": doc["efficiency"],
-         "passed": True},
-        {"rule": "highest-wasted-bytes", "limit": WASTED, "value": WASTED, "passed": True},
-        {"rule": "highest-user-wasted-percent", "limit": 20.0,
-         "value": doc["user_wasted_percent"], "passed": True}]}
+    assert doc["ci"] == {
+        "passed": True,
+        "rules": [
+            {
+                "rule": "lowest-efficiency",
+                "limit": 0.04,
+                "value": doc["efficiency"],
+                "passed": True,
+            },
+            {"rule": "highest-wasted-bytes", "limit": WASTED, "value": WASTED, "passed": True},
+            {
+                "rule": "highest-user-wasted-percent",
+                "limit": 20.0,
+                "value": doc["user_wasted_percent"],
+                "passed": True,
+            },
+        ],
+    }
     one_byte_less = fsnap(root, "analyze", *passing[:-1], str(WASTED - 1), "--json")
     assert one_byte_less.returncode == 20
     assert _json_of(one_byte_less)["ci"]["rules"][1]["passed"] is False
-    assert ok(fsnap(root, "analyze", ref, "--ci", "--lowest-efficiency", "disabled",
-                    "--highest-user-wasted-percent", "disabled"))
+    assert ok(
+        fsnap(
+            root,
+            "analyze",
+            ref,
+            "--ci",
+            "--lowest-efficiency",
+            "disabled",
+            "--highest-user-wasted-percent",
+            "disabled",
+        )
+    )
 
 
 def _json_of(result: Any) -> Any:
@@ -224,12 +289,16 @@ def test_which_names_provider_shadowed_and_hiders(pulled: Pulled) -> None:
     assert motd["provider"] == {"layer": 1, "chain_id": chains[1]}
     assert motd["shadowed"] == [{"layer": 0, "chain_id": chains[0]}]
     assert [(s["layer"], s["action"]) for s in motd["sightings"]] == [  # type: ignore[union-attr]
-        (0, "added"), (1, "modified")]
+        (0, "added"),
+        (1, "modified"),
+    ]
     tool = fsnap_json(root, "which", ref, "/usr/bin/tool")
     assert tool["provider"] == {"layer": 2, "chain_id": chains[2]}
-    for path, layer, cause, by in [("/var/cache/a.bin", 1, "whiteout", "/var/cache"),
-                                   ("/tmp/big.dat", 1, "whiteout", "/tmp/big.dat"),
-                                   ("/opt/old.txt", 2, "opaque", "/opt")]:
+    for path, layer, cause, by in [
+        ("/var/cache/a.bin", 1, "whiteout", "/var/cache"),
+        ("/tmp/big.dat", 1, "whiteout", "/tmp/big.dat"),
+        ("/opt/old.txt", 2, "opaque", "/opt"),
+    ]:
         gone = fsnap_json(root, "which", ref, path)
         assert gone["present"] is False and gone["provider"] is None
         hidden: dict[str, Any] = gone["hidden_by"]  # type: ignore[assignment]
@@ -240,9 +309,23 @@ def test_which_names_provider_shadowed_and_hiders(pulled: Pulled) -> None:
     assert "removed in layer 2 by opaque of /opt" in text
 
 
-MERGED_LAYERS = {"/": 0, "/etc": 1, "/etc/hosts": 1, "/etc/motd": 1, "/etc/passwd": 0,
-                 "/opt": 2, "/opt/new.txt": 2, "/srv": 2, "/srv/data": 2, "/tmp": 1,
-                 "/usr": 2, "/usr/bin": 2, "/usr/bin/t": 2, "/usr/bin/tool": 2, "/var": 1}
+MERGED_LAYERS = {
+    "/": 0,
+    "/etc": 1,
+    "/etc/hosts": 1,
+    "/etc/motd": 1,
+    "/etc/passwd": 0,
+    "/opt": 2,
+    "/opt/new.txt": 2,
+    "/srv": 2,
+    "/srv/data": 2,
+    "/tmp": 1,
+    "/usr": 2,
+    "/usr/bin": 2,
+    "/usr/bin/t": 2,
+    "/usr/bin/tool": 2,
+    "/var": 1,
+}
 
 
 def test_tree_marks_each_entry_with_its_layer(pulled: Pulled) -> None:
@@ -256,8 +339,14 @@ def test_tree_marks_each_entry_with_its_layer(pulled: Pulled) -> None:
     assert [e["path"] for e in shallow["entries"]] == ["/usr", "/usr/bin"]  # type: ignore[union-attr]
     layer1 = fsnap_json(root, "tree", ref, "--layer", "1")
     assert {e["path"]: e["mark"] for e in layer1["entries"]} == {  # type: ignore[union-attr]
-        "/etc": "", "/etc/hosts": "", "/etc/motd": "", "/tmp": "", "/tmp/big.dat": "whiteout",
-        "/var": "", "/var/cache": "whiteout"}
+        "/etc": "",
+        "/etc/hosts": "",
+        "/etc/motd": "",
+        "/tmp": "",
+        "/tmp/big.dat": "whiteout",
+        "/var": "",
+        "/var/cache": "whiteout",
+    }
     text = ok(fsnap(root, "tree", ref))
     assert "t -> tool" in text
 
@@ -266,12 +355,20 @@ def test_du_per_directory_and_per_layer(pulled: Pulled) -> None:
     root, ref, chains = pulled
     doc = fsnap_json(root, "du", ref)
     dirs = {d["path"]: d["size"] for d in doc["directories"]}  # type: ignore[union-attr]
-    assert dirs == {"/": TOTAL - WASTED, "/etc": 43, "/opt": 50, "/srv": 30, "/tmp": 0,
-                    "/usr": 600, "/var": 0}
+    assert dirs == {
+        "/": TOTAL - WASTED,
+        "/etc": 43,
+        "/opt": 50,
+        "/srv": 30,
+        "/tmp": 0,
+        "/usr": 600,
+        "/var": 0,
+    }
     assert doc["layers"] == [
         {"layer": 0, "chain_id": chains[0], "stored": 13617, "visible": 11},
         {"layer": 1, "chain_id": chains[1], "stored": 32, "visible": 32},
-        {"layer": 2, "chain_id": chains[2], "stored": 680, "visible": 680}]
+        {"layer": 2, "chain_id": chains[2], "stored": 680, "visible": 680},
+    ]
     usr = fsnap_json(root, "du", ref, "/usr/bin", "--depth", "0")
     assert usr["directories"] == [{"path": "/usr/bin", "depth": 0, "size": 600, "entries": 2}]
     assert [u["stored"] for u in usr["layers"]] == [500, 0, 600]  # type: ignore[union-attr]
@@ -294,8 +391,7 @@ def test_du_per_directory_and_per_layer(pulled: Pulled) -> None:
         (["analyze", "{ref}", "--lowest-efficiency", "2"], 4, "ratio"),
     ],
 )
-def test_bad_input_is_a_clear_error(pulled: Pulled, args: list[str], code: int,
-                                    words: str) -> None:
+def test_bad_input_is_a_clear_error(pulled: Pulled, args: list[str], code: int, words: str) -> None:
     root, ref, _ = pulled
     done = fsnap(root, *[a.format(ref=ref) for a in args])
     assert done.returncode == code, (done.stdout, done.stderr)

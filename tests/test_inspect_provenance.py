@@ -19,8 +19,9 @@ XATTR = "user.fsnap.layer"
 
 
 @pytest.fixture(scope="module")
-def pulled(registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) -> tuple[
-        Path, str, list[str]]:
+def pulled(
+    registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, str, list[str]]:
     image = inspect_image()
     registry.push_image("inspect/provenance", "v1", image)
     root = tmp_path_factory.mktemp("provenance-root")
@@ -37,8 +38,11 @@ def mounted(root: Path, ref: str, mnt: Path, *options: str) -> Iterator[None]:
         ok(fsnap(root, "mount", *options, ref, str(mnt)))
         yield
     finally:
-        pids = [m["pid"] for m in json.loads(fsnap(root, "mounts", "--json").stdout or "[]")
-                if m["mountpoint"] == str(mnt)]
+        pids = [
+            m["pid"]
+            for m in json.loads(fsnap(root, "mounts", "--json").stdout or "[]")
+            if m["mountpoint"] == str(mnt)
+        ]
         cleanup(root, mnt, pids[0] if pids else 0)
 
 
@@ -49,8 +53,7 @@ def _walk(mnt: Path) -> Iterator[str]:
             yield os.path.join(dirpath, name)
 
 
-def test_every_entry_names_its_layer(pulled: tuple[Path, str, list[str]],
-                                     tmp_path: Path) -> None:
+def test_every_entry_names_its_layer(pulled: tuple[Path, str, list[str]], tmp_path: Path) -> None:
     root, ref, chains = pulled
     tree = fsnap_json(root, "tree", ref)
     expected = {e["path"]: e["layer"] for e in tree["entries"]}  # type: ignore[union-attr]
@@ -80,8 +83,9 @@ def test_every_entry_names_its_layer(pulled: tuple[Path, str, list[str]],
         assert seen["/etc/motd"] == 1 and seen["/etc/passwd"] == 0 and seen["/opt"] == 2
 
 
-def test_default_mount_has_no_provenance(pulled: tuple[Path, str, list[str]],
-                                         tmp_path: Path) -> None:
+def test_default_mount_has_no_provenance(
+    pulled: tuple[Path, str, list[str]], tmp_path: Path
+) -> None:
     root, ref, _ = pulled
     mnt = tmp_path / "mnt"
     with mounted(root, ref, mnt):

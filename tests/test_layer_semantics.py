@@ -43,10 +43,16 @@ def _lower() -> bytes:
         .dir("srv", 0o2775, gid=50)
         .dir("srv/data", 0o755)
         .dir("drop", 0o7777, uid=4)
-        .dir("d1", 0o755).file("d1/a", b"a").file("d1/b", b"b")
-        .dir("d2", 0o755).file("d2/a", b"a")
-        .dir("d3", 0o755).file("d3/a", b"a")
-        .file("f1", b"lower f1").file("f2", b"lower f2").file("f3", b"lower f3")
+        .dir("d1", 0o755)
+        .file("d1/a", b"a")
+        .file("d1/b", b"b")
+        .dir("d2", 0o755)
+        .file("d2/a", b"a")
+        .dir("d3", 0o755)
+        .file("d3/a", b"a")
+        .file("f1", b"lower f1")
+        .file("f2", b"lower f2")
+        .file("f3", b"lower f3")
         .symlink("s1", "f1")
         .data()
     )
@@ -60,12 +66,17 @@ def _upper(containerd_differs: bool) -> bytes:
         .dir("srv", 0o3770, uid=9, gid=51)
         .dir("drop", 0o755, uid=6)
         .dir("suid", 0o4711, uid=2)
-        .whiteout("d3").file("d3", b"d3 is a file now")
-        .whiteout("f2").file("f2", b"upper f2")  # whiteout, then the file
-        .whiteout("s1").symlink("s1", "f2")
+        .whiteout("d3")
+        .file("d3", b"d3 is a file now")
+        .whiteout("f2")
+        .file("f2", b"upper f2")  # whiteout, then the file
+        .whiteout("s1")
+        .symlink("s1", "f2")
         .whiteout("f3")
-        .dir("ha").file("ha/orig", b"across", mode=0o640, uid=5)
-        .dir("hb").hardlink("hb/link", "ha/orig")
+        .dir("ha")
+        .file("ha/orig", b"across", mode=0o640, uid=5)
+        .dir("hb")
+        .hardlink("hb/link", "ha/orig")
     )
     if containerd_differs:
         tar.whiteout("d2").dir("d2", 0o711).file("d2/new", b"n2")  # whiteout, then the dir
@@ -107,5 +118,6 @@ def test_redeclared_directories_and_whiteouts_inside_one_layer(tmp_path: Path) -
         assert _mode_owner(mnt / "hb/link") == (0o640, 5, 0)
         names = sorted(os.listdir(mnt))
         assert not [n for n in names if n.startswith(".wh.")]
-        assert names == sorted(["tmp", "srv", "drop", "suid", "d1", "d2", "d3", "f1", "f2",
-                                "s1", "fresh", "ha", "hb"])
+        assert names == sorted(
+            ["tmp", "srv", "drop", "suid", "d1", "d2", "d3", "f1", "f2", "s1", "fresh", "ha", "hb"]
+        )

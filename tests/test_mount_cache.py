@@ -61,9 +61,23 @@ def _shape(tree: MergedTree) -> dict[bytes, tuple[object, ...]]:
 
 def _attrs(node: Node) -> tuple[object, ...]:
     parent = node.parent.ino if node.parent is not None else None
-    return (node.ino, node.mode, node.uid, node.gid, node.size, node.mtime, node.rdev,
-            node.nlink, node.link, node.xattrs, node.source, node.layer, parent, node.name,
-            node.names)
+    return (
+        node.ino,
+        node.mode,
+        node.uid,
+        node.gid,
+        node.size,
+        node.mtime,
+        node.rdev,
+        node.nlink,
+        node.link,
+        node.xattrs,
+        node.source,
+        node.layer,
+        parent,
+        node.name,
+        node.names,
+    )
 
 
 def _fresh(client: Client, key: str) -> MergedTree:
@@ -190,14 +204,14 @@ def _symlinked(path: Path) -> None:
 @pytest.mark.parametrize(
     "spoil", [_flip_a_byte, _truncate, _wrong_shape, _foreign, _group_writable, _symlinked]
 )
-def test_an_untrusted_or_damaged_cache_is_rebuilt(store: tuple[Path, list[str]],
-                                                   spoil: object) -> None:
+def test_an_untrusted_or_damaged_cache_is_rebuilt(
+    store: tuple[Path, list[str]], spoil: object
+) -> None:
     root, names = store
     _rebuilt(root, names[-1], spoil)
 
 
-def test_a_cache_in_a_directory_others_may_write_is_ignored(
-        store: tuple[Path, list[str]]) -> None:
+def test_a_cache_in_a_directory_others_may_write_is_ignored(store: tuple[Path, list[str]]) -> None:
     root, names = store
     with Client(root) as client:
         treecache.merged_tree(client.snapshots, names[-1])

@@ -56,7 +56,9 @@ def test_chroot_busybox_shell(busybox_anywhere: tuple[Path, str], tmp_path: Path
     with mounted_snapshot(root, key, mnt) as info:
         done = subprocess.run(
             ["chroot", str(mnt), "/bin/sh", "-c", "echo ok; ls /; busybox cat /etc/motd"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["ok", "bin", "etc", "hello"]
@@ -69,8 +71,9 @@ def test_chroot_dynamically_linked_program(tmp_path: Path, fs_base: Path) -> Non
     """/bin/ls with the libraries and loader ldd names, over three layers (usrmerge links
     in the first, libraries in the second, the program in the third)."""
     libs = []
-    for line in subprocess.run(["ldd", "/bin/ls"], capture_output=True, text=True,
-                               check=True).stdout.splitlines():
+    for line in subprocess.run(
+        ["ldd", "/bin/ls"], capture_output=True, text=True, check=True
+    ).stdout.splitlines():
         words = [w for w in line.split() if w.startswith("/")]
         if words:
             libs.append(words[0])
@@ -99,8 +102,9 @@ def test_chroot_dynamically_linked_program(tmp_path: Path, fs_base: Path) -> Non
         key = commit_chain(client, [base.bytes(), libs_layer.bytes(), program.bytes()])[-1]
     mnt = tmp_path / "mnt"
     with mounted_snapshot(root, key, mnt):
-        done = subprocess.run(["chroot", str(mnt), "/bin/ls", "/"],
-                              capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            ["chroot", str(mnt), "/bin/ls", "/"], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["bin", "lib", "lib64", "usr"]
 

@@ -22,73 +22,86 @@ T2 = 1_700_000_000_123_456_789
 
 
 def layers(tmp: Path) -> list[Path]:
-    l1 = write_layer(tmp / "l1", [
-        E("etc", "dir", mode=0o755),
-        E("etc/passwd", data=b"root:x:0:0\n"),
-        E("etc/gone", data=b"deleted above"),
-        E("etc/keep", data=b"old keep"),
-        E("opq", "dir", mode=0o755),
-        E("opq/lower", data=b"hidden by opaque"),
-        E("opq/sub", "dir", mode=0o755),
-        E("opq/sub/x", data=b"x"),
-        E("f2d", data=b"file becomes dir"),
-        E("d2f", "dir", mode=0o755),
-        E("d2f/child", data=b"gone with its dir"),
-        E("f2l", data=b"file becomes symlink"),
-        E("attrdir", "dir", mode=0o700, uid=5, gid=5),
-        E("attrdir/in", data=b"in"),
-        E("hl", "dir", mode=0o755),
-        E("hl/a", data=b"linked"),
-        E("hl/b", "hardlink", data=b"linked", link="hl/a"),
-        E("hl/c", "hardlink", data=b"linked", link="hl/a"),
-        E("dev", "dir", mode=0o755),
-        E("dev/null", "char", mode=0o666, dev=(1, 3)),
-        E("dev/loop0", "block", mode=0o660, gid=6, dev=(7, 0)),
-        E("dev/fifo", "fifo", mode=0o600),
-        E("bin", "dir", mode=0o755),
-        E("bin/su", data=b"su", mode=0o4755),
-        E("bin/wall", data=b"wall", mode=0o2755, gid=5),
-        E("bin/ping", data=b"ping", mode=0o755,
-          xattrs={"security.capability": CAP, "user.note": b"v"}),
-        E("tmp", "dir", mode=0o1777),
-        E("srv", "dir", mode=0o2775, gid=50),
-        E("drop", "dir", mode=0o3777, uid=4),
-        E("secret", data=b"root only", mode=0o000),
-        E("home", "dir", mode=0o755),
-        E("home/u", "dir", mode=0o750, uid=1000, gid=1000),
-        E("home/u/f", data=b"mine", mode=0o600, uid=1000, gid=1000),
-        E("wdir", "dir", mode=0o755),
-        E("wdir/inner", data=b"gone"),
-    ])
-    l2 = write_layer(tmp / "l2", [
-        E("new/deep/file", data=b"child before parent"),  # named before its parents
-        E("new", "dir", mode=0o711, mtime=T2),
-        E("new/deep", "dir", mode=0o755),
-        E("a_link", "hardlink", data=b"target", link="z/t"),  # link before its target
-        E("z", "dir", mode=0o755),
-        E("z/t", data=b"target"),
-        E("etc/gone", "whiteout"),
-        E("opq", "dir", mode=0o755, opaque=True),
-        E("opq/upper", data=b"kept"),
-        E("f2d", "dir", mode=0o755),
-        E("f2d/inner", data=b"inner"),
-        E("d2f", data=b"now a file"),
-        E("f2l", "symlink", link="etc/passwd", mode=0o777),
-        E("attrdir", "dir", mode=0o751, uid=7, gid=8, mtime=T2),
-        E("hl/c", "whiteout"),
-        # Directories named again (as docker-built images do): this layer's special bits
-        # and owner win, and bits the lower layer had do not stay.
-        E("tmp", "dir", mode=0o1777, uid=3, gid=4, mtime=T2),
-        E("srv", "dir", mode=0o3770, uid=9, gid=51),
-        E("drop", "dir", mode=0o755, uid=6),
-        E("suid", "dir", mode=0o4711, uid=2),
-    ])
-    l3 = write_layer(tmp / "l3", [
-        E("etc/passwd", data=b"root:x:0:0\nuser:x:1000:1000\n"),
-        E("wdir", "whiteout"),
-        E("etc/keep", "whiteout"),  # a whiteout and a new file in one layer: the file stays
-        E("etc/keep", data=b"new keep"),
-    ])
+    l1 = write_layer(
+        tmp / "l1",
+        [
+            E("etc", "dir", mode=0o755),
+            E("etc/passwd", data=b"root:x:0:0\n"),
+            E("etc/gone", data=b"deleted above"),
+            E("etc/keep", data=b"old keep"),
+            E("opq", "dir", mode=0o755),
+            E("opq/lower", data=b"hidden by opaque"),
+            E("opq/sub", "dir", mode=0o755),
+            E("opq/sub/x", data=b"x"),
+            E("f2d", data=b"file becomes dir"),
+            E("d2f", "dir", mode=0o755),
+            E("d2f/child", data=b"gone with its dir"),
+            E("f2l", data=b"file becomes symlink"),
+            E("attrdir", "dir", mode=0o700, uid=5, gid=5),
+            E("attrdir/in", data=b"in"),
+            E("hl", "dir", mode=0o755),
+            E("hl/a", data=b"linked"),
+            E("hl/b", "hardlink", data=b"linked", link="hl/a"),
+            E("hl/c", "hardlink", data=b"linked", link="hl/a"),
+            E("dev", "dir", mode=0o755),
+            E("dev/null", "char", mode=0o666, dev=(1, 3)),
+            E("dev/loop0", "block", mode=0o660, gid=6, dev=(7, 0)),
+            E("dev/fifo", "fifo", mode=0o600),
+            E("bin", "dir", mode=0o755),
+            E("bin/su", data=b"su", mode=0o4755),
+            E("bin/wall", data=b"wall", mode=0o2755, gid=5),
+            E(
+                "bin/ping",
+                data=b"ping",
+                mode=0o755,
+                xattrs={"security.capability": CAP, "user.note": b"v"},
+            ),
+            E("tmp", "dir", mode=0o1777),
+            E("srv", "dir", mode=0o2775, gid=50),
+            E("drop", "dir", mode=0o3777, uid=4),
+            E("secret", data=b"root only", mode=0o000),
+            E("home", "dir", mode=0o755),
+            E("home/u", "dir", mode=0o750, uid=1000, gid=1000),
+            E("home/u/f", data=b"mine", mode=0o600, uid=1000, gid=1000),
+            E("wdir", "dir", mode=0o755),
+            E("wdir/inner", data=b"gone"),
+        ],
+    )
+    l2 = write_layer(
+        tmp / "l2",
+        [
+            E("new/deep/file", data=b"child before parent"),  # named before its parents
+            E("new", "dir", mode=0o711, mtime=T2),
+            E("new/deep", "dir", mode=0o755),
+            E("a_link", "hardlink", data=b"target", link="z/t"),  # link before its target
+            E("z", "dir", mode=0o755),
+            E("z/t", data=b"target"),
+            E("etc/gone", "whiteout"),
+            E("opq", "dir", mode=0o755, opaque=True),
+            E("opq/upper", data=b"kept"),
+            E("f2d", "dir", mode=0o755),
+            E("f2d/inner", data=b"inner"),
+            E("d2f", data=b"now a file"),
+            E("f2l", "symlink", link="etc/passwd", mode=0o777),
+            E("attrdir", "dir", mode=0o751, uid=7, gid=8, mtime=T2),
+            E("hl/c", "whiteout"),
+            # Directories named again (as docker-built images do): this layer's special bits
+            # and owner win, and bits the lower layer had do not stay.
+            E("tmp", "dir", mode=0o1777, uid=3, gid=4, mtime=T2),
+            E("srv", "dir", mode=0o3770, uid=9, gid=51),
+            E("drop", "dir", mode=0o755, uid=6),
+            E("suid", "dir", mode=0o4711, uid=2),
+        ],
+    )
+    l3 = write_layer(
+        tmp / "l3",
+        [
+            E("etc/passwd", data=b"root:x:0:0\nuser:x:1000:1000\n"),
+            E("wdir", "whiteout"),
+            E("etc/keep", "whiteout"),  # a whiteout and a new file in one layer: the file stays
+            E("etc/keep", data=b"new keep"),
+        ],
+    )
     return [l1, l2, l3]
 
 
@@ -98,8 +111,9 @@ def expected() -> dict[str, tuple[object, ...]]:
         "attrdir": row("dir", 0o751, uid=7, gid=8, mtime=T2),
         "attrdir/in": row("file", 0o644, b"in"),
         "bin": row("dir", 0o755),
-        "bin/ping": row("file", 0o755, b"ping",
-                        xattrs={"security.capability": CAP, "user.note": b"v"}),
+        "bin/ping": row(
+            "file", 0o755, b"ping", xattrs={"security.capability": CAP, "user.note": b"v"}
+        ),
         "bin/su": row("file", 0o4755, b"su"),
         "bin/wall": row("file", 0o2755, b"wall", gid=5),
         "d2f": row("file", 0o644, b"now a file"),
@@ -280,8 +294,11 @@ def test_foreground_mount_unmounted_from_outside_drops_its_record(tmp_path: Path
     layer = write_layer(tmp_path / "l0", [E("a", data=b"x")])
     root, mnt = tmp_path / "root", tmp_path / "mnt"
     mnt.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", FOREGROUND, str(root), str(layer), str(mnt)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FOREGROUND, str(root), str(layer), str(mnt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         assert proc.stdout is not None
         assert b"serving" in proc.stdout.readline()

@@ -100,10 +100,13 @@ class Tree:
 @cache
 def system_python() -> tuple[Path, Path, list[int]]:
     """(interpreter, stdlib directory, [major, minor]) of what ``/usr/bin/python3`` runs."""
-    asked = "import json, sys, sysconfig; print(json.dumps([sysconfig.get_path('stdlib'), " \
-            "list(sys.version_info[:2])]))"
-    out = subprocess.run([SYSTEM_PYTHON, "-I", "-c", asked], capture_output=True, text=True,
-                         check=True).stdout
+    asked = (
+        "import json, sys, sysconfig; print(json.dumps([sysconfig.get_path('stdlib'), "
+        "list(sys.version_info[:2])]))"
+    )
+    out = subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-c", asked], capture_output=True, text=True, check=True
+    ).stdout
     stdlib, version = json.loads(out)
     return Path(os.path.realpath(SYSTEM_PYTHON)), Path(stdlib), version
 
@@ -123,8 +126,9 @@ def shared_libraries(binaries: list[str]) -> list[str]:
 def stdlib_files() -> list[str]:
     """The stdlib files the host's interpreter loads for ``IMPORTS`` (and to start)."""
     python, stdlib, _ = system_python()
-    out = subprocess.run([str(python), "-I", "-c", COLLECT], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [str(python), "-I", "-c", COLLECT], capture_output=True, text=True, check=True
+    ).stdout
     return sorted({p for p in out.split() if p.startswith(f"{stdlib}/")})
 
 
@@ -153,8 +157,11 @@ def python_image() -> Image:
         Layer(Blob(layer_media_type(kind), compress(tar, kind)), tar)
         for tar, kind in zip(tars, kinds, strict=True)
     ]
-    return make_image(layers, platform=Platform.host(),
-                      config={"Cmd": ["/usr/bin/python3"], "Env": ["PATH=/usr/bin:/bin"]})
+    return make_image(
+        layers,
+        platform=Platform.host(),
+        config={"Cmd": ["/usr/bin/python3"], "Env": ["PATH=/usr/bin:/bin"]},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -173,14 +180,18 @@ def test_chroot_python_imports_from_the_mount(python_ref: str, tmp_path: Path) -
     with image_mounted(root, python_ref, tmp_path / "mnt") as mnt:
         done = subprocess.run(
             [CHROOT, str(mnt), str(python), "-c", PROGRAM],
-            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin"},
         )
         doomed_visible = os.path.lexists(mnt / stdlib.relative_to("/") / f"{DOOMED}.py")
         listed = os.listdir(mnt / stdlib.relative_to("/"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
-        json.dumps([version, f"{stdlib}/json/__init__.py", "hello", "HTTPConnection",
-                    "from the top layer"]),
+        json.dumps(
+            [version, f"{stdlib}/json/__init__.py", "hello", "HTTPConnection", "from the top layer"]
+        ),
         f"{DOOMED} is gone",
     ]
     assert not doomed_visible
@@ -196,7 +207,10 @@ def test_usr_bin_python3_symlink_runs(python_ref: str, tmp_path: Path) -> None:
     with image_mounted(root, python_ref, tmp_path / "mnt") as mnt:
         done = subprocess.run(
             [CHROOT, str(mnt), "/bin/python3", "-c", "import sys; print(sys.executable)"],
-            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin"},
         )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "/bin/python3"

@@ -33,8 +33,13 @@ def long_names(prefix: str, count: int) -> list[str]:
 
 
 def walk(top: Path, *extra: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-I", str(WALK), str(top), *extra],
-                          capture_output=True, text=True, timeout=120, cwd="/")
+    done = subprocess.run(
+        [sys.executable, "-I", str(WALK), str(top), *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
     assert done.returncode == 0, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     return report
@@ -60,12 +65,14 @@ def kernel_dir(top: Path, names: list[str]) -> Path:
 def test_large_directory_read_only(tmp_path: Path) -> None:
     lower = long_names("lower-", COUNT)
     upper = long_names("upper-", COUNT // 3)
-    l1 = write_layer(tmp_path / "l1", [E("big", "dir")] + [E(f"big/{n}", data=b"1")
-                                                          for n in lower])
+    l1 = write_layer(tmp_path / "l1", [E("big", "dir")] + [E(f"big/{n}", data=b"1") for n in lower])
     gone = set(lower[::5])
-    l2 = write_layer(tmp_path / "l2", [E("big", "dir")]
-                     + [E(f"big/{n}", "whiteout") for n in gone]
-                     + [E(f"big/{n}", data=b"2") for n in upper])
+    l2 = write_layer(
+        tmp_path / "l2",
+        [E("big", "dir")]
+        + [E(f"big/{n}", "whiteout") for n in gone]
+        + [E(f"big/{n}", data=b"2") for n in upper],
+    )
     reference = kernel_dir(tmp_path / "ref", sorted(set(lower) - gone) + upper)
     expected = set(os.listdir(reference))
     check_walk(reference, expected)  # the walker itself, on ext4/tmpfs
@@ -118,5 +125,5 @@ def _check_unlink_while_open(top: Path) -> set[str]:
     removed = set([n for n in before if n not in (".", "..")][::11])
     assert report["after_unlink"]
     for index, names in report["after_unlink"].items():
-        assert names == [n for n in before[int(index):] if n not in removed], index
+        assert names == [n for n in before[int(index) :] if n not in removed], index
     return removed

@@ -59,8 +59,13 @@ def _layers(tmp_path: Path) -> tuple[list[Path], dict[str, bytes]]:
 
 
 def _read_all(mnt: Path) -> dict[str, str]:
-    done = subprocess.run([sys.executable, "-c", READER, str(mnt)], capture_output=True,
-                          text=True, check=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", READER, str(mnt)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     result: dict[str, str] = json.loads(done.stdout)
     return result
 
@@ -112,8 +117,13 @@ def test_lower_file_gone_after_mount_is_an_error_not_a_hang(tmp_path: Path) -> N
             "else:\n"
             "    print(0)\n"
         )
-        done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "mnt/d/f05")],
-                              capture_output=True, text=True, check=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path / "mnt/d/f05")],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
         assert int(done.stdout) == errno.ENOENT
         # The rest of the mount still answers.
         with open(tmp_path / "mnt/d/f06", "rb") as src:

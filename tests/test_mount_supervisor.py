@@ -67,16 +67,21 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
-def test_a_server_killed_during_a_tar_is_replaced(registry: RegistryProcess,
-                                                  tmp_path: Path) -> None:
+def test_a_server_killed_during_a_tar_is_replaced(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
     root = tmp_path / "root"
     name = _pulled(registry, root, "supervise/tar")
     with mounted_image(root, name, tmp_path / "mnt") as info:
         mnt = Path(info.mountpoint)
         status = tmp_path / "status"
         loop = subprocess.Popen(
-            ["bash", "-c", f"set -o pipefail; while :; do tar -cf - -C {mnt} . 2>/dev/null "
-                           f"| wc -c >/dev/null; echo $? >> {status}; done"],
+            [
+                "bash",
+                "-c",
+                f"set -o pipefail; while :; do tar -cf - -C {mnt} . 2>/dev/null "
+                f"| wc -c >/dev/null; echo $? >> {status}; done",
+            ],
         )
         try:
             status_of = lambda: status.read_text().split() if status.exists() else []  # noqa: E731
@@ -89,8 +94,12 @@ def test_a_server_killed_during_a_tar_is_replaced(registry: RegistryProcess,
             _until(lambda: _lists(mnt), 5.0)
             recovered = time.monotonic() - killed
             print(f"mount answered again {recovered:.2f} s after the kill")
-            chroot = subprocess.run(["chroot", str(mnt), "/bin/sh", "-c", "cat /data/f0001"],
-                                    capture_output=True, text=True, timeout=30)
+            chroot = subprocess.run(
+                ["chroot", str(mnt), "/bin/sh", "-c", "cat /data/f0001"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert chroot.returncode == 0, chroot.stderr
             assert chroot.stdout.startswith("supervise/tar 1\n")
             seen = len(status_of())
@@ -109,8 +118,7 @@ def test_a_server_killed_during_a_tar_is_replaced(registry: RegistryProcess,
         assert "1" in fsnap(root, "mounts").stdout.splitlines()[1].split()
 
 
-def test_a_writable_mount_keeps_what_was_fsynced(registry: RegistryProcess,
-                                                 tmp_path: Path) -> None:
+def test_a_writable_mount_keeps_what_was_fsynced(registry: RegistryProcess, tmp_path: Path) -> None:
     root = tmp_path / "root"
     name = _pulled(registry, root, "supervise/rw")
     mnt = tmp_path / "mnt"
@@ -119,14 +127,26 @@ def test_a_writable_mount_keeps_what_was_fsynced(registry: RegistryProcess,
     try:
         with Client(root) as client:
             info = manager.mount_image_writable(client, name, mnt, key="work")
-        write = ("import os, sys\n"
-                 "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n"
-                 "os.write(fd, b'acknowledged\\n'); os.fsync(fd); os.close(fd)\n"
-                 "os.chmod(sys.argv[1], 0o640)\n"
-                 "with open(sys.argv[2], 'a') as f: f.write('appended\\n')\n"
-                 "os.rename(sys.argv[3], sys.argv[3] + '.moved')\n")
-        subprocess.run([sys.executable, "-c", write, str(mnt / "root/kept"),
-                        str(mnt / "etc/passwd"), str(mnt / "data/f0002")], check=True, timeout=30)
+        write = (
+            "import os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n"
+            "os.write(fd, b'acknowledged\\n'); os.fsync(fd); os.close(fd)\n"
+            "os.chmod(sys.argv[1], 0o640)\n"
+            "with open(sys.argv[2], 'a') as f: f.write('appended\\n')\n"
+            "os.rename(sys.argv[3], sys.argv[3] + '.moved')\n"
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                write,
+                str(mnt / "root/kept"),
+                str(mnt / "etc/passwd"),
+                str(mnt / "data/f0002"),
+            ],
+            check=True,
+            timeout=30,
+        )
         old = _record(root, mnt).server
         assert old  # never kill(0): that is our own process group
         os.kill(old, signal.SIGKILL)
@@ -150,8 +170,9 @@ def test_a_writable_mount_keeps_what_was_fsynced(registry: RegistryProcess,
     assert (upper / "root/after").read_text() == "after the restart\n"
 
 
-def test_a_server_that_keeps_dying_is_given_up_on(registry: RegistryProcess,
-                                                  tmp_path: Path) -> None:
+def test_a_server_that_keeps_dying_is_given_up_on(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
     root = tmp_path / "root"
     name = _pulled(registry, root, "supervise/flaky")
     with mounted_image(root, name, tmp_path / "mnt") as info:
@@ -195,8 +216,7 @@ def test_umount_stops_supervisor_and_server(registry: RegistryProcess, tmp_path:
         cleanup(root, mnt, record.pid)
 
 
-def test_a_supervisor_signalled_to_stop_unmounts(registry: RegistryProcess,
-                                                 tmp_path: Path) -> None:
+def test_a_supervisor_signalled_to_stop_unmounts(registry: RegistryProcess, tmp_path: Path) -> None:
     root = tmp_path / "root"
     name = _pulled(registry, root, "supervise/sigterm")
     with mounted_image(root, name, tmp_path / "mnt") as info:
@@ -205,4 +225,3 @@ def test_a_supervisor_signalled_to_stop_unmounts(registry: RegistryProcess,
         _until(lambda: _gone(info.pid) and _gone(server), 10)
         assert info.mountpoint not in manager.mounted_points()
         assert list((root / "mounts").glob("*.json")) == []
-

@@ -40,17 +40,34 @@ from fsnap.diff.scan import scan_snapshot
 from fsnap.mount.upper import Upper
 from fsnap.overlay.markers import OPAQUE_XATTR, OverlayMarkers
 
-PRESENT = ("etc/passwd", "etc/keep", "opq/upper", "new/deep/file", "hl/b", "sym", "dev/null",
-           "dev/fifo", "d2f", "data/e")
-ABSENT = ("etc/gone", "opq/lower", "opq/sub", "data/drop", "d2f/child", "etc/.wh.gone",
-          "opq/.wh..wh..opq", "data/.wh.drop")
+PRESENT = (
+    "etc/passwd",
+    "etc/keep",
+    "opq/upper",
+    "new/deep/file",
+    "hl/b",
+    "sym",
+    "dev/null",
+    "dev/fifo",
+    "d2f",
+    "data/e",
+)
+ABSENT = (
+    "etc/gone",
+    "opq/lower",
+    "opq/sub",
+    "data/drop",
+    "d2f/child",
+    "etc/.wh.gone",
+    "opq/.wh..wh..opq",
+    "data/.wh.drop",
+)
 # /usr/local/bin is on the PATH mount(8) gives its helpers (it drops the caller's PATH).
 SYSTEM_BIN = Path("/usr/local/bin/fsnap-overlay")
 
 
 def assert_same(want: list[str], got: list[str], labels: tuple[str, str]) -> None:
-    assert got == want, f"{labels[1]} differs from {labels[0]}:\n" + differences(
-        want, got, labels)
+    assert got == want, f"{labels[1]} differs from {labels[0]}:\n" + differences(want, got, labels)
 
 
 def check_view(view: Path) -> None:
@@ -63,8 +80,7 @@ def check_view(view: Path) -> None:
 
 
 @pytest.mark.parametrize("style", ["chardev", "wh"])
-def test_read_only_lists_like_kernel_overlay(tmp_path: Path, stack_base: Path,
-                                             style: str) -> None:
+def test_read_only_lists_like_kernel_overlay(tmp_path: Path, stack_base: Path, style: str) -> None:
     kernel_lowers = write_stack(tmp_path / "kernel-format", "chardev")
     lowers = write_stack(stack_base / f"{style}-format", style)
     with kernel_overlay(kernel_lowers, tmp_path / "kernel") as kernel:
@@ -99,8 +115,9 @@ def test_writable_changes_like_kernel_overlay(tmp_path: Path, stack_base: Path) 
     lowers = write_stack(stack_base / "lowers", "chardev")
     writable(tmp_path / "k", kernel_lowers)
     fsnap_opts = writable(stack_base / "f", lowers)
-    with kernel_overlay(kernel_lowers, tmp_path / "kernel", tmp_path / "k" / "upper",
-                        tmp_path / "k" / "work") as kernel:
+    with kernel_overlay(
+        kernel_lowers, tmp_path / "kernel", tmp_path / "k" / "upper", tmp_path / "k" / "work"
+    ) as kernel:
         apply_changes(kernel)
         want = full_listing(kernel)
     with fsnap_overlay(fsnap_opts, tmp_path / "fsnap") as mnt:
@@ -162,8 +179,9 @@ def through_mount8(options: str, mnt: Path) -> Iterator[Path]:
     mnt.mkdir()
     with on_system_path():
         try:
-            run_checked(["mount", "-t", "fuse.fsnap-overlay", "fsnap-overlay", str(mnt),
-                         "-o", options])
+            run_checked(
+                ["mount", "-t", "fuse.fsnap-overlay", "fsnap-overlay", str(mnt), "-o", options]
+            )
             assert fstype(mnt) == "fuse.fsnap-overlay"
             yield mnt
         finally:
@@ -200,8 +218,7 @@ def many_layers(base: Path) -> list[Path]:
 
 
 def check_many(view: Path) -> None:
-    assert sorted(os.listdir(view)) == sorted(
-        [f"only-{n:03d}" for n in range(LAYERS)] + ["shared"])
+    assert sorted(os.listdir(view)) == sorted([f"only-{n:03d}" for n in range(LAYERS)] + ["shared"])
     assert (view / "shared").read_text() == f"{LAYERS - 1}\n"
     assert (view / "only-000").read_text() == "0\n"
 
@@ -227,12 +244,17 @@ def test_foreground_and_ignored_options(tmp_path: Path) -> None:
     """``-f`` serves until unmounted, then exits 0; options of overlayfs and fuse-overlayfs
     that fsnap has no use for do not stop the mount."""
     lowers = write_stack(tmp_path / "lowers", "chardev")
-    options = (writable(tmp_path / "o", lowers)
-               + ",index=off,xino=off,redirect_dir=off,squash_to_root,noatime,nodev")
+    options = (
+        writable(tmp_path / "o", lowers)
+        + ",index=off,xino=off,redirect_dir=off,squash_to_root,noatime,nodev"
+    )
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    process = subprocess.Popen([str(FSNAP_OVERLAY), "-f", "-o", options, str(mnt)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [str(FSNAP_OVERLAY), "-f", "-o", options, str(mnt)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         while not is_mountpoint(mnt):
             assert process.poll() is None, process.communicate()
@@ -257,13 +279,17 @@ def test_foreground_and_ignored_options(tmp_path: Path) -> None:
         ("lowerdir=/tmp,upperdir=/tmp", 4, "workdir"),
     ],
 )
-def test_refusals_without_traceback(tmp_path: Path, options: str, code: int,
-                                    message: str) -> None:
+def test_refusals_without_traceback(tmp_path: Path, options: str, code: int, message: str) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     try:
-        done = subprocess.run([str(FSNAP_OVERLAY), "-o", options, str(mnt)],
-                              capture_output=True, text=True, timeout=60, check=False)
+        done = subprocess.run(
+            [str(FSNAP_OVERLAY), "-o", options, str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert done.returncode == code, done.stderr
         assert message in done.stderr and "Traceback" not in done.stderr
         assert not is_mountpoint(mnt)
@@ -301,5 +327,4 @@ def test_upper_in_overlay_format(tmp_path: Path, privileged: bool) -> None:
     upper.unwhiteout(b"", b"gone")
     upper.place(b"gone", Entry("gone", "file", mode=0o600))
     assert (fs / "gone").is_file() and not os.path.lexists(fs / ".wh.gone")
-    assert "gone" not in {e.path for e in scan_snapshot(fs, overlay=True)
-                          if e.kind == "whiteout"}
+    assert "gone" not in {e.path for e in scan_snapshot(fs, overlay=True) if e.kind == "whiteout"}

@@ -31,8 +31,7 @@ def run_on_pty(argv: list[str], columns: int, timeout: float = 120) -> tuple[int
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns)}
-    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                            close_fds=True)
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
     os.close(slave)
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
@@ -72,8 +71,7 @@ def test_pull_on_a_terminal_shows_moving_bytes_rate_and_retries(
     registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
 ) -> None:
     image, big, ref = slow_flaky_image(registry, fault_server, "progress/pty", 6, 2 << 20)
-    code, output = run_on_pty([str(FSNAP), "--root", str(tmp_path / "root"), "pull", ref],
-                              COLUMNS)
+    code, output = run_on_pty([str(FSNAP), "--root", str(tmp_path / "root"), "pull", ref], COLUMNS)
     assert code == 0, output
     text = CURSOR.sub("\n", STYLE.sub("", output))
     short = big.blob.digest[7:19]
@@ -94,8 +92,9 @@ def test_quiet_pull_prints_only_reference_and_digest(
     image = make_image([make_layer({"a": "b"})], platform=Platform.host())
     registry.push_image("progress/quiet", "v1", image)
     ref = f"{registry.host}/progress/quiet:v1"
-    code, output = run_on_pty([str(FSNAP), "--root", str(tmp_path / "root"), "pull", "--quiet",
-                               ref], COLUMNS)
+    code, output = run_on_pty(
+        [str(FSNAP), "--root", str(tmp_path / "root"), "pull", "--quiet", ref], COLUMNS
+    )
     assert code == 0, output
     assert CURSOR.sub("", STYLE.sub("", output)).strip() == f"{ref}: {image.manifest.digest}"
 
@@ -105,8 +104,12 @@ def test_pull_to_a_pipe_prints_lines_and_byte_counts_of_slow_blobs(
 ) -> None:
     # About 7 s: longer than PLAIN_INTERVAL.
     image, big, ref = slow_flaky_image(registry, fault_server, "progress/plain", 7, 1 << 20)
-    done = subprocess.run([str(FSNAP), "--root", str(tmp_path / "root"), "pull", ref],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [str(FSNAP), "--root", str(tmp_path / "root"), "pull", ref],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     label = f"layer-{big.blob.digest}"
     assert f"{label}: downloading 7.0 MiB" in done.stdout
@@ -127,8 +130,12 @@ def _work_snapshot(root: Path, key: str = "work") -> None:
 def test_commit_progress_in_a_pipe_on_a_terminal_and_quiet(tmp_path: Path) -> None:
     root = tmp_path / "root"
     _work_snapshot(root)
-    plain = subprocess.run([str(FSNAP), "--root", str(root), "commit", "work", "local/a:1"],
-                           capture_output=True, text=True, timeout=120)
+    plain = subprocess.run(
+        [str(FSNAP), "--root", str(root), "commit", "work", "local/a:1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert plain.returncode == 0, plain.stderr
     lines = plain.stdout.splitlines()
     assert lines[0] == "1 changed paths, 2.0 MiB of file data"
@@ -139,7 +146,8 @@ def test_commit_progress_in_a_pipe_on_a_terminal_and_quiet(tmp_path: Path) -> No
 
     _work_snapshot(root, "other")
     code, output = run_on_pty(
-        [str(FSNAP), "--root", str(root), "commit", "other", "local/b:1"], COLUMNS)
+        [str(FSNAP), "--root", str(root), "commit", "other", "local/b:1"], COLUMNS
+    )
     assert code == 0, output
     text = CURSOR.sub("\n", STYLE.sub("", output))
     assert re.search(r"[0-9a-f]{12} unpacked +━+ 2\.0 MiB", text), text
@@ -148,7 +156,10 @@ def test_commit_progress_in_a_pipe_on_a_terminal_and_quiet(tmp_path: Path) -> No
 
     quiet = subprocess.run(
         [str(FSNAP), "--root", str(root), "commit", "--quiet", "work", "local/c:1"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert quiet.returncode == 0, quiet.stderr
     assert re.fullmatch(r"docker\.io/local/c:1: sha256:[0-9a-f]{64}\n", quiet.stdout)
 
@@ -157,10 +168,17 @@ def test_push_progress_in_a_pipe(registry: RegistryProcess, tmp_path: Path) -> N
     root = tmp_path / "root"
     _work_snapshot(root)
     ref = f"{registry.host}/progress/pushed:1"
-    assert subprocess.run([str(FSNAP), "--root", str(root), "commit", "-q", "work", ref],
-                          capture_output=True, timeout=120).returncode == 0
-    done = subprocess.run([str(FSNAP), "--root", str(root), "push", ref],
-                          capture_output=True, text=True, timeout=120)
+    assert (
+        subprocess.run(
+            [str(FSNAP), "--root", str(root), "commit", "-q", "work", ref],
+            capture_output=True,
+            timeout=120,
+        ).returncode
+        == 0
+    )
+    done = subprocess.run(
+        [str(FSNAP), "--root", str(root), "push", ref], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert re.search(r"^layer-sha256:[0-9a-f]{64}: uploading 2\.0 MiB$", done.stdout, re.M)
     assert re.search(r"^layer-sha256:[0-9a-f]{64}: pushed$", done.stdout, re.M)

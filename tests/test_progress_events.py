@@ -104,8 +104,12 @@ def test_push_reports_uploaded_bytes_per_chunk_and_retries(
         client.pull(f"{registry.host}/events/src:v1")
         fault_server.fail(times=1, status=503, match="/events/dst/blobs/uploads/")
         log = PushLog()
-        client.push(f"{registry.host}/events/src:v1", f"{fault_server.host}/events/dst:v1",
-                    progress=log, chunk_size=MiB)
+        client.push(
+            f"{registry.host}/events/src:v1",
+            f"{fault_server.host}/events/dst:v1",
+            progress=log,
+            chunk_size=MiB,
+        )
     assert log.sent[big.blob.digest] == [MiB, 2 * MiB, 3 * MiB, big.blob.size]
     assert any("503" in retry for retry in log.retries), log.retries
 

@@ -39,8 +39,14 @@ def desc(char: str, size: int, media_type: str = LAYER) -> Descriptor:
 
 
 BIG, APPLYING, CACHED, QUEUED, FLAKY, BROKEN, STORED = (
-    desc("a", 134 * MiB), desc("b", 40 * MiB), desc("c", 5 * MiB), desc("d", 7 * MiB),
-    desc("e", 10 * MiB), desc("f", 3 * MiB), desc("7", 6 * MiB))
+    desc("a", 134 * MiB),
+    desc("b", 40 * MiB),
+    desc("c", 5 * MiB),
+    desc("d", 7 * MiB),
+    desc("e", 10 * MiB),
+    desc("f", 3 * MiB),
+    desc("7", 6 * MiB),
+)
 LAYERS = (BIG, APPLYING, CACHED, QUEUED, FLAKY, BROKEN, STORED)
 CFG = desc("9", 1234, CONFIG)
 

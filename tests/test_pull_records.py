@@ -97,7 +97,9 @@ def test_gc_during_a_pull_keeps_the_base_it_reuses(
     fault_server.stall_blob_after(1000, gate, match=top.blob.digest)
     puller = subprocess.Popen(
         [str(FSNAP), "--root", str(root), "pull", f"{fault_server.host}/records/second:v1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for_stall(fault_server, top.blob.digest, puller)

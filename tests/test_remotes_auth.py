@@ -157,7 +157,6 @@ def test_token_request_redirected_elsewhere_loses_credentials(
     assert last.headers["authorization"] == "Bearer from-elsewhere"
 
 
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return make_tls(tmp_path_factory.mktemp("tls"))

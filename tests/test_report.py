@@ -27,15 +27,21 @@ def chromium() -> str:
 
 
 def browser(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
-    argv = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
-            "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-            "--enable-logging=stderr", "--v=0", *args]
+    argv = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--enable-logging=stderr",
+        "--v=0",
+        *args,
+    ]
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
-def test_html_report_renders_a_chart_per_layer(
-    registry: RegistryProcess, tmp_path: Path
-) -> None:
+def test_html_report_renders_a_chart_per_layer(registry: RegistryProcess, tmp_path: Path) -> None:
     layers = [
         make_layer(busybox_members()),
         make_layer({"opt/": b"", "opt/big": b"x" * 200_000, "opt/keep": b"k" * 5000}),
@@ -58,12 +64,16 @@ def test_html_report_renders_a_chart_per_layer(
     bars = re.findall(r"<svg class=\"layer-bar\"", dom.stdout)
     assert len(bars) == 3, dom.stdout[:2000]
     assert 'id="sunburst"' in dom.stdout and dom.stdout.count("<path ") >= 3
-    offenders = dom.stdout[dom.stdout.index('id="offenders"'):]
+    offenders = dom.stdout[dom.stdout.index('id="offenders"') :]
     assert "/opt/big" in offenders
     assert "efficiency" in dom.stdout
 
     shot = tmp_path / "report.png"
-    done = browser(f"--screenshot={shot}", "--window-size=1200,1400", page.as_uri(),
-                   profile=tmp_path / "profile")
+    done = browser(
+        f"--screenshot={shot}",
+        "--window-size=1200,1400",
+        page.as_uri(),
+        profile=tmp_path / "profile",
+    )
     assert done.returncode == 0 and shot.exists(), done.stderr[-2000:]
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 10_000

@@ -33,8 +33,7 @@ def _run(budget: RetryBudget, reasons: list[tuple[str, float | None]]) -> list[f
 
 def test_backoff_doubles_from_the_base_under_the_cap_with_jitter() -> None:
     events: list[RetryEvent] = []
-    budget = RetryBudget("fetch x", max_retries=6, base_delay=1.0, max_delay=10.0,
-                         events=events)
+    budget = RetryBudget("fetch x", max_retries=6, base_delay=1.0, max_delay=10.0, events=events)
     slept = _run(budget, [(f"error {i}", None) for i in range(6)])
     backoff = [1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     for delay, full in zip(slept, backoff, strict=True):

@@ -74,15 +74,16 @@ def top_layer() -> bytes:
 def base_image() -> Image:
     layers = []
     compressions: tuple[Compression, ...] = ("gzip", "zstd", "none")
-    for tar, compression in zip([bottom_layer(), middle_layer(), top_layer()], compressions,
-                                strict=True):
-        layers.append(Layer(Blob(layer_media_type(compression), compress(tar, compression)),
-                            tar))
+    for tar, compression in zip(
+        [bottom_layer(), middle_layer(), top_layer()], compressions, strict=True
+    ):
+        layers.append(Layer(Blob(layer_media_type(compression), compress(tar, compression)), tar))
     return make_image(layers, platform=Platform.host())
 
 
-def changed_and_pushed(registry: RegistryProcess, tmp_path: Path, repo: str) -> tuple[
-        str, list[str]]:
+def changed_and_pushed(
+    registry: RegistryProcess, tmp_path: Path, repo: str
+) -> tuple[str, list[str]]:
     """Push the base image, change it through a writable mount, commit and push the result;
     return the new reference and the writable mount's listing before the commit."""
     registry.push_image(f"{repo}/base", "v1", base_image())
@@ -102,34 +103,57 @@ def changed_and_pushed(registry: RegistryProcess, tmp_path: Path, repo: str) -> 
 def check_changes(listing: list[str]) -> None:
     """The listing holds the change set (so two equally unchanged views cannot pass)."""
     text = "\n".join(listing)
-    for expected in ("new.txt file", "tree2/sub/t2 file", "opq2/fresh file", "fifo2 fifo",
-                     "sym2 symlink", "dev2 char", "data/a2 file", "hardlinks: data/d | "
-                     "data/d-link", "hardlinks: new-link | new.txt", "hardlinks: hl/a | hl/b"):
+    for expected in (
+        "new.txt file",
+        "tree2/sub/t2 file",
+        "opq2/fresh file",
+        "fifo2 fifo",
+        "sym2 symlink",
+        "dev2 char",
+        "data/a2 file",
+        "hardlinks: data/d | data/d-link",
+        "hardlinks: new-link | new.txt",
+        "hardlinks: hl/a | hl/b",
+    ):
         assert expected in text, expected
-    for gone in ("etc/keep ", "data/a ", "tree/", "opq2/old", "dev/fifo", "new/deep",
-                 "etc/gone", "data/drop", "opq/lower"):
+    for gone in (
+        "etc/keep ",
+        "data/a ",
+        "tree/",
+        "opq2/old",
+        "dev/fifo",
+        "new/deep",
+        "etc/gone",
+        "data/drop",
+        "opq/lower",
+    ):
         assert not any(line.startswith(gone) for line in listing), gone
     assert any(line.startswith("data/c file mode=0644 uid=1000 gid=1000") for line in listing)
 
 
-def test_pull_change_commit_push_pull_lists_the_same(registry: RegistryProcess,
-                                                     tmp_path: Path) -> None:
+def test_pull_change_commit_push_pull_lists_the_same(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
     new_ref, before = changed_and_pushed(registry, tmp_path, "roundtrip")
     check_changes(before)
     fresh = tmp_path / "reader"
     succeeded(fsnap(fresh, "pull", new_ref))
     with image_mounted(fresh, new_ref, tmp_path / "ro") as mnt:
         after = full_listing(mnt)
-    assert after == before, "the pulled image differs from the writable mount:\n" + \
-        differences(before, after, ("writable mount before commit", "pulled again"))
+    assert after == before, "the pulled image differs from the writable mount:\n" + differences(
+        before, after, ("writable mount before commit", "pulled again")
+    )
 
 
-def test_containerd_sees_the_pushed_image_alike(containerd: Ctr,  # noqa: F811
-                                                registry: RegistryProcess,
-                                                tmp_path: Path) -> None:
+def test_containerd_sees_the_pushed_image_alike(
+    containerd: Ctr,  # noqa: F811
+    registry: RegistryProcess,
+    tmp_path: Path,
+) -> None:
     new_ref, before = changed_and_pushed(registry, tmp_path, "roundtrip-ctr")
     containerd.pull(new_ref)
     with containerd.mounted(new_ref, tmp_path / "containerd-view") as view:
         seen = full_listing(view)
-    assert seen == before, "containerd's view differs from the writable mount:\n" + \
-        differences(before, seen, ("writable mount before commit", "containerd"))
+    assert seen == before, "containerd's view differs from the writable mount:\n" + differences(
+        before, seen, ("writable mount before commit", "containerd")
+    )

@@ -55,12 +55,21 @@ def images(registry: RegistryProcess) -> dict[str, str]:
     ``plain`` (root, /bin/sh), all three with the same layer; ``broken`` (BROKEN)."""
     return {
         "main": pushed(registry, "run/main", busybox_run_image(MAIN_CONFIG)),
-        "entry": pushed(registry, "run/entry", busybox_run_image(
-            {"Entrypoint": ["/bin/echo", "entry"], "Cmd": ["default"], "Env": ["PATH=/bin"]})),
-        "plain": pushed(registry, "run/plain", busybox_run_image(
-            {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})),
-        "broken": pushed(registry, "run/broken", busybox_run_image(
-            {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}, files=BROKEN)),
+        "entry": pushed(
+            registry,
+            "run/entry",
+            busybox_run_image(
+                {"Entrypoint": ["/bin/echo", "entry"], "Cmd": ["default"], "Env": ["PATH=/bin"]}
+            ),
+        ),
+        "plain": pushed(
+            registry, "run/plain", busybox_run_image({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})
+        ),
+        "broken": pushed(
+            registry,
+            "run/broken",
+            busybox_run_image({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}, files=BROKEN),
+        ),
     }
 
 
@@ -83,23 +92,40 @@ def root(pulled_root: Path) -> Iterator[Path]:
         fsnap(pulled_root, "snapshots", "rm", key)
 
 
-@pytest.mark.parametrize(("image", "cmd", "expected"), [
-    ("main", [], "default-cmd"),
-    ("main", ["echo", "replaced"], "replaced"),
-    ("entry", [], "entry default"),
-    ("entry", ["x", "y"], "entry x y"),
-])
-def test_entrypoint_and_cmd(root: Path, images: dict[str, str], image: str, cmd: list[str],
-                            expected: str) -> None:
+@pytest.mark.parametrize(
+    ("image", "cmd", "expected"),
+    [
+        ("main", [], "default-cmd"),
+        ("main", ["echo", "replaced"], "replaced"),
+        ("entry", [], "entry default"),
+        ("entry", ["x", "y"], "entry x y"),
+    ],
+)
+def test_entrypoint_and_cmd(
+    root: Path, images: dict[str, str], image: str, cmd: list[str], expected: str
+) -> None:
     assert run_ok(root, "--rm", images[image], *cmd).strip() == expected
 
 
-def test_environment_merges_image_and_command_line(root: Path, images: dict[str, str],
-                                                   tmp_path: Path) -> None:
+def test_environment_merges_image_and_command_line(
+    root: Path, images: dict[str, str], tmp_path: Path
+) -> None:
     env_file = tmp_path / "env"
     env_file.write_text("# a comment\nFROM_FILE=file\nOVERRIDE=file\n")
-    out = run_ok(root, "--rm", "--env-file", str(env_file), "-e", "OVERRIDE=cli",
-                 "-e", "NEW=1", "--hostname", "box", images["main"], "env")
+    out = run_ok(
+        root,
+        "--rm",
+        "--env-file",
+        str(env_file),
+        "-e",
+        "OVERRIDE=cli",
+        "-e",
+        "NEW=1",
+        "--hostname",
+        "box",
+        images["main"],
+        "env",
+    )
     env = env_of(out)
     assert env["PATH"] == "/bin" and env["FROM_IMAGE"] == "yes"
     assert env["OVERRIDE"] == "cli" and env["FROM_FILE"] == "file" and env["NEW"] == "1"
@@ -112,26 +138,35 @@ def test_working_dir_created_or_given(root: Path, images: dict[str, str]) -> Non
     assert run_ok(root, "--rm", "-w", "/tmp", images["main"], "pwd").strip() == "/tmp"
 
 
-@pytest.mark.parametrize(("image", "user", "expected"), [
-    ("main", None, {"Uid": "1000 1000 1000 1000", "Gid": "1001 1001 1001 1001",
-                    "Groups": "1001 3000"}),
-    ("plain", None, {"Uid": "0 0 0 0", "Gid": "0 0 0 0", "Groups": "0"}),
-    ("main", "root", {"Uid": "0 0 0 0", "Gid": "0 0 0 0", "Groups": "0"}),
-    ("plain", "app:extra", {"Uid": "1000 1000 1000 1000", "Gid": "3000 3000 3000 3000",
-                            "Groups": ""}),
-    ("plain", "4242", {"Uid": "4242 4242 4242 4242", "Gid": "0 0 0 0", "Groups": "0"}),
-    ("plain", "nobody:7", {"Uid": "65534 65534 65534 65534", "Gid": "7 7 7 7", "Groups": ""}),
-])
-def test_user_in_proc_self_status(root: Path, images: dict[str, str], image: str,
-                                  user: str | None, expected: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("image", "user", "expected"),
+    [
+        (
+            "main",
+            None,
+            {"Uid": "1000 1000 1000 1000", "Gid": "1001 1001 1001 1001", "Groups": "1001 3000"},
+        ),
+        ("plain", None, {"Uid": "0 0 0 0", "Gid": "0 0 0 0", "Groups": "0"}),
+        ("main", "root", {"Uid": "0 0 0 0", "Gid": "0 0 0 0", "Groups": "0"}),
+        (
+            "plain",
+            "app:extra",
+            {"Uid": "1000 1000 1000 1000", "Gid": "3000 3000 3000 3000", "Groups": ""},
+        ),
+        ("plain", "4242", {"Uid": "4242 4242 4242 4242", "Gid": "0 0 0 0", "Groups": "0"}),
+        ("plain", "nobody:7", {"Uid": "65534 65534 65534 65534", "Gid": "7 7 7 7", "Groups": ""}),
+    ],
+)
+def test_user_in_proc_self_status(
+    root: Path, images: dict[str, str], image: str, user: str | None, expected: dict[str, str]
+) -> None:
     flags = [] if user is None else ["-u", user]
     out = run_ok(root, "--rm", *flags, images[image], "cat", "/proc/self/status")
     assert status_ids(out) == expected
 
 
 @pytest.mark.parametrize("code", [0, 1, 42])
-def test_exit_status_is_the_process_status(root: Path, images: dict[str, str],
-                                           code: int) -> None:
+def test_exit_status_is_the_process_status(root: Path, images: dict[str, str], code: int) -> None:
     done = fsnap(root, "run", "--rm", images["plain"], "sh", "-c", f"exit {code}")
     assert done.returncode == code, done.stderr
     assert "Traceback" not in done.stderr
@@ -141,8 +176,13 @@ def _start(root: Path, *args: str, pipes: bool = True) -> subprocess.Popen[str]:
     """``fsnap run ARGS`` in the background. Without ``pipes`` its output is dropped: the
     container holds the pipes as long as it lives, also after fsnap was killed."""
     out = subprocess.PIPE if pipes else subprocess.DEVNULL
-    return subprocess.Popen([str(FSNAP), "--root", str(root), "run", *args],
-                            stdin=subprocess.DEVNULL, stdout=out, stderr=out, text=True)
+    return subprocess.Popen(
+        [str(FSNAP), "--root", str(root), "run", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=out,
+        stderr=out,
+        text=True,
+    )
 
 
 def _container_pid(root: Path, proc: subprocess.Popen[str]) -> int:
@@ -155,8 +195,7 @@ def _container_pid(root: Path, proc: subprocess.Popen[str]) -> int:
     raise AssertionError(f"no container started: {proc.poll()}")
 
 
-def test_process_killed_by_a_signal_gives_128_plus_it(root: Path,
-                                                      images: dict[str, str]) -> None:
+def test_process_killed_by_a_signal_gives_128_plus_it(root: Path, images: dict[str, str]) -> None:
     proc = _start(root, "--rm", images["plain"], "sleep", "60", pipes=False)
     try:
         os.kill(_container_pid(root, proc), signal.SIGKILL)
@@ -166,12 +205,16 @@ def test_process_killed_by_a_signal_gives_128_plus_it(root: Path,
         proc.communicate()
 
 
-@pytest.mark.parametrize(("sent", "trapped", "image"), [
-    (signal.SIGTERM, "USR1", "main"),  # SIGTERM becomes the image's StopSignal
-    (signal.SIGINT, "INT", "plain"),
-])
-def test_signals_are_forwarded(root: Path, images: dict[str, str], sent: signal.Signals,
-                               trapped: str, image: str) -> None:
+@pytest.mark.parametrize(
+    ("sent", "trapped", "image"),
+    [
+        (signal.SIGTERM, "USR1", "main"),  # SIGTERM becomes the image's StopSignal
+        (signal.SIGINT, "INT", "plain"),
+    ],
+)
+def test_signals_are_forwarded(
+    root: Path, images: dict[str, str], sent: signal.Signals, trapped: str, image: str
+) -> None:
     script = f'trap "echo got-{trapped}; exit 5" {trapped}; echo ready; while :; do sleep 0.1; done'
     proc = _start(root, "--rm", "-u", "root", images[image], "sh", "-c", script)
     try:
@@ -192,8 +235,22 @@ def test_terminal_under_a_pty(root: Path, images: dict[str, str]) -> None:
     script = 'tty; test -t 0 && echo stdin-is-a-tty; echo "TERM=$TERM"; read line; echo "got $line"'
     pid, master = pty.fork()
     if pid == 0:  # the child: its controlling terminal is the pty
-        os.execv(str(FSNAP), [str(FSNAP), "--root", str(root), "run", "--rm", "-t", "-i",
-                              images["plain"], "sh", "-c", script])
+        os.execv(
+            str(FSNAP),
+            [
+                str(FSNAP),
+                "--root",
+                str(root),
+                "run",
+                "--rm",
+                "-t",
+                "-i",
+                images["plain"],
+                "sh",
+                "-c",
+                script,
+            ],
+        )
     output = b""
     try:
         output = _read_until(master, b"TERM=xterm", 60)
@@ -228,11 +285,21 @@ def test_stdin_piped_with_i_only(root: Path, images: dict[str, str]) -> None:
     assert run_ok(root, "--rm", images["plain"], "wc", "-l", stdin="a\nb\n").strip() == "0"
 
 
-def test_commit_then_run_the_new_image(root: Path, images: dict[str, str],
-                                       registry: RegistryProcess) -> None:
+def test_commit_then_run_the_new_image(
+    root: Path, images: dict[str, str], registry: RegistryProcess
+) -> None:
     new = f"{registry.host}/run/committed:1"
-    done = fsnap(root, "run", "--rm", "--commit", new, images["plain"], "sh", "-c",
-                 "echo changed > /etc/motd")
+    done = fsnap(
+        root,
+        "run",
+        "--rm",
+        "--commit",
+        new,
+        images["plain"],
+        "sh",
+        "-c",
+        "echo changed > /etc/motd",
+    )
     succeeded(done)
     assert f"committed {new}" in done.stderr
     assert run_ok(root, "--rm", new, "cat", "/etc/motd") == "changed\n"
@@ -257,59 +324,92 @@ def test_network_none_has_only_loopback(root: Path, images: dict[str, str]) -> N
     host_ns = os.readlink("/proc/self/ns/net")
     shared = run_ok(root, "--rm", images["plain"], "readlink", "/proc/self/ns/net").strip()
     assert shared == host_ns
-    out = run_ok(root, "--rm", "--net", "none", images["plain"], "sh", "-c",
-                 "readlink /proc/self/ns/net; cat /proc/net/dev")
+    out = run_ok(
+        root,
+        "--rm",
+        "--net",
+        "none",
+        images["plain"],
+        "sh",
+        "-c",
+        "readlink /proc/self/ns/net; cat /proc/net/dev",
+    )
     lines = out.splitlines()
     assert lines[0] != host_ns
     assert [line.split(":")[0].strip() for line in lines[3:]] == ["lo"]
 
 
 def test_hostname_hosts_and_resolv_conf(root: Path, images: dict[str, str]) -> None:
-    out = run_ok(root, "--rm", "--hostname", "web1", images["plain"], "sh", "-c",
-                 "hostname; cat /etc/hostname; grep web1 /etc/hosts; echo ---; "
-                 "cat /etc/resolv.conf")
+    out = run_ok(
+        root,
+        "--rm",
+        "--hostname",
+        "web1",
+        images["plain"],
+        "sh",
+        "-c",
+        "hostname; cat /etc/hostname; grep web1 /etc/hosts; echo ---; cat /etc/resolv.conf",
+    )
     head, _, resolv = out.partition("---\n")
     assert head.splitlines() == ["web1", "web1", "127.0.1.1\tweb1"]
     assert resolv == Path("/etc/resolv.conf").read_text()
 
 
-def test_volumes_read_only_and_writable(root: Path, images: dict[str, str],
-                                        tmp_path: Path) -> None:
+def test_volumes_read_only_and_writable(root: Path, images: dict[str, str], tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     (data / "in.txt").write_text("from host\n")
-    out = run_ok(root, "--rm", "-v", f"{data}:/ro:ro", "-v", f"{data}:/rw", images["plain"],
-                 "sh", "-c", "cat /ro/in.txt; touch /ro/no 2>/dev/null || echo ro-refused; "
-                 "echo out > /rw/out.txt")
+    out = run_ok(
+        root,
+        "--rm",
+        "-v",
+        f"{data}:/ro:ro",
+        "-v",
+        f"{data}:/rw",
+        images["plain"],
+        "sh",
+        "-c",
+        "cat /ro/in.txt; touch /ro/no 2>/dev/null || echo ro-refused; echo out > /rw/out.txt",
+    )
     assert out == "from host\nro-refused\n"
     assert (data / "out.txt").read_text() == "out\n"
 
 
 def test_read_only_run(root: Path, images: dict[str, str]) -> None:
     before = active_snapshots(root)
-    out = run_ok(root, "--rm", "--read-only", images["plain"], "sh", "-c",
-                 "cat /etc/passwd | head -1; touch /etc/x 2>/dev/null || echo refused")
+    out = run_ok(
+        root,
+        "--rm",
+        "--read-only",
+        images["plain"],
+        "sh",
+        "-c",
+        "cat /etc/passwd | head -1; touch /etc/x 2>/dev/null || echo refused",
+    )
     assert out == "root:x:0:0:root:/root:/bin/sh\nrefused\n"
     assert active_snapshots(root) == before
     done = fsnap(root, "run", "--read-only", "--commit", "x/y:1", images["plain"], "true")
     assert done.returncode == 4 and "--read-only" in done.stderr
 
 
-@pytest.mark.parametrize(("args", "code", "message"), [
-    (["nothere.invalid/img:1"], 2, "fsnap pull"),
-    (["{plain}", "nosuchcommand"], 127, "nosuchcommand: executable file not found"),
-    (["{broken}", "no-interpreter"], 127, "its interpreter /nothere is not in the image"),
-    (["{broken}", "no-loader"], 127, "its interpreter /lib"),
-    (["{broken}", "not-a-program"], 126, "exec format error"),
-    (["-v", "/nonexistent-dir:/x", "{plain}"], 4, "invalid volume"),
-    (["-v", "/tmp", "{plain}"], 4, "invalid volume"),
-    (["-u", "nosuch", "{plain}", "true"], 4, "unable to find user nosuch"),
-    (["--net", "bridge", "{plain}"], 4, "--net bridge"),
-    (["-w", "relative", "{plain}", "true"], 4, "not absolute"),
-])
-def test_bad_input_is_one_line_and_leaves_nothing(root: Path, images: dict[str, str],
-                                                  args: list[str], code: int,
-                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["nothere.invalid/img:1"], 2, "fsnap pull"),
+        (["{plain}", "nosuchcommand"], 127, "nosuchcommand: executable file not found"),
+        (["{broken}", "no-interpreter"], 127, "its interpreter /nothere is not in the image"),
+        (["{broken}", "no-loader"], 127, "its interpreter /lib"),
+        (["{broken}", "not-a-program"], 126, "exec format error"),
+        (["-v", "/nonexistent-dir:/x", "{plain}"], 4, "invalid volume"),
+        (["-v", "/tmp", "{plain}"], 4, "invalid volume"),
+        (["-u", "nosuch", "{plain}", "true"], 4, "unable to find user nosuch"),
+        (["--net", "bridge", "{plain}"], 4, "--net bridge"),
+        (["-w", "relative", "{plain}", "true"], 4, "not absolute"),
+    ],
+)
+def test_bad_input_is_one_line_and_leaves_nothing(
+    root: Path, images: dict[str, str], args: list[str], code: int, message: str
+) -> None:
     before = active_snapshots(root)
     done = fsnap(root, "run", *[a.format(**images) for a in args])
     assert done.returncode == code, done.stderr
@@ -320,8 +420,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(root: Path, images: dict[str, 
 
 
 @pytest.mark.parametrize("cleaner", ["gc", "mounts"])
-def test_killed_fsnap_is_cleaned_by_gc(root: Path, images: dict[str, str],
-                                       cleaner: str) -> None:
+def test_killed_fsnap_is_cleaned_by_gc(root: Path, images: dict[str, str], cleaner: str) -> None:
     """SIGKILL to fsnap mid-run: container, mount, bundle and (--rm) snapshot stay behind
     until ``fsnap gc`` or ``fsnap mounts`` cleans them."""
     before = active_snapshots(root)
@@ -340,18 +439,27 @@ def test_killed_fsnap_is_cleaned_by_gc(root: Path, images: dict[str, str],
         proc.communicate()
 
 
-def test_committed_image_pushed_and_run_by_containerd(root: Path, images: dict[str, str],
-                                                       registry: RegistryProcess,
-                                                       tmp_path: Path) -> None:
+def test_committed_image_pushed_and_run_by_containerd(
+    root: Path, images: dict[str, str], registry: RegistryProcess, tmp_path: Path
+) -> None:
     new = f"{registry.host}/run/for-containerd:1"
-    run_ok(root, "--rm", "--commit", new, images["plain"], "sh", "-c",
-           "echo made by fsnap run > /etc/made")
+    run_ok(
+        root,
+        "--rm",
+        "--commit",
+        new,
+        images["plain"],
+        "sh",
+        "-c",
+        "echo made by fsnap run > /etc/made",
+    )
     succeeded(fsnap(root, "push", new))
     try:
         with run_containerd(tmp_path / "containerd") as ctr:
             ctr.pull(new)
-            done = ctr.run("run", "--rm", "--snapshotter", "overlayfs", new, "fsnap-test",
-                           "cat", "/etc/made")
+            done = ctr.run(
+                "run", "--rm", "--snapshotter", "overlayfs", new, "fsnap-test", "cat", "/etc/made"
+            )
     except ContainerdUnavailable as exc:
         pytest.skip(f"containerd cannot run here: {exc}")
     assert done.stdout == "made by fsnap run\n"

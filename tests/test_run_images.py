@@ -23,8 +23,7 @@ WRITE = "open('/made-by-python.txt', 'w').write('written by ' + __import__('sys'
 READ = "print(open('/made-by-python.txt').read())"
 
 
-def test_python_writes_a_file_that_commit_keeps(registry: RegistryProcess,
-                                                tmp_path: Path) -> None:
+def test_python_writes_a_file_that_commit_keeps(registry: RegistryProcess, tmp_path: Path) -> None:
     python = system_python()[0]
     assert python.exists(), f"{python} missing: scripts/setup installs Debian's python3"
     ref = pushed(registry, "run/python", python_image())
@@ -53,16 +52,32 @@ def nobody_root() -> Iterator[Path]:
 
 
 def _user_namespaces_for(uid: int) -> str:
-    """"" if ``uid`` may create a user namespace here, else why not."""
-    done = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                           "unshare", "--user", "--map-root-user", "true"],
-                          capture_output=True, text=True, check=False)
+    """ "" if ``uid`` may create a user namespace here, else why not."""
+    done = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={uid}",
+            "--clear-groups",
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "true",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return "" if done.returncode == 0 else done.stderr.strip()
 
 
 @pytest.fixture
-def rootless(fuse_device_for_users: None, nobody_root: Path,  # noqa: F811
-             registry: RegistryProcess, request: pytest.FixtureRequest) -> tuple[Path, str]:
+def rootless(
+    fuse_device_for_users: None,  # noqa: F811
+    nobody_root: Path,  # noqa: F811
+    registry: RegistryProcess,
+    request: pytest.FixtureRequest,
+) -> tuple[Path, str]:
     """(fsnap root of 65534, a busybox image 65534 pulled into it); skipped, with the
     kernel's reason, where 65534 may not create user namespaces."""
     reason = _user_namespaces_for(NOBODY)
@@ -76,9 +91,18 @@ def rootless(fuse_device_for_users: None, nobody_root: Path,  # noqa: F811
 
 def test_rootless_run_as_nobody(rootless: tuple[Path, str], registry: RegistryProcess) -> None:
     root, ref = rootless
-    done = fsnap_as(root, "run", "--key", "mine", ref, "sh", "-c",
-                    "grep Uid /proc/self/status; cat /proc/self/uid_map; "
-                    "ls -ln /etc/passwd; echo y > /etc/written; id -u", uid=NOBODY)
+    done = fsnap_as(
+        root,
+        "run",
+        "--key",
+        "mine",
+        ref,
+        "sh",
+        "-c",
+        "grep Uid /proc/self/status; cat /proc/self/uid_map; "
+        "ls -ln /etc/passwd; echo y > /etc/written; id -u",
+        uid=NOBODY,
+    )
     out = succeeded(done)
     lines = out.splitlines()
     assert lines[0].split() == ["Uid:", "0", "0", "0", "0"]

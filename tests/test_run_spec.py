@@ -73,8 +73,15 @@ def layout(**kwargs: object) -> Layout:
 
 
 def proc(**kwargs: object) -> Process:
-    return Process(**{"args": ("/bin/sh",), "env": ("PATH=/bin",), "cwd": "/",  # type: ignore[arg-type]
-                      "user": User(), **kwargs})
+    return Process(
+        **{
+            "args": ("/bin/sh",),
+            "env": ("PATH=/bin",),
+            "cwd": "/",  # type: ignore[arg-type]
+            "user": User(),
+            **kwargs,
+        }
+    )
 
 
 def test_spec_process_user_and_capabilities() -> None:
@@ -105,12 +112,19 @@ def test_spec_namespaces_network_and_mounts() -> None:
 
 
 def test_spec_rootless_and_stop_signal() -> None:
-    spec = build_spec(proc(), layout(rootless_ids=(65534, 65534), stop_signal="SIGUSR1",
-                                     network_none=True))
+    spec = build_spec(
+        proc(), layout(rootless_ids=(65534, 65534), stop_signal="SIGUSR1", network_none=True)
+    )
     linux = spec["linux"]
     assert linux["uidMappings"] == [{"containerID": 0, "hostID": 65534, "size": 1}]
     assert sorted(ns["type"] for ns in linux["namespaces"]) == [
-        "ipc", "mount", "network", "pid", "user", "uts"]
+        "ipc",
+        "mount",
+        "network",
+        "pid",
+        "user",
+        "uts",
+    ]
     assert "resources" not in linux
     assert spec["annotations"] == {"org.opencontainers.image.stopSignal": "SIGUSR1"}
 
@@ -118,14 +132,29 @@ def test_spec_rootless_and_stop_signal() -> None:
 def test_mount_targets_skip_what_a_mount_covers() -> None:
     spec = build_spec(proc(), layout(volumes=(Volume("/h", "/data"),)))
     dests = [m["destination"] for m in mount_targets(spec)]
-    assert dests == ["/proc", "/dev", "/sys", "/etc/hosts", "/etc/hostname",
-                     "/etc/resolv.conf", "/data"]
+    assert dests == [
+        "/proc",
+        "/dev",
+        "/sys",
+        "/etc/hosts",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+        "/data",
+    ]
 
 
-IMAGE = process.ImageRuntime.from_config({"config": {
-    "Entrypoint": ["/bin/echo", "entry"], "Cmd": ["default"], "Env": ["PATH=/bin", "A=1"],
-    "WorkingDir": "srv/app", "User": "app", "StopSignal": "SIGUSR1",
-}})
+IMAGE = process.ImageRuntime.from_config(
+    {
+        "config": {
+            "Entrypoint": ["/bin/echo", "entry"],
+            "Cmd": ["default"],
+            "Env": ["PATH=/bin", "A=1"],
+            "WorkingDir": "srv/app",
+            "User": "app",
+            "StopSignal": "SIGUSR1",
+        }
+    }
+)
 
 
 def test_command_entrypoint_and_cmd() -> None:
@@ -159,27 +188,33 @@ def test_ill_typed_config_is_an_error() -> None:
         process.ImageRuntime.from_config({"config": {"User": 0}})
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    ("", User(0, 0, (0, 10), "/root")),
-    ("root", User(0, 0, (0, 10), "/root")),
-    ("app", User(1000, 1001, (1001, 3000, 3001), "/home/app")),
-    ("1000", User(1000, 1001, (1001, 3000, 3001), "/home/app")),
-    ("app:extra", User(1000, 3000, (), "/home/app")),
-    ("app:5", User(1000, 5, (), "/home/app")),
-    ("4242", User(4242, 0, (0,), "/")),
-    ("4242:4343", User(4242, 4343, (), "/")),
-    ("svc", User(2000, 2000, (2000, 3000), "/srv")),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("", User(0, 0, (0, 10), "/root")),
+        ("root", User(0, 0, (0, 10), "/root")),
+        ("app", User(1000, 1001, (1001, 3000, 3001), "/home/app")),
+        ("1000", User(1000, 1001, (1001, 3000, 3001), "/home/app")),
+        ("app:extra", User(1000, 3000, (), "/home/app")),
+        ("app:5", User(1000, 5, (), "/home/app")),
+        ("4242", User(4242, 0, (0,), "/")),
+        ("4242:4343", User(4242, 4343, (), "/")),
+        ("svc", User(2000, 2000, (2000, 3000), "/srv")),
+    ],
+)
 def test_users_resolve(spec: str, expected: User) -> None:
     assert users.resolve(spec, PASSWD, GROUP) == expected
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("nosuch", "unable to find user nosuch"),
-    ("app:nogroup", "unable to find group nogroup"),
-    ("app:", "empty group"),
-    ("99999999999", "unable to find user"),
-])
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("nosuch", "unable to find user nosuch"),
+        ("app:nogroup", "unable to find group nogroup"),
+        ("app:", "empty group"),
+        ("99999999999", "unable to find user"),
+    ],
+)
 def test_users_errors(spec: str, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         users.resolve(spec, PASSWD, GROUP)
@@ -188,8 +223,15 @@ def test_users_errors(spec: str, message: str) -> None:
 def test_volume_specs(tmp_path: Path) -> None:
     assert options.parse_volume(f"{tmp_path}:/data:ro") == Volume(str(tmp_path), "/data", True)
     assert options.parse_volume(f"{tmp_path}:/d/../data") == Volume(str(tmp_path), "/data")
-    for bad in ("nocolon", f"{tmp_path}:rel", "rel:/c", f"{tmp_path}:/c:rx",
-                f"{tmp_path}/missing:/c", f"{tmp_path}:/", f"{tmp_path}:/a:ro:x"):
+    for bad in (
+        "nocolon",
+        f"{tmp_path}:rel",
+        "rel:/c",
+        f"{tmp_path}:/c:rx",
+        f"{tmp_path}/missing:/c",
+        f"{tmp_path}:/",
+        f"{tmp_path}:/a:ro:x",
+    ):
         with pytest.raises(InvalidArgument):
             options.parse_volume(bad)
 
@@ -197,7 +239,10 @@ def test_volume_specs(tmp_path: Path) -> None:
 def test_env_assignments_and_file(tmp_path: Path) -> None:
     host = {"FROM_HOST": "h"}
     assert options.env_assignments(["A=1", "FROM_HOST", "UNSET", "B="], host) == [
-        "A=1", "FROM_HOST=h", "B="]
+        "A=1",
+        "FROM_HOST=h",
+        "B=",
+    ]
     with pytest.raises(InvalidArgument):
         options.env_assignments(["=x"], host)
     env_file = tmp_path / "env"

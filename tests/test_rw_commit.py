@@ -129,8 +129,9 @@ def test_sigkill_during_copy_up_leaves_no_partial_file(tmp_path: Path, shared: P
         work = upper.parent / "work"
     mnt = shared / "mnt"
     with mounted_rw(root, "rw", mnt) as info:
-        writer = subprocess.Popen([sys.executable, "-c", _KILLER, str(mnt / "data" / "big")],
-                                  stderr=subprocess.DEVNULL)
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _KILLER, str(mnt / "data" / "big")], stderr=subprocess.DEVNULL
+        )
         try:
             saw_copy = _wait_for_copy(work, writer)
             os.kill(info.server, signal.SIGKILL)  # the serving process, not its supervisor
@@ -176,8 +177,9 @@ def _wait_for_copy(work: Path, writer: subprocess.Popen[bytes]) -> bool:
     return False
 
 
-def test_cli_mount_rw_of_a_pulled_image(registry: RegistryProcess, tmp_path: Path,
-                                        shared: Path) -> None:
+def test_cli_mount_rw_of_a_pulled_image(
+    registry: RegistryProcess, tmp_path: Path, shared: Path
+) -> None:
     image = make_image([make_layer({"etc/motd": "hello\n"})], platform=oci.Platform.host())
     registry.push_image("rw/cli", "v1", image)
     root, ref = tmp_path / "root", f"{registry.host}/rw/cli:v1"

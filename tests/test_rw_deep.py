@@ -29,8 +29,13 @@ print(sorted(os.listdir(".")), os.listdir("sub2"), open("sub2/file", "rb").read(
 
 
 def run(script: list[str], directory: Path) -> str:
-    done = subprocess.run([sys.executable, "-I", *script, str(directory)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-I", *script, str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

@@ -60,8 +60,9 @@ def run_cases(directory: Path, uid: int | None) -> dict[str, Any]:
     command = [sys.executable, "-I", str(SCRIPT), str(directory)]
     if uid is not None:
         command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False,
-                          cwd="/")
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=120, check=False, cwd="/"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result: dict[str, Any] = json.loads(done.stdout)
     return result

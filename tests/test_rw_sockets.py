@@ -44,8 +44,14 @@ print("bound")
 
 
 def bind_in(directory: Path, name: str) -> None:
-    done = subprocess.run([sys.executable, "-I", "-c", BIND, name], cwd=directory,
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", BIND, name],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0 and done.stdout == "bound\n", done.stderr
 
 
@@ -59,10 +65,12 @@ def shared() -> Iterator[Path]:
         yield path
 
 
-def test_sockets_in_a_writable_mount(registry: RegistryProcess, tmp_path: Path,
-                                     shared: Path) -> None:
-    image = make_image([make_layer({"run/": b"", "etc/motd": "hello\n"})],
-                       platform=oci.Platform.host())
+def test_sockets_in_a_writable_mount(
+    registry: RegistryProcess, tmp_path: Path, shared: Path
+) -> None:
+    image = make_image(
+        [make_layer({"run/": b"", "etc/motd": "hello\n"})], platform=oci.Platform.host()
+    )
     registry.push_image("rw/sockets", "v1", image)
     root, ref = tmp_path / "root", f"{registry.host}/rw/sockets:v1"
     mnt = shared / "mnt"
@@ -99,11 +107,11 @@ def test_sockets_in_a_writable_mount(registry: RegistryProcess, tmp_path: Path,
         assert committed.returncode == 0, committed.stderr
         assert "Unix socket" in committed.stderr and "/run/linked.sock" in committed.stderr
         with Client(root) as client:
-            manifest = client.content.read(client.images.get("example.com/sock:new")
-                                           .target.digest)
+            manifest = client.content.read(client.images.get("example.com/sock:new").target.digest)
             layer = oci.Descriptor.from_json(__import__("json").loads(manifest)["layers"][-1])
-            tar = open_uncompressed(io.BytesIO(client.content.read(layer.digest)),
-                                    layer.media_type).read()
+            tar = open_uncompressed(
+                io.BytesIO(client.content.read(layer.digest)), layer.media_type
+            ).read()
         with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
             names = archive.getnames()
         assert not [n for n in names if n.endswith(".sock")], names

@@ -41,8 +41,13 @@ def layer_tars() -> list[bytes]:
 
 
 def run_ops(directory: Path) -> dict[str, object]:
-    done = subprocess.run([sys.executable, "-I", str(OPS), str(directory)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-I", str(OPS), str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     return result
@@ -63,8 +68,9 @@ def shared() -> Iterator[Path]:
         yield path
 
 
-def test_writable_mount_keeps_atime_like_tmpfs(tmp_path: Path, shared: Path,
-                                               kernel_results: dict[str, object]) -> None:
+def test_writable_mount_keeps_atime_like_tmpfs(
+    tmp_path: Path, shared: Path, kernel_results: dict[str, object]
+) -> None:
     root = tmp_path / "root"
     top = make_image(root, layer_tars())
     with Client(root) as client:
@@ -74,8 +80,11 @@ def test_writable_mount_keeps_atime_like_tmpfs(tmp_path: Path, shared: Path,
         got = run_ops(mnt / "play")
         before = {name: os.stat(mnt / "play" / name) for name in ("lower.txt", "new.txt")}
     assert kernel_results["touch-a"] != kernel_results["touch-m"]  # the ops tell them apart
-    mismatched = {op: (kernel_results[op], got.get(op)) for op in kernel_results
-                  if got.get(op) != kernel_results[op]}
+    mismatched = {
+        op: (kernel_results[op], got.get(op))
+        for op in kernel_results
+        if got.get(op) != kernel_results[op]
+    }
     assert not mismatched, f"tmpfs vs writable mount: {mismatched}"
     with mounted_rw(root, "rw", mnt):
         for name, st in before.items():
@@ -85,8 +94,10 @@ def test_writable_mount_keeps_atime_like_tmpfs(tmp_path: Path, shared: Path,
         client.snapshots.commit("done", "rw")
     with mounted_snapshot(root, "done", mnt):
         st = os.stat(mnt / "play" / "new.txt")
-        assert (st.st_atime_ns, st.st_mtime_ns) == (before["new.txt"].st_atime_ns,
-                                                    before["new.txt"].st_mtime_ns)
+        assert (st.st_atime_ns, st.st_mtime_ns) == (
+            before["new.txt"].st_atime_ns,
+            before["new.txt"].st_mtime_ns,
+        )
 
 
 def test_read_only_view_shows_the_recorded_atime(tmp_path: Path) -> None:

@@ -172,9 +172,11 @@ def test_unpack_snapshots_are_written_directly(remote: RemoteSnapshotter, tmp_pa
     import os
     import stat
 
-    top = mounted_check_layers(remote, tmp_path, [[CreateFile("/gone", b"x\n"),
-                                                   suite.CreateDir("/d"),
-                                                   CreateFile("/d/old", b"o\n")]])
+    top = mounted_check_layers(
+        remote,
+        tmp_path,
+        [[CreateFile("/gone", b"x\n"), suite.CreateDir("/d"), CreateFile("/d/old", b"o\n")]],
+    )
     key = "ns/7/extract-123-abc sha256:" + "0" * 64
     (mount,) = remote.prepare(key, top)
     assert mount.type == "overlay"

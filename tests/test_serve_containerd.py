@@ -36,7 +36,9 @@ from fsnap.snapshots.info import OWNER_LABEL
 def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "fsnap.cli", "--root", str(root), *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -105,25 +107,31 @@ def pull(ctr: Ctr, ref: str) -> None:
 # owner and, except for directories (whose size depends on the file system), size.
 LISTING = (
     "find / -xdev ! -path /sys ! -path /proc ! -path /dev | sort | while read p; do "
-    "if [ -d \"$p\" ]; then stat -c '%n %f %u %g' \"$p\"; "
+    'if [ -d "$p" ]; then stat -c \'%n %f %u %g\' "$p"; '
     "else stat -c '%n %f %u %g %s' \"$p\"; fi; done"
 )
 
 
 def container_listing(ctr: Ctr, ref: str, name: str, snapshotter: str) -> list[str]:
-    done = ctr.run("run", "--rm", "--snapshotter", snapshotter, ref, name, "/bin/sh", "-c",
-                   LISTING)
+    done = ctr.run("run", "--rm", "--snapshotter", snapshotter, ref, name, "/bin/sh", "-c", LISTING)
     return done.stdout.splitlines()
 
 
-def test_ctr_pulls_and_runs_on_fsnap(
-    ctr: Ctr, served: Served, registry: RegistryProcess
-) -> None:
+def test_ctr_pulls_and_runs_on_fsnap(ctr: Ctr, served: Served, registry: RegistryProcess) -> None:
     ref = f"{registry.host}/serve/run:latest"
     registry.push_image("serve/run", "latest", layered_image())
     pull(ctr, ref)
-    done = ctr.run("run", "--rm", "--snapshotter", "fsnap", ref, "hello", "/bin/sh", "-c",
-                   "cat /etc/motd; ls /srv; ls /var/cache")
+    done = ctr.run(
+        "run",
+        "--rm",
+        "--snapshotter",
+        "fsnap",
+        ref,
+        "hello",
+        "/bin/sh",
+        "-c",
+        "cat /etc/motd; ls /srv; ls /var/cache",
+    )
     assert done.stdout.split("\n")[:3] == ["hello from the top layer", "keep", "b"]
     # the rootfs seen from inside equals the one containerd's own overlayfs snapshotter gives
     ctr.run("images", "pull", "--plain-http", "--snapshotter", "overlayfs", ref)
@@ -152,8 +160,11 @@ def test_layers_containerd_unpacked_mount_in_fsnap(
     registry.push_image("serve/mount", "latest", layered_image())
     pull(ctr, ref)
     infos = json.loads(fsnap(served.root, "snapshots", "ls", "--json").stdout)
-    top = next(i["name"] for i in infos
-               if i["kind"] == "committed" and not any(j["parent"] == i["name"] for j in infos))
+    top = next(
+        i["name"]
+        for i in infos
+        if i["kind"] == "committed" and not any(j["parent"] == i["name"] for j in infos)
+    )
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     done = fsnap(served.root, "snapshots", "mount", top, str(mnt))
@@ -173,8 +184,16 @@ def test_commit_of_a_container_snapshot_keeps_its_file(
     ref = f"{registry.host}/serve/commit:latest"
     registry.push_image("serve/commit", "latest", layered_image())
     pull(ctr, ref)
-    ctr.run("run", "--snapshotter", "fsnap", ref, "writer", "/bin/sh", "-c",
-            "echo written > /root/new; rm /etc/motd")
+    ctr.run(
+        "run",
+        "--snapshotter",
+        "fsnap",
+        ref,
+        "writer",
+        "/bin/sh",
+        "-c",
+        "echo written > /root/new; rm /etc/motd",
+    )
     ctr.run("snapshots", "--snapshotter", "fsnap", "commit", "saved", "writer")
     ctr.run("containers", "rm", "writer")
     infos = json.loads(fsnap(served.root, "snapshots", "ls", "--json").stdout)
@@ -201,8 +220,19 @@ def test_image_pulled_by_fsnap_is_not_applied_again(
     # ctr 1.6's `images pull` unpacks through rootfs.ApplyLayer, which names no target
     # snapshot; containerd's client Pull with unpacking (CRI, nerdctl, ctr-remote rpull)
     # labels each Prepare with containerd.io/snapshot.ref, the protocol remote snapshotters use.
-    argv = ["ctr-remote", "-a", str(ctr.socket), "-n", NAMESPACE, "images", "rpull",
-            "--plain-http", "--snapshotter", "fsnap", ref]
+    argv = [
+        "ctr-remote",
+        "-a",
+        str(ctr.socket),
+        "-n",
+        NAMESPACE,
+        "images",
+        "rpull",
+        "--plain-http",
+        "--snapshotter",
+        "fsnap",
+        ref,
+    ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=ctr.env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(served.calls("Commit")) == commits_before, "containerd applied layers again"
@@ -224,8 +254,16 @@ def test_restarts_on_either_side(
     with run_containerd(base, config, containerd_env()) as first:
         pull(first, ref)
     with run_containerd(base, config, containerd_env()) as second:
-        done = second.run("run", "--rm", "--snapshotter", "fsnap", ref,
-                          "after-containerd-restart", "/bin/cat", "/etc/motd")
+        done = second.run(
+            "run",
+            "--rm",
+            "--snapshotter",
+            "fsnap",
+            ref,
+            "after-containerd-restart",
+            "/bin/cat",
+            "/etc/motd",
+        )
         assert done.stdout == "hello from the top layer\n"
         assert served.stop() == 0  # SIGTERM: a clean exit, the socket file removed
         assert not served.address.exists()
@@ -234,8 +272,16 @@ def test_restarts_on_either_side(
         deadline = time.monotonic() + RECOVERY
         while True:
             try:
-                done = second.run("run", "--rm", "--snapshotter", "fsnap", ref,
-                                  "after-serve-restart", "/bin/cat", "/etc/motd")
+                done = second.run(
+                    "run",
+                    "--rm",
+                    "--snapshotter",
+                    "fsnap",
+                    ref,
+                    "after-serve-restart",
+                    "/bin/cat",
+                    "/etc/motd",
+                )
                 break
             except AssertionError:
                 if time.monotonic() > deadline:

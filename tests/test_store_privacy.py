@@ -77,9 +77,20 @@ def probe_as_nobody(programs: list[Path], devices: list[Path]) -> dict[str, str]
     args = [a for p in programs for a in ("exec", str(p))]
     args += [a for d in devices for a in ("open", str(d))]
     done = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "/usr/bin/python3",
-         "-c", PROBE, *args],
-        capture_output=True, text=True, timeout=60, cwd="/",
+        [
+            "setpriv",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            PROBE,
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
     )
     assert done.returncode == 0, done.stderr
     result: dict[str, str] = json.loads(done.stdout)
@@ -113,7 +124,8 @@ def start_stalled_pull(
     proxy.stall_blob_after(layer.blob.size - FILLER // 2, gate, match=layer.blob.digest)
     process = subprocess.Popen(
         [str(FSNAP), "--root", str(root), "pull", f"{proxy.host}/{repo}:v1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     return process, gate
 
@@ -192,7 +204,9 @@ def test_open_repairs_modes_with_a_warning(tmp_path: Path) -> None:
     (root / "unpack" / "0123456789abcdef.lock").touch()  # a dead session: removed on open
     (root / "unpack" / "0123456789abcdef").mkdir(mode=0o755)
     done = subprocess.run(
-        [str(FSNAP), "--root", str(root), "snapshots", "ls"], capture_output=True, text=True,
+        [str(FSNAP), "--root", str(root), "snapshots", "ls"],
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert done.returncode == 0, done.stderr

@@ -48,8 +48,9 @@ def _modes(mnt: Path) -> dict[str, int]:
 WANT = {link: stat.S_IFLNK | 0o777 for link in LINKS}
 
 
-def test_symlinks_show_0777_everywhere(registry: RegistryProcess, tmp_path: Path,
-                                       shared: Path) -> None:
+def test_symlinks_show_0777_everywhere(
+    registry: RegistryProcess, tmp_path: Path, shared: Path
+) -> None:
     registry.push_image("sym/modes", "v1", image_with_0755_symlinks())
     root, ref = tmp_path / "root", f"{registry.host}/sym/modes:v1"
     assert fsnap(root, "pull", ref).returncode == 0
@@ -80,8 +81,9 @@ def test_symlinks_show_0777_everywhere(registry: RegistryProcess, tmp_path: Path
         assert fsnap(again, "pull", new_ref).returncode == 0
         with Client(again) as client:
             key = next(i.name for i in client.snapshots.walk())
-            layers = [client.snapshots.read_index(info.name)
-                      for info in client.snapshots.chain(key)]
+            layers = [
+                client.snapshots.read_index(info.name) for info in client.snapshots.chain(key)
+            ]
         assert {e.mode for index in layers for e in index if e.kind == "symlink"} == {0o777}
         assert fsnap(again, "mount", new_ref, str(mnt)).returncode == 0
         pid = mount_pid(again, mnt)

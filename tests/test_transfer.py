@@ -39,8 +39,9 @@ def sample_image() -> Image:
     """busybox, then a layer with a whiteout, an opaque directory, a hard link, a device,
     an xattr and an odd owner: what an export and re-import must keep."""
     base = make_layer(busybox_members())
-    second = make_layer({"srv/": b"", "srv/old": b"old\n", "var/": b"", "var/c/": b"",
-                         "var/c/a": b"a\n"})
+    second = make_layer(
+        {"srv/": b"", "srv/old": b"old\n", "var/": b"", "var/c/": b"", "var/c/a": b"a\n"}
+    )
     members: list[tuple[tarfile.TarInfo, bytes | None]] = [
         (tar_info("srv", tarfile.DIRTYPE, mode=0o755), None),
         (tar_info("srv/.wh.old"), b""),
@@ -54,8 +55,9 @@ def sample_image() -> Image:
     members[6][0].devmajor, members[6][0].devminor = 1, 3
     members[5][0].pax_headers = {"SCHILY.xattr.user.note": "kept"}
     third = make_layer(members)
-    image: Image = make_image([base, second, third],
-                              config={"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})
+    image: Image = make_image(
+        [base, second, third], config={"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]}
+    )
     return image
 
 
@@ -77,16 +79,18 @@ def assert_same(want: list[str], got: list[str]) -> None:
 
 
 def skopeo(*args: str) -> None:
-    done = subprocess.run(["skopeo", "--insecure-policy", *args], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        ["skopeo", "--insecure-policy", *args], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_docker_archive_from_skopeo(pushed: str, tmp_path: Path) -> None:
     archive = tmp_path / "image.tar"
     new = pushed.replace(":v1", ":from-docker-archive")
-    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}",
-           f"docker-archive:{archive}:{new}")
+    skopeo(
+        "copy", "--src-tls-verify=false", f"docker://{pushed}", f"docker-archive:{archive}:{new}"
+    )
     root = tmp_path / "root"
     out = succeeded(fsnap(root, "import", str(archive)))
     assert new in out
@@ -97,8 +101,7 @@ def test_docker_archive_from_skopeo(pushed: str, tmp_path: Path) -> None:
 def test_oci_archive_from_skopeo(pushed: str, tmp_path: Path) -> None:
     archive = tmp_path / "image.tar"
     new = pushed.replace(":v1", ":from-oci-archive")
-    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}",
-           f"oci-archive:{archive}:{new}")
+    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}", f"oci-archive:{archive}:{new}")
     root = tmp_path / "root"
     succeeded(fsnap(root, "import", str(archive)))
     succeeded(fsnap(root, "pull", pushed))
@@ -130,8 +133,7 @@ def test_export_is_read_by_skopeo(
     again = pushed.replace(":v1", f":via-{fmt}")
     transport = {"oci-dir": "oci", "oci-archive": "oci-archive"}.get(fmt, fmt)
     preserve = [] if fmt == "docker-archive" else ["--preserve-digests"]
-    skopeo("copy", *preserve, "--dest-tls-verify=false", f"{transport}:{out}",
-           f"docker://{again}")
+    skopeo("copy", *preserve, "--dest-tls-verify=false", f"{transport}:{out}", f"docker://{again}")
     other = tmp_path / "other"
     succeeded(fsnap(other, "pull", again))
     succeeded(fsnap(other, "pull", pushed))
@@ -176,15 +178,20 @@ def test_export_rootfs_lists_like_the_mount(pushed: str, tmp_path: Path) -> None
     succeeded(fsnap(root, "export", "--rootfs", pushed, "-o", str(out)))
     unpacked = tmp_path / "unpacked"
     unpacked.mkdir()
-    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "-xpf", str(out), "-C",
-                    str(unpacked)], check=True)
+    subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "-xpf", str(out), "-C", str(unpacked)], check=True
+    )
     want = listing_of(root, pushed, tmp_path / "mnt")
     got = full_listing(unpacked)
+
     # (the root's line is left out: tar does not set the extraction directory; a symlink's
     # mode is whatever the file system shows, always 0777 on Linux)
     def comparable(lines: list[str]) -> list[str]:
-        return [re.sub(r" symlink mode=\d+", " symlink", line)
-                for line in lines if not line.startswith(". ")]
+        return [
+            re.sub(r" symlink mode=\d+", " symlink", line)
+            for line in lines
+            if not line.startswith(". ")
+        ]
 
     assert_same(comparable(want), comparable(got))
     with tarfile.open(out) as tar:
@@ -372,8 +379,9 @@ def without_manifest(archive: Path, out: Path, edit: dict[str, bytes] | None = N
 def test_legacy_docker_archive(pushed: str, tmp_path: Path) -> None:
     archive = tmp_path / "image.tar"
     new = pushed.replace(":v1", ":legacy")
-    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}",
-           f"docker-archive:{archive}:{new}")
+    skopeo(
+        "copy", "--src-tls-verify=false", f"docker://{pushed}", f"docker-archive:{archive}:{new}"
+    )
     legacy = without_manifest(archive, tmp_path / "legacy.tar")
     root = tmp_path / "root"
     assert new in succeeded(fsnap(root, "import", str(legacy)))
@@ -386,8 +394,9 @@ def test_legacy_docker_archive(pushed: str, tmp_path: Path) -> None:
 
 def test_legacy_docker_archive_with_a_parent_cycle(pushed: str, tmp_path: Path) -> None:
     archive = tmp_path / "image.tar"
-    skopeo("copy", "--src-tls-verify=false", f"docker://{pushed}",
-           f"docker-archive:{archive}:{pushed}")
+    skopeo(
+        "copy", "--src-tls-verify=false", f"docker://{pushed}", f"docker-archive:{archive}:{pushed}"
+    )
     with tarfile.open(archive) as tar:
         top = json.loads(tar.extractfile("repositories").read())  # type: ignore[union-attr]
     (tags,) = top.values()

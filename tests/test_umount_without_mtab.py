@@ -100,10 +100,28 @@ def test_umount_without_etc_mtab_as_root_and_as_nobody() -> None:
     try:
         with shared_dir() as base:
             done = subprocess.run(
-                ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc",
-                 "--propagation", "private", "bash", "-c", _HIDE_MTAB, "hide-mtab",
-                 str(base), sys.executable, "-c", _SCENARIO, str(base)],
-                capture_output=True, text=True, timeout=300,
+                [
+                    "unshare",
+                    "--mount",
+                    "--pid",
+                    "--fork",
+                    "--kill-child",
+                    "--mount-proc",
+                    "--propagation",
+                    "private",
+                    "bash",
+                    "-c",
+                    _HIDE_MTAB,
+                    "hide-mtab",
+                    str(base),
+                    sys.executable,
+                    "-c",
+                    _SCENARIO,
+                    str(base),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=300,
                 env={**os.environ, "PYTHONPATH": TESTS},
             )
     finally:

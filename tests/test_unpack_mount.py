@@ -55,7 +55,10 @@ def test_pulled_image_mounts_as_its_merged_tree(registry: RegistryProcess, tmp_p
         assert not [p for p in mnt.rglob(".wh.*")]
         done = subprocess.run(
             ["chroot", str(mnt), "/bin/sh", "-c", "cat /etc/a; ls /opt/keep"],
-            capture_output=True, text=True, timeout=60, check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["alpha", "v2", "y"]

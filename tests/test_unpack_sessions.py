@@ -41,7 +41,10 @@ CRASHING_UNPACKER = textwrap.dedent(
 def crash_an_unpacker(root: Path) -> str:
     done = subprocess.run(
         [sys.executable, "-c", CRASHING_UNPACKER, str(root), FAKE_CHAIN],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return done.stdout.strip()
 
@@ -162,6 +165,9 @@ TABLE_WHILE_WRITING = textwrap.dedent(
 def test_opening_a_table_while_another_thread_writes_does_not_deadlock(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", TABLE_WHILE_WRITING, str(tmp_path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.stdout.strip() == "both done", done.stderr

@@ -13,8 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*argv: str | Path, timeout: int = 600) -> str:
-    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{argv}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
     return done.stdout
 

@@ -50,7 +50,9 @@ def make_tls(directory: Path, ip: str = "127.0.0.1") -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
     files = TlsFiles(
-        directory / "ca.pem", directory / "server.pem", directory / "server.key",
+        directory / "ca.pem",
+        directory / "server.pem",
+        directory / "server.key",
         directory / "ca.key",
     )
     _write_key(files.ca_key, ca_key)

@@ -63,8 +63,10 @@ class ImageInfo:
         return chain_id(self.diff_ids)
 
     def summary(self) -> str:
-        return (f"{self.name}: {len(self.layers)} layers, {self.compressed / 1e6:.1f} MB gzip, "
-                f"{self.files} tar entries, {self.data_bytes / 1e6:.1f} MB of file data")
+        return (
+            f"{self.name}: {len(self.layers)} layers, {self.compressed / 1e6:.1f} MB gzip, "
+            f"{self.files} tar entries, {self.data_bytes / 1e6:.1f} MB of file data"
+        )
 
 
 def load(images_dir: Path, name: str) -> ImageInfo | None:
@@ -100,18 +102,21 @@ class _ImageWriter:
         blob = gzip.compress(tar_bytes, compresslevel=6, mtime=0)
         digest = "sha256:" + hashlib.sha256(blob).hexdigest()
         (self.dir / "blobs" / digest.split(":", 1)[1]).write_bytes(blob)
-        self.layers.append({
-            "media_type": oci.OCI_LAYER_GZIP,
-            "digest": digest,
-            "size": len(blob),
-            "diff_id": "sha256:" + hashlib.sha256(tar_bytes).hexdigest(),
-            "files": len(members),
-            "data_bytes": sum(m.size for m in members if m.isreg()),
-        })
+        self.layers.append(
+            {
+                "media_type": oci.OCI_LAYER_GZIP,
+                "digest": digest,
+                "size": len(blob),
+                "diff_id": "sha256:" + hashlib.sha256(tar_bytes).hexdigest(),
+                "files": len(members),
+                "data_bytes": sum(m.size for m in members if m.isreg()),
+            }
+        )
 
     def finish(self) -> ImageInfo:
         config = {
-            "architecture": "amd64", "os": "linux",
+            "architecture": "amd64",
+            "os": "linux",
             "config": {"Cmd": ["/usr/bin/python3"], "Env": ["PATH=/usr/bin:/bin"]},
             "rootfs": {"type": "layers", "diff_ids": [layer["diff_id"] for layer in self.layers]},
         }
@@ -119,15 +124,24 @@ class _ImageWriter:
         manifest = {
             "schemaVersion": 2,
             "mediaType": oci.OCI_MANIFEST,
-            "config": {"mediaType": oci.OCI_CONFIG, "digest": config_digest,
-                       "size": blob_size(self.dir, config_digest)},
-            "layers": [{"mediaType": layer["media_type"], "digest": layer["digest"],
-                        "size": layer["size"]} for layer in self.layers],
+            "config": {
+                "mediaType": oci.OCI_CONFIG,
+                "digest": config_digest,
+                "size": blob_size(self.dir, config_digest),
+            },
+            "layers": [
+                {"mediaType": layer["media_type"], "digest": layer["digest"], "size": layer["size"]}
+                for layer in self.layers
+            ],
         }
         manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
         (self.dir / "manifest.json").write_bytes(manifest_bytes)
-        info = ImageInfo(self.name, self.layers,
-                         "sha256:" + hashlib.sha256(manifest_bytes).hexdigest(), config_digest)
+        info = ImageInfo(
+            self.name,
+            self.layers,
+            "sha256:" + hashlib.sha256(manifest_bytes).hexdigest(),
+            config_digest,
+        )
         (self.dir / "image.json").write_text(json.dumps(asdict(info), indent=1))
         return info
 
@@ -174,8 +188,11 @@ def build_rootfs_image(images_dir: Path, rootfs: Path) -> ImageInfo:
     """base system / usr/lib / python3 / data (adds, rewrites, deletes)."""
     out = _ImageWriter(images_dir, "rootfs")
     out.layer(lambda t: _add_tree(t, rootfs, lambda p: not _under(p, "usr/lib") or p == "usr/lib"))
-    out.layer(lambda t: _add_tree(t, rootfs, lambda p: _under(p, "usr/lib") and p != "usr/lib"
-                                  and not _is_python(p)))
+    out.layer(
+        lambda t: _add_tree(
+            t, rootfs, lambda p: _under(p, "usr/lib") and p != "usr/lib" and not _is_python(p)
+        )
+    )
     out.layer(lambda t: _add_tree(t, rootfs, _is_python))
     out.layer(lambda t: _data_layer(t, rootfs))
     return out.finish()
@@ -214,17 +231,20 @@ def _add_file(tar: tarfile.TarFile, path: str, data: bytes) -> None:
 
 def build_lookup_images(images_dir: Path) -> tuple[ImageInfo, ImageInfo]:
     """``layers128`` and ``layers1``: the same ``data/f*`` files over 128 layers or one."""
+
     def content(j: int) -> bytes:
         return f"file {j}\n".encode()
 
     deep = _ImageWriter(images_dir, "layers128")
     for i in range(128):
+
         def fill(tar: tarfile.TarFile, i: int = i) -> None:
             _add_dir(tar, "data")
             _add_dir(tar, f"layer{i:03d}")
             _add_file(tar, f"layer{i:03d}/marker", content(i))
             for j in range(i, LOOKUP_FILES, 128):
                 _add_file(tar, f"data/f{j:04d}", content(j))
+
         deep.layer(fill)
 
     def flat_fill(tar: tarfile.TarFile) -> None:

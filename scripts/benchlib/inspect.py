@@ -78,8 +78,9 @@ def list_tars(blobs: list[bytes]) -> int:
 
 def fsnap(root: Path, *args: str) -> float:
     started = time.perf_counter()
-    done = subprocess.run([str(FSNAP), "--root", str(root), *args], capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        [str(FSNAP), "--root", str(root), *args], capture_output=True, text=True, check=False
+    )
     took = time.perf_counter() - started
     if done.returncode not in (0, 20):
         raise SystemExit(f"fsnap {' '.join(args)} failed: {done.stderr}")
@@ -103,8 +104,7 @@ def in_process(root: Path, ref: str) -> float:
 
 def measure(work: Path, ref: str, blobs: list[bytes], name: str, rounds: int) -> list[str]:
     root = work / f"root-{name}"
-    subprocess.run([str(FSNAP), "--root", str(root), "pull", ref], check=True,
-                   capture_output=True)
+    subprocess.run([str(FSNAP), "--root", str(root), "pull", ref], check=True, capture_output=True)
     analyze, diff, tars, library = [], [], [], []
     entries = 0
     for _ in range(rounds):
@@ -115,9 +115,17 @@ def measure(work: Path, ref: str, blobs: list[bytes], name: str, rounds: int) ->
         entries = list_tars(blobs)
         tars.append(time.perf_counter() - started)
     both = median(analyze) + median(diff)
-    return [name, str(entries), seconds(median(analyze)), seconds(median(diff)),
-            seconds(both), seconds(median(tars)), ratio(median(tars), both),
-            seconds(median(library)), ratio(median(tars), median(library))]
+    return [
+        name,
+        str(entries),
+        seconds(median(analyze)),
+        seconds(median(diff)),
+        seconds(both),
+        seconds(median(tars)),
+        ratio(median(tars), both),
+        seconds(median(library)),
+        ratio(median(tars), median(library)),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="5000,100000", help="generated file counts")
     args = parser.parse_args(argv)
-    rows = [["image", "tar entries", "analyze", "diff (all layers)", "fsnap total",
-             "tarfile listing", "tarfile / fsnap", "library (both)", "tarfile / library"]]
+    rows = [
+        [
+            "image",
+            "tar entries",
+            "analyze",
+            "diff (all layers)",
+            "fsnap total",
+            "tarfile listing",
+            "tarfile / fsnap",
+            "library (both)",
+            "tarfile / library",
+        ]
+    ]
     with registry(args.work) as reg:
         for files in (int(s) for s in args.sizes.split(",")):
             image = generated(files)
@@ -139,13 +158,17 @@ def main(argv: list[str] | None = None) -> int:
         info = load(images_dir, "rootfs")
         if info is not None:
             ref = push(reg, images_dir, info)
-            blobs = [blob_path(images_dir, info.name, str(layer["digest"])).read_bytes()
-                     for layer in info.layers]
+            blobs = [
+                blob_path(images_dir, info.name, str(layer["digest"])).read_bytes()
+                for layer in info.layers
+            ]
             rows.append(measure(args.work, ref, blobs, "rootfs (bench-pull)", args.rounds))
     print()
     print(table(rows))
-    print("fsnap times are whole CLI runs (interpreter start included); 'library' is the "
-          "same analyze + every-layer diff in one process, without start-up or printing.")
+    print(
+        "fsnap times are whole CLI runs (interpreter start included); 'library' is the "
+        "same analyze + every-layer diff in one process, without start-up or printing."
+    )
     return 0
 
 

@@ -50,9 +50,10 @@ def _from_deb822(text: str) -> str | None:
             fields[key.strip().lower()] = value.strip()
         if fields.get("enabled", "yes").lower() == "no":
             continue
-        if "deb" in fields.get("types", "").split() and "bookworm" in fields.get(
-            "suites", ""
-        ).split():
+        if (
+            "deb" in fields.get("types", "").split()
+            and "bookworm" in fields.get("suites", "").split()
+        ):
             uris = fields.get("uris", "").split()
             if uris:
                 return uris[0]

@@ -56,6 +56,7 @@ def mounted(kind: Mount, view: View, mnt: Path, took: list[float]) -> Iterator[N
 
 def tree_figures(kind: Mount, view: View, mnt: Path, figures: Figures) -> None:
     """One round over the big image: mount, find, tar cold and warm, chroot, RSS."""
+
     def add(figure: str, value: float) -> None:
         figures.setdefault(figure, {}).setdefault(kind.name, []).append(value)
 
@@ -78,8 +79,9 @@ def tree_figures(kind: Mount, view: View, mnt: Path, figures: Figures) -> None:
 
 
 def stat_seconds(mnt: Path, paths: list[str]) -> float:
-    done = subprocess.run(["python3", "-c", STAT_SCRIPT, str(mnt), *paths],
-                          check=True, capture_output=True, text=True)
+    done = subprocess.run(
+        ["python3", "-c", STAT_SCRIPT, str(mnt), *paths], check=True, capture_output=True, text=True
+    )
     return float(done.stdout)
 
 
@@ -91,17 +93,20 @@ def lookup_figures(kind: Mount, views: dict[str, View], mnt: Path, figures: Figu
             drop_caches()
             cold = stat_seconds(mnt, paths)
             warm = stat_seconds(mnt, paths)
-        figures.setdefault(f"stat x1000 cold, {label} (ms)", {}).setdefault(
-            kind.name, []).append(cold * 1000)
-        figures.setdefault(f"stat x1000 warm, {label} (ms)", {}).setdefault(
-            kind.name, []).append(warm * 1000)
+        figures.setdefault(f"stat x1000 cold, {label} (ms)", {}).setdefault(kind.name, []).append(
+            cold * 1000
+        )
+        figures.setdefault(f"stat x1000 warm, {label} (ms)", {}).setdefault(kind.name, []).append(
+            warm * 1000
+        )
 
 
 # --- setup ---------------------------------------------------------------------------------
 
 
-def containerd_views(ctrd: services.Containerd, refs: dict[str, str],
-                     infos: dict[str, ImageInfo]) -> dict[str, View]:
+def containerd_views(
+    ctrd: services.Containerd, refs: dict[str, str], infos: dict[str, ImageInfo]
+) -> dict[str, View]:
     """``ctr pull`` every image; read its snapshot directories from a view's mounts."""
     views = {}
     for name, ref in refs.items():
@@ -110,8 +115,9 @@ def containerd_views(ctrd: services.Containerd, refs: dict[str, str],
     return views
 
 
-def fsnap_pull_all(work: Path, root: Path, views: dict[str, View],
-                   infos: dict[str, ImageInfo]) -> list[str]:
+def fsnap_pull_all(
+    work: Path, root: Path, views: dict[str, View], infos: dict[str, ImageInfo]
+) -> list[str]:
     """``fsnap pull`` every image. An image that pull does not leave unpacked (pull failed,
     hung past PULL_TIMEOUT, or does not unpack) is unpacked with fsnap's own applier into
     bare layer directories instead, and the returned notes say so."""
@@ -122,8 +128,10 @@ def fsnap_pull_all(work: Path, root: Path, views: dict[str, View],
         if problem is None:
             notes.append(f"{name}: fsnap pull + fsnap mount REF MNT")
             continue
-        notes.append(f"{name}: {problem}; mounted instead from layers applied by "
-                     "fsnap.archive.apply_layer, via fsnap.mount.manager.mount_layers")
+        notes.append(
+            f"{name}: {problem}; mounted instead from layers applied by "
+            "fsnap.archive.apply_layer, via fsnap.mount.manager.mount_layers"
+        )
         view.fsnap_layers = fsnap_layers.unpack(cache, infos[name], work / "fsnap-layers" / name)
     return notes
 
@@ -132,9 +140,13 @@ def _fsnap_pull(root: Path, ref: str, layers: int) -> str | None:
     """None if ``fsnap pull`` left ``ref`` unpacked, else what went wrong."""
     before = _snapshot_count(root)
     try:
-        done = subprocess.run([FSNAP, "--root", str(root), "pull", "--plain-http", ref],
-                              capture_output=True, text=True, timeout=PULL_TIMEOUT,
-                              env=services.env_without_proxy())
+        done = subprocess.run(
+            [FSNAP, "--root", str(root), "pull", "--plain-http", ref],
+            capture_output=True,
+            text=True,
+            timeout=PULL_TIMEOUT,
+            env=services.env_without_proxy(),
+        )
     except subprocess.TimeoutExpired:
         return f"fsnap pull HUNG (killed after {PULL_TIMEOUT:.0f} s)"
     if done.returncode != 0:
@@ -146,8 +158,9 @@ def _fsnap_pull(root: Path, ref: str, layers: int) -> str | None:
 
 
 def _snapshot_count(root: Path) -> int:
-    listed = subprocess.run([FSNAP, "--root", str(root), "snapshots", "ls"],
-                            capture_output=True, text=True)
+    listed = subprocess.run(
+        [FSNAP, "--root", str(root), "snapshots", "ls"], capture_output=True, text=True
+    )
     return max(0, len(listed.stdout.splitlines()) - 1) if listed.returncode == 0 else 0
 
 
@@ -173,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         kinds: list[Mount] = [fsnap, FuseOverlayMount(args.work), KernelOverlayMount(args.work)]
         for r in range(args.rounds):
-            for kind in kinds[r % 3:] + kinds[: r % 3]:
+            for kind in kinds[r % 3 :] + kinds[: r % 3]:
                 tree_figures(kind, views["rootfs"], args.work / f"mnt-{kind.name}", figures)
                 print(f"round {r + 1}: {kind.name} done", flush=True)
         for _ in range(args.rounds):
@@ -186,15 +199,22 @@ def main(argv: list[str] | None = None) -> int:
 def _report(figures: Figures, kinds: list[str]) -> None:
     print("\nevery run (seconds unless the figure says otherwise):")
     for figure, by_kind in figures.items():
-        runs = "; ".join(f"{k}: " + " ".join(f"{v:.3f}" for v in vals)
-                         for k, vals in by_kind.items())
+        runs = "; ".join(
+            f"{k}: " + " ".join(f"{v:.3f}" for v in vals) for k, vals in by_kind.items()
+        )
         print(f"  {figure}: {runs}")
     rows = [["figure (median)", *kinds, "fsnap/fuse-overlayfs", "fsnap/overlayfs"]]
     for figure, by_kind in figures.items():
         med = {k: median(v) if v else None for k, v in by_kind.items()}
         cells = [f"{med[k]:.3f}" if med.get(k) is not None else "-" for k in kinds]
-        rows.append([figure, *cells, ratio(med.get("fsnap"), med.get("fuse-overlayfs")),
-                     ratio(med.get("fsnap"), med.get("overlayfs"))])
+        rows.append(
+            [
+                figure,
+                *cells,
+                ratio(med.get("fsnap"), med.get("fuse-overlayfs")),
+                ratio(med.get("fsnap"), med.get("overlayfs")),
+            ]
+        )
     print("\n" + table(rows))
     print("\nlookups vs layer count (stat x1000, 128 layers / 1 layer):")
     for temp in ("cold", "warm"):

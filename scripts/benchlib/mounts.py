@@ -56,8 +56,13 @@ class Mount:
 
 
 def _check(cmd: list[str], cwd: str | None = None, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
-                          env={**services.env_without_proxy(), **(env or {})})
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**services.env_without_proxy(), **(env or {})},
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()[-1500:]}")
     return done.stdout
@@ -73,8 +78,15 @@ class FsnapMount(Mount):
     def mount(self, view: View, mnt: Path) -> float:
         out: list[str] = []
         if view.fsnap_layers:
-            cmd = [PYTHON, "-m", "benchlib.fsnap_layers", "mount", str(self.root), str(mnt),
-                   *map(str, view.fsnap_layers)]
+            cmd = [
+                PYTHON,
+                "-m",
+                "benchlib.fsnap_layers",
+                "mount",
+                str(self.root),
+                str(mnt),
+                *map(str, view.fsnap_layers),
+            ]
         else:
             cmd = [FSNAP, "--root", str(self.root), "mount", view.ref, str(mnt)]
         took = timed(lambda: out.append(_check(cmd)))
@@ -111,12 +123,13 @@ class KernelOverlayMount(Mount):
 
     def mount(self, view: View, mnt: Path) -> float:
         if len(view.lowerdirs) == 1:
+
             def bind() -> None:
                 _check(["mount", "--bind", view.lowerdirs[0], str(mnt)])
                 _check(["mount", "-o", "remount,bind,ro", str(mnt)])
+
             return timed(bind)
-        cmd, cwd, env = kernel_overlay_command(view.lowerdirs, str(mnt),
-                                               options="ro,index=off")
+        cmd, cwd, env = kernel_overlay_command(view.lowerdirs, str(mnt), options="ro,index=off")
         return timed(lambda: _check(cmd, cwd=cwd, env=env))
 
 
@@ -141,7 +154,9 @@ def rss_mb(pid: int) -> tuple[float, float] | None:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    values = {k: int(v.split()[0]) / 1024 for k, v in
-              (line.split(":", 1) for line in status.splitlines() if ":" in line)
-              if k in ("VmRSS", "VmHWM")}
+    values = {
+        k: int(v.split()[0]) / 1024
+        for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if k in ("VmRSS", "VmHWM")
+    }
     return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)

@@ -27,15 +27,18 @@ REPO = services.REPO
 FSNAP = str(REPO / ".venv/bin/fsnap")
 
 
-def fsnap_pull(work: Path, ref: str, tag: str, unpack: bool,
-               delete: bool = False) -> tuple[float, int]:
+def fsnap_pull(
+    work: Path, ref: str, tag: str, unpack: bool, delete: bool = False
+) -> tuple[float, int]:
     """Seconds for ``fsnap pull`` into a fresh root, and how many snapshots it left."""
     root = work / f"fsnap-{tag}"
     extra = [] if unpack else ["--no-unpack"]
     try:
         drop_caches()
-        took = run_timed([FSNAP, "--root", str(root), "pull", "--plain-http", *extra, ref],
-                         env=services.env_without_proxy())
+        took = run_timed(
+            [FSNAP, "--root", str(root), "pull", "--plain-http", *extra, ref],
+            env=services.env_without_proxy(),
+        )
         return took, _snapshot_count(root)
     finally:
         if delete:
@@ -43,8 +46,9 @@ def fsnap_pull(work: Path, ref: str, tag: str, unpack: bool,
 
 
 def _snapshot_count(root: Path) -> int:
-    done = subprocess.run([FSNAP, "--root", str(root), "snapshots", "ls"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [FSNAP, "--root", str(root), "snapshots", "ls"], capture_output=True, text=True
+    )
     return max(0, len(done.stdout.splitlines()) - 1) if done.returncode == 0 else 0
 
 
@@ -56,8 +60,9 @@ def ctr_pull(work: Path, ref: str, tag: str, unpack: bool, delete: bool = False)
         return run_timed(ctrd.ctr(*verb, "--plain-http", ref), env=services.env_without_proxy())
 
 
-def tar_floor(work: Path, images_dir: Path, info: ImageInfo, tag: str,
-              delete: bool = False) -> float:
+def tar_floor(
+    work: Path, images_dir: Path, info: ImageInfo, tag: str, delete: bool = False
+) -> float:
     """Seconds for ``tar -xzf`` of every layer, one after the other, each into its own dir."""
     base = work / f"tar-floor-{tag}"
     try:
@@ -66,7 +71,8 @@ def tar_floor(work: Path, images_dir: Path, info: ImageInfo, tag: str,
         drop_caches()
         script = " && ".join(
             f"tar -xzf {blob_path(images_dir, info.name, str(layer['digest']))} -C {base / str(n)}"
-            for n, layer in enumerate(info.layers))
+            for n, layer in enumerate(info.layers)
+        )
         return run_timed(script, shell=True)
     finally:
         if delete:
@@ -77,10 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench-pull", description=__doc__)
     parser.add_argument("--work", type=Path, required=True, help="scratch directory")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-fetch-only", action="store_true",
-                        help="skip the fetch-only rows (fsnap --no-unpack, ctr content fetch)")
-    parser.add_argument("--delete-each", action="store_true",
-                        help="delete each store right after its run (penalises the next run)")
+    parser.add_argument(
+        "--no-fetch-only",
+        action="store_true",
+        help="skip the fetch-only rows (fsnap --no-unpack, ctr content fetch)",
+    )
+    parser.add_argument(
+        "--delete-each",
+        action="store_true",
+        help="delete each store right after its run (penalises the next run)",
+    )
     args = parser.parse_args(argv)
 
     cache = REPO / ".bench"
@@ -103,8 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _round(work: Path, ref: str, r: int, results: dict[str, list[float]],
-           snapshots: list[int], delete: bool) -> None:
+def _round(
+    work: Path,
+    ref: str,
+    r: int,
+    results: dict[str, list[float]],
+    snapshots: list[int],
+    delete: bool,
+) -> None:
     """One fsnap and one containerd pull, alternating which goes first."""
     for who in ("fsnap", "ctr") if r % 2 == 0 else ("ctr", "fsnap"):
         if who == "fsnap":
@@ -116,8 +134,9 @@ def _round(work: Path, ref: str, r: int, results: dict[str, list[float]],
         print(f"round {r + 1}: {who:5} pull + unpack {took:7.3f} s", flush=True)
 
 
-def _fetch_round(work: Path, ref: str, r: int, results: dict[str, list[float]],
-                 delete: bool) -> None:
+def _fetch_round(
+    work: Path, ref: str, r: int, results: dict[str, list[float]], delete: bool
+) -> None:
     """Fetch only, to split a pull into download and unpack."""
     fsnap, _ = fsnap_pull(work, ref, f"{r}-fetch", unpack=False, delete=delete)
     ctr = ctr_pull(work, ref, f"{r}-fetch", unpack=False, delete=delete)
@@ -132,13 +151,26 @@ def _report(results: dict[str, list[float]], snapshots: list[int], layers: int) 
     rows = [["figure", "runs", "median", "vs ctr pull", "vs tar floor"]]
     for name, values in results.items():
         runs = " ".join(f"{v:.2f}" for v in values)
-        rows.append([name, runs, seconds(med[name]), ratio(med[name], ctr),
-                     ratio(med[name], med.get("tar -xzf (floor)"))])
+        rows.append(
+            [
+                name,
+                runs,
+                seconds(med[name]),
+                ratio(med[name], ctr),
+                ratio(med[name], med.get("tar -xzf (floor)")),
+            ]
+        )
     print("\n" + table(rows))
     unpacked = snapshots and min(snapshots) >= layers
-    print(f"\nfsnap left {snapshots} snapshots per round for {layers} layers: "
-          + ("pull unpacked every layer" if unpacked else "NOT unpacked (fetch only), so "
-             "the fsnap/containerd ratio compares fetch against fetch + unpack"))
+    print(
+        f"\nfsnap left {snapshots} snapshots per round for {layers} layers: "
+        + (
+            "pull unpacked every layer"
+            if unpacked
+            else "NOT unpacked (fetch only), so "
+            "the fsnap/containerd ratio compares fetch against fetch + unpack"
+        )
+    )
     fetch = results.get("fsnap pull --no-unpack")
     if fetch:
         ctr_fetch = med.get("ctr content fetch")

@@ -16,8 +16,17 @@ from pathlib import Path
 from benchlib.mirror import debian_mirror
 
 # Host trees copied by the fallback: python3 with its modules and every library it links.
-HOST_TREES = ("usr/bin", "usr/sbin", "usr/lib/x86_64-linux-gnu", "usr/lib/python3.11",
-              "usr/lib/python3", "usr/lib64", "usr/share/zoneinfo", "usr/share/doc", "etc")
+HOST_TREES = (
+    "usr/bin",
+    "usr/sbin",
+    "usr/lib/x86_64-linux-gnu",
+    "usr/lib/python3.11",
+    "usr/lib/python3",
+    "usr/lib64",
+    "usr/share/zoneinfo",
+    "usr/share/doc",
+    "etc",
+)
 USRMERGE = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
 
 
@@ -33,8 +42,11 @@ def ensure_rootfs(cache: Path) -> tuple[Path, str]:
     if how == "host":
         if root.exists():
             shutil.rmtree(root)
-        print("bench: debootstrap failed; building the image from the host's /usr instead "
-              "(figures are not comparable with a debootstrap image)", file=sys.stderr)
+        print(
+            "bench: debootstrap failed; building the image from the host's /usr instead "
+            "(figures are not comparable with a debootstrap image)",
+            file=sys.stderr,
+        )
         _from_host(root)
     done.write_text(how + "\n")
     return root, how
@@ -47,8 +59,9 @@ def _debootstrap(root: Path) -> bool:
         return False
     if shutil.which("debootstrap") is None:
         _apt_install("debootstrap")
-    print(f"bench: debootstrap minbase + python3 into {root} (a few minutes, once)",
-          file=sys.stderr)
+    print(
+        f"bench: debootstrap minbase + python3 into {root} (a few minutes, once)", file=sys.stderr
+    )
     cmd = ["debootstrap", "--variant=minbase", "--include=python3", "bookworm", str(root), mirror]
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:

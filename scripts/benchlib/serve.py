@@ -61,11 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[float]] = {}
     with services.registry(args.work) as reg, fsnap_serve(args.work) as address:
         ref = services.push(reg, cache / "images", info)
-        with services.containerd(args.work, "ctrd", extra_config=proxy.format(address),
-                                 env=env) as ctrd:
+        with services.containerd(
+            args.work, "ctrd", extra_config=proxy.format(address), env=env
+        ) as ctrd:
             for name in SNAPSHOTTERS:
-                took = run_timed(ctrd.ctr("images", "pull", "--plain-http", "--snapshotter",
-                                          name, ref), env=env)
+                took = run_timed(
+                    ctrd.ctr("images", "pull", "--plain-http", "--snapshotter", name, ref), env=env
+                )
                 print(f"{name:9} pull + unpack {took:7.3f} s", flush=True)
                 results.setdefault("pull + unpack", []).append(took)
                 _runs(ctrd, ref, name, args.rounds, env, results)
@@ -73,14 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _runs(ctrd: services.Containerd, ref: str, name: str, rounds: int, env: dict[str, str],
-          results: dict[str, list[float]]) -> None:
+def _runs(
+    ctrd: services.Containerd,
+    ref: str,
+    name: str,
+    rounds: int,
+    env: dict[str, str],
+    results: dict[str, list[float]],
+) -> None:
     for r in range(rounds):
         for temperature in ("cold", "warm"):
             if temperature == "cold":
                 drop_caches()
-            cmd = ctrd.ctr("run", "--rm", "--snapshotter", name, ref, f"{name}-{r}-{temperature}",
-                           "/bin/true")
+            cmd = ctrd.ctr(
+                "run", "--rm", "--snapshotter", name, ref, f"{name}-{r}-{temperature}", "/bin/true"
+            )
             took = run_timed(cmd, env=env)
             results.setdefault(f"{name} {temperature}", []).append(took)
             print(f"round {r + 1}: {name:9} {temperature} run {took:7.3f} s", flush=True)
@@ -92,11 +101,22 @@ def _report(results: dict[str, list[float]]) -> None:
         base = median(results.get(f"overlayfs {temperature}", []))
         for name in SNAPSHOTTERS:
             values = results.get(f"{name} {temperature}", [])
-            rows.append([f"ctr run --rm ({name}, {temperature})",
-                         " ".join(f"{v:.2f}" for v in values), seconds(median(values)),
-                         ratio(median(values), base)])
+            rows.append(
+                [
+                    f"ctr run --rm ({name}, {temperature})",
+                    " ".join(f"{v:.2f}" for v in values),
+                    seconds(median(values)),
+                    ratio(median(values), base),
+                ]
+            )
     pulls = results.get("pull + unpack", [])
     for name, took in zip(SNAPSHOTTERS, pulls, strict=False):
-        rows.append([f"ctr pull + unpack ({name})", f"{took:.2f}", seconds(took),
-                     ratio(took, pulls[1] if len(pulls) > 1 else None)])
+        rows.append(
+            [
+                f"ctr pull + unpack ({name})",
+                f"{took:.2f}",
+                seconds(took),
+                ratio(took, pulls[1] if len(pulls) > 1 else None),
+            ]
+        )
     print("\n" + table(rows))

@@ -91,8 +91,14 @@ class Containerd:
 
 
 @contextmanager
-def containerd(work: Path, name: str, *, keep: bool = False, extra_config: str = "",
-               env: dict[str, str] | None = None) -> Iterator[Containerd]:
+def containerd(
+    work: Path,
+    name: str,
+    *,
+    keep: bool = False,
+    extra_config: str = "",
+    env: dict[str, str] | None = None,
+) -> Iterator[Containerd]:
     """Start containerd on fresh directories ``<work>/<name>``; stop it and delete them after
     (unless ``keep``: then they stay for the caller to delete, e.g. with the work directory).
     ``extra_config`` is appended to its config; ``env`` replaces its environment."""
@@ -111,8 +117,13 @@ def containerd(work: Path, name: str, *, keep: bool = False, extra_config: str =
         f"{extra_config}\n"
     )
     with open(base / "containerd.log", "ab") as log:
-        process = subprocess.Popen(["containerd", "--config", str(config)],
-                                   stdout=log, stderr=log, start_new_session=True, env=env)
+        process = subprocess.Popen(
+            ["containerd", "--config", str(config)],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=env,
+        )
     remember_pid(work, process.pid)
     try:
         _wait_for_socket(process, socket, base / "containerd.log")
@@ -155,7 +166,6 @@ def _unmount_under(base: Path) -> None:
 def env_without_proxy() -> dict[str, str]:
     """ctr and fsnap must reach 127.0.0.1 directly whatever proxy the shell has set."""
     env = dict(os.environ)
-    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY"):
+    for key in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         env.pop(key, None)
     return env

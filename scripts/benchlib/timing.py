@@ -26,14 +26,28 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def run_timed(cmd: Sequence[str] | str, *, shell: bool = False, cwd: Path | None = None,
-              env: dict[str, str] | None = None) -> float:
+def run_timed(
+    cmd: Sequence[str] | str,
+    *,
+    shell: bool = False,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> float:
     """Seconds ``cmd`` took; its output is discarded, a failure raises with its stderr."""
+
     def action() -> None:
-        done = subprocess.run(cmd, shell=shell, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(
+            cmd,
+            shell=shell,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{cmd!r} failed ({done.returncode}): {done.stderr[-1500:]}")
+
     return timed(action)
 
 
@@ -56,8 +70,9 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:],
-                                                                          strict=True)]
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
         lines.append(" | ".join(cells))
         if n == 0:
             lines.append("-+-".join("-" * w for w in widths))

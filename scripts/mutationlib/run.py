@@ -68,9 +68,11 @@ def make_lane(work: Path, name: str) -> Lane:
 def function_lines(path: Path, names: tuple[str, ...]) -> list[range]:
     """Line ranges of the functions (or methods) called ``names`` in ``path``."""
     tree = ast.parse(path.read_text())
-    return [range(node.lineno, (node.end_lineno or node.lineno) + 1)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in names]
+    return [
+        range(node.lineno, (node.end_lineno or node.lineno) + 1)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in names
+    ]
 
 
 def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
@@ -88,8 +90,9 @@ def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]
             found.append(node.annotation)
         for expr in found:
             if expr is not None and expr.end_lineno is not None:
-                spans.append(((expr.lineno, expr.col_offset),
-                              (expr.end_lineno, expr.end_col_offset or 0)))
+                spans.append(
+                    ((expr.lineno, expr.col_offset), (expr.end_lineno, expr.end_col_offset or 0))
+                )
     return spans
 
 
@@ -124,8 +127,12 @@ def init_session(target: Target, lane: Lane, session: Path, timeout: float) -> i
     how many mutants are left to run."""
     module = lane.root / target.path
     config = write_config(target, lane, session, timeout)
-    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(session)],
-                   check=True, cwd=lane.root, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "cosmic_ray.cli", "init", str(config), str(session)],
+        check=True,
+        cwd=lane.root,
+        capture_output=True,
+    )
     lines = function_lines(module, target.functions) if target.functions else []
     left = 0
     with use_db(str(session)) as db:
@@ -142,8 +149,14 @@ def init_session(target: Target, lane: Lane, session: Path, timeout: float) -> i
 def baseline(target: Target, lane: Lane) -> float:
     """Seconds the target's tests take unmutated; they must pass."""
     start = time.monotonic()
-    done = subprocess.run(lane.pytest(target.tests), cwd=lane.root, env=lane.env(),
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        lane.pytest(target.tests),
+        cwd=lane.root,
+        env=lane.env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{target.name}: the tests fail unmutated:\n{done.stdout[-3000:]}")
     return time.monotonic() - start
@@ -158,8 +171,9 @@ def forget_survivors(session: Path) -> None:
     if not first.exists():
         first.write_text(f"{killed} {survived}\n")
     with sqlite3.connect(session) as conn:
-        conn.execute("DELETE FROM work_results WHERE test_outcome = ?",
-                     (TestOutcome.SURVIVED.name,))  # stored by name
+        conn.execute(
+            "DELETE FROM work_results WHERE test_outcome = ?", (TestOutcome.SURVIVED.name,)
+        )  # stored by name
 
 
 def run_target(target: Target, sessions: Path, work: Path, resume: bool, recheck: bool) -> None:
@@ -168,8 +182,10 @@ def run_target(target: Target, sessions: Path, work: Path, resume: bool, recheck
     stamp = session.with_suffix(".source")  # the module a session's mutants were made from
     source = (REPO / target.path).read_text()
     if (resume or recheck) and session.exists() and stamp.exists() and stamp.read_text() != source:
-        raise RuntimeError(f"{target.path} changed since its session: cosmic-ray applies a "
-                           "mutant by occurrence, so run it afresh (without --resume/--recheck)")
+        raise RuntimeError(
+            f"{target.path} changed since its session: cosmic-ray applies a "
+            "mutant by occurrence, so run it afresh (without --resume/--recheck)"
+        )
     if recheck and session.exists():
         forget_survivors(session)
         resume = True
@@ -180,17 +196,26 @@ def run_target(target: Target, sessions: Path, work: Path, resume: bool, recheck
         stamp.write_text(source)
     else:
         with sqlite3.connect(session) as conn:  # the mutants go into this run's copy
-            conn.execute("UPDATE mutation_specs SET module_path = ?",
-                         (str(lane.root / target.path),))
+            conn.execute(
+                "UPDATE mutation_specs SET module_path = ?", (str(lane.root / target.path),)
+            )
         write_config(target, lane, session, timeout=max(120.0, 4 * spent))
     skip_annotations(session, lane.root / target.path)
     with use_db(str(session)) as db:
         left = sum(1 for _ in db.pending_work_items)
-    print(f"[{target.name}] {left} mutants, tests {spent:.0f} s each "
-          f"(up to ~{left * spent / 60:.0f} min)", flush=True)
+    print(
+        f"[{target.name}] {left} mutants, tests {spent:.0f} s each "
+        f"(up to ~{left * spent / 60:.0f} min)",
+        flush=True,
+    )
     config = session.with_suffix(".toml")
-    subprocess.run([sys.executable, "-m", "cosmic_ray.cli", "exec", str(config), str(session)],
-                   check=True, cwd=lane.root, env=lane.env(), capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "cosmic_ray.cli", "exec", str(config), str(session)],
+        check=True,
+        cwd=lane.root,
+        env=lane.env(),
+        capture_output=True,
+    )
 
 
 def survivors(db: WorkDB) -> tuple[list[tuple[str, str, str]], int, int]:
@@ -203,8 +228,7 @@ def survivors(db: WorkDB) -> tuple[list[tuple[str, str, str]], int, int]:
         if result.test_outcome == TestOutcome.SURVIVED:
             survived += 1
             mutation = item.mutations[0]
-            found.append((str(mutation.start_pos[0]), mutation.operator_name,
-                          result.diff or ""))
+            found.append((str(mutation.start_pos[0]), mutation.operator_name, result.diff or ""))
         elif result.worker_outcome == WorkerOutcome.NORMAL:
             killed += 1
     return found, killed, survived
@@ -239,8 +263,11 @@ def main() -> None:
     parser.add_argument("--lanes", type=int, default=2, help="targets run in parallel")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fsnap-mutation"))
     parser.add_argument("--resume", action="store_true", help="continue earlier sessions")
-    parser.add_argument("--recheck", action="store_true",
-                        help="run the survivors of earlier sessions again (new tests)")
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run the survivors of earlier sessions again (new tests)",
+    )
     parser.add_argument("--report-only", action="store_true", help="print, run nothing")
     parser.add_argument("--diffs", action="store_true", help="show each survivor's diff")
     args = parser.parse_args()
@@ -255,8 +282,9 @@ def main() -> None:
     report(sessions, [t.name for t in chosen], args.diffs)
 
 
-def run_all(targets: list[Target], work: Path, sessions: Path, lanes: int,
-            resume: bool, recheck: bool) -> None:
+def run_all(
+    targets: list[Target], work: Path, sessions: Path, lanes: int, resume: bool, recheck: bool
+) -> None:
     todo: queue.Queue[Target] = queue.Queue()
     for target in targets:
         todo.put(target)
@@ -271,8 +299,10 @@ def run_all(targets: list[Target], work: Path, sessions: Path, lanes: int,
             try:
                 started = time.monotonic()
                 run_target(target, sessions, work, resume, recheck)
-                print(f"[{target.name}] done in {(time.monotonic() - started) / 60:.1f} min",
-                      flush=True)
+                print(
+                    f"[{target.name}] done in {(time.monotonic() - started) / 60:.1f} min",
+                    flush=True,
+                )
             except (RuntimeError, subprocess.CalledProcessError) as exc:
                 errors.append(f"{target.name}: {exc}")
 

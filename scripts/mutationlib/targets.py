@@ -20,44 +20,107 @@ class Target:
 
 
 TARGETS = (
-    Target("apply", "src/fsnap/archive/apply.py",
-           ("tests/test_archive.py", "tests/test_breakout.py", "tests/test_layer_semantics.py")),
-    Target("resolve", "src/fsnap/archive/resolve.py",
-           ("tests/test_breakout.py", "tests/test_archive.py")),
-    Target("tree", "src/fsnap/mount/tree.py",
-           ("tests/test_mount_tree.py", "tests/test_mount_listing.py",
-            "tests/test_layer_semantics.py", "tests/test_inspect_provenance.py")),
-    Target("upper", "src/fsnap/mount/upper.py",
-           ("tests/test_rw_xattr_copyup.py", "tests/test_rw_posix.py",
-            "tests/test_rw_commit.py", "tests/test_rw_unprivileged.py")),
-    Target("rwfs", "src/fsnap/mount/rwfs.py",
-           ("tests/test_rw_posix.py", "tests/test_rw_xattr_copyup.py",
-            "tests/test_rw_commit.py", "tests/test_rw_unprivileged.py",
-            "tests/test_mount_readdir.py")),
-    Target("fs.readdir", "src/fsnap/mount/fs.py",
-           ("tests/test_mount_readdir.py", "tests/test_mount_listing.py"),
-           functions=("readdir", "opendir")),
-    Target("writer", "src/fsnap/content/writer.py",
-           ("tests/test_content_store.py", "tests/test_pull_faults.py")),
-    Target("store", "src/fsnap/content/store.py",
-           ("tests/test_content_store.py", "tests/test_gc.py")),
-    Target("auth", "src/fsnap/remotes/auth.py",
-           ("tests/test_remotes.py", "tests/test_pull_faults.py")),
-    Target("retry", "src/fsnap/remotes/retry.py",
-           ("tests/test_retry.py", "tests/test_remotes.py", "tests/test_pull_faults.py")),
-    Target("gc.mark", "src/fsnap/gc/mark.py",
-           ("tests/test_gc_mark.py", "tests/test_gc.py", "tests/test_gc_leases.py")),
+    Target(
+        "apply",
+        "src/fsnap/archive/apply.py",
+        ("tests/test_archive.py", "tests/test_breakout.py", "tests/test_layer_semantics.py"),
+    ),
+    Target(
+        "resolve",
+        "src/fsnap/archive/resolve.py",
+        ("tests/test_breakout.py", "tests/test_archive.py"),
+    ),
+    Target(
+        "tree",
+        "src/fsnap/mount/tree.py",
+        (
+            "tests/test_mount_tree.py",
+            "tests/test_mount_listing.py",
+            "tests/test_layer_semantics.py",
+            "tests/test_inspect_provenance.py",
+        ),
+    ),
+    Target(
+        "upper",
+        "src/fsnap/mount/upper.py",
+        (
+            "tests/test_rw_xattr_copyup.py",
+            "tests/test_rw_posix.py",
+            "tests/test_rw_commit.py",
+            "tests/test_rw_unprivileged.py",
+        ),
+    ),
+    Target(
+        "rwfs",
+        "src/fsnap/mount/rwfs.py",
+        (
+            "tests/test_rw_posix.py",
+            "tests/test_rw_xattr_copyup.py",
+            "tests/test_rw_commit.py",
+            "tests/test_rw_unprivileged.py",
+            "tests/test_mount_readdir.py",
+        ),
+    ),
+    Target(
+        "fs.readdir",
+        "src/fsnap/mount/fs.py",
+        ("tests/test_mount_readdir.py", "tests/test_mount_listing.py"),
+        functions=("readdir", "opendir"),
+    ),
+    Target(
+        "writer",
+        "src/fsnap/content/writer.py",
+        ("tests/test_content_store.py", "tests/test_pull_faults.py"),
+    ),
+    Target(
+        "store", "src/fsnap/content/store.py", ("tests/test_content_store.py", "tests/test_gc.py")
+    ),
+    Target(
+        "auth", "src/fsnap/remotes/auth.py", ("tests/test_remotes.py", "tests/test_pull_faults.py")
+    ),
+    Target(
+        "retry",
+        "src/fsnap/remotes/retry.py",
+        ("tests/test_retry.py", "tests/test_remotes.py", "tests/test_pull_faults.py"),
+    ),
+    Target(
+        "gc.mark",
+        "src/fsnap/gc/mark.py",
+        ("tests/test_gc_mark.py", "tests/test_gc.py", "tests/test_gc_leases.py"),
+    ),
 )
 
 # Operators kept (cosmic-ray's names). Replacing every binary operator by every other gives
 # eleven mutants per ``+``, nearly all killed by any test or equivalent: per site we keep
 # the one or two replacements a real slip would make (+/-, &/|, <</>>, < vs <=, == vs !=,
 # is vs is not, in vs not in), and every other operator whole.
-KEPT_BINARY = {"Add_Sub", "Sub_Add", "Mul_Add", "FloorDiv_Mul", "Mod_FloorDiv",
-               "BitAnd_BitOr", "BitOr_BitAnd", "BitXor_BitOr", "LShift_RShift",
-               "RShift_LShift", "Pow_Mul"}
-KEPT_COMPARISON = {"Eq_NotEq", "NotEq_Eq", "Lt_LtE", "LtE_Lt", "Gt_GtE", "GtE_Gt",
-                   "Is_IsNot", "IsNot_Is", "In_NotIn", "NotIn_In", "Lt_Gt", "Gt_Lt"}
+KEPT_BINARY = {
+    "Add_Sub",
+    "Sub_Add",
+    "Mul_Add",
+    "FloorDiv_Mul",
+    "Mod_FloorDiv",
+    "BitAnd_BitOr",
+    "BitOr_BitAnd",
+    "BitXor_BitOr",
+    "LShift_RShift",
+    "RShift_LShift",
+    "Pow_Mul",
+}
+KEPT_COMPARISON = {
+    "Eq_NotEq",
+    "NotEq_Eq",
+    "Lt_LtE",
+    "LtE_Lt",
+    "Gt_GtE",
+    "GtE_Gt",
+    "Is_IsNot",
+    "IsNot_Is",
+    "In_NotIn",
+    "NotIn_In",
+    "Lt_Gt",
+    "Gt_Lt",
+}
 
 
 def kept(operator: str) -> bool:

@@ -148,9 +148,7 @@ class Puller:
                     f"{desc.digest}: indexes nested more than {MAX_INDEX_DEPTH} deep"
                 )
             index = parse_index(desc, doc)
-            children = select_manifests(
-                index, self.options.wanted_platform(), ref=str(self.ref)
-            )
+            children = select_manifests(index, self.options.wanted_platform(), ref=str(self.ref))
             await self.store_document(desc, index_labels(index, children))
             async with trio.open_nursery() as nursery:
                 for child in children:

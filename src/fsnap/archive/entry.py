@@ -20,16 +20,28 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Kind = Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo", "socket",
-               "whiteout"]
+Kind = Literal["file", "dir", "symlink", "hardlink", "char", "block", "fifo", "socket", "whiteout"]
 
-KINDS: tuple[str, ...] = ("file", "dir", "symlink", "hardlink", "char", "block", "fifo",
-                          "socket", "whiteout")
+KINDS: tuple[str, ...] = (
+    "file",
+    "dir",
+    "symlink",
+    "hardlink",
+    "char",
+    "block",
+    "fifo",
+    "socket",
+    "whiteout",
+)
 # Linux shows every symlink as 0777 (lrwxrwxrwx) whatever mode a tar header gives it.
 SYMLINK_MODE = 0o777
 _MODE_KINDS: tuple[tuple[int, Kind], ...] = (
-    (stat.S_IFDIR, "dir"), (stat.S_IFREG, "file"), (stat.S_IFLNK, "symlink"),
-    (stat.S_IFCHR, "char"), (stat.S_IFBLK, "block"), (stat.S_IFIFO, "fifo"),
+    (stat.S_IFDIR, "dir"),
+    (stat.S_IFREG, "file"),
+    (stat.S_IFLNK, "symlink"),
+    (stat.S_IFCHR, "char"),
+    (stat.S_IFBLK, "block"),
+    (stat.S_IFIFO, "fifo"),
     (stat.S_IFSOCK, "socket"),
 )
 

@@ -204,4 +204,3 @@ class RootDir:
             remove_tree_at(parent_fd, name)
         else:
             os.unlink(name, dir_fd=parent_fd)
-

@@ -81,10 +81,16 @@ def opened_problems(client: Client) -> list[Problem]:
     report = client.snapshots.last_cleanup
     done = "removed when the store was opened"
     return [
-        *(Problem(ORPHAN, f"snapshots/{name}", "directory without a record", action=done,
-                  fixed=True) for name in report.removed_dirs),
-        *(Problem(ORPHAN, name, "snapshot record without a directory", action=done,
-                  fixed=True) for name in report.removed_keys),
+        *(
+            Problem(
+                ORPHAN, f"snapshots/{name}", "directory without a record", action=done, fixed=True
+            )
+            for name in report.removed_dirs
+        ),
+        *(
+            Problem(ORPHAN, name, "snapshot record without a directory", action=done, fixed=True)
+            for name in report.removed_keys
+        ),
     ]
 
 
@@ -106,7 +112,9 @@ def permissions(
         mode = stat.S_IMODE(st.st_mode)
         if mode != 0o700 or (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
             yield Problem(
-                PERMISSION, name, "not private",
+                PERMISSION,
+                name,
+                "not private",
                 f"mode {mode:04o} owner {st.st_uid}:{st.st_gid}; want 0700 "
                 f"{owner.st_uid}:{owner.st_gid}",
             )
@@ -173,8 +181,12 @@ def ingests(client: Client) -> Iterator[Problem]:
 
     for item in gc.plan_removals(client):
         if item.kind == gc.INGEST:
-            yield Problem(INGEST, item.name, "abandoned download",
-                          f"{item.size} bytes" + (f" of {item.detail}" if item.detail else ""))
+            yield Problem(
+                INGEST,
+                item.name,
+                "abandoned download",
+                f"{item.size} bytes" + (f" of {item.detail}" if item.detail else ""),
+            )
 
 
 # -- snapshots --------------------------------------------------------------------------------
@@ -193,8 +205,11 @@ class Mismatch:
 
     def describe(self) -> str:
         parts = []
-        for what, paths in (("missing", self.missing), ("not indexed", self.extra),
-                            ("changed", self.changed)):
+        for what, paths in (
+            ("missing", self.missing),
+            ("not indexed", self.extra),
+            ("changed", self.changed),
+        ):
             if paths:
                 shown = ", ".join(p or "/" for p in paths[:SHOWN_PATHS])
                 more = f" (+{len(paths) - SHOWN_PATHS} more)" if len(paths) > SHOWN_PATHS else ""
@@ -235,7 +250,8 @@ def compare_layer(fs_dir: Path, index: Iterable[Entry]) -> Mismatch:
         extra=sorted(p for p in on_disk if p not in recorded),
     )
     found.changed = sorted(
-        path for path, entry in on_disk.items()
+        path
+        for path, entry in on_disk.items()
         if path in recorded and _differs(entry, recorded[path])
     )
     return found
@@ -315,4 +331,3 @@ def _has_blob(content: ContentStore, digest: str) -> bool:
         return content.exists(digest)
     except FsnapError:
         return False
-

@@ -152,16 +152,20 @@ def _remove_broken_snapshot(client: Client, name: str) -> str:
     doomed = _subtree(infos, name)
     users = [n for n in doomed if infos[n].kind is not Kind.COMMITTED]
     if users:
-        return (f"left: {infos[users[0]].kind.value} snapshot {users[0]} is the user's "
-                "(commit or remove it, then repair again)")
+        return (
+            f"left: {infos[users[0]].kind.value} snapshot {users[0]} is the user's "
+            "(commit or remove it, then repair again)"
+        )
     mounted = sorted(set(doomed) & snapshots_in_use(client))
     if mounted:
         return f"left: a mount reads {mounted[0]}; unmount it, then repair again"
     restorable = _restorable_snapshots(client)
     lost = [n for n in doomed if n not in restorable]
     if lost:
-        return (f"left: no image in the store can restore {lost[0]} "
-                "(pull its image again, or remove it with `fsnap snapshots rm`)")
+        return (
+            f"left: no image in the store can restore {lost[0]} "
+            "(pull its image again, or remove it with `fsnap snapshots rm`)"
+        )
     for victim in reversed(doomed):  # breadth-first order reversed: children first
         sn.remove(victim)
     extra = f" and {len(doomed) - 1} built on it" if len(doomed) > 1 else ""
@@ -278,4 +282,3 @@ def _drop_dangling_labels(client: Client, found: list[Problem]) -> None:
         else:
             client.content.update_labels(owner, {key: ""})
             problem.action = "dropped the label"
-

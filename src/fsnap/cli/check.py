@@ -29,9 +29,10 @@ def register(subparsers: Any) -> None:
         "check", help="verify blobs, snapshots, images, labels and permissions of the store"
     )
     parser.add_argument(
-        "--repair", action="store_true",
+        "--repair",
+        action="store_true",
         help="remove what is broken or unreferenced; restore images from the content store "
-             "or their registry (never removes an active snapshot)",
+        "or their registry (never removes an active snapshot)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     add_registry_options(parser)

@@ -29,35 +29,57 @@ def register(subparsers: Any) -> None:
     parser = _command(subparsers, "inspect", "digests, config and layers of an image", inspect)
     parser.add_argument("--no-trunc", action="store_true", help="full digests")
 
-    parser = _command(subparsers, "history", "the config history (like docker history)",
-                      history)
+    parser = _command(subparsers, "history", "the config history (like docker history)", history)
     parser.add_argument("--no-trunc", action="store_true", help="full commands")
 
-    parser = _command(subparsers, "diff", "what layers added, modified and removed", diff,
-                      ref_help="image reference, or the key of a snapshot (vs its parent)")
-    parser.add_argument("path", nargs="?", default="/", metavar="PATH",
-                        help="only changes at or under this absolute path")
+    parser = _command(
+        subparsers,
+        "diff",
+        "what layers added, modified and removed",
+        diff,
+        ref_help="image reference, or the key of a snapshot (vs its parent)",
+    )
+    parser.add_argument(
+        "path",
+        nargs="?",
+        default="/",
+        metavar="PATH",
+        help="only changes at or under this absolute path",
+    )
     parser.add_argument("--layer", type=int, metavar="N", help="one layer (default: each)")
-    parser.add_argument("--from", dest="first", type=int, metavar="N",
-                        help="first layer of a range (default 0)")
-    parser.add_argument("--to", dest="last", type=int, metavar="M",
-                        help="last layer of a range (default: the top)")
+    parser.add_argument(
+        "--from", dest="first", type=int, metavar="N", help="first layer of a range (default 0)"
+    )
+    parser.add_argument(
+        "--to", dest="last", type=int, metavar="M", help="last layer of a range (default: the top)"
+    )
 
-    parser = _command(subparsers, "analyze", "wasted space and efficiency (dive's measures)",
-                      analyze)
+    parser = _command(
+        subparsers, "analyze", "wasted space and efficiency (dive's measures)", analyze
+    )
     parser.add_argument("--top", type=int, default=20, metavar="N", help="offenders listed")
-    parser.add_argument("--html", type=Path, metavar="FILE",
-                        help="also write a self-contained HTML report (charts per layer)")
-    parser.add_argument("--ci", action="store_true",
-                        help=f"check thresholds; exit {CI_FAILED} if one breaks")
-    parser.add_argument("--lowest-efficiency", metavar="RATIO",
-                        help=f"fail below (default {waste.DEFAULT_LOWEST_EFFICIENCY}; "
-                             "'disabled')")
-    parser.add_argument("--highest-wasted-bytes", metavar="SIZE",
-                        help="fail above, e.g. 20MB (default disabled)")
-    parser.add_argument("--highest-user-wasted-percent", metavar="RATIO",
-                        help=f"fail above (default {waste.DEFAULT_HIGHEST_USER_WASTED}; "
-                             "a ratio, 0.1 = 10%%)")
+    parser.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write a self-contained HTML report (charts per layer)",
+    )
+    parser.add_argument(
+        "--ci", action="store_true", help=f"check thresholds; exit {CI_FAILED} if one breaks"
+    )
+    parser.add_argument(
+        "--lowest-efficiency",
+        metavar="RATIO",
+        help=f"fail below (default {waste.DEFAULT_LOWEST_EFFICIENCY}; 'disabled')",
+    )
+    parser.add_argument(
+        "--highest-wasted-bytes", metavar="SIZE", help="fail above, e.g. 20MB (default disabled)"
+    )
+    parser.add_argument(
+        "--highest-user-wasted-percent",
+        metavar="RATIO",
+        help=f"fail above (default {waste.DEFAULT_HIGHEST_USER_WASTED}; a ratio, 0.1 = 10%%)",
+    )
 
     parser = _command(subparsers, "which", "which layer provides (or removed) a path", which_)
     parser.add_argument("path", metavar="PATH", help="absolute path in the image")
@@ -71,13 +93,15 @@ def register(subparsers: Any) -> None:
 
     parser = _command(subparsers, "du", "disk usage per directory and per layer", du)
     parser.add_argument("path", nargs="?", default="/", metavar="PATH")
-    parser.add_argument("--depth", type=_natural, default=1, metavar="D",
-                        help="directory levels listed (default 1)")
+    parser.add_argument(
+        "--depth", type=_natural, default=1, metavar="D", help="directory levels listed (default 1)"
+    )
     parser.add_argument("--no-trunc", action="store_true", help="full chain IDs")
 
 
-def _command(subparsers: Any, name: str, help_text: str, handler: Any,
-             ref_help: str = "image reference") -> argparse.ArgumentParser:
+def _command(
+    subparsers: Any, name: str, help_text: str, handler: Any, ref_help: str = "image reference"
+) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text)
     parser.add_argument("ref", metavar="REF", help=ref_help)
     parser.add_argument("--platform", help="os/arch[/variant] of a multi-platform image")
@@ -161,8 +185,14 @@ def analyze(client: Client, args: argparse.Namespace) -> int:
     image = _image(client, args)
     layers = unpacked_layers(client, image)
     analysis = waste.analyze(layers)
-    ci = args.ci or any(v is not None for v in (
-        args.lowest_efficiency, args.highest_wasted_bytes, args.highest_user_wasted_percent))
+    ci = args.ci or any(
+        v is not None
+        for v in (
+            args.lowest_efficiency,
+            args.highest_wasted_bytes,
+            args.highest_user_wasted_percent,
+        )
+    )
     verdicts = waste.check(analysis, _thresholds(args)) if ci else None
     doc = render.analyze_json(image.name, _names(image), analysis, max(args.top, 0), verdicts)
     if args.html is not None:
@@ -236,9 +266,11 @@ def _check_layer(index: int, top: int) -> None:
 def _thresholds(args: argparse.Namespace) -> waste.Thresholds:
     defaults = waste.Thresholds()
     return waste.Thresholds(
-        lowest_efficiency=defaults.lowest_efficiency if args.lowest_efficiency is None
+        lowest_efficiency=defaults.lowest_efficiency
+        if args.lowest_efficiency is None
         else waste.parse_ratio(args.lowest_efficiency),
-        highest_wasted_bytes=None if args.highest_wasted_bytes is None
+        highest_wasted_bytes=None
+        if args.highest_wasted_bytes is None
         else waste.parse_bytes(args.highest_wasted_bytes),
         highest_user_wasted_percent=defaults.highest_user_wasted_percent
         if args.highest_user_wasted_percent is None
@@ -246,8 +278,9 @@ def _thresholds(args: argparse.Namespace) -> waste.Thresholds:
     )
 
 
-def _diff_source(client: Client,
-                 args: argparse.Namespace) -> tuple[dict[str, Any], list[Layer], list[str]]:
+def _diff_source(
+    client: Client, args: argparse.Namespace
+) -> tuple[dict[str, Any], list[Layer], list[str]]:
     """An image (its unpacked layers) or, failing that, a snapshot key and its chain."""
     try:
         image = _image(client, args)
@@ -260,16 +293,19 @@ def _diff_source(client: Client,
     return {"image": image.name}, unpacked_layers(client, image), _names(image)
 
 
-def _snapshot_source(client: Client, key: str,
-                     chain: list[Any]) -> tuple[dict[str, Any], list[Layer], list[str]]:
+def _snapshot_source(
+    client: Client, key: str, chain: list[Any]
+) -> tuple[dict[str, Any], list[Layer], list[str]]:
     """A committed snapshot's index is complete; an active one's may hold only the
     metadata its directory cannot (a writable mount's overrides), so its directory is
     scanned, as ``commit`` would, with that index as overrides."""
     from fsnap.diff.scan import scan_snapshot
 
     snapshots = client.snapshots
-    layers = [Layer(snapshots.dir(info.name), snapshots.read_index(info.name), name=info.name)
-              for info in chain]
+    layers = [
+        Layer(snapshots.dir(info.name), snapshots.read_index(info.name), name=info.name)
+        for info in chain
+    ]
     top = chain[-1]
     if top.kind is Kind.VIEW:
         raise InvalidArgument(f"snapshot {key} is a view: it has no changes of its own")

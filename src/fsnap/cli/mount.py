@@ -27,8 +27,9 @@ def register(subparsers: Any) -> None:
         "writable; umount keeps it, `fsnap snapshots commit NAME KEY` commits it",
     )
     parser.add_argument(
-        "--key", metavar="KEY", help="with --rw: the active snapshot's key "
-        "(default: <image name>-rw-<random>)",
+        "--key",
+        metavar="KEY",
+        help="with --rw: the active snapshot's key (default: <image name>-rw-<random>)",
     )
     _add_mount_options(parser)
     parser.set_defaults(handler=mount_image)
@@ -101,8 +102,10 @@ def _report_mounted(info: manager.MountInfo, foreground: bool) -> None:
         print(f"unmounted {info.mountpoint}")
     else:
         how = "writable" if info.writable else "read-only"
-        print(f"mounted {info.source} at {info.mountpoint} {how} "
-              f"(daemon pid {info.pid}, log {info.log})")
+        print(
+            f"mounted {info.source} at {info.mountpoint} {how} "
+            f"(daemon pid {info.pid}, log {info.log})"
+        )
 
 
 def umount(client: Client, args: argparse.Namespace) -> int:
@@ -121,8 +124,16 @@ def mounts(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps([info.to_json() for info in found], indent=2))
         return 0
     rows = [("MOUNTPOINT", "SOURCE", "PID", "RESTARTS", "STATE")]
-    rows += [(i.mountpoint, i.source, str(i.pid), str(i.restarts),
-              f"{i.state}: {i.failure}" if i.failure else i.state) for i in found]
+    rows += [
+        (
+            i.mountpoint,
+            i.source,
+            str(i.pid),
+            str(i.restarts),
+            f"{i.state}: {i.failure}" if i.failure else i.state,
+        )
+        for i in found
+    ]
     widths = [max(len(row[col]) for row in rows) for col in range(4)]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]

@@ -49,8 +49,18 @@ RATE_WINDOW = 5.0
 SHORT_DIGEST = 12  # hex digits, as docker shows them
 
 State = Literal[
-    "waiting", "downloading", "uploading", "writing", "unpacking", "verifying", "done",
-    "exists", "mounted", "pushed", "unpacked", "failed",
+    "waiting",
+    "downloading",
+    "uploading",
+    "writing",
+    "unpacking",
+    "verifying",
+    "done",
+    "exists",
+    "mounted",
+    "pushed",
+    "unpacked",
+    "failed",
 ]
 FINAL = frozenset({"done", "exists", "mounted", "pushed", "unpacked", "failed"})
 # Phases whose bytes grow: their rows get a bar and a byte count.
@@ -217,9 +227,7 @@ def total_line(board: Board) -> str:
     done, total, rate, left = board.totals()
     elapsed = board.clock() - board.started
     eta = f", {duration(left)} left" if left is not None else ""
-    return (
-        f"total {sizes(done, total)}, {human_size(rate)}/s{eta}, elapsed {duration(elapsed)}"
-    )
+    return f"total {sizes(done, total)}, {human_size(rate)}/s{eta}, elapsed {duration(elapsed)}"
 
 
 def summary_line(verb: str, moved: int, elapsed: float) -> str:
@@ -348,8 +356,11 @@ class PlainView:
             for row in self.board.rows.values():
                 if row.state in MOVING and now - max(row.since, row.told) >= PLAIN_INTERVAL:
                     row.told = now
-                    print(f"{row.kind}-{row.digest}: {row.state} {row_words(row)}",
-                          file=self.stream, flush=True)
+                    print(
+                        f"{row.kind}-{row.digest}: {row.state} {row_words(row)}",
+                        file=self.stream,
+                        flush=True,
+                    )
 
 
 # -- observers: the library's calls onto a board ---------------------------------------------

@@ -25,7 +25,10 @@ def register(subparsers: Any) -> None:
 
     ls = commands.add_parser("ls", help="list snapshots")
     ls.add_argument(
-        "--filter", action="append", default=[], metavar="F",
+        "--filter",
+        action="append",
+        default=[],
+        metavar="F",
         help='e.g. kind==committed, parent==x, labels."k"==v (repeat: any may match)',
     )
     ls.add_argument("--json", action="store_true", help="print JSON")
@@ -142,8 +145,10 @@ def warn_sockets_left_out(paths: list[str]) -> None:
     """Say on stderr which Unix sockets a commit left out (they are not content)."""
     if paths:
         shown = ", ".join("/" + p for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
-        print(f"fsnap: warning: left {len(paths)} Unix socket(s) out of the layer: {shown}",
-              file=sys.stderr)
+        print(
+            f"fsnap: warning: left {len(paths)} Unix socket(s) out of the layer: {shown}",
+            file=sys.stderr,
+        )
 
 
 def commit_snapshot(client: Client, args: argparse.Namespace) -> int:
@@ -208,4 +213,3 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-

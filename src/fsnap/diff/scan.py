@@ -63,8 +63,9 @@ def without_sockets(entries: list[Entry]) -> tuple[list[Entry], list[str]]:
     if not sockets:
         return entries, []
     gone = set(sockets)  # with their other names (hard links to a socket)
-    kept = [e for e in entries if e.path not in gone and not (e.kind == "hardlink"
-                                                            and e.link in gone)]
+    kept = [
+        e for e in entries if e.path not in gone and not (e.kind == "hardlink" and e.link in gone)
+    ]
     return kept, sockets + [e.path for e in entries if e.kind == "hardlink" and e.link in gone]
 
 
@@ -226,7 +227,11 @@ class _Scanner:
             log.debug("index record of %r (%s) is stale: disk has a %s", path, recorded.kind, kind)
             return entry
         merged = dataclasses.replace(
-            recorded, path=path, size=entry.size, mtime=entry.mtime, atime=entry.atime,
+            recorded,
+            path=path,
+            size=entry.size,
+            mtime=entry.mtime,
+            atime=entry.atime,
             xattrs=dict(recorded.xattrs),
         )
         if recorded.kind == "hardlink":

@@ -26,9 +26,7 @@ def remove_image(client: Client, name: str) -> Image:
     if mounts:
         where = ", ".join(mount.mountpoint for mount in mounts)
         first = mounts[0].mountpoint
-        raise Busy(
-            f"image {image.name} is mounted at {where}: run `fsnap umount {first}` first"
-        )
+        raise Busy(f"image {image.name} is mounted at {where}: run `fsnap umount {first}` first")
     client.images.delete(image.name)
     return image
 

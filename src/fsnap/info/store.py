@@ -177,4 +177,3 @@ def no_space(root: Path) -> NoSpace:
         f"no space left on {root} ({state}): free space there "
         "(`fsnap gc` removes what no image uses) or choose another --root"
     )
-

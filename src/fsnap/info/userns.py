@@ -68,9 +68,7 @@ def require_user_namespaces() -> None:
         raise problem
 
 
-def userns_problem(
-    info: UsernsInfo, euid: int
-) -> UserNamespacesDisabled | ToolMissing | None:
+def userns_problem(info: UsernsInfo, euid: int) -> UserNamespacesDisabled | ToolMissing | None:
     """Why ``euid`` cannot create user namespaces, given what was probed; None if it can.
 
     The sysctls only name the cause: the real ``unshare`` decides whether there is one."""

@@ -72,8 +72,9 @@ def each_layer(layers: Iterable[Layer]) -> Iterator[LayerChanges]:
     """The changes of every layer, bottom first, folding the chain once."""
     builder = TreeBuilder()
     for index, layer in enumerate(layers):
-        found = LayerChanges(index, index, sorted(_layer_changes(builder, layer.entries),
-                                                  key=lambda c: c.path))
+        found = LayerChanges(
+            index, index, sorted(_layer_changes(builder, layer.entries), key=lambda c: c.path)
+        )
         builder.apply(layer)
         yield found
 
@@ -99,8 +100,10 @@ def layer_range(layers: list[Layer], first: int, last: int) -> LayerChanges:
                 whiteouts.add(entry.path)
             elif entry.kind == "dir" and entry.opaque:
                 opaques.add(entry.path)
-    changes = [*_added_or_modified(lower, upper, first), *_removed(lower, upper, whiteouts,
-                                                                     opaques)]
+    changes = [
+        *_added_or_modified(lower, upper, first),
+        *_removed(lower, upper, whiteouts, opaques),
+    ]
     return LayerChanges(first, last, sorted(changes, key=lambda c: c.path))
 
 
@@ -131,24 +134,42 @@ def _compare(entry: Entry, old: Node | None) -> Change | None:
     if entry.kind == "dir" and old.is_dir and not entry.opaque and _same_dir(entry, old):
         return None
     lower_size = subtree(old)[0] if old.is_dir else old.size
-    return Change(path, "modified", entry.kind, _size(entry), opaque=entry.opaque,
-                  lower_layer=old.layer, lower_size=lower_size)
+    return Change(
+        path,
+        "modified",
+        entry.kind,
+        _size(entry),
+        opaque=entry.opaque,
+        lower_layer=old.layer,
+        lower_size=lower_size,
+    )
 
 
 def _opaque_hides(node: Node | None, path: str, named: set[str]) -> Iterator[Change]:
     if node is None or node.children is None:
         return
     for name, child in node.children.items():
-        child_path = f"{path}/{name.decode('utf-8', 'surrogateescape')}" if path else \
-            name.decode("utf-8", "surrogateescape")
+        child_path = (
+            f"{path}/{name.decode('utf-8', 'surrogateescape')}"
+            if path
+            else name.decode("utf-8", "surrogateescape")
+        )
         if child_path not in named:
             yield _removal(child_path, child, "opaque")
 
 
 def _removal(path: str, hidden: Node, cause: Cause) -> Change:
     size, count = subtree(hidden)
-    return Change("/" + path, "removed", node_kind(hidden), size, count, cause,
-                  lower_layer=hidden.layer, lower_size=size)
+    return Change(
+        "/" + path,
+        "removed",
+        node_kind(hidden),
+        size,
+        count,
+        cause,
+        lower_layer=hidden.layer,
+        lower_size=size,
+    )
 
 
 def _same_dir(entry: Entry, node: Node) -> bool:
@@ -180,22 +201,30 @@ def _added_or_modified(lower: MergedTree, upper: MergedTree, first: int) -> Iter
             yield Change("/" + path, "added", kind, size)
         elif not (old.is_dir and node.is_dir and _same_node_attrs(old, node)):
             lower_size = subtree(old)[0] if old.is_dir else old.size
-            yield Change("/" + path, "modified", kind, size, lower_layer=old.layer,
-                         lower_size=lower_size)
+            yield Change(
+                "/" + path, "modified", kind, size, lower_layer=old.layer, lower_size=lower_size
+            )
 
 
-def _removed(lower: MergedTree, upper: MergedTree, whiteouts: set[str],
-             opaques: set[str]) -> Iterator[Change]:
+def _removed(
+    lower: MergedTree, upper: MergedTree, whiteouts: set[str], opaques: set[str]
+) -> Iterator[Change]:
     """Top-most lower paths missing above (a removed directory is one change)."""
     stack: list[tuple[str, Node]] = [("", lower.root)]
     while stack:
         path, node = stack.pop()
         for name, child in (node.children or {}).items():
-            child_path = f"{path}/{name.decode('utf-8', 'surrogateescape')}" if path else \
-                name.decode("utf-8", "surrogateescape")
+            child_path = (
+                f"{path}/{name.decode('utf-8', 'surrogateescape')}"
+                if path
+                else name.decode("utf-8", "surrogateescape")
+            )
             if upper.lookup(child_path) is None:
-                cause: Cause = "whiteout" if child_path in whiteouts else (
-                    "opaque" if path in opaques else "replaced")
+                cause: Cause = (
+                    "whiteout"
+                    if child_path in whiteouts
+                    else ("opaque" if path in opaques else "replaced")
+                )
                 yield _removal(child_path, child, cause)
             elif child.is_dir:
                 stack.append((child_path, child))

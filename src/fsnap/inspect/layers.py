@@ -134,8 +134,13 @@ def unpacked_layers(client: Client, image: ImageLayers) -> list[Layer]:
                 f"image {image.name} is not unpacked (layer {info.index} has no snapshot "
                 f"{info.chain_id}): run `fsnap pull {image.name}` to unpack it"
             ) from None
-        out.append(Layer(snapshots.dir(info.chain_id), snapshots.read_index(info.chain_id),
-                         name=info.chain_id))
+        out.append(
+            Layer(
+                snapshots.dir(info.chain_id),
+                snapshots.read_index(info.chain_id),
+                name=info.chain_id,
+            )
+        )
     return out
 
 

@@ -22,8 +22,18 @@ from fsnap.inspect.waste import Analysis
 from fsnap.mount.tree import MergedTree, Node
 from fsnap.progress import human_size
 
-PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
-           "#ff9da7", "#9c755f", "#bab0ac")
+PALETTE = (
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+)
 BAR_WIDTH = 480
 SUNBURST = 420  # px, the chart's side
 MAX_SEGMENTS = 60  # children per ring segment drawn (the rest go into "other")
@@ -145,13 +155,15 @@ def _sunburst(root: Slice) -> str:
             inner += layer_span
         angle += span
     label = f"<text x='{centre}' y='{centre}' text-anchor='middle'>{human_size(root.size)}</text>"
-    return (f"<svg class='sunburst' id='sunburst' width='{SUNBURST}' height='{SUNBURST}' "
-            f"role='img' aria-label='bytes by directory'>{''.join(paths)}{label}</svg>")
+    return (
+        f"<svg class='sunburst' id='sunburst' width='{SUNBURST}' height='{SUNBURST}' "
+        f"role='img' aria-label='bytes by directory'>{''.join(paths)}{label}</svg>"
+    )
 
 
 def _capped(items: list[Slice]) -> Iterable[Slice]:
     shown = [s for s in items if s.size > 0][:MAX_SEGMENTS]
-    rest = items[len(shown):]
+    rest = items[len(shown) :]
     yield from shown
     if any(s.size for s in rest):
         other = Slice("other")
@@ -161,8 +173,9 @@ def _capped(items: list[Slice]) -> Iterable[Slice]:
         yield other
 
 
-def _arc(c: float, ring: tuple[float, float], start: float, span: float, part: Slice,
-         title: str) -> str:
+def _arc(
+    c: float, ring: tuple[float, float], start: float, span: float, part: Slice, title: str
+) -> str:
     if span <= 0:
         return ""
     span = min(span, 2 * math.pi - 1e-6)
@@ -173,11 +186,15 @@ def _arc(c: float, ring: tuple[float, float], start: float, span: float, part: S
     def point(r: float, a: float) -> str:
         return f"{c + r * math.sin(a):.2f},{c - r * math.cos(a):.2f}"
 
-    d = (f"M{point(r0, start)} L{point(r1, start)} A{r1},{r1} 0 {large} 1 {point(r1, end)} "
-         f"L{point(r0, end)} A{r0},{r0} 0 {large} 0 {point(r0, start)} Z")
+    d = (
+        f"M{point(r0, start)} L{point(r1, start)} A{r1},{r1} 0 {large} 1 {point(r1, end)} "
+        f"L{point(r0, end)} A{r0},{r0} 0 {large} 0 {point(r0, start)} Z"
+    )
     tip = f"{title}: {human_size(part.size)}, mostly layer {part.layer}"
-    return (f"<path d='{d}' fill='{colour(part.layer)}' stroke='white' stroke-width='0.5'>"
-            f"<title>{escape(tip)}</title></path>")
+    return (
+        f"<path d='{d}' fill='{colour(part.layer)}' stroke='white' stroke-width='0.5'>"
+        f"<title>{escape(tip)}</title></path>"
+    )
 
 
 def _legend(count: int) -> str:
@@ -196,8 +213,10 @@ def _offenders(analysis: Analysis) -> str:
         f"<td>{', '.join(str(v.layer) for v in o.versions)}</td></tr>"
         for o in analysis.offenders[:OFFENDERS]
     )
-    return ("<table class='offenders' id='offenders'><tr><th>path</th><th>wasted</th>"
-            f"<th>layers</th></tr>{rows}</table>")
+    return (
+        "<table class='offenders' id='offenders'><tr><th>path</th><th>wasted</th>"
+        f"<th>layers</th></tr>{rows}</table>"
+    )
 
 
 STYLE = """

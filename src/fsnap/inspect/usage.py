@@ -61,8 +61,9 @@ def _rows(node: Node, path: str, level: int, depth: int | None) -> Iterator[Tree
         return
     for name in sorted(node.children):
         child = node.children[name]
-        yield from _rows(child, f"{path}/{name.decode('utf-8', 'surrogateescape')}", level + 1,
-                         depth)
+        yield from _rows(
+            child, f"{path}/{name.decode('utf-8', 'surrogateescape')}", level + 1, depth
+        )
 
 
 def _row(node: Node, path: str, level: int) -> TreeRow:
@@ -81,15 +82,19 @@ def layer_rows(layers: list[Layer], index: int, inner: str, depth: int | None) -
         level = (entry.path.count("/") + 1 if entry.path else 0) - base
         if depth is not None and level > depth:
             continue
-        mark = "whiteout" if entry.kind == "whiteout" else (
-            "opaque" if entry.opaque else ("implicit" if entry.implicit else ""))
+        mark = (
+            "whiteout"
+            if entry.kind == "whiteout"
+            else ("opaque" if entry.opaque else ("implicit" if entry.implicit else ""))
+        )
         size = entry.size if entry.kind in ("file", "hardlink") else 0
         rows.append(TreeRow("/" + entry.path, level, entry.kind, size, index, entry.link, mark))
     return rows
 
 
-def disk_usage(layers: list[Layer], names: list[str], inner: str,
-               depth: int) -> tuple[list[DirUsage], list[LayerUsage]]:
+def disk_usage(
+    layers: list[Layer], names: list[str], inner: str, depth: int
+) -> tuple[list[DirUsage], list[LayerUsage]]:
     """Per directory of the merged view under ``inner`` (to ``depth``), and per layer."""
     merged = MergedTree.build(layers)
     top = _existing(merged, inner)
@@ -107,8 +112,15 @@ def disk_usage(layers: list[Layer], names: list[str], inner: str,
     return dirs, per_layer
 
 
-def _dir_usage(node: Node, path: str, level: int, depth: int, out: list[DirUsage],
-               visible: list[int], seen: set[int]) -> tuple[int, int]:
+def _dir_usage(
+    node: Node,
+    path: str,
+    level: int,
+    depth: int,
+    out: list[DirUsage],
+    visible: list[int],
+    seen: set[int],
+) -> tuple[int, int]:
     """Post-order: (bytes, entries) below ``node``; directories to ``depth`` go to ``out``."""
     size = entries = 0
     assert node.children is not None
@@ -116,8 +128,9 @@ def _dir_usage(node: Node, path: str, level: int, depth: int, out: list[DirUsage
         entries += 1
         if child.children is not None:
             child_path = f"{path.rstrip('/')}/{name.decode('utf-8', 'surrogateescape')}"
-            sub_size, sub_entries = _dir_usage(child, child_path, level + 1, depth, out,
-                                               visible, seen)
+            sub_size, sub_entries = _dir_usage(
+                child, child_path, level + 1, depth, out, visible, seen
+            )
             size += sub_size
             entries += sub_entries
         elif child.source is not None and id(child) not in seen:

@@ -23,8 +23,19 @@ from fsnap.mount.tree import Layer, MergedTree
 # dive's CI defaults: --lowest-efficiency 0.9, --highest-user-wasted-percent 0.1
 DEFAULT_LOWEST_EFFICIENCY = 0.9
 DEFAULT_HIGHEST_USER_WASTED = 0.1
-_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 1000**2, "MB": 1000**2,
-          "MIB": 1024**2, "G": 1000**3, "GB": 1000**3, "GIB": 1024**3}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "KIB": 1024,
+    "M": 1000**2,
+    "MB": 1000**2,
+    "MIB": 1024**2,
+    "G": 1000**3,
+    "GB": 1000**3,
+    "GIB": 1024**3,
+}
 
 
 @dataclass(frozen=True)
@@ -121,19 +132,32 @@ def check(analysis: Analysis, limits: Thresholds) -> list[Verdict]:
     """Every enabled threshold against ``analysis``."""
     verdicts = []
     if limits.lowest_efficiency is not None:
-        verdicts.append(Verdict("lowest-efficiency", limits.lowest_efficiency,
-                                analysis.efficiency,
-                                analysis.efficiency >= limits.lowest_efficiency))
+        verdicts.append(
+            Verdict(
+                "lowest-efficiency",
+                limits.lowest_efficiency,
+                analysis.efficiency,
+                analysis.efficiency >= limits.lowest_efficiency,
+            )
+        )
     if limits.highest_wasted_bytes is not None:
-        verdicts.append(Verdict("highest-wasted-bytes", limits.highest_wasted_bytes,
-                                analysis.wasted_bytes,
-                                analysis.wasted_bytes <= limits.highest_wasted_bytes))
+        verdicts.append(
+            Verdict(
+                "highest-wasted-bytes",
+                limits.highest_wasted_bytes,
+                analysis.wasted_bytes,
+                analysis.wasted_bytes <= limits.highest_wasted_bytes,
+            )
+        )
     if limits.highest_user_wasted_percent is not None:
-        verdicts.append(Verdict("highest-user-wasted-percent",
-                                limits.highest_user_wasted_percent,
-                                analysis.user_wasted_percent,
-                                analysis.user_wasted_percent
-                                <= limits.highest_user_wasted_percent))
+        verdicts.append(
+            Verdict(
+                "highest-user-wasted-percent",
+                limits.highest_user_wasted_percent,
+                analysis.user_wasted_percent,
+                analysis.user_wasted_percent <= limits.highest_user_wasted_percent,
+            )
+        )
     return verdicts
 
 
@@ -158,7 +182,7 @@ def parse_bytes(text: str) -> int | None:
         return None
     cleaned = text.strip().upper()
     number = cleaned.rstrip("BKMGI")
-    unit = cleaned[len(number):]
+    unit = cleaned[len(number) :]
     if unit not in _UNITS:
         raise InvalidArgument(f"unknown size unit in {text!r}")
     try:

@@ -68,15 +68,17 @@ def which(layers: list[Layer], inner: str) -> Which:
     if node is not None:
         answer.provider = node.layer
         answer.kind = next((s.kind for s in reversed(sightings) if s.action != "removed"), "dir")
-        answer.shadowed = [s.layer for s in sightings
-                           if s.action != "removed" and s.layer < node.layer]
+        answer.shadowed = [
+            s.layer for s in sightings if s.action != "removed" and s.layer < node.layer
+        ]
     else:
         answer.hidden_by = next((s for s in reversed(sightings) if s.action == "removed"), None)
     return answer
 
 
-def _removal(index: int, inner: str, by_path: dict[str, Entry],
-             own: Entry | None) -> Sighting | None:
+def _removal(
+    index: int, inner: str, by_path: dict[str, Entry], own: Entry | None
+) -> Sighting | None:
     """How layer ``index`` removes ``inner`` from beneath, if it does."""
     parts = inner.split("/") if inner else []
     for depth in range(1, len(parts) + 1):

@@ -25,8 +25,7 @@ import shutil
 log = logging.getLogger(__name__)
 
 # Answers that mean "this file system does not do that", not "this request is wrong".
-REFUSALS = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS,
-                      errno.EXDEV})
+REFUSALS = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS, errno.EXDEV})
 NOWAIT = "RWF_NOWAIT"
 COPY_RANGE = "copy_file_range"
 _COPY_CHUNK = 8 << 20
@@ -98,7 +97,7 @@ def open_any_depth(path: str | bytes, flags: int) -> int:
     walk = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
     fd = os.open(raw[:cut] or b"/", walk)
     try:
-        *dirs, name = raw[cut + 1:].split(b"/")
+        *dirs, name = raw[cut + 1 :].split(b"/")
         for part in dirs:
             step = os.open(part, walk | os.O_NOFOLLOW, dir_fd=fd)
             os.close(fd)
@@ -155,8 +154,7 @@ def copy_all(src: int, dst: int) -> None:
                 if exc.errno not in REFUSALS:
                     raise
                 LEARNT.refused(pair, src)
-        with open(src, "rb", closefd=False) as reader, \
-                open(dst, "wb", closefd=False) as writer:
+        with open(src, "rb", closefd=False) as reader, open(dst, "wb", closefd=False) as writer:
             shutil.copyfileobj(reader, writer, _COPY_CHUNK)
     finally:
         LEARNT.forget(src)

@@ -94,8 +94,12 @@ class MountInfo:
 # --- public API ------------------------------------------------------------------------
 
 
-def mount_image(client: Client, ref: str, mountpoint: str | os.PathLike[str],
-                options: MountOptions | None = None) -> MountInfo:
+def mount_image(
+    client: Client,
+    ref: str,
+    mountpoint: str | os.PathLike[str],
+    options: MountOptions | None = None,
+) -> MountInfo:
     """Mount image ``ref``'s root filesystem read-only at ``mountpoint``."""
     options = options or MountOptions()
     mnt = check_mountpoint(client, mountpoint)
@@ -104,9 +108,13 @@ def mount_image(client: Client, ref: str, mountpoint: str | os.PathLike[str],
     return _start(client, info, {"snapshot": key}, options)
 
 
-def mount_image_writable(client: Client, ref: str, mountpoint: str | os.PathLike[str],
-                         key: str | None = None,
-                         options: MountOptions | None = None) -> MountInfo:
+def mount_image_writable(
+    client: Client,
+    ref: str,
+    mountpoint: str | os.PathLike[str],
+    key: str | None = None,
+    options: MountOptions | None = None,
+) -> MountInfo:
     """Prepare active snapshot ``key`` (default ``<image name>-rw-<random>``) on image
     ``ref``'s top snapshot and mount it writable; a failed mount removes it again."""
     options = options or MountOptions()
@@ -122,16 +130,19 @@ def mount_image_writable(client: Client, ref: str, mountpoint: str | os.PathLike
         raise
 
 
-def mount_active(client: Client, key: str, mountpoint: str | os.PathLike[str],
-                 options: MountOptions | None = None) -> MountInfo:
+def mount_active(
+    client: Client,
+    key: str,
+    mountpoint: str | os.PathLike[str],
+    options: MountOptions | None = None,
+) -> MountInfo:
     """Mount active snapshot ``key`` writable over its parents. While mounted, the
     snapshotter refuses to commit or remove it (one writable mount per snapshot)."""
     mnt = check_mountpoint(client, mountpoint)
     client.snapshots.set_mounted(key, mnt)
     try:
         info = MountInfo(mnt, key, "active", source.snapshot_chain(client, key), writable=key)
-        return _start(client, info, {"snapshot": key, "writable": True},
-                      options or MountOptions())
+        return _start(client, info, {"snapshot": key, "writable": True}, options or MountOptions())
     except BaseException:
         with contextlib.suppress(FsnapError):
             client.snapshots.set_mounted(key, None)
@@ -156,8 +167,12 @@ def _image_name(ref: str) -> str:
     return name or "image"
 
 
-def mount_snapshot(client: Client, key: str, mountpoint: str | os.PathLike[str],
-                   options: MountOptions | None = None) -> MountInfo:
+def mount_snapshot(
+    client: Client,
+    key: str,
+    mountpoint: str | os.PathLike[str],
+    options: MountOptions | None = None,
+) -> MountInfo:
     """Mount snapshot ``key`` with its parents: writable if it is active, else read-only."""
     if client.snapshots.stat(key).kind is Kind.ACTIVE:
         return mount_active(client, key, mountpoint, options)
@@ -166,8 +181,12 @@ def mount_snapshot(client: Client, key: str, mountpoint: str | os.PathLike[str],
     return _start(client, info, {"snapshot": key}, options or MountOptions())
 
 
-def mount_layers(client: Client, dirs: list[Path], mountpoint: str | os.PathLike[str],
-                 options: MountOptions | None = None) -> MountInfo:
+def mount_layers(
+    client: Client,
+    dirs: list[Path],
+    mountpoint: str | os.PathLike[str],
+    options: MountOptions | None = None,
+) -> MountInfo:
     """Mount bare layer directories (each with ``<dir>.index``), bottom first: for tests
     and benchmarks that need no image store."""
     mnt = check_mountpoint(client, mountpoint)
@@ -221,8 +240,12 @@ def fuse_options(name: str, options: MountOptions, writable: bool = False) -> li
     """FUSE mount options: read-only unless ``writable``, kernel permission checks, fsnap in
     /proc/mounts. libfuse mounts nosuid,nodev unless told ``suid``/``dev``, so lifting them
     takes the explicit option, not just leaving the other one out."""
-    opts = [f"fsname=fsnap:{name.replace(',', '_')}", "subtype=fsnap",
-            "rw" if writable else "ro", "default_permissions"]
+    opts = [
+        f"fsname=fsnap:{name.replace(',', '_')}",
+        "subtype=fsnap",
+        "rw" if writable else "ro",
+        "default_permissions",
+    ]
     if os.geteuid() == 0:
         opts.append("allow_other")
     opts.append("suid" if options.suid else "nosuid")
@@ -365,16 +388,23 @@ def _not_connected(mnt: str) -> bool:
 # --- daemon lifecycle ---------------------------------------------------------------------
 
 
-def _start(client: Client, info: MountInfo, spec_source: dict[str, Any],
-           options: MountOptions) -> MountInfo:
+def _start(
+    client: Client, info: MountInfo, spec_source: dict[str, Any], options: MountOptions
+) -> MountInfo:
     require_fuse()  # before any record or daemon: a missing /dev/fuse is named, with the fix
     record = _record_path(client, info.mountpoint)
     info.log = str(record.with_suffix(".log"))
     info.options = fuse_options(info.source, options, writable=bool(info.writable))
-    spec = {"root": str(client.root), "mountpoint": info.mountpoint, "options": info.options,
-            "state": str(record), "provenance": options.provenance,
-            "index_metadata": options.index_metadata, "shift_ids": options.shift_ids,
-            **spec_source}
+    spec = {
+        "root": str(client.root),
+        "mountpoint": info.mountpoint,
+        "options": info.options,
+        "state": str(record),
+        "provenance": options.provenance,
+        "index_metadata": options.index_metadata,
+        "shift_ids": options.shift_ids,
+        **spec_source,
+    }
     _write_record(record, info, exclusive=True)
     try:
         if options.foreground:

@@ -55,8 +55,7 @@ _T = TypeVar("_T")
 class Overrides:
     """Where override entries go: two callables, so the file system needs no store."""
 
-    def __init__(self, put: Callable[[Entry], None],
-                 delete: Callable[[str, bool], None]) -> None:
+    def __init__(self, put: Callable[[Entry], None], delete: Callable[[str, bool], None]) -> None:
         self.put = put
         self.delete = delete
 
@@ -187,10 +186,18 @@ class WritableFS(MergedFS):
         xattrs = {os.fsdecode(k): v for k, v in (node.xattrs or {}).items()}
         kind = kind_of_mode(node.mode)
         return Entry(
-            path=os.fsdecode(rel), kind=kind, mode=node.mode & 0o7777, uid=node.uid,
-            gid=node.gid, size=node.size if kind == "file" else 0, mtime=node.mtime,
-            link=os.fsdecode(node.link or b""), devmajor=os.major(node.rdev),
-            devminor=os.minor(node.rdev), xattrs=xattrs, atime=node.atime,
+            path=os.fsdecode(rel),
+            kind=kind,
+            mode=node.mode & 0o7777,
+            uid=node.uid,
+            gid=node.gid,
+            size=node.size if kind == "file" else 0,
+            mtime=node.mtime,
+            link=os.fsdecode(node.link or b""),
+            devmajor=os.major(node.rdev),
+            devminor=os.minor(node.rdev),
+            xattrs=xattrs,
+            atime=node.atime,
         )
 
     def _lower_at(self, parent: Node, name: bytes) -> bool | None:
@@ -330,17 +337,32 @@ class WritableFS(MergedFS):
                 perms |= stat.S_ISGID
         return self.ids.uid_in(ctx.uid), gid, perms
 
-    async def _create_node(self, parent_inode: int, name: bytes, kind: Kind, mode: int,
-                           ctx: pyfuse3.RequestContext, link: bytes = b"",
-                           rdev: int = 0) -> Node:
+    async def _create_node(
+        self,
+        parent_inode: int,
+        name: bytes,
+        kind: Kind,
+        mode: int,
+        ctx: pyfuse3.RequestContext,
+        link: bytes = b"",
+        rdev: int = 0,
+    ) -> Node:
         parent = self._dir(parent_inode)
         self._check_new_name(name)
         await self._make_room(parent, name)
         uid, gid, perms = self._owner(parent, ctx, mode)
         rel = join(self._path(parent), name)
-        entry = Entry(path=os.fsdecode(rel), kind=kind, mode=perms, uid=uid, gid=gid,
-                      mtime=time.time_ns(), link=os.fsdecode(link),
-                      devmajor=os.major(rdev), devminor=os.minor(rdev))
+        entry = Entry(
+            path=os.fsdecode(rel),
+            kind=kind,
+            mode=perms,
+            uid=uid,
+            gid=gid,
+            mtime=time.time_ns(),
+            link=os.fsdecode(link),
+            devmajor=os.major(rdev),
+            devminor=os.minor(rdev),
+        )
         opaque = kind == "dir" and bool(self._lower_at(parent, name))
         await _disk(self.upper.place, rel, entry, None, opaque)
         node = self._new_node(entry)
@@ -353,8 +375,9 @@ class WritableFS(MergedFS):
 
     # --- lookups ------------------------------------------------------------------------------
 
-    async def lookup(self, parent_inode: int, name: bytes,
-                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         if len(name) > NAME_MAX:
             raise _fail(errno.ENAMETOOLONG)
         return await super().lookup(parent_inode, name, ctx)
@@ -365,37 +388,41 @@ class WritableFS(MergedFS):
 
     # --- creating -------------------------------------------------------------------------------
 
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
-                                                           pyfuse3.EntryAttributes]:
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         async with self._lock:
             node = await self._create_node(parent_inode, name, "file", mode, ctx)
             fd = await _disk(self.upper.open, self._path(node), os.O_RDWR)
         self._open[fd] = node
         return pyfuse3.FileInfo(fh=fd), self._attrs(node)
 
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         async with self._lock:
-            node = await self._create_node(parent_inode, name, kind_of_mode(mode), mode, ctx,
-                                           rdev=rdev)
+            node = await self._create_node(
+                parent_inode, name, kind_of_mode(mode), mode, ctx, rdev=rdev
+            )
         return self._attrs(node)
 
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
-                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         async with self._lock:
             node = await self._create_node(parent_inode, name, "dir", stat.S_IFDIR | mode, ctx)
         return self._attrs(node)
 
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         async with self._lock:
-            node = await self._create_node(parent_inode, name, "symlink", 0o777, ctx,
-                                           link=target)
+            node = await self._create_node(parent_inode, name, "symlink", 0o777, ctx, link=target)
         return self._attrs(node)
 
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         async with self._lock:
             node = self._node(inode)
             if node.is_dir:
@@ -444,8 +471,15 @@ class WritableFS(MergedFS):
 
     # --- renaming -------------------------------------------------------------------------------
 
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
-                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         if flags & RENAME_EXCHANGE and flags & RENAME_NOREPLACE or flags & ~_RENAME_FLAGS:
             raise _fail(errno.EINVAL)
         async with self._lock:
@@ -461,8 +495,7 @@ class WritableFS(MergedFS):
                 if target is not node:
                     self._check_inside(node, new_parent)
                     self._check_inside(target, old_parent)
-                    await self._exchange(old_parent, name_old, new_parent, name_new, node,
-                                         target)
+                    await self._exchange(old_parent, name_old, new_parent, name_new, node, target)
                 return
             if target is node:
                 return
@@ -478,8 +511,15 @@ class WritableFS(MergedFS):
                     raise _fail(errno.EINVAL)
                 above = above.parent
 
-    async def _exchange(self, old_parent: Node, name_old: bytes, new_parent: Node,
-                        name_new: bytes, node: Node, target: Node) -> None:
+    async def _exchange(
+        self,
+        old_parent: Node,
+        name_old: bytes,
+        new_parent: Node,
+        name_new: bytes,
+        node: Node,
+        target: Node,
+    ) -> None:
         """``RENAME_EXCHANGE``: both objects are copied up (directories with all they
         hold, made opaque: they may land where other lower directories are), then swapped
         in the upper directory in one ``renameat2``; neither name needs a whiteout, since
@@ -499,8 +539,7 @@ class WritableFS(MergedFS):
         await self._sync_tree(node)
         await self._sync_tree(target)
 
-    def _check_rename(self, node: Node, new_parent: Node, target: Node | None,
-                      flags: int) -> None:
+    def _check_rename(self, node: Node, new_parent: Node, target: Node | None, flags: int) -> None:
         if target is not None:
             if flags & RENAME_NOREPLACE:
                 raise _fail(errno.EEXIST)
@@ -519,16 +558,24 @@ class WritableFS(MergedFS):
         else:
             await self._up(node)
 
-    async def _up_move(self, old_parent: Node, name_old: bytes, new_parent: Node,
-                       name_new: bytes, node: Node) -> tuple[bytes, bytes]:
+    async def _up_move(
+        self, old_parent: Node, name_old: bytes, new_parent: Node, name_new: bytes, node: Node
+    ) -> tuple[bytes, bytes]:
         """Copy up what a move of ``node`` needs; its old and new upper paths."""
         await self._up_movable(node)
         await self._up_dir(new_parent)
         await self._up_dir(old_parent)
         return join(self._path(old_parent), name_old), join(self._path(new_parent), name_new)
 
-    async def _move(self, old_parent: Node, name_old: bytes, new_parent: Node,
-                    name_new: bytes, node: Node, target: Node | None) -> None:
+    async def _move(
+        self,
+        old_parent: Node,
+        name_old: bytes,
+        new_parent: Node,
+        name_new: bytes,
+        node: Node,
+        target: Node | None,
+    ) -> None:
         old_rel, new_rel = await self._up_move(old_parent, name_old, new_parent, name_new, node)
         below = self._lower_at(old_parent, name_old) is not None
         whiteout = (self._path(old_parent), name_old) if below else None
@@ -548,9 +595,14 @@ class WritableFS(MergedFS):
 
     # --- attributes ------------------------------------------------------------------------------
 
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
-                      fields: pyfuse3.SetattrFields, fh: int | None,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         async with self._lock:
             node = self._node(inode)
             truncate = fields.update_size
@@ -571,15 +623,22 @@ class WritableFS(MergedFS):
             if truncate:
                 await _disk(self.upper.truncate, rel, attr.st_size)
             if fields.update_atime or fields.update_mtime:
-                await _disk(self.upper.set_times, rel,
-                            attr.st_atime_ns if fields.update_atime else None,
-                            attr.st_mtime_ns if fields.update_mtime else None)
+                await _disk(
+                    self.upper.set_times,
+                    rel,
+                    attr.st_atime_ns if fields.update_atime else None,
+                    attr.st_mtime_ns if fields.update_mtime else None,
+                )
             await self._refresh(node)
         return self._attrs(node)
 
-    async def _setattr_unlinked(self, node: Node, attr: pyfuse3.EntryAttributes,
-                                fields: pyfuse3.SetattrFields,
-                                fh: int | None) -> pyfuse3.EntryAttributes:
+    async def _setattr_unlinked(
+        self,
+        node: Node,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+    ) -> pyfuse3.EntryAttributes:
         """An open file with no name left: only its descriptor reaches it."""
         if fh is None or fh not in self._open:
             raise _fail(errno.ESTALE)
@@ -637,8 +696,9 @@ class WritableFS(MergedFS):
 
     # --- extended attributes -----------------------------------------------------------------
 
-    async def setxattr(self, inode: int, name: bytes, value: bytes,
-                       ctx: pyfuse3.RequestContext) -> None:
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
         await self._change_xattr(inode, name, value)
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -668,16 +728,22 @@ class WritableFS(MergedFS):
         """The upper file system's numbers: that is where new data goes."""
         st = await _disk(os.statvfs, self.upper.fs)
         data = pyfuse3.StatvfsData()
-        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
-                     "f_ffree", "f_favail"):
+        for name in (
+            "f_bsize",
+            "f_frsize",
+            "f_blocks",
+            "f_bfree",
+            "f_bavail",
+            "f_files",
+            "f_ffree",
+            "f_favail",
+        ):
             setattr(data, name, getattr(st, name))
         data.f_namemax = NAME_MAX
         return data
 
 
-
-def writable_fs(snapshots: Snapshotter, key: str,
-                privileged: bool | None = None) -> WritableFS:
+def writable_fs(snapshots: Snapshotter, key: str, privileged: bool | None = None) -> WritableFS:
     """The writable file system of active snapshot ``key``: its parents' layers below, its
     directory (scanned once, with its index overrides) on top. ``privileged`` (default:
     running as root) puts metadata on disk; otherwise what disk cannot hold is indexed."""

@@ -175,8 +175,10 @@ class Supervisor:
             self.restarts.popleft()
         _log(f"server {self.server} {status} under {self.mountpoint}")
         if len(self.restarts) >= MAX_RESTARTS:
-            reason = (f"gave up: the server died {len(self.restarts) + 1} times within "
-                      f"{RESTART_WINDOW:.0f} s (last: {status})")
+            reason = (
+                f"gave up: the server died {len(self.restarts) + 1} times within "
+                f"{RESTART_WINDOW:.0f} s (last: {status})"
+            )
             _log(reason)
             self._note(failure=reason, server=0)
             return False
@@ -187,8 +189,10 @@ class Supervisor:
             _log(f"restart failed: {line}")
             return self._restart(f"failed to start again ({line})")
         total = self._count_restart()
-        _log(f"restarted in {time.monotonic() - now:.2f} s: server {self.server} serves "
-             f"{self.mountpoint} (restart {total})")
+        _log(
+            f"restarted in {time.monotonic() - now:.2f} s: server {self.server} serves "
+            f"{self.mountpoint} (restart {total})"
+        )
         return True
 
     def _still_mounted(self) -> bool:

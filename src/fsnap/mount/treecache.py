@@ -103,9 +103,22 @@ def _row(node: Node, dirs: list[str]) -> _Row:
         inos = tuple(node.children[name].ino for name in names if name is not None)
     parent = node.parent.ino if node.parent is not None else 0
     return (
-        node.mode, node.uid, node.gid, node.size, node.mtime, node.rdev, node.nlink,
-        node.link, node.xattrs, _relative(node, dirs), parent, node.name, node.layer,
-        names, inos, node.atime,
+        node.mode,
+        node.uid,
+        node.gid,
+        node.size,
+        node.mtime,
+        node.rdev,
+        node.nlink,
+        node.link,
+        node.xattrs,
+        _relative(node, dirs),
+        parent,
+        node.name,
+        node.layer,
+        names,
+        inos,
+        node.atime,
     )
 
 
@@ -116,7 +129,7 @@ def _relative(node: Node, dirs: list[str]) -> str | None:
         return None
     base = dirs[node.layer] + os.sep if 0 <= node.layer < len(dirs) else None
     if base is not None and node.source.startswith(base):
-        return node.source[len(base):]
+        return node.source[len(base) :]
     return node.source
 
 
@@ -163,7 +176,7 @@ def _trusted_payload(path: Path) -> bytes | None:
         os.close(fd)
     head = len(MAGIC) + _HASH_SIZE
     payload = data[head:]
-    if data[: len(MAGIC)] != MAGIC or hashlib.sha256(payload).digest() != data[len(MAGIC):head]:
+    if data[: len(MAGIC)] != MAGIC or hashlib.sha256(payload).digest() != data[len(MAGIC) : head]:
         log.warning("merged tree cache %s is damaged: rebuilding", path)
         return None
     return payload
@@ -180,8 +193,24 @@ def _restore(rows: list[_Row], dirs: list[str]) -> MergedTree:
     new = Node.__new__
     for ino, row in enumerate(rows, start=1):
         node: Node = new(Node)
-        (node.mode, node.uid, node.gid, node.size, node.mtime, node.rdev, node.nlink,
-         node.link, node.xattrs, rel, _, node.name, node.layer, names, _, node.atime) = row
+        (
+            node.mode,
+            node.uid,
+            node.gid,
+            node.size,
+            node.mtime,
+            node.rdev,
+            node.nlink,
+            node.link,
+            node.xattrs,
+            rel,
+            _,
+            node.name,
+            node.layer,
+            names,
+            _,
+            node.atime,
+        ) = row
         node.ino = ino
         node.source = None if rel is None else os.path.join(dirs[node.layer], rel)
         node.upper = node.opaque = False

@@ -55,8 +55,13 @@ NAME_MAX = 255
 _RENAME_EXCHANGE = 2
 # renameat2 (glibc 2.28+): Python's os module has no RENAME_EXCHANGE.
 _LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                            ctypes.c_uint]
+_LIBC.renameat2.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint,
+]
 _NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 WHITEOUT = os.fsencode(WHITEOUT_PREFIX)
 OPAQUE = os.fsencode(OPAQUE_MARKER)
@@ -106,8 +111,9 @@ class Upper:
     bits on disk (it must be able to write what it serves) and ``needs_override`` says when
     the index has to carry the entry instead."""
 
-    def __init__(self, fs_dir: Path, work_dir: Path, privileged: bool,
-                 markers: Markers | None = None) -> None:
+    def __init__(
+        self, fs_dir: Path, work_dir: Path, privileged: bool, markers: Markers | None = None
+    ) -> None:
         self.fs = os.fsencode(fs_dir)
         self.work = os.fsencode(work_dir)
         self.privileged = privileged
@@ -183,16 +189,16 @@ class Upper:
         with self._at(rel) as (fd, name):
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
             yield
-            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=fd,
-                     follow_symlinks=False)
+            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=fd, follow_symlinks=False)
 
     def copy_up(self, rel: bytes, entry: Entry, source: str | None = None) -> None:
         """``place`` a copy of a lower object, leaving its directory's times as they were."""
         with self._times_kept(rel.rpartition(b"/")[0]):
             self.place(rel, entry, source)
 
-    def place(self, rel: bytes, entry: Entry, source: str | None = None,
-              opaque: bool = False) -> None:
+    def place(
+        self, rel: bytes, entry: Entry, source: str | None = None, opaque: bool = False
+    ) -> None:
         """Build ``entry`` in ``work/`` (content copied from ``source``, metadata applied,
         fsync'ed), then rename it to ``rel`` in one step."""
         temp = join(self.work, b"new-" + secrets.token_hex(8).encode())
@@ -305,8 +311,9 @@ class Upper:
         if whiteout is not None:
             self.whiteout(*whiteout)
 
-    def rename(self, old: bytes, new: bytes, clear_dir: bool,
-               whiteout: tuple[bytes, bytes] | None) -> None:
+    def rename(
+        self, old: bytes, new: bytes, clear_dir: bool, whiteout: tuple[bytes, bytes] | None
+    ) -> None:
         """``rename(2)`` in ``fs/``; ``clear_dir``: the target is an (empty in the merged
         view) upper directory that may hold markers, removed first."""
         with self._at(old) as (old_fd, old_name), self._at(new) as (new_fd, name):
@@ -344,9 +351,15 @@ class Upper:
     def set_times(self, rel: bytes, atime: int | None, mtime: int | None) -> None:
         with self._at(rel) as (fd, name):
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-            os.utime(name, ns=(st.st_atime_ns if atime is None else atime,
-                               st.st_mtime_ns if mtime is None else mtime),
-                     dir_fd=fd, follow_symlinks=False)
+            os.utime(
+                name,
+                ns=(
+                    st.st_atime_ns if atime is None else atime,
+                    st.st_mtime_ns if mtime is None else mtime,
+                ),
+                dir_fd=fd,
+                follow_symlinks=False,
+            )
 
     def fsync_dir(self, rel: bytes) -> None:
         fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)

@@ -18,12 +18,33 @@ from pathlib import Path
 from fsnap.errors import InvalidArgument
 
 # Options libfuse's mount accepts; everything else is dropped (listed in ``ignored``).
-FUSE_FLAGS = frozenset({
-    "ro", "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime",
-    "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime",
-    "sync", "async", "dirsync", "allow_other", "allow_root", "default_permissions",
-    "auto_unmount",
-})
+FUSE_FLAGS = frozenset(
+    {
+        "ro",
+        "rw",
+        "suid",
+        "nosuid",
+        "dev",
+        "nodev",
+        "exec",
+        "noexec",
+        "atime",
+        "noatime",
+        "diratime",
+        "nodiratime",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "nostrictatime",
+        "sync",
+        "async",
+        "dirsync",
+        "allow_other",
+        "allow_root",
+        "default_permissions",
+        "auto_unmount",
+    }
+)
 FUSE_VALUED = frozenset({"fsname", "subtype", "max_read", "blksize"})
 _UNESCAPED_COMMA = re.compile(r"(?<!\\),")
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")

@@ -37,15 +37,23 @@ def root_entry(directory: Path) -> Entry:
     for name in os.listxattr(directory):
         if not name.startswith(OVERLAY_XATTR_PREFIXES):
             xattrs[name] = os.getxattr(directory, name)
-    return Entry(path="", kind="dir", mode=stat.S_IMODE(st.st_mode), uid=st.st_uid,
-                 gid=st.st_gid, mtime=st.st_mtime_ns, xattrs=xattrs)
+    return Entry(
+        path="",
+        kind="dir",
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        mtime=st.st_mtime_ns,
+        xattrs=xattrs,
+    )
 
 
 def _scan(directory: Path, name: str, upper: bool = False) -> Layer:
     if not directory.is_dir():
         raise NotFound(f"{name} {directory} is not a directory")
-    return Layer(directory, scan_snapshot(directory, overlay=True), os.fspath(directory),
-                 upper=upper)
+    return Layer(
+        directory, scan_snapshot(directory, overlay=True), os.fspath(directory), upper=upper
+    )
 
 
 def lower_layers(lower: list[Path]) -> list[Layer]:
@@ -81,8 +89,12 @@ def build(options: OverlayOptions, read_only: bool) -> MergedFS:
         if read_only or options.upper is None or options.work is None:
             return MergedFS(MergedTree.build(layers))
         privileged = os.geteuid() == 0
-        upper = Upper(options.upper, _work_area(options.work, options.upper), privileged,
-                      OverlayMarkers(privileged))
+        upper = Upper(
+            options.upper,
+            _work_area(options.work, options.upper),
+            privileged,
+            OverlayMarkers(privileged),
+        )
         upper.clear_work()
         return WritableFS(MergedTree.build(layers), upper, _ignore_overrides())
     except OSError as exc:

@@ -85,8 +85,9 @@ class RegistryClient:
     ) -> None:
         self.plain_http = plain_http
         self.ca_file = ca_file
-        self.hosts = Hosts(hosts_dirs if hosts_dirs is not None else hosts_dirs_from_env(),
-                           plain_http)
+        self.hosts = Hosts(
+            hosts_dirs if hosts_dirs is not None else hosts_dirs_from_env(), plain_http
+        )
         self.credentials = credentials
         self.max_retries = max_retries
         self.docker_config = docker_config
@@ -142,9 +143,7 @@ class RegistryClient:
         what = str(ref)
         media_type, digest, length = "", "", ""
         try:
-            response, _ = await self._fetch_small(
-                ref, "HEAD", path, headers, what, str(ref), host
-            )
+            response, _ = await self._fetch_small(ref, "HEAD", path, headers, what, str(ref), host)
         except RegistryError:
             pass  # a HEAD error has no body to explain it: GET below gets the message
         else:
@@ -378,9 +377,7 @@ class RegistryClient:
         realm = origin_of(request.url)
         while True:
             try:
-                response = await send_scoped(
-                    self._pool_for(realm), request, authorization, realm
-                )
+                response = await send_scoped(self._pool_for(realm), request, authorization, realm)
             except httpx.HTTPError as exc:
                 await budget.failed(_transient_reason(exc, "token server"))
                 continue

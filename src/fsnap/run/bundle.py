@@ -38,16 +38,18 @@ def runtime_dir() -> Path:
 
 def hosts_file(hostname: str) -> str:
     """/etc/hosts of a container: loopback names and its own hostname."""
-    return "\n".join([
-        "127.0.0.1\tlocalhost",
-        "::1\tlocalhost ip6-localhost ip6-loopback",
-        "fe00::0\tip6-localnet",
-        "ff00::0\tip6-mcastprefix",
-        "ff02::1\tip6-allnodes",
-        "ff02::2\tip6-allrouters",
-        f"127.0.1.1\t{hostname}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+            "fe00::0\tip6-localnet",
+            "ff00::0\tip6-mcastprefix",
+            "ff02::1\tip6-allnodes",
+            "ff02::2\tip6-allrouters",
+            f"127.0.1.1\t{hostname}",
+            "",
+        ]
+    )
 
 
 def create(bundle: Path) -> Path:

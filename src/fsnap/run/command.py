@@ -48,22 +48,22 @@ def _elf_interpreter(header: bytes) -> str:
     wide, endian = header[4] == 2, "<" if header[5] == 1 else ">"
     try:
         if wide:
-            phoff, = struct.unpack_from(endian + "Q", header, 0x20)
+            (phoff,) = struct.unpack_from(endian + "Q", header, 0x20)
             size, count = struct.unpack_from(endian + "HH", header, 0x36)
         else:
-            phoff, = struct.unpack_from(endian + "I", header, 0x1C)
+            (phoff,) = struct.unpack_from(endian + "I", header, 0x1C)
             size, count = struct.unpack_from(endian + "HH", header, 0x2A)
         for index in range(count):
             at = phoff + index * size
-            kind, = struct.unpack_from(endian + "I", header, at)
+            (kind,) = struct.unpack_from(endian + "I", header, at)
             if kind != PT_INTERP:
                 continue
             if wide:
-                offset, = struct.unpack_from(endian + "Q", header, at + 8)
-                length, = struct.unpack_from(endian + "Q", header, at + 32)
+                (offset,) = struct.unpack_from(endian + "Q", header, at + 8)
+                (length,) = struct.unpack_from(endian + "Q", header, at + 32)
             else:
-                offset, = struct.unpack_from(endian + "I", header, at + 4)
-                length, = struct.unpack_from(endian + "I", header, at + 16)
+                (offset,) = struct.unpack_from(endian + "I", header, at + 4)
+                (length,) = struct.unpack_from(endian + "I", header, at + 16)
             path = header[offset : offset + length].split(b"\0", 1)[0]
             return path.decode(errors="replace") if offset + length <= len(header) else ""
     except struct.error:

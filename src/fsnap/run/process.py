@@ -84,8 +84,9 @@ def merge_env(base: Iterable[str], overrides: Iterable[str]) -> list[str]:
     return list(merged.values())
 
 
-def environment(image: ImageRuntime, overrides: Sequence[str], user: User, hostname: str,
-                terminal: bool) -> tuple[str, ...]:
+def environment(
+    image: ImageRuntime, overrides: Sequence[str], user: User, hostname: str, terminal: bool
+) -> tuple[str, ...]:
     """The process environment (see the module docstring for the order)."""
     base = [f"PATH={DEFAULT_PATH}", f"HOSTNAME={hostname}"]
     if terminal:
@@ -110,8 +111,16 @@ def clean_path(path: str) -> str:
     return "/" + posixpath.normpath("/" + path).lstrip("/")
 
 
-def build_process(image: ImageRuntime, *, cmd: Sequence[str], env: Sequence[str],
-                  workdir: str | None, user: User, hostname: str, terminal: bool) -> Process:
+def build_process(
+    image: ImageRuntime,
+    *,
+    cmd: Sequence[str],
+    env: Sequence[str],
+    workdir: str | None,
+    user: User,
+    hostname: str,
+    terminal: bool,
+) -> Process:
     """The whole process of a run."""
     return Process(
         args=command(image, cmd),

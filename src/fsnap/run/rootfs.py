@@ -124,16 +124,23 @@ def _refuse_file_in_way(rootdir: RootDir, comps: Sequence[str], path: str) -> No
         if found is None or found[2] is None:
             return
         if not stat.S_ISDIR(found[2].st_mode):
-            raise InvalidArgument(f"cannot create {path} in the image: "
-                                  f"/{'/'.join(comps[:depth])} is not a directory")
+            raise InvalidArgument(
+                f"cannot create {path} in the image: /{'/'.join(comps[:depth])} is not a directory"
+            )
 
 
 def _create(parent_fd: int, name: str, directory: bool) -> None:
     if directory:
         os.mkdir(name, 0o755, dir_fd=parent_fd)
     else:
-        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644, dir_fd=parent_fd))
+        os.close(
+            os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+                dir_fd=parent_fd,
+            )
+        )
 
 
 def remove_created(root: Path, created: Sequence[str]) -> None:

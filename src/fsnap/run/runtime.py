@@ -30,8 +30,14 @@ from types import FrameType
 from fsnap.errors import ToolMissing, Unavailable
 
 RUNC = "runc"
-FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
-             signal.SIGUSR2)
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
 DELETE_TIMEOUT = 30.0
 
 
@@ -54,8 +60,16 @@ class Runc:
     log: Path
 
     def argv(self, *args: str) -> list[str]:
-        return [runc_binary(), "--root", str(self.state), "--log", str(self.log),
-                "--log-format", "json", *args]
+        return [
+            runc_binary(),
+            "--root",
+            str(self.state),
+            "--log",
+            str(self.log),
+            "--log-format",
+            "json",
+            *args,
+        ]
 
     def run(self, ident: str, bundle: Path, *, stdin: bool, stop_signal: int) -> int:
         """``runc run`` in the foreground until the container's process exits; its status
@@ -78,8 +92,13 @@ class Runc:
     def delete(self, ident: str) -> None:
         """Forget the container (killing its processes if any are left); no error when runc
         never created it or already removed it."""
-        done = subprocess.run(self.argv("delete", "--force", ident), capture_output=True,
-                              text=True, timeout=DELETE_TIMEOUT, check=False)
+        done = subprocess.run(
+            self.argv("delete", "--force", ident),
+            capture_output=True,
+            text=True,
+            timeout=DELETE_TIMEOUT,
+            check=False,
+        )
         if done.returncode != 0 and "does not exist" not in done.stderr:
             raise Unavailable(f"runc delete {ident}: {done.stderr.strip()}")
 

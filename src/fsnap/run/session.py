@@ -65,9 +65,14 @@ def run(client: Client, ref: str, options: RunOptions, notify: Notify) -> RunRes
     _check(options)
     runtime = bundle.runtime_dir()
     ident = f"fsnap-{secrets.token_hex(6)}"
-    record = RunRecord(id=ident, pid=os.getpid(), started=state.start_time(os.getpid()),
-                       runc_state=str(runtime / "runc"), bundle=str(runtime / ident),
-                       remove_snapshot=True)
+    record = RunRecord(
+        id=ident,
+        pid=os.getpid(),
+        started=state.start_time(os.getpid()),
+        runc_state=str(runtime / "runc"),
+        bundle=str(runtime / ident),
+        remove_snapshot=True,
+    )
     state.save(client, record, new=True)
     try:
         status = _run(client, ref, options, record, notify)
@@ -101,8 +106,7 @@ def _check_rootless() -> None:
     require_user_namespaces()
 
 
-def _run(client: Client, ref: str, options: RunOptions, record: RunRecord,
-         notify: Notify) -> int:
+def _run(client: Client, ref: str, options: RunOptions, record: RunRecord, notify: Notify) -> int:
     root = bundle.create(Path(record.bundle))
     rootless = None if os.geteuid() == 0 else (os.geteuid(), os.getegid())
     mount_options = manager.MountOptions(pull=options.pull, shift_ids=rootless)
@@ -118,18 +122,27 @@ def _run(client: Client, ref: str, options: RunOptions, record: RunRecord,
         socket.gethostname() if options.network == "host" else record.id[-12:]
     )
     process = _process(root, image, options, hostname)
-    layout = Layout(hostname=hostname, bundle=record.bundle, volumes=tuple(options.volumes),
-                    network_none=options.network == "none", readonly_root=options.read_only,
-                    rootless_ids=rootless,
-                    stop_signal=image.stop_signal)
+    layout = Layout(
+        hostname=hostname,
+        bundle=record.bundle,
+        volumes=tuple(options.volumes),
+        network_none=options.network == "none",
+        readonly_root=options.read_only,
+        rootless_ids=rootless,
+        stop_signal=image.stop_signal,
+    )
     layout = _prepare_root(client, root, process, layout, record, options.read_only)
     spec = build_spec(process, layout)
     bundle.write(Path(record.bundle), spec, hostname)
     runc = Runc(Path(record.runc_state), Path(record.bundle) / "runc.log")
     record.remove_snapshot = options.rm
     state.save(client, record)
-    status = runc.run(record.id, Path(record.bundle), stdin=options.interactive,
-                      stop_signal=_signal_number(image.stop_signal))
+    status = runc.run(
+        record.id,
+        Path(record.bundle),
+        stdin=options.interactive,
+        stop_signal=_signal_number(image.stop_signal),
+    )
     if status != 0:
         _raise_runtime_failure(runc.failure(), process.args[0])
     return status
@@ -146,13 +159,21 @@ def _process(root: Path, image: ImageRuntime, options: RunOptions, hostname: str
                 "to you; run as root for other users"
             )
         user = replace(user, additional_gids=())
-    process = build_process(image, cmd=options.cmd, env=options.env, workdir=options.workdir,
-                            user=user, hostname=hostname, terminal=options.tty)
+    process = build_process(
+        image,
+        cmd=options.cmd,
+        env=options.env,
+        workdir=options.workdir,
+        user=user,
+        hostname=hostname,
+        terminal=options.tty,
+    )
     return process
 
 
-def _prepare_root(client: Client, root: Path, process: Process, layout: Layout,
-                  record: RunRecord, read_only: bool) -> Layout:
+def _prepare_root(
+    client: Client, root: Path, process: Process, layout: Layout, record: RunRecord, read_only: bool
+) -> Layout:
     """Check the command and the working directory; create the mount targets runc would
     otherwise create itself (recorded, removed after the run) or, read-only, leave out the
     /etc files the image lacks."""
@@ -164,8 +185,10 @@ def _prepare_root(client: Client, root: Path, process: Process, layout: Layout,
                 continue
             name = mount["destination"].removeprefix("/etc/")
             if name not in BUNDLE_FILES:
-                raise InvalidArgument(f"{mount['destination']} does not exist in the image, "
-                                      "and a --read-only run cannot create it")
+                raise InvalidArgument(
+                    f"{mount['destination']} does not exist in the image, "
+                    "and a --read-only run cannot create it"
+                )
             skip.append(name)
         layout = replace(layout, skip_files=tuple(skip))
         cwd = rootfs.lookup(root, process.cwd)

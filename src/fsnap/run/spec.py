@@ -45,38 +45,84 @@ _RUNC_DEFAULT: dict[str, Any] = {
     "hostname": "runc",
     "mounts": [
         {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-         "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-         "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-         "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", "ro"]},
-        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        },
     ],
     "linux": {
         "resources": {"devices": [{"allow": False, "access": "rwm"}]},
         "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
         "maskedPaths": [
-            "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+            "/proc/acpi",
+            "/proc/asound",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/latency_stats",
+            "/proc/timer_list",
+            "/proc/timer_stats",
+            "/proc/sched_debug",
+            "/sys/firmware",
             "/proc/scsi",
         ],
         "readonlyPaths": [
-            "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger",
         ],
     },
 }
 
 # containerd's default capability set (oci.defaultUnixCaps), which docker and podman share.
 DEFAULT_CAPS = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
 )
 STOP_SIGNAL_ANNOTATION = "org.opencontainers.image.stopSignal"
 # The files a container gets from its bundle directory, bind-mounted over the image's.
@@ -102,8 +148,9 @@ def to_rootless(spec: dict[str, Any], uid: int, gid: int) -> None:
     linux.pop("resources", None)
     for mount in spec["mounts"]:
         if mount["destination"] == "/sys":
-            mount.update(type="none", source="/sys",
-                         options=["rbind", "nosuid", "noexec", "nodev", "ro"])
+            mount.update(
+                type="none", source="/sys", options=["rbind", "nosuid", "noexec", "nodev", "ro"]
+            )
         elif mount["destination"] == "/dev/pts":
             mount["options"] = [o for o in mount["options"] if not o.startswith("gid=")]
 
@@ -187,8 +234,12 @@ def _process(base: dict[str, Any], process: Process) -> dict[str, Any]:
 def bundle_mounts(layout: Layout) -> list[dict[str, Any]]:
     """/etc/hosts, /etc/hostname and /etc/resolv.conf bound from the bundle directory."""
     return [
-        {"destination": f"/etc/{name}", "type": "bind", "source": f"{layout.bundle}/{name}",
-         "options": ["rbind", "rprivate"]}
+        {
+            "destination": f"/etc/{name}",
+            "type": "bind",
+            "source": f"{layout.bundle}/{name}",
+            "options": ["rbind", "rprivate"],
+        }
         for name in BUNDLE_FILES
         if name not in layout.skip_files
     ]
@@ -196,8 +247,12 @@ def bundle_mounts(layout: Layout) -> list[dict[str, Any]]:
 
 def volume_mount(volume: Volume) -> dict[str, Any]:
     options = ["rbind", "rprivate"] + (["ro"] if volume.readonly else [])
-    return {"destination": volume.destination, "type": "bind", "source": volume.source,
-            "options": options}
+    return {
+        "destination": volume.destination,
+        "type": "bind",
+        "source": volume.source,
+        "options": options,
+    }
 
 
 def _namespaces(namespaces: Sequence[dict[str, Any]], network_none: bool) -> list[dict[str, Any]]:

@@ -307,9 +307,7 @@ class Snapshotter:
             self.tables.put(txn, key, record)
         return True
 
-    def update(
-        self, key: str, labels: Mapping[str, str], fieldpaths: Sequence[str] = ()
-    ) -> Info:
+    def update(self, key: str, labels: Mapping[str, str], fieldpaths: Sequence[str] = ()) -> Info:
         """Change labels, nothing else. With no ``fieldpaths`` (or ``"labels"``) the labels
         are replaced; ``labels.<k>`` sets (or, absent from ``labels``, deletes) one key."""
         self._check_open()

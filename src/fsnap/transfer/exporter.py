@@ -231,10 +231,16 @@ def _add_uncompressed(
 
 def export_rootfs(tree: MergedTree, out: Path) -> None:
     """The merged tree as one tar: metadata from the indexes, data from the layers."""
-    with _replacing(out) as stream, tarfile.open(
-        fileobj=stream, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
-        errors="surrogateescape",
-    ) as tar:
+    with (
+        _replacing(out) as stream,
+        tarfile.open(
+            fileobj=stream,
+            mode="w",
+            format=tarfile.PAX_FORMAT,
+            encoding="utf-8",
+            errors="surrogateescape",
+        ) as tar,
+    ):
         first: dict[int, str] = {}
         for raw_path, node in sorted(tree.walk(), key=lambda item: item[0].split(b"/")):
             path = os.fsdecode(raw_path)

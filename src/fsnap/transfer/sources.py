@@ -359,8 +359,9 @@ def _docker_source(files: _TarFiles, where: str) -> Source:
 def _docker_manifest(files: _TarFiles, entry: dict[str, Any], source: Source) -> oci.Descriptor:
     config_member = _clean_member(str(entry.get("Config", "")), files.name)
     config = _hashed(files, config_member, source)
-    layers = [_hashed(files, _clean_member(str(name), files.name), source)
-              for name in entry["Layers"]]
+    layers = [
+        _hashed(files, _clean_member(str(name), files.name), source) for name in entry["Layers"]
+    ]
     return _made_manifest(config, layers, source)
 
 

@@ -29,7 +29,6 @@ from fsnap.unpack.staging import Session
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class SizeLimit:
     """What a layer may unpack to: the ratio rule, or a fixed cap (``--max-layer-size``)."""
@@ -62,9 +61,7 @@ def apply_blob(
     ``limit`` caps what the layer may unpack to (see ``SizeLimit``; None: no cap)."""
     uncompressed = open_uncompressed(raw, desc.media_type)
     max_size = None if limit is None else limit.for_blob(desc.size)
-    result = apply_layer(
-        uncompressed, staging, interrupt=interrupt, sync=sync, max_size=max_size
-    )
+    result = apply_layer(uncompressed, staging, interrupt=interrupt, sync=sync, max_size=max_size)
     if result.diff_id != diff_id:
         raise DigestMismatch(
             f"layer {desc.digest}: uncompressed content has diff_id {result.diff_id}, "
