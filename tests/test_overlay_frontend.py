@@ -36,9 +36,10 @@ from overlay_helpers import (
 )
 
 from fsnap.archive.entry import Entry
+from fsnap.archive.format import OVERLAY_OPAQUE_XATTR as OPAQUE_XATTR
+from fsnap.archive.format import OverlayMarkers
 from fsnap.diff.scan import scan_snapshot
 from fsnap.mount.upper import Upper
-from fsnap.overlay.markers import OPAQUE_XATTR, OverlayMarkers
 
 PRESENT = (
     "etc/passwd",

@@ -6,7 +6,8 @@ is the layer's diff_id), writes the members into the snapshot directory and retu
 layer's index. Paths are resolved by ``fsnap.archive.resolve`` so that nothing outside the
 directory is ever touched; ``fsnap.archive.metadata`` says which metadata goes to disk.
 
-On-disk format of a layer directory (what the mount and the snapshotter may rely on):
+On-disk format of a layer directory (what the mount and the snapshotter may rely on; the
+marker names and kinds are ``fsnap.archive.format``'s):
 
 - every member at its path, the last member for a path winning (a file replaces a
   directory with all it held, and the other way round);
@@ -37,6 +38,7 @@ from typing import BinaryIO, cast
 
 from fsnap.archive import metadata
 from fsnap.archive.entry import Entry
+from fsnap.archive.format import KIND_BITS, OPAQUE_MARKER, WHITEOUT_META_PREFIX, WHITEOUT_PREFIX
 from fsnap.archive.members import entry_of
 from fsnap.archive.reader import LayerStream
 from fsnap.archive.resolve import RootDir, clean_name, join
@@ -51,8 +53,6 @@ from fsnap.errors import (
 
 log = logging.getLogger(__name__)
 
-WHITEOUT_PREFIX = ".wh."
-OPAQUE_MARKER = ".wh..wh..opq"
 _COPY = 1 << 20
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -341,7 +341,7 @@ class _Layer:
             metadata.set_at(dir_fd, base, entry, self.privileged)
             return
         if self.privileged:
-            kind = stat.S_IFCHR if entry.kind == "char" else stat.S_IFBLK
+            kind = KIND_BITS[entry.kind]
             dev = os.makedev(entry.devmajor, entry.devminor)
             try:
                 self._create(
@@ -423,7 +423,7 @@ class _Layer:
         dir_fd = self.tree.dir_fd(parent)
         if base == OPAQUE_MARKER:
             self._opaque.add(parent)
-        elif base.startswith(WHITEOUT_PREFIX * 2):
+        elif base.startswith(WHITEOUT_META_PREFIX):
             log.debug("whiteout metadata %r ignored", name)
             return
         else:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,24 +34,6 @@ KINDS: tuple[str, ...] = (
 )
 # Linux shows every symlink as 0777 (lrwxrwxrwx) whatever mode a tar header gives it.
 SYMLINK_MODE = 0o777
-_MODE_KINDS: tuple[tuple[int, Kind], ...] = (
-    (stat.S_IFDIR, "dir"),
-    (stat.S_IFREG, "file"),
-    (stat.S_IFLNK, "symlink"),
-    (stat.S_IFCHR, "char"),
-    (stat.S_IFBLK, "block"),
-    (stat.S_IFIFO, "fifo"),
-    (stat.S_IFSOCK, "socket"),
-)
-
-
-def kind_of_mode(mode: int) -> Kind:
-    """The kind of an ``st_mode`` (a regular file for anything unknown)."""
-    bits = stat.S_IFMT(mode)
-    for fmt, kind in _MODE_KINDS:
-        if bits == fmt:
-            return kind
-    return "file"
 
 
 @dataclass

@@ -24,19 +24,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fsnap.archive.apply import OPAQUE_MARKER, WHITEOUT_PREFIX
-from fsnap.archive.entry import Entry, Kind, kind_of_mode
+from fsnap.archive.entry import Entry, Kind
+from fsnap.archive.format import (
+    OVERLAY_XATTR_PREFIXES,
+    WHITEOUT_PREFIX,
+    has_opaque_marker,
+    has_overlay_opaque,
+    is_whiteout_device,
+    kind_of_mode,
+)
 from fsnap.errors import FailedPrecondition
 from fsnap.fdtree import climb
 
 log = logging.getLogger(__name__)
 
-OVERLAY_OPAQUE_XATTRS = (
-    "trusted.overlay.opaque",
-    "user.overlay.opaque",
-    "user.fuseoverlayfs.opaque",
-)
-OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 _NO_OVERRIDES: Mapping[str, Entry] = {}
 
 
@@ -140,14 +141,14 @@ class _Scanner:
 
     def _add_root(self, fd: int) -> None:
         entry = self._entry_of(fd, "", os.fstat(fd), None)
-        entry.opaque = entry.opaque or self._has_marker(fd)
+        entry.opaque = entry.opaque or has_opaque_marker(fd)
         self.entries[""] = entry
 
     def _add(self, dir_fd: int, parent: str, name: str) -> int | None:
         """Index ``name``; for a directory, return its fd (the walk goes into it next)."""
         path = _join(parent, name)
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        if self.overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+        if self.overlay and is_whiteout_device(st):
             self.entries[path] = Entry(path, "whiteout")
             return None
         if stat.S_ISDIR(st.st_mode):
@@ -156,7 +157,7 @@ class _Scanner:
             )
             try:
                 entry = self._entry_of(fd, path, st, None)
-                entry.opaque = entry.opaque or self._has_marker(fd) or self._overlay_opaque(fd)
+                entry.opaque = entry.opaque or has_opaque_marker(fd) or self._overlay_opaque(fd)
             except BaseException:
                 os.close(fd)
                 raise
@@ -259,21 +260,5 @@ class _Scanner:
                 log.debug("xattr %s of %r unreadable: %s", key, name, e)
         return found
 
-    @staticmethod
-    def _has_marker(dir_fd: int) -> bool:
-        try:
-            st = os.stat(OPAQUE_MARKER, dir_fd=dir_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return stat.S_ISREG(st.st_mode)
-
     def _overlay_opaque(self, dir_fd: int) -> bool:
-        if not self.overlay:
-            return False
-        for key in OVERLAY_OPAQUE_XATTRS:
-            try:
-                if os.getxattr(dir_fd, key) == b"y":
-                    return True
-            except OSError:
-                continue
-        return False
+        return self.overlay and has_overlay_opaque(dir_fd)

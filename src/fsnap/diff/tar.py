@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from fsnap.archive.apply import OPAQUE_MARKER, WHITEOUT_PREFIX
 from fsnap.archive.compression import Compression, compress_writer
 from fsnap.archive.entry import Entry
+from fsnap.archive.format import OPAQUE_MARKER, WHITEOUT_PREFIX
 from fsnap.archive.resolve import RootDir
 from fsnap.content.store import ContentStore
 from fsnap.errors import AlreadyExists, FailedPrecondition

@@ -21,7 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from fsnap.archive.entry import Entry, kind_of_mode
+from fsnap.archive.entry import Entry
+from fsnap.archive.format import kind_of_mode
 from fsnap.mount.tree import Layer, MergedTree, Node, TreeBuilder
 
 Mark = Literal["added", "modified", "removed"]

@@ -16,6 +16,7 @@ from typing import cast
 
 import pyfuse3
 
+from fsnap.archive.format import NAME_MAX
 from fsnap.mount.fastpath import LEARNT, open_source, read_nowait
 from fsnap.mount.idshift import NO_SHIFT
 from fsnap.mount.prefetch import Prefetcher
@@ -288,7 +289,7 @@ class MergedFS(pyfuse3.Operations):
         data.f_files = len(self.tree.nodes) - 1
         data.f_ffree = 0
         data.f_favail = 0
-        data.f_namemax = 255
+        data.f_namemax = NAME_MAX
         return data
 
     # --- extended attributes -----------------------------------------------------------

@@ -34,18 +34,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pyfuse3
 import trio
 
-from fsnap.archive.entry import Entry, Kind, kind_of_mode
+from fsnap.archive.entry import Entry, Kind
+from fsnap.archive.format import NAME_MAX, WHITEOUT, kind_of_mode
 from fsnap.errors import FailedPrecondition
 from fsnap.mount.fastpath import write_nowait
 from fsnap.mount.fs import MergedFS
 from fsnap.mount.source import chain_layers
 from fsnap.mount.tree import Layer, MergedTree, Node
-from fsnap.mount.upper import WHITEOUT, Upper, join
+from fsnap.mount.upper import Upper, join
 
 if TYPE_CHECKING:
     from fsnap.snapshots.snapshotter import Snapshotter
 
-NAME_MAX = 255
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE  # RENAME_WHITEOUT is not for users

@@ -17,19 +17,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from fsnap.archive.entry import Entry
+from fsnap.archive.format import KIND_BITS
 
 DIR_SIZE = 4096
-
-_TYPE_BITS = {
-    "file": stat.S_IFREG,
-    "hardlink": stat.S_IFREG,
-    "dir": stat.S_IFDIR,
-    "symlink": stat.S_IFLNK,
-    "char": stat.S_IFCHR,
-    "block": stat.S_IFBLK,
-    "fifo": stat.S_IFIFO,
-    "socket": stat.S_IFSOCK,
-}
 
 
 @dataclass
@@ -91,7 +81,7 @@ class Node:
         # Provenance: index (bottom = 0) of the layer this node's entry (or, for a directory
         # named again higher up, its attributes) comes from. -1 only before any layer.
         self.layer = layer
-        self.mode = _TYPE_BITS[entry.kind] | (entry.mode & 0o7777)
+        self.mode = KIND_BITS[entry.kind] | (entry.mode & 0o7777)
         self.uid = entry.uid
         self.gid = entry.gid
         self.mtime = entry.mtime

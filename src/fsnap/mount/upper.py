@@ -30,9 +30,9 @@ into a layer index at commit time (the same format as an unpacked layer, see
   file in ``fs/``. A hard-linked lower file is copied once, and its other names are hard
   links to that copy in ``fs/`` too: the links stay one inode, and the layer records them.
 
-Whiteouts and opaque markers are written by a ``Markers`` strategy: the format above by
-default; ``fsnap.overlay.markers`` writes overlayfs's instead (0/0 character devices,
-``trusted.overlay.opaque``) for ``fsnap-overlay`` upper directories.
+Whiteouts and opaque markers are written by a markers strategy of ``fsnap.archive.format``:
+the format above by default; ``OverlayMarkers`` writes overlayfs's instead (0/0 character
+devices, ``trusted.overlay.opaque``) for ``fsnap-overlay`` upper directories.
 """
 
 from __future__ import annotations
@@ -46,12 +46,11 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from fsnap.archive.apply import OPAQUE_MARKER, WHITEOUT_PREFIX
 from fsnap.archive.entry import Entry
+from fsnap.archive.format import KIND_BITS, LayerMarkers
 from fsnap.mount.fastpath import copy_all, open_any_depth, open_source
 from fsnap.snapshots import disk
 
-NAME_MAX = 255
 _RENAME_EXCHANGE = 2
 # renameat2 (glibc 2.28+): Python's os module has no RENAME_EXCHANGE.
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -63,45 +62,16 @@ _LIBC.renameat2.argtypes = [
     ctypes.c_uint,
 ]
 _NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-WHITEOUT = os.fsencode(WHITEOUT_PREFIX)
-OPAQUE = os.fsencode(OPAQUE_MARKER)
 
 
 def join(parent: bytes, name: bytes) -> bytes:
     return parent + b"/" + name if parent else name
 
 
-class Markers:
-    """How an upper directory says "deleted" and "opaque": fsnap's layer format here
-    (``.wh.NAME`` files, ``.wh..wh..opq`` markers). A strategy object so that another
-    on-disk format (overlayfs's, for ``fsnap-overlay``) reuses all of ``Upper``.
-
-    Paths are absolute bytes of the directory concerned. ``own_xattrs`` are xattrs the
-    format itself keeps on disk: metadata updates never strip them."""
-
-    own_xattrs: frozenset[bytes] = frozenset()
-
-    def whiteout(self, dir_path: bytes, name: bytes) -> None:
-        _touch(join(dir_path, WHITEOUT + name))
-
-    def unwhiteout(self, dir_path: bytes, name: bytes) -> None:
-        if len(WHITEOUT + name) > NAME_MAX:
-            return  # no whiteout can exist for it (and none can be written: ENAMETOOLONG)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(join(dir_path, WHITEOUT + name))
-
-    def mark_opaque(self, dir_path: bytes) -> None:
-        _touch(join(dir_path, OPAQUE))
-
-
 def _proc(fd: int, name: bytes = b"") -> bytes:
     """A short path through ``/proc/self/fd`` for ``name`` in directory ``fd``."""
     base = f"/proc/self/fd/{fd}".encode()
     return join(base, name) if name else base
-
-
-def _touch(path: bytes) -> None:
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
 
 
 class Upper:
@@ -112,12 +82,12 @@ class Upper:
     the index has to carry the entry instead."""
 
     def __init__(
-        self, fs_dir: Path, work_dir: Path, privileged: bool, markers: Markers | None = None
+        self, fs_dir: Path, work_dir: Path, privileged: bool, markers: LayerMarkers | None = None
     ) -> None:
         self.fs = os.fsencode(fs_dir)
         self.work = os.fsencode(work_dir)
         self.privileged = privileged
-        self.markers = markers or Markers()
+        self.markers = markers or LayerMarkers()
         self.euid = os.geteuid()
         self.egid = os.getegid()
 
@@ -225,8 +195,7 @@ class Upper:
         elif kind == "socket":  # needs no privilege: what bind(2) makes
             os.mknod(temp, stat.S_IFSOCK | 0o600)
         elif kind in ("char", "block") and self.privileged:
-            bits = stat.S_IFCHR if kind == "char" else stat.S_IFBLK
-            os.mknod(temp, bits | 0o600, os.makedev(entry.devmajor, entry.devminor))
+            os.mknod(temp, KIND_BITS[kind] | 0o600, os.makedev(entry.devmajor, entry.devminor))
         else:
             self._copy(temp, source)
 

@@ -17,13 +17,13 @@ import stat
 from pathlib import Path
 
 from fsnap.archive.entry import Entry
-from fsnap.diff.scan import OVERLAY_XATTR_PREFIXES, scan_snapshot
+from fsnap.archive.format import OVERLAY_XATTR_PREFIXES, OverlayMarkers
+from fsnap.diff.scan import scan_snapshot
 from fsnap.errors import FailedPrecondition, InvalidArgument, NotFound
 from fsnap.mount.fs import MergedFS
 from fsnap.mount.rwfs import Overrides, WritableFS
 from fsnap.mount.tree import Layer, MergedTree
 from fsnap.mount.upper import Upper
-from fsnap.overlay.markers import OverlayMarkers
 from fsnap.overlay.options import OverlayOptions
 
 # fsnap's copy-up temporaries live here, inside the work directory the user gave.

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fsnap.archive.entry import Entry
-from fsnap.diff.scan import OVERLAY_XATTR_PREFIXES, scan_snapshot
+from fsnap.archive.format import OVERLAY_XATTR_PREFIXES, LayerMarkers
+from fsnap.diff.scan import scan_snapshot
 from fsnap.errors import AlreadyExists, NotFound
 from fsnap.labels import TARGET_LABEL
-from fsnap.mount.upper import Markers
 from fsnap.snapshots.info import OWNER_LABEL, Info, Kind, Mounts, Usage
 from fsnap.snapshots.snapshotter import Snapshotter
 
@@ -189,7 +189,7 @@ def _owned(labels: Mapping[str, str]) -> dict[str, str]:
 def normalise_markers(fs_dir: Path, entries: Sequence[Entry]) -> None:
     """Rewrite overlayfs's markers in ``fs_dir`` (0/0 character devices, opaque xattrs)
     into fsnap's layer format (``.wh.NAME`` files, ``.wh..wh..opq``), per scanned entry."""
-    markers = Markers()
+    markers = LayerMarkers()
     root = os.fsencode(fs_dir)
     for entry in entries:
         parent, _, name = os.fsencode(entry.path).rpartition(b"/")
