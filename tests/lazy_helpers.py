@@ -1,0 +1,78 @@
+"""Seekable (eStargz, zstd:chunked) images for the lazy-pull tests, made by real tools.
+
+``ctr_remote_convert`` pulls an image from the test registry into the oracle containerd,
+converts it with Debian's ``ctr-remote image convert`` (package ``stargz-snapshotter``) and
+pushes the result back: real eStargz / stargz-style zstd:chunked blobs, annotations and all.
+``fetch_manifest`` / ``fetch_blob`` read them back over the registry API.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+from containerd_helpers import NAMESPACE, Ctr, tail
+from image_builder import tar_info
+
+from fsnap import oci
+
+CTR_REMOTE = Path("/usr/bin/ctr-remote")
+MANIFEST_ACCEPT = ", ".join((oci.OCI_MANIFEST, oci.DOCKER_MANIFEST))
+
+
+def ctr_remote(ctr: Ctr, *args: str) -> str:
+    argv = [str(CTR_REMOTE), "-a", str(ctr.socket), "-n", NAMESPACE, *args]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n"
+            f"containerd log (tail):\n{tail(ctr.log)}"
+        )
+    return done.stdout
+
+
+def ctr_remote_convert(ctr: Ctr, src: str, dst: str, *, zstd: bool = False) -> None:
+    """``src`` (in a plain-HTTP registry) converted by ctr-remote and pushed as ``dst``."""
+    ctr.run("images", "pull", "--plain-http", src)
+    kind = ["--zstdchunked"] if zstd else ["--estargz"]
+    ctr_remote(ctr, "image", "convert", *kind, "--oci", src, dst)
+    ctr.run("images", "push", "--plain-http", dst)
+
+
+def fetch_manifest(registry_url: str, repo: str, tag: str) -> dict[str, Any]:
+    response = httpx.get(
+        f"{registry_url}/v2/{repo}/manifests/{tag}", headers={"Accept": MANIFEST_ACCEPT}
+    )
+    response.raise_for_status()
+    return json.loads(response.content)  # type: ignore[no-any-return]
+
+
+def fetch_blob(registry_url: str, repo: str, digest: str) -> bytes:
+    response = httpx.get(f"{registry_url}/v2/{repo}/blobs/{digest}", follow_redirects=True)
+    response.raise_for_status()
+    return response.content
+
+
+def varied_members() -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """Every kind a TOC describes: dirs, files (empty, small, one of several MiB that
+    eStargz chunks), a symlink, a hardlink, a fifo, a whiteout and an opaque marker."""
+    big = bytes(range(256)) * (5 * 4096 + 7)  # 5 MiB + a bit: more than one 4 MiB chunk
+    members: list[tuple[tarfile.TarInfo, bytes | None]] = [
+        (tar_info("etc", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("etc/hostname", size=6), b"lazy1\n"),
+        (tar_info("etc/empty"), b""),
+        (tar_info("usr", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("usr/big.bin", mode=0o640, size=len(big)), big),
+        (tar_info("usr/link", tarfile.SYMTYPE, linkname="big.bin"), None),
+        (tar_info("usr/hard", tarfile.LNKTYPE, linkname="usr/big.bin"), None),
+        (tar_info("usr/fifo", tarfile.FIFOTYPE, mode=0o600), None),
+        (tar_info("var", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("var/.wh.gone"), b""),
+        (tar_info("opt", tarfile.DIRTYPE, mode=0o700), None),
+        (tar_info("opt/.wh..wh..opq"), b""),
+    ]
+    return members

@@ -1,0 +1,242 @@
+"""TOC readers on real seekable blobs (ctr-remote eStargz and zstd:chunked, skopeo
+zstd:chunked) and on hostile TOCs: what a registry can send must never be trusted."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+import zstandard
+from containerd_helpers import ContainerdUnavailable, run_containerd
+from image_builder import make_image, make_layer
+from lazy_helpers import ctr_remote_convert, fetch_blob, fetch_manifest, varied_members
+from registry_helpers import RegistryProcess
+
+from fsnap.errors import DigestMismatch, InvalidArgument
+from fsnap.lazy import toc as toc_mod
+from fsnap.lazy.chunks import decode_chunk
+from fsnap.lazy.toc import (
+    ESTARGZ_TOC_DIGEST,
+    Seekable,
+    estargz_toc_offset,
+    parse_toc,
+    seekable,
+    toc_of_blob,
+)
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@dataclass
+class Real:
+    name: str
+    layer: dict[str, Any]
+    blob: bytes
+
+    @property
+    def seekable(self) -> Seekable:
+        found = seekable(self.layer["mediaType"], self.layer["size"], self.layer["annotations"])
+        assert found is not None
+        return found
+
+
+@pytest.fixture(scope="module")
+def real_blobs(
+    registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Real]]:
+    """The varied layer converted by ctr-remote (eStargz, zstd:chunked) and skopeo."""
+    registry.push_image("lazy-src", "1", make_image([make_layer(varied_members())]))
+    src = f"{registry.host}/lazy-src:1"
+    out: list[Real] = []
+    try:
+        with run_containerd(tmp_path_factory.mktemp("containerd")) as ctr:
+            for tag, zstd in (("esgz", False), ("zstd", True)):
+                ctr_remote_convert(ctr, src, f"{registry.host}/lazy-dst:{tag}", zstd=zstd)
+    except ContainerdUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"containerd must run under CI: {exc}")
+        pytest.skip(f"containerd cannot run here: {exc}")
+    subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "--dest-compress",
+            "--dest-compress-format",
+            "zstd:chunked",
+            f"docker://{src}",
+            f"docker://{registry.host}/lazy-dst:skopeo",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    for tag in ("esgz", "zstd", "skopeo"):
+        layer = fetch_manifest(registry.url, "lazy-dst", tag)["layers"][0]
+        out.append(Real(tag, layer, fetch_blob(registry.url, "lazy-dst", layer["digest"])))
+    yield out
+
+
+def zstd_compress(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor().compress(data)
+
+
+def _source() -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
+    return {info.name: (info, data) for info, data in varied_members()}
+
+
+def test_real_tocs_describe_the_source_tar(real_blobs: list[Real]) -> None:
+    source = _source()
+    for real in real_blobs:
+        toc = toc_of_blob(real.seekable, real.blob)
+        assert toc.format == ("estargz" if real.name == "esgz" else "zstd:chunked")
+        assert [e.path for e in toc.entries] == list(source), real.name
+        for entry in toc.entries:
+            info, data = source[entry.path]
+            assert entry.meta.mode == info.mode, (real.name, entry.path)
+            assert entry.meta.mtime == info.mtime * 10**9
+            if info.isreg():
+                assert entry.kind == "file" and entry.size == info.size
+                got = b"".join(
+                    decode_chunk(toc.format, c, real.blob[c.start : c.end]) for c in entry.chunks
+                )
+                assert got == data, (real.name, entry.path)
+            elif info.issym() or info.islnk():
+                assert entry.meta.link == info.linkname
+        big = next(e for e in toc.entries if e.path == "usr/big.bin")
+        if real.name != "skopeo":  # ctr-remote chunks at 4 MiB; skopeo 1.9's writer does not
+            assert len(big.chunks) == 2
+        assert all(c.end <= toc.payload_end for e in toc.entries for c in e.chunks)
+
+
+def test_tampered_toc_is_refused(real_blobs: list[Real]) -> None:
+    for real in real_blobs:
+        wrong = "sha256:" + hashlib.sha256(b"not the toc").hexdigest()
+        with pytest.raises(DigestMismatch, match="annotation pins"):
+            toc_of_blob(replace(real.seekable, digest=wrong), real.blob)
+    esgz = real_blobs[0]
+    toc = toc_of_blob(esgz.seekable, esgz.blob)
+    blob = bytearray(esgz.blob)
+    blob[toc.payload_end + 20] ^= 0xFF  # inside the TOC's gzip member
+    with pytest.raises((DigestMismatch, InvalidArgument)):
+        toc_of_blob(esgz.seekable, bytes(blob))
+
+
+def test_corrupted_chunk_is_refused(real_blobs: list[Real]) -> None:
+    for real in real_blobs:
+        toc = toc_of_blob(real.seekable, real.blob)
+        chunk = next(e for e in toc.entries if e.path == "usr/big.bin").chunks[0]
+        data = bytearray(real.blob[chunk.start : chunk.end])
+        data[20] ^= 0x01  # inside the first block: a later frame may not be needed
+        with pytest.raises(DigestMismatch):
+            decode_chunk(toc.format, chunk, bytes(data))
+        other = b"x" * chunk.size  # well-formed data, just not this chunk's
+        packed = gzip.compress(other) if toc.format == "estargz" else zstd_compress(other)
+        with pytest.raises(DigestMismatch, match="its TOC says"):
+            decode_chunk(toc.format, chunk, packed)
+        with pytest.raises(DigestMismatch):  # truncated
+            decode_chunk(toc.format, chunk, real.blob[chunk.start : chunk.start + 10])
+
+
+def test_unpinned_layers_are_not_seekable() -> None:
+    assert seekable("application/vnd.oci.image.layer.v1.tar+gzip", 1000, {}) is None
+    with pytest.raises(InvalidArgument, match="not a sha256"):
+        seekable("application/vnd.oci.image.layer.v1.tar+gzip", 1000, {ESTARGZ_TOC_DIGEST: "md5:x"})
+    position = "io.github.containers.zstd-chunked.manifest-position"
+    checksum = "io.github.containers.zstd-chunked.manifest-checksum"
+    pin = "sha256:" + "0" * 64
+    mt = "application/vnd.oci.image.layer.v1.tar+zstd"
+    for bad in ("10:5000:20:1", "10:5:20:2", "a:b:c:d", "0:5:20:1"):
+        with pytest.raises(InvalidArgument):
+            seekable(mt, 1000, {position: bad, checksum: pin})
+
+
+def test_footer_checks() -> None:
+    with pytest.raises(InvalidArgument, match="no eStargz footer"):
+        estargz_toc_offset(b"\0" * 51, 1000)
+    good = gzip.compress(b"")  # a plain gzip member has no STARGZ extra field
+    with pytest.raises(InvalidArgument):
+        estargz_toc_offset(good.ljust(51, b"\0"), 1000)
+
+
+LAYER = Seekable("estargz", "sha256:" + "0" * 64, 10_000)
+DIGEST = "sha256:" + "1" * 64
+
+
+def _parse(entries: list[dict[str, Any]], **kw: Any) -> toc_mod.Toc:
+    doc = json.dumps({"version": 1, "entries": entries}).encode()
+    return parse_toc(doc, LAYER, payload_end=9_000, **kw)
+
+
+def _reg(name: str = "f", size: int = 10, offset: int = 100, **more: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "type": "reg",
+        "size": size,
+        "offset": offset,
+        "chunkDigest": DIGEST,
+        "mode": 0o644,
+        **more,
+    }
+
+
+@pytest.mark.parametrize(
+    ("entries", "match"),
+    [
+        ([_reg(offset=9_500)], "outside the blob's payload"),
+        ([_reg(offset=0)], "outside the blob's payload"),
+        ([_reg(chunkDigest=None)], "no sha256 chunk digest"),
+        ([_reg(chunkDigest="sha256:zz")], "no sha256 chunk digest"),
+        (
+            [_reg(chunkSize=4), {"type": "chunk", "name": "f", "offset": 200, "chunkOffset": 5}],
+            "do not tile",
+        ),
+        ([_reg(chunkSize=4)], "do not add up"),
+        ([{"type": "chunk", "name": "f", "offset": 200, "chunkOffset": 0}], "follows no file"),
+        ([_reg(name="a\0b")], "bad name"),
+        ([_reg(size=-1)], "not an integer"),
+        ([_reg(uid=1 << 40)], "not an integer"),
+        ([_reg(modtime="yesterday")], "bad modtime"),
+        ([_reg(xattrs={"user.x": "!!!"})], "not base64"),
+        ([{"name": "l", "type": "symlink", "mode": 0o777}], "without a target"),
+        ([{"name": "x", "type": "socket", "mode": 0}], "unknown type"),
+        ([_reg(size=1 << 30)], "over"),  # one chunk over MAX_CHUNK
+    ],
+)
+def test_hostile_entries_are_refused(entries: list[dict[str, Any]], match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        _parse(entries)
+
+
+def test_declared_size_and_entry_count_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(InvalidArgument, match="declare over 15 bytes"):
+        _parse([_reg("a", 10), _reg("b", 10, offset=200)], max_size=15)
+    monkeypatch.setattr(toc_mod, "MAX_ENTRIES", 3)
+    with pytest.raises(InvalidArgument, match="over 3"):
+        _parse([{"name": f"d{i}", "type": "dir", "mode": 0o755} for i in range(4)])
+    monkeypatch.setattr(toc_mod, "MAX_TOC_BYTES", 100)
+    with pytest.raises(InvalidArgument, match="over 100"):
+        _parse([{"name": "d" * 200, "type": "dir", "mode": 0o755}])
+
+
+def test_landmarks_are_hidden_and_mark_the_prefetch_end() -> None:
+    toc = _parse(
+        [
+            _reg("bin/sh", 10, 100),
+            _reg(".prefetch.landmark", 1, 300),
+            _reg("etc/x", 10, 500),
+            {"name": "./stargz.index.json", "type": "reg", "mode": 0o644},
+        ]
+    )
+    assert [e.path for e in toc.entries] == ["bin/sh", "etc/x"]
+    assert toc.prefetch_end == 300
+    sh = toc.entries[0].chunks[0]
+    assert (sh.start, sh.end) == (100, 300)  # ends where the next file's data starts
