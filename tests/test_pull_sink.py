@@ -1,7 +1,7 @@
 """The unpack-while-downloading hook: a LayerSink sees every layer's bytes, in order.
 
 These pulls pass ``unpack=False`` so that the sink under test is the only consumer (the
-unpacker is itself a sink, tested with ``fsnap.rootfs``).
+unpacker is itself a sink, tested with ``fsnap.unpack.unpacker``).
 """
 
 from __future__ import annotations

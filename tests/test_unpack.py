@@ -35,7 +35,7 @@ from unpack_helpers import (
 from fsnap.client import Client
 from fsnap.digest import chain_id, chain_ids
 from fsnap.errors import DigestMismatch
-from fsnap.rootfs import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
+from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 
 NGINX_L1 = "sha256:12e469267d21d66ac9dcae33a4d3d202ccb2591869270b95d0aad7516c7d075b"
 NGINX_L2 = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from fsnap.pull import LayerSink
     from fsnap.remotes.auth import Credentials
     from fsnap.snapshots.snapshotter import Snapshotter
-    from fsnap.unpack.layer import SizeLimit
+    from fsnap.unpack.apply import SizeLimit
 
 
 def _check_private(root: Path) -> dict[str, os.stat_result]:
@@ -130,10 +130,10 @@ class Client:
 
         With ``unpack`` (the default, as ``ctr pull``) each layer of the image for
         ``platform`` (else this host) also becomes a committed snapshot named by its chain
-        ID, applied while it downloads (``fsnap.rootfs``); ``sink`` still gets its calls.
+        ID, applied while it downloads (``fsnap.unpack``); ``sink`` still gets its calls.
         ``registry_factory`` replaces the registry client (``fsnap import`` reads archives).
         ``blob_deadline``: seconds each blob may take in all (``fsnap.limits.BLOB_DEADLINE``);
-        ``layer_limit``: what a layer may unpack to (``fsnap.unpack.layer.SizeLimit``).
+        ``layer_limit``: what a layer may unpack to (``fsnap.unpack.apply.SizeLimit``).
         """
         import functools
 
@@ -164,8 +164,8 @@ class Client:
         if not unpack:
             with acquire(self.db, f"pull {ref}"):
                 return trio.run(functools.partial(pull, sink=sink))
-        from fsnap.rootfs import pull_unpacked
         from fsnap.unpack.fanout import FanOut
+        from fsnap.unpack.unpacker import pull_unpacked
 
         async def pull_into(unpacker: LayerSink) -> Image:
             fed = unpacker if sink is None else FanOut(sink, unpacker)

@@ -156,3 +156,23 @@ def os_error(exc: OSError, what: str) -> FsnapError:
     if exc.errno in _INVALID_ERRNOS:
         return InvalidArgument(f"{what}: {reason}")
     return FailedPrecondition(f"{what}: {reason}")
+
+
+def first_fsnap_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a user should see from a failed nursery: its first typed fsnap error,
+    else its first ``OSError`` (the CLI prints it in one line; disk full becomes its
+    "no space left on <store>"), else the group itself (a bug: exit 70)."""
+    return _first_of_type(group, FsnapError) or _first_of_type(group, OSError) or group
+
+
+def _first_of_type(
+    group: BaseExceptionGroup[BaseException], kind: type[BaseException]
+) -> BaseException | None:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _first_of_type(exc, kind)
+            if inner is not None:
+                return inner
+        elif isinstance(exc, kind):
+            return exc
+    return None

@@ -1,7 +1,7 @@
 """Default limits of a pull that ``fsnap pull --help`` prints.
 
 Constants only, so that the CLI shows them without importing the engines that enforce them
-(``fsnap.pull`` and ``fsnap.unpack.layer`` load trio, httpx, isal: 0.2-0.5 s of start-up).
+(``fsnap.pull`` and ``fsnap.unpack.apply`` load trio, httpx, isal: 0.2-0.5 s of start-up).
 """
 
 # A whole blob must arrive within this many seconds, whatever its per-read progress (a

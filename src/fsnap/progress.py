@@ -1,6 +1,6 @@
 """What pull, push and commit report while they run: the observers their pipelines call.
 
-The library never prints. ``fsnap.pull`` / ``fsnap.rootfs`` report every state change of
+The library never prints. ``fsnap.pull`` / ``fsnap.unpack`` report every state change of
 every blob to a ``PullProgress``, ``fsnap.push`` to a ``PushProgress``, ``fsnap.diff.commit``
 to a ``CommitProgress``; every method of these does nothing, so a caller overrides what it
 needs. ``fsnap.cli.progress`` draws them (a live table on a terminal, plain lines

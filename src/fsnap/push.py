@@ -19,12 +19,11 @@ from pathlib import Path
 import trio
 
 from fsnap.content.store import ContentStore
-from fsnap.errors import FailedPrecondition, InvalidArgument
+from fsnap.errors import FailedPrecondition, InvalidArgument, first_fsnap_error
 from fsnap.images.manifest import kind_of, load_document, parse_index, parse_manifest
 from fsnap.images.store import Image, ImageStore
 from fsnap.oci import Descriptor
 from fsnap.progress import PushProgress
-from fsnap.pull import first_fsnap_error
 from fsnap.reference import Reference
 from fsnap.remotes.auth import Credentials
 from fsnap.remotes.registry import RegistryClient

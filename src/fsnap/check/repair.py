@@ -227,8 +227,8 @@ def _unpack_missing(client: Client) -> dict[str, str]:
 
 def unpack_stored(client: Client, image: Image) -> None:
     """Unpack ``image``'s layers again from the blobs in the store, as a pull would
-    (``fsnap.rootfs``: snapshots that exist are kept, the rest applied and committed)."""
-    from fsnap.rootfs import pull_unpacked
+    (``fsnap.unpack``: snapshots that exist are kept, the rest applied and committed)."""
+    from fsnap.unpack.unpacker import pull_unpacked
 
     manifests = stored_manifests(client.content, image.target)
 

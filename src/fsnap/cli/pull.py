@@ -59,7 +59,7 @@ def register(subparsers: Any) -> None:
 def handle_pull(client: Client, args: argparse.Namespace) -> int:
     if args.platform and args.all_platforms:
         raise InvalidArgument("--platform and --all-platforms exclude each other")
-    from fsnap.unpack.layer import SizeLimit
+    from fsnap.unpack.apply import SizeLimit
 
     platform = Platform.parse(args.platform) if args.platform else None
     options: dict[str, Any] = {

@@ -15,7 +15,6 @@ can go on changing; its next commit diffs against the same parent again.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 import tarfile
@@ -24,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fsnap.archive.apply import fixup_implicit
 from fsnap.archive.compression import Compression
 from fsnap.archive.entry import Entry
 from fsnap.content.store import ContentStore
@@ -32,7 +30,7 @@ from fsnap.content.writer import Writer
 from fsnap.diff.scan import scan_snapshot, without_sockets
 from fsnap.diff.tar import LayerBlob, write_layer
 from fsnap.digest import chain_id, sha256_of
-from fsnap.errors import AlreadyExists, FailedPrecondition, FsnapError, NotFound
+from fsnap.errors import AlreadyExists, FailedPrecondition, NotFound
 from fsnap.images import compose
 from fsnap.images.manifest import (
     Manifest,
@@ -49,7 +47,7 @@ from fsnap.progress import ByteMeter, CommitProgress
 from fsnap.reference import Reference
 from fsnap.snapshots.info import Kind
 from fsnap.snapshots.snapshotter import Snapshotter
-from fsnap.unpack.layer import apply_stored, lower_lookup, snapshot_exists
+from fsnap.unpack.apply import apply_layer, snapshot_exists
 
 
 @dataclass(frozen=True)
@@ -228,19 +226,9 @@ def _unpack(
     """Apply the new blob as committed snapshot ``top`` on ``parent`` (skip if it exists)."""
     if snapshot_exists(snapshots, top):
         return
+    desc = layer.descriptor
+    meter = ByteMeter()
+    progress.layer_unpacking(desc, meter)
     key = f"commit-{secrets.token_hex(8)} {top}"
-    snapshots.prepare(key, parent)
-    try:
-        home = snapshots.dir(key)
-        desc = layer.descriptor
-        meter = ByteMeter()
-        progress.layer_unpacking(desc, meter)
-        result = apply_stored(content.path(desc.digest), desc, home, layer.diff_id, meter=meter)
-        fixup_implicit(home, result.entries, lower_lookup(snapshots, parent))
-        snapshots.write_index(key, result.entries)
-        snapshots.commit(top, key)
-        progress.layer_unpacked(desc, top)
-    except BaseException:
-        with contextlib.suppress(FsnapError, OSError):
-            snapshots.remove(key)
-        raise
+    apply_layer(snapshots, content, desc, layer.diff_id, top, parent, key, meter=meter)
+    progress.layer_unpacked(desc, top)  # by us, or by a concurrent commit of the same layer

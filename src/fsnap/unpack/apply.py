@@ -1,9 +1,15 @@
-"""The blocking steps of unpacking one layer, run in worker threads by ``fsnap.rootfs``.
+"""Applying one layer: containerd's ``ApplyLayer`` (decompress -> apply -> verify diff ID).
 
-``apply_blob`` turns a compressed blob stream into a staged directory plus its index;
-``commit_staged`` turns that staged tree into a committed snapshot named by its chain ID
-(containerd's Prepare -> Apply -> Commit, with the apply done beforehand so that layers
-apply concurrently while commits stay in order).
+``apply_blob`` turns a compressed blob stream into an applied tree plus its index, checking
+the uncompressed bytes against the config's diff ID; ``apply_stored`` does it from a blob in
+the content store. Two callers make the tree a committed snapshot named by its chain ID:
+
+- ``apply_layer`` (``fsnap commit``): containerd's sequence as is, Stat(chain ID) -> Prepare
+  (tmp key, parent) -> Apply into the snapshot's directory -> Commit(chain ID), the
+  temporary snapshot removed on any failure.
+- the pull (``fsnap.unpack.unpacker``): applies every layer beforehand into a staging
+  directory while it downloads, then ``commit_staged`` moves that tree in with one rename,
+  so layers apply concurrently while commits stay in order.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
+from fsnap.archive.apply import ApplyResult, fixup_implicit
+from fsnap.archive.apply import apply_layer as apply_tar
 from fsnap.archive.compression import open_uncompressed
 from fsnap.archive.entry import Entry
+from fsnap.content.store import ContentStore
 from fsnap.errors import AlreadyExists, DigestMismatch, FsnapError, NotFound
 from fsnap.limits import INFLATION_FLOOR, INFLATION_RATIO
 from fsnap.oci import Descriptor
@@ -56,12 +64,12 @@ def apply_blob(
     """Decompress and apply ``raw`` (the blob of ``desc``) into the empty ``staging``; the
     uncompressed bytes must hash to ``diff_id`` (the config's), else ``DigestMismatch``.
     ``interrupt`` wakes a read of ``raw`` blocked in another thread when the apply fails
-    (``apply_layer`` reads ahead in a thread). ``sync=False`` leaves flushing the tree to
+    (``apply_tar`` reads ahead in a thread). ``sync=False`` leaves flushing the tree to
     the caller (``sync_tree``), which must do it before the tree becomes a snapshot.
     ``limit`` caps what the layer may unpack to (see ``SizeLimit``; None: no cap)."""
     uncompressed = open_uncompressed(raw, desc.media_type)
     max_size = None if limit is None else limit.for_blob(desc.size)
-    result = apply_layer(uncompressed, staging, interrupt=interrupt, sync=sync, max_size=max_size)
+    result = apply_tar(uncompressed, staging, interrupt=interrupt, sync=sync, max_size=max_size)
     if result.diff_id != diff_id:
         raise DigestMismatch(
             f"layer {desc.digest}: uncompressed content has diff_id {result.diff_id}, "
@@ -71,7 +79,7 @@ def apply_blob(
 
 
 def apply_stored(
-    path: Path,
+    content: ContentStore,
     desc: Descriptor,
     staging: Path,
     diff_id: str,
@@ -82,8 +90,8 @@ def apply_stored(
 ) -> ApplyResult:
     """``apply_blob`` from a blob already in the content store; ``meter`` counts the
     blob's bytes as they are applied."""
-    with open(path, "rb") as raw:
-        source = cast(BinaryIO, meter.wrap(raw)) if meter is not None else raw
+    with content.open(desc.digest) as raw:
+        source = cast(BinaryIO, meter.wrap(raw) if meter is not None else raw)
         return apply_blob(source, desc, staging, diff_id, sync=sync, limit=limit)
 
 
@@ -117,13 +125,56 @@ def commit_staged(
     Returns False when that snapshot exists already (another pull got there first: ours is
     discarded). On any failure the temporary snapshot is removed: a half-done layer never
     becomes a committed snapshot. ``staged`` is moved away on success, left otherwise."""
+
+    def move_in(home: Path) -> list[Entry]:
+        os.rename(staged, home)  # replaces the empty directory prepare made
+        return entries
+
+    return _commit_as(snapshotter, session.temp_key(chain_id), chain_id, parent, move_in)
+
+
+def apply_layer(
+    snapshotter: Snapshotter,
+    content: ContentStore,
+    desc: Descriptor,
+    diff_id: str,
+    chain_id: str,
+    parent: str,
+    key: str,
+    *,
+    meter: ByteMeter | None = None,
+    limit: SizeLimit | None = None,
+) -> bool:
+    """containerd's ``ApplyLayer``: the stored blob ``desc`` becomes the committed snapshot
+    ``chain_id`` on ``parent``, applied in place through the active snapshot ``key``.
+
+    Returns False when ``chain_id`` exists already (nothing applied). The uncompressed
+    bytes must hash to ``diff_id`` (``DigestMismatch``); whatever fails, ``key`` is removed
+    and no snapshot ``chain_id`` appears."""
+
+    def apply_in(home: Path) -> list[Entry]:
+        return apply_stored(content, desc, home, diff_id, meter=meter, limit=limit).entries
+
+    return _commit_as(snapshotter, key, chain_id, parent, apply_in)
+
+
+def _commit_as(
+    snapshotter: Snapshotter,
+    key: str,
+    chain_id: str,
+    parent: str,
+    fill: Callable[[Path], list[Entry]],
+) -> bool:
+    """Prepare ``key`` on ``parent``, ``fill`` its directory (returning the layer's index
+    entries), complete the implicit parents from the layers below, and commit it as
+    ``chain_id``. False if ``chain_id`` exists (before or by the time of the commit); on
+    any failure ``key`` is removed."""
     if snapshot_exists(snapshotter, chain_id):
         return False
-    key = session.temp_key(chain_id)
     snapshotter.prepare(key, parent)
     try:
         home = snapshotter.dir(key)
-        os.rename(staged, home)  # replaces the empty directory prepare made
+        entries = fill(home)
         fixup_implicit(home, entries, lower_lookup(snapshotter, parent))
         snapshotter.write_index(key, entries)
         snapshotter.commit(chain_id, key)

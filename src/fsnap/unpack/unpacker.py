@@ -10,7 +10,7 @@ layer applies as its blob arrives (while the others download; one at a time, see
    redone. Only manifests for the unpack platform are unpacked (the requested one, else the
    host's; with ``--all-platforms`` every manifest matching the host, as ``ctr`` does).
 2. ``feed``: the blob's bytes go through a bounded ``BytePipe`` to a worker thread that
-   decompresses and applies them (``fsnap.unpack.layer.apply_blob``); the diff ID is
+   decompresses and applies them (``fsnap.unpack.apply.apply_blob``); the diff ID is
    checked as soon as the tar ends, so a bad layer fails the pull early.
 3. One task per manifest commits bottom to top: when layer i is applied and layer i-1's
    chain is committed, the staged tree becomes snapshot ``chain[i]`` (``commit_staged``).
@@ -38,15 +38,15 @@ import trio
 from fsnap.archive.apply import ApplyResult, sync_tree
 from fsnap.content.store import ContentStore
 from fsnap.digest import chain_ids
-from fsnap.errors import FsnapError
+from fsnap.errors import FsnapError, first_fsnap_error
 from fsnap.images.manifest import ImageConfig, Manifest
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
 from fsnap.progress import ByteMeter, PullProgress
-from fsnap.pull import LayerSink, first_fsnap_error
+from fsnap.pull import LayerSink
 from fsnap.snapshots.disk import remove_tree
 from fsnap.snapshots.snapshotter import Snapshotter
-from fsnap.unpack.layer import SizeLimit, apply_blob, apply_stored, commit_staged
+from fsnap.unpack.apply import SizeLimit, apply_blob, apply_stored, commit_staged
 from fsnap.unpack.pipe import BytePipe
 from fsnap.unpack.staging import Session, clean_stale, open_session
 
@@ -237,7 +237,7 @@ class Unpacker:
         try:
             result = await trio.to_thread.run_sync(
                 functools.partial(apply_stored, sync=False, meter=meter, limit=self.limit),
-                self.content.path(desc.digest),
+                self.content,
                 desc,
                 staged,
                 plan.diff_ids[index],
