@@ -252,7 +252,7 @@ def test_orphan_directories_and_abandoned_downloads(store: tuple[Path, str, Imag
         writer = client.content.writer("abandoned", blob.descriptor())
         writer.write(blob.data[:10])
         writer.close()
-        orphan = client.content.ingest_root / ("cd" * 32)
+        orphan = client.content.ingests.root / ("cd" * 32)
         orphan.mkdir()
         (orphan / "data").write_bytes(b"partial")
         client.content.path(stray).write_bytes(b"stray")

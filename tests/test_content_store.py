@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import os
 import stat
 import subprocess
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fsnap.content import ContentStore
+from fsnap.content import ContentStore, Ingester, Provider, Writer
+from fsnap.content.writer import IngestWriter
 from fsnap.db import Database
 from fsnap.digest import sha256_of
 from fsnap.errors import AlreadyExists, Busy, DigestMismatch, NotFound
@@ -47,7 +49,7 @@ def test_commit_makes_a_read_only_indexed_blob(store: ContentStore) -> None:
     assert store.info(desc.digest).labels == {"a": "1"}
     assert [i.digest for i in store.walk()] == [desc.digest]
     assert store.list_ingests() == []
-    assert not store.ingest_dir("r1").exists()
+    assert not store.ingests.directory("r1").exists()
 
 
 def test_reopening_a_store_keeps_its_blobs_and_info_is_immutable(
@@ -63,7 +65,7 @@ def test_reopening_a_store_keeps_its_blobs_and_info_is_immutable(
     assert again.read(info.digest) == data
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.size = 0  # type: ignore[misc]
-    store.remove_ingest_dir("never-started")  # removing what is not there is no error
+    store.ingests.forget("never-started")  # removing what is not there is no error
 
 
 def test_an_indexed_blob_whose_file_is_gone_is_not_found(store: ContentStore) -> None:
@@ -131,7 +133,7 @@ def test_resume_detects_corrupted_partial_data(store: ContentStore) -> None:
     writer = store.writer("tampered", desc)
     writer.write(data[:20_000])
     writer.close()
-    part = store.ingest_dir("tampered") / "data"
+    part = store.ingests.data_path("tampered")
     with open(part, "r+b") as handle:
         handle.write(b"\x00" * 10)
     with store.writer("tampered", desc) as again:
@@ -163,7 +165,7 @@ def test_ingest_status_counts_the_bytes_on_disk(store: ContentStore) -> None:
     (status,) = store.list_ingests()
     assert (status.ref, status.offset, status.total) == ("partial", 37, 100)
     assert status.expected == desc_of(data).digest
-    (store.ingest_dir("partial") / "data").unlink()
+    store.ingests.data_path("partial").unlink()
     assert store.list_ingests()[0].offset == 0
     with store.writer("partial", desc_of(data)) as again:
         assert again.offset == 0
@@ -243,9 +245,50 @@ def test_delete_and_abort(store: ContentStore) -> None:
     writer.close()
     store.abort("partial")
     assert store.list_ingests() == []
-    assert not store.ingest_dir("partial").exists()
+    assert not store.ingests.directory("partial").exists()
 
 
 def test_path_layout(store: ContentStore) -> None:
     digest = "sha256:" + hashlib.sha256(b"").hexdigest()
     assert store.path(digest) == store.root / "blobs" / "sha256" / digest[7:]
+
+
+def _methods(role: type) -> dict[str, list[str]]:
+    """The methods a Protocol declares, with their parameter names (without ``self``)."""
+    return {
+        name: list(inspect.signature(member).parameters)[1:]
+        for name, member in vars(role).items()
+        if callable(member) and (not name.startswith("_") or name in ("__enter__", "__exit__"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("role", "implementation"),
+    [(Provider, ContentStore), (Ingester, ContentStore), (Writer, IngestWriter)],
+)
+def test_the_store_implements_every_method_of_its_roles(role: type, implementation: type) -> None:
+    """The Protocols of ``fsnap.content.api`` are the contract: the LMDB store has each of
+    their methods with the same parameters (mypy checks the types where callers take a
+    role, e.g. the unpacker's ``Provider``)."""
+    declared = _methods(role)
+    assert declared, role
+    for name, params in declared.items():
+        mine = getattr(implementation, name)
+        assert list(inspect.signature(mine).parameters)[1:] == params, (role, name)
+
+
+def test_a_writer_reads_back_what_it_wrote_before_a_resume(store: ContentStore) -> None:
+    """``open_written``: the bytes of an interrupted ingest, for a consumer that must see
+    the whole blob (the pull's sink when it resumes a download)."""
+    data = b"0123456789" * 1000
+    desc = desc_of(data)
+    with store.writer("partial", desc) as writer:
+        writer.write(data[:4000])
+    with store.writer("partial", desc) as again:
+        assert again.offset == 4000
+        with again.open_written() as written:
+            assert written.read(again.offset) == data[:4000]
+        again.write(data[4000:])
+        with again.open_written() as written:
+            assert written.read() == data
+        again.commit(None)

@@ -193,7 +193,7 @@ def test_only_ingests_no_writer_holds_are_removed(tmp_path: Path) -> None:
                 (gc.INGEST, "half", 40000)
             ]
             assert [s.ref for s in client.content.list_ingests()] == ["held"]
-        assert store_state(client).ingest_dirs == {client.content.ingest_dir("held").name}
+        assert store_state(client).ingest_dirs == {client.content.ingests.directory("held").name}
         report = gc.collect(client)  # closed, so resumable, but nobody is writing it
         assert [(r.kind, r.name) for r in report.removed] == [(gc.INGEST, "held")]
         assert store_state(client).ingest_dirs == frozenset()
@@ -202,12 +202,12 @@ def test_only_ingests_no_writer_holds_are_removed(tmp_path: Path) -> None:
 
 def test_an_ingest_directory_without_a_record_is_removed_unless_locked(tmp_path: Path) -> None:
     with Client(tmp_path / "root") as client:
-        orphan = client.content.ingest_dir("crashed before its first status")
+        orphan = client.content.ingests.directory("crashed before its first status")
         orphan.mkdir()
         (orphan / "data").write_bytes(b"partial")
-        taken = client.content.ingest_dir("being opened right now")
+        taken = client.content.ingests.directory("being opened right now")
         taken.mkdir()
-        lock_path = client.content.lock_path("being opened right now")
+        lock_path = client.content.ingests.lock_path("being opened right now")
         lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from fsnap.content.store import Info as BlobInfo
+from fsnap.content.api import Info as BlobInfo
 from fsnap.errors import NotFound
 from fsnap.gc.mark import (
     CONTENT_REF,

@@ -196,7 +196,7 @@ def test_open_repairs_modes_with_a_warning(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with Client(root) as client:
         client.snapshots.prepare("work")
-        assert client.content.ingest_root.is_dir()
+        assert client.content.ingests.root.is_dir()
         home = client.snapshots.state_dir("work")
         (root / "unpack").mkdir()
     for path in (root / "snapshots", home, root / "content/ingest", root / "unpack"):

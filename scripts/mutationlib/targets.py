@@ -76,6 +76,11 @@ TARGETS = (
         "store", "src/fsnap/content/store.py", ("tests/test_content_store.py", "tests/test_gc.py")
     ),
     Target(
+        "ingest",
+        "src/fsnap/content/ingest.py",
+        ("tests/test_content_store.py", "tests/test_gc_leases.py"),
+    ),
+    Target(
         "auth", "src/fsnap/remotes/auth.py", ("tests/test_remotes.py", "tests/test_pull_faults.py")
     ),
     Target(

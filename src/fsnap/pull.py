@@ -20,17 +20,18 @@ by two platforms, is streamed once. ``feed`` is awaited: a slow sink slows its d
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, cast
+from typing import IO, Protocol, cast
 
 import trio
 
 from fsnap import oci
+from fsnap.content.api import Writer
 from fsnap.content.store import ContentStore
-from fsnap.content.writer import Writer
 from fsnap.errors import (
     AlreadyExists,
     Busy,
@@ -238,15 +239,15 @@ class Puller:
         writer = await self.open_writer(desc)
         if writer is None:
             if wants:
-                await self.replay(desc, self.content.path(desc.digest), desc.size)
+                opener = functools.partial(self.content.open, desc.digest)
+                await self.replay(desc, opener, desc.size)
             self.progress.blob_done(desc, "exists")
             return
         try:
             async with self.limiter:
                 self.progress.blob_started(desc, writer.offset)
                 if wants:
-                    data_path = self.content.ingest_dir(writer.ref) / "data"
-                    await self.replay(desc, data_path, writer.offset)
+                    await self.replay(desc, writer.open_written, writer.offset)
                 self._downloading[desc.digest] = desc
                 await self.download(desc, writer, wants)
                 self.progress.blob_verifying(desc)
@@ -310,10 +311,11 @@ class Puller:
         if wants and self.sink is not None:
             await self.sink.feed(desc, data)
 
-    async def replay(self, desc: Descriptor, path: Path, length: int) -> None:
-        """Feed the sink ``length`` bytes already on disk (a committed blob, or a partial)."""
+    async def replay(self, desc: Descriptor, opener: Callable[[], IO[bytes]], length: int) -> None:
+        """Feed the sink the first ``length`` bytes of what ``opener`` opens: a committed
+        blob, or the part of an ingest written before this pull resumed it."""
         assert self.sink is not None
-        with open(path, "rb") as handle:
+        with opener() as handle:
             remaining = length
             while remaining > 0:
                 chunk = await trio.to_thread.run_sync(handle.read, min(WRITE_BATCH, remaining))

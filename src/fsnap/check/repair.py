@@ -100,12 +100,7 @@ def _make_private(client: Client, name: str) -> str:
 
 
 def _remove_ingest(client: Client, name: str) -> str:
-    content = client.content
-    if name.startswith(sweep.ORPHAN_PREFIX):
-        path = content.ingest_root / name.removeprefix(sweep.ORPHAN_PREFIX)
-        removed = sweep.remove_orphan_dir(content, path)
-    else:
-        removed = sweep.remove_ingest(content, name)
+    removed = sweep.remove_ingest(client.content, name)
     return "removed" if removed else "left: a writer took it up again"
 
 

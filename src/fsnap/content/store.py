@@ -1,82 +1,51 @@
-"""Committed blobs: files under ``<root>/blobs/<alg>/<hex>`` plus an LMDB record each.
+"""The LMDB-backed content store: committed blobs plus their ingests, both roles of
+``fsnap.content.api`` (``Provider`` and ``Ingester``) in one object.
 
-The file is the content; the LMDB record (table ``content``: digest -> size, created,
-updated, labels) is what makes it *committed*. A writer renames a verified file into place
-first and writes the record second, so a record never names a missing or unverified blob; a
-file without a record (a crash between the two steps) is simply replaced by the next commit.
-Labels carry containerd's gc references (``containerd.io/gc.ref.content.*``) so a collector
-can walk image -> manifest -> config and layers.
+Committed blobs are files under ``<root>/blobs/<alg>/<hex>`` plus an LMDB record each. The
+file is the content; the LMDB record (table ``content``: digest -> size, created, updated,
+labels) is what makes it *committed*. A writer renames a verified file into place first
+and writes the record second (``_publish``), so a record never names a missing or
+unverified blob; a file without a record (a crash between the two steps) is simply
+replaced by the next commit. Labels carry containerd's gc references
+(``containerd.io/gc.ref.content.*``) so a collector can walk image -> manifest -> config
+and layers. Ingests in progress live under ``<root>/ingest`` (``fsnap.content.ingest``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
+from fsnap.content.api import Info, IngestStatus, Writer
+from fsnap.content.ingest import Ingests
+from fsnap.content.writer import IngestWriter
 from fsnap.db import Database, dumps
 from fsnap.digest import validate
-from fsnap.errors import NotFound
-from fsnap.fdtree import remove_tree
+from fsnap.errors import AlreadyExists, NotFound
 from fsnap.oci import Descriptor
-from fsnap.private import private_dir
-
-if TYPE_CHECKING:
-    from fsnap.content.writer import IngestStatus, Writer
 
 CONTENT_TABLE = "content"
-INGEST_TABLE = "ingests"
-
-
-@dataclass(frozen=True)
-class Info:
-    """What the store knows about one committed blob (times are seconds since the epoch)."""
-
-    digest: str
-    size: int
-    created: float
-    updated: float
-    labels: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, digest: str, data: dict[str, Any]) -> Info:
-        return cls(
-            digest=digest,
-            size=int(data["size"]),
-            created=float(data["created"]),
-            updated=float(data["updated"]),
-            labels=dict(data.get("labels") or {}),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "size": self.size,
-            "created": self.created,
-            "updated": self.updated,
-            "labels": dict(self.labels),
-        }
 
 
 class ContentStore:
-    """Blobs by digest. Safe to share between processes (LMDB + per-ingest file locks)."""
+    """Blobs by digest, a ``Provider`` and an ``Ingester`` (``fsnap.content.api``: the
+    contract). Safe to share between processes (LMDB + per-ingest file locks)."""
 
     def __init__(self, root: Path, db: Database) -> None:
         self.root = Path(root)
         self.db = db
-        self.ingest_root = self.root / "ingest"
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
-        private_dir(self.ingest_root, self.root.parent)
+        self.ingests = Ingests(self.root / "ingest", db)
 
     # -- committed blobs -------------------------------------------------------------------
 
     def path(self, digest: str) -> Path:
-        """Where the blob named ``digest`` lives (whether or not it exists)."""
+        """Where the blob named ``digest`` lives (whether or not it exists): for what needs
+        the file itself (uploads that seek, copies by sendfile, fsck); readers use ``open``."""
         algorithm, hexpart = validate(digest).split(":", 1)
         return self.root / "blobs" / algorithm / hexpart
 
@@ -130,14 +99,22 @@ class ContentStore:
             raise NotFound(f"content {digest} not found")
         self.path(digest).unlink(missing_ok=True)
 
-    def record(self, digest: str, size: int, labels: Mapping[str, str]) -> Info:
-        """Index a blob whose verified file is already in place (the writer's last step)."""
+    def _publish(self, data: Path, desc: Descriptor, labels: Mapping[str, str]) -> Info:
+        """A writer's last step: its verified, flushed ``data`` file becomes the blob, made
+        read-only and moved into place (durably) before its record is written."""
+        if self.exists(desc.digest):
+            raise AlreadyExists(f"content {desc.digest} already exists")
+        target = self.path(desc.digest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(data, 0o444)
+        os.replace(data, target)
+        fsync_dir(target.parent)
         now = time.time()
-        info = Info(digest, size, now, now, {k: v for k, v in labels.items() if v})
-        self.db.put_json(CONTENT_TABLE, digest, info.to_json())
+        info = Info(desc.digest, desc.size, now, now, {k: v for k, v in labels.items() if v})
+        self.db.put_json(CONTENT_TABLE, desc.digest, info.to_json())
         return info
 
-    # -- ingestion -------------------------------------------------------------------------
+    # -- ingestion (the Ingester role; the state is ``self.ingests``) -----------------------
 
     def writer(self, ref: str, expected: Descriptor) -> Writer:
         """Open (or resume) the ingest ``ref`` for the blob ``expected``.
@@ -145,60 +122,17 @@ class ContentStore:
         Raises Busy when another writer (in this or another process) holds ``ref``; the
         caller may wait and retry, or check whether the other writer committed the blob.
         """
-        from fsnap.content.writer import Writer
-
-        return Writer.open(self, ref, expected)
-
-    def ingest_dir(self, ref: str) -> Path:
-        """The directory holding ``ref``'s partial data (named by a hash: refs are free text)."""
-        return self.ingest_root / hashlib.sha256(ref.encode()).hexdigest()
-
-    def lock_path(self, ref: str) -> Path:
-        """The lock file of ``ref``. It is never deleted: unlinking a lock file others may be
-        waiting on would let two writers each lock a different inode."""
-        return self.ingest_root / (hashlib.sha256(ref.encode()).hexdigest() + ".lock")
+        return IngestWriter.open(self.ingests, self._publish, ref, expected)
 
     def status(self, ref: str) -> IngestStatus:
-        data = self.db.get_json(INGEST_TABLE, ref)
-        if data is None:
-            raise NotFound(f"ingest {ref!r} not found")
-        return self._status(ref, data)
+        return self.ingests.status(ref)
 
     def list_ingests(self) -> list[IngestStatus]:
-        return [self._status(ref, data) for ref, data in self.db.items_json(INGEST_TABLE)]
+        return self.ingests.statuses()
 
     def abort(self, ref: str) -> None:
         """Drop an ingest and its partial data (Busy if a writer holds it right now)."""
-        writer = self.writer(ref, Descriptor.from_json(self._ingest_expected(ref)))
-        writer.discard()
-
-    def _ingest_expected(self, ref: str) -> dict[str, Any]:
-        data = self.db.get_json(INGEST_TABLE, ref)
-        if data is None:
-            raise NotFound(f"ingest {ref!r} not found")
-        expected: dict[str, Any] = data["expected"]
-        return expected
-
-    def _status(self, ref: str, data: dict[str, Any]) -> IngestStatus:
-        from fsnap.content.writer import IngestStatus
-
-        data_file = self.ingest_dir(ref) / "data"
-        try:
-            offset = data_file.stat().st_size
-        except FileNotFoundError:
-            offset = 0
-        return IngestStatus(
-            ref=ref,
-            offset=offset,
-            total=int(data["total"]),
-            expected=str(data["expected"]["digest"]),
-            started=float(data["started"]),
-            updated=float(data["updated"]),
-        )
-
-    def remove_ingest_dir(self, ref: str) -> None:
-        with contextlib.suppress(OSError):
-            remove_tree(self.ingest_dir(ref))
+        self.writer(ref, self.ingests.expected(ref)).discard()
 
 
 def _loads(raw: bytes | memoryview) -> dict[str, Any]:

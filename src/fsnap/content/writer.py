@@ -1,28 +1,30 @@
-"""Ingestion: how bytes from the network become a committed, verified, read-only blob.
+"""The ``Writer`` of the content store: how bytes from the network become a committed,
+verified, read-only blob.
 
-A ``Writer`` is keyed by a *ref* (free text; the puller uses the digest). Its bytes go to
-``<root>/ingest/<sha256(ref)>/data`` and its state to the LMDB table ``ingests``. Opening
-the same ref again resumes: the data file is the truth about the offset, and the bytes
-already there are re-hashed so the final digest check still covers every byte.
-
-Only one writer may hold a ref at a time, across processes: the writer holds an exclusive
-``flock`` on ``<sha256(ref)>.lock`` from open to commit/close. A second opener gets Busy
+A writer is keyed by a *ref* (free text; the puller uses the digest). It holds the ref's
+lock from open to commit/close, appends to the ref's data file and refreshes its status
+record (``fsnap.content.ingest``: the layout and the crash protocol). Opening the same ref
+again resumes: the data file is the truth about the offset, and the bytes already there
+are re-hashed so the final digest check still covers every byte. A second opener gets Busy
 at once rather than blocking, so an async caller can wait without tying up a thread.
+
+The last step of a commit, moving the verified file into place and indexing it, belongs
+to the store of committed blobs: the writer is given it as ``publish``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from fsnap.content.store import INGEST_TABLE, ContentStore, Info, fsync_dir
+from fsnap.content.api import Info
+from fsnap.content.ingest import Ingests
 from fsnap.digest import hasher
-from fsnap.errors import AlreadyExists, Busy, DigestMismatch
-from fsnap.locking import try_exclusive
+from fsnap.errors import AlreadyExists, DigestMismatch
 from fsnap.oci import Descriptor
 
 # How often a writer refreshes its LMDB status record: each write transaction syncs, so
@@ -30,29 +32,24 @@ from fsnap.oci import Descriptor
 STATUS_INTERVAL = 1.0
 REHASH_CHUNK = 1 << 20
 
-
-@dataclass(frozen=True)
-class IngestStatus:
-    """Progress of one ingest: ``offset`` bytes of ``total`` are on disk."""
-
-    ref: str
-    offset: int
-    total: int
-    expected: str
-    started: float
-    updated: float
+# Make the verified, flushed file at ``Path`` the committed blob ``Descriptor`` with these
+# labels; ``AlreadyExists`` if it is committed already (then the file is left where it is).
+Publish = Callable[[Path, Descriptor, Mapping[str, str]], Info]
 
 
-class Writer:
-    """A locked, resumable ingest of one expected blob. Use ``ContentStore.writer``."""
+class IngestWriter:
+    """A locked, resumable ingest of one expected blob (``fsnap.content.api.Writer``).
+    Use ``ContentStore.writer``."""
 
-    def __init__(self, store: ContentStore, ref: str, expected: Descriptor, lock_fd: int) -> None:
-        self.store = store
+    def __init__(
+        self, ingests: Ingests, publish: Publish, ref: str, expected: Descriptor, lock_fd: int
+    ) -> None:
+        self.ingests = ingests
         self.ref = ref
         self.expected = expected
+        self._publish = publish
         self._lock_fd: int | None = lock_fd
-        self._dir = store.ingest_dir(ref)
-        self._data = self._dir / "data"
+        self._data = ingests.data_path(ref)
         self._hash = hasher(expected.digest)
         self._offset = 0
         self._started = time.time()
@@ -60,9 +57,10 @@ class Writer:
         self._file: IO[bytes] | None = None
 
     @classmethod
-    def open(cls, store: ContentStore, ref: str, expected: Descriptor) -> Writer:
-        lock_fd = _try_lock(store, ref)
-        writer = cls(store, ref, expected, lock_fd)
+    def open(
+        cls, ingests: Ingests, publish: Publish, ref: str, expected: Descriptor
+    ) -> IngestWriter:
+        writer = cls(ingests, publish, ref, expected, ingests.lock(ref))
         try:
             writer._resume()
         except BaseException:
@@ -77,11 +75,11 @@ class Writer:
 
     def _resume(self) -> None:
         """Pick up bytes left by an earlier writer of the same ref, or start afresh."""
-        record = self.store.db.get_json(INGEST_TABLE, self.ref)
+        record = self.ingests.record(self.ref)
         same_blob = record is not None and record["expected"]["digest"] == self.expected.digest
         if record is not None and same_blob:
             self._started = float(record["started"])
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._data.parent.mkdir(parents=True, exist_ok=True)
         size = self._data.stat().st_size if self._data.exists() else 0
         if not same_blob or size > self.expected.size:
             size = 0
@@ -115,6 +113,13 @@ class Writer:
         if time.monotonic() - self._status_at >= STATUS_INTERVAL:
             self._save_status()
 
+    def open_written(self) -> IO[bytes]:
+        """The bytes written so far, opened for reading from the start (read at most
+        ``offset`` of them: the file grows as this writer goes on)."""
+        assert self._file is not None, "read after commit, close or discard"
+        self._file.flush()
+        return open(self._data, "rb")
+
     def commit(self, labels: Mapping[str, str] | None = None) -> Info:
         """Verify size and digest, then move the blob into place read-only and index it.
 
@@ -132,20 +137,16 @@ class Writer:
         if actual != digest:
             self.discard()
             raise DigestMismatch(f"blob {digest} failed verification: its bytes hash to {actual}")
-        if self.store.exists(digest):
-            self.discard()
-            raise AlreadyExists(f"content {digest} already exists")
         assert self._file is not None, "commit after close or discard"
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        target = self.store.path(digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self._data, 0o444)
-        os.replace(self._data, target)
-        fsync_dir(target.parent)
-        info = self.store.record(digest, self.expected.size, labels or {})
+        try:
+            info = self._publish(self._data, self.expected, labels or {})
+        except AlreadyExists:
+            self.discard()
+            raise
         self._forget()
         return info
 
@@ -165,31 +166,19 @@ class Writer:
         self._forget()
 
     def _forget(self) -> None:
-        self.store.db.delete(INGEST_TABLE, self.ref)
-        self.store.remove_ingest_dir(self.ref)
+        self.ingests.forget(self.ref)
         self._release()
 
     def _save_status(self) -> None:
         self._status_at = time.monotonic()
-        self.store.db.put_json(
-            INGEST_TABLE,
-            self.ref,
-            {
-                "ref": self.ref,
-                "offset": self._offset,
-                "total": self.expected.size,
-                "expected": self.expected.to_json(),
-                "started": self._started,
-                "updated": time.time(),
-            },
-        )
+        self.ingests.save(self.ref, self.expected, self._offset, self._started)
 
     def _release(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor drops the flock
             self._lock_fd = None
 
-    def __enter__(self) -> Writer:
+    def __enter__(self) -> IngestWriter:
         return self
 
     def __exit__(
@@ -199,11 +188,3 @@ class Writer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _try_lock(store: ContentStore, ref: str) -> int:
-    """An fd holding the exclusive lock of ``ref``, or Busy if someone else holds it."""
-    fd = try_exclusive(store.lock_path(ref))
-    if fd is None:
-        raise Busy(f"ingest {ref!r} is in progress in another writer")
-    return fd

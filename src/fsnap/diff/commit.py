@@ -25,8 +25,8 @@ from typing import Any
 
 from fsnap.archive.compression import Compression
 from fsnap.archive.entry import Entry
+from fsnap.content.api import Writer
 from fsnap.content.store import ContentStore
-from fsnap.content.writer import Writer
 from fsnap.diff.scan import scan_snapshot, without_sockets
 from fsnap.diff.tar import LayerBlob, write_layer
 from fsnap.digest import chain_id, sha256_of

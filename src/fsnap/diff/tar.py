@@ -23,7 +23,6 @@ import hashlib
 import io
 import os
 import tarfile
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +205,7 @@ def write_layer(
     are computed; then it goes through a content ``Writer`` for the usual verification and
     atomic commit (a blob already there is fine). Blocking: run it in a thread.
     """
-    with tempfile.TemporaryFile(dir=content.ingest_root) as spool:
+    with content.ingests.spool() as spool:
         compressed = _Hashing(cast(BinaryIO, spool))
         compressor = compress_writer(compression, cast(BinaryIO, compressed))
         uncompressed = _Hashing(compressor)

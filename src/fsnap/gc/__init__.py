@@ -13,10 +13,8 @@ image recorded after it is seen as a root. See ``fsnap.leases`` for the lease ru
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fsnap import leases
@@ -106,7 +104,7 @@ def plan_removals(client: Client) -> list[Removal]:
         snapshot_lookup=snapshots.stat,
     )
     ingests = content.list_ingests()
-    orphans = sweep.orphan_ingest_dirs(content, ingests)
+    orphans = content.ingests.orphans()
     all_leases = leases.list_leases(client.db)
     since = leases.protected_since(all_leases)
     sources = mark.RootSources(
@@ -125,12 +123,12 @@ def plan_removals(client: Client) -> list[Removal]:
         Removal(INGEST, status.ref, status.offset, status.expected)
         for status in ingests
         if not _leased(max(status.started, status.updated), since)
-        and sweep.is_idle(content.lock_path(status.ref))
+        and content.ingests.is_idle(status.ref)
     ]
     plan += [
-        Removal(INGEST, sweep.ORPHAN_PREFIX + path.name, sweep.dir_size(path))
-        for path in orphans
-        if not _leased(_mtime(path), since) and sweep.is_idle(sweep.dir_lock(path))
+        Removal(INGEST, sweep.ORPHAN_PREFIX + orphan.name, orphan.size)
+        for orphan in orphans
+        if not _leased(orphan.mtime, since)
     ]
     plan += [
         Removal(LEASE, lease.id, 0, f"pid {lease.pid}: {lease.reason}")
@@ -178,20 +176,11 @@ def _leased(touched: float, since: float | None) -> bool:
     return since is not None and touched >= since
 
 
-def _mtime(path: Path) -> float:
-    with contextlib.suppress(OSError):
-        return float(path.stat().st_mtime)
-    return float("inf")  # vanished or unreadable: treat as new, keep it
-
-
 def _remove(client: Client, item: Removal) -> bool:
     if item.kind == SNAPSHOT:
         return sweep.remove_snapshot(client.snapshots, item.name, item.seen_updated)
     if item.kind == BLOB:
         return sweep.remove_blob(client.content, item.name)
-    if item.kind == INGEST and item.name.startswith(sweep.ORPHAN_PREFIX):
-        path = client.content.ingest_root / item.name.removeprefix(sweep.ORPHAN_PREFIX)
-        return sweep.remove_orphan_dir(client.content, path)
     if item.kind == INGEST:
         return sweep.remove_ingest(client.content, item.name)
     return leases.delete(client.db, item.name)

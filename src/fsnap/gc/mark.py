@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from fsnap.content.store import Info as BlobInfo
+from fsnap.content.api import Info as BlobInfo
 from fsnap.errors import NotFound
 from fsnap.labels import CONTENT_REF, GC_ROOT
 from fsnap.labels import SNAPSHOT_LABEL as SNAPSHOT_REF

@@ -217,7 +217,7 @@ def _add_uncompressed(
     tar: tarfile.TarFile, content: ContentStore, layer: dict[str, Any], name: str
 ) -> None:
     """The layer's tar, decompressed (docker archives hold uncompressed layers)."""
-    with tempfile.TemporaryFile(dir=content.ingest_root) as spool:
+    with content.ingests.spool() as spool:
         with content.open(layer["digest"]) as blob:
             raw = cast(BinaryIO, blob)
             shutil.copyfileobj(open_uncompressed(raw, layer.get("mediaType", "")), spool, CHUNK)

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from fsnap import oci
+from fsnap.content.api import Ingester
 from fsnap.content.store import ContentStore
 from fsnap.errors import DigestMismatch, FsnapError, InvalidArgument, NotFound
 from fsnap.images.store import Image
@@ -108,7 +109,7 @@ def import_archive(
         return done
 
 
-def _drop_ingests(content: ContentStore, before: set[str]) -> None:
+def _drop_ingests(content: Ingester, before: set[str]) -> None:
     """Drop the ingests that appeared since ``before`` (one a live writer holds, another
     process's, is Busy and stays)."""
     for status in content.list_ingests():

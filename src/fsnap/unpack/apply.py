@@ -26,7 +26,7 @@ from fsnap.archive.apply import ApplyResult, fixup_implicit
 from fsnap.archive.apply import apply_layer as apply_tar
 from fsnap.archive.compression import open_uncompressed
 from fsnap.archive.entry import Entry
-from fsnap.content.store import ContentStore
+from fsnap.content.api import Provider
 from fsnap.errors import AlreadyExists, DigestMismatch, FsnapError, NotFound
 from fsnap.limits import INFLATION_FLOOR, INFLATION_RATIO
 from fsnap.oci import Descriptor
@@ -79,7 +79,7 @@ def apply_blob(
 
 
 def apply_stored(
-    content: ContentStore,
+    content: Provider,
     desc: Descriptor,
     staging: Path,
     diff_id: str,
@@ -135,7 +135,7 @@ def commit_staged(
 
 def apply_layer(
     snapshotter: Snapshotter,
-    content: ContentStore,
+    content: Provider,
     desc: Descriptor,
     diff_id: str,
     chain_id: str,
