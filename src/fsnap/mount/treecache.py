@@ -7,7 +7,8 @@ saves the finished tree in the top snapshot's own directory (``<root>/<id>/merge
 removing that snapshot retires its directory and takes the cache along, and snapshot ids
 are never reused, so a cache can never describe another chain.
 
-The format is ``marshal`` of plain tuples (fast to load, and unable to run code), behind a
+The format is ``marshal`` of a dict of flat arrays and byte strings (``fsnap.mount.lazytree``:
+loaded without per-entry work, nodes made on demand; ``marshal`` cannot run code), behind a
 magic, a version and a sha256 of the payload, so a truncated or damaged file is refused
 before it is decoded. ``marshal`` is not hardened against crafted input, so a cache is read
 only if the file and its directory belong to us and nobody else may write them; anything
@@ -24,8 +25,9 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from fsnap.mount import lazytree
 from fsnap.mount.source import chain_layers
 from fsnap.mount.tree import MergedTree, Node
 from fsnap.snapshots.info import Info, Kind
@@ -37,12 +39,8 @@ log = logging.getLogger(__name__)
 
 CACHE_NAME = "merged.tree"
 MAGIC = b"fsnaptr\n"
-VERSION = 2  # 2: nodes carry their atime
+VERSION = 3  # 2: nodes carry their atime; 3: flat arrays, nodes made on demand (lazytree)
 _HASH_SIZE = 32
-
-# One node as saved: everything ``Node`` holds except its inode (its position in the list)
-# and object references (parent and children are inode numbers).
-_Row = tuple[Any, ...]
 
 
 def merged_tree(snapshots: Snapshotter, key: str) -> MergedTree:
@@ -68,7 +66,7 @@ def merged_tree(snapshots: Snapshotter, key: str) -> MergedTree:
 def save(path: Path, tree: MergedTree, chain: list[Info], dirs: list[str]) -> None:
     """Write the cache atomically (temporary file + rename); a failure only costs the next
     mount a rebuild, so it is logged, not raised."""
-    payload = marshal.dumps((VERSION, _names(chain), _rows(tree, dirs)))
+    payload = marshal.dumps((VERSION, _names(chain), _encode(tree, dirs)))
     data = MAGIC + hashlib.sha256(payload).digest() + payload
     temp = path.with_name(f".{CACHE_NAME}.{secrets.token_hex(6)}")
     try:
@@ -88,38 +86,8 @@ def _names(chain: list[Info]) -> tuple[str, ...]:
     return tuple(info.name for info in chain)
 
 
-def _rows(tree: MergedTree, dirs: list[str]) -> list[_Row]:
-    rows: list[_Row] = []
-    for node in tree.nodes[1:]:
-        assert node is not None
-        rows.append(_row(node, dirs))
-    return rows
-
-
-def _row(node: Node, dirs: list[str]) -> _Row:
-    names = inos = None
-    if node.children is not None:
-        names = tuple(node.names or ())
-        inos = tuple(node.children[name].ino for name in names if name is not None)
-    parent = node.parent.ino if node.parent is not None else 0
-    return (
-        node.mode,
-        node.uid,
-        node.gid,
-        node.size,
-        node.mtime,
-        node.rdev,
-        node.nlink,
-        node.link,
-        node.xattrs,
-        _relative(node, dirs),
-        parent,
-        node.name,
-        node.layer,
-        names,
-        inos,
-        node.atime,
-    )
+def _encode(tree: MergedTree, dirs: list[str]) -> lazytree.Encoded:
+    return lazytree.encode(tree, (_relative(n, dirs) for n in tree.nodes[1:] if n is not None))
 
 
 def _relative(node: Node, dirs: list[str]) -> str | None:
@@ -142,11 +110,11 @@ def load(path: Path, chain: list[Info], dirs: list[str]) -> MergedTree | None:
     if payload is None:
         return None
     try:
-        version, names, rows = marshal.loads(payload)
+        version, names, columns = marshal.loads(payload)
         if version != VERSION or tuple(names) != _names(chain):
             log.warning("merged tree cache %s is for another chain: rebuilding", path)
             return None
-        tree = _restore(rows, dirs)
+        tree = lazytree.decode(columns, dirs)
     except (ValueError, TypeError, EOFError, IndexError, KeyError, AttributeError):
         log.warning("merged tree cache %s cannot be decoded: rebuilding", path)
         return None
@@ -185,54 +153,3 @@ def _trusted_payload(path: Path) -> bytes | None:
 def _owned(st: os.stat_result, directory: bool = False) -> bool:
     kind_ok = stat.S_ISDIR(st.st_mode) if directory else stat.S_ISREG(st.st_mode)
     return kind_ok and st.st_uid == os.geteuid() and not st.st_mode & 0o022
-
-
-def _restore(rows: list[_Row], dirs: list[str]) -> MergedTree:
-    """Nodes from rows (inode ``i`` is row ``i - 1``), then their links to each other."""
-    nodes: list[Node | None] = [None]
-    new = Node.__new__
-    for ino, row in enumerate(rows, start=1):
-        node: Node = new(Node)
-        (
-            node.mode,
-            node.uid,
-            node.gid,
-            node.size,
-            node.mtime,
-            node.rdev,
-            node.nlink,
-            node.link,
-            node.xattrs,
-            rel,
-            _,
-            node.name,
-            node.layer,
-            names,
-            _,
-            node.atime,
-        ) = row
-        node.ino = ino
-        node.source = None if rel is None else os.path.join(dirs[node.layer], rel)
-        node.upper = node.opaque = False
-        node.below = None
-        node.names = None if names is None else list(names)
-        node.children = None
-        nodes.append(node)
-    for linked, row in zip(nodes[1:], rows, strict=True):
-        assert linked is not None
-        linked.parent = _node(nodes, row[10])
-        if linked.names is not None:
-            linked.children = {
-                name: _node(nodes, ino) for name, ino in zip(row[13], row[14], strict=True)
-            }
-    root = nodes[1]
-    if root is None or root.children is None or root.parent is not root:
-        raise ValueError("the cache has no root directory")
-    return MergedTree(root, nodes)
-
-
-def _node(nodes: list[Node | None], ino: int) -> Node:
-    node = nodes[ino]
-    if node is None or ino <= 0:
-        raise IndexError(ino)
-    return node
