@@ -80,12 +80,22 @@ def measure(kind: Mount, view: View, mnt: Path, image: str, entries: int, figure
         _add(figures, image, "mount returns (s)", kind.name, took)
         drop_caches()
         _add(figures, image, "find, cold (s)", kind.name, run_timed(["find", str(mnt)]))
-        memory = rss_mb(kind.pid) if kind.pid else None
+        memory = rss_mb(serving_pid(kind.pid)) if kind.pid else None
         if memory is not None:
             _add(figures, image, "daemon VmRSS after find (MB)", kind.name, memory[0])
         drop_caches()
         _add(figures, image, "lstat every entry, cold (s)", kind.name, walk(mnt, entries))
         _add(figures, image, "lstat every entry, warm (s)", kind.name, walk(mnt, entries))
+
+
+def serving_pid(pid: int) -> int:
+    """The process that serves the mount: ``fsnap mount`` reports its supervisor, which
+    forks the server (a child); fuse-overlayfs serves by itself (no children)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(children[0]) if len(children) == 1 else pid
 
 
 def mount_cold(fsnap: FsnapMount, view: View, mnt: Path, image: str, figures: Figures) -> None:
@@ -154,7 +164,9 @@ def slope(points: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / var if var else float("nan")
 
 
-def report(figures: Figures, entries: dict[str, int], kinds: list[str]) -> None:
+def report(
+    figures: Figures, entries: dict[str, int], kinds: list[str], growth: bool = True
+) -> None:
     print("\nevery run:")
     for image, by_figure in figures.items():
         for figure, by_kind in by_figure.items():
@@ -169,7 +181,9 @@ def report(figures: Figures, entries: dict[str, int], kinds: list[str]) -> None:
             cells = [f"{med[k]:.3f}" if k in med else "-" for k in kinds]
             other = "tar -xzf" if figure.startswith("pull") else "fuse-overlayfs"
             rows.append([f"{image} {figure}", *cells, ratio(med.get("fsnap"), med.get(other))])
-    print("\n" + table([row[:1] + row[1:] for row in rows]))
+    print("\n" + table(rows))
+    if not growth:
+        return
     flat = [name for name in figures if name.endswith("-1l")]
     print("\ngrowth over the one-layer images, per 100,000 entries (least-squares slope):")
     for figure in next(iter(figures.values()), {}):
@@ -217,11 +231,39 @@ def main(argv: list[str] | None = None) -> int:
             root = pull(args.work, ref, info, args.pull_rounds, figures)
             fsnap = FsnapMount(args.work, root)
             view = View(ref, snapshot_dirs(root, ref))
-            mnt = args.work / "mnt"
-            for r in range(args.rounds):
-                mount_cold(fsnap, view, mnt, name, figures)
-                for kind in [fsnap, fuse] if r % 2 == 0 else [fuse, fsnap]:
-                    measure(kind, view, mnt, name, entries[name], figures)
-                print(f"{name}: round {r + 1} done", flush=True)
-    report(figures, entries, ["fsnap", FSNAP_COLD, "fuse-overlayfs", "tar -xzf"])
+            try:
+                rounds(args.rounds, fsnap, fuse, view, args.work / "mnt", name, entries, figures)
+            except RuntimeError as exc:
+                print(f"{name}: FAILED: {exc}\n{_daemon_logs(root)}", flush=True)
+            report({name: figures.get(name, {})}, entries, KINDS, growth=False)
+    report(figures, entries, KINDS)
     return 0
+
+
+KINDS = ["fsnap", FSNAP_COLD, "fuse-overlayfs", "tar -xzf"]
+
+
+def rounds(
+    count: int,
+    fsnap: FsnapMount,
+    fuse: FuseOverlayMount,
+    view: View,
+    mnt: Path,
+    name: str,
+    entries: dict[str, int],
+    figures: Figures,
+) -> None:
+    for r in range(count):
+        mount_cold(fsnap, view, mnt, name, figures)
+        for kind in [fsnap, fuse] if r % 2 == 0 else [fuse, fsnap]:
+            measure(kind, view, mnt, name, entries[name], figures)
+        print(f"{name}: round {r + 1} done", flush=True)
+
+
+def _daemon_logs(root: Path, lines: int = 20) -> str:
+    """The tail of every mount log of the store (what a failed daemon said)."""
+    out = []
+    for log in sorted(root.rglob("*.log")):
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {log}\n" + "\n".join(text))
+    return "\n".join(out)

@@ -79,11 +79,14 @@ def _layer_blob(image_dir: Path, fill_tar: Path) -> dict[str, object]:
         for member in tar:
             files += 1
             data_bytes += member.size if member.isreg() else 0
-    with open(fill_tar, "rb") as src, open(temp, "wb") as out:
-        with gzip.GzipFile(fileobj=_Hashing(out, blob_hash), mode="wb", compresslevel=1, mtime=0) as gz:
-            while chunk := src.read(CHUNK):
-                raw_hash.update(chunk)
-                gz.write(chunk)
+    with (
+        open(fill_tar, "rb") as src,
+        open(temp, "wb") as out,
+        gzip.GzipFile(fileobj=_Hashing(out, blob_hash), mode="wb", compresslevel=1, mtime=0) as gz,
+    ):
+        while chunk := src.read(CHUNK):
+            raw_hash.update(chunk)
+            gz.write(chunk)
     digest = "sha256:" + blob_hash.hexdigest()
     os.rename(temp, image_dir / "blobs" / blob_hash.hexdigest())
     fill_tar.unlink()

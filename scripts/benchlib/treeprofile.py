@@ -78,7 +78,6 @@ def profile(count: int, top: int) -> None:
         assert isinstance(tree, MergedTree)
         path = Path(tmp) / treecache.CACHE_NAME
         save_s, _ = _median_seconds(lambda: treecache.save(path, tree, chain, dirs))
-        del tree, layers
         load_s, _ = _median_seconds(lambda: treecache.load(path, chain, dirs))
         gc.collect()
         tracemalloc.start(1)
