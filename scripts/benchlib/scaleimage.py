@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from benchlib.image import MTIME, ImageInfo, blob_size, load
+from benchlib.image import MTIME, ImageInfo, _add_dir, blob_size, load
 from fsnap import oci
 
 FILES_PER_DIR = 100
@@ -50,12 +50,6 @@ def _plan(entries: int) -> Iterator[tuple[str, list[str]]]:
         left -= count
         yield path, [f"f{i:03d}" for i in range(count)]
         leaf += 1
-
-
-def _add_dir(tar: tarfile.TarFile, path: str) -> None:
-    info = tarfile.TarInfo(path)
-    info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, MTIME
-    tar.addfile(info)
 
 
 def _add_entry(tar: tarfile.TarFile, path: str, n: int) -> None:
