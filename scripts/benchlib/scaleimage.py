@@ -16,14 +16,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
 import tarfile
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 
-from benchlib.image import MTIME, ImageInfo, _add_dir, blob_size, load
+from benchlib.image import MTIME, ImageInfo, _add_dir, _ImageWriter, blob_size, load
 from fsnap import oci
 
 FILES_PER_DIR = 100
@@ -110,10 +108,9 @@ class _Hashing(io.RawIOBase):
 
 def build(images_dir: Path, entries: int, layers: int) -> ImageInfo:
     name = image_name(entries, layers)
-    image_dir = images_dir / name
-    (image_dir / "blobs").mkdir(parents=True, exist_ok=True)
+    writer = _ImageWriter(images_dir, name)
+    image_dir = writer.dir
     plan = list(_plan(entries))
-    descriptors = []
     for k in range(layers):
         path = image_dir / f"layer{k}.tar"
         with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -130,40 +127,8 @@ def build(images_dir: Path, entries: int, layers: int) -> ImageInfo:
                 for entry in names:
                     _add_entry(tar, f"{leaf}/{entry}", n)
                     n += 1
-        descriptors.append(_layer_blob(image_dir, path))
-    return _finish(image_dir, name, descriptors)
-
-
-def _finish(image_dir: Path, name: str, layers: list[dict[str, object]]) -> ImageInfo:
-    config = {
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer["diff_id"] for layer in layers]},
-    }
-    config_bytes = json.dumps(config, sort_keys=True).encode()
-    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
-    (image_dir / "blobs" / config_digest.split(":", 1)[1]).write_bytes(config_bytes)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": oci.OCI_MANIFEST,
-        "config": {
-            "mediaType": oci.OCI_CONFIG,
-            "digest": config_digest,
-            "size": len(config_bytes),
-        },
-        "layers": [
-            {"mediaType": layer["media_type"], "digest": layer["digest"], "size": layer["size"]}
-            for layer in layers
-        ],
-    }
-    manifest_bytes = json.dumps(manifest, sort_keys=True).encode()
-    (image_dir / "manifest.json").write_bytes(manifest_bytes)
-    info = ImageInfo(
-        name, layers, "sha256:" + hashlib.sha256(manifest_bytes).hexdigest(), config_digest
-    )
-    (image_dir / "image.json").write_text(json.dumps(asdict(info), indent=1))
-    return info
+        writer.layers.append(_layer_blob(image_dir, path))
+    return writer.finish()
 
 
 def ensure(images_dir: Path, entries: int, layers: int) -> ImageInfo:
