@@ -20,9 +20,10 @@ def expect_errno(code: int, func: object, *args: object) -> None:
     try:
         func(*args)  # type: ignore[operator]
     except OSError as exc:
-        assert exc.errno == code, (func, exc)
-        return
-    raise AssertionError(f"{func} succeeded")
+        failure = exc
+    else:
+        raise AssertionError(f"{func} succeeded")
+    assert failure.errno == code, (func, failure)
 
 
 def main() -> None:

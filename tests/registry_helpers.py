@@ -127,7 +127,8 @@ def run_registry(
             scheme = "https" if tls else "http"
             verify = ssl.create_default_context(cafile=str(tls.ca)) if tls else True
             if client_ca is not None:  # the probe must not be refused for lack of one
-                assert tls is not None and tls.ca_key is not None
+                assert tls is not None
+                assert tls.ca_key is not None
                 from tls_helpers import make_client_cert
 
                 cert = make_client_cert(tls, root / "probe-client")

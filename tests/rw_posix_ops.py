@@ -35,10 +35,11 @@ def fails(code: int, func: Callable[..., object], *args: object) -> None:
     try:
         func(*args)
     except OSError as exc:
-        got = errno.errorcode.get(exc.errno or 0)
-        assert exc.errno == code, f"{func.__name__}{args}: {got}, want {errno.errorcode[code]}"
-        return
-    raise AssertionError(f"{func.__name__}{args} succeeded, want {errno.errorcode[code]}")
+        failure = exc
+    else:
+        raise AssertionError(f"{func.__name__}{args} succeeded, want {errno.errorcode[code]}")
+    got = errno.errorcode.get(failure.errno or 0)
+    assert failure.errno == code, f"{func.__name__}{args}: {got}, want {errno.errorcode[code]}"
 
 
 def read(path: str) -> bytes:
@@ -109,7 +110,8 @@ def symlinks_and_links() -> None:
     fails(errno.EEXIST, os.symlink, "x", p("sym"))
     os.link(p("lower2.txt"), p("lower2.link"))
     a, b = os.stat(p("lower2.txt")), os.stat(p("lower2.link"))
-    assert a.st_ino == b.st_ino and a.st_nlink == 2
+    assert a.st_ino == b.st_ino
+    assert a.st_nlink == 2
     with open(p("lower2.link"), "ab") as f:
         f.write(b"x")
     assert read(p("lower2.txt")) == b"second\nx"
@@ -214,7 +216,9 @@ def mmap_and_fsync() -> None:
     os.fdatasync(fd)
     os.close(fd)
     data = read(p("mm.bin"))
-    assert data[:5] == b"HELLO" and len(data) == 4096 and data[5:] == b"\0" * 4091
+    assert data[:5] == b"HELLO"
+    assert len(data) == 4096
+    assert data[5:] == b"\0" * 4091
     dfd = os.open(PLAY, os.O_RDONLY | os.O_DIRECTORY)
     os.fsync(dfd)
     os.close(dfd)
@@ -227,7 +231,8 @@ def special_files() -> None:
     if ROOT:
         os.mknod(p("null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))
         st = os.stat(p("null"))
-        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+        assert stat.S_ISCHR(st.st_mode)
+        assert st.st_rdev == os.makedev(1, 3)
     else:
         fails(errno.EPERM, os.mknod, p("null"), stat.S_IFCHR | 0o666, os.makedev(1, 3))
 
@@ -247,14 +252,16 @@ def hardlinked_lower_file() -> None:
     with open(p("hl1"), "ab") as f:
         f.write(b"2")
     a, b = os.stat(p("hl1")), os.stat(p("hl2"))
-    assert a.st_ino == b.st_ino and a.st_nlink == 2
+    assert a.st_ino == b.st_ino
+    assert a.st_nlink == 2
     assert read(p("hl2")) == b"linked\n2"
 
 
 @check
 def statfs() -> None:
     st = os.statvfs(MNT)
-    assert st.f_bavail > 0 and st.f_namemax == 255
+    assert st.f_bavail > 0
+    assert st.f_namemax == 255
 
 
 def main() -> int:

@@ -132,4 +132,5 @@ def test_pulling_a_second_platform_adds_it_to_the_image_record(
     assert [str(p) for p in first.platforms] == ["linux/amd64"]
     assert [str(p) for p in both.platforms] == ["linux/amd64", "linux/arm64"]
     assert both.size > first.size
-    assert again.platforms == both.platforms and again.size == both.size
+    assert again.platforms == both.platforms
+    assert again.size == both.size

@@ -106,7 +106,8 @@ def test_node_kinds_as_root(root: Path) -> None:
     assert stat.S_ISFIFO(os.lstat(root / "run/pipe").st_mode)
     assert stat.S_IMODE(os.lstat(root / "run/pipe").st_mode) == 0o620
     null = os.lstat(root / "dev/null")
-    assert stat.S_ISCHR(null.st_mode) and null.st_rdev == os.makedev(1, 3)
+    assert stat.S_ISCHR(null.st_mode)
+    assert null.st_rdev == os.makedev(1, 3)
     assert stat.S_ISBLK(os.lstat(root / "dev/loop0").st_mode)
     assert (idx["dev/null"].kind, idx["dev/null"].devmajor, idx["dev/null"].devminor) == (
         "char",
@@ -114,7 +115,8 @@ def test_node_kinds_as_root(root: Path) -> None:
         3,
     )
     assert (idx["dev/loop0"].kind, idx["dev/loop0"].devmajor) == ("block", 7)
-    assert idx["run/pipe"].kind == "fifo" and idx["run"].implicit
+    assert idx["run/pipe"].kind == "fifo"
+    assert idx["run"].implicit
 
 
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT], ids=["pax", "gnu"])
@@ -134,7 +136,8 @@ def test_long_and_non_utf8_names(root: Path, fmt: int) -> None:
 def test_entries_before_their_parents(root: Path) -> None:
     tar = TarBuilder().file("a/b/c", b"c", 0o600).dir("a/b", 0o750, uid=3).dir("a", 0o711)
     idx = index(apply(tar.data(), root))
-    assert not idx["a"].implicit and not idx["a/b"].implicit
+    assert not idx["a"].implicit
+    assert not idx["a/b"].implicit
     assert (idx["a/b"].mode, idx["a/b"].uid) == (0o750, 3)
     assert stat.S_IMODE(os.lstat(root / "a").st_mode) == 0o711
     assert os.lstat(root / "a/b").st_uid == 3
@@ -178,8 +181,10 @@ def test_file_replaces_directory_and_back(root: Path) -> None:
     assert (root / "d").read_bytes() == b"now a file"
     assert idx["d"].kind == "file"
     assert not [p for p in idx if p.startswith("d/")]
-    assert (root / "e").is_dir() and (root / "e/child").read_bytes() == b"kept"
-    assert idx["e"].kind == "dir" and idx["e"].mode == 0o700
+    assert (root / "e").is_dir()
+    assert (root / "e/child").read_bytes() == b"kept"
+    assert idx["e"].kind == "dir"
+    assert idx["e"].mode == 0o700
 
 
 def test_hardlinked_path_replaced_keeps_its_inode_in_the_index(root: Path) -> None:
@@ -190,7 +195,8 @@ def test_hardlinked_path_replaced_keeps_its_inode_in_the_index(root: Path) -> No
         .file("a", b"new")
     )
     idx = index(apply(tar.data(), root))
-    assert (root / "b").read_bytes() == b"old" and (root / "a").read_bytes() == b"new"
+    assert (root / "b").read_bytes() == b"old"
+    assert (root / "a").read_bytes() == b"new"
     assert (idx["b"].kind, idx["b"].uid, idx["b"].size) == ("file", 4, 3)
 
 
@@ -226,17 +232,24 @@ def test_whiteouts_and_opaque_directories(root: Path) -> None:
         .dir("again")  # deleted below, recreated here: nothing of the lower shows
     )
     idx = index(apply(tar.data(), root))
-    assert idx["gone"].kind == "whiteout" and idx["lib/old"].kind == "whiteout"
-    assert idx["etc"].opaque and idx["etc"].mode == 0o751 and not idx["etc"].implicit
-    assert idx["var/cache"].opaque and idx["var/cache"].implicit
-    assert idx["again"].kind == "dir" and idx["again"].opaque
+    assert idx["gone"].kind == "whiteout"
+    assert idx["lib/old"].kind == "whiteout"
+    assert idx["etc"].opaque
+    assert idx["etc"].mode == 0o751
+    assert not idx["etc"].implicit
+    assert idx["var/cache"].opaque
+    assert idx["var/cache"].implicit
+    assert idx["again"].kind == "dir"
+    assert idx["again"].opaque
     for marker in (".wh.gone", "etc/.wh..wh..opq", "var/cache/.wh..wh..opq", "lib/.wh.old"):
-        assert (root / marker).is_file() and (root / marker).stat().st_size == 0
-    assert ".wh.gone" not in idx and "etc/.wh..wh..opq" not in idx
+        assert (root / marker).is_file()
+        assert (root / marker).stat().st_size == 0
+    assert ".wh.gone" not in idx
+    assert "etc/.wh..wh..opq" not in idx
 
 
 @pytest.mark.parametrize(
-    "kind,label",
+    ("kind", "label"),
     [
         (Compression.NONE, OCI_LAYER),
         (Compression.GZIP, OCI_LAYER_GZIP),
@@ -311,7 +324,8 @@ def test_unprivileged_mode_keeps_the_truth_in_the_index(root: Path) -> None:
     assert os.listxattr(root / "f") == ["user.note"]
     assert stat.S_IMODE(os.lstat(root / "ro").st_mode) == 0o700
     assert stat.S_IMODE(os.lstat(root / "ro/in").st_mode) == 0o600
-    assert stat.S_ISREG(os.lstat(root / "null").st_mode) and idx["null"].kind == "char"
+    assert stat.S_ISREG(os.lstat(root / "null").st_mode)
+    assert idx["null"].kind == "char"
 
 
 @pytest.fixture
@@ -358,7 +372,8 @@ def test_apply_as_an_unprivileged_user(nobody_dir: Path) -> None:
         3,
     )
     assert (idx["dev/sda"].kind, idx["dev/sda"].devmajor) == ("block", 8)
-    assert idx["dev/initctl"].kind == "fifo" and idx["opt/old"].kind == "whiteout"
+    assert idx["dev/initctl"].kind == "fifo"
+    assert idx["opt/old"].kind == "whiteout"
     assert idx["usr/bin/ping6"].link == "usr/bin/ping"
 
     # the disk holds the contents, owned by the applying user and readable by it
@@ -405,7 +420,8 @@ def test_a_mislabelled_blob_is_reported_in_the_debug_log(caplog: pytest.LogCaptu
 def test_layer_stream_only_moves_forward() -> None:
     stream = LayerStream(io.BytesIO(b"0123456789"))
     assert stream.read(2) == b"01"
-    assert stream.seek(5) == 5 and stream.read(1) == b"5"
+    assert stream.seek(5) == 5
+    assert stream.read(1) == b"5"
     with pytest.raises(io.UnsupportedOperation):
         stream.seek(0)
     stream.drain()

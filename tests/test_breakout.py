@@ -80,7 +80,8 @@ def not_same_file(a: str, b: str) -> Check:
 
 def same_symlink(a: str, b: str) -> Check:
     def check(o: Outcome) -> None:
-        assert (o.root / a).is_symlink() and (o.root / b).is_symlink()
+        assert (o.root / a).is_symlink()
+        assert (o.root / b).is_symlink()
         assert os.readlink(o.root / a) == os.readlink(o.root / b)
 
     return check

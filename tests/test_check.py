@@ -50,7 +50,7 @@ def store(
     root = tmp_path / "root"
     with Client(root) as client:
         name = pull_unpacked(client, registry, f"check/{tag.lower().replace('_', '-')}", image)
-    yield root, name, image
+    return root, name, image
 
 
 def _found(report: CheckReport, *kinds: str) -> set[tuple[str, str, str]]:
@@ -217,7 +217,8 @@ def test_a_damaged_snapshot_is_found_and_unpacked_again_from_the_store(
     assert {i for i in found if i[0] == "snapshot"} == {("snapshot", victim, issue)}
     report = _repaired(root, _no_pull)  # everything comes back from the content store
     problem = next(p for p in report.problems if p.ident == ("snapshot", victim, issue))
-    assert problem.fixed and "unpacked again from the content store" in problem.action
+    assert problem.fixed
+    assert "unpacked again from the content store" in problem.action
     _mounts_right(root, name, "etc/base", tmp_path)
 
 
@@ -240,7 +241,8 @@ def test_a_damaged_snapshot_under_an_active_snapshot_is_left_alone(
     assert {p.ident for p in report.remaining} == {problem.ident}
     done = fsnap(root, "check")
     assert done.returncode == 21
-    assert "differs from its index" in done.stdout and base in done.stdout
+    assert "differs from its index" in done.stdout
+    assert base in done.stdout
 
 
 def test_orphan_directories_and_abandoned_downloads(store: tuple[Path, str, Image]) -> None:
@@ -267,7 +269,8 @@ def test_orphan_directories_and_abandoned_downloads(store: tuple[Path, str, Imag
     assert not (root / "snapshots" / "9999").exists()
     done = fsnap(root, "check", "--repair")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "abandoned download" in done.stdout and "removed" in done.stdout
+    assert "abandoned download" in done.stdout
+    assert "removed" in done.stdout
     assert not orphan.exists()
     with Client(root) as client:
         assert client.content.list_ingests() == []
@@ -337,7 +340,8 @@ def test_check_json_and_table_agree_on_a_clean_store(store: tuple[Path, str, Ima
     done = fsnap(root, "check")
     assert (done.returncode, done.stdout.strip()) == (0, "check: the store is clean")
     doc = json.loads(fsnap(root, "check", "--json").stdout)
-    assert doc["clean"] and doc["problems"] == []
+    assert doc["clean"]
+    assert doc["problems"] == []
 
 
 def _sha(data: bytes) -> str:

@@ -95,7 +95,8 @@ def test_commit_active_snapshot_makes_a_mountable_image(
         assert config["rootfs"]["diff_ids"] == [*base_config["rootfs"]["diff_ids"], diff_id]
         assert config["history"][-1]["created_by"] == "fsnap commit"
         assert config["history"][:-1] == base_config["history"]
-        assert config["config"] == base_config["config"] and config["created"]
+        assert config["config"] == base_config["config"]
+        assert config["created"]
         top = chain_id(config["rootfs"]["diff_ids"])
         # gc labels: manifest -> config and layers, layer -> diff_id, config -> snapshot
         labels = client.content.info(image.target.digest).labels
@@ -109,7 +110,8 @@ def test_commit_active_snapshot_makes_a_mountable_image(
         assert client.snapshots.stat("work").kind.value == "active"
         layer = by_path(client.snapshots.read_index(top))
         assert layer["etc/os-release"].kind == "whiteout"
-        assert layer["var"].opaque and layer["var/fresh"].kind == "file"
+        assert layer["var"].opaque
+        assert layer["var/fresh"].kind == "file"
         assert (layer["etc/keep"].mode, layer["etc/keep"].size) == (0o600, 9)
         assert (client.snapshots.dir(top) / "etc" / "new.conf").read_text() == "new\n"
         # the layer tar applies to the same entries
@@ -156,8 +158,10 @@ def test_commit_without_a_parent_starts_a_new_image(tmp_path: Path) -> None:
         image = client.commit_image("scratch", "scratch:v1", "none")
         manifest = doc(client, image.target.digest)
         config = doc(client, manifest["config"]["digest"])
-        assert len(manifest["layers"]) == 1 and len(config["rootfs"]["diff_ids"]) == 1
-        assert config["os"] == HOST.os and config["architecture"] == HOST.architecture
+        assert len(manifest["layers"]) == 1
+        assert len(config["rootfs"]["diff_ids"]) == 1
+        assert config["os"] == HOST.os
+        assert config["architecture"] == HOST.architecture
 
 
 def test_cli_commit_and_its_errors(registry: RegistryProcess, tmp_path: Path) -> None:
@@ -182,4 +186,5 @@ def test_cli_commit_and_its_errors(registry: RegistryProcess, tmp_path: Path) ->
         failed = fsnap(root, *args)
         stderr = failed.stderr.decode()
         assert failed.returncode == code, stderr
-        assert words in stderr and "Traceback" not in stderr
+        assert words in stderr
+        assert "Traceback" not in stderr

@@ -222,7 +222,8 @@ def test_unprivileged_pull_lists_like_containerd(
     containerd.pull(ref)
     pulled(nobody_root, ref, uid=NOBODY)
     lower = next((nobody_root / "snapshots").rglob("dev"), None)
-    assert lower is not None and os.lstat(lower).st_uid == NOBODY, "not unpacked as nobody"
+    assert lower is not None, "not unpacked as nobody"
+    assert os.lstat(lower).st_uid == NOBODY, "not unpacked as nobody"
     with containerd.mounted(ref, tmp_path / "containerd-view") as view:
         want = full_listing(view)
         with image_mounted(nobody_root, ref, tmp_path / "mnt") as mnt:

@@ -42,7 +42,8 @@ def test_commit_makes_a_read_only_indexed_blob(store: ContentStore) -> None:
         writer.write(data[:10])
         writer.write(data[10:])
         info = writer.commit({"a": "1"})
-    assert info.digest == desc.digest and info.size == len(data)
+    assert info.digest == desc.digest
+    assert info.size == len(data)
     assert store.read(desc.digest) == data
     mode = stat.S_IMODE(store.path(desc.digest).stat().st_mode)
     assert mode == 0o444
@@ -235,7 +236,8 @@ def test_delete_and_abort(store: ContentStore) -> None:
         writer.write(data)
         writer.commit()
     store.delete(desc.digest)
-    assert not store.exists(desc.digest) and not store.path(desc.digest).exists()
+    assert not store.exists(desc.digest)
+    assert not store.path(desc.digest).exists()
     with pytest.raises(NotFound, match=desc.digest):
         store.delete(desc.digest)
     with pytest.raises(NotFound):

@@ -22,10 +22,13 @@ def test_scan_as_root_equals_the_applied_index(tmp_path: Path) -> None:
     assert found["bin/tool"].xattrs == XATTRS
     assert (found["bin/tool2"].kind, found["bin/tool2"].link) == ("hardlink", "bin/tool")
     assert found["etc/removed"].kind == "whiteout"
-    assert found["var/cache"].opaque and not found["var"].opaque
-    assert found["dev/null"].kind == "char" and found["dev/null"].devminor == 3
+    assert found["var/cache"].opaque
+    assert not found["var"].opaque
+    assert found["dev/null"].kind == "char"
+    assert found["dev/null"].devminor == 3
     assert found["bin"].mtime == 1_700_000_001_500_000_000
-    assert f"{LONG_DIR}/{'f' * 100}" in found and NON_UTF8 in found
+    assert f"{LONG_DIR}/{'f' * 100}" in found
+    assert NON_UTF8 in found
     assert not any(name.startswith(".wh.") for e in scanned for name in [e.name])
 
 
@@ -61,7 +64,8 @@ def test_whiteout_beside_a_directory_of_the_layer_makes_it_opaque(tmp_path: Path
     (root / ".wh.d").touch()
     (root / ".wh.f").touch()
     found = by_path(scan_snapshot(root))
-    assert found["d"].kind == "dir" and found["d"].opaque
+    assert found["d"].kind == "dir"
+    assert found["d"].opaque
     assert found["f"].kind == "whiteout"
     assert set(found) == {"d", "d/new", "f"}
 
@@ -89,10 +93,13 @@ def test_overlay_format_whiteouts_and_opaque_xattrs(tmp_path: Path) -> None:
     os.setxattr(root / "plain", "trusted.overlay.origin", b"\x00junk")
     found = by_path(scan_snapshot(root, overlay=True))
     assert found["gone"].kind == "whiteout"
-    assert found["o1"].opaque and found["o2"].opaque and not found["plain"].opaque
+    assert found["o1"].opaque
+    assert found["o2"].opaque
+    assert not found["plain"].opaque
     assert all(not e.xattrs for e in found.values())
     as_layer = by_path(scan_snapshot(root))
-    assert as_layer["gone"].kind == "char" and not as_layer["o1"].opaque
+    assert as_layer["gone"].kind == "char"
+    assert not as_layer["o1"].opaque
 
 
 def test_root_entry_only_when_the_index_names_it(tmp_path: Path) -> None:

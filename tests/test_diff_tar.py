@@ -62,7 +62,8 @@ def test_headers_follow_the_oci_conventions(tmp_path: Path) -> None:
     names = list(found)
     assert names.index("bin") < names.index("bin/tool") < names.index("bin/tool2")
     assert names[names.index("var/cache") + 1] == "var/cache/.wh..wh..opq"
-    assert "etc/.wh.removed" in found and found["etc/.wh.removed"].size == 0
+    assert "etc/.wh.removed" in found
+    assert found["etc/.wh.removed"].size == 0
     tool = found["bin/tool"]
     assert (tool.mode, tool.uid, tool.gid, tool.uname, tool.gname) == (0o4755, 1234, 5678, "", "")
     raw_cap = tool.pax_headers["SCHILY.xattr.security.capability"]
@@ -74,7 +75,8 @@ def test_headers_follow_the_oci_conventions(tmp_path: Path) -> None:
     assert (found["dev/loop0"].type, found["dev/loop0"].devmajor) == (tarfile.BLKTYPE, 7)
     assert found["dev/fifo"].type == tarfile.FIFOTYPE
     assert found["etc"].uid == 3_000_000
-    assert f"{LONG_DIR}/{'f' * 100}" in found and NON_UTF8 in found
+    assert f"{LONG_DIR}/{'f' * 100}" in found
+    assert NON_UTF8 in found
 
 
 def test_hard_link_groups_put_the_data_on_the_first_path() -> None:
@@ -122,7 +124,8 @@ def test_write_layer_commits_a_verified_blob(
     )
     raw = store.read(blob.descriptor.digest)
     assert blob.descriptor.digest == "sha256:" + hashlib.sha256(raw).hexdigest()
-    assert blob.descriptor.size == len(raw) and blob.descriptor.media_type == media_type
+    assert blob.descriptor.size == len(raw)
+    assert blob.descriptor.media_type == media_type
     tar = open_uncompressed(io.BytesIO(raw), media_type).read()
     assert blob.diff_id == "sha256:" + hashlib.sha256(tar).hexdigest()
     assert blob.uncompressed_size == len(tar)

@@ -179,7 +179,7 @@ JSON = st.recursive(
 DESCRIPTOR_LIKE = st.fixed_dictionaries(
     {},
     optional={
-        "mediaType": st.sampled_from(sorted(oci.LAYER_TYPES) + [oci.OCI_MANIFEST, "x"]) | JSON,
+        "mediaType": st.sampled_from([*sorted(oci.LAYER_TYPES), oci.OCI_MANIFEST, "x"]) | JSON,
         "digest": st.sampled_from(["sha256:" + "a" * 64, "sha256:zz", "md5:1", ""]) | JSON,
         "size": st.integers(min_value=-(2**70), max_value=2**70) | JSON,
         "platform": st.fixed_dictionaries(
@@ -241,7 +241,7 @@ def test_arbitrary_bytes_as_documents_fail_typed(raw: bytes) -> None:
 
 # -- references and docker config.json ----------------------------------------------------
 
-REFERENCE_CHARS = st.sampled_from(list("abcAZ09._-/:@+ ") + ["sha256:", "a" * 64, "é", "\0"])
+REFERENCE_CHARS = st.sampled_from([*"abcAZ09._-/:@+ ", "sha256:", "a" * 64, "é", "\0"])
 
 
 @BOUNDED

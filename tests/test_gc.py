@@ -38,12 +38,15 @@ def test_rmi_one_then_gc_removes_only_what_is_unique_to_it(
 
     removed = fsnap(root, "rmi", name_a)
     assert removed.returncode == 0, removed.stderr
-    assert removed.stdout.strip() == name_a and "fsnap gc" in removed.stderr
+    assert removed.stdout.strip() == name_a
+    assert "fsnap gc" in removed.stderr
 
     with Client(root) as client:
         kept = store_state(client)  # rmi forgets the record only
-        assert kept.count("images") == 1 and kept.blobs == before.blobs
-        assert kept.snapshots == before.snapshots and kept.count("files") == before.count("files")
+        assert kept.count("images") == 1
+        assert kept.blobs == before.blobs
+        assert kept.snapshots == before.snapshots
+        assert kept.count("files") == before.count("files")
         report = gc.collect(client)
         after = store_state(client)
 
@@ -80,7 +83,8 @@ def test_rmi_both_then_gc_leaves_an_empty_store(registry: RegistryProcess, tmp_p
     assert {r.name for r in report.of_kind(gc.BLOB)} == image_blobs(a) | image_blobs(b)
     # Children before parents: both tops, then the shared base.
     names = [r.name for r in report.of_kind(gc.SNAPSHOT)]
-    assert set(names[:2]) == {a.chain_id, b.chain_id} and names[2:] == [a.chain_ids[0]]
+    assert set(names[:2]) == {a.chain_id, b.chain_id}
+    assert names[2:] == [a.chain_ids[0]]
     assert state.blobs == state.blob_files == state.snapshots == frozenset()
     assert state.snapshot_dirs == state.ingest_dirs == frozenset()
     assert all(count == 0 for _, count in state.rows), state.rows
@@ -103,23 +107,28 @@ def test_dry_run_lists_exactly_what_gc_then_removes(
     with Client(root) as client:
         assert store_state(client) == before
     text = fsnap(root, "gc", "--dry-run")
-    assert text.returncode == 0 and "would remove blob " + a.config.digest in text.stdout
+    assert text.returncode == 0
+    assert "would remove blob " + a.config.digest in text.stdout
 
     real = fsnap(root, "gc", "--json")
     assert real.returncode == 0, real.stderr
     done = json.loads(real.stdout)
-    assert planned["dry_run"] is True and done["dry_run"] is False
-    assert done["removed"] == planned["removed"] and done["skipped"] == []
+    assert planned["dry_run"] is True
+    assert done["dry_run"] is False
+    assert done["removed"] == planned["removed"]
+    assert done["skipped"] == []
     assert planned["counts"] == {"snapshot": 1, "blob": 3, "ingest": 0, "lease": 0}
     assert done["bytes_reclaimed"] == planned["bytes_reclaimed"] > 0
 
     with Client(root) as client:
         after = store_state(client)
     gone = {item["name"] for item in done["removed"]}
-    assert after.blobs == before.blobs - gone and after.snapshots == before.snapshots - gone
+    assert after.blobs == before.blobs - gone
+    assert after.snapshots == before.snapshots - gone
 
     again = fsnap(root, "gc")
-    assert again.returncode == 0 and again.stdout.startswith("gc: 0 snapshots, 0 blobs")
+    assert again.returncode == 0
+    assert again.stdout.startswith("gc: 0 snapshots, 0 blobs")
 
 
 def test_active_and_view_snapshots_keep_their_parent_chains(
@@ -160,7 +169,8 @@ def test_rmi_of_a_mounted_image_is_refused(registry: RegistryProcess, tmp_path: 
     with mounted_image(root, name, mnt):
         refused = fsnap(root, "rmi", name)
         assert refused.returncode == Busy.exit_code, refused.stderr
-        assert str(mnt) in refused.stderr and "fsnap umount" in refused.stderr
+        assert str(mnt) in refused.stderr
+        assert "fsnap umount" in refused.stderr
         assert "Traceback" not in refused.stderr
         with Client(root) as client:
             assert client.images.get(name).target.digest == a.manifest.digest

@@ -29,11 +29,13 @@ def commit_blob(client: Client, data: bytes) -> str:
 
 def test_process_start_time_tells_a_live_holder_from_a_dead_or_reused_pid() -> None:
     me = leases.process_start_time(os.getpid())
-    assert isinstance(me, int) and me > 0
+    assert isinstance(me, int)
+    assert me > 0
     assert leases.process_start_time(2**22 + 1) is None  # above pid_max: never a process
     real = leases.Lease("a", os.getpid(), me, 0.0, "mine")
     reused = leases.Lease("b", os.getpid(), me - 1, 0.0, "an older process with my pid")
-    assert real.is_live() and not reused.is_live()
+    assert real.is_live()
+    assert not reused.is_live()
 
 
 def test_a_live_lease_keeps_what_was_created_after_it(tmp_path: Path) -> None:
@@ -46,7 +48,8 @@ def test_a_live_lease_keeps_what_was_created_after_it(tmp_path: Path) -> None:
             client.snapshots.commit("fresh", "fresh-key")
             report = gc.collect(client)
             assert [(r.kind, r.name) for r in report.removed] == [(gc.BLOB, old)]
-            assert client.content.exists(fresh) and store_state(client).snapshots == {"fresh"}
+            assert client.content.exists(fresh)
+            assert store_state(client).snapshots == {"fresh"}
         assert leases.list_leases(client.db) == []  # released on exit
 
         report = gc.collect(client)
@@ -110,7 +113,8 @@ def test_a_paused_pull_is_protected_from_a_concurrent_gc(
     puller = threading.Thread(target=pull)
     puller.start()
     try:
-        assert sink.paused.wait(60) and sink.others_done.wait(60), "pull never paused"
+        assert sink.paused.wait(60), "pull never paused"
+        assert sink.others_done.wait(60), "pull never paused"
         assert not failures, failures
         listed = fsnap(root, "content", "ls", "-q").stdout.split()
         assert {image.manifest.digest, image.config.digest, image.layers[0].blob.digest} <= set(
@@ -123,7 +127,8 @@ def test_a_paused_pull_is_protected_from_a_concurrent_gc(
     finally:
         sink.release.set()
         puller.join(60)
-    assert not puller.is_alive() and not failures, failures
+    assert not puller.is_alive(), failures
+    assert not failures, failures
 
     with Client(root) as client:
         assert gc.collect(client).removed == []
@@ -152,7 +157,9 @@ def test_the_lease_of_a_killed_process_is_dropped(tmp_path: Path) -> None:
         with Client(root) as client:
             assert gc.collect(client).removed == []  # the holder lives: all kept
             [lease] = leases.list_leases(client.db)
-            assert lease.pid == proc.pid and lease.reason == "doomed" and lease.is_live()
+            assert lease.pid == proc.pid
+            assert lease.reason == "doomed"
+            assert lease.is_live()
         proc.kill()
         proc.wait()
 
@@ -161,7 +168,8 @@ def test_the_lease_of_a_killed_process_is_dropped(tmp_path: Path) -> None:
         assert [(r.kind, r.name) for r in planned] == [(gc.BLOB, blob.digest), (gc.LEASE, lease.id)]
         assert f"pid {proc.pid}" in planned[1].detail
         assert gc.collect(client).removed == planned
-        assert leases.list_leases(client.db) == [] and not client.content.exists(blob.digest)
+        assert leases.list_leases(client.db) == []
+        assert not client.content.exists(blob.digest)
 
 
 HALF_WRITTEN = """
@@ -217,7 +225,8 @@ def test_an_ingest_directory_without_a_record_is_removed_unless_locked(tmp_path:
             ]
             assert orphan.exists()
             assert gc.collect(client).removed == planned
-            assert not orphan.exists() and taken.exists()
+            assert not orphan.exists()
+            assert taken.exists()
         finally:
             os.close(lock_fd)
         assert [r.name for r in gc.collect(client).removed] == ["orphan:" + taken.name]

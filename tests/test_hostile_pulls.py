@@ -34,7 +34,8 @@ def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def refused(result: subprocess.CompletedProcess[str], code: int, words: str) -> None:
     """Exit ``code``, one line on stderr mentioning ``words``, no image recorded."""
     assert result.returncode == code, result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
     assert words in result.stderr, result.stderr
 
 

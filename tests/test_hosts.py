@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import trio
@@ -66,7 +67,8 @@ server = "{DEAD}"
         "--plain-http",
         "127.0.0.1:1/library/x",
     )
-    assert done.returncode == 10 and "giving up" in done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 10
+    assert "giving up" in done.stderr.strip().splitlines()[-1]
 
 
 def test_failing_mirror_falls_back_and_says_so(registry: RegistryProcess, tmp_path: Path) -> None:
@@ -144,7 +146,8 @@ def test_private_ca_in_docker_certs_d(
     other = make_tls(tmp_path / "other-ca")  # a CA that did not sign the registry's cert
     (certs / tls_registry.host / "ca.crt").write_bytes(other.ca.read_bytes())
     done = fsnap(root, "pull", "--hosts-dir", str(certs), "--no-unpack", ref)
-    assert done.returncode != 0 and "certificate" in done.stderr.lower(), done.stderr
+    assert done.returncode != 0, done.stderr
+    assert "certificate" in done.stderr.lower(), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     (certs / tls_registry.host / "ca.crt").write_bytes(tls.ca.read_bytes())
     succeeded(fsnap(root, "pull", "--hosts-dir", str(certs), "--no-unpack", ref))
@@ -195,7 +198,8 @@ def test_bad_hosts_toml_is_a_clear_error(tmp_path: Path, text: str) -> None:
     with pytest.raises(InvalidArgument):
         Hosts([hosts]).for_("bad.example")
     done = fsnap(tmp_path / "root", "pull", "--hosts-dir", str(hosts), "bad.example/x:1")
-    assert done.returncode == 4 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.returncode == 4, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_oversized_hosts_toml_is_refused(tmp_path: Path) -> None:
@@ -222,13 +226,14 @@ def test_header_and_override_path(tmp_path: Path) -> None:
     )
     assert mirror.headers == (("x-site", "a"), ("x-site", "b"))
     assert cache.url("/v2/") == "https://cache.example/prefix/v2/"
-    assert upstream.base == "https://registry-1.docker.io" and not upstream.mirror
+    assert upstream.base == "https://registry-1.docker.io"
+    assert not upstream.mirror
 
 
 class _ConnectProxy(BaseHTTPRequestHandler):
     """An HTTPS proxy: CONNECT, then bytes both ways. Records what it was asked for."""
 
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
     def do_CONNECT(self) -> None:  # noqa: N802 (http.server's naming)
         type(self).seen.append(self.path)
@@ -270,7 +275,8 @@ def test_https_proxy_from_the_environment(
             tmp_path / "root", env, "pull", "--hosts-dir", str(certs), "--no-unpack", ref
         )
         assert done.returncode == 0, done.stderr
-        assert _ConnectProxy.seen and all(s == tls_registry.host for s in _ConnectProxy.seen)
+        assert _ConnectProxy.seen
+        assert all(s == tls_registry.host for s in _ConnectProxy.seen)
         _ConnectProxy.seen = []
         env["NO_PROXY"] = "127.0.0.1"
         done = fsnap_env(

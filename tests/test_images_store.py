@@ -55,9 +55,11 @@ def test_image_store_roundtrip_keeps_created(images: ImageStore) -> None:
         Image("localhost:5000/a:1", target, platforms=(Platform("linux", "amd64"),), size=42)
     )
     again = images.create_or_update(Image("localhost:5000/a:1", target, size=43))
-    assert again.created == first.created and again.updated >= first.updated
+    assert again.created == first.created
+    assert again.updated >= first.updated
     got = images.get("localhost:5000/a:1")
-    assert got.size == 43 and got.target == target
+    assert got.size == 43
+    assert got.target == target
     assert [i.name for i in images.list()] == ["localhost:5000/a:1"]
     images.delete("localhost:5000/a:1")
     with pytest.raises(NotFound, match="localhost:5000/a:1"):
@@ -81,7 +83,8 @@ def test_manifest_children_and_gc_labels() -> None:
     doc = load_document(manifest_desc, data)
     assert kind_of(manifest_desc, doc) == "manifest"
     manifest = parse_manifest(manifest_desc, doc)
-    assert manifest.config == config and list(manifest.layers) == layers
+    assert manifest.config == config
+    assert list(manifest.layers) == layers
     assert manifest_labels(manifest) == {
         "containerd.io/gc.ref.content.config": config.digest,
         "containerd.io/gc.ref.content.l.0": layers[0].digest,
@@ -116,9 +119,10 @@ def test_platform_selection_picks_one_best_match() -> None:
 
 
 def test_host_platform_matches_amd64_child_here() -> None:
-    index_desc, doc, children = two_platform_index()
+    index_desc, doc, _children = two_platform_index()
     chosen = select_manifests(parse_index(index_desc, doc), Platform.host())
-    assert len(chosen) == 1 and chosen[0].platform is not None
+    assert len(chosen) == 1
+    assert chosen[0].platform is not None
     assert chosen[0].platform.architecture == Platform.host().architecture
 
 
@@ -129,7 +133,8 @@ def test_config_gives_platform_and_diff_ids() -> None:
         {"os": "linux", "architecture": "x86_64", "rootfs": {"type": "layers", "diff_ids": [diff]}},
     )
     config = parse_config(config_desc, data)
-    assert config.platform == Platform("linux", "amd64") and config.diff_ids == (diff,)
+    assert config.platform == Platform("linux", "amd64")
+    assert config.diff_ids == (diff,)
 
 
 def test_schema1_is_refused_by_media_type() -> None:

@@ -72,7 +72,8 @@ def test_store_not_writable_is_unknown_not_an_error(tmp_path: Path) -> None:
         )
     assert done.returncode == 0, done.stderr
     probe = json.loads(done.stdout)["store"]["rwf_nowait"]
-    assert probe["available"] is None and "EACCES" in probe["detail"]
+    assert probe["available"] is None
+    assert "EACCES" in probe["detail"]
 
 
 @pytest.mark.parametrize(("mode", "usable"), [(0o600, False), (0o666, True)])
@@ -213,5 +214,6 @@ def test_fsnap_info_text_and_json(tmp_path: Path) -> None:
         assert line in text.stdout, text.stdout
     data = json.loads(fsnap(tmp_path / "root", "info", "--json").stdout)
     assert data["store"]["fstype"] == findmnt_fstype(tmp_path)
-    assert data["version"] and data["kernel"]["release"] == os.uname().release
+    assert data["version"]
+    assert data["kernel"]["release"] == os.uname().release
     assert not (tmp_path / "root").exists()  # info creates nothing

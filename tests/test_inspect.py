@@ -42,7 +42,8 @@ def test_inspect_reports_digests_config_and_layers(pulled: Pulled) -> None:
     assert doc["schema"] == "fsnap/inspect/v1"
     assert doc["manifest"]["digest"] == image.manifest.digest  # type: ignore[index]
     assert doc["config"]["digest"] == image.config.digest  # type: ignore[index]
-    assert doc["index"] is None and doc["unpacked"] is True
+    assert doc["index"] is None
+    assert doc["unpacked"] is True
     assert doc["runtime"] == RUNTIME
     layers: list[dict[str, Any]] = doc["layers"]  # type: ignore[assignment]
     assert [layer["digest"] for layer in layers] == [lay.blob.digest for lay in image.layers]
@@ -63,7 +64,8 @@ def test_inspect_reports_digests_config_and_layers(pulled: Pulled) -> None:
     table = ok(fsnap(root, "inspect", ref, "--no-trunc"))
     for chain in chains:
         assert chain in table
-    assert "RUN replace opt, new tool" in table and "/usr/bin/tool" in table
+    assert "RUN replace opt, new tool" in table
+    assert "/usr/bin/tool" in table
     assert "\x1b[" not in table  # not a terminal: no colour codes
 
 
@@ -77,7 +79,8 @@ def test_history_includes_empty_layers_newest_first(pulled: Pulled) -> None:
     assert [line["chain_id"] for line in lines] == [chains[2], chains[1], None, chains[0]]
     assert lines[0]["comment"] == "top"
     table = ok(fsnap(root, "history", ref))
-    assert "<empty>" in table and "ENV A=1" in table
+    assert "<empty>" in table
+    assert "ENV A=1" in table
 
 
 # --- diff -------------------------------------------------------------------------------------
@@ -119,7 +122,8 @@ LAYER2 = {
 def test_diff_of_every_layer_is_exactly_the_construction(pulled: Pulled) -> None:
     root, ref, chains = pulled
     doc = fsnap_json(root, "diff", ref)
-    assert doc["schema"] == "fsnap/diff/v1" and doc["source"] == {"image": ref}
+    assert doc["schema"] == "fsnap/diff/v1"
+    assert doc["source"] == {"image": ref}
     groups: list[dict[str, Any]] = doc["layers"]  # type: ignore[assignment]
     assert [(g["first"], g["last"], g["chain_id"]) for g in groups] == [
         (0, 0, chains[0]),
@@ -169,11 +173,13 @@ def test_diff_one_layer_a_path_and_a_range(pulled: Pulled) -> None:
         "/srv/data": ("added", "file", 30, "", None),
     }
     table = ok(fsnap(root, "diff", ref, "--layer", "1"))
-    assert "removed" in table and "/var/cache" in table and "by whiteout" in table
+    assert "removed" in table
+    assert "/var/cache" in table
+    assert "by whiteout" in table
 
 
 def test_diff_of_an_active_snapshot_against_its_parent(pulled: Pulled) -> None:
-    root, ref, chains = pulled
+    root, _ref, chains = pulled
     with Client(root) as client:
         client.snapshots.prepare("inspect-work", chains[-1])
         work = client.snapshots.dir("inspect-work")
@@ -202,7 +208,8 @@ def test_analyze_measures_and_offenders(pulled: Pulled) -> None:
     root, ref, _ = pulled
     doc = fsnap_json(root, "analyze", ref)
     assert doc["wasted_bytes"] == WASTED
-    assert doc["total_bytes"] == TOTAL and doc["visible_bytes"] == TOTAL - WASTED
+    assert doc["total_bytes"] == TOTAL
+    assert doc["visible_bytes"] == TOTAL - WASTED
     assert doc["efficiency"] == pytest.approx(1 - WASTED / TOTAL)
     assert doc["user_wasted_percent"] == pytest.approx(WASTED / (32 + 680))
     assert doc["ci"] is None
@@ -220,14 +227,16 @@ def test_analyze_measures_and_offenders(pulled: Pulled) -> None:
         {"layer": 2, "size": 600, "visible": True},
     ]
     table = ok(fsnap(root, "analyze", ref))
-    assert "/tmp/big.dat" in table and "efficiency" in table
+    assert "/tmp/big.dat" in table
+    assert "efficiency" in table
 
 
 def test_analyze_ci_fails_and_passes_on_thresholds(pulled: Pulled) -> None:
     root, ref, _ = pulled
     failing = fsnap(root, "analyze", ref, "--ci")  # dive's defaults: efficiency >= 0.9
     assert failing.returncode == 20, failing.stderr
-    assert "FAIL" in failing.stdout and "Traceback" not in failing.stderr
+    assert "FAIL" in failing.stdout
+    assert "Traceback" not in failing.stderr
     passing = [
         ref,
         "--lowest-efficiency",
@@ -285,7 +294,8 @@ def _json_of(result: Any) -> Any:
 def test_which_names_provider_shadowed_and_hiders(pulled: Pulled) -> None:
     root, ref, chains = pulled
     motd = fsnap_json(root, "which", ref, "/etc/motd")
-    assert motd["present"] is True and motd["kind"] == "file"
+    assert motd["present"] is True
+    assert motd["kind"] == "file"
     assert motd["provider"] == {"layer": 1, "chain_id": chains[1]}
     assert motd["shadowed"] == [{"layer": 0, "chain_id": chains[0]}]
     assert [(s["layer"], s["action"]) for s in motd["sightings"]] == [  # type: ignore[union-attr]
@@ -300,11 +310,14 @@ def test_which_names_provider_shadowed_and_hiders(pulled: Pulled) -> None:
         ("/opt/old.txt", 2, "opaque", "/opt"),
     ]:
         gone = fsnap_json(root, "which", ref, path)
-        assert gone["present"] is False and gone["provider"] is None
+        assert gone["present"] is False
+        assert gone["provider"] is None
         hidden: dict[str, Any] = gone["hidden_by"]  # type: ignore[assignment]
         assert (hidden["layer"], hidden["cause"], hidden["by"]) == (layer, cause, by), path
     never = fsnap_json(root, "which", ref, "/no/such")
-    assert never["present"] is False and never["hidden_by"] is None and never["sightings"] == []
+    assert never["present"] is False
+    assert never["hidden_by"] is None
+    assert never["sightings"] == []
     text = ok(fsnap(root, "which", ref, "/opt/old.txt"))
     assert "removed in layer 2 by opaque of /opt" in text
 
@@ -395,7 +408,8 @@ def test_bad_input_is_a_clear_error(pulled: Pulled, args: list[str], code: int, 
     root, ref, _ = pulled
     done = fsnap(root, *[a.format(ref=ref) for a in args])
     assert done.returncode == code, (done.stdout, done.stderr)
-    assert words in done.stderr and done.stderr.startswith("fsnap: error:")
+    assert words in done.stderr
+    assert done.stderr.startswith("fsnap: error:")
     assert "Traceback" not in done.stderr
 
 
@@ -407,5 +421,6 @@ def test_an_image_not_unpacked_says_how(registry: RegistryProcess, tmp_path: Pat
     for command in ("analyze", "diff", "tree", "du"):
         done = fsnap(tmp_path, command, ref)
         assert done.returncode == 5, (command, done.stderr)
-        assert "not unpacked" in done.stderr and f"fsnap pull {ref}" in done.stderr
+        assert "not unpacked" in done.stderr
+        assert f"fsnap pull {ref}" in done.stderr
         assert "Traceback" not in done.stderr

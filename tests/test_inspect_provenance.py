@@ -80,7 +80,9 @@ def test_every_entry_names_its_layer(pulled: tuple[Path, str, list[str]], tmp_pa
                 os.setxattr(full, XATTR, b"0 x", follow_symlinks=False)
             assert read_only.value.errno == errno.EROFS
         assert seen == expected
-        assert seen["/etc/motd"] == 1 and seen["/etc/passwd"] == 0 and seen["/opt"] == 2
+        assert seen["/etc/motd"] == 1
+        assert seen["/etc/passwd"] == 0
+        assert seen["/opt"] == 2
 
 
 def test_default_mount_has_no_provenance(

@@ -95,20 +95,21 @@ def test_a_failing_apply_wakes_the_reader_blocked_on_the_download(tmp_path: Path
 
     async def main() -> None:
         pipe = BytePipe()
+        failed = trio.Event()
 
         def apply() -> None:
             try:
                 apply_layer(cast(BinaryIO, pipe), tmp_path, sync=False, interrupt=pipe.detach)
             except BaseException as exc:
                 outcome.append(exc)
+                trio.from_thread.run_sync(failed.set)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, apply)
             await pipe.write(hostile[:4096])  # and then nothing: the download stalls
             with trio.move_on_after(WAKE_TIMEOUT):  # generous: a hang is the failure
-                while not outcome:
-                    await trio.sleep(0.01)
-            woken = bool(outcome)
+                await failed.wait()
+            woken = failed.is_set()
             pipe.abort("the test gave up waiting")  # so that a hung applier ends too
         assert woken, "the applier stayed blocked on a download that had stalled"
 

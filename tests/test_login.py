@@ -148,7 +148,7 @@ def helper(tmp_path: Path, env: dict[str, str]) -> Iterator[Path]:
     env["PATH"] = f"{bin_dir}:{env['PATH']}"
     env["FSNAPTEST_STORE"] = str(tmp_path / "helper-store.json")
     env["FSNAPTEST_LOG"] = str(tmp_path / "helper.log")
-    yield tmp_path / "helper-store.json"
+    return tmp_path / "helper-store.json"
 
 
 @pytest.mark.parametrize("setting", ["credsStore", "credHelpers"])
@@ -231,7 +231,8 @@ def test_password_never_on_command_line(
     with subprocess.Popen(
         args, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     ) as process:
-        assert process.stdin is not None and process.stderr is not None
+        assert process.stdin is not None
+        assert process.stderr is not None
         process.stdin.write(PASSWORD.encode() if source == "stdin" else b"")
         process.stdin.close()
         seen = []

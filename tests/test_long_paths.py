@@ -111,7 +111,8 @@ def test_long_paths_pull_mount_commit_and_go(registry: RegistryProcess, tmp_path
         assert order == sorted(order)
         for path in PATHS:
             entry = client.snapshots.index_entry(image.chain_id, path)
-            assert entry is not None and entry.path == path
+            assert entry is not None
+            assert entry.path == path
         assert client.snapshots.index_entry(image.chain_id, WIDE + "x") is None
     mnt = tmp_path / "mnt"
     with mounted_snapshot(root, image.chain_id, mnt):

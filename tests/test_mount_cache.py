@@ -107,7 +107,8 @@ def test_first_build_saves_and_next_load_reuses(store: tuple[Path, list[str]]) -
     assert loaded.lookup("usr/big") is loaded.lookup("usr/big2")
     gone = loaded.lookup("etc/gone")
     old = loaded.lookup("opt/old")
-    assert gone is None and old is None
+    assert gone is None
+    assert old is None
 
 
 def test_each_chain_has_its_own_cache(store: tuple[Path, list[str]]) -> None:
@@ -134,7 +135,9 @@ def test_mount_serves_the_cached_tree(store: tuple[Path, list[str]], tmp_path: P
         with Client(root) as client:
             assert _cache(client, names[-1]).exists()
     assert views[0] == views[1]
-    assert "etc/gone" not in views[0] and "opt/new" in views[0] and "opt/old" not in views[0]
+    assert "etc/gone" not in views[0]
+    assert "opt/new" in views[0]
+    assert "opt/old" not in views[0]
 
 
 def test_removing_the_snapshot_takes_its_cache_along(store: tuple[Path, list[str]]) -> None:
@@ -166,7 +169,8 @@ def _rebuilt(root: Path, key: str, spoil: object) -> None:
         tree = treecache.merged_tree(client.snapshots, key)
         assert _shape(tree) == _shape(_fresh(client, key))
         after = os.stat(path)
-        assert after.st_ino != before and after.st_uid == os.geteuid()
+        assert after.st_ino != before
+        assert after.st_uid == os.geteuid()
         dirs = [os.fspath(client.snapshots.dir(info.name)) for info in client.snapshots.chain(key)]
         assert treecache.load(path, client.snapshots.chain(key), dirs) is not None
 
@@ -240,9 +244,12 @@ def test_writable_tree_notes_what_lies_below(tmp_path: Path) -> None:
     tree = MergedTree.build([*lowers, top])
     assert tree.root.below == {b"etc": True, b"opt": True, b"usr": True}
     etc = tree.lookup("etc")
-    assert etc is not None and etc.below is not None
-    assert etc.below.get(b"a") is False and b"gone" not in etc.below
+    assert etc is not None
+    assert etc.below is not None
+    assert etc.below.get(b"a") is False
+    assert b"gone" not in etc.below
     new = tree.lookup("new")
-    assert new is not None and new.below is None
+    assert new is not None
+    assert new.below is None
     read_only = MergedTree.build(lowers)
     assert all(node is None or node.below is None for node in read_only.nodes)

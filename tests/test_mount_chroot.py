@@ -133,7 +133,8 @@ def test_killed_daemon_is_stale_until_umount(busybox: tuple[Path, str], tmp_path
             assert failure.value.errno == errno.ENOTCONN
         listed = fsnap(root, "mounts")
         assert listed.returncode == 0, listed.stderr
-        assert str(mnt) in listed.stdout and "stale" in listed.stdout
+        assert str(mnt) in listed.stdout
+        assert "stale" in listed.stdout
         done = fsnap(root, "umount", str(mnt))
         assert done.returncode == 0, done.stderr
         assert str(mnt) not in manager.mounted_points()
@@ -149,7 +150,8 @@ def test_umount_stops_the_daemon(busybox: tuple[Path, str], tmp_path: Path) -> N
     mnt = tmp_path / "mnt"
     with mounted_snapshot(root, key, mnt) as info:
         listed = fsnap(root, "mounts")
-        assert "live" in listed.stdout and str(info.pid) in listed.stdout
+        assert "live" in listed.stdout
+        assert str(info.pid) in listed.stdout
         done = fsnap(root, "umount", str(mnt))
         assert done.returncode == 0, done.stderr
         assert str(mnt) not in manager.mounted_points()
@@ -166,25 +168,31 @@ def _gone(pid: int) -> bool:
 def test_cli_mount_errors(busybox: tuple[Path, str], tmp_path: Path) -> None:
     root, key = busybox
     missing = fsnap(root, "mount", "busybox:latest", str(tmp_path / "missing"))
-    assert missing.returncode != 0 and "does not exist" in missing.stderr
+    assert missing.returncode != 0
+    assert "does not exist" in missing.stderr
     full = tmp_path / "full"
     full.mkdir()
     (full / "x").touch()
     busy = fsnap(root, "mount", "busybox:latest", str(full))
-    assert busy.returncode != 0 and "not empty" in busy.stderr
+    assert busy.returncode != 0
+    assert "not empty" in busy.stderr
     inside = root / "inside"
     inside.mkdir()
     within = fsnap(root, "mount", "busybox:latest", str(inside))
-    assert within.returncode != 0 and "inside the fsnap root" in within.stderr
+    assert within.returncode != 0
+    assert "inside the fsnap root" in within.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     absent = fsnap(root, "mount", "nothere:1", str(empty))
-    assert absent.returncode != 0 and "fsnap pull" in absent.stderr
+    assert absent.returncode != 0
+    assert "fsnap pull" in absent.stderr
     mnt = tmp_path / "mnt"
     with mounted_snapshot(root, key, mnt):
         again = fsnap(root, "mount", "busybox:latest", str(mnt))
-        assert again.returncode != 0 and "already" in again.stderr
+        assert again.returncode != 0
+        assert "already" in again.stderr
     nothing = fsnap(root, "umount", str(empty))
-    assert nothing.returncode != 0 and "nothing is mounted" in nothing.stderr
+    assert nothing.returncode != 0
+    assert "nothing is mounted" in nothing.stderr
     for done in (missing, busy, within, absent, again, nothing):
         assert "Traceback" not in done.stderr + done.stdout

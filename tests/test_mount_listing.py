@@ -223,12 +223,14 @@ def test_statfs_and_proc_mounts(mount: tuple[Path, MountInfo]) -> None:
     mnt, _ = mount
     vfs = os.statvfs(mnt)
     assert vfs.f_flag & os.ST_RDONLY
-    assert vfs.f_flag & os.ST_NOSUID and vfs.f_flag & os.ST_NODEV
+    assert vfs.f_flag & os.ST_NOSUID
+    assert vfs.f_flag & os.ST_NODEV
     assert vfs.f_namemax == 255
     assert vfs.f_files == len(expected()) - 2 + 1  # two names are hard links; plus the root
     lines = [ln.split() for ln in Path("/proc/mounts").read_text().splitlines()]
     (line,) = [ln for ln in lines if ln[1] == str(mnt)]
-    assert line[0].startswith("fsnap:") and line[2] == "fuse.fsnap"
+    assert line[0].startswith("fsnap:")
+    assert line[2] == "fuse.fsnap"
     assert {"ro", "nosuid", "nodev", "default_permissions", "allow_other"} <= set(
         line[3].split(",")
     )

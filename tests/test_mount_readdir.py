@@ -51,7 +51,8 @@ def check_walk(top: Path, expected: set[str]) -> dict[str, Any]:
     names = report["names"]
     assert len(names) == len(set(names)), "a name listed twice"
     assert set(names) == expected | {".", ".."}
-    assert report["resumed"] and all(report["resumed"].values()), report["resumed"]
+    assert report["resumed"], report["resumed"]
+    assert all(report["resumed"].values()), report["resumed"]
     return report
 
 

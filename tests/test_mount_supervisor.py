@@ -87,7 +87,8 @@ def test_a_server_killed_during_a_tar_is_replaced(
             status_of = lambda: status.read_text().split() if status.exists() else []  # noqa: E731
             _until(lambda: len(status_of()) >= 1)
             old = _record(root, mnt).server
-            assert old and old != info.pid
+            assert old
+            assert old != info.pid
             time.sleep(0.1)  # well inside the next tar
             os.kill(old, signal.SIGKILL)
             killed = time.monotonic()
@@ -190,7 +191,8 @@ def test_a_server_that_keeps_dying_is_given_up_on(
         assert record.failure.startswith("gave up: the server died 6 times within 60 s")
         _until(lambda: _gone(info.pid))  # the supervisor left
         listed = fsnap(root, "mounts")
-        assert "failed" in listed.stdout and "gave up" in listed.stdout
+        assert "failed" in listed.stdout
+        assert "gave up" in listed.stdout
         done = fsnap(root, "umount", str(mnt))
         assert done.returncode == 0, done.stderr
         assert str(mnt) not in manager.mounted_points()
@@ -206,7 +208,8 @@ def test_umount_stops_supervisor_and_server(registry: RegistryProcess, tmp_path:
     assert done.returncode == 0, done.stderr
     record = _record(root, mnt)
     try:
-        assert not _gone(record.pid) and not _gone(record.server)
+        assert not _gone(record.pid)
+        assert not _gone(record.server)
         done = fsnap(root, "umount", str(mnt))
         assert done.returncode == 0, done.stderr
         _until(lambda: _gone(record.pid) and _gone(record.server), 5)

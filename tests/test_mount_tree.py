@@ -19,9 +19,11 @@ def test_128_layers_100k_entries(tmp_path: Path) -> None:
     tree = MergedTree.build(layers)
     assert sum(len(layer.entries) for layer in layers) > 100_000
     common = tree.lookup("common")
-    assert common is not None and common.size == 127
+    assert common is not None
+    assert common.size == 127
     assert common.source == str(tmp_path / "l127" / "common")
-    assert tree.lookup("d5/f0") is None and tree.lookup("d127/f0") is not None
+    assert tree.lookup("d5/f0") is None
+    assert tree.lookup("d127/f0") is not None
     files = [node for node in tree.nodes[1:] if node is not None]
     assert len(files) == 1 + 1 + 128 + 128 * 780 - 127
     assert len({node.ino for node in files}) == len(files)
@@ -38,7 +40,9 @@ def test_removing_a_directory_drops_its_hard_link_names(tmp_path: Path) -> None:
     upper = [Entry("d", "whiteout"), Entry("c", "symlink", link="b")]
     tree = MergedTree.build([Layer(tmp_path / "l1", lower), Layer(tmp_path / "l2", upper)])
     b = tree.lookup("b")
-    assert b is not None and b.nlink == 1 and b.source == str(tmp_path / "l1" / "d/a")
+    assert b is not None
+    assert b.nlink == 1
+    assert b.source == str(tmp_path / "l1" / "d/a")
     assert tree.lookup("d") is None
     assert tree.root.names == [b"b", b"c"]
 
@@ -48,4 +52,7 @@ def test_opaque_directory_keeps_only_its_own_layer(tmp_path: Path) -> None:
     upper = [Entry("o/z", "file"), Entry("o", "dir", mode=0o700, opaque=True)]
     tree = MergedTree.build([Layer(tmp_path / "l1", lower), Layer(tmp_path / "l2", upper)])
     o = tree.lookup("o")
-    assert o is not None and o.names == [b"z"] and o.mode & 0o7777 == 0o700 and o.nlink == 2
+    assert o is not None
+    assert o.names == [b"z"]
+    assert o.mode & 0o7777 == 0o700
+    assert o.nlink == 2

@@ -133,7 +133,8 @@ def test_writable_changes_like_kernel_overlay(tmp_path: Path, stack_base: Path) 
     assert {"etc/keep", "data/a", "tree", "dev/fifo", "new/deep"} <= whiteouts(upper)
     for rel in whiteouts(upper):
         st = os.lstat(upper / rel)
-        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0, rel
+        assert stat.S_ISCHR(st.st_mode), rel
+        assert st.st_rdev == 0, rel
     assert not [n for n in upper_names(upper) if n.startswith(".wh.")]
     assert os.getxattr(upper / "opq2", "trusted.overlay.opaque") == b"y"
     assert os.listdir(stack_base / "f" / "work" / "fsnap-overlay") == []
@@ -262,7 +263,8 @@ def test_foreground_and_ignored_options(tmp_path: Path) -> None:
         assert (mnt / "etc" / "passwd").read_bytes().startswith(b"root")
         with open("/proc/self/mounts") as mounts:
             line = next(m for m in mounts if m.split()[1] == str(mnt))
-        assert "noatime" in line and "nodev" in line
+        assert "noatime" in line
+        assert "nodev" in line
         run_checked(["fusermount3", "-u", str(mnt)])
         assert process.wait(timeout=30) == 0
     finally:
@@ -292,7 +294,8 @@ def test_refusals_without_traceback(tmp_path: Path, options: str, code: int, mes
             check=False,
         )
         assert done.returncode == code, done.stderr
-        assert message in done.stderr and "Traceback" not in done.stderr
+        assert message in done.stderr
+        assert "Traceback" not in done.stderr
         assert not is_mountpoint(mnt)
     finally:
         unmount(mnt)
@@ -313,19 +316,25 @@ def test_upper_in_overlay_format(tmp_path: Path, privileged: bool) -> None:
     upper.apply(upper.path(b"dir"), Entry("dir", "dir", mode=0o700), times=False)
     upper.mark_opaque(b"")
     entries = {e.path: e for e in scan_snapshot(fs, overlay=True)}
-    assert entries["gone"].kind == "whiteout" and entries["dir"].opaque
-    assert entries["dir"].mode == 0o700 and entries["dir"].xattrs == {}
+    assert entries["gone"].kind == "whiteout"
+    assert entries["dir"].opaque
+    assert entries["dir"].mode == 0o700
+    assert entries["dir"].xattrs == {}
     if privileged:
         st = os.lstat(fs / "gone")
-        assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        assert stat.S_ISCHR(st.st_mode)
+        assert st.st_rdev == 0
         assert os.getxattr(fs / "dir", OPAQUE_XATTR) == b"y"
         assert os.getxattr(fs, OPAQUE_XATTR) == b"y"
         assert not [n for n in upper_names(fs) if n.startswith(".wh.")]
     else:
-        assert (fs / ".wh.gone").is_file() and not os.path.lexists(fs / "gone")
-        assert (fs / "dir" / ".wh..wh..opq").is_file() and (fs / ".wh..wh..opq").is_file()
+        assert (fs / ".wh.gone").is_file()
+        assert not os.path.lexists(fs / "gone")
+        assert (fs / "dir" / ".wh..wh..opq").is_file()
+        assert (fs / ".wh..wh..opq").is_file()
         assert OPAQUE_XATTR.decode() not in os.listxattr(fs / "dir")
     upper.unwhiteout(b"", b"gone")
     upper.place(b"gone", Entry("gone", "file", mode=0o600))
-    assert (fs / "gone").is_file() and not os.path.lexists(fs / ".wh.gone")
+    assert (fs / "gone").is_file()
+    assert not os.path.lexists(fs / ".wh.gone")
     assert "gone" not in {e.path for e in scan_snapshot(fs, overlay=True) if e.kind == "whiteout"}

@@ -57,9 +57,11 @@ def test_pull_reports_bytes_retries_verifying_and_applied_bytes(
         client.pull(f"{fault_server.host}/events/pull:v1", progress=log)
     digest = big.blob.digest
     retries = log.of("retrying", digest)
-    assert len(retries) == 2 and "503" in str(retries[0]), retries
+    assert len(retries) == 2, retries
+    assert "503" in str(retries[0]), retries
     offsets = log.of("advanced", digest)
-    assert offsets == sorted(offsets) and offsets[-1] == big.blob.size
+    assert offsets == sorted(offsets)
+    assert offsets[-1] == big.blob.size
     assert log.of("verifying", digest) == [None]
     assert log.of("unpacked", digest) == [big.blob.size]  # every compressed byte applied
 
@@ -156,5 +158,7 @@ def test_commit_reports_scan_writing_blobs_and_unpacking(tmp_path: Path) -> None
     assert log.writing is not None
     assert estimate <= log.writing.count <= estimate + 2048  # close: PAX headers aside
     kinds = [value for kind, value in log.events if kind == "done"]
-    assert kinds[0].startswith("tar") and kinds[1:] == ["v1+json", "v1+json"]
-    assert ("unpacked", True) in log.events and log.events[-1] == ("finished", True)
+    assert kinds[0].startswith("tar")
+    assert kinds[1:] == ["v1+json", "v1+json"]
+    assert ("unpacked", True) in log.events
+    assert log.events[-1] == ("finished", True)

@@ -121,13 +121,15 @@ def test_cli_pull_images_content_rmi(registry: RegistryProcess, tmp_path: Path) 
     pulled = fsnap(root, "pull", ref)
     assert pulled.returncode == 0, pulled.stderr.decode()
     out = pulled.stdout.decode()
-    assert "layer-" + image.layers[0].blob.digest in out and "\npulled: " in out
+    assert "layer-" + image.layers[0].blob.digest in out
+    assert "\npulled: " in out
 
     table = fsnap(root, "images")
     assert table.returncode == 0
     lines = table.stdout.decode().splitlines()
     assert lines[0].split() == ["REF", "DIGEST", "SIZE", "PLATFORMS"]
-    assert lines[1].split()[:2] == [ref, image.manifest.digest] and str(HOST) in lines[1]
+    assert lines[1].split()[:2] == [ref, image.manifest.digest]
+    assert str(HOST) in lines[1]
     assert fsnap(root, "images", "--quiet").stdout.decode().split() == [ref]
     records = json.loads(fsnap(root, "images", "--json").stdout)
     assert records[0]["target"]["digest"] == image.manifest.digest
@@ -136,22 +138,26 @@ def test_cli_pull_images_content_rmi(registry: RegistryProcess, tmp_path: Path) 
     for blob in [image.manifest, *image.blobs]:
         assert blob.digest in listing
     raw = fsnap(root, "content", "get", image.layers[0].blob.digest)
-    assert raw.returncode == 0 and raw.stdout == image.layers[0].blob.data
+    assert raw.returncode == 0
+    assert raw.stdout == image.layers[0].blob.data
 
     again = fsnap(root, "pull", ref)
-    assert again.returncode == 0 and "exists" in again.stdout.decode()
+    assert again.returncode == 0
+    assert "exists" in again.stdout.decode()
 
     assert fsnap(root, "rmi", ref).returncode == 0
     assert fsnap(root, "images", "--quiet").stdout == b""
     stderr = assert_clean_failure(fsnap(root, "rmi", ref))
-    assert "not found" in stderr and ref in stderr
+    assert "not found" in stderr
+    assert ref in stderr
 
 
 def test_unknown_repository_or_tag_is_not_found(registry: RegistryProcess, tmp_path: Path) -> None:
     registry.push_image("pull/known", "v1", make_image([make_layer({"a": "b"})]))
     for ref in (f"{registry.host}/pull/unknown:v1", f"{registry.host}/pull/known:nope"):
         stderr = assert_clean_failure(fsnap(tmp_path / "root", "pull", ref))
-        assert "not found" in stderr and ref in stderr
+        assert "not found" in stderr
+        assert ref in stderr
     assert fsnap(tmp_path / "root", "images", "-q").stdout == b""
 
 

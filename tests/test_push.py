@@ -83,7 +83,8 @@ def test_commit_push_pull_round_trip_mounts_base_layers(
         assert pushed == committed.target
         for layer in image.layers:  # the base's layers come from rt/base by mount
             mounts = proxy.seen("POST", f"mount={quoted(layer.blob.digest)}")
-            assert mounts and "from=rt%2Fbase" in mounts[0].path
+            assert mounts
+            assert "from=rt%2Fbase" in mounts[0].path
         assert len(proxy.seen("PUT", "/manifests/v2")) == 1
         config = a.content.info(committed.target.digest).labels[
             "containerd.io/gc.ref.content.config"
@@ -107,8 +108,10 @@ def test_push_skips_blobs_the_registry_has(
         proxy.requests.clear()
         client.push(f"{proxy.host}/skip/src:v1", f"{proxy.host}/skip/src:again")
         assert len(proxy.seen("HEAD", "/blobs/")) == 3  # two layers and the config
-        assert proxy.seen("POST") == [] and proxy.seen("PATCH") == []
-        assert len(proxy.seen("PUT")) == 1 and "/manifests/again" in proxy.seen("PUT")[0].path
+        assert proxy.seen("POST") == []
+        assert proxy.seen("PATCH") == []
+        assert len(proxy.seen("PUT")) == 1
+        assert "/manifests/again" in proxy.seen("PUT")[0].path
 
 
 def test_large_blob_goes_up_in_chunks(
@@ -135,7 +138,8 @@ def test_large_blob_goes_up_in_chunks(
         patches = proxy.seen("PATCH")
         assert len(patches) == 6, [p.path for p in patches]
         ranges = [p.headers["content-range"] for p in patches]
-        assert ranges[0] == f"0-{CHUNK - 1}" and ranges[-1] == f"{5 * CHUNK}-{layer.size - 1}"
+        assert ranges[0] == f"0-{CHUNK - 1}"
+        assert ranges[-1] == f"{5 * CHUNK}-{layer.size - 1}"
         assert len(proxy.seen("PUT", f"digest={quoted(layer.digest)}")) == 1
     with Client(tmp_path / "c") as c:
         c.pull(f"{proxy.host}/chunk/fresh:v1")
@@ -162,16 +166,19 @@ def test_cli_push_prints_progress_and_reports_refusals(
     denied = fsnap(root, "push", f"{proxy.host}/cli/src:v1", f"{token_registry.host}/cli/x:v1")
     stderr = denied.stderr.decode()
     assert denied.returncode == 7, stderr
-    assert "UNAUTHORIZED" in stderr and "Traceback" not in stderr
+    assert "UNAUTHORIZED" in stderr
+    assert "Traceback" not in stderr
     user = f"{token_registry.username}:{token_registry.password}"
     allowed = fsnap(
         root, "push", "--user", user, f"{proxy.host}/cli/src:v1", f"{token_registry.host}/cli/x:v1"
     )
     assert allowed.returncode == 0, allowed.stderr
     missing = fsnap(root, "push", "nowhere/none:v1")
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr.decode()
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr.decode()
     proxy.fail(times=99, status=400, match="/manifests/")
     refused = fsnap(root, "push", f"{proxy.host}/cli/src:v1", f"{proxy.host}/cli/bad:v1")
     stderr = refused.stderr.decode()
-    assert refused.returncode == 8 and "INJECTED: injected HTTP 400" in stderr, stderr
+    assert refused.returncode == 8, stderr
+    assert "INJECTED: injected HTTP 400" in stderr, stderr
     assert "Traceback" not in stderr

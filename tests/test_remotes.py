@@ -196,7 +196,7 @@ def test_basic_auth(basic_registry: RegistryProcess) -> None:
     good = Credentials("alice", "wonderland")
     assert run(lambda c: c.resolve(ref), credentials=good).digest == image.manifest.digest
     empty = Path("/nonexistent/config.json")
-    with pytest.raises(Unauthorized, match="'alice'.*wrong username or password"):
+    with pytest.raises(Unauthorized, match=r"'alice'.*wrong username or password"):
         run(lambda c: c.resolve(ref), credentials=Credentials("alice", "nope"))
     with pytest.raises(Unauthorized, match="requires"):
         run(lambda c: c.resolve(ref), docker_config=empty)
@@ -349,7 +349,8 @@ def test_corrupt_blob_passed_through_for_the_writer_to_catch(
     fault_server.corrupt_blob()
     ref = ref_at(fault_server.host, "remotes/corrupt")
     data = run(lambda c: read_blob(c, ref, layer.descriptor()))
-    assert len(data) == layer.size and data != layer.data
+    assert len(data) == layer.size
+    assert data != layer.data
 
 
 def test_retry_after_forms() -> None:

@@ -237,7 +237,7 @@ def test_token_never_reused_for_other_scope(token_registry: RegistryProcess) -> 
 def test_oversized_challenges_refused(fault_server: FaultServer) -> None:
     ref = ref_at(fault_server.host, "origins/hostile")
     fault_server.challenge('Bearer realm="http://x/t",a="' + "x" * MAX_CHALLENGE_BYTES + '"', 2)
-    with pytest.raises(RegistryError, match="WWW-Authenticate header of .* bytes"):
+    with pytest.raises(RegistryError, match=r"WWW-Authenticate header of .* bytes"):
         run(lambda c: c.resolve(ref))
     fault_server.challenge("Bearer " + ",".join(f"p{i}=v" for i in range(40)), 2)
     with pytest.raises(RegistryError, match="40 parameters"):

@@ -127,9 +127,13 @@ def test_environment_merges_image_and_command_line(
         "env",
     )
     env = env_of(out)
-    assert env["PATH"] == "/bin" and env["FROM_IMAGE"] == "yes"
-    assert env["OVERRIDE"] == "cli" and env["FROM_FILE"] == "file" and env["NEW"] == "1"
-    assert env["HOME"] == "/home/app" and env["HOSTNAME"] == "box"
+    assert env["PATH"] == "/bin"
+    assert env["FROM_IMAGE"] == "yes"
+    assert env["OVERRIDE"] == "cli"
+    assert env["FROM_FILE"] == "file"
+    assert env["NEW"] == "1"
+    assert env["HOME"] == "/home/app"
+    assert env["HOSTNAME"] == "box"
     assert "TERM" not in env
 
 
@@ -261,7 +265,9 @@ def test_terminal_under_a_pty(root: Path, images: dict[str, str]) -> None:
         os.close(master)
     text = output.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
-    assert "/dev/pts/" in text and "stdin-is-a-tty" in text and "got typed words" in text
+    assert "/dev/pts/" in text
+    assert "stdin-is-a-tty" in text
+    assert "got typed words" in text
 
 
 def _read_until(fd: int, marker: bytes | None, timeout: float) -> bytes:
@@ -389,7 +395,8 @@ def test_read_only_run(root: Path, images: dict[str, str]) -> None:
     assert out == "root:x:0:0:root:/root:/bin/sh\nrefused\n"
     assert active_snapshots(root) == before
     done = fsnap(root, "run", "--read-only", "--commit", "x/y:1", images["plain"], "true")
-    assert done.returncode == 4 and "--read-only" in done.stderr
+    assert done.returncode == 4
+    assert "--read-only" in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -468,6 +475,7 @@ def test_committed_image_pushed_and_run_by_containerd(
 def test_pull_then_run_in_a_fresh_root(images: dict[str, str], tmp_path: Path) -> None:
     with cleaned(tmp_path / "fresh") as fresh:
         missing = fsnap(fresh, "run", "--rm", images["plain"], "true")
-        assert missing.returncode == 2 and "fsnap pull" in missing.stderr
+        assert missing.returncode == 2
+        assert "fsnap pull" in missing.stderr
         assert run_ok(fresh, "--rm", "--pull", images["plain"], "echo", "pulled") == "pulled\n"
         assert leftovers(fresh) == []

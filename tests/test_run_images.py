@@ -74,7 +74,7 @@ def _user_namespaces_for(uid: int) -> str:
 @pytest.fixture
 def rootless(
     fuse_device_for_users: None,  # noqa: F811
-    nobody_root: Path,  # noqa: F811
+    nobody_root: Path,
     registry: RegistryProcess,
     request: pytest.FixtureRequest,
 ) -> tuple[Path, str]:
@@ -123,5 +123,6 @@ def test_rootless_run_as_nobody(rootless: tuple[Path, str], registry: RegistryPr
 def test_rootless_other_users_are_refused(rootless: tuple[Path, str]) -> None:
     root, ref = rootless
     done = fsnap_as(root, "run", "--rm", "-u", "app", ref, "id", uid=NOBODY)
-    assert done.returncode == 9 and "maps only container root" in done.stderr
+    assert done.returncode == 9
+    assert "maps only container root" in done.stderr
     assert leftovers(root) == []

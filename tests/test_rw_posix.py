@@ -47,7 +47,8 @@ def test_posix_operations(active: tuple[Path, str, Path], as_nobody: bool) -> No
 def _check_upper_format(upper: Path) -> None:
     """Only the changes, whiteouts and opaque markers as ``fsnap.mount.upper`` says."""
     play = upper / "play"
-    assert (play / ".wh.mv-src.txt").is_file() and (play / ".wh.mv-src.txt").stat().st_size == 0
+    assert (play / ".wh.mv-src.txt").is_file()
+    assert (play / ".wh.mv-src.txt").stat().st_size == 0
     assert not (play / ".wh.gone.txt").exists()  # recreated: the file replaces it
     assert (play / "gone.txt").read_bytes() == b"again"
     assert (play / ".wh.tree").is_file()  # renamed away (twice)

@@ -98,7 +98,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
 @pytest.mark.parametrize("name", list(posix_cases.CASES))
 def test_same_as_tmpfs(results: dict[str, Any], name: str, user: str) -> None:
     want, got = results[user]
-    assert name in want and name in got
+    assert name in want
+    assert name in got
     if name in ALLOWED and got[name] == ALLOWED[name]:
         return
     assert got[name] == want[name], f"{name} as {user}: tmpfs {want[name]}, mount {got[name]}"

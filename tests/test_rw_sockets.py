@@ -52,7 +52,8 @@ def bind_in(directory: Path, name: str) -> None:
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0 and done.stdout == "bound\n", done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "bound\n", done.stderr
 
 
 def is_socket(path: Path) -> bool:
@@ -98,14 +99,16 @@ def test_sockets_in_a_writable_mount(
         assert again.returncode == 0, again.stderr
         pid = mount_pid(root, mnt)
         st = os.lstat(run / "linked.sock")
-        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o640
         assert (st.st_uid, st.st_gid, st.st_nlink) == (NOBODY, NOBODY, 2)
         bind_in(run, "fresh.sock")  # a socket over a remounted tree binds as well
         assert fsnap(root, "umount", str(mnt)).returncode == 0
 
         committed = fsnap(root, "commit", "sock", "example.com/sock:new")
         assert committed.returncode == 0, committed.stderr
-        assert "Unix socket" in committed.stderr and "/run/linked.sock" in committed.stderr
+        assert "Unix socket" in committed.stderr
+        assert "/run/linked.sock" in committed.stderr
         with Client(root) as client:
             manifest = client.content.read(client.images.get("example.com/sock:new").target.digest)
             layer = oci.Descriptor.from_json(__import__("json").loads(manifest)["layers"][-1])
@@ -145,7 +148,8 @@ def test_sockets_in_fsnap_overlay(tmp_path: Path) -> None:
     assert is_socket(upper / "data" / "app.sock")  # in the upper, as overlayfs keeps it
     with fsnap_overlay(options, tmp_path / "again") as again:
         st = os.lstat(again / "data" / "app.sock")
-        assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o600
         assert not os.path.lexists(again / "etc" / "app.sock")
     with kernel_overlay([upper, *lowers], tmp_path / "kernel") as kernel:
         assert is_socket(kernel / "data" / "app.sock")

@@ -144,7 +144,8 @@ def test_index_metadata_daemon(tmp_path: Path) -> None:
         assert overrides["play/lower2.txt"].mode == 0o400
         assert os.stat(upper / "play" / "lower2.txt").st_mode & 0o777 == 0o600
         assert (overrides["play/meta.txt"].uid, overrides["play/meta.txt"].gid) == (7, 8)
-        assert "play/hl2" in overrides and overrides["play/hl2"].uid == NOBODY
+        assert "play/hl2" in overrides
+        assert overrides["play/hl2"].uid == NOBODY
         with mounted_rw(root, "rw", mnt, options):
             assert listing(mnt) == before
     with Client(root) as client:

@@ -121,7 +121,8 @@ def test_view_mount_is_read_only(remote: RemoteSnapshotter, tmp_path: Path) -> N
         remote, tmp_path, [[CreateFile("/a", b"a\n")], [CreateFile("/b", b"b\n")]]
     )
     mounts = remote.view("view", top)
-    assert mounts[0].type == OVERLAY_TYPE and "ro" in mounts[0].options
+    assert mounts[0].type == OVERLAY_TYPE
+    assert "ro" in mounts[0].options
     with mounted(mounts, tmp_path / "view") as view:
         assert (view / "a").read_bytes() == b"a\n"
         with pytest.raises(OSError) as failure:
@@ -187,7 +188,8 @@ def test_unpack_snapshots_are_written_directly(remote: RemoteSnapshotter, tmp_pa
     os.setxattr(upper / "d", "trusted.overlay.opaque", b"y")
     (upper / "d" / "new").write_bytes(b"n\n")
     remote.commit("unpacked", key)
-    assert not (upper / "gone").exists() and (upper / ".wh.gone").is_file()
+    assert not (upper / "gone").exists()
+    assert (upper / ".wh.gone").is_file()
     assert (upper / "d" / ".wh..wh..opq").is_file()
     assert "trusted.overlay.opaque" not in os.listxattr(upper / "d")
     with mounted(remote.view("check", "unpacked"), tmp_path / "check") as view:

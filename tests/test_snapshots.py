@@ -64,7 +64,8 @@ def test_basic(sn: Snapshotter, work: Path) -> None:
 
 def test_stat_active(sn: Snapshotter) -> None:
     mounts = sn.prepare("preparing", "", GC_ROOT)
-    assert mounts.upper is not None and not mounts.readonly
+    assert mounts.upper is not None
+    assert not mounts.readonly
     (mounts.upper / "foo").write_bytes(b"foo\n")
     info = sn.stat("preparing")
     assert (info.name, info.kind, info.parent, info.labels) == (
@@ -417,14 +418,17 @@ def test_view_is_read_only(sn: Snapshotter) -> None:
     sn.prepare("preparing")
     sn.commit("committed", "preparing")
     mounts = sn.view("view", "committed")
-    assert mounts.readonly and mounts.upper is None and mounts.work is None
+    assert mounts.readonly
+    assert mounts.upper is None
+    assert mounts.work is None
     assert mounts.lowers == [sn.dir("committed")]
     with pytest.raises(FailedPrecondition):
         sn.commit("from-view", "view")
     with pytest.raises(FailedPrecondition):
         sn.write_index("view", [])
     empty = sn.view("empty-view", "")
-    assert empty.readonly and empty.lowers == [sn.dir("empty-view")]
+    assert empty.readonly
+    assert empty.lowers == [sn.dir("empty-view")]
     sn.remove("view")
     sn.remove("committed")
 

@@ -56,7 +56,8 @@ def test_lifecycle_ls_info_tree(fsnap: Run) -> None:
     assert "label:   team=x" in fsnap("info", "base").stdout
     assert fsnap("tree").stdout == "base\n  top-a (active)\n  v (view)\n"
     usage = json.loads(fsnap("usage", "--json").stdout)
-    assert usage["base"]["inodes"] == 2 and usage["base"]["size"] > 0
+    assert usage["base"]["inodes"] == 2
+    assert usage["base"]["size"] > 0
     assert set(usage) == {"base", "top-a", "v"}
     assert fsnap("usage", "base").stdout.splitlines()[1].split()[0] == "base"
 
@@ -90,7 +91,8 @@ def test_errors_map_to_exit_codes(fsnap: Run, args: list[str], code: int, messag
     fsnap("prepare", "act")
     fsnap("view", "view", "")
     failed = fsnap(*args, code=code)
-    assert failed.stderr.startswith("fsnap: error:") and message in failed.stderr
+    assert failed.stderr.startswith("fsnap: error:")
+    assert message in failed.stderr
 
 
 def test_bad_usage_is_an_argparse_error(fsnap: Run) -> None:

@@ -93,7 +93,8 @@ def assert_consistent(state: Path, db: Database) -> list[str]:
     ls = subprocess.run(
         [FSNAP, "--root", state, "snapshots", "ls"], capture_output=True, text=True, timeout=60
     )
-    assert ls.returncode == 0 and ls.stderr == "", ls.stderr
+    assert ls.returncode == 0, ls.stderr
+    assert ls.stderr == "", ls.stderr
     return sorted(i.name for i in infos)
 
 

@@ -107,9 +107,12 @@ def test_mounts_of_a_committed_snapshot_is_its_readonly_stack(sn: Snapshotter) -
     sn.prepare("b", "base")
     sn.commit("top", "b")
     mounts = sn.mounts("top")
-    assert mounts.readonly and mounts.upper is None
+    assert mounts.readonly
+    assert mounts.upper is None
     assert mounts.lowers == [sn.dir("top"), sn.dir("base")]
     assert [i.name for i in sn.chain("top")] == ["base", "top"]
     active = sn.prepare("c", "top")
-    assert active.lowers == mounts.lowers and active.work is not None and active.work.is_dir()
+    assert active.lowers == mounts.lowers
+    assert active.work is not None
+    assert active.work.is_dir()
     assert sn.mounts("c") == active

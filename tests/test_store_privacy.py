@@ -186,7 +186,8 @@ def test_killed_pull_leftovers_private_then_removed_on_open(
         [str(FSNAP), "--root", str(root), "images"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert staged(root, "bin/id") == [] and staged(root, "dev/hostdisk") == []
+    assert staged(root, "bin/id") == []
+    assert staged(root, "dev/hostdisk") == []
     assert os.listdir(root / "unpack") == []
     with Client(root) as client:
         assert [info.name for info in client.snapshots.walk()] == []

@@ -155,10 +155,12 @@ def test_a_wrong_diff_id_fails_the_pull_naming_the_layer(
     assert result.returncode == DigestMismatch.exit_code, result.stderr
     assert "Traceback" not in result.stderr
     assert liar.blob.digest in result.stderr
-    assert liar.diff_id in result.stderr and good[1].diff_id in result.stderr
+    assert liar.diff_id in result.stderr
+    assert good[1].diff_id in result.stderr
 
     left = snapshots(root)
-    assert image.chain_ids[1] not in left and image.chain_ids[2] not in left
+    assert image.chain_ids[1] not in left
+    assert image.chain_ids[2] not in left
     assert set(left) <= {image.chain_ids[0]}  # no temporary snapshot survives
     assert not list(root.joinpath("unpack").iterdir())  # no staging dir, no lock
 
@@ -181,7 +183,8 @@ def test_a_wrong_diff_id_for_a_blob_already_stored_fails_the_pull(
     assert result.returncode == DigestMismatch.exit_code, result.stdout + result.stderr
     assert f"layer-{liar.blob.digest}: exists" in result.stdout  # it came from the store
     assert "Traceback" not in result.stderr
-    assert liar.diff_id in result.stderr and good.layers[1].diff_id in result.stderr
+    assert liar.diff_id in result.stderr
+    assert good.layers[1].diff_id in result.stderr
     assert set(snapshots(root)) == before  # neither the lie's chain nor a temporary one
     assert not list(root.joinpath("unpack").iterdir())
 
@@ -200,7 +203,8 @@ def test_a_blob_repeated_in_one_image_is_checked_against_each_diff_id(
     result = fsnap(root, "pull", f"{registry.host}/unpack/repeat-liar:v1")
     assert result.returncode == DigestMismatch.exit_code, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
-    assert repeat.diff_id in result.stderr and good[0].diff_id in result.stderr
+    assert repeat.diff_id in result.stderr
+    assert good[0].diff_id in result.stderr
     assert set(snapshots(root)) <= set(image.chain_ids[:2])
     assert not list(root.joinpath("unpack").iterdir())
 

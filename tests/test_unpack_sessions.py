@@ -55,7 +55,8 @@ def test_next_pull_removes_a_dead_unpackers_leftovers_but_not_a_live_ones(
     root = tmp_path / "root"
     dead = crash_an_unpacker(root)
     unpack = root / "unpack"
-    assert (unpack / dead).is_dir() and (unpack / f"{dead}.lock").exists()
+    assert (unpack / dead).is_dir()
+    assert (unpack / f"{dead}.lock").exists()
     with Client(root) as client:
         live = open_session(unpack)
         try:
@@ -70,7 +71,8 @@ def test_next_pull_removes_a_dead_unpackers_leftovers_but_not_a_live_ones(
             left = {info.name for info in client.snapshots.walk()}
             assert not any(name.startswith(f"extract-{dead}-") for name in left)
             assert live_key in left
-            assert not (unpack / dead).exists() and not (unpack / f"{dead}.lock").exists()
+            assert not (unpack / dead).exists()
+            assert not (unpack / f"{dead}.lock").exists()
             assert (live.directory / "1" / "busy").exists()
             assert image.chain_id in left
         finally:

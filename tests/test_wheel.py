@@ -23,13 +23,15 @@ def test_wheel_installs_and_runs(tmp_path: Path) -> None:
     run(sys.executable, "-m", "build", "--wheel", "--outdir", dist, REPO)
     (wheel,) = dist.glob("fsnap-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "fsnap/serve/api/snapshots_pb2.py" in names and "fsnap/py.typed" in names
+    assert "fsnap/serve/api/snapshots_pb2.py" in names
+    assert "fsnap/py.typed" in names
     assert not any(n.startswith("tests/") for n in names)
     venv = tmp_path / "venv"
     run("/usr/bin/python3", "-m", "venv", venv)
     run(venv / "bin/pip", "install", "-q", "-c", REPO / "constraints.txt", wheel)
     found = json.loads(run(venv / "bin/fsnap", "version", "--json"))
-    assert found["fsnap"] and found["grpcio"] != "missing"
+    assert found["fsnap"]
+    assert found["grpcio"] != "missing"
     assert "lowerdir" in run(venv / "bin/fsnap-overlay", "--help")
     listed = run(venv / "bin/fsnap", "--root", tmp_path / "root", "images", "-q")
     assert listed == ""

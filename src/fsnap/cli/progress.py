@@ -218,7 +218,7 @@ def row_words(row: Row, wide: bool = True) -> str:
         if wide:
             return f"fetched {sizes(row.done, row.total)}, applied {sizes(applied, row.total)}"
         return f"{sizes(row.done, row.total)}, applied {human_size(applied)}"
-    if row.state in MOVING or row.state == "waiting" and row.done:
+    if row.state in MOVING or (row.state == "waiting" and row.done):
         return sizes(row.moved(), row.total)
     return human_size(row.total)
 

@@ -480,7 +480,7 @@ class WritableFS(MergedFS):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        if flags & RENAME_EXCHANGE and flags & RENAME_NOREPLACE or flags & ~_RENAME_FLAGS:
+        if (flags & RENAME_EXCHANGE and flags & RENAME_NOREPLACE) or flags & ~_RENAME_FLAGS:
             raise _fail(errno.EINVAL)
         async with self._lock:
             old_parent = self._dir(parent_inode_old)

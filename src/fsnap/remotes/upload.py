@@ -109,10 +109,10 @@ class Uploader:
 
     async def _send_chunks(self, location: str, desc: Descriptor, path: Path, what: str) -> str:
         """PATCH the blob in ``chunk_size`` pieces; the registry's next Location each time."""
-        with open(path, "rb") as src:
+        async with await trio.open_file(path, "rb") as src:
             offset = 0
             while offset < desc.size:
-                chunk = await trio.to_thread.run_sync(src.read, self.chunk_size)
+                chunk = await src.read(self.chunk_size)
                 if not chunk:
                     raise RegistryError(f"{what}: blob file ended at {offset} of {desc.size}")
                 headers = {
