@@ -7,13 +7,11 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 NOBODY = 65534
 TESTS = str(Path(__file__).parent)
-FSNAP_CLI = [sys.executable, "-c", "from fsnap.cli import run; run()"]
 
 # In a private mount namespace: a fresh /dev/fuse node (same device numbers) with mode $1,
 # bound over /dev/fuse, then the command as 65534. The host's node is never changed.
@@ -63,19 +61,4 @@ def as_nobody_with_fuse_mode(
     environ = {**os.environ, "PYTHONPATH": TESTS, "HOME": "/", **(env or {})}
     return subprocess.run(
         command, capture_output=True, text=True, timeout=120, env=environ, cwd="/"
-    )
-
-
-def fsnap(
-    root: Path,
-    *args: str,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """``fsnap --root ROOT ARGS`` as this user."""
-    return subprocess.run(
-        [*FSNAP_CLI, "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
     )

@@ -20,7 +20,6 @@ from fsnap.client import Client
 from fsnap.mount import manager
 from fsnap.oci import Platform
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 HOST = Platform.host()
 SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"
 TABLES = (
@@ -91,17 +90,6 @@ def _rows(client: Client, table: str) -> int:
     handle = client.db.table(table)  # opening a table needs its own transaction
     with client.db.begin() as txn:
         return int(txn.stat(handle)["entries"])
-
-
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a child process, as a user runs it."""
-    return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @contextlib.contextmanager

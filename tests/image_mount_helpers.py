@@ -10,33 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from mount_helpers import cleanup
+from support.cli import fsnap
 
 from fsnap.client import Client
 from fsnap.mount import manager
-
-FSNAP = Path(sys.executable).with_name("fsnap")
-
-
-def fsnap(root: Path, *args: str, uid: int | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``fsnap --root ROOT ARGS`` (as ``uid``, with that gid and no groups, if given)
-    and return what it did (never raises on failure)."""
-    prefix = (
-        [] if uid is None else ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
-    )
-    env = None if uid is None else {"PATH": "/usr/bin:/bin", "HOME": str(root)}
-    return subprocess.run(
-        [*prefix, str(FSNAP), "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
 
 
 def succeeded(done: subprocess.CompletedProcess[str]) -> str:

@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
 from image_builder import Blob, Image, make_layer, tar_info
+from support.cli import fsnap
 
 from fsnap import oci
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 DIR = tarfile.DIRTYPE
 
-HISTORY = [
+HISTORY: list[dict[str, str | bool]] = [
     {"created": "2026-01-01T00:00:00Z", "created_by": "ADD base.tar /"},
     {"created": "2026-01-01T00:00:01Z", "created_by": "ENV A=1", "empty_layer": True},
     {"created": "2026-01-01T00:00:02Z", "created_by": "RUN update etc, clean tmp and cache"},
@@ -121,24 +121,13 @@ def inspect_image() -> Image:
     return Image(manifest_blob, config_blob, tuple(layers), oci.Platform.host())
 
 
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a child process (stdout is a pipe: plain tables, no colour)."""
-    return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def ok(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     return result.stdout
 
 
-def fsnap_json(root: Path, *args: str) -> dict[str, object]:
+def fsnap_json(root: Path, *args: str) -> dict[str, Any]:
     doc = json.loads(ok(fsnap(root, *args, "--json")))
     assert isinstance(doc, dict)
     return doc

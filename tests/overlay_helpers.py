@@ -206,7 +206,10 @@ def kernel_overlay(
     """Kernel overlayfs through mount(8) (``kernel_overlay_command``); unmounted after."""
     mnt.mkdir(parents=True, exist_ok=True)
     argv, cwd, env = kernel_overlay_command(
-        [str(d) for d in lowers], str(mnt), upper and str(upper), work and str(work)
+        [str(d) for d in lowers],
+        str(mnt),
+        None if upper is None else str(upper),
+        None if work is None else str(work),
     )
     try:
         run_checked(argv, {**os.environ, **env}, cwd)

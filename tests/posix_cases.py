@@ -58,7 +58,7 @@ def mode(path: str) -> object:
     return oct(st.st_mode)
 
 
-def owner(path: str) -> object:
+def owner(path: str) -> list[int]:
     st = os.lstat(path)
     return [st.st_uid, st.st_gid]
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from image_builder import BUSYBOX_APPLETS, Image, busybox_members, make_image, make_layer, tar_info
-from image_mount_helpers import FSNAP, succeeded
+from image_mount_helpers import succeeded
 from mount_helpers import cleanup
 from registry_helpers import RegistryProcess
+from support.cli import fsnap
 
 from fsnap.client import Client
 from fsnap.mount import manager
@@ -68,26 +69,6 @@ def busybox_run_image(
 def pushed(registry: RegistryProcess, repo: str, image: Image) -> str:
     registry.push_image(repo, "1", image)
     return f"{registry.host}/{repo}:1"
-
-
-def fsnap(
-    root: Path,
-    *args: str,
-    stdin: str | None = None,
-    timeout: float = 120,
-    env: Mapping[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """``fsnap --root ROOT ARGS`` with ``stdin`` piped in (else /dev/null)."""
-    return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args],
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env=None if env is None else dict(env),
-    )
 
 
 def run_ok(root: Path, *args: str, stdin: str | None = None) -> str:

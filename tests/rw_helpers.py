@@ -96,15 +96,6 @@ def run_ops(mnt: Path, as_nobody: bool) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/")
 
 
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from fsnap.cli import run; run()", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def mount_pid(root: Path, mnt: Path) -> int:
     """The pid of the daemon serving ``mnt`` (a mount made by the CLI)."""
     with Client(root) as client:

@@ -65,27 +65,33 @@ def reset(name: str) -> None:
     utimensat(p(name), A, M)
 
 
+def reset_then(step: Callable[[], None]) -> Callable[[], None]:
+    """An operation: put lower.txt's times back at (A, M), then ``step``."""
+
+    def op() -> None:
+        reset("lower.txt")
+        step()
+
+    return op
+
+
+def new_file_times() -> None:
+    open(p("new.txt"), "w").close()
+    utimensat(p("new.txt"), A, M)
+
+
 OPS: dict[str, Callable[[], None]] = {
     "lower-untouched": lambda: None,
     "utime-both": lambda: utimensat(p("lower.txt"), A, M),
-    "touch-a": lambda: (reset("lower.txt"), touch("-a", "-d", "@1700000000", p("lower.txt"))),
-    "touch-m": lambda: (reset("lower.txt"), touch("-m", "-d", "@1700000000", p("lower.txt"))),
-    "atime-now-mtime-omit": lambda: (
-        reset("lower.txt"),
-        utimensat(p("lower.txt"), UTIME_NOW, UTIME_OMIT),
-    ),
-    "atime-omit-mtime-now": lambda: (
-        reset("lower.txt"),
-        utimensat(p("lower.txt"), UTIME_OMIT, UTIME_NOW),
-    ),
-    "atime-omit-mtime-set": lambda: (reset("lower.txt"), utimensat(p("lower.txt"), UTIME_OMIT, A)),
-    "atime-set-mtime-omit": lambda: (reset("lower.txt"), utimensat(p("lower.txt"), M, UTIME_OMIT)),
+    "touch-a": reset_then(lambda: touch("-a", "-d", "@1700000000", p("lower.txt"))),
+    "touch-m": reset_then(lambda: touch("-m", "-d", "@1700000000", p("lower.txt"))),
+    "atime-now-mtime-omit": reset_then(lambda: utimensat(p("lower.txt"), UTIME_NOW, UTIME_OMIT)),
+    "atime-omit-mtime-now": reset_then(lambda: utimensat(p("lower.txt"), UTIME_OMIT, UTIME_NOW)),
+    "atime-omit-mtime-set": reset_then(lambda: utimensat(p("lower.txt"), UTIME_OMIT, A)),
+    "atime-set-mtime-omit": reset_then(lambda: utimensat(p("lower.txt"), M, UTIME_OMIT)),
     "futimens": lambda: futimens(p("lower.txt"), M, A),
-    "futimens-omit-now": lambda: (
-        reset("lower.txt"),
-        futimens(p("lower.txt"), UTIME_OMIT, UTIME_NOW),
-    ),
-    "new-file-times": lambda: (open(p("new.txt"), "w").close(), utimensat(p("new.txt"), A, M)),
+    "futimens-omit-now": reset_then(lambda: futimens(p("lower.txt"), UTIME_OMIT, UTIME_NOW)),
+    "new-file-times": new_file_times,
 }
 
 

@@ -61,15 +61,17 @@ class TarBuilder:
         info.linkname = link
         info.devmajor, info.devminor = dev
         info.size = len(data)
+        pax: dict[str, str] = {}
         if isinstance(mtime, str):  # exact PAX record, e.g. "1700000000.123456789"
             info.mtime = int(mtime.split(".")[0])
-            info.pax_headers["mtime"] = mtime
+            pax["mtime"] = mtime
         else:
             info.mtime = mtime
         if atime is not None:  # PAX record, e.g. "1600000000.5"
-            info.pax_headers["atime"] = atime
+            pax["atime"] = atime
         for key, value in (xattrs or {}).items():
-            info.pax_headers["SCHILY.xattr." + key] = binary_str(value)
+            pax["SCHILY.xattr." + key] = binary_str(value)
+        info.pax_headers = pax
         self._meta[name] = {"mode": mode, "uid": uid, "gid": gid, "mtime": mtime, "xattrs": xattrs}
         self._tar.addfile(info, io.BytesIO(data) if data else None)
         return self

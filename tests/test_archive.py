@@ -36,8 +36,8 @@ CAPABILITY = b"\x01\x00\x00\x02\xc0\x00\x00\x00" + b"\x00" * 12
 XATTRS = {"user.note": b"\xff\x00binary", "trusted.t": b"tv", "security.capability": CAPABILITY}
 
 
-def apply(data: bytes, root: Path, **kw: bool) -> ApplyResult:
-    return apply_layer(io.BytesIO(data), root, sync=False, **kw)
+def apply(data: bytes, root: Path, *, privileged: bool | None = None) -> ApplyResult:
+    return apply_layer(io.BytesIO(data), root, sync=False, privileged=privileged)
 
 
 def index(result: ApplyResult) -> dict[str, Entry]:

@@ -8,20 +8,21 @@ import json
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
 import pytest
-from gc_helpers import HOST, SNAPSHOT_LABEL, fsnap, mounted_image, pull_unpacked, read_in_mount
+from gc_helpers import HOST, SNAPSHOT_LABEL, mounted_image, pull_unpacked, read_in_mount
 from image_builder import busybox_image
 from registry_helpers import Image, RegistryProcess, free_port, make_image, make_layer
+from support.cli import fsnap
 
 from fsnap.check import CheckReport, check_store
-from fsnap.check.findings import PRIVATE_DIRS
 from fsnap.client import Client
 from fsnap.oci import Descriptor
+from fsnap.private import PRIVATE_DIRS
 
 NO_PULL = "the registry must not be needed"
 
@@ -43,7 +44,7 @@ def _image(tag: str) -> Image:
 @pytest.fixture
 def store(
     registry: RegistryProcess, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[tuple[Path, str, Image]]:
+) -> tuple[Path, str, Image]:
     """A store with one pulled, unpacked two-layer image (its own repository and blobs)."""
     tag = request.node.name.replace("[", "-").replace("]", "")[-60:]
     image = _image(tag)
@@ -231,7 +232,7 @@ def test_a_damaged_snapshot_under_an_active_snapshot_is_left_alone(
         client.snapshots.prepare("work", top)
         (client.snapshots.dir("work") / "mine").write_text("user data\n")
         (client.snapshots.dir(base) / "etc/base").unlink()
-        report = check_store(client, repair=True, pull=_no_pull)
+        report = check_store(client, repair=True, pull=_no_pull(client))
         assert client.snapshots.stat("work").name == "work"
         assert (client.snapshots.dir("work") / "mine").read_text() == "user data\n"
         assert client.snapshots.stat(base).name == base

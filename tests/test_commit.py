@@ -6,38 +6,31 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from diff_helpers import apply_bytes, by_path
+from image_builder import FileTree
 from registry_helpers import RegistryProcess, make_image, make_layer
+from support.cli import fsnap
 
 from fsnap import oci
 from fsnap.archive.compression import open_uncompressed
 from fsnap.client import Client
-from fsnap.diff.commit import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.digest import chain_id
 from fsnap.errors import NotFound, Unsupported
+from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Platform
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 HOST = Platform.host()
-BASE_FILES = {
+BASE_FILES: FileTree = {
     "etc/": b"",
     "etc/os-release": "NAME=base\n",
     "etc/keep": "kept\n",
     "var/": b"",
     "var/old": "old\n",
 }
-
-
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args], capture_output=True, timeout=120, check=False
-    )
 
 
 def pull_base(registry: RegistryProcess, client: Client, repo: str, fmt: Any = "oci") -> str:
@@ -173,17 +166,17 @@ def test_cli_commit_and_its_errors(registry: RegistryProcess, tmp_path: Path) ->
         client.snapshots.prepare("orphan-parent", "")
         client.snapshots.commit("lonely", "orphan-parent")
         client.snapshots.prepare("on-lonely", "lonely")
-    ok = fsnap(root, "commit", "--compression", "zstd", "work", "cli/app:1")
+    ok = fsnap(root, "commit", "--compression", "zstd", "work", "cli/app:1", text=False)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.decode().splitlines()[-1].startswith("docker.io/cli/app:1: sha256:")
-    listed = fsnap(root, "images", "-q").stdout.decode().split()
+    listed = fsnap(root, "images", "-q", text=False).stdout.decode().split()
     assert "docker.io/cli/app:1" in listed
     for args, code, words in [
         (("commit", "missing", "x:1"), 2, "snapshot missing not found"),
         (("commit", "on-lonely", "x:1"), 2, "--base"),
         (("commit", "work", "NOT A REF"), 4, "invalid reference"),
     ]:
-        failed = fsnap(root, *args)
+        failed = fsnap(root, *args, text=False)
         stderr = failed.stderr.decode()
         assert failed.returncode == code, stderr
         assert words in stderr

@@ -31,9 +31,10 @@ from image_builder import (
     layer_media_type,
     make_image,
 )
-from image_mount_helpers import fsnap, image_mounted, image_mounted_rw, pulled, succeeded
+from image_mount_helpers import image_mounted, image_mounted_rw, pulled, succeeded
 from listing import differences, full_listing
 from registry_helpers import RegistryProcess
+from support.cli import fsnap
 from tar_helpers import TarBuilder, binary_str
 from test_layer_semantics import layer_tars
 

@@ -11,9 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from env_helpers import FSNAP_CLI, as_nobody_with_fuse_mode, fsnap, tmpfs
+from env_helpers import as_nobody_with_fuse_mode, tmpfs
 from registry_helpers import RegistryProcess, make_image, make_layer
 from rw_helpers import NOBODY, shared_dir
+from support.cli import FSNAP, fsnap
 
 from fsnap.client import Client
 from fsnap.errors import FuseUnavailable, NoSpace, ToolMissing, UserNamespacesDisabled
@@ -21,8 +22,6 @@ from fsnap.info.probe import no, unknown
 from fsnap.info.userns import UsernsInfo, userns_problem
 from fsnap.mount import manager
 from fsnap.oci import Platform
-
-_AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 
 
 def test_exit_codes_are_distinct() -> None:
@@ -40,18 +39,12 @@ def test_mount_as_user_without_dev_fuse_names_the_fix(tmp_path: Path) -> None:
             path.mkdir()
             os.chown(path, NOBODY, NOBODY)
         env = {**os.environ, "HOME": "/"}
-        prepared = subprocess.run(
-            [*_AS_NOBODY, *FSNAP_CLI, "--root", str(root), "snapshots", "prepare", "work"],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd="/",
-        )
+        prepared = fsnap(root, "snapshots", "prepare", "work", uid=NOBODY, env=env, cwd="/")
         assert prepared.returncode == 0, prepared.stderr
         done = as_nobody_with_fuse_mode(
             0o600,
             tmp_path / "dev",
-            *FSNAP_CLI,
+            str(FSNAP),
             "--root",
             str(root),
             "snapshots",
@@ -75,7 +68,9 @@ def test_mount_without_fusermount3_names_the_package(tmp_path: Path) -> None:
     with Client(root) as client:
         client.snapshots.prepare("work", "")
     try:
-        done = fsnap(root, "snapshots", "mount", "work", str(mnt), env={"PATH": str(empty)})
+        done = fsnap(
+            root, "snapshots", "mount", "work", str(mnt), env={**os.environ, "PATH": str(empty)}
+        )
         assert str(mnt) not in manager.mounted_points()
     finally:  # without the check, the mount succeeds (libfuse has its own path): undo it
         if str(mnt) in manager.mounted_points():

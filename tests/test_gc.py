@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 from gc_helpers import (
-    fsnap,
     image_blobs,
     mounted_image,
     pull_unpacked,
@@ -18,6 +17,7 @@ from gc_helpers import (
 )
 from mount_helpers import mounted_snapshot
 from registry_helpers import RegistryProcess
+from support.cli import fsnap
 
 from fsnap import gc
 from fsnap.client import Client

@@ -10,8 +10,9 @@ import threading
 from pathlib import Path
 
 import trio
-from gc_helpers import child, fsnap, image_blobs, shared_base_images, store_state
+from gc_helpers import child, image_blobs, shared_base_images, store_state
 from registry_helpers import Blob, RegistryProcess
+from support.cli import fsnap
 
 from fsnap import gc, leases
 from fsnap.client import Client

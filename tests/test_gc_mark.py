@@ -17,14 +17,13 @@ import pytest
 from fsnap.content.api import Info as BlobInfo
 from fsnap.errors import NotFound
 from fsnap.gc.mark import (
-    CONTENT_REF,
-    GC_ROOT,
-    SNAPSHOT_REF,
     Graph,
     RootSources,
     mark,
     roots,
 )
+from fsnap.labels import CONTENT_REF, GC_ROOT
+from fsnap.labels import SNAPSHOT_LABEL as SNAPSHOT_REF
 from fsnap.snapshots.info import OWNER_LABEL, Kind
 from fsnap.snapshots.info import Info as SnapshotInfo
 

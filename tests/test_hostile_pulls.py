@@ -8,7 +8,6 @@ import gzip
 import json
 import os
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -16,19 +15,13 @@ from pathlib import Path
 import pytest
 from fault_server import FaultServer
 from registry_helpers import Blob, Layer, RegistryProcess, make_image, make_layer
+from support.cli import fsnap
 
 from fsnap import oci
 from fsnap.digest import sha256_of
 from fsnap.oci import Platform
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 HOST = Platform.host()
-
-
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args], capture_output=True, text=True, timeout=180
-    )
 
 
 def refused(result: subprocess.CompletedProcess[str], code: int, words: str) -> None:
@@ -54,7 +47,7 @@ def test_out_of_range_pax_numbers_are_invalid(
 ) -> None:
     repo = f"hostile/pax{abs(hash(tuple(pax.items()))) % 10_000}"
     registry.push_image(repo, "v1", make_image([pax_layer(**pax)], platform=HOST))
-    result = fsnap(tmp_path / "root", "pull", f"{registry.host}/{repo}:v1")
+    result = fsnap(tmp_path / "root", "pull", f"{registry.host}/{repo}:v1", timeout=180)
     refused(result, 4, "etc/motd")
 
 
@@ -80,7 +73,9 @@ def test_deeply_nested_indexes_are_refused(
         top = index.descriptor()
     fault_server.serve_manifest("hostile/nested", "deep", oci.OCI_INDEX, index.data, index.digest)
     started = time.monotonic()
-    result = fsnap(tmp_path / "root", "pull", f"{fault_server.host}/hostile/nested:deep")
+    result = fsnap(
+        tmp_path / "root", "pull", f"{fault_server.host}/hostile/nested:deep", timeout=180
+    )
     refused(result, 4, "nested more than")
     assert time.monotonic() - started < 30
     assert len(fault_server.seen("GET", "/manifests/")) <= 6
@@ -96,7 +91,9 @@ def test_oversized_config_refused_before_download(
     body = json.dumps(manifest).encode()
     for name in ("big", sha256_of(body)):
         fault_server.serve_manifest("hostile/config", name, oci.OCI_MANIFEST, body, sha256_of(body))
-    result = fsnap(tmp_path / "root", "pull", f"{fault_server.host}/hostile/config:big")
+    result = fsnap(
+        tmp_path / "root", "pull", f"{fault_server.host}/hostile/config:big", timeout=180
+    )
     refused(result, 4, "config of 8388608 bytes")
     assert fault_server.seen("GET", image.config.digest) == []
 
@@ -109,7 +106,12 @@ def test_trickling_registry_hits_the_blob_deadline(
     fault_server.slow_blobs(10)  # bytes per second: 4 KiB would take minutes
     started = time.monotonic()
     result = fsnap(
-        tmp_path / "root", "pull", "--blob-timeout", "2", f"{fault_server.host}/hostile/trickle:v1"
+        tmp_path / "root",
+        "pull",
+        "--blob-timeout",
+        "2",
+        f"{fault_server.host}/hostile/trickle:v1",
+        timeout=180,
     )
     refused(result, 10, "did not arrive within 2 s")
     assert time.monotonic() - started < 30
@@ -145,17 +147,21 @@ def test_layer_inflating_far_beyond_its_blob_is_refused(
     blob = Blob(oci.OCI_LAYER_GZIP, gzip.compress(tar, mtime=0))
     assert blob.size < 200
     registry.push_image("hostile/sparse", "v1", make_image([Layer(blob, tar)], platform=HOST))
-    result = fsnap(tmp_path / "root", "pull", f"{registry.host}/hostile/sparse:v1")
+    result = fsnap(tmp_path / "root", "pull", f"{registry.host}/hostile/sparse:v1", timeout=180)
     refused(result, 4, "--max-layer-size")
-    assert "hostile/sparse" not in fsnap(tmp_path / "root", "images").stdout
+    assert "hostile/sparse" not in fsnap(tmp_path / "root", "images", timeout=180).stdout
 
 
 def test_max_layer_size_is_configurable(registry: RegistryProcess, tmp_path: Path) -> None:
     layer = make_layer({"four-k": b"x" * 4096})
     registry.push_image("hostile/capped", "v1", make_image([layer], platform=HOST))
     ref = f"{registry.host}/hostile/capped:v1"
-    refused(fsnap(tmp_path / "root", "pull", "--max-layer-size", "1K", ref), 4, "over 1024")
-    assert fsnap(tmp_path / "root", "pull", "--max-layer-size", "8K", ref).returncode == 0
+    refused(
+        fsnap(tmp_path / "root", "pull", "--max-layer-size", "1K", ref, timeout=180), 4, "over 1024"
+    )
+    assert (
+        fsnap(tmp_path / "root", "pull", "--max-layer-size", "8K", ref, timeout=180).returncode == 0
+    )
 
 
 def test_deeply_nested_json_manifest_is_invalid(fault_server: FaultServer, tmp_path: Path) -> None:
@@ -164,5 +170,7 @@ def test_deeply_nested_json_manifest_is_invalid(fault_server: FaultServer, tmp_p
     digest = sha256_of(body)
     for name in ("v1", digest):
         fault_server.serve_manifest("hostile/deepjson", name, oci.OCI_MANIFEST, body, digest)
-    result = fsnap(tmp_path / "root", "pull", f"{fault_server.host}/hostile/deepjson:v1")
+    result = fsnap(
+        tmp_path / "root", "pull", f"{fault_server.host}/hostile/deepjson:v1", timeout=180
+    )
     refused(result, 4, "JSON")

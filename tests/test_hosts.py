@@ -18,8 +18,9 @@ from typing import ClassVar
 import pytest
 import trio
 from http_helpers import serving
-from image_mount_helpers import fsnap, succeeded
+from image_mount_helpers import succeeded
 from registry_helpers import Image, RegistryProcess, make_image, make_layer, run_registry
+from support.cli import fsnap
 from tls_helpers import TlsFiles, make_client_cert, make_tls
 
 from fsnap.errors import InvalidArgument

@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from env_helpers import FSNAP_CLI, as_nobody_with_fuse_mode, fsnap, tmpfs
+from env_helpers import as_nobody_with_fuse_mode, tmpfs
 from rw_helpers import shared_dir
+from support.cli import FSNAP, NOBODY, fsnap
 
 from fsnap.info import fuse, kernel, registry, report, store, userns
 
@@ -53,22 +54,8 @@ def test_store_on_tmpfs_has_no_rwf_nowait(tmp_path: Path) -> None:
 
 def test_store_not_writable_is_unknown_not_an_error(tmp_path: Path) -> None:
     with shared_dir() as shared:
-        done = subprocess.run(
-            [
-                "setpriv",
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                *FSNAP_CLI,
-                "--root",
-                str(shared / "root"),
-                "info",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            cwd="/",
-            timeout=60,
+        done = fsnap(
+            shared / "root", "info", "--json", uid=NOBODY, env=os.environ, cwd="/", timeout=60
         )
     assert done.returncode == 0, done.stderr
     probe = json.loads(done.stdout)["store"]["rwf_nowait"]
@@ -79,7 +66,7 @@ def test_store_not_writable_is_unknown_not_an_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("mode", "usable"), [(0o600, False), (0o666, True)])
 def test_dev_fuse_as_seen_by_uid_65534(tmp_path: Path, mode: int, usable: bool) -> None:
     done = as_nobody_with_fuse_mode(
-        mode, tmp_path / "dev", *FSNAP_CLI, "--root", "/nonexistent", "info", "--json"
+        mode, tmp_path / "dev", str(FSNAP), "--root", "/nonexistent", "info", "--json"
     )
     assert done.returncode == 0, done.stderr
     device = json.loads(done.stdout)["fuse"]["device"]
@@ -101,7 +88,7 @@ def test_dev_fuse_for_root_and_fusermount3_version() -> None:
 def test_fusermount3_missing(tmp_path: Path) -> None:
     empty = tmp_path / "bin"
     empty.mkdir()
-    done = fsnap(tmp_path / "root", "info", "--json", env={"PATH": str(empty)})
+    done = fsnap(tmp_path / "root", "info", "--json", env={**os.environ, "PATH": str(empty)})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["fuse"]["fusermount3"] == {
         "name": "fusermount3",
@@ -159,7 +146,7 @@ def test_user_namespaces_limited_to_zero() -> None:
         "-c",
         _LIMITED,
         "sh",
-        *FSNAP_CLI,
+        str(FSNAP),
         "--root",
         "/nonexistent",
         "info",

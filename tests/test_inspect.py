@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inspect_helpers import HISTORY, RUNTIME, fsnap, fsnap_json, inspect_image, ok
+from inspect_helpers import HISTORY, RUNTIME, fsnap_json, inspect_image, ok
 from registry_helpers import RegistryProcess
+from support.cli import fsnap
 
 from fsnap.client import Client
 
@@ -40,12 +41,12 @@ def test_inspect_reports_digests_config_and_layers(pulled: Pulled) -> None:
     image = inspect_image()
     doc = fsnap_json(root, "inspect", ref)
     assert doc["schema"] == "fsnap/inspect/v1"
-    assert doc["manifest"]["digest"] == image.manifest.digest  # type: ignore[index]
-    assert doc["config"]["digest"] == image.config.digest  # type: ignore[index]
+    assert doc["manifest"]["digest"] == image.manifest.digest
+    assert doc["config"]["digest"] == image.config.digest
     assert doc["index"] is None
     assert doc["unpacked"] is True
     assert doc["runtime"] == RUNTIME
-    layers: list[dict[str, Any]] = doc["layers"]  # type: ignore[assignment]
+    layers: list[dict[str, Any]] = doc["layers"]
     assert [layer["digest"] for layer in layers] == [lay.blob.digest for lay in image.layers]
     assert [layer["diff_id"] for layer in layers] == image.diff_ids
     assert [layer["chain_id"] for layer in layers] == chains
@@ -72,7 +73,7 @@ def test_inspect_reports_digests_config_and_layers(pulled: Pulled) -> None:
 def test_history_includes_empty_layers_newest_first(pulled: Pulled) -> None:
     root, ref, chains = pulled
     doc = fsnap_json(root, "history", ref)
-    lines: list[dict[str, Any]] = doc["history"]  # type: ignore[assignment]
+    lines: list[dict[str, Any]] = doc["history"]
     assert [line["created_by"] for line in lines] == [h["created_by"] for h in HISTORY[::-1]]
     assert [line["layer"] for line in lines] == [2, 1, None, 0]
     assert [line["empty_layer"] for line in lines] == [False, False, True, False]
@@ -124,7 +125,7 @@ def test_diff_of_every_layer_is_exactly_the_construction(pulled: Pulled) -> None
     doc = fsnap_json(root, "diff", ref)
     assert doc["schema"] == "fsnap/diff/v1"
     assert doc["source"] == {"image": ref}
-    groups: list[dict[str, Any]] = doc["layers"]  # type: ignore[assignment]
+    groups: list[dict[str, Any]] = doc["layers"]
     assert [(g["first"], g["last"], g["chain_id"]) for g in groups] == [
         (0, 0, chains[0]),
         (1, 1, chains[1]),
@@ -150,16 +151,16 @@ def test_diff_of_every_layer_is_exactly_the_construction(pulled: Pulled) -> None
 def test_diff_one_layer_a_path_and_a_range(pulled: Pulled) -> None:
     root, ref, _ = pulled
     one = fsnap_json(root, "diff", ref, "--layer", "2")
-    assert [_changes(g) for g in one["layers"]] == [LAYER2]  # type: ignore[union-attr]
+    assert [_changes(g) for g in one["layers"]] == [LAYER2]
     under = fsnap_json(root, "diff", ref, "/opt", "--layer", "2")  # PATH right after REF
-    assert set(_changes(under["layers"][0])) == {  # type: ignore[index]
+    assert set(_changes(under["layers"][0])) == {
         "/opt",
         "/opt/new.txt",
         "/opt/old.txt",
     }
     # Layers 1..2 together against layer 0: motd and tool modified, the rest as above.
     span = fsnap_json(root, "diff", ref, "--from", "1", "--to", "2")
-    got = _changes(span["layers"][0])  # type: ignore[index]
+    got = _changes(span["layers"][0])
     assert got == {
         "/etc/motd": ("modified", "file", 12, "", 0),
         "/etc/hosts": ("added", "file", 20, "", None),
@@ -189,7 +190,7 @@ def test_diff_of_an_active_snapshot_against_its_parent(pulled: Pulled) -> None:
         (work / "new.txt").write_bytes(b"seven!!")
         doc = fsnap_json(root, "diff", "inspect-work")
         assert doc["source"] == {"snapshot": "inspect-work", "kind": "active"}
-        assert _changes(doc["layers"][0]) == {  # type: ignore[index]
+        assert _changes(doc["layers"][0]) == {
             "/etc/motd": ("removed", "file", 12, "whiteout", 1),
             "/new.txt": ("added", "file", 7, "", None),
         }
@@ -213,7 +214,7 @@ def test_analyze_measures_and_offenders(pulled: Pulled) -> None:
     assert doc["efficiency"] == pytest.approx(1 - WASTED / TOTAL)
     assert doc["user_wasted_percent"] == pytest.approx(WASTED / (32 + 680))
     assert doc["ci"] is None
-    offenders: list[dict[str, Any]] = doc["offenders"]  # type: ignore[assignment]
+    offenders: list[dict[str, Any]] = doc["offenders"]
     assert [(o["path"], o["wasted"]) for o in offenders] == [
         ("/tmp/big.dat", 10000),
         ("/var/cache/b.bin", 2000),
@@ -298,7 +299,7 @@ def test_which_names_provider_shadowed_and_hiders(pulled: Pulled) -> None:
     assert motd["kind"] == "file"
     assert motd["provider"] == {"layer": 1, "chain_id": chains[1]}
     assert motd["shadowed"] == [{"layer": 0, "chain_id": chains[0]}]
-    assert [(s["layer"], s["action"]) for s in motd["sightings"]] == [  # type: ignore[union-attr]
+    assert [(s["layer"], s["action"]) for s in motd["sightings"]] == [
         (0, "added"),
         (1, "modified"),
     ]
@@ -312,7 +313,7 @@ def test_which_names_provider_shadowed_and_hiders(pulled: Pulled) -> None:
         gone = fsnap_json(root, "which", ref, path)
         assert gone["present"] is False
         assert gone["provider"] is None
-        hidden: dict[str, Any] = gone["hidden_by"]  # type: ignore[assignment]
+        hidden: dict[str, Any] = gone["hidden_by"]
         assert (hidden["layer"], hidden["cause"], hidden["by"]) == (layer, cause, by), path
     never = fsnap_json(root, "which", ref, "/no/such")
     assert never["present"] is False
@@ -344,14 +345,14 @@ MERGED_LAYERS = {
 def test_tree_marks_each_entry_with_its_layer(pulled: Pulled) -> None:
     root, ref, chains = pulled
     doc = fsnap_json(root, "tree", ref)
-    entries: list[dict[str, Any]] = doc["entries"]  # type: ignore[assignment]
+    entries: list[dict[str, Any]] = doc["entries"]
     assert {e["path"]: e["layer"] for e in entries} == MERGED_LAYERS
     assert all(e["chain_id"] == chains[e["layer"]] for e in entries)
     assert [e["path"] for e in entries] == sorted(MERGED_LAYERS)
     shallow = fsnap_json(root, "tree", ref, "/usr", "--depth", "1")
-    assert [e["path"] for e in shallow["entries"]] == ["/usr", "/usr/bin"]  # type: ignore[union-attr]
+    assert [e["path"] for e in shallow["entries"]] == ["/usr", "/usr/bin"]
     layer1 = fsnap_json(root, "tree", ref, "--layer", "1")
-    assert {e["path"]: e["mark"] for e in layer1["entries"]} == {  # type: ignore[union-attr]
+    assert {e["path"]: e["mark"] for e in layer1["entries"]} == {
         "/etc": "",
         "/etc/hosts": "",
         "/etc/motd": "",
@@ -367,7 +368,7 @@ def test_tree_marks_each_entry_with_its_layer(pulled: Pulled) -> None:
 def test_du_per_directory_and_per_layer(pulled: Pulled) -> None:
     root, ref, chains = pulled
     doc = fsnap_json(root, "du", ref)
-    dirs = {d["path"]: d["size"] for d in doc["directories"]}  # type: ignore[union-attr]
+    dirs = {d["path"]: d["size"] for d in doc["directories"]}
     assert dirs == {
         "/": TOTAL - WASTED,
         "/etc": 43,
@@ -384,7 +385,7 @@ def test_du_per_directory_and_per_layer(pulled: Pulled) -> None:
     ]
     usr = fsnap_json(root, "du", ref, "/usr/bin", "--depth", "0")
     assert usr["directories"] == [{"path": "/usr/bin", "depth": 0, "size": 600, "entries": 2}]
-    assert [u["stored"] for u in usr["layers"]] == [500, 0, 600]  # type: ignore[union-attr]
+    assert [u["stored"] for u in usr["layers"]] == [500, 0, 600]
 
 
 # --- bad input ----------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from inspect_helpers import fsnap, fsnap_json, inspect_image, ok
+from inspect_helpers import fsnap_json, inspect_image, ok
 from mount_helpers import cleanup
 from registry_helpers import RegistryProcess
+from support.cli import fsnap
 
 XATTR = "user.fsnap.layer"
 
@@ -56,7 +57,7 @@ def _walk(mnt: Path) -> Iterator[str]:
 def test_every_entry_names_its_layer(pulled: tuple[Path, str, list[str]], tmp_path: Path) -> None:
     root, ref, chains = pulled
     tree = fsnap_json(root, "tree", ref)
-    expected = {e["path"]: e["layer"] for e in tree["entries"]}  # type: ignore[union-attr]
+    expected = {e["path"]: e["layer"] for e in tree["entries"]}
     mnt = tmp_path / "mnt"
     with mounted(root, ref, mnt, "--provenance"):
         seen: dict[str, int] = {}

@@ -22,10 +22,10 @@ import pytest
 from fault_server import FaultServer, run_fault_server
 from registry_helpers import RegistryProcess
 from remotes_helpers import small_image
+from support.cli import FSNAP, fsnap
 
 from fsnap.cli.registry_options import PASSWORD_ENV, USER_ENV
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 PASSWORD = "wonderland"
 
 HELPER = """#!{python}
@@ -51,20 +51,6 @@ json.dump(data, open(store, "w"))
 """
 
 
-def fsnap(
-    env: dict[str, str], *args: str, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(FSNAP), *args],
-        input=stdin,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """An environment with a docker config directory of the test's own, a store root, and
@@ -88,7 +74,7 @@ def image_ref(basic_registry: RegistryProcess, request: pytest.FixtureRequest) -
 
 
 def pull(env: dict[str, str], ref: str) -> subprocess.CompletedProcess[str]:
-    return fsnap(env, "pull", "--no-unpack", ref)
+    return fsnap(None, "pull", "--no-unpack", ref, env=env)
 
 
 # -- config.json -----------------------------------------------------------------------------
@@ -100,13 +86,16 @@ def test_login_stores_auth_in_config_json(
     host = basic_registry.host
     config = config_of(env)
     config.parent.mkdir()
-    kept = {"psFormat": "table", "auths": {"other.example": {"auth": "eDp5"}}}
+    auths = {"other.example": {"auth": "eDp5"}}
+    kept = {"psFormat": "table", "auths": auths}
     config.write_text(json.dumps(kept))
-    stale = {**kept, "auths": {**kept["auths"], f"http://{host}/v1/": {"auth": "eDp5"}}}
-    refused = fsnap(env, "login", host, "-u", "alice", "--password-stdin", stdin="nope\n")
+    stale = {**kept, "auths": {**auths, f"http://{host}/v1/": {"auth": "eDp5"}}}
+    refused = fsnap(None, "login", host, "-u", "alice", "--password-stdin", stdin="nope\n", env=env)
     assert (refused.returncode, json.loads(config.read_text())) == (7, kept), refused.stderr
     config.write_text(json.dumps(stale))  # an old URL-shaped entry for the host goes
-    done = fsnap(env, "login", host, "-u", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    done = fsnap(
+        None, "login", host, "-u", "alice", "--password-stdin", stdin=PASSWORD + "\n", env=env
+    )
     assert done.returncode == 0, done.stderr
     assert "Login Succeeded" in done.stdout
     data = json.loads(config.read_text())
@@ -115,9 +104,9 @@ def test_login_stores_auth_in_config_json(
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert sorted(p.name for p in config.parent.iterdir()) == ["config.json"]
     assert pull(env, image_ref).returncode == 0
-    assert "Removing" in fsnap(env, "logout", host).stdout
+    assert "Removing" in fsnap(None, "logout", host, env=env).stdout
     assert host not in json.loads(config.read_text())["auths"]
-    assert "Not logged in" in fsnap(env, "logout", host).stdout
+    assert "Not logged in" in fsnap(None, "logout", host, env=env).stdout
     assert pull(env, image_ref).returncode == 7
 
 
@@ -128,7 +117,14 @@ def test_login_with_bearer_token_registry(
     ref = f"{token_registry.host}/private/login-token:v1"
     assert pull(env, ref).returncode == 7
     done = fsnap(
-        env, "login", token_registry.host, "--user", "alice", "--password-stdin", stdin=PASSWORD
+        None,
+        "login",
+        token_registry.host,
+        "--user",
+        "alice",
+        "--password-stdin",
+        stdin=PASSWORD,
+        env=env,
     )
     assert done.returncode == 0, done.stderr
     assert pull(env, ref).returncode == 0
@@ -138,7 +134,7 @@ def test_login_with_bearer_token_registry(
 
 
 @pytest.fixture
-def helper(tmp_path: Path, env: dict[str, str]) -> Iterator[Path]:
+def helper(tmp_path: Path, env: dict[str, str]) -> Path:
     """``docker-credential-fsnaptest`` on PATH; yields its store file."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -165,14 +161,14 @@ def test_login_through_credential_helper(
     chosen = "fsnaptest" if setting == "credsStore" else {host: "fsnaptest"}
     config.write_text(json.dumps({setting: chosen}))
     env[USER_ENV] = "alice"
-    done = fsnap(env, "login", host, "--password-stdin", stdin=PASSWORD)
+    done = fsnap(None, "login", host, "--password-stdin", stdin=PASSWORD, env=env)
     assert done.returncode == 0, done.stderr
     del env[USER_ENV]
     assert PASSWORD not in config.read_text()
     stored = json.loads(helper.read_text())[host]
     assert stored == {"ServerURL": host, "Username": "alice", "Secret": PASSWORD}
     assert pull(env, image_ref).returncode == 0  # credentials from the helper's "get"
-    assert fsnap(env, "logout", host).returncode == 0
+    assert fsnap(None, "logout", host, env=env).returncode == 0
     assert json.loads(helper.read_text()) == {}
     assert pull(env, image_ref).returncode == 7
     log = Path(env["FSNAPTEST_LOG"]).read_text().split()
@@ -256,7 +252,7 @@ def test_password_never_on_command_line(
 def test_password_on_command_line_still_works_with_a_warning(
     env: dict[str, str], image_ref: str
 ) -> None:
-    done = fsnap(env, "pull", "--no-unpack", "--user", f"alice:{PASSWORD}", image_ref)
+    done = fsnap(None, "pull", "--no-unpack", "--user", f"alice:{PASSWORD}", image_ref, env=env)
     assert done.returncode == 0, done.stderr
     assert "warning: --user USER:PASS shows the password" in done.stderr
 
@@ -274,5 +270,5 @@ def test_incomplete_credentials_refused(
     env: dict[str, str], args: list[str], environment: dict[str, str], message: str
 ) -> None:
     env.update(environment)
-    done = fsnap(env, "pull", "--no-unpack", *args, "127.0.0.1:1/login/none:v1", stdin="")
+    done = fsnap(None, "pull", "--no-unpack", *args, "127.0.0.1:1/login/none:v1", stdin="", env=env)
     assert (done.returncode, message in done.stderr) == (4, True), done.stderr

@@ -12,7 +12,6 @@ import contextlib
 import io
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from mount_helpers import mounted_snapshot
 from registry_helpers import RegistryProcess, make_image, make_layer
+from support.cli import fsnap
 
 from fsnap.archive.apply import apply_layer
 from fsnap.archive.entry import Entry
@@ -29,7 +29,6 @@ from fsnap.fdtree import remove_tree
 from fsnap.oci import Platform
 from fsnap.snapshots.snapshotter import Snapshotter
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 DEEP = "/".join(["d"] * 1100) + "/f"  # the layer: 2,201 bytes, 1,101 components
 WIDE = "/".join(c * 200 for c in "abc")  # three 200-byte components
 LIMIT = "/".join(["e"] * 2047) + "/g"  # 4,095 bytes: PATH_MAX less the NUL
@@ -43,12 +42,6 @@ def _no_deep_leftovers(tmp_path: Path) -> Iterator[None]:
     yield
     for child in list(tmp_path.iterdir()):
         remove_tree(child)
-
-
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args], capture_output=True, text=True, timeout=300
-    )
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -101,9 +94,9 @@ def test_long_paths_pull_mount_commit_and_go(registry: RegistryProcess, tmp_path
     image = make_image([make_layer(dict(PATHS))], platform=Platform.host())
     registry.push_image("long/paths", "v1", image)
     ref, root = f"{registry.host}/long/paths:v1", tmp_path / "root"
-    ok(fsnap(root, "pull", ref))
-    assert image.chain_id in ok(fsnap(root, "snapshots", "ls"))
-    ok(fsnap(root, "inspect", ref))
+    ok(fsnap(root, "pull", ref, timeout=300))
+    assert image.chain_id in ok(fsnap(root, "snapshots", "ls", timeout=300))
+    ok(fsnap(root, "inspect", ref, timeout=300))
     with Client(root) as client:
         index = {entry.path: entry for entry in client.snapshots.read_index(image.chain_id)}
         assert all(index[path].size == len(data) for path, data in PATHS.items())
@@ -129,10 +122,10 @@ def test_long_paths_pull_mount_commit_and_go(registry: RegistryProcess, tmp_path
         assert client.snapshots.index_entry(committed, LIMIT.replace("e", "n")) is not None
         assert new.name == "example.com/long:new"
         client.snapshots.remove("work")
-    ok(fsnap(root, "rmi", ref))
-    ok(fsnap(root, "rmi", "example.com/long:new"))
-    ok(fsnap(root, "gc"))
-    assert ok(fsnap(root, "snapshots", "ls")).strip().count("\n") == 0
+    ok(fsnap(root, "rmi", ref, timeout=300))
+    ok(fsnap(root, "rmi", "example.com/long:new", timeout=300))
+    ok(fsnap(root, "gc", timeout=300))
+    assert ok(fsnap(root, "snapshots", "ls", timeout=300)).strip().count("\n") == 0
     assert sorted(os.listdir(root / "snapshots")) == ["lock"]
 
 
@@ -154,29 +147,32 @@ def deep_tree(top: Path, depth: int) -> None:
 
 def test_deep_leftover_is_removed_on_open(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    ok(fsnap(root, "snapshots", "ls"))
+    ok(fsnap(root, "snapshots", "ls", timeout=300))
     leftover = root / "snapshots" / "rm-1"
     leftover.mkdir()
     deep_tree(leftover, 3000)  # deeper than Python's recursion limit
-    ok(fsnap(root, "snapshots", "ls"))
+    ok(fsnap(root, "snapshots", "ls", timeout=300))
     assert not leftover.exists()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs to make a removal fail")
 def test_leftover_that_cannot_go_is_a_warning(tmp_path: Path) -> None:
     root = tmp_path / "root"
-    ok(fsnap(root, "snapshots", "ls"))
+    ok(fsnap(root, "snapshots", "ls", timeout=300))
     busy = root / "snapshots" / "rm-7" / "busy"
     busy.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(busy)], check=True)
     try:
         for args in (("snapshots", "ls"), ("gc",), ("images",)):
-            result = fsnap(root, *args)
+            result = fsnap(root, *args, timeout=300)
             assert result.returncode == 0, result.stderr
-        assert "cannot remove leftover snapshot directory" in fsnap(root, "snapshots", "ls").stderr
+        assert (
+            "cannot remove leftover snapshot directory"
+            in fsnap(root, "snapshots", "ls", timeout=300).stderr
+        )
     finally:
         subprocess.run(["umount", str(busy)], check=True)
-    ok(fsnap(root, "snapshots", "ls"))
+    ok(fsnap(root, "snapshots", "ls", timeout=300))
     assert not busy.parent.exists()
 
 

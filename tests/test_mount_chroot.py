@@ -7,24 +7,15 @@ import errno
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from mount_helpers import TarLayer, cleanup, commit_chain, mounted_snapshot
+from support.cli import fsnap
 
 from fsnap.client import Client
 from fsnap.mount import manager
-
-
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from fsnap.cli import run; run()", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def busybox_tars() -> list[bytes]:

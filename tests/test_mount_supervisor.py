@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gc_helpers import fsnap, mounted_image, pull_unpacked
+from gc_helpers import mounted_image, pull_unpacked
 from image_builder import busybox_members
 from mount_helpers import cleanup
 from registry_helpers import RegistryProcess, make_image, make_layer
+from support.cli import fsnap
 
 from fsnap.client import Client
 from fsnap.mount import manager, supervisor
@@ -84,7 +85,10 @@ def test_a_server_killed_during_a_tar_is_replaced(
             ],
         )
         try:
-            status_of = lambda: status.read_text().split() if status.exists() else []  # noqa: E731
+
+            def status_of() -> list[str]:
+                return status.read_text().split() if status.exists() else []
+
             _until(lambda: len(status_of()) >= 1)
             old = _record(root, mnt).server
             assert old

@@ -24,6 +24,7 @@ import pytest
 from listing import differences, full_listing
 from overlay_helpers import (
     FSNAP_OVERLAY,
+    Style,
     apply_changes,
     fsnap_overlay,
     fstype,
@@ -81,7 +82,9 @@ def check_view(view: Path) -> None:
 
 
 @pytest.mark.parametrize("style", ["chardev", "wh"])
-def test_read_only_lists_like_kernel_overlay(tmp_path: Path, stack_base: Path, style: str) -> None:
+def test_read_only_lists_like_kernel_overlay(
+    tmp_path: Path, stack_base: Path, style: Style
+) -> None:
     kernel_lowers = write_stack(tmp_path / "kernel-format", "chardev")
     lowers = write_stack(stack_base / f"{style}-format", style)
     with kernel_overlay(kernel_lowers, tmp_path / "kernel") as kernel:

@@ -9,18 +9,17 @@ import pty
 import re
 import struct
 import subprocess
-import sys
 import termios
 import time
 from pathlib import Path
 
 from fault_server import FaultServer
 from registry_helpers import Image, Layer, RegistryProcess, make_image, make_layer
+from support.cli import FSNAP, fsnap
 
 from fsnap.client import Client
 from fsnap.oci import Platform
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 STYLE = re.compile(r"\x1b\[[0-9;]*m|\x1b\][^\x07]*\x07|\r")
 CURSOR = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # a redraw: what follows is another line
 COLUMNS = 100
@@ -176,9 +175,7 @@ def test_push_progress_in_a_pipe(registry: RegistryProcess, tmp_path: Path) -> N
         ).returncode
         == 0
     )
-    done = subprocess.run(
-        [str(FSNAP), "--root", str(root), "push", ref], capture_output=True, text=True, timeout=120
-    )
+    done = fsnap(root, "push", ref)
     assert done.returncode == 0, done.stderr
     assert re.search(r"^layer-sha256:[0-9a-f]{64}: uploading 2\.0 MiB$", done.stdout, re.M)
     assert re.search(r"^layer-sha256:[0-9a-f]{64}: pushed$", done.stdout, re.M)

@@ -44,6 +44,13 @@ class PullLog(PullProgress):
     def of(self, kind: str, digest: str) -> list[object]:
         return [value for k, d, value in self.events if (k, d) == (kind, digest)]
 
+    def offsets(self, digest: str) -> list[int]:
+        """The offsets ``blob_advanced`` reported for ``digest``, in order."""
+        found = self.of("advanced", digest)
+        offsets = [value for value in found if isinstance(value, int)]
+        assert offsets == found, found
+        return offsets
+
 
 def test_pull_reports_bytes_retries_verifying_and_applied_bytes(
     registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
@@ -59,7 +66,7 @@ def test_pull_reports_bytes_retries_verifying_and_applied_bytes(
     retries = log.of("retrying", digest)
     assert len(retries) == 2, retries
     assert "503" in str(retries[0]), retries
-    offsets = log.of("advanced", digest)
+    offsets = log.offsets(digest)
     assert offsets == sorted(offsets)
     assert offsets[-1] == big.blob.size
     assert log.of("verifying", digest) == [None]
@@ -155,9 +162,11 @@ def test_commit_reports_scan_writing_blobs_and_unpacking(tmp_path: Path) -> None
     assert log.events[0] == ("scanned", (3, 2 * MiB + 6))
     assert log.events[1][0] == "writing"
     estimate = log.events[1][1]
+    assert isinstance(estimate, int)
     assert log.writing is not None
     assert estimate <= log.writing.count <= estimate + 2048  # close: PAX headers aside
     kinds = [value for kind, value in log.events if kind == "done"]
+    assert isinstance(kinds[0], str)
     assert kinds[0].startswith("tar")
     assert kinds[1:] == ["v1+json", "v1+json"]
     assert ("unpacked", True) in log.events

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 import pytest
-from rich.console import Console
+from rich.console import Console, Group
 
 from fsnap.cli.progress import (
     Board,
@@ -118,7 +118,9 @@ def test_80_columns_show_bytes_and_a_bar_that_reflects_them() -> None:
     assert cells >= 10
     # The bar's colours are its meaning; its length is fixed. Filled share: 41/134.
     console = Console(width=80, file=io.StringIO(), color_system="truecolor")
-    row = render_board(board, 80).renderables[1]  # type: ignore[attr-defined]
+    group = render_board(board, 80)
+    assert isinstance(group, Group)
+    row = group.renderables[1]
     green = sum(len(s.text) for s in console.render(row) if s.style and "green" in str(s.style))
     assert round(cells * 41 / 134) == green
 

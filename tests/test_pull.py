@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,13 @@ from registry_helpers import (
     make_layer,
     two_platform_index,
 )
+from support.cli import fsnap
 
 from fsnap import oci
 from fsnap.client import Client
 from fsnap.oci import Platform
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 HOST = Platform.host()
-
-
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    """Run the real CLI in a child process (as a user would), capturing its output."""
-    return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args], capture_output=True, timeout=120, check=False
-    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -118,36 +110,36 @@ def test_cli_pull_images_content_rmi(registry: RegistryProcess, tmp_path: Path) 
     registry.push_image("pull/cli", "v1", image)
     root, ref = tmp_path / "root", f"{registry.host}/pull/cli:v1"
 
-    pulled = fsnap(root, "pull", ref)
+    pulled = fsnap(root, "pull", ref, text=False)
     assert pulled.returncode == 0, pulled.stderr.decode()
     out = pulled.stdout.decode()
     assert "layer-" + image.layers[0].blob.digest in out
     assert "\npulled: " in out
 
-    table = fsnap(root, "images")
+    table = fsnap(root, "images", text=False)
     assert table.returncode == 0
     lines = table.stdout.decode().splitlines()
     assert lines[0].split() == ["REF", "DIGEST", "SIZE", "PLATFORMS"]
     assert lines[1].split()[:2] == [ref, image.manifest.digest]
     assert str(HOST) in lines[1]
-    assert fsnap(root, "images", "--quiet").stdout.decode().split() == [ref]
-    records = json.loads(fsnap(root, "images", "--json").stdout)
+    assert fsnap(root, "images", "--quiet", text=False).stdout.decode().split() == [ref]
+    records = json.loads(fsnap(root, "images", "--json", text=False).stdout)
     assert records[0]["target"]["digest"] == image.manifest.digest
 
-    listing = fsnap(root, "content", "ls").stdout.decode()
+    listing = fsnap(root, "content", "ls", text=False).stdout.decode()
     for blob in [image.manifest, *image.blobs]:
         assert blob.digest in listing
-    raw = fsnap(root, "content", "get", image.layers[0].blob.digest)
+    raw = fsnap(root, "content", "get", image.layers[0].blob.digest, text=False)
     assert raw.returncode == 0
     assert raw.stdout == image.layers[0].blob.data
 
-    again = fsnap(root, "pull", ref)
+    again = fsnap(root, "pull", ref, text=False)
     assert again.returncode == 0
     assert "exists" in again.stdout.decode()
 
-    assert fsnap(root, "rmi", ref).returncode == 0
-    assert fsnap(root, "images", "--quiet").stdout == b""
-    stderr = assert_clean_failure(fsnap(root, "rmi", ref))
+    assert fsnap(root, "rmi", ref, text=False).returncode == 0
+    assert fsnap(root, "images", "--quiet", text=False).stdout == b""
+    stderr = assert_clean_failure(fsnap(root, "rmi", ref, text=False))
     assert "not found" in stderr
     assert ref in stderr
 
@@ -155,27 +147,29 @@ def test_cli_pull_images_content_rmi(registry: RegistryProcess, tmp_path: Path) 
 def test_unknown_repository_or_tag_is_not_found(registry: RegistryProcess, tmp_path: Path) -> None:
     registry.push_image("pull/known", "v1", make_image([make_layer({"a": "b"})]))
     for ref in (f"{registry.host}/pull/unknown:v1", f"{registry.host}/pull/known:nope"):
-        stderr = assert_clean_failure(fsnap(tmp_path / "root", "pull", ref))
+        stderr = assert_clean_failure(fsnap(tmp_path / "root", "pull", ref, text=False))
         assert "not found" in stderr
         assert ref in stderr
-    assert fsnap(tmp_path / "root", "images", "-q").stdout == b""
+    assert fsnap(tmp_path / "root", "images", "-q", text=False).stdout == b""
 
 
 def test_bad_arguments_are_clean_errors(registry: RegistryProcess, tmp_path: Path) -> None:
     root = tmp_path / "root"
-    assert "invalid" in assert_clean_failure(fsnap(root, "pull", "Bad Ref"))
+    assert "invalid" in assert_clean_failure(fsnap(root, "pull", "Bad Ref", text=False))
     ref = f"{registry.host}/pull/x:v1"
-    assert "platform" in assert_clean_failure(fsnap(root, "pull", "--platform", "linux", ref))
-    no_password = assert_clean_failure(fsnap(root, "pull", "--user", "nobody", ref))
+    assert "platform" in assert_clean_failure(
+        fsnap(root, "pull", "--platform", "linux", ref, text=False)
+    )
+    no_password = assert_clean_failure(fsnap(root, "pull", "--user", "nobody", ref, text=False))
     assert "--password-stdin" in no_password
-    stderr = assert_clean_failure(fsnap(root, "content", "get", "sha256:" + "0" * 64))
+    stderr = assert_clean_failure(fsnap(root, "content", "get", "sha256:" + "0" * 64, text=False))
     assert "not found" in stderr
 
 
 def test_no_matching_platform_is_not_found(registry: RegistryProcess, tmp_path: Path) -> None:
     registry.push_index("pull/multi-s390", "v1", two_platform_index())
     ref = f"{registry.host}/pull/multi-s390:v1"
-    result = fsnap(tmp_path / "root", "pull", "--platform", "linux/s390x", ref)
+    result = fsnap(tmp_path / "root", "pull", "--platform", "linux/s390x", ref, text=False)
     stderr = assert_clean_failure(result)
     assert "linux/s390x" in stderr
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fault_server import FaultServer
 from registry_helpers import Image, RegistryProcess, make_image, make_layer
+from support.cli import start
 
 from fsnap import oci
 from fsnap.client import Client
@@ -21,15 +22,8 @@ from fsnap.digest import sha256_of
 from fsnap.errors import DigestMismatch
 from fsnap.oci import Platform
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 HOST = Platform.host()
 BIG = 6 * 1024 * 1024
-
-
-def fsnap(root: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [str(FSNAP), "--root", str(root), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
 
 
 def finish(process: subprocess.Popen[bytes]) -> tuple[int, str]:
@@ -58,12 +52,12 @@ def test_wrong_credentials_are_an_auth_error(
 ) -> None:
     basic_registry.push_image("faults/auth", "v1", make_image([make_layer({"a": "b"})]))
     ref = f"{basic_registry.host}/faults/auth:v1"
-    code, stderr = finish(fsnap(tmp_path / "root", "pull", "--user", "alice:wrong", ref))
+    code, stderr = finish(start(tmp_path / "root", "pull", "--user", "alice:wrong", ref))
     assert code != 0
     assert "Traceback" not in stderr
     assert "auth" in stderr.lower() or "unauthorized" in stderr.lower(), stderr
     user = f"{basic_registry.username}:{basic_registry.password}"
-    code, stderr = finish(fsnap(tmp_path / "root", "pull", "--user", user, ref))
+    code, stderr = finish(start(tmp_path / "root", "pull", "--user", user, ref))
     assert code == 0, stderr
 
 
@@ -74,7 +68,7 @@ def test_corrupted_blob_fails_naming_digest_and_commits_nothing_bad(
     registry.push_image("faults/corrupt", "v1", image)
     fault_server.corrupt_blob(times=1)  # the first blob fetched is the config
     ref = f"{fault_server.host}/faults/corrupt:v1"
-    code, stderr = finish(fsnap(tmp_path / "root", "pull", ref))
+    code, stderr = finish(start(tmp_path / "root", "pull", ref))
     assert code == DigestMismatch.exit_code
     assert "Traceback" not in stderr
     assert image.config.digest in stderr
@@ -143,7 +137,7 @@ def test_pull_killed_midway_resumes_and_reuses_verified_blobs(
         assert partial >= 1 << 20
     before = len(fault_server.requests)
 
-    code, stderr = finish(fsnap(root, "pull", ref))
+    code, stderr = finish(start(root, "pull", ref))
     assert code == 0, stderr
     second_run = fault_server.requests[before:]
     fetched = [seen.path for seen in second_run if seen.method == "GET"]
@@ -166,7 +160,7 @@ def test_two_processes_pull_the_same_image(
     )
     registry.push_image("faults/twice", "v1", image)
     ref, root = f"{fault_server.host}/faults/twice:v1", tmp_path / "root"
-    processes = [fsnap(root, "pull", ref), fsnap(root, "pull", ref)]
+    processes = [start(root, "pull", ref), start(root, "pull", ref)]
     try:
         outcomes = [finish(process) for process in processes]
     finally:  # a hung first pull must not leave the second one running
@@ -202,7 +196,7 @@ def test_unacceptable_manifests_are_clear_errors(
 ) -> None:
     fault_server.serve_manifest("faults/canned", "v1", content_type, body, sha256_of(body))
     fault_server.serve_manifest("faults/canned", sha256_of(body), content_type, body)
-    code, stderr = finish(fsnap(tmp_path / "root", "pull", f"{fault_server.host}/faults/canned:v1"))
+    code, stderr = finish(start(tmp_path / "root", "pull", f"{fault_server.host}/faults/canned:v1"))
     assert code != 0
     assert "Traceback" not in stderr
     assert message in stderr.lower() or message in stderr, stderr

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 from registry_helpers import Image, RegistryProcess, make_image, make_layer, tar_info
-from unpack_helpers import HOST, committed, fsnap, ok
+from support.cli import fsnap, minimal_env
+from unpack_helpers import HOST, committed, ok
 
 from fsnap.snapshots.info import Kind
 
@@ -50,7 +51,16 @@ def test_pull_of_many_layers_commits_every_chain(
     many_layers_ref: tuple[str, Image], tmp_path: Path, downloads: str
 ) -> None:
     ref, image = many_layers_ref
-    ok(fsnap(tmp_path, "pull", "--max-concurrent-downloads", downloads, ref))
+    ok(
+        fsnap(
+            tmp_path,
+            "pull",
+            "--max-concurrent-downloads",
+            downloads,
+            ref,
+            env=minimal_env(tmp_path),
+        )
+    )
     snaps = committed(tmp_path)
     assert set(snaps) == set(image.chain_ids)
     assert all(info.kind is Kind.COMMITTED for info in snaps.values())

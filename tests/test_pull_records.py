@@ -6,24 +6,17 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 from fault_server import FaultServer
 from registry_helpers import Blob, Layer, RegistryProcess, make_image, make_layer
+from support.cli import FSNAP, fsnap
 
 from fsnap.client import Client
 from fsnap.oci import Platform
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 HOST = Platform.host()
-
-
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args], capture_output=True, text=True, timeout=120
-    )
 
 
 def assert_not_recorded(root: Path, ref: str) -> None:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import gzip
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from diff_helpers import rich_layer
 from fault_server import FaultServer, run_fault_server
-from image_builder import Blob, Layer
+from image_builder import Blob, FileTree, Layer
 from registry_helpers import RegistryProcess, make_image, make_layer, run_registry
+from support.cli import fsnap
 from test_commit import change
 
 from fsnap import oci
@@ -26,7 +25,6 @@ from fsnap.client import Client
 from fsnap.images.store import Image
 from fsnap.oci import Platform
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 HOST = Platform.host()
 CHUNK = 64 * 1024
 
@@ -50,16 +48,15 @@ def quoted(digest: str) -> str:
     return digest.replace(":", "%3A")
 
 
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [str(FSNAP), "--root", str(root), *args], capture_output=True, timeout=120, check=False
-    )
-
-
 def rich_base() -> list[Layer]:
     tar = rich_layer()
     rich = Layer(Blob(oci.OCI_LAYER_GZIP, gzip.compress(tar, mtime=0)), tar)
-    files = {"etc/": b"", "etc/os-release": "NAME=base\n", "etc/keep": "kept\n", "var/": b""}
+    files: FileTree = {
+        "etc/": b"",
+        "etc/os-release": "NAME=base\n",
+        "etc/keep": "kept\n",
+        "var/": b"",
+    }
     return [make_layer(files), rich]
 
 
@@ -156,28 +153,40 @@ def test_cli_push_prints_progress_and_reports_refusals(
     image = make_image([make_layer({"x": "1"})], platform=HOST)
     relative_registry.push_image("cli/src", "v1", image)
     root = tmp_path / "root"
-    assert fsnap(root, "pull", "--no-unpack", f"{proxy.host}/cli/src:v1").returncode == 0
-    ok = fsnap(root, "push", f"{proxy.host}/cli/src:v1", f"{proxy.host}/cli/dst:v1")
+    assert (
+        fsnap(root, "pull", "--no-unpack", f"{proxy.host}/cli/src:v1", text=False).returncode == 0
+    )
+    ok = fsnap(root, "push", f"{proxy.host}/cli/src:v1", f"{proxy.host}/cli/dst:v1", text=False)
     out = ok.stdout.decode()
     assert ok.returncode == 0, ok.stderr
     assert f"layer-{image.layers[0].blob.digest}: mounted" in out
     assert f"manifest-{image.manifest.digest}: pushed as v1" in out
     # anonymous push to the token registry: the token carries pull only, the registry refuses
-    denied = fsnap(root, "push", f"{proxy.host}/cli/src:v1", f"{token_registry.host}/cli/x:v1")
+    denied = fsnap(
+        root, "push", f"{proxy.host}/cli/src:v1", f"{token_registry.host}/cli/x:v1", text=False
+    )
     stderr = denied.stderr.decode()
     assert denied.returncode == 7, stderr
     assert "UNAUTHORIZED" in stderr
     assert "Traceback" not in stderr
     user = f"{token_registry.username}:{token_registry.password}"
     allowed = fsnap(
-        root, "push", "--user", user, f"{proxy.host}/cli/src:v1", f"{token_registry.host}/cli/x:v1"
+        root,
+        "push",
+        "--user",
+        user,
+        f"{proxy.host}/cli/src:v1",
+        f"{token_registry.host}/cli/x:v1",
+        text=False,
     )
     assert allowed.returncode == 0, allowed.stderr
-    missing = fsnap(root, "push", "nowhere/none:v1")
+    missing = fsnap(root, "push", "nowhere/none:v1", text=False)
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr.decode()
     proxy.fail(times=99, status=400, match="/manifests/")
-    refused = fsnap(root, "push", f"{proxy.host}/cli/src:v1", f"{proxy.host}/cli/bad:v1")
+    refused = fsnap(
+        root, "push", f"{proxy.host}/cli/src:v1", f"{proxy.host}/cli/bad:v1", text=False
+    )
     stderr = refused.stderr.decode()
     assert refused.returncode == 8, stderr
     assert "INJECTED: injected HTTP 400" in stderr, stderr

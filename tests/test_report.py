@@ -11,8 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from image_mount_helpers import fsnap, succeeded
+from image_mount_helpers import succeeded
 from registry_helpers import RegistryProcess, busybox_members, make_image, make_layer
+from support.cli import fsnap
 
 HOSTILE = "<script>alert('pwned')</script> RUN make"
 

@@ -24,10 +24,11 @@ from image_builder import (
     layer_media_type,
     make_image,
 )
-from image_mount_helpers import fsnap, image_mounted, image_mounted_rw, succeeded
+from image_mount_helpers import image_mounted, image_mounted_rw, succeeded
 from listing import differences, full_listing
 from overlay_helpers import apply_changes
 from registry_helpers import RegistryProcess
+from support.cli import fsnap
 from tar_helpers import TarBuilder
 from test_containerd_oracle import containerd  # noqa: F401 (the fixture)
 

@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 from containerd_helpers import ContainerdUnavailable, run_containerd
-from image_mount_helpers import FSNAP, succeeded
+from image_mount_helpers import succeeded
 from registry_helpers import RegistryProcess
 from run_helpers import (
     active_snapshots,
     busybox_run_image,
     cleaned,
     env_of,
-    fsnap,
     leftovers,
     pull,
     pushed,
@@ -31,6 +30,7 @@ from run_helpers import (
     runc_pid,
     status_ids,
 )
+from support.cli import FSNAP, fsnap
 
 MAIN_CONFIG = {
     "Cmd": ["/bin/sh", "-c", "echo default-cmd"],

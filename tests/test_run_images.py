@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from image_mount_helpers import fsnap as fsnap_as
 from image_mount_helpers import pulled, succeeded
 from registry_helpers import RegistryProcess
-from run_helpers import busybox_run_image, cleaned, fsnap, leftovers, pull, pushed, run_ok
+from run_helpers import busybox_run_image, cleaned, leftovers, pull, pushed, run_ok
 from rw_helpers import NOBODY, shared_dir
+from support.cli import fsnap
 from test_mount_python import python_image, system_python
 from test_rw_unprivileged import fuse_device_for_users  # noqa: F401 (a fixture)
 
@@ -91,7 +91,7 @@ def rootless(
 
 def test_rootless_run_as_nobody(rootless: tuple[Path, str], registry: RegistryProcess) -> None:
     root, ref = rootless
-    done = fsnap_as(
+    done = fsnap(
         root,
         "run",
         "--key",
@@ -113,16 +113,16 @@ def test_rootless_run_as_nobody(rootless: tuple[Path, str], registry: RegistryPr
         index = {e.path: e for e in client.snapshots.read_index("mine")}
     assert (index["etc/written"].uid, index["etc/written"].gid) == (0, 0)
     new = f"{registry.host}/run/rootless-committed:1"
-    succeeded(fsnap_as(root, "commit", "mine", new, uid=NOBODY))
-    again = succeeded(fsnap_as(root, "run", "--rm", new, "cat", "/etc/written", uid=NOBODY))
+    succeeded(fsnap(root, "commit", "mine", new, uid=NOBODY))
+    again = succeeded(fsnap(root, "run", "--rm", new, "cat", "/etc/written", uid=NOBODY))
     assert again == "y\n"
-    succeeded(fsnap_as(root, "snapshots", "rm", "mine", uid=NOBODY))
+    succeeded(fsnap(root, "snapshots", "rm", "mine", uid=NOBODY))
     assert leftovers(root) == []
 
 
 def test_rootless_other_users_are_refused(rootless: tuple[Path, str]) -> None:
     root, ref = rootless
-    done = fsnap_as(root, "run", "--rm", "-u", "app", ref, "id", uid=NOBODY)
+    done = fsnap(root, "run", "--rm", "-u", "app", ref, "id", uid=NOBODY)
     assert done.returncode == 9
     assert "maps only container root" in done.stderr
     assert leftovers(root) == []

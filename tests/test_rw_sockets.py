@@ -20,7 +20,8 @@ from image_builder import make_image, make_layer
 from mount_helpers import cleanup
 from overlay_helpers import fsnap_overlay, kernel_overlay, lowerdir, write_stack
 from registry_helpers import RegistryProcess
-from rw_helpers import NOBODY, fsnap, mount_pid, shared_dir
+from rw_helpers import NOBODY, mount_pid, shared_dir
+from support.cli import fsnap
 
 from fsnap import oci
 from fsnap.archive.compression import open_uncompressed

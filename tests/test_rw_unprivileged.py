@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from mount_helpers import listing
 from rw_helpers import NOBODY, make_image, mounted_rw, run_ops, shared_dir
+from support.cli import fsnap
 
 from fsnap.client import Client
 from fsnap.mount import manager
@@ -51,12 +52,6 @@ def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": TESTS, "HOME": "/"}
     return subprocess.run(
         [*_AS_NOBODY, *args], capture_output=True, text=True, timeout=120, env=env, cwd="/"
-    )
-
-
-def fsnap_as_nobody(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return as_nobody(
-        sys.executable, "-c", "from fsnap.cli import run; run()", "--root", str(root), *args
     )
 
 
@@ -101,7 +96,8 @@ def served_as_nobody(root: Path, key: str, mnt: Path) -> Iterator[None]:
         line = proc.stdout.readline()
         assert "serving" in line, line + proc.stderr.read()  # type: ignore[union-attr]
         yield
-        done = fsnap_as_nobody(root, "umount", str(mnt))
+        env = {**os.environ, "PYTHONPATH": TESTS, "HOME": "/"}
+        done = fsnap(root, "umount", str(mnt), uid=NOBODY, env=env, cwd="/")
         assert done.returncode == 0, done.stderr
         assert proc.wait(timeout=60) == 0
     finally:
@@ -201,7 +197,8 @@ def test_unprivileged_daemon_keeps_metadata_in_overrides(
         after = as_nobody(sys.executable, "-c", _LIST, str(mnt))
     assert after.stdout == before.stdout
 
-    committed = fsnap_as_nobody(root, "snapshots", "commit", "done", "rw")
+    env = {**os.environ, "PYTHONPATH": TESTS, "HOME": "/"}
+    committed = fsnap(root, "snapshots", "commit", "done", "rw", uid=NOBODY, env=env, cwd="/")
     assert committed.returncode == 0, committed.stderr
     with Client(root) as client:
         index = {e.path: e for e in client.snapshots.read_index("done")}

@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 import test_snapshots as suite
 from serve_helpers import mounted, run_serve
-from snapshot_helpers import CreateFile, Op, apply_flat, tree_state
+from snapshot_helpers import CreateDir, CreateFile, Op, apply_flat, tree_state
 
-from fsnap.serve.backend import OVERLAY_TYPE
+from fsnap.errors import FailedPrecondition
+from fsnap.serve.backend import OVERLAY_TYPE, Mount
 from fsnap.serve.client import RemoteSnapshotter
 
 
@@ -128,7 +129,7 @@ def test_view_mount_is_read_only(remote: RemoteSnapshotter, tmp_path: Path) -> N
         with pytest.raises(OSError) as failure:
             (view / "c").write_bytes(b"no\n")
         assert failure.value.errno == errno.EROFS
-    with pytest.raises(suite.FailedPrecondition):
+    with pytest.raises(FailedPrecondition):
         remote.commit("from-view", "view")
 
 
@@ -159,7 +160,7 @@ def test_128_layer_mount(remote: RemoteSnapshotter, tmp_path: Path) -> None:
         assert (view / "f-0").read_bytes() == b"0\n"
 
 
-def _upper(mount: Any) -> Path:
+def _upper(mount: Mount) -> Path:
     """Where an active snapshot's own changes go: its bind source or its upperdir."""
     if mount.type == "bind":
         return Path(mount.source)
@@ -176,7 +177,7 @@ def test_unpack_snapshots_are_written_directly(remote: RemoteSnapshotter, tmp_pa
     top = mounted_check_layers(
         remote,
         tmp_path,
-        [[CreateFile("/gone", b"x\n"), suite.CreateDir("/d"), CreateFile("/d/old", b"o\n")]],
+        [[CreateFile("/gone", b"x\n"), CreateDir("/d"), CreateFile("/d/old", b"o\n")]],
     )
     key = "ns/7/extract-123-abc sha256:" + "0" * 64
     (mount,) = remote.prepare(key, top)
@@ -199,5 +200,5 @@ def test_unpack_snapshots_are_written_directly(remote: RemoteSnapshotter, tmp_pa
     assert base.type == "bind"  # no parents: the directory itself
 
 
-def suite_dir(mount: Any) -> str:
+def suite_dir(mount: Mount) -> str:
     return next(o for o in mount.options if o.startswith("lowerdir=")).partition("=")[2]

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,18 +27,10 @@ from registry_helpers import (
     make_layer,
 )
 from serve_helpers import Served, containerd_env, proxy_config, run_serve, start_serve
+from support.cli import fsnap
 
 from fsnap.serve.backend import OWNER
 from fsnap.snapshots.info import OWNER_LABEL
-
-
-def fsnap(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fsnap.cli", "--root", str(root), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture

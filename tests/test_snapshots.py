@@ -14,6 +14,7 @@ from snapshot_helpers import (
     CreateFile,
     LayerWriter,
     Link,
+    Op,
     RemoveAll,
     Rename,
     apply_flat,
@@ -36,13 +37,13 @@ def work(tmp_path: Path) -> Path:
 
 
 def test_basic(sn: Snapshotter, work: Path) -> None:
-    initial = [
+    initial: list[Op] = [
         CreateFile("/foo", b"foo\n", 0o777),
         CreateDir("/a", 0o755),
         CreateDir("/a/b", 0o755),
         CreateDir("/a/b/c", 0o755),
     ]
-    diff = [
+    diff: list[Op] = [
         CreateFile("/bar", b"bar\n", 0o777),
         CreateFile("/foo", b"bar\n", 0o777),
         RemoveAll("/a/b"),
@@ -455,7 +456,7 @@ def test_new_root_is_0755(sn: Snapshotter, work: Path) -> None:
 
 
 def test_128_layer_chain(sn: Snapshotter, work: Path) -> None:
-    layers = [
+    layers: list[list[Op]] = [
         [
             CreateFile("/bottom", b"way at the bottom\n", 0o777),
             CreateFile("/overwriteme", b"FIRST!\n", 0o777),

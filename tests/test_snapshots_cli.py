@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-FSNAP = Path(sys.executable).parent / "fsnap"
+from support import cli
 
 
 class Run:
@@ -17,12 +15,7 @@ class Run:
         self.root = root
 
     def __call__(self, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [FSNAP, "--root", self.root, "snapshots", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = cli.fsnap(self.root, "snapshots", *args, timeout=60)
         assert "Traceback" not in done.stderr, done.stderr
         assert done.returncode == code, (args, done.stdout, done.stderr)
         return done

@@ -18,11 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.cli import fsnap
 
 from fsnap.db import Database
 from fsnap.snapshots import Kind, Snapshotter
-
-FSNAP = Path(sys.executable).parent / "fsnap"
 
 CHILD = textwrap.dedent(
     """
@@ -90,9 +89,7 @@ def assert_consistent(state: Path, db: Database) -> list[str]:
         assert sn.dir(info.name).is_dir(), info
     names = set(os.listdir(state / "snapshots")) - {"lock"}
     assert names == homes, f"dirs {sorted(names)} vs snapshots {sorted(homes)}"
-    ls = subprocess.run(
-        [FSNAP, "--root", state, "snapshots", "ls"], capture_output=True, text=True, timeout=60
-    )
+    ls = fsnap(state, "snapshots", "ls", timeout=60)
     assert ls.returncode == 0, ls.stderr
     assert ls.stderr == "", ls.stderr
     return sorted(i.name for i in infos)
@@ -162,9 +159,7 @@ def test_committed_without_directory_is_reported_not_dropped(
     reopened = Snapshotter(state / "snapshots", db)
     assert reopened.last_cleanup.missing == ["c"]
     assert reopened.stat("c").kind is Kind.COMMITTED
-    ls = subprocess.run(
-        [FSNAP, "--root", state, "snapshots", "ls"], capture_output=True, text=True, timeout=60
-    )
+    ls = fsnap(state, "snapshots", "ls", timeout=60)
     assert ls.returncode == 0
     assert "committed snapshot c has lost its directory" in ls.stderr
     assert "Traceback" not in ls.stderr

@@ -13,7 +13,6 @@ import os
 import signal
 import stat
 import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -24,11 +23,11 @@ import pytest
 from fault_server import FaultServer
 from registry_helpers import Layer, RegistryProcess, make_image, make_layer
 from rw_helpers import shared_dir
+from support.cli import FSNAP, fsnap
 
 from fsnap.client import Client
 from fsnap.oci import Platform
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 NOBODY = 65534
 BUSYBOX = Path("/bin/busybox")
 FILLER = 4 * 1024 * 1024
@@ -182,9 +181,7 @@ def test_killed_pull_leftovers_private_then_removed_on_open(
             process.kill()
         process.communicate()
     assert_unreachable(binary, device)
-    done = subprocess.run(
-        [str(FSNAP), "--root", str(root), "images"], capture_output=True, text=True, timeout=60
-    )
+    done = fsnap(root, "images", timeout=60)
     assert done.returncode == 0, done.stderr
     assert staged(root, "bin/id") == []
     assert staged(root, "dev/hostdisk") == []
@@ -204,12 +201,7 @@ def test_open_repairs_modes_with_a_warning(tmp_path: Path) -> None:
         os.chmod(path, 0o755)
     (root / "unpack" / "0123456789abcdef.lock").touch()  # a dead session: removed on open
     (root / "unpack" / "0123456789abcdef").mkdir(mode=0o755)
-    done = subprocess.run(
-        [str(FSNAP), "--root", str(root), "snapshots", "ls"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = fsnap(root, "snapshots", "ls", timeout=60)
     assert done.returncode == 0, done.stderr
     assert "made it 0700" in done.stderr
     assert os.listdir(root / "unpack") == []

@@ -15,7 +15,8 @@ import pytest
 from image_builder import Image, make_image, make_layer, tar_info
 from mount_helpers import cleanup
 from registry_helpers import RegistryProcess
-from rw_helpers import fsnap, mount_pid, shared_dir
+from rw_helpers import mount_pid, shared_dir
+from support.cli import fsnap
 
 from fsnap import oci
 from fsnap.archive.entry import Entry

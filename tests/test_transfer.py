@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from containerd_helpers import ContainerdUnavailable, Ctr, run_containerd
-from image_mount_helpers import fsnap, image_mounted, succeeded
+from image_mount_helpers import image_mounted, succeeded
 from listing import differences, full_listing
 from registry_helpers import (
     Image,
@@ -31,6 +31,7 @@ from registry_helpers import (
     make_layer,
     tar_info,
 )
+from support.cli import fsnap
 
 from fsnap.client import Client
 

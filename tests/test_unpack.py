@@ -17,14 +17,13 @@ from registry_helpers import (
     tar_bytes,
     two_platform_index,
 )
+from support.cli import FSNAP, fsnap, minimal_env
 from unpack_helpers import (
     EXPECTED_FILES,
     EXPECTED_INDEX,
-    FSNAP,
     HOST,
     committed,
     files_under,
-    fsnap,
     index_rows,
     labels_of,
     ok,
@@ -56,7 +55,7 @@ def test_three_layers_become_chained_snapshots_with_their_own_content(
     image = three_layer_image()
     registry.push_image("unpack/three", "v1", image)
     root = tmp_path / "root"
-    out = ok(fsnap(root, "pull", f"{registry.host}/unpack/three:v1"))
+    out = ok(fsnap(root, "pull", f"{registry.host}/unpack/three:v1", env=minimal_env(root)))
     assert out.count(": unpacked sha256:") == 3
 
     chain = image.chain_ids
@@ -89,12 +88,12 @@ def test_pulling_again_redoes_nothing(registry: RegistryProcess, tmp_path: Path)
     registry.push_image("unpack/again", "v1", image)
     root = tmp_path / "root"
     ref = f"{registry.host}/unpack/again:v1"
-    ok(fsnap(root, "pull", ref))
+    ok(fsnap(root, "pull", ref, env=minimal_env(root)))
     before = {name: (info.created, info.updated) for name, info in snapshots(root).items()}
     with Client(root) as client:
         ids = {name: client.snapshots.dir(name) for name in before}
 
-    out = ok(fsnap(root, "pull", ref))
+    out = ok(fsnap(root, "pull", ref, env=minimal_env(root)))
     assert ": unpack" not in out
     after = {name: (info.created, info.updated) for name, info in snapshots(root).items()}
     # Only ``updated`` moves: the pull touched what it reused, so gc keeps it for the pull.
@@ -111,11 +110,11 @@ def test_no_unpack_fetches_only_then_a_pull_unpacks_from_the_store(
     registry.push_image("unpack/later", "v1", image)
     root = tmp_path / "root"
     ref = f"{registry.host}/unpack/later:v1"
-    ok(fsnap(root, "pull", "--no-unpack", ref))
+    ok(fsnap(root, "pull", "--no-unpack", ref, env=minimal_env(root)))
     assert snapshots(root) == {}
     assert SNAPSHOT_LABEL not in labels_of(root, image.config.digest)
 
-    out = ok(fsnap(root, "pull", ref))
+    out = ok(fsnap(root, "pull", ref, env=minimal_env(root)))
     assert "downloading" not in out  # every blob came from the store
     for layer in image.layers:
         assert f"layer-{layer.blob.digest}: exists" in out
@@ -131,11 +130,11 @@ def test_a_removed_snapshot_is_unpacked_again_from_the_stored_blob(
     registry.push_image("unpack/removed", "v1", image)
     root = tmp_path / "root"
     ref = f"{registry.host}/unpack/removed:v1"
-    ok(fsnap(root, "pull", ref))
+    ok(fsnap(root, "pull", ref, env=minimal_env(root)))
     with Client(root) as client:
         kept = client.snapshots.stat(image.chain_ids[1]).created
         client.snapshots.remove(image.chain_id)
-    out = ok(fsnap(root, "pull", ref))
+    out = ok(fsnap(root, "pull", ref, env=minimal_env(root)))
     assert f"layer-{image.layers[2].blob.digest}: unpacked {image.chain_id}" in out
     assert f"layer-{image.layers[1].blob.digest}: unpacked" not in out
     with Client(root) as client:
@@ -151,7 +150,7 @@ def test_a_wrong_diff_id_fails_the_pull_naming_the_layer(
     image = make_image([good[0], liar, good[2]], platform=HOST)
     registry.push_image("unpack/liar", "v1", image)
     root = tmp_path / "root"
-    result = fsnap(root, "pull", f"{registry.host}/unpack/liar:v1")
+    result = fsnap(root, "pull", f"{registry.host}/unpack/liar:v1", env=minimal_env(root))
     assert result.returncode == DigestMismatch.exit_code, result.stderr
     assert "Traceback" not in result.stderr
     assert liar.blob.digest in result.stderr
@@ -176,10 +175,10 @@ def test_a_wrong_diff_id_for_a_blob_already_stored_fails_the_pull(
     registry.push_image("unpack/stored-good", "v1", good)
     registry.push_image("unpack/stored-liar", "v1", image)
     root = tmp_path / "root"
-    ok(fsnap(root, "pull", f"{registry.host}/unpack/stored-good:v1"))
+    ok(fsnap(root, "pull", f"{registry.host}/unpack/stored-good:v1", env=minimal_env(root)))
     before = set(snapshots(root))
 
-    result = fsnap(root, "pull", f"{registry.host}/unpack/stored-liar:v1")
+    result = fsnap(root, "pull", f"{registry.host}/unpack/stored-liar:v1", env=minimal_env(root))
     assert result.returncode == DigestMismatch.exit_code, result.stdout + result.stderr
     assert f"layer-{liar.blob.digest}: exists" in result.stdout  # it came from the store
     assert "Traceback" not in result.stderr
@@ -200,7 +199,7 @@ def test_a_blob_repeated_in_one_image_is_checked_against_each_diff_id(
     image = make_image([good[0], good[1], repeat], platform=HOST)
     registry.push_image("unpack/repeat-liar", "v1", image)
     root = tmp_path / "root"
-    result = fsnap(root, "pull", f"{registry.host}/unpack/repeat-liar:v1")
+    result = fsnap(root, "pull", f"{registry.host}/unpack/repeat-liar:v1", env=minimal_env(root))
     assert result.returncode == DigestMismatch.exit_code, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert repeat.diff_id in result.stderr
@@ -210,7 +209,7 @@ def test_a_blob_repeated_in_one_image_is_checked_against_each_diff_id(
 
     honest = make_image([good[0], good[1], good[0]], platform=HOST)  # the same, truthful
     registry.push_image("unpack/repeat-honest", "v1", honest)
-    ok(fsnap(root, "pull", f"{registry.host}/unpack/repeat-honest:v1"))
+    ok(fsnap(root, "pull", f"{registry.host}/unpack/repeat-honest:v1", env=minimal_env(root)))
     assert set(committed(root)) == set(honest.chain_ids)
 
 

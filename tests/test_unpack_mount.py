@@ -12,10 +12,10 @@ from pathlib import Path
 
 from mount_helpers import cleanup
 from registry_helpers import RegistryProcess, busybox_members, make_image, make_layer
+from support.cli import NOBODY, fsnap, minimal_env
 from unpack_helpers import (
     EXPECTED_INDEX,
     HOST,
-    fsnap,
     index_rows,
     ok,
     three_layer_image,
@@ -25,15 +25,13 @@ from unpack_helpers import (
 from fsnap.client import Client
 from fsnap.mount import manager
 
-NOBODY = 65534
-
 
 def test_pulled_image_mounts_as_its_merged_tree(registry: RegistryProcess, tmp_path: Path) -> None:
     image = make_image([make_layer(busybox_members()), *three_layers()], platform=HOST)
     registry.push_image("unpack/mounted", "v1", image)
     root, mnt = tmp_path / "root", tmp_path / "mnt"
     ref = f"{registry.host}/unpack/mounted:v1"
-    ok(fsnap(root, "pull", ref))
+    ok(fsnap(root, "pull", ref, env=minimal_env(root)))
     mnt.mkdir()
     pid = 0
     try:
@@ -78,7 +76,7 @@ def test_unprivileged_pull_keeps_owners_and_modes_in_the_index(
         root = base / "root"
         root.mkdir()
         os.chown(root, NOBODY, NOBODY)
-        out = ok(fsnap(root, "pull", f"{registry.host}/unpack/nobody:v1", user=True))
+        out = ok(fsnap(root, "pull", f"{registry.host}/unpack/nobody:v1", uid=NOBODY))
         assert out.count(": unpacked sha256:") == 3
         with Client(root) as client:
             for i, name in enumerate(image.chain_ids):

@@ -49,13 +49,11 @@ def make_tls(directory: Path, ip: str = "127.0.0.1") -> TlsFiles:
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
+    ca_key_file = directory / "ca.key"
     files = TlsFiles(
-        directory / "ca.pem",
-        directory / "server.pem",
-        directory / "server.key",
-        directory / "ca.key",
+        directory / "ca.pem", directory / "server.pem", directory / "server.key", ca_key_file
     )
-    _write_key(files.ca_key, ca_key)
+    _write_key(ca_key_file, ca_key)
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     files.key.write_bytes(

@@ -3,9 +3,7 @@ and views of what a pull left in the snapshotter."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
-import sys
 import tarfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,7 +15,6 @@ from fsnap.client import Client
 from fsnap.oci import Platform
 from fsnap.snapshots.info import Info, Kind
 
-FSNAP = Path(sys.executable).with_name("fsnap")
 HOST = Platform.host()
 D, F, L, S = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE
 
@@ -155,26 +152,6 @@ def committed(root: Path) -> dict[str, Info]:
 def labels_of(root: Path, digest: str) -> Mapping[str, str]:
     with Client(root) as client:
         return client.content.info(digest).labels
-
-
-def fsnap(root: Path, *args: str, user: bool = False) -> subprocess.CompletedProcess[str]:
-    """The real CLI in a child process; ``user`` runs it as nobody (65534) via setpriv.
-
-    A child that hangs is made to dump its threads' stacks (SIGABRT with faulthandler on)
-    and the test fails with them, so that a hang says where it is."""
-    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if user else []
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(root), "PYTHONFAULTHANDLER": "1"}
-    argv = [*prefix, str(FSNAP), "--root", str(root), *args]
-    with subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as child:
-        try:
-            out, err = child.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            child.send_signal(signal.SIGABRT)
-            out, err = child.communicate()
-            raise AssertionError(f"fsnap {' '.join(args)} hung:\n{err}") from None
-    return subprocess.CompletedProcess(argv, child.returncode, out, err)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
