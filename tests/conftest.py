@@ -20,6 +20,11 @@ from token_issuer import TokenIssuer, run_issuer
 from fsnap.db import Database
 from fsnap.snapshots import Snapshotter
 
+# needs_root / needs_fuse / needs_containerd: skipped with the reason where the machine
+# lacks it, failed instead in CI (CI=true).
+pytest_plugins = ["support.needs"]
+
+
 REGISTRY_USER = "alice"
 REGISTRY_PASSWORD = "wonderland"
 

@@ -17,6 +17,8 @@ from support.cli import FSNAP, fsnap
 from fsnap.client import Client
 from fsnap.oci import Platform
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 
 def test_mount_takes_the_reference_pull_took(registry: RegistryProcess, tmp_path: Path) -> None:
     """``fsnap pull HOST/REPO`` stores ``HOST/REPO:latest``; ``fsnap mount HOST/REPO`` (the

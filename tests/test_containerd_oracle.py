@@ -34,11 +34,14 @@ from image_builder import (
 from image_mount_helpers import image_mounted, image_mounted_rw, pulled, succeeded
 from listing import differences, full_listing
 from registry_helpers import RegistryProcess
+from support import needs
 from support.cli import fsnap
 from tar_helpers import TarBuilder, binary_str
 from test_layer_semantics import layer_tars
 
 from fsnap.oci import Platform
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse, pytest.mark.needs_containerd]
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw, v2
 NOBODY = 65534
@@ -57,7 +60,7 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctr]:
     except ContainerdUnavailable as exc:
         if os.environ.get("CI"):
             pytest.fail(f"containerd must run under CI (scripts/setup installs it): {exc}")
-        pytest.skip(f"containerd cannot run here: {exc}")
+        needs.unavailable(f"containerd cannot run here: {exc}")
 
 
 def base_layer() -> bytes:

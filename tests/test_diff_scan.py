@@ -6,11 +6,14 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from diff_helpers import LONG_DIR, NON_UTF8, XATTRS, apply_bytes, by_path, rich_layer
 from tar_helpers import TarBuilder
 
 from fsnap.archive.entry import Entry
 from fsnap.diff.scan import scan_snapshot
+
+pytestmark = [pytest.mark.needs_root]
 
 
 def test_scan_as_root_equals_the_applied_index(tmp_path: Path) -> None:

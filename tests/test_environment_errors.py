@@ -23,6 +23,8 @@ from fsnap.info.userns import UsernsInfo, userns_problem
 from fsnap.mount import manager
 from fsnap.oci import Platform
 
+pytestmark = [pytest.mark.needs_root]
+
 
 def test_exit_codes_are_distinct() -> None:
     codes = [

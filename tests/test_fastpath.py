@@ -14,6 +14,8 @@ from conftest import filesystem_at
 
 from fsnap.mount import fastpath
 
+pytestmark = [pytest.mark.needs_root]
+
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:

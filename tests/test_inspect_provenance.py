@@ -16,6 +16,8 @@ from mount_helpers import cleanup
 from registry_helpers import RegistryProcess
 from support.cli import fsnap
 
+pytestmark = [pytest.mark.needs_fuse]
+
 XATTR = "user.fsnap.layer"
 
 

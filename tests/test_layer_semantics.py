@@ -23,7 +23,7 @@ from tar_helpers import TarBuilder
 
 from fsnap.client import Client
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.needs_root]
 
 
 def layer_tars(containerd_differs: bool = True) -> list[bytes]:

@@ -155,7 +155,7 @@ def test_deep_leftover_is_removed_on_open(tmp_path: Path) -> None:
     assert not leftover.exists()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs to make a removal fail")
+@pytest.mark.needs_root  # mounts a tmpfs to make a removal fail
 def test_leftover_that_cannot_go_is_a_warning(tmp_path: Path) -> None:
     root = tmp_path / "root"
     ok(fsnap(root, "snapshots", "ls", timeout=300))

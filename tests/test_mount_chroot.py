@@ -17,6 +17,8 @@ from support.cli import fsnap
 from fsnap.client import Client
 from fsnap.mount import manager
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 
 def busybox_tars() -> list[bytes]:
     base = TarLayer().dir("bin").host_file("bin/busybox", "/bin/busybox").bytes()

@@ -17,6 +17,8 @@ from fsnap.client import Client
 from fsnap.mount import manager
 from fsnap.mount.manager import MountInfo
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw, v2
 T2 = 1_700_000_000_123_456_789
 

@@ -36,6 +36,8 @@ from tar_helpers import TarBuilder
 
 from fsnap.oci import Platform
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
 SYSTEM_PYTHON = "/usr/bin/python3"
 IMPORTS = "import json, email, email.parser, http.client"

@@ -23,6 +23,8 @@ from tar_helpers import TarBuilder
 
 from fsnap.client import Client
 
+pytestmark = [pytest.mark.needs_fuse]
+
 WALK = Path(__file__).with_name("readdir_walk.py")
 COUNT = 3000
 

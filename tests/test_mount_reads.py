@@ -19,12 +19,15 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import trio
 from mount_helpers import E, mounted, write_layer
 
 from fsnap.mount import source
 from fsnap.mount.prefetch import AHEAD, Prefetcher
 from fsnap.mount.tree import MergedTree, Node
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
 READER = """
 import hashlib, json, os, sys

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from gc_helpers import mounted_image, pull_unpacked
 from image_builder import busybox_members
 from mount_helpers import cleanup
@@ -23,6 +24,8 @@ from support.cli import fsnap
 
 from fsnap.client import Client
 from fsnap.mount import manager, supervisor
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
 RECOVERY = 10.0  # generous: the machine is shared; the measured time is printed
 

@@ -42,6 +42,8 @@ from fsnap.archive.format import OverlayMarkers
 from fsnap.diff.scan import scan_snapshot
 from fsnap.mount.upper import Upper
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 PRESENT = (
     "etc/passwd",
     "etc/keep",

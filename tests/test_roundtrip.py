@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from containerd_helpers import Ctr
 from image_builder import (
     Blob,
@@ -33,6 +34,8 @@ from tar_helpers import TarBuilder
 from test_containerd_oracle import containerd  # noqa: F401 (the fixture)
 
 from fsnap.oci import Platform
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
 MTIME = 1_650_000_000
 

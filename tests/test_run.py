@@ -30,7 +30,10 @@ from run_helpers import (
     runc_pid,
     status_ids,
 )
+from support import needs
 from support.cli import FSNAP, fsnap
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
 MAIN_CONFIG = {
     "Cmd": ["/bin/sh", "-c", "echo default-cmd"],
@@ -446,6 +449,7 @@ def test_killed_fsnap_is_cleaned_by_gc(root: Path, images: dict[str, str], clean
         proc.communicate()
 
 
+@pytest.mark.needs_containerd
 def test_committed_image_pushed_and_run_by_containerd(
     root: Path, images: dict[str, str], registry: RegistryProcess, tmp_path: Path
 ) -> None:
@@ -468,7 +472,7 @@ def test_committed_image_pushed_and_run_by_containerd(
                 "run", "--rm", "--snapshotter", "overlayfs", new, "fsnap-test", "cat", "/etc/made"
             )
     except ContainerdUnavailable as exc:
-        pytest.skip(f"containerd cannot run here: {exc}")
+        needs.unavailable(f"containerd cannot run here: {exc}")
     assert done.stdout == "made by fsnap run\n"
 
 

@@ -19,6 +19,8 @@ from test_rw_unprivileged import fuse_device_for_users  # noqa: F401 (a fixture)
 
 from fsnap.client import Client
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 WRITE = "open('/made-by-python.txt', 'w').write('written by ' + __import__('sys').version)"
 READ = "print(open('/made-by-python.txt').read())"
 

@@ -23,6 +23,8 @@ from fsnap import oci
 from fsnap.client import Client
 from fsnap.mount import manager
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 
 @pytest.fixture
 def shared() -> Iterator[Path]:

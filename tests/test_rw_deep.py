@@ -17,6 +17,8 @@ from rw_helpers import make_image, mounted_rw, shared_dir
 
 from fsnap.client import Client
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 OPS = Path(__file__).with_name("deep_ops.py")
 # walk down the deep tree again (one chdir per step) and list its bottom
 WALK = """

@@ -23,6 +23,8 @@ from tar_helpers import TarBuilder
 
 from fsnap.client import Client
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 SCRIPT = Path(posix_cases.__file__)
 USERS = {"root": None, "uid65534": NOBODY}
 # Where the mount may differ from tmpfs, and why (README, "Differences from a kernel fs").

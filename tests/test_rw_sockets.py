@@ -27,6 +27,8 @@ from fsnap import oci
 from fsnap.archive.compression import open_uncompressed
 from fsnap.client import Client
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 # bind NAME in the working directory (AF_UNIX paths are short: 108 bytes), then connect to
 # it and exchange one message through it.
 BIND = """

@@ -20,6 +20,8 @@ from tar_helpers import TarBuilder
 
 from fsnap.client import Client
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 OPS = Path(__file__).with_name("rw_times_ops.py")
 LOWER_MTIME, LOWER_ATIME = "1650000000.25", "1640000000.5"
 NS = 1_000_000_000

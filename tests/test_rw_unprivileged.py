@@ -26,6 +26,8 @@ from support.cli import fsnap
 from fsnap.client import Client
 from fsnap.mount import manager
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 TESTS = str(Path(__file__).parent)
 _AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 

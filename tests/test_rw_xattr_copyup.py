@@ -22,7 +22,7 @@ from tar_helpers import TarBuilder
 from fsnap.client import Client
 from fsnap.mount import manager
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.needs_root, pytest.mark.needs_fuse]
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_raw, v2
 XATTRS = {"security.capability": CAP, "user.note": b"kept", "user.empty": b""}

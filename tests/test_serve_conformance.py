@@ -25,6 +25,8 @@ from fsnap.errors import FailedPrecondition
 from fsnap.serve.backend import OVERLAY_TYPE, Mount
 from fsnap.serve.client import RemoteSnapshotter
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 
 @pytest.fixture
 def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RemoteSnapshotter]:

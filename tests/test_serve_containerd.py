@@ -27,6 +27,7 @@ from registry_helpers import (
     make_layer,
 )
 from serve_helpers import Served, containerd_env, proxy_config, run_serve, start_serve
+from support import needs
 from support.cli import fsnap
 
 from fsnap.serve.backend import OWNER
@@ -53,7 +54,7 @@ def ctr(tmp_path_factory: pytest.TempPathFactory, served: Served) -> Iterator[Ct
     except ContainerdUnavailable as exc:
         if os.environ.get("CI"):
             pytest.fail(f"containerd must run under CI (scripts/setup installs it): {exc}")
-        pytest.skip(f"containerd cannot run here: {exc}")
+        needs.unavailable(f"containerd cannot run here: {exc}")
 
 
 def layered_image() -> Image:
@@ -108,6 +109,7 @@ def container_listing(ctr: Ctr, ref: str, name: str, snapshotter: str) -> list[s
     return done.stdout.splitlines()
 
 
+@pytest.mark.needs_containerd
 def test_ctr_pulls_and_runs_on_fsnap(ctr: Ctr, served: Served, registry: RegistryProcess) -> None:
     ref = f"{registry.host}/serve/run:latest"
     registry.push_image("serve/run", "latest", layered_image())
@@ -142,6 +144,7 @@ def test_ctr_pulls_and_runs_on_fsnap(ctr: Ctr, served: Served, registry: Registr
     assert {s["name"] for s in committed} <= {s["name"] for s in after}
 
 
+@pytest.mark.needs_containerd
 def test_layers_containerd_unpacked_mount_in_fsnap(
     ctr: Ctr, served: Served, registry: RegistryProcess, tmp_path: Path
 ) -> None:
@@ -169,6 +172,7 @@ def test_layers_containerd_unpacked_mount_in_fsnap(
         fsnap(served.root, "umount", str(mnt))
 
 
+@pytest.mark.needs_containerd
 def test_commit_of_a_container_snapshot_keeps_its_file(
     ctr: Ctr, served: Served, registry: RegistryProcess, tmp_path: Path
 ) -> None:
@@ -200,6 +204,7 @@ def test_commit_of_a_container_snapshot_keeps_its_file(
         fsnap(served.root, "umount", str(mnt))
 
 
+@pytest.mark.needs_containerd
 def test_image_pulled_by_fsnap_is_not_applied_again(
     ctr: Ctr, served: Served, registry: RegistryProcess
 ) -> None:
@@ -233,6 +238,7 @@ def test_image_pulled_by_fsnap_is_not_applied_again(
     assert done.stdout == "hello from the top layer\n"
 
 
+@pytest.mark.needs_containerd
 def test_restarts_on_either_side(
     served: Served, registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

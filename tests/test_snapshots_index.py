@@ -13,6 +13,8 @@ from fsnap.errors import FailedPrecondition, NotFound
 from fsnap.snapshots import Snapshotter
 from fsnap.snapshots.metadata import FILES
 
+pytestmark = [pytest.mark.needs_root]
+
 
 def _blocks(path: Path) -> int:
     return os.lstat(path).st_blocks * 512

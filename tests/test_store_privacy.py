@@ -146,7 +146,7 @@ def shared_root() -> Iterator[Path]:
         yield root
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a root pull is what exposes the files")
+@pytest.mark.needs_root  # a root pull is what exposes the files
 def test_root_pull_keeps_staged_content_private(
     registry: RegistryProcess, fault_server: FaultServer, shared_root: Path
 ) -> None:
@@ -165,7 +165,7 @@ def test_root_pull_keeps_staged_content_private(
     assert_unreachable(binary, device)  # the committed snapshot's copies too
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a root pull is what exposes the files")
+@pytest.mark.needs_root  # a root pull is what exposes the files
 def test_killed_pull_leftovers_private_then_removed_on_open(
     registry: RegistryProcess, fault_server: FaultServer, shared_root: Path
 ) -> None:

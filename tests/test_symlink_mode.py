@@ -22,6 +22,8 @@ from fsnap import oci
 from fsnap.archive.entry import Entry
 from fsnap.client import Client
 
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
 LINKS = ("bin/sh", "etc/alt")
 
 

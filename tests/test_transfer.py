@@ -31,9 +31,12 @@ from registry_helpers import (
     make_layer,
     tar_info,
 )
+from support import needs
 from support.cli import fsnap
 
 from fsnap.client import Client
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
 
 def sample_image() -> Image:
@@ -153,9 +156,10 @@ def containerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ctr]:
     except ContainerdUnavailable as exc:
         if os.environ.get("CI"):
             pytest.fail(f"containerd must run under CI: {exc}")
-        pytest.skip(f"containerd cannot run here: {exc}")
+        needs.unavailable(f"containerd cannot run here: {exc}")
 
 
+@pytest.mark.needs_containerd
 def test_round_trip_through_ctr(pushed: str, containerd: Ctr, tmp_path: Path) -> None:
     """fsnap export -> ctr images import -> ctr images export -> fsnap import."""
     root = tmp_path / "root"

@@ -17,7 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rw_helpers import shared_dir
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
 TESTS = str(Path(__file__).parent)
 

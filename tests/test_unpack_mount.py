@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import pytest
 from mount_helpers import cleanup
 from registry_helpers import RegistryProcess, busybox_members, make_image, make_layer
 from support.cli import NOBODY, fsnap, minimal_env
@@ -24,6 +25,8 @@ from unpack_helpers import (
 
 from fsnap.client import Client
 from fsnap.mount import manager
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
 
 def test_pulled_image_mounts_as_its_merged_tree(registry: RegistryProcess, tmp_path: Path) -> None:
