@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 from image_builder import *  # noqa: F403 (re-exported for tests)
 from image_builder import Blob, Image, ImageIndex
-from tls_helpers import TlsFiles
+from support.tls import TlsFiles
 
 from fsnap import oci
 from fsnap.reference import Reference
@@ -129,7 +129,7 @@ def run_registry(
             if client_ca is not None:  # the probe must not be refused for lack of one
                 assert tls is not None
                 assert tls.ca_key is not None
-                from tls_helpers import make_client_cert
+                from support.tls import make_client_cert
 
                 cert = make_client_cert(tls, root / "probe-client")
                 assert isinstance(verify, ssl.SSLContext)

@@ -17,11 +17,11 @@ from typing import ClassVar
 
 import pytest
 import trio
-from http_helpers import serving
 from image_mount_helpers import succeeded
 from registry_helpers import Image, RegistryProcess, make_image, make_layer, run_registry
 from support.cli import fsnap
-from tls_helpers import TlsFiles, make_client_cert, make_tls
+from support.http import serving
+from support.tls import TlsFiles, make_client_cert, make_tls
 
 from fsnap.errors import InvalidArgument
 from fsnap.reference import Reference

@@ -1,5 +1,5 @@
 """fsnap inspect / history / diff / analyze / which / tree / du on a pulled three-layer image
-(see inspect_helpers for its construction): every fact asserted against that construction."""
+(see support.inspect_image for its construction): every fact asserted against that construction."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from inspect_helpers import HISTORY, RUNTIME, fsnap_json, inspect_image, ok
 from registry_helpers import RegistryProcess
 from support.cli import fsnap
+from support.inspect_image import HISTORY, RUNTIME, fsnap_json, inspect_image, ok
 
 from fsnap.client import Client
 

@@ -18,7 +18,7 @@ from registry_helpers import (
     free_port,
     two_platform_index,
 )
-from remotes_helpers import FAST, read_blob, ref_at, run, small_image
+from support.remotes import FAST, read_blob, ref_at, run, small_image
 
 from fsnap import oci
 from fsnap.digest import sha256_of

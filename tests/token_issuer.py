@@ -25,7 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
-from http_helpers import serving
+from support.http import serving
 
 SERVICE = "fsnap-test-registry"
 ISSUER = "fsnap-test-issuer"

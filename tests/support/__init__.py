@@ -1,3 +1,11 @@
-"""Shared test support: one home per concern (running the CLI, markers, ...).
+"""Shared test support, one module per concern; test modules import ``support.<module>``
+(pytest puts ``tests/`` on the path).
 
-Test modules import these as ``support.<module>`` (pytest puts ``tests/`` on the path)."""
+- ``cli``: the one runner of the real ``fsnap`` CLI in a child process.
+- ``needs``: the ``needs_root`` / ``needs_fuse`` / ``needs_containerd`` markers (a plugin).
+- ``http``: a test HTTP server in a thread.
+- ``tls``: a throwaway CA and server certificates.
+- ``remotes``: driving a RegistryClient from synchronous tests.
+- ``inspect_image``: the inspect tests' three-layer image.
+
+The remaining ``tests/*_helpers.py`` modules fold in here one by one."""

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from image_builder import Blob, Image, make_layer, tar_info
-from support.cli import fsnap
 
 from fsnap import oci
+from support.cli import fsnap
 
 DIR = tarfile.DIRTYPE
 
