@@ -225,8 +225,15 @@ def _as_config(raw: bytes) -> None:
     parse_config(DOC, raw)
 
 
+_DIGEST = "sha256:" + "a" * 64
+
+
 @BOUNDED
 @given(DOCUMENTS)
+# found by this test: annotations/urls of the wrong JSON type crashed (TypeError, exit 70)
+@example({"manifests": [{"digest": _DIGEST, "size": 0, "annotations": True}]})
+@example({"manifests": [{"digest": _DIGEST, "size": 0, "annotations": "0"}]})
+@example({"manifests": [{"digest": _DIGEST, "size": 0, "urls": True}]})
 def test_manifests_indexes_configs_parse_or_fail_typed(doc: dict[str, Any]) -> None:
     _parse_all(json.dumps(doc).encode())
 

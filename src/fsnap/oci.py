@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform as _platform
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,10 @@ class Platform:
         return f"{base}/{self.variant}" if self.variant else base
 
 
+def _all_str(values: Iterable[object]) -> bool:
+    return all(isinstance(value, str) for value in values)
+
+
 def normalize_arch(arch: str) -> str:
     return {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm"}.get(
         arch, arch
@@ -134,13 +139,19 @@ class Descriptor:
 
         validate(digest)
         plat = data.get("platform")
+        annotations = data.get("annotations") or {}
+        urls = data.get("urls") or []
+        if not isinstance(annotations, dict) or not _all_str(annotations.values()):
+            raise InvalidArgument(f"descriptor {digest}: annotations must map strings to strings")
+        if not isinstance(urls, list) or not _all_str(urls):
+            raise InvalidArgument(f"descriptor {digest}: urls must be a list of strings")
         return cls(
             media_type=media_type,
             digest=digest,
             size=size,
-            annotations=dict(data.get("annotations") or {}),
+            annotations=dict(annotations),
             platform=Platform.from_json(plat) if isinstance(plat, dict) else None,
-            urls=tuple(data.get("urls") or ()),
+            urls=tuple(urls),
         )
 
     def to_json(self) -> dict[str, Any]:
