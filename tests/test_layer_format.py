@@ -37,7 +37,8 @@ def test_unknown_file_type_is_a_file() -> None:
 
 def test_longest_name_with_a_whiteout() -> None:
     longest = b"n" * (NAME_MAX - len(WHITEOUT_PREFIX))
-    assert has_whiteout(longest) and not has_whiteout(longest + b"n")
+    assert has_whiteout(longest)
+    assert not has_whiteout(longest + b"n")
 
 
 def _dir_fd(path: Path) -> int:
@@ -52,7 +53,8 @@ def test_layer_markers_written_then_read(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == sorted([WHITEOUT_PREFIX + "gone", OPAQUE_MARKER])
     fd = _dir_fd(tmp_path)
     try:
-        assert has_opaque_marker(fd) and not has_overlay_opaque(fd)
+        assert has_opaque_marker(fd)
+        assert not has_overlay_opaque(fd)
     finally:
         os.close(fd)
     markers.unwhiteout(root, b"gone")
@@ -70,7 +72,8 @@ def test_overlay_markers_privileged_and_either_form_removed(tmp_path: Path) -> N
     markers.mark_opaque(root)
     fd = _dir_fd(tmp_path)
     try:
-        assert has_overlay_opaque(fd) and not has_opaque_marker(fd)
+        assert has_overlay_opaque(fd)
+        assert not has_opaque_marker(fd)
     finally:
         os.close(fd)
     LayerMarkers().whiteout(root, b"file")  # the OCI form, written by another writer
