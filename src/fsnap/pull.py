@@ -315,10 +315,10 @@ class Puller:
         """Feed the sink the first ``length`` bytes of what ``opener`` opens: a committed
         blob, or the part of an ingest written before this pull resumed it."""
         assert self.sink is not None
-        async with trio.wrap_file(await trio.to_thread.run_sync(opener)) as handle:
+        with await trio.to_thread.run_sync(opener) as handle:
             remaining = length
             while remaining > 0:
-                chunk = await handle.read(min(WRITE_BATCH, remaining))
+                chunk = await trio.to_thread.run_sync(handle.read, min(WRITE_BATCH, remaining))
                 if not chunk:
                     break
                 remaining -= len(chunk)
