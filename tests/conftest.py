@@ -18,7 +18,7 @@ from registry_helpers import RegistryProcess, run_registry
 from token_issuer import TokenIssuer, run_issuer
 
 from fsnap.db import Database
-from fsnap.snapshots import Snapshotter
+from fsnap.snapshots import LocalSnapshotter
 
 # needs_root / needs_fuse / needs_containerd: skipped with the reason where the machine
 # lacks it, failed instead in CI (CI=true).
@@ -100,9 +100,9 @@ def db(tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def sn(tmp_path: Path, db: Database) -> Snapshotter:
+def sn(tmp_path: Path, db: Database) -> LocalSnapshotter:
     """A snapshotter under ``tmp_path/state/snapshots`` on ``db``."""
-    return Snapshotter(tmp_path / "state" / "snapshots", db)
+    return LocalSnapshotter(tmp_path / "state" / "snapshots", db)
 
 
 # --- the file system under fsnap's root --------------------------------------------------

@@ -246,7 +246,7 @@ def commit_chain(client: Client, tars: list[bytes]) -> list[str]:
         key = f"extract-{index}"
         client.snapshots.prepare(key, names[-1] if names else "")
         result = apply_layer(io.BytesIO(data), client.snapshots.dir(key), sync=False)
-        client.snapshots.write_index(key, result.entries)
+        client.snapshots.index.write(key, result.entries)
         diff_ids.append(result.diff_id)
         names.append(chain_id(diff_ids))
         client.snapshots.commit(names[-1], key)

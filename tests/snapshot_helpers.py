@@ -21,11 +21,20 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-from fsnap.snapshots import Snapshotter
+from fsnap.snapshots import Info, Mounts, Snapshotter
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
+
+
+class Conformant(Snapshotter[Any], Protocol):
+    """What the conformance cases drive: the ``Snapshotter`` contract, whatever its mounts
+    (``LocalSnapshotter`` and ``RemoteSnapshotter`` both), plus ``chain`` (one read
+    locally, Stat calls over gRPC)."""
+
+    def chain(self, key: str) -> list[Info]: ...
 
 
 @dataclass(frozen=True)
@@ -114,7 +123,7 @@ def apply_flat(root: Path, ops: Iterable[Op]) -> None:
 # -- the merged view -------------------------------------------------------------------------
 
 
-def materialise(snapshotter: Snapshotter, key: str, dest: Path) -> Path:
+def materialise(snapshotter: Snapshotter[Mounts], key: str, dest: Path) -> Path:
     """Copy ``key``'s stack (lowers bottom -> top, then its upper) into ``dest``."""
     mounts = snapshotter.mounts(key)
     layers = list(reversed(mounts.lowers))
@@ -196,7 +205,7 @@ def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
 class LayerWriter:
     """Writes changes into active ``key``'s ``fs`` directory with overlay conventions."""
 
-    def __init__(self, snapshotter: Snapshotter, key: str, scratch: Path) -> None:
+    def __init__(self, snapshotter: Snapshotter[Mounts], key: str, scratch: Path) -> None:
         mounts = snapshotter.mounts(key)
         assert mounts.upper is not None, "only an active snapshot can be written"
         self.upper = mounts.upper
@@ -316,7 +325,7 @@ class LayerWriter:
         os.lchown(target, st.st_uid, st.st_gid)
 
 
-def check_layers(snapshotter: Snapshotter, work: Path, layers: Sequence[Sequence[Op]]) -> str:
+def check_layers(snapshotter: Conformant, work: Path, layers: Sequence[Sequence[Op]]) -> str:
     """containerd's ``checkSnapshots``: apply each layer to a new active snapshot and to a
     flat directory, commit, and compare a view of the result with the flat one. Returns
     the top committed name."""

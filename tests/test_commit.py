@@ -101,7 +101,7 @@ def test_commit_active_snapshot_makes_a_mountable_image(
         # the new layer is a committed snapshot on the base, and "work" stays active
         assert client.snapshots.stat(top).parent == parent
         assert client.snapshots.stat("work").kind.value == "active"
-        layer = by_path(client.snapshots.read_index(top))
+        layer = by_path(client.snapshots.index.read(top))
         assert layer["etc/os-release"].kind == "whiteout"
         assert layer["var"].opaque
         assert layer["var/fresh"].kind == "file"
@@ -109,7 +109,7 @@ def test_commit_active_snapshot_makes_a_mountable_image(
         assert (client.snapshots.dir(top) / "etc" / "new.conf").read_text() == "new\n"
         # the layer tar applies to the same entries
         again = apply_bytes(tar, tmp_path / "again")
-        assert again.entries == client.snapshots.read_index(top)
+        assert again.entries == client.snapshots.index.read(top)
 
 
 def test_commit_docker_base_stays_docker_and_refuses_zstd(

@@ -27,7 +27,7 @@ from fsnap.client import Client
 from fsnap.digest import sha256_of
 from fsnap.fdtree import remove_tree
 from fsnap.oci import Platform
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 DEEP = "/".join(["d"] * 1100) + "/f"  # the layer: 2,201 bytes, 1,101 components
 WIDE = "/".join(c * 200 for c in "abc")  # three 200-byte components
@@ -98,15 +98,15 @@ def test_long_paths_pull_mount_commit_and_go(registry: RegistryProcess, tmp_path
     assert image.chain_id in ok(fsnap(root, "snapshots", "ls", timeout=300))
     ok(fsnap(root, "inspect", ref, timeout=300))
     with Client(root) as client:
-        index = {entry.path: entry for entry in client.snapshots.read_index(image.chain_id)}
+        index = {entry.path: entry for entry in client.snapshots.index.read(image.chain_id)}
         assert all(index[path].size == len(data) for path, data in PATHS.items())
-        order = [entry.path.encode() for entry in client.snapshots.read_index(image.chain_id)]
+        order = [entry.path.encode() for entry in client.snapshots.index.read(image.chain_id)]
         assert order == sorted(order)
         for path in PATHS:
-            entry = client.snapshots.index_entry(image.chain_id, path)
+            entry = client.snapshots.index.entry(image.chain_id, path)
             assert entry is not None
             assert entry.path == path
-        assert client.snapshots.index_entry(image.chain_id, WIDE + "x") is None
+        assert client.snapshots.index.entry(image.chain_id, WIDE + "x") is None
     mnt = tmp_path / "mnt"
     with mounted_snapshot(root, image.chain_id, mnt):
         for path, data in PATHS.items():
@@ -119,7 +119,7 @@ def test_long_paths_pull_mount_commit_and_go(registry: RegistryProcess, tmp_path
         assert top == image.chain_id
         layers = client.snapshots.walk([f"parent=={image.chain_id}"])
         (committed,) = [info.name for info in layers if info.kind.value == "committed"]
-        assert client.snapshots.index_entry(committed, LIMIT.replace("e", "n")) is not None
+        assert client.snapshots.index.entry(committed, LIMIT.replace("e", "n")) is not None
         assert new.name == "example.com/long:new"
         client.snapshots.remove("work")
     ok(fsnap(root, "rmi", ref, timeout=300))
@@ -129,16 +129,16 @@ def test_long_paths_pull_mount_commit_and_go(registry: RegistryProcess, tmp_path
     assert sorted(os.listdir(root / "snapshots")) == ["lock"]
 
 
-def test_overrides_with_long_paths_delete_by_subtree(sn: Snapshotter) -> None:
+def test_overrides_with_long_paths_delete_by_subtree(sn: LocalSnapshotter) -> None:
     sn.prepare("rw")
     inside = [WIDE + "/in", DEEP, WIDE + "/x/" + "y" * 250]
     outside = [WIDE[:-1] + "z/out", "a" * 200, WIDE + "-sibling"]
     for path in inside + outside + [WIDE]:
-        sn.put_index_entry("rw", Entry(path, "file"))
-    sn.delete_index_entry("rw", DEEP)
-    assert sn.index_entry("rw", DEEP) is None
-    sn.delete_index_entry("rw", WIDE, subtree=True)
-    assert sorted(e.path for e in sn.read_index("rw")) == sorted(outside)
+        sn.index.put_override("rw", Entry(path, "file"))
+    sn.index.delete_override("rw", DEEP)
+    assert sn.index.entry("rw", DEEP) is None
+    sn.index.delete_override("rw", WIDE, subtree=True)
+    assert sorted(e.path for e in sn.index.read("rw")) == sorted(outside)
 
 
 def deep_tree(top: Path, depth: int) -> None:

@@ -151,7 +151,7 @@ def test_removing_the_snapshot_takes_its_cache_along(store: tuple[Path, list[str
         client.snapshots.prepare("again", names[1])
         tar = TarLayer().file("etc/other", b"o").bytes()
         result = apply_layer(io.BytesIO(tar), client.snapshots.dir("again"), sync=False)
-        client.snapshots.write_index("again", result.entries)
+        client.snapshots.index.write("again", result.entries)
         client.snapshots.commit(names[-1], "again")
         tree = treecache.merged_tree(client.snapshots, names[-1])
     assert tree.lookup("etc/other") is not None

@@ -22,6 +22,7 @@ from rw_helpers import mounted_rw
 from tar_helpers import TarBuilder
 
 from fsnap.client import Client
+from fsnap.diff.active import commit_active
 
 pytestmark = [pytest.mark.needs_fuse]
 
@@ -115,7 +116,7 @@ def test_large_directory_writable_with_removals_while_listing(tmp_path: Path) ->
         remaining = set(os.listdir(reference))
         check_walk(mnt / "big", remaining)
     with Client(root) as client:
-        client.snapshots.commit("committed", "rw")
+        commit_active(client.snapshots, "committed", "rw")
     with mounted_snapshot(root, "committed", tmp_path / "mnt2"):
         check_walk(tmp_path / "mnt2" / "big", remaining)
 

@@ -168,12 +168,12 @@ def test_a_writable_mount_keeps_what_was_fsynced(registry: RegistryProcess, tmp_
         record = _record(root, mnt)
         assert (record.restarts, record.writable) == (1, "work")
         with Client(root) as client:
-            assert client.snapshots.mounted_at("work") == str(mnt)
+            assert client.writable_mounts.at("work") == str(mnt)
     finally:
         cleanup(root, mnt, info.pid if info else 0)
     with Client(root) as client:
         upper = client.snapshots.dir("work")
-        assert client.snapshots.mounted_at("work") is None
+        assert client.writable_mounts.at("work") is None
     assert (upper / "root/kept").read_text() == "acknowledged\n"
     assert (upper / "root/after").read_text() == "after the restart\n"
 

@@ -61,7 +61,7 @@ def rich_base() -> list[Layer]:
 
 
 def indexes(client: Client, top: str) -> dict[str, list[object]]:
-    return {i.name: list(client.snapshots.read_index(i.name)) for i in client.snapshots.chain(top)}
+    return {i.name: list(client.snapshots.index.read(i.name)) for i in client.snapshots.chain(top)}
 
 
 def test_commit_push_pull_round_trip_mounts_base_layers(

@@ -112,7 +112,7 @@ def test_rootless_run_as_nobody(rootless: tuple[Path, str], registry: RegistryPr
     assert lines[2].split()[2:4] == ["0", "0"]  # the image's root files are root's inside
     assert lines[3] == "0"
     with Client(root) as client:
-        index = {e.path: e for e in client.snapshots.read_index("mine")}
+        index = {e.path: e for e in client.snapshots.index.read("mine")}
     assert (index["etc/written"].uid, index["etc/written"].gid) == (0, 0)
     new = f"{registry.host}/run/rootless-committed:1"
     succeeded(fsnap(root, "commit", "mine", new, uid=NOBODY))

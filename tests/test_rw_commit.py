@@ -62,7 +62,7 @@ def test_commit_refused_while_mounted_then_committed_mounts_alike(
     committed = fsnap(root, "snapshots", "commit", "done", "rw")
     assert committed.returncode == 0, committed.stderr
     with Client(root) as client:
-        index = {e.path: e for e in client.snapshots.read_index("done")}
+        index = {e.path: e for e in client.snapshots.index.read("done")}
     assert index["play/mv-src.txt"].kind == "whiteout"
     assert index["play/opq"].opaque
     assert index["play/tree2"].opaque
@@ -105,7 +105,7 @@ def test_cli_snapshots_mount_writable_and_umount_keeps_changes(
         umounted = fsnap(root, "umount", str(mnt))
         assert umounted.returncode == 0, umounted.stderr
         with Client(root) as client:
-            assert client.snapshots.mounted_at("k") is None
+            assert client.writable_mounts.at("k") is None
             upper = client.snapshots.dir("k")
         assert (upper / "play" / "new").read_bytes() == b"n"
         assert (upper / "play" / ".wh.gone.txt").is_file()
@@ -205,7 +205,7 @@ def test_cli_mount_rw_of_a_pulled_image(
         assert key.startswith("cli-rw-")
         with Client(root) as client:
             pid = next(i.pid for i in manager.list_mounts(client) if i.mountpoint == str(mnt))
-            assert client.snapshots.mounted_at(key) == str(mnt)
+            assert client.writable_mounts.at(key) == str(mnt)
         (mnt / "etc" / "motd").write_text("changed\n")
         assert fsnap(root, "umount", str(mnt)).returncode == 0
         named = fsnap(root, "mount", "--rw", "--key", "mine", ref, str(mnt))

@@ -126,7 +126,7 @@ def test_sockets_in_a_writable_mount(
         assert done.returncode == 0, done.stderr
         assert "3 Unix socket(s)" in done.stderr, done.stderr
         with Client(root) as client:
-            index = client.snapshots.read_index("sock-done")
+            index = client.snapshots.index.read("sock-done")
             assert not [e for e in index if e.kind == "socket"]
             assert not list((client.snapshots.dir("sock-done") / "run").iterdir())
     finally:

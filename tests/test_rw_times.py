@@ -19,6 +19,7 @@ from rw_helpers import make_image, mounted_rw, shared_dir
 from tar_helpers import TarBuilder
 
 from fsnap.client import Client
+from fsnap.diff.active import commit_active
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -93,7 +94,7 @@ def test_writable_mount_keeps_atime_like_tmpfs(
             again = os.stat(mnt / "play" / name)
             assert (again.st_atime_ns, again.st_mtime_ns) == (st.st_atime_ns, st.st_mtime_ns)
     with Client(root) as client:
-        client.snapshots.commit("done", "rw")
+        commit_active(client.snapshots, "done", "rw")
     with mounted_snapshot(root, "done", mnt):
         st = os.stat(mnt / "play" / "new.txt")
         assert (st.st_atime_ns, st.st_mtime_ns) == (

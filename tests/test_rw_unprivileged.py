@@ -24,6 +24,7 @@ from rw_helpers import NOBODY, make_image, mounted_rw, run_ops, shared_dir
 from support.cli import fsnap
 
 from fsnap.client import Client
+from fsnap.diff.active import commit_active
 from fsnap.mount import manager
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
@@ -132,7 +133,7 @@ def test_index_metadata_daemon(tmp_path: Path) -> None:
             os.chown(mnt / "play" / "meta.txt", 7, 8)
             before = listing(mnt)
         with Client(root) as client:
-            overrides = {e.path: e for e in client.snapshots.read_index("rw")}
+            overrides = {e.path: e for e in client.snapshots.index.read("rw")}
             upper = client.snapshots.dir("rw")
         new = overrides["play/new.txt"]  # created by 65534, on disk root's
         assert (new.uid, new.gid) == (NOBODY, NOBODY)
@@ -147,8 +148,8 @@ def test_index_metadata_daemon(tmp_path: Path) -> None:
         with mounted_rw(root, "rw", mnt, options):
             assert listing(mnt) == before
     with Client(root) as client:
-        client.snapshots.commit("done", "rw")
-        index = {e.path: e for e in client.snapshots.read_index("done")}
+        commit_active(client.snapshots, "done", "rw")
+        index = {e.path: e for e in client.snapshots.index.read("done")}
     assert (index["play/new.txt"].uid, index["play/new.txt"].kind) == (NOBODY, "file")
     assert index["play/xattr.txt"].xattrs == {"user.size": b"big"}
     assert index["play/lower2.txt"].mode == 0o400
@@ -187,7 +188,7 @@ def test_unprivileged_daemon_keeps_metadata_in_overrides(
         assert before.returncode == 0, before.stderr
 
     with Client(root) as client:
-        overrides = {e.path: e for e in client.snapshots.read_index("rw")}
+        overrides = {e.path: e for e in client.snapshots.index.read("rw")}
         upper = client.snapshots.dir("rw")
     assert overrides["play/xattr.txt"].xattrs == {"user.size": b"big"}
     assert os.listxattr(upper / "play" / "xattr.txt") == []  # not on disk: in the index
@@ -203,7 +204,7 @@ def test_unprivileged_daemon_keeps_metadata_in_overrides(
     committed = fsnap(root, "snapshots", "commit", "done", "rw", uid=NOBODY, env=env, cwd="/")
     assert committed.returncode == 0, committed.stderr
     with Client(root) as client:
-        index = {e.path: e for e in client.snapshots.read_index("done")}
+        index = {e.path: e for e in client.snapshots.index.read("done")}
     assert index["play/xattr.txt"].xattrs == {"user.size": b"big"}
     assert index["play/lower2.txt"].mode == 0o400
     assert index["play/mv-src.txt"].kind == "whiteout"

@@ -20,6 +20,7 @@ from rw_helpers import make_image, mounted_rw
 from tar_helpers import TarBuilder
 
 from fsnap.client import Client
+from fsnap.diff.active import commit_active
 from fsnap.mount import manager
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.needs_root, pytest.mark.needs_fuse]
@@ -102,8 +103,8 @@ def test_copy_up_by_other_changes_keeps_xattrs(tmp_path: Path, index_metadata: b
     with mounted_rw(root, "rw", mnt, options):
         assert _xattrs(mnt / "d") == want  # what the upper directory (or index) kept
     with Client(root) as client:
-        client.snapshots.commit("done", "rw")
-        index = {e.path: e for e in client.snapshots.read_index("done")}
+        commit_active(client.snapshots, "done", "rw")
+        index = {e.path: e for e in client.snapshots.index.read("done")}
     assert "d/untouched" not in index  # not copied up
     assert index["d/chmod"].xattrs == XATTRS
     assert index["d/utime"].xattrs == XATTRS

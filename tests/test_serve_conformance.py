@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 import test_snapshots as suite
 from serve_helpers import mounted, run_serve
-from snapshot_helpers import CreateDir, CreateFile, Op, apply_flat, tree_state
+from snapshot_helpers import Conformant, CreateDir, CreateFile, Op, apply_flat, tree_state
 
 from fsnap.errors import FailedPrecondition
 from fsnap.serve.backend import OVERLAY_TYPE, Mount
 from fsnap.serve.client import RemoteSnapshotter
+from fsnap.snapshots import Kind, Snapshotter
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -90,19 +91,26 @@ LAYER_CASES: list[Callable[..., None]] = [
 ]
 
 
+def test_remote_snapshotter_is_a_snapshotter(remote: RemoteSnapshotter) -> None:
+    contract: Snapshotter[list[Mount]] = remote  # (mypy checks every verb's signature here)
+    assert isinstance(contract, Snapshotter)  # (and this that every verb is there)
+    conformant: Conformant = remote
+    assert callable(conformant.chain)
+
+
 @pytest.mark.parametrize("case", METADATA_CASES, ids=lambda c: c.__name__)
 def test_metadata_case(remote: RemoteSnapshotter, case: Callable[[Any], None]) -> None:
     case(remote)
 
 
 @pytest.mark.parametrize(("name", "kind", "parent"), suite.UPDATE_CASES)
-def test_update_labels(remote: RemoteSnapshotter, name: str, kind: Any, parent: str) -> None:
-    suite.test_update_labels(remote, name, kind, parent)  # type: ignore[arg-type]
+def test_update_labels(remote: RemoteSnapshotter, name: str, kind: Kind, parent: str) -> None:
+    suite.test_update_labels(remote, name, kind, parent)
 
 
 @pytest.mark.parametrize(("matches", "filters"), suite.WALK_CASES)
 def test_walk_filters(remote: RemoteSnapshotter, matches: list[str], filters: list[str]) -> None:
-    suite.test_walk_filters(remote, matches, filters)  # type: ignore[arg-type]
+    suite.test_walk_filters(remote, matches, filters)
 
 
 @pytest.mark.parametrize("case", LAYER_CASES, ids=lambda c: c.__name__)

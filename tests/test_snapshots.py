@@ -1,5 +1,9 @@
 """The snapshotter against the behaviours of containerd's conformance suite
-(core/snapshots/testsuite), with a plain-directory merged view standing in for a mount."""
+(core/snapshots/testsuite), with a plain-directory merged view standing in for a mount.
+
+Cases typed ``Conformant`` use the ``Snapshotter`` contract only: ``test_serve_conformance``
+runs them again against ``RemoteSnapshotter`` over gRPC. Cases typed ``LocalSnapshotter``
+check what only the local store has (its directories, its index)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import pytest
 from snapshot_helpers import (
     Chmod,
     Chown,
+    Conformant,
     CreateDir,
     CreateFile,
     LayerWriter,
@@ -24,7 +29,7 @@ from snapshot_helpers import (
 )
 
 from fsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from fsnap.snapshots import Kind, Snapshotter
+from fsnap.snapshots import Kind, LocalSnapshotter, Mounts, Snapshotter
 
 GC_ROOT = {"containerd.io/gc.root": "check"}
 
@@ -36,7 +41,7 @@ def work(tmp_path: Path) -> Path:
     return path
 
 
-def test_basic(sn: Snapshotter, work: Path) -> None:
+def test_basic(sn: Conformant, work: Path) -> None:
     initial: list[Op] = [
         CreateFile("/foo", b"foo\n", 0o777),
         CreateDir("/a", 0o755),
@@ -63,7 +68,7 @@ def test_basic(sn: Snapshotter, work: Path) -> None:
     assert list(sn.walk()) == []
 
 
-def test_stat_active(sn: Snapshotter) -> None:
+def test_stat_active(sn: LocalSnapshotter) -> None:
     mounts = sn.prepare("preparing", "", GC_ROOT)
     assert mounts.upper is not None
     assert not mounts.readonly
@@ -77,7 +82,7 @@ def test_stat_active(sn: Snapshotter) -> None:
     )
 
 
-def test_stat_committed(sn: Snapshotter) -> None:
+def test_stat_committed(sn: LocalSnapshotter) -> None:
     mounts = sn.prepare("preparing")
     assert mounts.upper is not None
     (mounts.upper / "foo").write_bytes(b"foo\n")
@@ -92,7 +97,7 @@ def test_stat_committed(sn: Snapshotter) -> None:
     assert (sn.dir("committed") / "foo").read_bytes() == b"foo\n"
 
 
-def test_transitivity(sn: Snapshotter, work: Path) -> None:
+def test_transitivity(sn: Conformant, work: Path) -> None:
     check_layers(sn, work, [[CreateFile("/foo", b"foo\n")], [CreateFile("/foo", b"foo bar\n")]])
     child = sn.stat("layer-1")
     assert child.parent == "layer-0"
@@ -100,7 +105,7 @@ def test_transitivity(sn: Snapshotter, work: Path) -> None:
     assert [i.name for i in sn.chain("layer-1")] == ["layer-0", "layer-1"]
 
 
-def test_long_chain_transitivity(sn: Snapshotter) -> None:
+def test_long_chain_transitivity(sn: Conformant) -> None:
     parent = ""
     for n in range(20):
         sn.prepare(f"a{n}", parent)
@@ -111,7 +116,7 @@ def test_long_chain_transitivity(sn: Snapshotter) -> None:
     assert [i.parent for i in chain] == ["", *[f"c{n}" for n in range(19)]]
 
 
-def test_prepare_view_same_key_fails(sn: Snapshotter) -> None:
+def test_prepare_view_same_key_fails(sn: Conformant) -> None:
     sn.prepare("preparing")
     sn.commit("snapA", "preparing")
     sn.prepare("newlayer", "snapA")
@@ -126,7 +131,7 @@ def test_prepare_view_same_key_fails(sn: Snapshotter) -> None:
         sn.prepare("snapA", "")
 
 
-def test_view_and_prepare_need_a_committed_parent(sn: Snapshotter) -> None:
+def test_view_and_prepare_need_a_committed_parent(sn: Conformant) -> None:
     with pytest.raises(NotFound):
         sn.view("v", "missing")
     with pytest.raises(NotFound):
@@ -142,7 +147,7 @@ def test_view_and_prepare_need_a_committed_parent(sn: Snapshotter) -> None:
     assert sorted(i.name for i in sn.walk()) == ["active", "v0"]
 
 
-def _base_snapshots(sn: Snapshotter) -> None:
+def _base_snapshots(sn: Conformant) -> None:
     sn.prepare("c1-a", "", GC_ROOT)
     sn.commit("c1", "c1-a", GC_ROOT)
     sn.prepare("c2-a", "c1", GC_ROOT)
@@ -164,7 +169,7 @@ UPDATE_CASES = [
 
 
 @pytest.mark.parametrize(("name", "kind", "parent"), UPDATE_CASES)
-def test_update_labels(sn: Snapshotter, name: str, kind: Kind, parent: str) -> None:
+def test_update_labels(sn: Conformant, name: str, kind: Kind, parent: str) -> None:
     _base_snapshots(sn)
     before = sn.stat(name)
     assert before.created == before.updated
@@ -187,7 +192,7 @@ def test_update_labels(sn: Snapshotter, name: str, kind: Kind, parent: str) -> N
     assert sn.stat(name).parent == parent
 
 
-def test_remove_then_reuse_key(sn: Snapshotter) -> None:
+def test_remove_then_reuse_key(sn: Conformant) -> None:
     sn.prepare("committed-a")
     sn.commit("committed-1", "committed-a")
     sn.prepare("reuse-1", "committed-1")
@@ -223,7 +228,7 @@ WALK_CASES = [
 
 
 @pytest.mark.parametrize(("matches", "filters"), WALK_CASES)
-def test_walk_filters(sn: Snapshotter, matches: list[str], filters: list[str]) -> None:
+def test_walk_filters(sn: Conformant, matches: list[str], filters: list[str]) -> None:
     root = {"containerd.io/gc.root": "check-walk"}
     sn.prepare("a-np", "", root)
     sn.prepare("p-tmp", "", root)
@@ -241,18 +246,18 @@ def test_walk_filters(sn: Snapshotter, matches: list[str], filters: list[str]) -
 @pytest.mark.parametrize(
     "bad", ["nosuchfield==x", "name==a,", "labels", "name=x", 'labels."unterminated']
 )
-def test_walk_rejects_bad_filters(sn: Snapshotter, bad: str) -> None:
+def test_walk_rejects_bad_filters(sn: LocalSnapshotter, bad: str) -> None:
     with pytest.raises(InvalidArgument):
         list(sn.walk([bad]))
 
 
-def test_stat_in_walk(sn: Snapshotter) -> None:
+def test_stat_in_walk(sn: Conformant) -> None:
     _base_snapshots(sn)
     for info in sn.walk():
         assert info == sn.stat(info.name)
 
 
-def test_layer_file_update(sn: Snapshotter, work: Path) -> None:
+def test_layer_file_update(sn: Conformant, work: Path) -> None:
     check_layers(
         sn,
         work,
@@ -281,7 +286,7 @@ def test_layer_file_update(sn: Snapshotter, work: Path) -> None:
     )
 
 
-def test_remove_directory_in_lower_layer(sn: Snapshotter, work: Path) -> None:
+def test_remove_directory_in_lower_layer(sn: Conformant, work: Path) -> None:
     check_layers(
         sn,
         work,
@@ -300,7 +305,7 @@ def test_remove_directory_in_lower_layer(sn: Snapshotter, work: Path) -> None:
     assert sorted(os.listdir(top / "lib")) == ["new"]
 
 
-def test_chown(sn: Snapshotter, work: Path) -> None:
+def test_chown(sn: LocalSnapshotter, work: Path) -> None:
     check_layers(
         sn,
         work,
@@ -322,7 +327,7 @@ def test_chown(sn: Snapshotter, work: Path) -> None:
     assert os.stat(sn.dir("layer-1") / "opt/a/b/file.txt").st_uid == 1
 
 
-def test_directory_permission_on_commit(sn: Snapshotter, work: Path) -> None:
+def test_directory_permission_on_commit(sn: LocalSnapshotter, work: Path) -> None:
     check_layers(
         sn,
         work,
@@ -346,7 +351,7 @@ def test_directory_permission_on_commit(sn: Snapshotter, work: Path) -> None:
     assert os.stat(home / "dir4").st_mode & 0o7777 == 0o1777
 
 
-def test_remove_intermediate_snapshot_refused(sn: Snapshotter) -> None:
+def test_remove_intermediate_snapshot_refused(sn: Conformant) -> None:
     sn.prepare("base")
     sn.commit("committed-base", "base")
     sn.prepare("intermediate", "committed-base")
@@ -362,7 +367,7 @@ def test_remove_intermediate_snapshot_refused(sn: Snapshotter) -> None:
     assert list(sn.walk()) == []
 
 
-def test_deleted_files_in_child(sn: Snapshotter, work: Path) -> None:
+def test_deleted_files_in_child(sn: Conformant, work: Path) -> None:
     check_layers(
         sn,
         work,
@@ -375,7 +380,7 @@ def test_deleted_files_in_child(sn: Snapshotter, work: Path) -> None:
     assert not (materialise(sn, "layer-2", work / "top") / "foobar").exists()
 
 
-def test_move_file_from_lower_layer(sn: Snapshotter, work: Path) -> None:
+def test_move_file_from_lower_layer(sn: Conformant, work: Path) -> None:
     check_layers(
         sn,
         work,
@@ -397,7 +402,7 @@ def test_move_file_from_lower_layer(sn: Snapshotter, work: Path) -> None:
     )
 
 
-def test_rename(sn: Snapshotter, work: Path) -> None:
+def test_rename(sn: Conformant, work: Path) -> None:
     check_layers(
         sn,
         work,
@@ -415,7 +420,7 @@ def test_rename(sn: Snapshotter, work: Path) -> None:
     )
 
 
-def test_view_is_read_only(sn: Snapshotter) -> None:
+def test_view_is_read_only(sn: LocalSnapshotter) -> None:
     sn.prepare("preparing")
     sn.commit("committed", "preparing")
     mounts = sn.view("view", "committed")
@@ -426,7 +431,7 @@ def test_view_is_read_only(sn: Snapshotter) -> None:
     with pytest.raises(FailedPrecondition):
         sn.commit("from-view", "view")
     with pytest.raises(FailedPrecondition):
-        sn.write_index("view", [])
+        sn.index.write("view", [])
     empty = sn.view("empty-view", "")
     assert empty.readonly
     assert empty.lowers == [sn.dir("empty-view")]
@@ -434,7 +439,14 @@ def test_view_is_read_only(sn: Snapshotter) -> None:
     sn.remove("committed")
 
 
-def test_close_twice(sn: Snapshotter) -> None:
+def test_local_snapshotter_is_a_snapshotter(sn: LocalSnapshotter) -> None:
+    contract: Snapshotter[Mounts] = sn  # (mypy checks every verb's signature here)
+    assert isinstance(contract, Snapshotter)  # (and this that every verb is there)
+    conformant: Conformant = sn
+    assert callable(conformant.chain)
+
+
+def test_close_twice(sn: LocalSnapshotter) -> None:
     sn.prepare("closeTwice-prepare")
     sn.commit("closeTwice", "closeTwice-prepare")
     sn.remove("closeTwice")
@@ -444,7 +456,7 @@ def test_close_twice(sn: Snapshotter) -> None:
         sn.stat("closeTwice")
 
 
-def test_new_root_is_0755(sn: Snapshotter, work: Path) -> None:
+def test_new_root_is_0755(sn: LocalSnapshotter, work: Path) -> None:
     old = os.umask(0o077)
     try:
         mounts = sn.prepare("preparing")
@@ -455,7 +467,7 @@ def test_new_root_is_0755(sn: Snapshotter, work: Path) -> None:
     assert os.stat(materialise(sn, "preparing", work / "view")).st_mode & 0o777 == 0o755
 
 
-def test_128_layer_chain(sn: Snapshotter, work: Path) -> None:
+def test_128_layer_chain(sn: LocalSnapshotter, work: Path) -> None:
     layers: list[list[Op]] = [
         [
             CreateFile("/bottom", b"way at the bottom\n", 0o777),
@@ -496,7 +508,7 @@ def test_128_layer_chain(sn: Snapshotter, work: Path) -> None:
     assert tree_state(view) == tree_state(flat)
 
 
-def _write_fast(sn: Snapshotter, key: str, i: int) -> None:
+def _write_fast(sn: LocalSnapshotter, key: str, i: int) -> None:
     """What ``LayerWriter`` writes for a 128-chain layer, without re-merging the lowers (the
     full writer runs every 32 layers, so the two are checked against each other)."""
     upper = sn.dir(key)

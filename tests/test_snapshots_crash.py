@@ -21,7 +21,7 @@ import pytest
 from support.cli import fsnap
 
 from fsnap.db import Database
-from fsnap.snapshots import Kind, Snapshotter
+from fsnap.snapshots import Kind, LocalSnapshotter
 
 CHILD = textwrap.dedent(
     """
@@ -29,10 +29,10 @@ CHILD = textwrap.dedent(
     from pathlib import Path
     from fsnap.db import Database
     from fsnap import fdtree
-    from fsnap.snapshots import Snapshotter, metadata
+    from fsnap.snapshots import LocalSnapshotter, metadata
 
     state, crash_at, action, *names = sys.argv[1:]
-    sn = Snapshotter(state / Path("snapshots"), Database(Path(state)))
+    sn = LocalSnapshotter(state / Path("snapshots"), Database(Path(state)))
 
     def die(*args, **kwargs):
         os._exit(17)
@@ -49,7 +49,7 @@ CHILD = textwrap.dedent(
 
 
 def crash_child(state: Path, crash_at: str, action: str, *names: str) -> None:
-    """Run ``Snapshotter.<action>(*names)`` in a child that dies at ``crash_at``."""
+    """Run ``LocalSnapshotter.<action>(*names)`` in a child that dies at ``crash_at``."""
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(state), crash_at, action, *names],
         capture_output=True,
@@ -76,13 +76,13 @@ def db(state: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def sn(state: Path, db: Database) -> Snapshotter:
-    return Snapshotter(state / "snapshots", db)
+def sn(state: Path, db: Database) -> LocalSnapshotter:
+    return LocalSnapshotter(state / "snapshots", db)
 
 
 def assert_consistent(state: Path, db: Database) -> list[str]:
     """Reopen the snapshotter; check directories against records; return the keys listed."""
-    sn = Snapshotter(state / "snapshots", db)
+    sn = LocalSnapshotter(state / "snapshots", db)
     infos = list(sn.walk())
     homes = {sn.dir(i.name).parent.name for i in infos}
     for info in infos:
@@ -96,7 +96,7 @@ def assert_consistent(state: Path, db: Database) -> list[str]:
 
 
 def test_crash_before_metadata_leaves_only_a_staging_dir(
-    state: Path, db: Database, sn: Snapshotter
+    state: Path, db: Database, sn: LocalSnapshotter
 ) -> None:
     sn.prepare("keep")
     crash_child(state, "txn", "prepare", "lost")
@@ -104,7 +104,9 @@ def test_crash_before_metadata_leaves_only_a_staging_dir(
     assert assert_consistent(state, db) == ["keep"]
 
 
-def test_crash_between_prepare_txn_and_rename(state: Path, db: Database, sn: Snapshotter) -> None:
+def test_crash_between_prepare_txn_and_rename(
+    state: Path, db: Database, sn: LocalSnapshotter
+) -> None:
     sn.prepare("base-a")
     sn.commit("base", "base-a")
     crash_child(state, "rename", "prepare", "half", "base")
@@ -113,14 +115,16 @@ def test_crash_between_prepare_txn_and_rename(state: Path, db: Database, sn: Sna
     sn.prepare("half", "base")  # the key is free again
 
 
-def test_crash_between_view_txn_and_rename(state: Path, db: Database, sn: Snapshotter) -> None:
+def test_crash_between_view_txn_and_rename(state: Path, db: Database, sn: LocalSnapshotter) -> None:
     sn.prepare("base-a")
     sn.commit("base", "base-a")
     crash_child(state, "rename", "view", "v", "base")
     assert assert_consistent(state, db) == ["base"]
 
 
-def test_crash_between_remove_txn_and_rename(state: Path, db: Database, sn: Snapshotter) -> None:
+def test_crash_between_remove_txn_and_rename(
+    state: Path, db: Database, sn: LocalSnapshotter
+) -> None:
     sn.prepare("a")
     sn.commit("c", "a")
     (sn.dir("c") / "file").write_text("data")
@@ -129,7 +133,7 @@ def test_crash_between_remove_txn_and_rename(state: Path, db: Database, sn: Snap
     assert assert_consistent(state, db) == []
 
 
-def test_crash_after_remove_rename(state: Path, db: Database, sn: Snapshotter) -> None:
+def test_crash_after_remove_rename(state: Path, db: Database, sn: LocalSnapshotter) -> None:
     sn.prepare("a")
     (sn.dir("a") / "sub").mkdir()
     crash_child(state, "rmtree", "remove", "a")
@@ -137,7 +141,7 @@ def test_crash_after_remove_rename(state: Path, db: Database, sn: Snapshotter) -
     assert assert_consistent(state, db) == []
 
 
-def test_leftover_dirs_and_orphan_records(state: Path, db: Database, sn: Snapshotter) -> None:
+def test_leftover_dirs_and_orphan_records(state: Path, db: Database, sn: LocalSnapshotter) -> None:
     sn.prepare("orphan-active")
     sn.view("orphan-view", "")
     sn.prepare("fine")
@@ -151,12 +155,12 @@ def test_leftover_dirs_and_orphan_records(state: Path, db: Database, sn: Snapsho
 
 
 def test_committed_without_directory_is_reported_not_dropped(
-    state: Path, db: Database, sn: Snapshotter
+    state: Path, db: Database, sn: LocalSnapshotter
 ) -> None:
     sn.prepare("a")
     sn.commit("c", "a")
     shutil.rmtree(sn.dir("c").parent)
-    reopened = Snapshotter(state / "snapshots", db)
+    reopened = LocalSnapshotter(state / "snapshots", db)
     assert reopened.last_cleanup.missing == ["c"]
     assert reopened.stat("c").kind is Kind.COMMITTED
     ls = fsnap(state, "snapshots", "ls", timeout=60)
@@ -166,14 +170,14 @@ def test_committed_without_directory_is_reported_not_dropped(
 
 
 def test_cleanup_waits_for_no_one_and_skips_while_a_change_is_in_flight(
-    state: Path, db: Database, sn: Snapshotter
+    state: Path, db: Database, sn: LocalSnapshotter
 ) -> None:
     leftover = state / "snapshots" / "new-0123"
     leftover.mkdir()
     fd = os.open(state / "snapshots" / "lock", os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)  # as a change in another process would hold it
-        busy = Snapshotter(state / "snapshots", db)
+        busy = LocalSnapshotter(state / "snapshots", db)
         assert busy.last_cleanup.skipped
         assert leftover.exists()
     finally:
@@ -187,10 +191,10 @@ WORKER = textwrap.dedent(
     from pathlib import Path
     from fsnap.db import Database
     from fsnap.errors import AlreadyExists
-    from fsnap.snapshots import Snapshotter
+    from fsnap.snapshots import LocalSnapshotter
 
     state, tag = Path(sys.argv[1]), sys.argv[2]
-    sn = Snapshotter(state / "snapshots", Database(state))
+    sn = LocalSnapshotter(state / "snapshots", Database(state))
     won = 0
     parent = ""
     for n in range(12):
@@ -207,7 +211,7 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_two_processes_at_once(state: Path, db: Database, sn: Snapshotter) -> None:
+def test_two_processes_at_once(state: Path, db: Database, sn: LocalSnapshotter) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, str(state), tag], stdout=subprocess.PIPE, text=True

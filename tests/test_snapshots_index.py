@@ -10,7 +10,7 @@ import pytest
 from fsnap.archive.entry import Entry
 from fsnap.db import Database
 from fsnap.errors import FailedPrecondition, NotFound
-from fsnap.snapshots import Snapshotter
+from fsnap.snapshots import LocalSnapshotter
 from fsnap.snapshots.metadata import FILES
 
 pytestmark = [pytest.mark.needs_root]
@@ -20,7 +20,7 @@ def _blocks(path: Path) -> int:
     return os.lstat(path).st_blocks * 512
 
 
-def test_usage_counts_own_layer_only_and_hard_links_once(sn: Snapshotter) -> None:
+def test_usage_counts_own_layer_only_and_hard_links_once(sn: LocalSnapshotter) -> None:
     sn.prepare("base-a")
     (sn.dir("base-a") / "big").write_bytes(b"x" * 100_000)
     sn.commit("base", "base-a")
@@ -37,7 +37,7 @@ def test_usage_counts_own_layer_only_and_hard_links_once(sn: Snapshotter) -> Non
     assert sn.usage("base").size >= 100_000
 
 
-def test_usage_of_committed_is_cached_at_commit(sn: Snapshotter) -> None:
+def test_usage_of_committed_is_cached_at_commit(sn: LocalSnapshotter) -> None:
     sn.prepare("a")
     (sn.dir("a") / "f").write_bytes(b"z" * 50_000)
     sn.commit("c", "a")
@@ -63,47 +63,47 @@ def _entries() -> list[Entry]:
     ]
 
 
-def test_index_roundtrip_ordered_by_path_bytes(sn: Snapshotter) -> None:
+def test_index_roundtrip_ordered_by_path_bytes(sn: LocalSnapshotter) -> None:
     sn.prepare("a")
-    sn.write_index("a", _entries())
-    paths = [e.path for e in sn.read_index("a")]
+    sn.index.write("a", _entries())
+    paths = [e.path for e in sn.index.read("a")]
     assert [os.fsencode(p) for p in paths] == sorted(os.fsencode(e.path) for e in _entries())
     assert paths[0] == ""
-    assert sn.index_entry("a", "usr/bin/sh") == _entries()[3]
-    assert sn.index_entry("a", os.fsdecode(b"caf\xe9")) == _entries()[5]
-    assert sn.index_entry("a", "missing") is None
+    assert sn.index.entry("a", "usr/bin/sh") == _entries()[3]
+    assert sn.index.entry("a", os.fsdecode(b"caf\xe9")) == _entries()[5]
+    assert sn.index.entry("a", "missing") is None
 
 
-def test_index_is_kept_across_commit_and_immutable_after(sn: Snapshotter) -> None:
+def test_index_is_kept_across_commit_and_immutable_after(sn: LocalSnapshotter) -> None:
     sn.prepare("a")
-    sn.write_index("a", _entries())
+    sn.index.write("a", _entries())
     sn.commit("c", "a")
-    assert len(sn.read_index("c")) == len(_entries())
+    assert len(sn.index.read("c")) == len(_entries())
     with pytest.raises(FailedPrecondition):
-        sn.write_index("c", [])
+        sn.index.write("c", [])
     with pytest.raises(NotFound):
-        sn.read_index("a")
+        sn.index.read("a")
 
 
-def test_write_index_replaces_and_last_duplicate_wins(sn: Snapshotter) -> None:
+def test_write_index_replaces_and_last_duplicate_wins(sn: LocalSnapshotter) -> None:
     sn.prepare("a")
-    sn.write_index("a", _entries())
-    sn.write_index("a", [Entry("x", "file", size=1), Entry("x", "file", size=2)])
-    assert sn.read_index("a") == [Entry("x", "file", size=2)]
+    sn.index.write("a", _entries())
+    sn.index.write("a", [Entry("x", "file", size=1), Entry("x", "file", size=2)])
+    assert sn.index.read("a") == [Entry("x", "file", size=2)]
 
 
-def test_index_is_removed_with_the_snapshot(sn: Snapshotter, db: Database) -> None:
+def test_index_is_removed_with_the_snapshot(sn: LocalSnapshotter, db: Database) -> None:
     sn.prepare("a")
-    sn.write_index("a", _entries())
+    sn.index.write("a", _entries())
     sn.prepare("b")
-    sn.write_index("b", [Entry("keep", "file")])
+    sn.index.write("b", [Entry("keep", "file")])
     sn.remove("a")
     with db.begin() as txn:
         left = [bytes(k) for k, _ in txn.cursor(db=db.table(FILES))]
     assert left == [sn.dir("b").parent.name.encode() + b"\0keep"]
 
 
-def test_mounts_of_a_committed_snapshot_is_its_readonly_stack(sn: Snapshotter) -> None:
+def test_mounts_of_a_committed_snapshot_is_its_readonly_stack(sn: LocalSnapshotter) -> None:
     sn.prepare("a")
     sn.commit("base", "a")
     sn.prepare("b", "base")

@@ -85,7 +85,7 @@ def test_symlinks_show_0777_everywhere(
         with Client(again) as client:
             key = next(i.name for i in client.snapshots.walk())
             layers = [
-                client.snapshots.read_index(info.name) for info in client.snapshots.chain(key)
+                client.snapshots.index.read(info.name) for info in client.snapshots.chain(key)
             ]
         assert {e.mode for index in layers for e in index if e.kind == "symlink"} == {0o777}
         assert fsnap(again, "mount", new_ref, str(mnt)).returncode == 0

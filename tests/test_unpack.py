@@ -64,7 +64,7 @@ def test_three_layers_become_chained_snapshots_with_their_own_content(
         for i, name in enumerate(chain):
             info = client.snapshots.stat(name)
             assert info.parent == (chain[i - 1] if i else "")
-            assert index_rows(client.snapshots.read_index(name)) == EXPECTED_INDEX[i]
+            assert index_rows(client.snapshots.index.read(name)) == EXPECTED_INDEX[i]
             assert files_under(client.snapshots.dir(name)) == EXPECTED_FILES[i]
         lower, top = client.snapshots.dir(chain[0]), client.snapshots.dir(chain[2])
         assert (client.snapshots.dir(chain[1]) / "etc/a").read_bytes() == b"alpha v2\n"
@@ -139,7 +139,7 @@ def test_a_removed_snapshot_is_unpacked_again_from_the_stored_blob(
     assert f"layer-{image.layers[1].blob.digest}: unpacked" not in out
     with Client(root) as client:
         assert client.snapshots.stat(image.chain_ids[1]).created == kept
-        assert index_rows(client.snapshots.read_index(image.chain_id)) == EXPECTED_INDEX[2]
+        assert index_rows(client.snapshots.index.read(image.chain_id)) == EXPECTED_INDEX[2]
 
 
 def test_a_wrong_diff_id_fails_the_pull_naming_the_layer(
@@ -282,7 +282,7 @@ def test_pull_api_without_unpack_and_with_a_repeated_layer(
         client.pull(ref)
         names = [info.name for info in client.snapshots.chain(image.chain_id)]
         assert names == image.chain_ids
-        assert [e.path for e in client.snapshots.read_index(image.chain_id)] == ["two"]
+        assert [e.path for e in client.snapshots.index.read(image.chain_id)] == ["two"]
 
 
 @pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])

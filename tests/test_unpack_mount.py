@@ -83,7 +83,7 @@ def test_unprivileged_pull_keeps_owners_and_modes_in_the_index(
         assert out.count(": unpacked sha256:") == 3
         with Client(root) as client:
             for i, name in enumerate(image.chain_ids):
-                assert index_rows(client.snapshots.read_index(name)) == EXPECTED_INDEX[i]
+                assert index_rows(client.snapshots.index.read(name)) == EXPECTED_INDEX[i]
             lower = client.snapshots.dir(image.chain_ids[0])
             tool = os.lstat(lower / "usr/bin/tool")
             assert tool.st_uid == NOBODY  # the disk has what nobody may write...

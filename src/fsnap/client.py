@@ -18,11 +18,12 @@ from fsnap.db import Database
 if TYPE_CHECKING:
     from fsnap.content.store import ContentStore
     from fsnap.images.store import Image, ImageStore
+    from fsnap.mount.registry import WritableMounts
     from fsnap.oci import Descriptor, Platform
     from fsnap.progress import CommitProgress, PullProgress, PushProgress
     from fsnap.pull import LayerSink
     from fsnap.remotes.auth import Credentials
-    from fsnap.snapshots.snapshotter import Snapshotter
+    from fsnap.snapshots.snapshotter import LocalSnapshotter
     from fsnap.unpack.apply import SizeLimit
 
 
@@ -52,7 +53,8 @@ class Client:
         self._db: Database | None = None
         self._content: ContentStore | None = None
         self._images: ImageStore | None = None
-        self._snapshots: Snapshotter | None = None
+        self._snapshots: LocalSnapshotter | None = None
+        self._writable_mounts: WritableMounts | None = None
         # Private directories found wrong (and repaired) when the store was opened: name ->
         # their stat before the repair.
         self.private_repairs: dict[str, os.stat_result] = {}
@@ -95,14 +97,24 @@ class Client:
         return self._images
 
     @property
-    def snapshots(self) -> Snapshotter:
+    def writable_mounts(self) -> WritableMounts:
+        """Which snapshots are mounted writable (a hold on the snapshotter's commit/remove)."""
+        if self._writable_mounts is None:
+            from fsnap.mount.registry import WritableMounts
+
+            self._writable_mounts = WritableMounts(self.db)
+        return self._writable_mounts
+
+    @property
+    def snapshots(self) -> LocalSnapshotter:
         """The snapshotter; opening it also removes what dead pulls staged (``unpack/``)."""
         db = self.db  # (first: opening the database may open the snapshotter already)
         if self._snapshots is None:
-            from fsnap.snapshots.snapshotter import Snapshotter
+            from fsnap.snapshots.snapshotter import LocalSnapshotter
             from fsnap.unpack.staging import clean_stale
 
-            self._snapshots = Snapshotter(self.root / "snapshots", db)
+            holds = [self.writable_mounts]
+            self._snapshots = LocalSnapshotter(self.root / "snapshots", db, holds)
             clean_stale(self.root / "unpack", self._snapshots, warn=True)
         return self._snapshots
 

@@ -28,7 +28,7 @@ from fsnap.snapshots.info import Kind
 if TYPE_CHECKING:
     from fsnap.client import Client
     from fsnap.content.store import ContentStore
-    from fsnap.snapshots.snapshotter import Snapshotter
+    from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 BLOB = "blob"
 SNAPSHOT = "snapshot"
@@ -217,7 +217,7 @@ class Mismatch:
         return "; ".join(parts)
 
 
-def snapshots(sn: Snapshotter) -> Iterator[Problem]:
+def snapshots(sn: LocalSnapshotter) -> Iterator[Problem]:
     """Committed snapshots whose directory is gone or disagrees with their index."""
     for info in sn.walk():
         try:
@@ -230,7 +230,7 @@ def snapshots(sn: Snapshotter) -> Iterator[Problem]:
         if info.kind is not Kind.COMMITTED:
             continue  # an active snapshot's index holds overrides only
         try:
-            mismatch = compare_layer(fs_dir, sn.read_index(info.name))
+            mismatch = compare_layer(fs_dir, sn.index.read(info.name))
         except FsnapError as exc:
             yield Problem(SNAPSHOT, info.name, "unreadable", str(exc))
             continue

@@ -137,7 +137,7 @@ def inspect(client: Client, args: argparse.Namespace) -> int:
     sizes: list[tuple[int, int] | None] = []
     for info in image.layers:
         try:
-            entries = client.snapshots.read_index(info.chain_id)
+            entries = client.snapshots.index.read(info.chain_id)
         except NotFound:
             sizes.append(None)
         else:
@@ -303,7 +303,7 @@ def _snapshot_source(
 
     snapshots = client.snapshots
     layers = [
-        Layer(snapshots.dir(info.name), snapshots.read_index(info.name), name=info.name)
+        Layer(snapshots.dir(info.name), snapshots.index.read(info.name), name=info.name)
         for info in chain
     ]
     top = chain[-1]

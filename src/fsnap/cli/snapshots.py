@@ -15,7 +15,7 @@ from typing import Any
 from fsnap.client import Client
 from fsnap.errors import InvalidArgument
 from fsnap.progress import human_size
-from fsnap.snapshots import Info, Kind, Mounts, Snapshotter
+from fsnap.snapshots import Info, Kind, LocalSnapshotter, Mounts
 
 
 def register(subparsers: Any) -> None:
@@ -97,7 +97,7 @@ def parse_labels(pairs: Sequence[str]) -> dict[str, str] | None:
     return labels
 
 
-def _snapshotter(client: Client) -> Snapshotter:
+def _snapshotter(client: Client) -> LocalSnapshotter:
     """The snapshotter, after telling the user about committed snapshots found broken."""
     snapshotter = client.snapshots
     for name in snapshotter.last_cleanup.missing:
@@ -152,7 +152,9 @@ def warn_sockets_left_out(paths: list[str]) -> None:
 
 
 def commit_snapshot(client: Client, args: argparse.Namespace) -> int:
-    sockets = _snapshotter(client).commit(args.name, args.key, parse_labels(args.label))
+    from fsnap.diff.active import commit_active
+
+    sockets = commit_active(_snapshotter(client), args.name, args.key, parse_labels(args.label))
     warn_sockets_left_out(sockets)
     return 0
 

@@ -46,7 +46,7 @@ from fsnap.oci import Descriptor, Platform
 from fsnap.progress import ByteMeter, CommitProgress
 from fsnap.reference import Reference
 from fsnap.snapshots.info import Kind
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 from fsnap.unpack.apply import apply_layer, snapshot_exists
 
 
@@ -62,7 +62,7 @@ class Base:
 def commit_image(
     content: ContentStore,
     images: ImageStore,
-    snapshots: Snapshotter,
+    snapshots: LocalSnapshotter,
     key: str,
     new_ref: str,
     *,
@@ -84,7 +84,7 @@ def commit_image(
         raise FailedPrecondition(f"snapshot {key} is a view: only active or committed ones")
     base = _base_for(content, images, info.parent, base_ref)
     fam = compose.family(base.manifest.descriptor.media_type) if base.manifest else "oci"
-    overrides = {e.path: e for e in snapshots.read_index(key)}
+    overrides = {e.path: e for e in snapshots.index.read(key)}
     fs_dir = snapshots.dir(key)
     entries, sockets = without_sockets(scan_snapshot(fs_dir, overrides))
     if sockets and left_out is not None:
@@ -217,7 +217,7 @@ def _bases_of(content: ContentStore, image: Image) -> list[Base]:
 
 def _unpack(
     content: ContentStore,
-    snapshots: Snapshotter,
+    snapshots: LocalSnapshotter,
     layer: LayerBlob,
     parent: str,
     top: str,

@@ -40,7 +40,7 @@ class Removal:
     size: int = 0
     detail: str = ""
     # A snapshot's last update as gc saw it: removed only if still so (a pull reusing it
-    # touches it; see ``Snapshotter.touch``). Not part of the report.
+    # touches it; see ``LocalSnapshotter.touch``). Not part of the report.
     seen_updated: datetime | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:

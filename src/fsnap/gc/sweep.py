@@ -11,7 +11,7 @@ from datetime import datetime
 
 from fsnap.content.store import ContentStore
 from fsnap.errors import FailedPrecondition, NotFound
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 ORPHAN_PREFIX = "orphan:"
 
@@ -26,7 +26,7 @@ def remove_blob(content: ContentStore, digest: str) -> bool:
 
 
 def remove_snapshot(
-    snapshots: Snapshotter, name: str, seen_updated: datetime | None = None
+    snapshots: LocalSnapshotter, name: str, seen_updated: datetime | None = None
 ) -> bool:
     """Remove a committed snapshot; refused (False) if it gained a child meanwhile, or
     was updated since gc saw it at ``seen_updated`` (a pull touched it to reuse it)."""
@@ -37,7 +37,7 @@ def remove_snapshot(
     return True
 
 
-def snapshot_size(snapshots: Snapshotter, name: str) -> int:
+def snapshot_size(snapshots: LocalSnapshotter, name: str) -> int:
     """Bytes a snapshot's own directory holds (0 if it is already gone)."""
     try:
         return snapshots.usage(name).size

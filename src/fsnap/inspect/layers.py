@@ -137,7 +137,7 @@ def unpacked_layers(client: Client, image: ImageLayers) -> list[Layer]:
         out.append(
             Layer(
                 snapshots.dir(info.chain_id),
-                snapshots.read_index(info.chain_id),
+                snapshots.index.read(info.chain_id),
                 name=info.chain_id,
             )
         )

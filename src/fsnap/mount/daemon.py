@@ -82,8 +82,8 @@ def release_snapshot(spec: dict[str, Any], client: Client) -> None:
         return
     key = spec["snapshot"]
     try:
-        if client.snapshots.mounted_at(key) == spec["mountpoint"]:
-            client.snapshots.set_mounted(key, None)
+        if client.writable_mounts.at(key) == spec["mountpoint"]:
+            client.writable_mounts.set(key, None)
     except FsnapError:
         pass
 

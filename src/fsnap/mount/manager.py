@@ -139,13 +139,13 @@ def mount_active(
     """Mount active snapshot ``key`` writable over its parents. While mounted, the
     snapshotter refuses to commit or remove it (one writable mount per snapshot)."""
     mnt = check_mountpoint(client, mountpoint)
-    client.snapshots.set_mounted(key, mnt)
+    client.writable_mounts.set(key, mnt)
     try:
         info = MountInfo(mnt, key, "active", source.snapshot_chain(client, key), writable=key)
         return _start(client, info, {"snapshot": key, "writable": True}, options or MountOptions())
     except BaseException:
         with contextlib.suppress(FsnapError):
-            client.snapshots.set_mounted(key, None)
+            client.writable_mounts.set(key, None)
         raise
 
 
@@ -209,8 +209,8 @@ def umount(client: Client, mountpoint: str | os.PathLike[str]) -> MountInfo:
     for pid in (info.pid, info.server):  # the supervisor, then a server it left behind
         if pid and pid != os.getpid():
             _stop(pid)
-    if info.writable and client.snapshots.mounted_at(info.writable) == mnt:
-        client.snapshots.set_mounted(info.writable, None)
+    if info.writable and client.writable_mounts.at(info.writable) == mnt:
+        client.writable_mounts.set(info.writable, None)
     _record_path(client, mnt).unlink(missing_ok=True)
     info.state = "unmounted"
     return info

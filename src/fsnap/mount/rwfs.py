@@ -44,7 +44,7 @@ from fsnap.mount.tree import Layer, MergedTree, Node
 from fsnap.mount.upper import Upper, join
 
 if TYPE_CHECKING:
-    from fsnap.snapshots.snapshotter import Snapshotter
+    from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -743,7 +743,9 @@ class WritableFS(MergedFS):
         return data
 
 
-def writable_fs(snapshots: Snapshotter, key: str, privileged: bool | None = None) -> WritableFS:
+def writable_fs(
+    snapshots: LocalSnapshotter, key: str, privileged: bool | None = None
+) -> WritableFS:
     """The writable file system of active snapshot ``key``: its parents' layers below, its
     directory (scanned once, with its index overrides) on top. ``privileged`` (default:
     running as root) puts metadata on disk; otherwise what disk cannot hold is indexed."""
@@ -754,16 +756,16 @@ def writable_fs(snapshots: Snapshotter, key: str, privileged: bool | None = None
     mounts = snapshots.mounts(key)
     if mounts.upper is None or mounts.work is None:
         raise FailedPrecondition(f"snapshot {key} is not active: it mounts read-only")
-    snapshots.use_overrides(key)
+    snapshots.index.use_overrides(key)
     if privileged is None:
         privileged = os.geteuid() == 0
     upper = Upper(mounts.upper, mounts.work, privileged)
     upper.clear_work()
-    overrides = {entry.path: entry for entry in snapshots.read_index(key)}
+    overrides = {entry.path: entry for entry in snapshots.index.read(key)}
     top = Layer(mounts.upper, scan_snapshot(mounts.upper, overrides), key, upper=True)
     tree = MergedTree.build([*lowers, top])
     sink = Overrides(
-        put=lambda entry: snapshots.put_index_entry(key, entry),
-        delete=lambda path, subtree: snapshots.delete_index_entry(key, path, subtree),
+        put=lambda entry: snapshots.index.put_override(key, entry),
+        delete=lambda path, subtree: snapshots.index.delete_override(key, path, subtree),
     )
     return WritableFS(tree, upper, sink)

@@ -23,7 +23,7 @@ from fsnap.reference import Reference
 if TYPE_CHECKING:
     from fsnap.client import Client
     from fsnap.snapshots.info import Info
-    from fsnap.snapshots.snapshotter import Snapshotter
+    from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 _INDEX_TYPES = (oci.OCI_INDEX, oci.DOCKER_MANIFEST_LIST)
 
@@ -88,11 +88,11 @@ def snapshot_layers(client: Client, key: str) -> list[Layer]:
     return chain_layers(client.snapshots, client.snapshots.chain(key))
 
 
-def chain_layers(snapshots: Snapshotter, chain: Iterable[Info]) -> list[Layer]:
+def chain_layers(snapshots: LocalSnapshotter, chain: Iterable[Info]) -> list[Layer]:
     """The snapshots of ``chain`` as layers: their directories and indexes, named by
     snapshot (a writable mount passes its chain without its own top)."""
     return [
-        Layer(snapshots.dir(info.name), snapshots.read_index(info.name), name=info.name)
+        Layer(snapshots.dir(info.name), snapshots.index.read(info.name), name=info.name)
         for info in chain
     ]
 

@@ -33,7 +33,7 @@ from fsnap.mount.tree import MergedTree, Node
 from fsnap.snapshots.info import Info, Kind
 
 if TYPE_CHECKING:
-    from fsnap.snapshots.snapshotter import Snapshotter
+    from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ VERSION = 3  # 2: nodes carry their atime; 3: flat arrays, nodes made on demand 
 _HASH_SIZE = 32
 
 
-def merged_tree(snapshots: Snapshotter, key: str) -> MergedTree:
+def merged_tree(snapshots: LocalSnapshotter, key: str) -> MergedTree:
     """The merged tree of ``key``'s chain: from the cache when the chain is committed and a
     sound cache exists, else built from the indexes (and then saved for the next mount)."""
     chain = snapshots.chain(key)

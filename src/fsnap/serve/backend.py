@@ -1,7 +1,8 @@
-"""What containerd asks of a snapshotter, answered by fsnap's ``Snapshotter``: no gRPC here.
+"""What containerd asks of a snapshotter, answered by fsnap's ``LocalSnapshotter``: no gRPC here.
 
 containerd's proxy plugin calls Prepare/View/Mounts/Commit/Remove/Stat/Update/List/Usage/
-Cleanup. Most map one to one onto ``fsnap.snapshots.Snapshotter``; four need more:
+Cleanup. ``Backend`` is itself a ``Snapshotter[list[Mount]]`` (``fsnap.snapshots.api``)
+wrapping a ``LocalSnapshotter``; most verbs map one to one, four need more:
 
 - **Mounts** are containerd ``Mount`` records, not fsnap's ``Mounts`` description: a
   snapshot with no parents is a bind mount of its directory; anything over committed
@@ -9,9 +10,9 @@ Cleanup. Most map one to one onto ``fsnap.snapshots.Snapshotter``; four need mor
   which containerd runs through ``mount.fuse3`` and so through ``fsnap-overlay``.
 - **Commit** scans what containerd wrote through those mounts (overlayfs's whiteout
   devices and opaque xattrs, as ``fsnap-overlay`` writes them with privilege) into the
-  snapshot's layer index, and rewrites the markers into fsnap's layer format (``.wh.``
-  files), so the committed snapshot is what ``fsnap pull`` would have made: ``fsnap mount``,
-  ``inspect`` and ``commit`` work on it.
+  snapshot's layer index (stored by the commit's own transaction), and rewrites the
+  markers into fsnap's layer format (``.wh.`` files), so the committed snapshot is what
+  ``fsnap pull`` would have made: ``fsnap mount``, ``inspect`` and ``commit`` work on it.
 - **Prepare with a target** (the ``containerd.io/snapshot.ref`` label, the chain ID
   containerd is about to unpack): when fsnap already holds that chain ID on the same
   parent (pulled with ``fsnap pull``), the answer is AlreadyExists and the snapshot gets
@@ -41,7 +42,7 @@ from fsnap.diff.scan import scan_snapshot
 from fsnap.errors import AlreadyExists, NotFound
 from fsnap.labels import TARGET_LABEL
 from fsnap.snapshots.info import OWNER_LABEL, Info, Kind, Mounts, Usage
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 OWNER = "containerd"
 OVERLAY_TYPE = "fuse3.fsnap-overlay"
@@ -111,13 +112,16 @@ def _escape(path: Path) -> str:
 
 
 class Backend:
-    """containerd's snapshotter verbs over one fsnap ``Snapshotter``."""
+    """containerd's snapshotter verbs over one fsnap ``LocalSnapshotter``."""
 
-    def __init__(self, snapshots: Snapshotter) -> None:
+    def __init__(self, snapshots: LocalSnapshotter) -> None:
         self.snapshots = snapshots
         self._lock = threading.Lock()
 
-    def prepare(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
+    def prepare(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        labels = labels or {}
         log.debug("prepare %s on %r with labels %s", key, parent, dict(labels))
         with self._lock:
             self._adopt_target(parent, labels)
@@ -126,25 +130,25 @@ class Backend:
             return unpack_mounts(found)
         return to_mounts(found)
 
-    def view(self, key: str, parent: str, labels: Mapping[str, str]) -> list[Mount]:
+    def view(self, key: str, parent: str, labels: Mapping[str, str] | None = None) -> list[Mount]:
         with self._lock:
-            found = self.snapshots.view(key, parent, _owned(labels))
+            found = self.snapshots.view(key, parent, _owned(labels or {}))
         return to_mounts(found)
 
     def mounts(self, key: str) -> list[Mount]:
         return to_mounts(self.snapshots.mounts(key))
 
-    def commit(self, name: str, key: str, labels: Mapping[str, str]) -> None:
+    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
         """Index what was written into ``key``'s directory, normalise its markers, then
-        commit. A crash before the commit leaves ``key`` active with an index; containerd
-        removes such leftovers itself (its unpack keys are one-shot)."""
+        commit with that index. A crash before the commit leaves ``key`` active with its
+        markers rewritten; containerd removes such leftovers itself (its unpack keys are
+        one-shot)."""
         with self._lock:
             current = self.snapshots.stat(key)
             entries = scan_snapshot(self.snapshots.dir(key), overlay=True)
             normalise_markers(self.snapshots.dir(key), entries)
-            self.snapshots.write_index(key, entries)
-            merged = {**current.labels, **labels, OWNER_LABEL: OWNER}
-            self.snapshots.commit(name, key, merged)
+            merged = {**current.labels, **(labels or {}), OWNER_LABEL: OWNER}
+            self.snapshots.commit(name, key, merged, index=entries)
 
     def remove(self, key: str) -> None:
         self.snapshots.remove(key)
@@ -152,17 +156,21 @@ class Backend:
     def stat(self, key: str) -> Info:
         return self.snapshots.stat(key)
 
-    def update(self, info: Info, fieldpaths: Sequence[str]) -> Info:
-        return self.snapshots.update(info.name, info.labels, fieldpaths)
+    def update(self, key: str, labels: Mapping[str, str], fieldpaths: Sequence[str] = ()) -> Info:
+        return self.snapshots.update(key, labels, fieldpaths)
 
-    def walk(self, filters: Sequence[str]) -> Iterator[Info]:
+    def walk(self, filters: Sequence[str] = ()) -> Iterator[Info]:
         return self.snapshots.walk(filters)
 
     def usage(self, key: str) -> Usage:
         return self.snapshots.usage(key)
 
     def cleanup(self) -> None:
+        """containerd's optional Cleanup: what crashes left behind (``cleanup``)."""
         self.snapshots.cleanup()
+
+    def close(self) -> None:
+        self.snapshots.close()
 
     def _adopt_target(self, parent: str, labels: Mapping[str, str]) -> None:
         """Raise AlreadyExists when fsnap holds the target chain ID on ``parent`` already,

@@ -27,7 +27,7 @@ from fsnap.errors import Busy, InvalidArgument
 from fsnap.serve.api import snapshots_pb2_grpc
 from fsnap.serve.backend import Backend
 from fsnap.serve.service import SnapshotsService
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def default_address() -> Path:
 
 
 def serve(
-    snapshots: Snapshotter,
+    snapshots: LocalSnapshotter,
     address: Path,
     ready: Callable[[Path], None] = lambda _: None,
     stop: threading.Event | None = None,

@@ -1,5 +1,7 @@
-"""The gRPC face of ``Backend``: containerd's ``containerd.services.snapshots.v1.Snapshots``.
+"""The gRPC face of a snapshotter: containerd's ``containerd.services.snapshots.v1.Snapshots``.
 
+It serves any ``Snapshotter[list[Mount]]`` (``fsnap.snapshots.api``) that can also clean up
+(containerd's optional Cleanup verb): ``fsnap.serve.backend.Backend`` today.
 Each method translates one request into one backend call and the result into the reply;
 ``_translated`` maps fsnap's typed errors to the gRPC codes containerd's ``errdefs``
 understands (NotFound, AlreadyExists, InvalidArgument, FailedPrecondition, ...) and logs
@@ -13,14 +15,15 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from fsnap import errors
 from fsnap.serve.api import mount_pb2, snapshots_pb2, snapshots_pb2_grpc
-from fsnap.serve.backend import Backend, Mount
+from fsnap.serve.backend import Mount
+from fsnap.snapshots.api import Snapshotter
 from fsnap.snapshots.info import Info, Kind
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,14 @@ KINDS = {
 LIST_BATCH = 100  # infos per streamed List reply
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Served(Snapshotter[list[Mount]], Protocol):
+    """What the service calls: the snapshotter contract, plus containerd's Cleanup."""
+
+    def cleanup(self) -> None:
+        """Remove what crashed operations left behind; safe to call at any time."""
+        ...
 
 
 def status_of(error: errors.FsnapError) -> grpc.StatusCode:
@@ -108,9 +119,9 @@ def mount_messages(mounts: list[Mount]) -> list[mount_pb2.Mount]:
 
 
 class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
-    """Request -> ``Backend`` call -> reply; nothing else."""
+    """Request -> snapshotter call -> reply; nothing else."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Served) -> None:
         self.backend = backend
 
     @_translated
@@ -143,8 +154,8 @@ class SnapshotsService(snapshots_pb2_grpc.SnapshotsServicer):
 
     @_translated
     def Update(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
-        wanted = Info(name=request.info.name, kind=Kind.ACTIVE, labels=dict(request.info.labels))
-        updated = self.backend.update(wanted, list(request.update_mask.paths))
+        labels = dict(request.info.labels)
+        updated = self.backend.update(request.info.name, labels, list(request.update_mask.paths))
         return snapshots_pb2.UpdateSnapshotResponse(info=info_message(updated))
 
     @_translated

@@ -35,6 +35,7 @@ from typing import Any
 import lmdb
 
 from fsnap.db import Database, dumps
+from fsnap.errors import FailedPrecondition, NotFound
 from fsnap.snapshots.info import Info, Kind, Usage
 
 SNAPSHOTS = "snapshots"
@@ -119,6 +120,19 @@ class Tables:
         raw = txn.get(key.encode(), db=self.snapshots)
         return None if raw is None else Record.from_bytes(bytes(raw))
 
+    def find(self, txn: lmdb.Transaction, key: str) -> Record:
+        """``key``'s record; NotFound if there is none."""
+        record = self.get(txn, key)
+        if record is None:
+            raise NotFound(f"snapshot {key} not found")
+        return record
+
+    def find_active(self, txn: lmdb.Transaction, key: str) -> Record:
+        """``key``'s record; NotFound if none, FailedPrecondition unless it is active."""
+        record = self.find(txn, key)
+        require_active(key, record)
+        return record
+
     def put(self, txn: lmdb.Transaction, key: str, record: Record) -> None:
         """Store ``record`` under ``key`` and keep the id and children tables in step."""
         txn.put(key.encode(), record.to_bytes(), db=self.snapshots)
@@ -166,6 +180,11 @@ class Tables:
         found = cursor.set_range(prefix)
         while found and bytes(cursor.key()).startswith(prefix):
             found = cursor.delete()
+
+
+def require_active(key: str, record: Record) -> None:
+    if record.kind is not Kind.ACTIVE:
+        raise FailedPrecondition(f"snapshot {key} is {record.kind.value}, not active")
 
 
 def index_prefix(snapshot_id: int) -> bytes:

@@ -1,4 +1,5 @@
-"""containerd's Snapshotter model over plain directories, with its metadata in LMDB.
+"""``LocalSnapshotter``: the ``Snapshotter`` contract (``api``) over plain directories,
+with its metadata in LMDB.
 
 A snapshot is a directory ``<root>/<id>/fs`` plus one LMDB record (see ``metadata``). Keys
 of active/view snapshots and names of committed ones share one namespace. Every change is
@@ -11,13 +12,18 @@ leaves only things ``cleanup`` recognises (see ``disk`` for the layout):
 
 Several processes may use one root at once: LMDB serialises the transactions, and every
 check that matters is repeated inside the transaction that acts on it.
+
+Beyond the contract it offers what fsnap's own packages need of a local store: each
+snapshot's directory (``dir``, ``state_dir``), its ancestry in one read (``chain``),
+``touch`` for leases, crash ``cleanup``, and the per-layer index (``index``, a
+``LayerIndex`` over the same environment). What may keep a snapshot from being committed
+or removed (a writable mount) is a ``Hold`` it is given, not something it tracks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -30,43 +36,38 @@ from fsnap.db import Database
 from fsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from fsnap.private import private_dir
 from fsnap.snapshots import disk
+from fsnap.snapshots.api import Hold
 from fsnap.snapshots.cleanup import CleanupReport, clean
 from fsnap.snapshots.filters import compile_filters
+from fsnap.snapshots.index import LayerIndex
 from fsnap.snapshots.info import Info, Kind, Mounts, Usage
-from fsnap.snapshots.metadata import (
-    Record,
-    Tables,
-    hashed_scan_start,
-    index_key,
-    index_prefix,
-    is_hashed,
-)
+from fsnap.snapshots.metadata import Record, Tables, require_active
 
 log = logging.getLogger(__name__)
 
 MAX_LABELS_SIZE = 4096
 # A parent link is keyed parent + NUL + child in LMDB (511 bytes at most): 255 each fits.
 MAX_KEY_BYTES = 255
-# Active snapshots served by a writable mount: key -> mount point (commit/remove refuse them).
-MOUNTED = "snapshots.mounted"
-# Ids of active snapshots whose index holds only *overrides* for the files in their
-# directory (a writable mount's metadata that could not go on disk), not a full layer
-# index: committing one scans its directory (``fsnap.diff.scan``) into a full index.
-OVERRIDES = "snapshots.overrides"
 
 
-class Snapshotter:
-    """Prepare/View/Commit/Remove snapshots under ``root``; metadata in ``db``."""
+class LocalSnapshotter:
+    """Prepare/View/Commit/Remove snapshots under ``root``; metadata in ``db``. A
+    ``Snapshotter[Mounts]``; ``holds`` may refuse a commit or remove (see ``Hold``)."""
 
-    def __init__(self, root: Path, db: Database) -> None:
+    def __init__(self, root: Path, db: Database, holds: Sequence[Hold] = ()) -> None:
         self.root = private_dir(Path(root), Path(root).parent)
         self.db = db
         self.tables = Tables(db)
-        # (named tables are opened before any transaction may use them)
-        self._mounted = db.table(MOUNTED)
-        self._overrides = db.table(OVERRIDES)
+        self._index = LayerIndex(self.tables)
+        self._holds = tuple(holds)
         self._closed = False
         self.last_cleanup: CleanupReport = self.cleanup()
+
+    @property
+    def index(self) -> LayerIndex:
+        """The per-layer indexes of these snapshots."""
+        self._check_open()
+        return self._index
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -232,32 +233,43 @@ class Snapshotter:
 
     # -- changing ------------------------------------------------------------------------
 
-    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> list[str]:
+    def commit(
+        self,
+        name: str,
+        key: str,
+        labels: Mapping[str, str] | None = None,
+        *,
+        index: Iterable[Entry] | None = None,
+    ) -> None:
         """Turn active ``key`` into committed ``name`` (same parent, id and index); ``key``
         stops existing. ``labels`` replace the active snapshot's labels when given.
 
-        Unix sockets a writable mount left in the directory are not content: they are left
-        out of the index and removed from the directory; their paths are returned (for
-        the caller to tell the user)."""
+        ``index`` replaces the layer index in the commit's own transaction. It is required
+        when the index holds a writable mount's overrides only: the caller scans the
+        directory into a full index (``fsnap.diff.active``), as this package reads no
+        files. Refused (FailedPrecondition) while a hold (a writable mount) has ``key``."""
         self._check_open()
         _check_key(name)
         clean_labels = None if labels is None else _check_labels(labels)
         with disk.change_lock(self.root):
             with self.db.begin() as txn:
-                before = self._get(txn, key)
-                self._refuse_mounted(txn, key, "commit")
-                scan = txn.get(str(before.id).encode(), db=self._overrides) is not None
-            _require_active(key, before)
+                before = self.tables.find(txn, key)
+                self._refuse_held(txn, key, "commit")
+            require_active(key, before)
             usage = self.usage(key)
-            index, sockets = self._scanned_index(key) if scan else (None, [])
             with self.db.begin(write=True) as txn:
-                record = self._get(txn, key)
+                record = self.tables.find(txn, key)
                 if record.id != before.id:
                     raise FailedPrecondition(f"snapshot {key} changed during commit")
-                _require_active(key, record)
-                self._refuse_mounted(txn, key, "commit")
+                require_active(key, record)
+                self._refuse_held(txn, key, "commit")
                 if index is not None:
-                    self._replace_index(txn, record.id, index)
+                    self._index.replace(txn, record.id, index)
+                elif self._index.is_overrides(txn, record.id):
+                    raise FailedPrecondition(
+                        f"snapshot {key} was written through a writable mount: "
+                        "its directory must be scanned into its index to commit it"
+                    )
                 if self.tables.get(txn, name) is not None:
                     raise AlreadyExists(f"snapshot {name} already exists")
                 now = time.time_ns()
@@ -269,11 +281,13 @@ class Snapshotter:
                 self.tables.rename(txn, key, name, record)
         with contextlib.suppress(OSError):
             disk.remove_tree(self._home(record.id) / disk.WORK)
-        fs_dir = self._home(record.id) / disk.FS
-        for path in sockets:
-            with contextlib.suppress(OSError):  # the index no longer shows it anyway
-                os.unlink(fs_dir / path)
-        return sockets
+
+    def check_holds(self, key: str, action: str) -> None:
+        """Raise what a hold would raise if ``key`` were committed or removed now (a
+        caller's early check before slow work; ``commit``/``remove`` check again)."""
+        self._check_open()
+        with self.db.begin() as txn:
+            self._refuse_held(txn, key, action)
 
     def remove(self, key: str, *, if_updated: datetime | None = None) -> None:
         """Delete ``key`` and its directory; refused while a snapshot names it as parent.
@@ -288,9 +302,9 @@ class Snapshotter:
                     raise FailedPrecondition(f"snapshot {key} changed meanwhile")
                 if self.tables.has_children(txn, key):
                     raise FailedPrecondition(f"cannot remove snapshot {key}: it has children")
-                self._refuse_mounted(txn, key, "remove")
+                self._refuse_held(txn, key, "remove")
                 self.tables.delete(txn, key, record)
-                txn.delete(str(record.id).encode(), db=self._overrides)
+                self._index.forget(txn, record.id)
             disk.retire(self.root, record.id)
 
     def touch(self, key: str) -> bool:
@@ -320,177 +334,21 @@ class Snapshotter:
             self.tables.put(txn, key, record)
             return record.info(key)
 
-    # -- layer index -----------------------------------------------------------------------
-
-    def write_index(self, key: str, entries: Iterable[Entry]) -> None:
-        """Replace active ``key``'s layer index with ``entries`` (a later duplicate path
-        wins), in one transaction. Committed snapshots are immutable, so is their index."""
-        self._check_open()
-        with self.db.begin(write=True) as txn:
-            record = self._get(txn, key)
-            _require_active(key, record)
-            self._replace_index(txn, record.id, entries)
-
-    def read_index(self, key: str) -> list[Entry]:
-        """``key``'s layer index ordered by path bytes (the root ``""`` first)."""
-        self._check_open()
-        with self.db.begin() as txn:
-            prefix = index_prefix(self._get(txn, key).id)
-            cursor = txn.cursor(db=self.tables.files)
-            found = cursor.set_range(prefix)
-            entries = []
-            hashed = False
-            while found:
-                raw_key = bytes(cursor.key())
-                if not raw_key.startswith(prefix):
-                    break
-                hashed = hashed or is_hashed(raw_key)
-                entries.append(Entry.from_bytes(bytes(cursor.value())))
-                found = cursor.next()
-        if hashed:  # keyed by hash, not in path order: rare, so sort only then
-            entries.sort(key=Entry.key)
-        return entries
-
-    def index_entry(self, key: str, path: str) -> Entry | None:
-        """The index entry of one path of ``key``'s layer, or None."""
-        self._check_open()
-        with self.db.begin() as txn:
-            snapshot_id = self._get(txn, key).id
-            raw = txn.get(index_key(snapshot_id, os.fsencode(path)), db=self.tables.files)
-        if raw is None:
-            return None
-        entry = Entry.from_bytes(bytes(raw))
-        return entry if entry.path == path else None
-
-    # -- writable mounts ------------------------------------------------------------------
-
-    def put_index_entry(self, key: str, entry: Entry) -> None:
-        """Record one override entry of active ``key`` (metadata its directory cannot hold);
-        from then on its index is overrides only, and commit scans the directory."""
-        self._check_open()
-        with self.db.begin(write=True) as txn:
-            record = self._get(txn, key)
-            _require_active(key, record)
-            txn.put(str(record.id).encode(), b"", db=self._overrides)
-            txn.put(index_key(record.id, entry.key()), entry.to_bytes(), db=self.tables.files)
-
-    def delete_index_entry(self, key: str, path: str, subtree: bool = False) -> None:
-        """Drop the override of ``path`` of active ``key`` (with ``subtree``, also of every
-        path below it: a directory renamed or removed)."""
-        self._check_open()
-        with self.db.begin(write=True) as txn:
-            snapshot_id = self._get(txn, key).id
-            txn.delete(index_key(snapshot_id, os.fsencode(path)), db=self.tables.files)
-            if subtree:
-                self._delete_below(txn, snapshot_id, os.fsencode(path) + b"/" if path else b"")
-
-    def _delete_below(self, txn: lmdb.Transaction, snapshot_id: int, below: bytes) -> None:
-        """Delete every index entry whose path starts with ``below``."""
-        prefix = index_prefix(snapshot_id)
-        start = hashed_scan_start(prefix, below)
-        cursor = txn.cursor(db=self.tables.files)
-        found = cursor.set_range(start)
-        while found:
-            raw_key = bytes(cursor.key())
-            if not raw_key.startswith(start):
-                break
-            if is_hashed(raw_key):
-                path = Entry.from_bytes(bytes(cursor.value())).key()
-            else:
-                path = raw_key[len(prefix) :]
-            found = cursor.delete() if path.startswith(below) else cursor.next()
-
-    def use_overrides(self, key: str) -> None:
-        """Mark active ``key``'s index as overrides only (a writable mount starts): commit
-        will scan its directory. Refused if the index is a full layer index already."""
-        self._check_open()
-        with self.db.begin(write=True) as txn:
-            record = self._get(txn, key)
-            _require_active(key, record)
-            flags = self._overrides
-            marker = str(record.id).encode()
-            if txn.get(marker, db=flags) is None and self._has_index(txn, record.id):
-                raise FailedPrecondition(
-                    f"snapshot {key} has a layer index already (an unpack in progress?)"
-                )
-            txn.put(marker, b"", db=flags)
-
-    def set_mounted(self, key: str, mountpoint: str | None) -> None:
-        """Record that active ``key`` is mounted writable at ``mountpoint`` (None: no longer).
-        One writable mount per snapshot: a second is refused, naming the first."""
-        self._check_open()
-        table = self._mounted
-        with self.db.begin(write=True) as txn:
-            if mountpoint is None:
-                txn.delete(key.encode(), db=table)
-                return
-            _require_active(key, self._get(txn, key))
-            current = txn.get(key.encode(), db=table)
-            if current is not None and bytes(current).decode() != mountpoint:
-                raise FailedPrecondition(
-                    f"snapshot {key} is already mounted writable at {bytes(current).decode()}"
-                )
-            txn.put(key.encode(), mountpoint.encode(), db=table)
-
-    def mounted_at(self, key: str) -> str | None:
-        """Where active ``key`` is mounted writable, or None."""
-        self._check_open()
-        with self.db.begin() as txn:
-            raw = txn.get(key.encode(), db=self._mounted)
-        return None if raw is None else bytes(raw).decode()
-
-    def _refuse_mounted(self, txn: lmdb.Transaction, key: str, action: str) -> None:
-        raw = txn.get(key.encode(), db=self._mounted)
-        if raw is not None:
-            mnt = bytes(raw).decode()
-            raise FailedPrecondition(
-                f"cannot {action} snapshot {key}: it is mounted writable at {mnt}; "
-                f"run `fsnap umount {mnt}` first"
-            )
-
-    def _scanned_index(self, key: str) -> tuple[list[Entry], list[str]]:
-        """The full index of active ``key`` (its directory scanned, with its overrides),
-        without sockets; and the sockets' paths."""
-        from fsnap.diff.scan import scan_snapshot, without_sockets
-
-        overrides = {entry.path: entry for entry in self.read_index(key)}
-        return without_sockets(scan_snapshot(self.dir(key), overrides))
-
-    def _replace_index(
-        self, txn: lmdb.Transaction, snapshot_id: int, entries: Iterable[Entry]
-    ) -> None:
-        """The index of ``snapshot_id`` becomes ``entries`` (a full layer index again, not
-        overrides)."""
-        self.tables.delete_index(txn, snapshot_id)
-        txn.delete(str(snapshot_id).encode(), db=self._overrides)
-        cursor = txn.cursor(db=self.tables.files)
-        rows = ((index_key(snapshot_id, entry.key()), entry.to_bytes()) for entry in entries)
-        cursor.putmulti(rows)
-
-    def _has_index(self, txn: lmdb.Transaction, snapshot_id: int) -> bool:
-        prefix = index_prefix(snapshot_id)
-        cursor = txn.cursor(db=self.tables.files)
-        return bool(cursor.set_range(prefix)) and bytes(cursor.key()).startswith(prefix)
-
     # -- helpers ---------------------------------------------------------------------------
 
     def _home(self, snapshot_id: int) -> Path:
         return self.root / str(snapshot_id)
 
     def _get(self, txn: lmdb.Transaction, key: str) -> Record:
-        record = self.tables.get(txn, key)
-        if record is None:
-            raise NotFound(f"snapshot {key} not found")
-        return record
+        return self.tables.find(txn, key)
+
+    def _refuse_held(self, txn: lmdb.Transaction, key: str, action: str) -> None:
+        for hold in self._holds:
+            hold.check(txn, key, action)
 
     def _check_open(self) -> None:
         if self._closed:
             raise FailedPrecondition("snapshotter is closed")
-
-
-def _require_active(key: str, record: Record) -> None:
-    if record.kind is not Kind.ACTIVE:
-        raise FailedPrecondition(f"snapshot {key} is {record.kind.value}, not active")
 
 
 def _check_key(key: str) -> None:

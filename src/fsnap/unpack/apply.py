@@ -31,7 +31,7 @@ from fsnap.errors import AlreadyExists, DigestMismatch, FsnapError, NotFound
 from fsnap.limits import INFLATION_FLOOR, INFLATION_RATIO
 from fsnap.oci import Descriptor
 from fsnap.progress import ByteMeter
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 from fsnap.unpack.staging import Session
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def apply_stored(
         return apply_blob(source, desc, staging, diff_id, sync=sync, limit=limit)
 
 
-def lower_lookup(snapshotter: Snapshotter, parent: str) -> Callable[[str], Entry | None]:
+def lower_lookup(snapshotter: LocalSnapshotter, parent: str) -> Callable[[str], Entry | None]:
     """``path -> Entry`` in the merged layers below (topmost layer that names the path).
 
     A whiteout in a higher layer hides the path: it is returned as is, and
@@ -104,7 +104,7 @@ def lower_lookup(snapshotter: Snapshotter, parent: str) -> Callable[[str], Entry
 
     def lookup(path: str) -> Entry | None:
         for name in names:
-            entry = snapshotter.index_entry(name, path)
+            entry = snapshotter.index.entry(name, path)
             if entry is not None:
                 return entry
         return None
@@ -113,7 +113,7 @@ def lower_lookup(snapshotter: Snapshotter, parent: str) -> Callable[[str], Entry
 
 
 def commit_staged(
-    snapshotter: Snapshotter,
+    snapshotter: LocalSnapshotter,
     session: Session,
     staged: Path,
     entries: list[Entry],
@@ -134,7 +134,7 @@ def commit_staged(
 
 
 def apply_layer(
-    snapshotter: Snapshotter,
+    snapshotter: LocalSnapshotter,
     content: Provider,
     desc: Descriptor,
     diff_id: str,
@@ -159,7 +159,7 @@ def apply_layer(
 
 
 def _commit_as(
-    snapshotter: Snapshotter,
+    snapshotter: LocalSnapshotter,
     key: str,
     chain_id: str,
     parent: str,
@@ -176,7 +176,7 @@ def _commit_as(
         home = snapshotter.dir(key)
         entries = fill(home)
         fixup_implicit(home, entries, lower_lookup(snapshotter, parent))
-        snapshotter.write_index(key, entries)
+        snapshotter.index.write(key, entries)
         snapshotter.commit(chain_id, key)
     except AlreadyExists:
         _remove(snapshotter, key)
@@ -187,7 +187,7 @@ def _commit_as(
     return True
 
 
-def snapshot_exists(snapshotter: Snapshotter, key: str) -> bool:
+def snapshot_exists(snapshotter: LocalSnapshotter, key: str) -> bool:
     """Whether ``key`` names a snapshot (the unpacker's "nothing to redo" test)."""
     try:
         snapshotter.stat(key)
@@ -196,6 +196,6 @@ def snapshot_exists(snapshotter: Snapshotter, key: str) -> bool:
     return True
 
 
-def _remove(snapshotter: Snapshotter, key: str) -> None:
+def _remove(snapshotter: LocalSnapshotter, key: str) -> None:
     with contextlib.suppress(FsnapError, OSError):
         snapshotter.remove(key)

@@ -34,7 +34,7 @@ from fsnap.errors import FsnapError
 from fsnap.private import keep_private, private_dir
 from fsnap.snapshots.disk import remove_tree
 from fsnap.snapshots.info import Kind
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def open_session(root: Path) -> Session:
         return Session(root, name, fd)
 
 
-def clean_stale(root: Path, snapshotter: Snapshotter, *, warn: bool = False) -> list[str]:
+def clean_stale(root: Path, snapshotter: LocalSnapshotter, *, warn: bool = False) -> list[str]:
     """Remove the staging directories, lock files and ``extract-*`` snapshots of dead
     sessions; leave live sessions alone. Returns what was removed (for logs and tests).
 
@@ -107,7 +107,7 @@ def clean_stale(root: Path, snapshotter: Snapshotter, *, warn: bool = False) -> 
         return []
 
 
-def _clean_stale(root: Path, snapshotter: Snapshotter) -> list[str]:
+def _clean_stale(root: Path, snapshotter: LocalSnapshotter) -> list[str]:
     if not root.is_dir():
         return []
     private_dir(root, root.parent)
@@ -146,7 +146,7 @@ def _session_of_file(entry: str) -> str | None:
 
 
 def _remove_if_dead(
-    root: Path, lock_name: str, session: str, snapshotter: Snapshotter, removed: list[str]
+    root: Path, lock_name: str, session: str, snapshotter: LocalSnapshotter, removed: list[str]
 ) -> bool:
     """Clean ``session`` if nobody holds its lock; False if it is alive."""
     try:
@@ -171,7 +171,7 @@ def _remove_if_dead(
         os.close(fd)
 
 
-def _remove_snapshot(snapshotter: Snapshotter, key: str, removed: list[str]) -> None:
+def _remove_snapshot(snapshotter: LocalSnapshotter, key: str, removed: list[str]) -> None:
     try:
         snapshotter.remove(key)
     except FsnapError as exc:  # gone already (another cleaner), or it has children

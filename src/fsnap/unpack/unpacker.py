@@ -45,7 +45,7 @@ from fsnap.oci import Descriptor, Platform
 from fsnap.progress import ByteMeter, PullProgress
 from fsnap.pull import LayerSink
 from fsnap.snapshots.disk import remove_tree
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 from fsnap.unpack.apply import SizeLimit, apply_blob, apply_stored, commit_staged
 from fsnap.unpack.pipe import BytePipe
 from fsnap.unpack.staging import Session, clean_stale, open_session
@@ -100,7 +100,7 @@ class Unpacker:
 
     def __init__(
         self,
-        snapshotter: Snapshotter,
+        snapshotter: LocalSnapshotter,
         content: ContentStore,
         session: Session,
         nursery: trio.Nursery,
@@ -315,7 +315,7 @@ class Unpacker:
 
     async def _reuse(self, chain_id: str) -> bool:
         """Whether snapshot ``chain_id`` exists; if so it is touched, so that a gc running
-        now keeps it for this pull (see ``Snapshotter.touch``)."""
+        now keeps it for this pull (see ``LocalSnapshotter.touch``)."""
         return await trio.to_thread.run_sync(self.snapshotter.touch, chain_id)
 
     def _ready_event(self, digest: str) -> trio.Event:
@@ -343,7 +343,7 @@ def _naming(desc: Descriptor, exc: FsnapError) -> str:
 
 @contextlib.asynccontextmanager
 async def unpacking(
-    snapshotter: Snapshotter,
+    snapshotter: LocalSnapshotter,
     content: ContentStore,
     work_root: Path,
     *,
@@ -377,7 +377,7 @@ async def unpacking(
 
 async def pull_unpacked(
     pull: Callable[[LayerSink], Awaitable[T]],
-    snapshotter: Snapshotter,
+    snapshotter: LocalSnapshotter,
     content: ContentStore,
     work_root: Path,
     *,
