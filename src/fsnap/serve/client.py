@@ -1,9 +1,10 @@
 """A client of containerd's snapshots API (any proxy snapshotter, ``fsnap serve`` first).
 
 It is a ``fsnap.snapshots.Snapshotter[list[Mount]]`` (prepare, view, mounts, commit,
-remove, stat, update, walk, usage, close; plus cleanup and chain) and raises fsnap's typed errors for the gRPC
-codes containerd's ``errdefs`` uses, so the same checks run against the local
-snapshotter and against a server. Mounts come back as containerd ``Mount`` records.
+remove, stat, update, walk, usage, close; plus cleanup and chain) and raises fsnap's
+typed errors for the gRPC codes containerd's ``errdefs`` uses, so the same checks run
+against the local snapshotter and against a server. Mounts come back as containerd
+``Mount`` records.
 """
 
 from __future__ import annotations
