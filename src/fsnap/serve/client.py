@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -21,6 +21,7 @@ from fsnap import errors
 from fsnap.serve.api import snapshots_pb2, snapshots_pb2_grpc
 from fsnap.serve.backend import Mount
 from fsnap.serve.service import KINDS, STATUS
+from fsnap.snapshots.api import Snapshotter
 from fsnap.snapshots.info import Info, Usage
 
 KIND_OF = {value: kind for kind, value in KINDS.items()}
@@ -130,3 +131,7 @@ def _info(message: snapshots_pb2.Info) -> Info:
         created=message.created_at.ToDatetime(UTC),
         updated=message.updated_at.ToDatetime(UTC),
     )
+
+
+if TYPE_CHECKING:  # (mypy holds the class to the contract, verb by verb)
+    _CONTRACT: type[Snapshotter[list[Mount]]] = RemoteSnapshotter

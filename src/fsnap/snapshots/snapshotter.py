@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 
@@ -36,7 +37,7 @@ from fsnap.db import Database
 from fsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from fsnap.private import private_dir
 from fsnap.snapshots import disk
-from fsnap.snapshots.api import Hold
+from fsnap.snapshots.api import Hold, Snapshotter
 from fsnap.snapshots.cleanup import CleanupReport, clean
 from fsnap.snapshots.filters import compile_filters
 from fsnap.snapshots.index import LayerIndex
@@ -391,3 +392,7 @@ def _updated_labels(
         else:
             raise InvalidArgument(f"cannot update {path!r} of a snapshot: only labels change")
     return result
+
+
+if TYPE_CHECKING:  # (mypy holds the class to the contract, verb by verb)
+    _CONTRACT: type[Snapshotter[Mounts]] = LocalSnapshotter
