@@ -16,7 +16,14 @@ import pytest
 import fsnap
 
 SRC = Path(fsnap.__file__).parent
-ACYCLIC = ("fsnap.content", "fsnap.unpack", "fsnap.errors", "fsnap.pull", "fsnap.push")
+ACYCLIC = (
+    "fsnap.content",
+    "fsnap.unpack",
+    "fsnap.errors",
+    "fsnap.pull",
+    "fsnap.push",
+    "fsnap.snapshots",
+)
 
 
 def module_files() -> dict[str, Path]:
