@@ -1,5 +1,5 @@
 """The merged tree cache of a committed chain: hit, miss, invalidation, distrust; and the
-writable mount's one tree (``Node.below`` instead of a second tree of the lower layers)."""
+writable mount's one tree (``UpperMarks.below`` instead of a second tree of the lower layers)."""
 
 from __future__ import annotations
 
@@ -242,14 +242,16 @@ def test_writable_tree_notes_what_lies_below(tmp_path: Path) -> None:
     entries = [Entry(path=p, kind="dir", mode=0o755) for p in ("", "new", "etc")]
     top = Layer(tmp_path / "upper", entries, "top", upper=True)
     tree = MergedTree.build([*lowers, top])
-    assert tree.root.below == {b"etc": True, b"opt": True, b"usr": True}
+    assert tree.upper is not None
+    below = tree.upper.below
+    assert below[tree.root] == {b"etc": True, b"opt": True, b"usr": True}
     etc = tree.lookup("etc")
     assert etc is not None
-    assert etc.below is not None
-    assert etc.below.get(b"a") is False
-    assert b"gone" not in etc.below
+    assert etc in below
+    assert below[etc].get(b"a") is False
+    assert b"gone" not in below[etc]
     new = tree.lookup("new")
     assert new is not None
-    assert new.below is None
+    assert new not in below
     read_only = MergedTree.build(lowers)
-    assert all(node is None or node.below is None for node in read_only.nodes)
+    assert read_only.upper is None

@@ -44,8 +44,20 @@ TARGETS = (
         "upper",
         "src/fsnap/mount/upper.py",
         (
+            "tests/test_union.py",
             "tests/test_rw_xattr_copyup.py",
             "tests/test_rw_posix.py",
+            "tests/test_rw_commit.py",
+            "tests/test_rw_unprivileged.py",
+        ),
+    ),
+    Target(
+        "union",
+        "src/fsnap/mount/union.py",
+        (
+            "tests/test_union.py",
+            "tests/test_rw_posix.py",
+            "tests/test_rw_xattr_copyup.py",
             "tests/test_rw_commit.py",
             "tests/test_rw_unprivileged.py",
         ),

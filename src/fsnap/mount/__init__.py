@@ -1,1 +1,2 @@
-"""The read-only FUSE mount of a snapshot chain: merged tree, file system, daemon, manager."""
+"""The FUSE mount of a snapshot chain: merged tree, union engine, pyfuse3 operations,
+daemon, manager."""

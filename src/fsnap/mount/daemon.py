@@ -26,14 +26,14 @@ import trio
 from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
 from fsnap.mount import manager, source, treecache
-from fsnap.mount.fs import MergedFS
+from fsnap.mount.fs import MergedFS, TreeFS
 from fsnap.mount.idshift import IdShift
 from fsnap.mount.tree import MergedTree
 
 Ready = Callable[[FsnapError | None], None]
 
 
-def build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
+def build_fs(spec: dict[str, Any], client: Client) -> TreeFS:
     """The file system a spec names, with its owners shifted if ``shift_ids`` says so."""
     fs = _build_fs(spec, client)
     if spec.get("shift_ids"):
@@ -41,7 +41,7 @@ def build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
     return fs
 
 
-def _build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
+def _build_fs(spec: dict[str, Any], client: Client) -> TreeFS:
     """The file system a spec names: bare layer directories, a snapshot's chain read-only,
     or (``writable``) an active snapshot over its parents."""
     provenance = bool(spec.get("provenance"))
@@ -55,7 +55,7 @@ def _build_fs(spec: dict[str, Any], client: Client) -> MergedFS:
     return MergedFS(treecache.merged_tree(client.snapshots, spec["snapshot"]), provenance)
 
 
-def serve(spec: dict[str, Any], ready: Ready, build: Callable[[], MergedFS]) -> None:
+def serve(spec: dict[str, Any], ready: Ready, build: Callable[[], TreeFS]) -> None:
     """Build the file system, mount it, serve until unmounted or signalled; report
     readiness.
 
@@ -88,7 +88,7 @@ def release_snapshot(spec: dict[str, Any], client: Client) -> None:
         pass
 
 
-async def _run(ready: Ready, fs: MergedFS) -> None:
+async def _run(ready: Ready, fs: TreeFS) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         nursery.start_soon(fs.background)
@@ -125,7 +125,7 @@ def forget_state(path: str | None) -> None:
         manager.forget_record(Path(path), os.getpid())
 
 
-def build_read_only(spec: dict[str, Any], client: Client) -> MergedFS:
+def build_read_only(spec: dict[str, Any], client: Client) -> TreeFS:
     """Build the file system; a read-only one then lets go of what only the build needed.
 
     Its tree never changes again, so the store handle (and the index pages it mapped) is

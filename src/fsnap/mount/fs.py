@@ -1,8 +1,10 @@
-"""The pyfuse3 file system that serves a ``MergedTree`` read-only.
+"""The pyfuse3 file systems over a ``MergedTree``: what both mounts serve from the tree
+(``TreeFS``: lookups, attributes, listings, xattr reads), and the read-only mount
+(``MergedFS``). The writable mount (``fsnap.mount.rwfs``) builds on ``TreeFS`` too.
 
 Inode numbers are the tree's (fixed for the mount's life), so there is no lookup-count
-bookkeeping to do: ``forget`` has nothing to free. Everything the kernel may cache, it may
-cache for long: the layers under a mount never change.
+bookkeeping to do: ``forget`` has nothing to free. Everything the kernel may cache, a
+read-only mount lets it cache for long: the layers under it never change.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def _open_and_read(path: str, off: int, size: int) -> tuple[int, bytes]:
     return fd, _reply(buf, got)
 
 
-async def _read_fd(fd: int, off: int, size: int, file_size: int) -> bytes:
+async def read_fd(fd: int, off: int, size: int, file_size: int) -> bytes:
     """Read from an open descriptor: on the loop if the page cache has it all, else the
     rest (into the same buffer, no copies) in a worker thread (also on file systems that
     refuse the page-cache-only read, see ``fastpath``)."""
@@ -86,37 +88,27 @@ def _erofs() -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EROFS)
 
 
-class MergedFS(pyfuse3.Operations):
-    """Read-only pyfuse3 operations over one merged tree."""
+class TreeFS(pyfuse3.Operations):
+    """The pyfuse3 operations both mounts serve straight from the merged tree: lookups,
+    attributes, listings, symlinks and xattr reads. A subclass says how long the kernel
+    may cache what it gets (``cache_timeout``) and serves files and changes."""
 
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
     # How long the kernel may trust an entry or attribute it got from us.
-    cache_timeout = CACHE_TIMEOUT
-    # Open lower files at their first read (file handles are then not descriptors): a
-    # subclass that uses a handle as a descriptor (``rwfs``) turns this off.
-    lazy_open = True
+    cache_timeout: float
 
-    def __init__(self, tree: MergedTree, provenance: bool = False) -> None:
+    def __init__(self, tree: MergedTree) -> None:
         super().__init__()
         self.tree = tree
-        # Off by default: the default mount shows exactly the image's own xattrs.
-        self.provenance = provenance
-        # open file descriptor -> the node it reads (its size tells EOF from a cache miss)
-        self._open: dict[int, Node] = {}
-        # lazily opened file handle -> its node and (once read) descriptor
-        self._lazy: dict[int, _LazyFile] = {}
-        self._last_handle = LAZY_HANDLES
-        self.prefetcher = Prefetcher()
         # Owner 0 shown as the mounting user (a rootless container's root), see idshift.
         self.ids = NO_SHIFT
+        self.provenance = False
 
     async def background(self) -> None:
         """What runs beside the request handlers for the mount's life (the serving nursery
-        starts it and cancels it at unmount): warming files a reader is about to open."""
-        if self.lazy_open:
-            await self.prefetcher.run()
+        starts it and cancels it at unmount): nothing, unless a subclass says so."""
 
     # --- inode lookups -------------------------------------------------------------
 
@@ -179,13 +171,6 @@ class MergedFS(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return node.link
 
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        """``default_permissions`` makes the kernel check modes; only writes are refused."""
-        self._node(inode)
-        if mode & os.W_OK:
-            raise _erofs()
-        return True
-
     # --- directories -----------------------------------------------------------------
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
@@ -222,76 +207,6 @@ class MergedFS(pyfuse3.Operations):
     async def releasedir(self, fh: int) -> None:
         """Directory handles are inode numbers: nothing to release."""
 
-    # --- files -------------------------------------------------------------------------
-
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        if flags & _WRITE_FLAGS:
-            raise _erofs()
-        node = self._node(inode)
-        if node.source is None:
-            raise pyfuse3.FUSEError(errno.EIO if stat.S_ISREG(node.mode) else errno.EINVAL)
-        if not self.lazy_open:
-            fd = open_source(node.source)
-            self._open[fd] = node
-            return pyfuse3.FileInfo(fh=fd, keep_cache=True)
-        self._last_handle += 1
-        self._lazy[self._last_handle] = _LazyFile(node)
-        self.prefetcher.opened(node)
-        return pyfuse3.FileInfo(fh=self._last_handle, keep_cache=True)
-
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        """Serve from the page cache on the loop when the data is there (RWF_NOWAIT);
-        otherwise the read may wait for the disk, so it goes to a worker thread.
-
-        A lazily opened file is opened by its first read, in the worker thread: looking up
-        a cold path waits for the disk too, and that wait must not hold up the loop."""
-        lazy = self._lazy.get(fh)
-        if lazy is None:
-            node = self._open.get(fh)
-            return await _read_fd(fh, off, size, node.size if node is not None else 0)
-        source = lazy.node.source
-        assert source is not None
-        if lazy.fd < 0 and self.prefetcher.is_warm(lazy.node):
-            with contextlib.suppress(OSError):  # then the worker thread tries (and says why)
-                lazy.fd = open_source(source)
-        if lazy.fd >= 0:
-            return await _read_fd(lazy.fd, off, size, lazy.node.size)
-        try:
-            fd, data = await run_blocking(lambda: _open_and_read(source, off, size))
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        if lazy.fd < 0 and fh in self._lazy:
-            lazy.fd = fd
-        else:
-            LEARNT.forget(fd)
-            os.close(fd)  # a concurrent read of the same handle opened it first
-        return data
-
-    async def release(self, fh: int) -> None:
-        lazy = self._lazy.pop(fh, None)
-        if lazy is None:
-            self._open.pop(fh, None)
-            LEARNT.forget(fh)
-            os.close(fh)
-        elif lazy.fd >= 0:
-            LEARNT.forget(lazy.fd)
-            os.close(lazy.fd)
-
-    # --- file system -------------------------------------------------------------------
-
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        data = pyfuse3.StatvfsData()
-        data.f_bsize = BLOCK_SIZE
-        data.f_frsize = 4096
-        data.f_blocks = (self.tree.total_size + 4095) // 4096
-        data.f_bfree = 0
-        data.f_bavail = 0
-        data.f_files = len(self.tree.nodes) - 1
-        data.f_ffree = 0
-        data.f_favail = 0
-        data.f_namemax = NAME_MAX
-        return data
-
     # --- extended attributes -----------------------------------------------------------
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
@@ -311,7 +226,93 @@ class MergedFS(pyfuse3.Operations):
         name = names[node.layer] if 0 <= node.layer < len(names) else ""
         return f"{node.layer} {name}".encode()
 
-    # --- everything that writes: a read-only file system (``rwfs`` overrides these) -----
+
+class MergedFS(TreeFS):
+    """Read-only pyfuse3 operations over one merged tree; files open lazily (at their
+    first read) and are warmed ahead of readers (``fsnap.mount.prefetch``)."""
+
+    cache_timeout = CACHE_TIMEOUT
+
+    def __init__(self, tree: MergedTree, provenance: bool = False) -> None:
+        super().__init__(tree)
+        # Off by default: the default mount shows exactly the image's own xattrs.
+        self.provenance = provenance
+        # lazily opened file handle -> its node and (once read) descriptor
+        self._lazy: dict[int, _LazyFile] = {}
+        self._last_handle = LAZY_HANDLES
+        self.prefetcher = Prefetcher()
+
+    async def background(self) -> None:
+        """Warming files a reader is about to open, for the mount's life."""
+        await self.prefetcher.run()
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        """``default_permissions`` makes the kernel check modes; only writes are refused."""
+        self._node(inode)
+        if mode & os.W_OK:
+            raise _erofs()
+        return True
+
+    # --- files -------------------------------------------------------------------------
+
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if flags & _WRITE_FLAGS:
+            raise _erofs()
+        node = self._node(inode)
+        if node.source is None:
+            raise pyfuse3.FUSEError(errno.EIO if stat.S_ISREG(node.mode) else errno.EINVAL)
+        self._last_handle += 1
+        self._lazy[self._last_handle] = _LazyFile(node)
+        self.prefetcher.opened(node)
+        return pyfuse3.FileInfo(fh=self._last_handle, keep_cache=True)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        """Serve from the page cache on the loop when the data is there (RWF_NOWAIT);
+        otherwise the read may wait for the disk, so it goes to a worker thread.
+
+        A lazily opened file is opened by its first read, in the worker thread: looking up
+        a cold path waits for the disk too, and that wait must not hold up the loop."""
+        lazy = self._lazy[fh]
+        source = lazy.node.source
+        assert source is not None
+        if lazy.fd < 0 and self.prefetcher.is_warm(lazy.node):
+            with contextlib.suppress(OSError):  # then the worker thread tries (and says why)
+                lazy.fd = open_source(source)
+        if lazy.fd >= 0:
+            return await read_fd(lazy.fd, off, size, lazy.node.size)
+        try:
+            fd, data = await run_blocking(lambda: _open_and_read(source, off, size))
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        if lazy.fd < 0 and fh in self._lazy:
+            lazy.fd = fd
+        else:
+            LEARNT.forget(fd)
+            os.close(fd)  # a concurrent read of the same handle opened it first
+        return data
+
+    async def release(self, fh: int) -> None:
+        lazy = self._lazy.pop(fh)
+        if lazy.fd >= 0:
+            LEARNT.forget(lazy.fd)
+            os.close(lazy.fd)
+
+    # --- file system -------------------------------------------------------------------
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = BLOCK_SIZE
+        data.f_frsize = 4096
+        data.f_blocks = (self.tree.total_size + 4095) // 4096
+        data.f_bfree = 0
+        data.f_bavail = 0
+        data.f_files = len(self.tree.nodes) - 1
+        data.f_ffree = 0
+        data.f_favail = 0
+        data.f_namemax = NAME_MAX
+        return data
+
+    # --- everything that writes: a read-only file system -------------------------------
 
     async def setattr(
         self,

@@ -211,8 +211,6 @@ class LazyNodes:
         node.name = self._string("names", "name_at", ino)
         node.link = self.links.get(ino)
         node.xattrs = self.xattrs.get(ino)
-        node.upper = node.opaque = False
-        node.below = None
         node.parent = self.get(col["parent"][ino])
         return node
 

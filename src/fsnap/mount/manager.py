@@ -40,7 +40,7 @@ from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
     from fsnap.client import Client
-    from fsnap.mount.fs import MergedFS
+    from fsnap.mount.fs import TreeFS
 
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 5.0
@@ -428,7 +428,7 @@ def _serve_here(client: Client, spec: dict[str, Any], spec_source: dict[str, Any
     never needs it, and importing it would add about a tenth of a second to every mount."""
     from fsnap.mount import daemon
 
-    def build() -> MergedFS:
+    def build() -> TreeFS:
         return daemon.build_fs(spec, client)
 
     failure: list[FsnapError] = []

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fsnap.archive.entry import Entry
 from fsnap.archive.format import KIND_BITS
@@ -44,13 +44,9 @@ class Node:
     path of a regular file's content in the layer that provides it.
 
     ``parent``/``name`` are the node's first link (a writable mount turns an inode back into
-    a path with them); ``upper`` says the node exists in a writable mount's upper directory
-    and ``opaque`` that the lower layers show nothing under it. A writable mount may put
-    ``None`` in ``names`` where a name went away, so that offsets handed out stay valid.
-    ``below`` (writable mounts, directories present in the lower layers) maps each name the
-    lower layers have in the directory to whether it is a directory there: it answers "does
-    this name exist below?" (a removal leaves a whiteout, a new directory is opaque) without
-    a second tree.
+    a path with them). A writable mount may put ``None`` in ``names`` where a name went
+    away, so that offsets handed out stay valid. What only a writable mount needs to know
+    about a node is kept beside the tree (``UpperMarks``), not in every node.
     """
 
     __slots__ = (
@@ -71,9 +67,6 @@ class Node:
         "names",
         "children",
         "layer",
-        "upper",
-        "opaque",
-        "below",
     )
 
     def __init__(self, entry: Entry, source: str | None, layer: int = -1) -> None:
@@ -93,9 +86,6 @@ class Node:
         self.source = source
         self.parent: Node | None = None
         self.name = b""
-        self.upper = False
-        self.opaque = False
-        self.below: dict[bytes, bool] | None = None
         self.names: list[bytes | None] | None = None
         self.children: dict[bytes, Node] | None = None
         self.size = entry.size
@@ -137,12 +127,32 @@ def _xattrs(entry: Entry) -> dict[bytes, bytes] | None:
 ROOT_ENTRY = Entry(path="", kind="dir", mode=0o755)
 
 
-class MergedTree:
-    """The chain's merged tree: ``nodes[ino]`` is the node with inode number ``ino``."""
+@dataclass
+class UpperMarks:
+    """What a writable mount knows about its tree beyond the merged view, noted while the
+    upper layer is applied (read-only trees have none, so their nodes stay small).
 
-    def __init__(self, root: Node, nodes: list[Node | None]) -> None:
+    ``present``: the nodes the upper directory holds. ``opaque``: its directories that hide
+    the lower layers. ``below``: for each directory of the lower layers, each name they
+    have in it and whether it is a directory there; it answers "does this name exist
+    below?" (a removal leaves a whiteout, a new directory is opaque) without a second
+    tree."""
+
+    present: set[Node] = field(default_factory=set)
+    opaque: set[Node] = field(default_factory=set)
+    below: dict[Node, dict[bytes, bool]] = field(default_factory=dict)
+
+
+class MergedTree:
+    """The chain's merged tree: ``nodes[ino]`` is the node with inode number ``ino``.
+    ``upper``: the marks of a writable mount's upper layer, if the tree has one."""
+
+    def __init__(
+        self, root: Node, nodes: list[Node | None], upper: UpperMarks | None = None
+    ) -> None:
         self.root = root
         self.nodes = nodes
+        self.upper = upper
         self.total_size = sum(n.size for n in nodes if n is not None and n.source is not None)
         # Layer names bottom -> top (``Node.layer`` indexes this), for provenance.
         self.layer_names: list[str] = []
@@ -185,6 +195,7 @@ class _Builder:
         self.root = Node(ROOT_ENTRY, None)
         self.layer = -1  # index of the layer being applied
         self.upper = False  # applying a writable mount's upper layer
+        self.marks: UpperMarks | None = None  # since the upper layer began
 
     def lookup(self, path: str) -> Node | None:
         """The node at ``path`` in the tree built so far: ``fsnap.inspect`` compares each
@@ -196,8 +207,8 @@ class _Builder:
         so they go first; then its entries, parents before children (sorted paths), and
         hard links last because a link may precede its target in the tar."""
         self.layer += 1
-        if layer.upper and not self.upper:
-            self._note_below()
+        if layer.upper and self.marks is None:
+            self.marks = UpperMarks(below=self._below())
         if self.root.layer < 0:
             self.root.layer = self.layer
         base = os.fspath(layer.dir)
@@ -219,15 +230,24 @@ class _Builder:
         for entry in links:
             self._link(entry)
 
-    def _note_below(self) -> None:
-        """Before a writable mount's upper layer: each directory notes what the lower
-        layers have in it (see ``Node.below``)."""
+    def _below(self) -> dict[Node, dict[bytes, bool]]:
+        """Before a writable mount's upper layer: what the lower layers have in each
+        directory (``UpperMarks.below``)."""
+        below: dict[Node, dict[bytes, bool]] = {}
         stack = [self.root]
         while stack:
             node = stack.pop()
             assert node.children is not None
-            node.below = {name: child.is_dir for name, child in node.children.items()}
+            below[node] = {name: child.is_dir for name, child in node.children.items()}
             stack.extend(child for child in node.children.values() if child.is_dir)
+        return below
+
+    def _mark(self, node: Node, opaque: bool) -> None:
+        """``node`` comes from the upper layer (and is opaque there if ``opaque``)."""
+        if self.marks is not None and self.upper:
+            self.marks.present.add(node)
+            if opaque:
+                self.marks.opaque.add(node)
 
     def _dir(self, path: str) -> Node:
         """The directory at ``path``, created (or made to replace a non-directory) if needed.
@@ -272,13 +292,13 @@ class _Builder:
             for child in node.children.values():
                 _detach(child)
             node.children.clear()
-            node.opaque = self.upper
+            if self.marks is not None and self.upper:
+                self.marks.opaque.add(node)
 
     def _add(self, entry: Entry, base: str) -> None:
         if not entry.path:
             self.root.set_dir_attrs(entry, self.layer)
-            self.root.upper = self.upper
-            self.root.opaque = self.root.opaque or (self.upper and entry.opaque)
+            self._mark(self.root, entry.opaque)
             return
         parent_path, _, name = entry.path.rpartition("/")
         parent = self._dir(parent_path)
@@ -288,13 +308,11 @@ class _Builder:
             existing = parent.children.get(key)
             if existing is not None and existing.is_dir:
                 existing.set_dir_attrs(entry, self.layer)
-                existing.upper = self.upper
-                existing.opaque = existing.opaque or (self.upper and entry.opaque)
+                self._mark(existing, entry.opaque)
                 return
         source = os.path.join(base, entry.path) if entry.kind == "file" else None
         node = Node(entry, source, self.layer)
-        node.upper = self.upper
-        node.opaque = self.upper and entry.opaque
+        self._mark(node, entry.opaque)
         self._attach(parent, key, node)
 
     def _link(self, entry: Entry) -> None:
@@ -330,7 +348,7 @@ class _Builder:
                     subdirs += 1
                     stack.append(child)
             node.nlink = 2 + subdirs
-        return MergedTree(self.root, nodes)
+        return MergedTree(self.root, nodes, self.marks)
 
 
 # The builder, for callers that need the tree between layers (``fsnap.inspect``).

@@ -23,7 +23,7 @@ from fsnap.cli import guarded
 from fsnap.errors import FsnapError, NotFound, Unavailable
 from fsnap.info.fuse import require_fuse
 from fsnap.mount.daemon import Ready, pipe_reporter, serve
-from fsnap.mount.fs import MergedFS
+from fsnap.mount.fs import TreeFS
 from fsnap.overlay import options as overlay_options
 from fsnap.overlay import stack
 
@@ -95,7 +95,7 @@ def _spec(args: argparse.Namespace) -> tuple[dict[str, Any], overlay_options.Ove
 def _serve(
     spec: dict[str, Any], opts: overlay_options.OverlayOptions, read_only: bool, ready: Ready
 ) -> None:
-    def build() -> MergedFS:
+    def build() -> TreeFS:
         return stack.build(opts, read_only)
 
     serve(spec, ready, build)

@@ -20,9 +20,10 @@ from fsnap.archive.entry import Entry
 from fsnap.archive.format import OVERLAY_XATTR_PREFIXES, OverlayMarkers
 from fsnap.diff.scan import scan_snapshot
 from fsnap.errors import FailedPrecondition, InvalidArgument, NotFound
-from fsnap.mount.fs import MergedFS
-from fsnap.mount.rwfs import Overrides, WritableFS
+from fsnap.mount.fs import MergedFS, TreeFS
+from fsnap.mount.rwfs import WritableFS
 from fsnap.mount.tree import Layer, MergedTree
+from fsnap.mount.union import Overrides, Union
 from fsnap.mount.upper import Upper
 from fsnap.overlay.options import OverlayOptions
 
@@ -76,7 +77,7 @@ def _work_area(work: Path, upper: Path) -> Path:
     return work / WORK_SUBDIR
 
 
-def build(options: OverlayOptions, read_only: bool) -> MergedFS:
+def build(options: OverlayOptions, read_only: bool) -> TreeFS:
     """The file system for ``options``: read-only over the lowers (and the upper, as one
     more layer, if ``read_only`` is forced), else writable into the upper directory."""
     try:
@@ -96,6 +97,6 @@ def build(options: OverlayOptions, read_only: bool) -> MergedFS:
             OverlayMarkers(privileged),
         )
         upper.clear_work()
-        return WritableFS(MergedTree.build(layers), upper, _ignore_overrides())
+        return WritableFS(Union(MergedTree.build(layers), upper, _ignore_overrides()))
     except OSError as exc:
         raise FailedPrecondition(f"reading the layer stack: {exc}") from None
