@@ -8,7 +8,7 @@ process that uses it (never across fork, see NOTES.md).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -264,6 +264,39 @@ class Client:
             base_ref=base,
             left_out=left_out,
             progress=progress,
+        )
+
+    def convert_image(
+        self,
+        source: str,
+        new_ref: str,
+        fmt: str,
+        *,
+        prefetch: Sequence[str] = (),
+        chunk_size: int | None = None,
+        on_layer: Callable[[Descriptor, Descriptor], None] | None = None,
+    ) -> Image:
+        """Record ``new_ref``: image ``source`` with its layers as ``estargz`` or
+        ``zstd-chunked`` (prioritised files first: ``prefetch``; files cut into pieces of
+        ``chunk_size`` bytes, default 4 MiB); see ``fsnap.convert``."""
+        from fsnap.convert.framing import DEFAULT_CHUNK_SIZE
+        from fsnap.convert.image import Format, convert_image
+        from fsnap.errors import InvalidArgument
+
+        try:
+            kind = Format(fmt)
+        except ValueError:
+            raise InvalidArgument(f"unknown seekable format {fmt!r}") from None
+        return convert_image(
+            self.content,
+            self.images,
+            self.snapshots,
+            source,
+            new_ref,
+            kind,
+            prefetch=prefetch,
+            chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+            on_layer=on_layer,
         )
 
     def push(

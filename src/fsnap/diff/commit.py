@@ -103,7 +103,7 @@ def commit_image(
     content.update_labels(layer.descriptor.digest, {UNCOMPRESSED_LABEL: layer.diff_id})
     config = compose.extended_config(base.config, layer.diff_id, compose.now_rfc3339())
     top = chain_id(config["rootfs"]["diff_ids"])
-    _unpack(content, snapshots, layer, info.parent, top, progress)
+    unpack_layer(content, snapshots, layer, info.parent, top, progress)
     config_desc = put_document(
         content, compose.config_type(fam), compose.encode(config), {SNAPSHOT_LABEL: top}
     )
@@ -167,7 +167,7 @@ def _base_for(
 ) -> Base | _Scratch:
     if base_ref is not None:
         name = str(Reference.parse(base_ref))
-        for base in _bases_of(content, images.get(name)):
+        for base in bases_of(content, images.get(name)):
             if _top_chain(base) == parent:
                 return base
         raise FailedPrecondition(
@@ -178,7 +178,7 @@ def _base_for(
         host = Platform.host()
         return _Scratch(None, compose.scratch_config(host), host)
     for image in images.list():
-        for base in _bases_of(content, image):
+        for base in bases_of(content, image):
             if _top_chain(base) == parent:
                 return base
     raise NotFound(
@@ -191,7 +191,7 @@ def _top_chain(base: Base) -> str:
     return chain_id([str(d) for d in diff_ids]) if diff_ids else ""
 
 
-def _bases_of(content: ContentStore, image: Image) -> list[Base]:
+def bases_of(content: ContentStore, image: Image) -> list[Base]:
     """Every manifest of ``image`` in the store (index children too), with its config."""
     found: list[Base] = []
     pending = [image.target]
@@ -215,7 +215,7 @@ def _bases_of(content: ContentStore, image: Image) -> list[Base]:
 # -- making it mountable --------------------------------------------------------------------
 
 
-def _unpack(
+def unpack_layer(
     content: ContentStore,
     snapshots: LocalSnapshotter,
     layer: LayerBlob,

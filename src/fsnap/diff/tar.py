@@ -58,7 +58,7 @@ class LayerBlob:
     uncompressed_size: int
 
 
-class _Hashing(io.RawIOBase):
+class HashingWriter(io.RawIOBase):
     """Passes writes on to ``out`` while hashing (sha256) and counting them."""
 
     def __init__(self, out: BinaryIO) -> None:
@@ -206,20 +206,20 @@ def write_layer(
     atomic commit (a blob already there is fine). Blocking: run it in a thread.
     """
     with content.ingests.spool() as spool:
-        compressed = _Hashing(cast(BinaryIO, spool))
+        compressed = HashingWriter(cast(BinaryIO, spool))
         compressor = compress_writer(compression, cast(BinaryIO, compressed))
-        uncompressed = _Hashing(compressor)
+        uncompressed = HashingWriter(compressor)
         if on_writing is not None:
             on_writing(uncompressed)  # its count grows as the tar is written
         write_tar(fs_dir, entries, cast(BinaryIO, uncompressed))
         compressor.close()
         desc = Descriptor(media_type, compressed.digest(), compressed.size)
         spool.seek(0)
-        _store(content, desc, cast(BinaryIO, spool), labels or {})
+        store_blob(content, desc, cast(BinaryIO, spool), labels or {})
     return LayerBlob(desc, uncompressed.digest(), uncompressed.size)
 
 
-def _store(
+def store_blob(
     content: ContentStore, desc: Descriptor, data: BinaryIO, labels: Mapping[str, str]
 ) -> None:
     if content.exists(desc.digest):
