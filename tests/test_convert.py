@@ -22,10 +22,11 @@ from typing import Any
 import pytest
 from containerd_helpers import ContainerdUnavailable, Ctr, run_containerd
 from image_builder import busybox_image
-from image_mount_helpers import fsnap, image_mounted, pulled, succeeded
+from image_mount_helpers import image_mounted, pulled, succeeded
 from listing import differences, full_listing
 from registry_helpers import RegistryProcess
 from seekable_helpers import estargz_files, estargz_toc, zstd_files, zstd_toc
+from support.cli import fsnap
 from test_containerd_oracle import cases_image, check_oracle_view
 
 from fsnap import oci
