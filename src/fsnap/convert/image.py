@@ -37,7 +37,7 @@ from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
 from fsnap.progress import CommitProgress
 from fsnap.reference import Reference
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 # A chunk below 4 KiB costs more in piece headers and TOC entries than it saves; one over
 # 64 MiB defeats fetching files piecewise.
@@ -62,7 +62,7 @@ _MEDIA_TYPES = {Format.ESTARGZ: oci.OCI_LAYER_GZIP, Format.ZSTD_CHUNKED: oci.OCI
 def convert_image(
     content: ContentStore,
     images: ImageStore,
-    snapshots: Snapshotter,
+    snapshots: LocalSnapshotter,
     source_ref: str,
     new_ref: str,
     fmt: Format,
@@ -140,7 +140,7 @@ def _convert_layer(
 
 
 def _unpack(
-    content: ContentStore, snapshots: Snapshotter, blob: LayerBlob, diff_ids: list[str]
+    content: ContentStore, snapshots: LocalSnapshotter, blob: LayerBlob, diff_ids: list[str]
 ) -> None:
     """Apply the new layer as its chain-ID snapshot on the ones before it."""
     chain = chain_ids(diff_ids)
