@@ -8,15 +8,20 @@ pushes the result back: real eStargz / stargz-style zstd:chunked blobs, annotati
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from containerd_helpers import NAMESPACE, Ctr, tail
-from image_builder import tar_info
+import pytest
+from containerd_helpers import NAMESPACE, ContainerdUnavailable, Ctr, run_containerd, tail
+from image_builder import Image, tar_info
+from registry_helpers import RegistryProcess
 
 from fsnap import oci
 
@@ -57,13 +62,18 @@ def fetch_blob(registry_url: str, repo: str, digest: str) -> bytes:
     return response.content
 
 
-def varied_members() -> list[tuple[tarfile.TarInfo, bytes | None]]:
+def varied_members(nonce: bytes = b"") -> list[tuple[tarfile.TarInfo, bytes | None]]:
     """Every kind a TOC describes: dirs, files (empty, small, one of several MiB that
-    eStargz chunks), a symlink, a hardlink, a fifo, a whiteout and an opaque marker."""
+    eStargz chunks), a symlink, a hardlink, a fifo, a whiteout and an opaque marker.
+
+    ``nonce`` goes into ``etc/nonce``: skopeo's blob-info cache (shared by every run on the
+    machine) would otherwise reuse a zstd blob of the same content pushed before, without
+    its zstd:chunked annotations."""
     big = bytes(range(256)) * (5 * 4096 + 7)  # 5 MiB + a bit: more than one 4 MiB chunk
     members: list[tuple[tarfile.TarInfo, bytes | None]] = [
         (tar_info("etc", tarfile.DIRTYPE, mode=0o755), None),
         (tar_info("etc/hostname", size=6), b"lazy1\n"),
+        (tar_info("etc/nonce", size=len(nonce)), nonce),
         (tar_info("etc/empty"), b""),
         (tar_info("usr", tarfile.DIRTYPE, mode=0o755), None),
         (tar_info("usr/big.bin", mode=0o640, size=len(big)), big),
@@ -76,3 +86,52 @@ def varied_members() -> list[tuple[tarfile.TarInfo, bytes | None]]:
         (tar_info("opt/.wh..wh..opq"), b""),
     ]
     return members
+
+
+# The tags ``converted`` pushes, and the formats they hold.
+CONVERSIONS = {"esgz": "estargz", "zstd": "zstd:chunked", "skopeo": "zstd:chunked"}
+
+
+def skopeo_zstd_chunked(src: str, dst: str, work: Path) -> None:
+    """``src`` recompressed as zstd:chunked by Debian's skopeo (containers/image), by way
+    of ``dir:`` copies under ``work``: registry to registry, skopeo reuses a blob the
+    destination already has (the source's own gzip one) instead of recompressing it."""
+    plain, chunked = work / "plain", work / "chunked"
+    work.mkdir(parents=True, exist_ok=True)
+    for argv in (
+        ["--src-tls-verify=false", f"docker://{src}", f"dir:{plain}"],
+        [
+            "--dest-compress",
+            "--dest-compress-format",
+            "zstd:chunked",
+            f"dir:{plain}",
+            f"dir:{chunked}",
+        ],
+        ["--dest-tls-verify=false", f"dir:{chunked}", f"docker://{dst}"],
+    ):
+        done = subprocess.run(
+            ["skopeo", "copy", *argv], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"skopeo copy {argv}: {done.stderr}"
+
+
+@contextlib.contextmanager
+def converted(
+    registry: RegistryProcess, base: Path, repo: str, image: Image
+) -> Iterator[dict[str, str]]:
+    """Push ``image`` as ``repo:src``, then as ``repo:esgz`` / ``repo:zstd`` (ctr-remote,
+    through a private containerd) and ``repo:skopeo``; yields tag -> reference. Skips (fails
+    under CI) when containerd cannot run here."""
+    registry.push_image(repo, "src", image)
+    src = f"{registry.host}/{repo}:src"
+    refs = {tag: f"{registry.host}/{repo}:{tag}" for tag in ("src", *CONVERSIONS)}
+    try:
+        with run_containerd(base) as ctr:
+            ctr_remote_convert(ctr, src, refs["esgz"])
+            ctr_remote_convert(ctr, src, refs["zstd"], zstd=True)
+    except ContainerdUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"containerd must run under CI: {exc}")
+        pytest.skip(f"containerd cannot run here: {exc}")
+    skopeo_zstd_chunked(src, refs["skopeo"], base / "skopeo")
+    yield refs

@@ -7,16 +7,15 @@ import gzip
 import hashlib
 import json
 import os
-import subprocess
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 import zstandard
-from containerd_helpers import ContainerdUnavailable, run_containerd
 from image_builder import make_image, make_layer
-from lazy_helpers import ctr_remote_convert, fetch_blob, fetch_manifest, varied_members
+from lazy_helpers import CONVERSIONS, converted, fetch_blob, fetch_manifest, varied_members
 from registry_helpers import RegistryProcess
 
 from fsnap.errors import DigestMismatch, InvalidArgument
@@ -32,6 +31,7 @@ from fsnap.lazy.toc import (
 )
 
 pytestmark = pytest.mark.timeout(600)
+NONCE = os.urandom(16).hex().encode()
 
 
 @dataclass
@@ -48,38 +48,17 @@ class Real:
 
 
 @pytest.fixture(scope="module")
-def real_blobs(registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) -> list[Real]:
+def real_blobs(
+    registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[Real]]:
     """The varied layer converted by ctr-remote (eStargz, zstd:chunked) and skopeo."""
-    registry.push_image("lazy-src", "1", make_image([make_layer(varied_members())]))
-    src = f"{registry.host}/lazy-src:1"
-    out: list[Real] = []
-    try:
-        with run_containerd(tmp_path_factory.mktemp("containerd")) as ctr:
-            for tag, zstd in (("esgz", False), ("zstd", True)):
-                ctr_remote_convert(ctr, src, f"{registry.host}/lazy-dst:{tag}", zstd=zstd)
-    except ContainerdUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"containerd must run under CI: {exc}")
-        pytest.skip(f"containerd cannot run here: {exc}")
-    subprocess.run(
-        [
-            "skopeo",
-            "copy",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
-            "--dest-compress",
-            "--dest-compress-format",
-            "zstd:chunked",
-            f"docker://{src}",
-            f"docker://{registry.host}/lazy-dst:skopeo",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    for tag in ("esgz", "zstd", "skopeo"):
-        layer = fetch_manifest(registry.url, "lazy-dst", tag)["layers"][0]
-        out.append(Real(tag, layer, fetch_blob(registry.url, "lazy-dst", layer["digest"])))
-    return out
+    image = make_image([make_layer(varied_members(NONCE))])
+    with converted(registry, tmp_path_factory.mktemp("containerd"), "lazy-toc", image):
+        out = []
+        for tag in CONVERSIONS:
+            layer = fetch_manifest(registry.url, "lazy-toc", tag)["layers"][0]
+            out.append(Real(tag, layer, fetch_blob(registry.url, "lazy-toc", layer["digest"])))
+        yield out
 
 
 def zstd_compress(data: bytes) -> bytes:
@@ -87,7 +66,7 @@ def zstd_compress(data: bytes) -> bytes:
 
 
 def _source() -> dict[str, tuple[tarfile.TarInfo, bytes | None]]:
-    return {info.name: (info, data) for info, data in varied_members()}
+    return {info.name: (info, data) for info, data in varied_members(NONCE)}
 
 
 def test_real_tocs_describe_the_source_tar(real_blobs: list[Real]) -> None:

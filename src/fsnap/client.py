@@ -134,6 +134,7 @@ class Client:
         registry_factory: Callable[..., Any] | None = None,
         blob_deadline: float | None = None,
         layer_limit: SizeLimit | None = None,
+        lazy: bool = False,
     ) -> Image:
         """Pull ``ref`` into the content store and record it.
 
@@ -146,6 +147,8 @@ class Client:
         ``registry_factory`` replaces the registry client (``fsnap import`` reads archives).
         ``blob_deadline``: seconds each blob may take in all (``fsnap.limits.BLOB_DEADLINE``);
         ``layer_limit``: what a layer may unpack to (``fsnap.unpack.apply.SizeLimit``).
+        ``lazy``: seekable layers (eStargz, zstd:chunked) become snapshots from their TOC
+        alone, their files fetched on first read (``fsnap.lazy``); needs ``unpack``.
         """
         import functools
 
@@ -176,23 +179,34 @@ class Client:
         if not unpack:
             with acquire(self.db, f"pull {ref}"):
                 return trio.run(functools.partial(pull, sink=sink))
+        from fsnap.lazy.pull import LazyLayers, open_lazy
         from fsnap.unpack.fanout import FanOut
         from fsnap.unpack.unpacker import pull_unpacked
 
-        async def pull_into(unpacker: LayerSink) -> Image:
-            fed = unpacker if sink is None else FanOut(sink, unpacker)
-            return await pull(sink=fed, record=False)
+        async def unpack_all(layers: LazyLayers | None) -> Image:
+            async def pull_into(unpacker: LayerSink) -> Image:
+                fed = unpacker if sink is None else FanOut(sink, unpacker)
+                skip = None if layers is None else layers.skip
+                return await pull(sink=fed, record=False, skip_layer=skip)
 
-        run = functools.partial(
-            pull_unpacked,
-            pull_into,
-            self.snapshots,
-            self.content,
-            self.root / "unpack",
-            platform=platform,
-            progress=progress,
-            limit=layer_limit,
-        )
+            return await pull_unpacked(
+                pull_into,
+                self.snapshots,
+                self.content,
+                self.root / "unpack",
+                platform=platform,
+                progress=progress,
+                limit=layer_limit,
+                lazy=layers,
+            )
+
+        async def run() -> Image:
+            if not lazy:
+                return await unpack_all(None)
+            opened = open_lazy(ref, plain_http, credentials, ca_file, layer_limit)
+            async with opened as layers:
+                return await unpack_all(layers)
+
         with acquire(self.db, f"pull {ref}"):
             image = trio.run(run)
             # Only now, every layer a committed snapshot: a failed unpack records nothing.

@@ -92,6 +92,8 @@ class PullOptions:
     all_platforms: bool = False
     max_concurrent_downloads: int = 3
     blob_deadline: float = BLOB_DEADLINE
+    # Layer blobs not to download (a lazy pull's seekable layers: fsnap.lazy.pull).
+    skip_layer: Callable[[Descriptor], bool] | None = None
 
     def wanted_platform(self) -> Platform | None:
         if self.all_platforms:
@@ -179,8 +181,13 @@ class Puller:
         self.tally.platforms.append(platform)
         if self.sink is not None:
             await self.sink.manifest_ready(manifest, config)
+        skip = self.options.skip_layer
         async with trio.open_nursery() as nursery:
             for layer in manifest.layers:
+                if skip is not None and skip(layer):
+                    self.tally.sizes[layer.digest] = layer.size
+                    self.progress.blob_done(layer, "exists")  # its TOC is what is fetched
+                    continue
                 nursery.start_soon(self.fetch_blob, layer)
 
     # -- documents (index, manifest) -------------------------------------------------------
@@ -371,6 +378,7 @@ async def pull_image(
     ca_file: Path | None = None,
     record: bool = True,
     blob_deadline: float = BLOB_DEADLINE,
+    skip_layer: Callable[[Descriptor], bool] | None = None,
 ) -> Image:
     """Pull ``ref`` into ``content`` and record it in ``images``; return the record.
 
@@ -380,7 +388,9 @@ async def pull_image(
     first (an unpack: ``Client.pull`` records it once every layer is a snapshot)."""
     reference = ref if isinstance(ref, Reference) else Reference.parse(ref)
     progress = progress or PullProgress()
-    options = PullOptions(platform, all_platforms, max_concurrent_downloads, blob_deadline)
+    options = PullOptions(
+        platform, all_platforms, max_concurrent_downloads, blob_deadline, skip_layer
+    )
     started = time.monotonic()
     async with registry_factory(
         plain_http=plain_http, credentials=credentials, ca_file=ca_file

@@ -21,6 +21,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("mountpoint", metavar="MNT", help="an existing empty directory")
     parser.add_argument("--pull", action="store_true", help="pull the image if it is missing")
     parser.add_argument(
+        "--lazy",
+        action="store_true",
+        help="pull a missing image lazily (as `fsnap pull --lazy`): files are fetched on "
+        "first read",
+    )
+    parser.add_argument(
         "--rw",
         action="store_true",
         help="prepare an active snapshot on the image (its key is printed) and mount it "
@@ -72,6 +78,7 @@ def _options(args: argparse.Namespace) -> manager.MountOptions:
         suid=args.suid,
         dev=args.dev,
         pull=getattr(args, "pull", False),
+        lazy=getattr(args, "lazy", False),
         foreground=args.foreground,
         provenance=args.provenance,
     )

@@ -39,6 +39,12 @@ def register(subparsers: Any) -> None:
         "--no-unpack", action="store_true", help="only fetch; do not unpack into snapshots"
     )
     parser.add_argument(
+        "--lazy",
+        action="store_true",
+        help="seekable layers (eStargz, zstd:chunked): fetch only their table of contents; "
+        "files are fetched on first read",
+    )
+    parser.add_argument(
         "--blob-timeout",
         type=_positive_float,
         default=BLOB_DEADLINE,
@@ -59,6 +65,8 @@ def register(subparsers: Any) -> None:
 def handle_pull(client: Client, args: argparse.Namespace) -> int:
     if args.platform and args.all_platforms:
         raise InvalidArgument("--platform and --all-platforms exclude each other")
+    if args.lazy and args.no_unpack:
+        raise InvalidArgument("--lazy and --no-unpack exclude each other")
     from fsnap.unpack.apply import SizeLimit
 
     platform = Platform.parse(args.platform) if args.platform else None
@@ -72,6 +80,7 @@ def handle_pull(client: Client, args: argparse.Namespace) -> int:
         "unpack": not args.no_unpack,
         "blob_deadline": args.blob_timeout,
         "layer_limit": SizeLimit(absolute=args.max_layer_size),
+        "lazy": args.lazy,
     }
     with reporting(PullReporter, mode_for(sys.stdout, args.quiet), sys.stdout) as progress:
         image = client.pull(args.ref, progress=progress, **options)

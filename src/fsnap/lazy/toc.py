@@ -78,8 +78,8 @@ MAX_XATTR_VALUE = 64 << 10
 MAX_ID = (1 << 32) - 1
 MAX_DEVICE = (1 << 21) - 1  # what a ustar header's 7 octal digits hold
 # The first request for an eStargz TOC reads this much of the blob's tail: the footer and,
-# for all but huge layers, the whole TOC in one round trip.
-ESTARGZ_TAIL = 512 << 10
+# for small layers, the whole TOC in one round trip (a bigger TOC costs a second one).
+ESTARGZ_TAIL = 64 << 10
 
 Format = Literal["estargz", "zstd:chunked"]
 Fetch = Callable[[int, int], Awaitable[bytes]]  # (start, end) -> the blob's bytes [start, end)
@@ -147,16 +147,17 @@ class TocEntry:
 
 @dataclass
 class Toc:
-    """A verified table of contents. ``digest`` is what the annotation pinned; chunks end
-    at or before ``payload_end`` (where the TOC's own bytes begin). ``prefetch_end``: the
-    blob offset of ``.prefetch.landmark`` (chunks starting before it are the prioritised
-    files), None when the layer prioritises nothing."""
+    """A verified table of contents (``raw``: its JSON). ``digest`` is what the annotation
+    pinned; chunks end at or before ``payload_end`` (where the TOC's own bytes begin).
+    ``prefetch_end``: the blob offset of ``.prefetch.landmark`` (chunks starting before it
+    are the prioritised files), None when the layer prioritises nothing."""
 
     format: Format
     digest: str
     entries: list[TocEntry]
     payload_end: int
     prefetch_end: int | None = None
+    raw: bytes = b""  # the verified JSON it was parsed from
 
     def files(self) -> list[TocEntry]:
         """The regular files with contents."""
@@ -283,7 +284,9 @@ def parse_toc(
         raise InvalidArgument(f"{layer.format} TOC: {len(rows)} entries, over {MAX_ENTRIES}")
     if not 0 < payload_end <= layer.blob_size:
         raise InvalidArgument(f"{layer.format} TOC: its position is outside the blob")
-    return _Builder(layer, payload_end, max_size).build(rows)
+    toc = _Builder(layer, payload_end, max_size).build(rows)
+    toc.raw = text
+    return toc
 
 
 class _Builder:

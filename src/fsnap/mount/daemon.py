@@ -18,17 +18,21 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
 
 from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
+from fsnap.lazy.state import LAZY_LABEL
 from fsnap.mount import manager, source, treecache
 from fsnap.mount.fs import MergedFS, TreeFS
 from fsnap.mount.idshift import IdShift
 from fsnap.mount.tree import MergedTree
+
+if TYPE_CHECKING:
+    from fsnap.mount.union import Union
 
 Ready = Callable[[FsnapError | None], None]
 
@@ -47,12 +51,25 @@ def _build_fs(spec: dict[str, Any], client: Client) -> TreeFS:
     provenance = bool(spec.get("provenance"))
     if "layers" in spec:
         return MergedFS(MergedTree.build(source.dir_layers(spec["layers"])), provenance)
+    chain = client.snapshots.chain(spec["snapshot"])
+    fs: TreeFS
+    union: Union | None = None
     if spec.get("writable"):
         from fsnap.mount.rwfs import writable_fs  # read-only mounts need none of it
 
         privileged = False if spec.get("index_metadata") else None
-        return writable_fs(client.snapshots, spec["snapshot"], privileged)
-    return MergedFS(treecache.merged_tree(client.snapshots, spec["snapshot"]), provenance)
+        writable = writable_fs(client.snapshots, spec["snapshot"], privileged)
+        fs, union = writable, writable.union
+        chain = chain[:-1]
+    else:
+        fs = MergedFS(treecache.merged_tree(client.snapshots, spec["snapshot"]), provenance)
+    if any(LAZY_LABEL in info.labels for info in chain):
+        from fsnap.lazy.fetch import LazyFiles
+
+        fs.lazy_files = LazyFiles.for_chain(client.snapshots, chain, client.db)
+        if union is not None:
+            union.lazy_files = fs.lazy_files
+    return fs
 
 
 def serve(spec: dict[str, Any], ready: Ready, build: Callable[[], TreeFS]) -> None:
@@ -134,7 +151,8 @@ def build_read_only(spec: dict[str, Any], client: Client) -> TreeFS:
     walk every node of a large tree again and again."""
     fs = build_fs(spec, client)
     if not spec.get("writable"):
-        client.close()
+        if fs.lazy_files is None:  # a lazy mount records its fetches in the store
+            client.close()
         gc.freeze()
     return fs
 

@@ -14,7 +14,7 @@ import errno
 import os
 import stat
 from collections.abc import Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import pyfuse3
 
@@ -24,6 +24,9 @@ from fsnap.mount.idshift import NO_SHIFT
 from fsnap.mount.prefetch import Prefetcher
 from fsnap.mount.tree import MergedTree, Node
 from fsnap.mount.worker import run_blocking
+
+if TYPE_CHECKING:
+    from fsnap.lazy.fetch import LazyFiles
 
 # The layers are immutable: let the kernel keep entries and attributes (practically) forever.
 CACHE_TIMEOUT = 86400.0
@@ -105,6 +108,8 @@ class TreeFS(pyfuse3.Operations):
         # Owner 0 shown as the mounting user (a rootless container's root), see idshift.
         self.ids = NO_SHIFT
         self.provenance = False
+        # Lazy layers (fsnap.lazy): their files are fetched before they are first opened.
+        self.lazy_files: LazyFiles | None = None
 
     async def background(self) -> None:
         """What runs beside the request handlers for the mount's life (the serving nursery
@@ -261,6 +266,11 @@ class MergedFS(TreeFS):
         node = self._node(inode)
         if node.source is None:
             raise pyfuse3.FUSEError(errno.EIO if stat.S_ISREG(node.mode) else errno.EINVAL)
+        if self.lazy_files is not None:
+            try:
+                await self.lazy_files.ensure_readable(node.source)
+            except OSError as exc:
+                raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         self._last_handle += 1
         self._lazy[self._last_handle] = _LazyFile(node)
         self.prefetcher.opened(node)

@@ -57,6 +57,8 @@ class MountOptions:
     suid: bool = False
     dev: bool = False
     pull: bool = False
+    # Pull a missing image lazily (fsnap.lazy: seekable layers from their TOC alone).
+    lazy: bool = False
     foreground: bool = False
     provenance: bool = False
     # Writable mounts: keep owners, devices and xattrs in the snapshot's index (overrides)
@@ -155,9 +157,9 @@ def _image_top(client: Client, ref: str, options: MountOptions) -> str:
     try:
         return source.image_snapshot(client, ref)
     except NotFound:
-        if not options.pull:
+        if not (options.pull or options.lazy):
             raise
-    _pull(client, ref)
+    _pull(client, ref, options.lazy)
     return source.image_snapshot(client, ref)
 
 
@@ -567,8 +569,11 @@ def _alive(pid: int) -> bool:
     return ours or pid == os.getpid()
 
 
-def _pull(client: Client, ref: str) -> None:
-    pull: Callable[[str], object] | None = getattr(client, "pull", None)
+def _pull(client: Client, ref: str, lazy: bool = False) -> None:
+    pull: Callable[..., object] | None = getattr(client, "pull", None)
     if pull is None:
         raise errors.Unsupported("--pull: this build of fsnap cannot pull yet")
-    pull(ref)
+    if lazy:
+        pull(ref, lazy=True)
+    else:
+        pull(ref)

@@ -35,7 +35,7 @@ import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -44,6 +44,9 @@ from fsnap.archive.format import NAME_MAX, WHITEOUT, kind_of_mode
 from fsnap.mount.fastpath import open_source, write_nowait
 from fsnap.mount.tree import MergedTree, Node, UpperMarks
 from fsnap.mount.upper import Upper, join
+
+if TYPE_CHECKING:
+    from fsnap.lazy.fetch import LazyFiles
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -122,6 +125,8 @@ class Union:
         self._opaque = marks.opaque
         self._below = marks.below
         self._lock = trio.Lock()
+        # Lazy layers (fsnap.lazy): a file is fetched before it is read or copied up.
+        self.lazy_files: LazyFiles | None = None
         # ino -> every (parent, name) of a non-directory with more than one name
         self._links: dict[int, list[tuple[Node, bytes]]] = {}
         # directory ino -> name -> its slot in ``names`` (built on a directory's first removal)
@@ -317,6 +322,8 @@ class Union:
             await self._up_dir(parent)
         first = join(self.path(links[0][0]), links[0][1])
         source = node.source if data else None
+        if source is not None and self.lazy_files is not None:
+            await self.lazy_files.ensure_readable(source)  # a lazy layer's file: contents first
         await _disk(self.upper.copy_up, first, self._entry(node, first), source)
         for parent, name in links[1:]:
             await _disk(self.upper.link_up, first, join(self.path(parent), name))
@@ -669,6 +676,8 @@ class Union:
             async with self._lock:
                 await self._up(node, data=not truncate)
         if node not in self._present or node.nlink == 0:
+            if node.source is not None and self.lazy_files is not None:
+                await self.lazy_files.ensure_readable(node.source)
             return node, _open_lower(node, flags & ~(os.O_TRUNC | os.O_APPEND | os.O_CREAT))
         access = os.O_RDWR if writing else os.O_RDONLY
         fd = await _disk(self.upper.open, self.path(node), access | (flags & os.O_TRUNC))

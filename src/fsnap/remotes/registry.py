@@ -190,20 +190,25 @@ class RegistryClient:
         return body
 
     async def fetch_blob(
-        self, ref: Reference, desc: oci.Descriptor, offset: int = 0
+        self, ref: Reference, desc: oci.Descriptor, offset: int = 0, end: int | None = None
     ) -> AsyncIterator[bytes]:
-        """Stream the blob's bytes from ``offset``, resuming transparently after failures.
+        """Stream the blob's bytes from ``offset`` (to ``end``, exclusive: one Range request
+        for just those bytes; default the blob's end), resuming transparently after failures.
 
         Use it under ``contextlib.aclosing`` when you may stop early. The digest is not
         checked here: the content writer hashes what it stores.
         """
-        if not 0 <= offset <= desc.size:
-            raise InvalidArgument(f"offset {offset} outside blob {desc.digest} ({desc.size} bytes)")
+        stop = desc.size if end is None else end
+        if not 0 <= offset <= stop <= desc.size:
+            raise InvalidArgument(
+                f"range {offset}-{stop} outside blob {desc.digest} ({desc.size} bytes)"
+            )
         hosts = self._hosts(ref, "pull")
         position = offset
+        ranged = end is not None
         for number, host in enumerate(hosts, 1):
             try:
-                async for chunk in self._blob_from(ref, desc, position, host):
+                async for chunk in self._blob_from(ref, desc, position, host, stop, ranged):
                     position += len(chunk)
                     yield chunk
                 return
@@ -213,15 +218,24 @@ class RegistryClient:
                 self._mirror_failed(f"fetch blob {desc.digest}", host, hosts[number], exc)
 
     async def _blob_from(
-        self, ref: Reference, desc: oci.Descriptor, position: int, host: Host
+        self,
+        ref: Reference,
+        desc: oci.Descriptor,
+        position: int,
+        host: Host,
+        stop: int,
+        ranged: bool = False,
     ) -> AsyncIterator[bytes]:
-        """The blob from ``position`` on one host, with that host's retries."""
+        """The blob's ``[position, stop)`` from one host, with that host's retries
+        (``ranged``: always as a Range request, even for the whole blob)."""
         what = f"blob {desc.digest} of {ref.name}"
         path = f"/v2/{ref.repository}/blobs/{desc.digest}"
         budget = self._budget(f"fetch {what}", host)
-        while position < desc.size:
+        while position < stop:
             headers = {"Accept-Encoding": "identity"}
-            if position:
+            if ranged or stop < desc.size:
+                headers["Range"] = f"bytes={position}-{stop - 1}"
+            elif position:
                 headers["Range"] = f"bytes={position}-"
             try:
                 response = await self._send(ref, "GET", path, headers, host=host)
@@ -243,17 +257,21 @@ class RegistryClient:
                             chunk, skip = chunk[dropped:], skip - dropped
                         if not chunk:
                             continue
+                        if position + len(chunk) > stop and stop < desc.size:
+                            chunk = chunk[: stop - position]  # a server sending past the range
                         position += len(chunk)
                         if position > desc.size:
                             raise DigestMismatch(f"{what}: more bytes than its size {desc.size}")
                         budget.progressed()
                         yield chunk
+                        if position >= stop:
+                            break
             except httpx.HTTPError as exc:
                 retry = (_transient_reason(exc, what), None)
             finally:
                 await response.aclose()
-            if retry is None and position < desc.size:
-                retry = (f"stream ended after {position} of {desc.size} bytes", None)
+            if retry is None and position < stop:
+                retry = (f"stream ended after {position} of {stop} bytes", None)
             if retry is not None:
                 await budget.failed(*retry)
 

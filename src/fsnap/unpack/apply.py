@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -119,18 +119,29 @@ def commit_staged(
     entries: list[Entry],
     chain_id: str,
     parent: str,
+    labels: Mapping[str, str] | None = None,
+    before_commit: Callable[[Path], None] | None = None,
 ) -> bool:
-    """Make ``staged`` the committed snapshot ``chain_id`` on ``parent``.
+    """Make ``staged`` the committed snapshot ``chain_id`` on ``parent`` (with ``labels``).
 
     Returns False when that snapshot exists already (another pull got there first: ours is
     discarded). On any failure the temporary snapshot is removed: a half-done layer never
-    becomes a committed snapshot. ``staged`` is moved away on success, left otherwise."""
+    becomes a committed snapshot. ``staged`` is moved away on success, left otherwise.
+    ``before_commit(state_dir)`` may add to the snapshot's state directory first."""
 
     def move_in(home: Path) -> list[Entry]:
         os.rename(staged, home)  # replaces the empty directory prepare made
         return entries
 
-    return _commit_as(snapshotter, session.temp_key(chain_id), chain_id, parent, move_in)
+    return _commit_as(
+        snapshotter,
+        session.temp_key(chain_id),
+        chain_id,
+        parent,
+        move_in,
+        labels=labels,
+        before_commit=before_commit,
+    )
 
 
 def apply_layer(
@@ -164,11 +175,15 @@ def _commit_as(
     chain_id: str,
     parent: str,
     fill: Callable[[Path], list[Entry]],
+    *,
+    labels: Mapping[str, str] | None = None,
+    before_commit: Callable[[Path], None] | None = None,
 ) -> bool:
     """Prepare ``key`` on ``parent``, ``fill`` its directory (returning the layer's index
     entries), complete the implicit parents from the layers below, and commit it as
-    ``chain_id``. False if ``chain_id`` exists (before or by the time of the commit); on
-    any failure ``key`` is removed."""
+    ``chain_id`` (with ``labels``; ``before_commit(state_dir)`` runs just before). False if
+    ``chain_id`` exists (before or by the time of the commit); on any failure ``key`` is
+    removed."""
     if snapshot_exists(snapshotter, chain_id):
         return False
     snapshotter.prepare(key, parent)
@@ -177,7 +192,9 @@ def _commit_as(
         entries = fill(home)
         fixup_implicit(home, entries, lower_lookup(snapshotter, parent))
         snapshotter.index.write(key, entries)
-        snapshotter.commit(chain_id, key)
+        if before_commit is not None:
+            before_commit(snapshotter.state_dir(key))
+        snapshotter.commit(chain_id, key, labels)
     except AlreadyExists:
         _remove(snapshotter, key)
         return False

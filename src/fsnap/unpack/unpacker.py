@@ -41,6 +41,7 @@ from fsnap.digest import chain_ids
 from fsnap.errors import FsnapError, first_fsnap_error
 from fsnap.images.manifest import ImageConfig, Manifest
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
+from fsnap.lazy.pull import Built, LazyLayers
 from fsnap.oci import Descriptor, Platform
 from fsnap.progress import ByteMeter, PullProgress
 from fsnap.pull import LayerSink
@@ -63,10 +64,12 @@ T = TypeVar("T")
 
 @dataclass
 class _Applied:
-    """A layer applied into ``staged``: its index and diff ID are in ``result``."""
+    """A layer applied into ``staged``: its index and diff ID are in ``result``; a lazy
+    layer (``lazy``) has only its TOC's tree there, and its records to commit with it."""
 
     staged: Path
     result: ApplyResult
+    lazy: Built | None = None
 
 
 @dataclass
@@ -107,8 +110,10 @@ class Unpacker:
         platform: Platform,
         progress: PullProgress,
         limit: SizeLimit | None = None,
+        lazy: LazyLayers | None = None,
     ) -> None:
         self.limit = limit or SizeLimit()
+        self.lazy = lazy
         self.snapshotter = snapshotter
         self.content = content
         self.session = session
@@ -133,6 +138,8 @@ class Unpacker:
         plan = _Plan(manifest, diff_ids, chain_ids(diff_ids))
         self._plans.append(plan)
         for i, desc in enumerate(manifest.layers):
+            if self._is_lazy(desc):
+                continue
             if desc.digest not in self._claims and not await self._reuse(plan.chain[i]):
                 self._claims[desc.digest] = (plan, i)
         self._nursery.start_soon(self._commit_chain, plan)
@@ -249,6 +256,22 @@ class Unpacker:
             raise type(exc)(_naming(desc, exc)) from None
         return _Applied(staged, result)
 
+    def _is_lazy(self, desc: Descriptor) -> bool:
+        return self.lazy is not None and self.lazy.skip(desc)
+
+    async def _apply_lazy(self, desc: Descriptor) -> _Applied:
+        """A seekable layer from its TOC alone (``fsnap.lazy.pull``)."""
+        assert self.lazy is not None
+        staged = await trio.to_thread.run_sync(self.session.staging_dir)
+        self.progress.layer_unpacking(desc, ByteMeter())
+        try:
+            built = await self.lazy.build(desc, staged)
+        except FsnapError as exc:
+            await trio.to_thread.run_sync(remove_tree, staged)
+            self.progress.blob_failed(desc, _naming(desc, exc))
+            raise type(exc)(_naming(desc, exc)) from None
+        return _Applied(staged, ApplyResult("", built.entries, 0), built)
+
     async def _wait_for_blob(self, digest: str) -> None:
         """Until the blob is committed: its own download finished, or the whole pull did."""
         await _first_of(self._ready_event(digest), self._pull_done)
@@ -281,6 +304,8 @@ class Unpacker:
             elif await self._reuse(chain_id):
                 parent = chain_id
                 continue
+            elif self._is_lazy(desc):
+                applied = await self._apply_lazy(desc)
             else:
                 applied = await self._apply_from_store(plan, index)
             await self._commit_one(applied, desc, chain_id, parent)
@@ -296,8 +321,13 @@ class Unpacker:
             # slot, so the next layer applies meanwhile. It must come before the commit:
             # a committed snapshot's files are on disk.
             await trio.to_thread.run_sync(sync_tree, applied.staged)
+            lazy = applied.lazy
             await trio.to_thread.run_sync(
-                commit_staged,
+                functools.partial(
+                    commit_staged,
+                    labels=None if lazy is None else lazy.labels,
+                    before_commit=None if lazy is None else lazy.before_commit,
+                ),
                 self.snapshotter,
                 self.session,
                 applied.staged,
@@ -330,6 +360,8 @@ class Unpacker:
     def _label_all(self) -> None:
         for plan in self._plans:
             for desc, diff_id in zip(plan.manifest.layers, plan.diff_ids, strict=True):
+                if self._is_lazy(desc) and not self.content.exists(desc.digest):
+                    continue  # not fetched: fsnap.lazy labels it once it is complete
                 self.content.update_labels(desc.digest, {UNCOMPRESSED_LABEL: diff_id})
             config = plan.manifest.config.digest
             self.content.update_labels(config, {SNAPSHOT_LABEL: plan.chain[-1]})
@@ -350,6 +382,7 @@ async def unpacking(
     platform: Platform | None = None,
     progress: PullProgress | None = None,
     limit: SizeLimit | None = None,
+    lazy: LazyLayers | None = None,
 ) -> AsyncIterator[Unpacker]:
     """An ``Unpacker`` for one pull, staging under ``work_root`` (same filesystem as the
     snapshots). Stale sessions of dead processes are cleaned first; ours is removed after."""
@@ -365,6 +398,7 @@ async def unpacking(
                 platform or Platform.host(),
                 progress or PullProgress(),
                 limit,
+                lazy,
             )
             try:
                 yield unpacker
@@ -384,13 +418,20 @@ async def pull_unpacked(
     platform: Platform | None = None,
     progress: PullProgress | None = None,
     limit: SizeLimit | None = None,
+    lazy: LazyLayers | None = None,
 ) -> T:
     """Run ``pull(sink)`` with an unpacker as its sink; return once everything is committed.
 
     The first typed error of any layer or of the pull is what a failure raises."""
     try:
         async with unpacking(
-            snapshotter, content, work_root, platform=platform, progress=progress, limit=limit
+            snapshotter,
+            content,
+            work_root,
+            platform=platform,
+            progress=progress,
+            limit=limit,
+            lazy=lazy,
         ) as unpacker:
             result = await pull(unpacker)
             await unpacker.finish()

@@ -1,0 +1,181 @@
+"""On-demand contents of a mount's lazy layers: a file is fetched before it is first served.
+
+``LazyFiles.ensure(source)`` is awaited by the mount before it opens a regular file's
+``source`` (its path in a layer directory). For a file of a lazy layer not yet present it
+fetches the file's chunks with HTTP Range requests (chunks whose compressed bytes lie
+within ``BATCH_GAP`` of each other share one request), decodes and verifies each against
+its TOC digest (``fsnap.lazy.chunks``), writes them into the file's inode in the layer
+directory (hardlinks share it), flushes it, and only then records the file as present in
+LMDB (``fsnap.lazy.state``): a daemon restart or a later pull continues from there.
+
+Failures: a request is retried by the registry client (``MAX_RETRIES``), and the whole
+fetch must end within ``READ_DEADLINE`` seconds; otherwise ``ensure`` raises
+``Unavailable`` (the mount answers EIO) and nothing is recorded, so the next read tries
+again. Bytes that do not verify raise ``DigestMismatch`` (EIO too): wrong bytes are never
+written, let alone served. Concurrent opens of one file wait for a single fetch.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from fsnap.db import Database
+from fsnap.errors import FsnapError, Unavailable
+from fsnap.lazy.chunks import decode_chunk
+from fsnap.lazy.pull import fetch_range
+from fsnap.lazy.skeleton import file_paths
+from fsnap.lazy.state import LAZY_LABEL, LazyRecord, mark_present, present, read_record
+from fsnap.lazy.toc import Chunk, TocEntry
+from fsnap.reference import Reference
+from fsnap.remotes.registry import RegistryClient
+from fsnap.snapshots.info import Info
+from fsnap.snapshots.snapshotter import Snapshotter
+
+log = logging.getLogger(__name__)
+
+# A read waits at most this long for its file (all retries included), then gets EIO.
+READ_DEADLINE = 30.0
+MAX_RETRIES = 2
+# Chunks whose compressed ranges are this close go in one request (the gap is fetched
+# and dropped: cheaper than another round trip on any real link).
+BATCH_GAP = 64 << 10
+_WRITE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass
+class LazyLayer:
+    """One lazy snapshot of the mount: what to fetch from where, and what is here."""
+
+    name: str
+    dir: Path
+    record: LazyRecord
+    files: dict[str, TocEntry]
+    present: set[str]
+    locks: dict[str, trio.Lock] = field(default_factory=dict)
+
+    def missing_bytes(self) -> int:
+        return sum(e.size for p, e in self.files.items() if p not in self.present)
+
+
+class LazyFiles:
+    """The lazy layers of one mount (built in the daemon, which owns ``db``)."""
+
+    def __init__(self, db: Database, layers: list[LazyLayer]) -> None:
+        self.db = db
+        self.layers = layers
+        self._by_source: dict[str, tuple[LazyLayer, str]] = {
+            os.path.join(layer.dir, path): (layer, path) for layer in layers for path in layer.files
+        }
+        self._registry: RegistryClient | None = None
+
+    @classmethod
+    def for_chain(cls, snapshots: Snapshotter, chain: list[Info], db: Database) -> LazyFiles | None:
+        """The lazy layers among ``chain``; None when there are none."""
+        layers = []
+        for info in chain:
+            if LAZY_LABEL not in info.labels:
+                continue
+            record = read_record(snapshots.state_dir(info.name))
+            layers.append(
+                LazyLayer(
+                    info.name,
+                    snapshots.dir(info.name),
+                    record,
+                    file_paths(record.toc),
+                    present(db, info.name),
+                )
+            )
+        return cls(db, layers) if layers else None
+
+    def pending(self, source: str) -> bool:
+        """Whether ``source`` still has to be fetched before it is served."""
+        found = self._by_source.get(source)
+        return found is not None and found[1] not in found[0].present
+
+    async def ensure_readable(self, source: str) -> None:
+        """``ensure``, for a file system about to serve ``source``: a failure is logged and
+        raised as ``OSError(EIO)`` (a later open tries again)."""
+        if not self.pending(source):
+            return
+        try:
+            await self.ensure(source)
+        except FsnapError as exc:
+            log.warning("lazy fetch of %s failed: %s", source, exc)
+            raise OSError(errno.EIO, str(exc)) from None
+
+    async def ensure(self, source: str) -> None:
+        """Make ``source``'s contents present (see the module docstring for failures)."""
+        found = self._by_source.get(source)
+        if found is None:
+            return
+        layer, path = found
+        if path in layer.present:
+            return
+        lock = layer.locks.setdefault(path, trio.Lock())
+        async with lock:
+            if path in layer.present:
+                return
+            try:
+                with trio.fail_after(READ_DEADLINE):
+                    await self._fetch(layer, path)
+            except trio.TooSlowError:
+                raise Unavailable(
+                    f"{path}: not fetched within {READ_DEADLINE:g} s from {layer.record.reference}"
+                ) from None
+            layer.present.add(path)
+
+    async def _fetch(self, layer: LazyLayer, path: str) -> None:
+        entry = layer.files[path]
+        registry = await self._client()
+        ref = Reference.parse(layer.record.reference)
+        desc = layer.record.descriptor
+        fmt = layer.record.toc.format
+        pieces: list[tuple[Chunk, bytes]] = []
+        for batch in batches(entry.chunks):
+            start, end = batch[0].start, max(c.end for c in batch)
+            data = await fetch_range(registry, ref, desc, start, end)
+            for chunk in batch:
+                raw = data[chunk.start - start : chunk.end - start]
+                pieces.append((chunk, await trio.to_thread.run_sync(decode_chunk, fmt, chunk, raw)))
+        target = os.path.join(layer.dir, path)
+        await trio.to_thread.run_sync(_write_file, target, entry.size, pieces)
+        await trio.to_thread.run_sync(mark_present, self.db, layer.name, path, entry.size)
+
+    async def _client(self) -> RegistryClient:
+        if self._registry is None:
+            registry = RegistryClient(max_retries=MAX_RETRIES, backoff_base=0.2, backoff_max=2.0)
+            self._registry = await registry.__aenter__()
+        return self._registry
+
+
+def batches(chunks: tuple[Chunk, ...]) -> list[list[Chunk]]:
+    """The chunks to fetch (holes need none), grouped into requests by ``BATCH_GAP``."""
+    out: list[list[Chunk]] = []
+    for chunk in sorted((c for c in chunks if not c.zeros), key=lambda c: c.start):
+        if out and chunk.start - max(c.end for c in out[-1]) <= BATCH_GAP:
+            out[-1].append(chunk)
+        else:
+            out.append([chunk])
+    return out
+
+
+def _write_file(target: str, size: int, pieces: list[tuple[Chunk, bytes]]) -> None:
+    """The verified chunks into the file's inode at their offsets; holes stay holes."""
+    fd = os.open(target, _WRITE)
+    try:
+        os.ftruncate(fd, size)
+        for chunk, data in pieces:
+            view = memoryview(data)
+            offset = chunk.offset
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,100 @@
+"""``fsnap pull --lazy``: seekable layers become snapshots from their TOC alone.
+
+``LazyLayers`` is handed to the pull (``skip``: which layer blobs not to download) and to
+the unpacker (``build``: the layer's TOC fetched with Range requests, verified against its
+annotation, laid out by ``fsnap.lazy.skeleton`` in a staging directory). The unpacker then
+commits that directory under the layer's chain ID like any other layer, with the lazy
+labels and, before the commit, the layer's ``lazy.json`` (``fsnap.lazy.state``). Layers
+that are not seekable are downloaded and unpacked as always: mixed images work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import trio
+
+from fsnap.archive.entry import Entry
+from fsnap.lazy.skeleton import build_skeleton
+from fsnap.lazy.state import LAZY_LABEL, LAZY_REF_LABEL, LazyRecord, write_record
+from fsnap.lazy.toc import Seekable, load_toc, seekable
+from fsnap.oci import Descriptor
+from fsnap.reference import Reference
+from fsnap.remotes.auth import Credentials
+from fsnap.remotes.registry import RegistryClient
+from fsnap.unpack.apply import SizeLimit
+
+
+@dataclass
+class Built:
+    """A lazy layer laid out in its staging directory, ready to commit."""
+
+    entries: list[Entry]
+    record: LazyRecord
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {LAZY_LABEL: self.record.descriptor.digest, LAZY_REF_LABEL: self.record.reference}
+
+    def before_commit(self, state_dir: Path) -> None:
+        write_record(state_dir, self.record)
+
+
+async def fetch_range(
+    registry: RegistryClient, ref: Reference, desc: Descriptor, start: int, end: int
+) -> bytes:
+    """The blob's bytes ``[start, end)``: one Range request (retried by the client)."""
+    stream = cast("AsyncGenerator[bytes, None]", registry.fetch_blob(ref, desc, start, end))
+    parts: list[bytes] = []
+    async with contextlib.aclosing(stream) as chunks:
+        async for chunk in chunks:
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+class LazyLayers:
+    """The lazy side of one pull (``open_lazy`` makes one with its registry client)."""
+
+    def __init__(self, ref: Reference, registry: RegistryClient, limit: SizeLimit) -> None:
+        self.ref = ref
+        self.registry = registry
+        self.limit = limit
+
+    def skip(self, desc: Descriptor) -> bool:
+        """Whether the pull leaves this blob to us (a seekable layer)."""
+        return self.seekable(desc) is not None
+
+    @staticmethod
+    def seekable(desc: Descriptor) -> Seekable | None:
+        return seekable(desc.media_type, desc.size, desc.annotations)
+
+    async def build(self, desc: Descriptor, staging: Path) -> Built:
+        """Fetch and verify ``desc``'s TOC; lay its tree out in the empty ``staging``."""
+        layer = self.seekable(desc)
+        assert layer is not None
+
+        async def fetch(start: int, end: int) -> bytes:
+            return await fetch_range(self.registry, self.ref, desc, start, end)
+
+        toc = await load_toc(layer, fetch, self.limit.for_blob(desc.size))
+        entries = await trio.to_thread.run_sync(build_skeleton, toc, staging)
+        record = LazyRecord(desc, str(self.ref), toc)
+        return Built(entries, record)
+
+
+@contextlib.asynccontextmanager
+async def open_lazy(
+    ref: str,
+    plain_http: bool | None,
+    credentials: Credentials | None,
+    ca_file: Path | None,
+    limit: SizeLimit | None,
+) -> AsyncIterator[LazyLayers]:
+    """The lazy side of a pull of ``ref`` (its own registry client, same options)."""
+    client = RegistryClient(plain_http=plain_http, credentials=credentials, ca_file=ca_file)
+    async with client as registry:
+        yield LazyLayers(Reference.parse(ref), registry, limit or SizeLimit())

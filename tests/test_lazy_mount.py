@@ -1,0 +1,192 @@
+"""``fsnap pull --lazy`` / ``fsnap mount --lazy`` against the real registry: eStargz and
+zstd:chunked images made by ctr-remote and skopeo. Only TOCs are fetched at pull; files
+come on first read (Range requests, verified); the view equals a full pull's minus the
+stargz entries stargz-snapshotter hides; failures give EIO, never wrong bytes."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fault_server import FaultServer
+from image_builder import Blob, busybox_members, make_image, make_layer
+from image_mount_helpers import fsnap, image_mounted, image_mounted_rw, succeeded
+from lazy_helpers import converted, fetch_manifest, varied_members
+from listing import differences, full_listing
+from registry_helpers import RegistryProcess
+
+from fsnap import oci
+from fsnap.client import Client
+from fsnap.lazy.toc import ESTARGZ_TOC_DIGEST, HIDDEN
+
+pytestmark = pytest.mark.timeout(600)
+REPO = "lazy-mount"
+NONCE = os.urandom(16).hex().encode()
+BIG = bytes(range(256)) * (5 * 4096 + 7)
+
+
+@pytest.fixture(scope="module")
+def images(registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A busybox layer and the varied layer, converted three ways: yields the registry host
+    (tags ``src``, ``esgz``, ``zstd``, ``skopeo`` of ``REPO``)."""
+    image = make_image(
+        [make_layer(busybox_members()), make_layer(varied_members(NONCE))],
+        config={"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+    )
+    with converted(registry, tmp_path_factory.mktemp("containerd"), REPO, image):
+        yield registry.host
+
+
+def _visible(listing: list[str]) -> list[str]:
+    """A full pull's listing without what a lazy mount hides (the TOC, the landmarks)."""
+    return [line for line in listing if line.split(" ", 1)[0] not in HIDDEN]
+
+
+def _ranges(server: FaultServer, layers: dict[str, int]) -> int:
+    """How many requests the client made for ``layers`` (digest -> size), each checked to
+    be a Range request, and to ask for less than the whole blob when that is over 64 KiB
+    (a smaller one may come whole: the first request of its TOC reads 64 KiB)."""
+    count = 0
+    for digest, size in layers.items():
+        for seen in server.seen("GET", digest):
+            first, last = seen.headers["range"].removeprefix("bytes=").split("-")
+            assert size <= 64 << 10 or int(last) + 1 - int(first) < size, seen
+            count += 1
+    return count
+
+
+def _layers(host: str, tag: str) -> dict[str, int]:
+    manifest = fetch_manifest(f"http://{host}", REPO, tag)
+    return {layer["digest"]: layer["size"] for layer in manifest["layers"]}
+
+
+# skopeo 1.9's zstd:chunked writer changes the layer tar but keeps the old diff_ids, so
+# its images fail any full pull (containerd's too): its TOCs are read in test_lazy_toc.
+@pytest.mark.parametrize("tag", ["esgz", "zstd"])
+def test_lazy_view_equals_full_pull(
+    images: str, fault_server: FaultServer, tmp_path: Path, tag: str
+) -> None:
+    lazy_root, full_root = tmp_path / "lazy", tmp_path / "full"
+    succeeded(fsnap(lazy_root, "pull", "--lazy", f"{fault_server.host}/{REPO}:{tag}"))
+    blobs = _layers(images, tag)
+    with Client(lazy_root) as client:
+        assert not any(client.content.exists(d) for d in blobs), "a layer blob was downloaded"
+    # Only ranges of the layer blobs went over the wire: their TOCs (and footers).
+    assert _ranges(fault_server, blobs) <= 2 * len(blobs)  # footer + TOC at most
+    succeeded(fsnap(full_root, "pull", f"{images}/{REPO}:{tag}"))
+    with (
+        image_mounted(full_root, f"{images}/{REPO}:{tag}", tmp_path / "full-mnt") as full,
+        image_mounted(lazy_root, f"{fault_server.host}/{REPO}:{tag}", tmp_path / "mnt") as lazy,
+    ):
+        expected = _visible(full_listing(full))
+        got = full_listing(lazy)  # reads every file: each is fetched now
+    assert got == expected, differences(expected, got, ("full pull", "lazy"))
+    assert (lazy_root / "content").exists()
+    assert _ranges(fault_server, blobs)  # each read fetched ranges, never a whole blob
+
+
+def test_mount_lazy_pulls_and_runs(images: str, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    root = tmp_path / "root"
+    try:
+        succeeded(fsnap(root, "mount", "--lazy", f"{images}/{REPO}:esgz", str(mnt)))
+        done = subprocess.run(
+            ["chroot", str(mnt), "/bin/sh", "-c", "cat /etc/hostname; ls /usr"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["lazy1", "big.bin", "fifo", "hard", "link"]
+    finally:
+        fsnap(root, "umount", str(mnt))
+
+
+def _read_errno(path: Path) -> int:
+    try:
+        path.read_bytes()
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
+def test_registry_down_gives_eio_then_fetch_resumes(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    ref = f"{fault_server.host}/{REPO}:zstd"
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    with image_mounted(root, ref, tmp_path / "mnt") as mnt:
+        assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+        fault_server.fail(times=10_000, match="/blobs/")  # the registry is gone for blobs
+        started = time.monotonic()
+        assert _read_errno(mnt / "usr/big.bin") == errno.EIO
+        assert time.monotonic() - started < 35  # the read deadline, retries included
+        assert _read_errno(mnt / "usr/big.bin") == errno.EIO  # no wrong bytes cached
+        fault_server.faults.clear()
+        assert (mnt / "usr/big.bin").read_bytes() == BIG
+    # A new mount of the same snapshots finds the fetched files present: no network.
+    fault_server.fail(times=10_000, match="/blobs/")
+    with image_mounted(root, ref, tmp_path / "mnt2") as mnt:
+        assert (mnt / "usr/hard").read_bytes() == BIG
+        assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+        assert _read_errno(mnt / "etc/nonce") == errno.EIO  # never fetched: needs the network
+    fault_server.faults.clear()
+
+
+def test_corrupted_chunk_is_refused(images: str, fault_server: FaultServer, tmp_path: Path) -> None:
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    with image_mounted(root, ref, tmp_path / "mnt") as mnt:
+        fault_server.corrupt_blob(times=1)
+        assert _read_errno(mnt / "usr/big.bin") == errno.EIO
+        assert hashlib.sha256((mnt / "usr/big.bin").read_bytes()).digest() == (
+            hashlib.sha256(BIG).digest()
+        )
+
+
+def test_tampered_toc_is_refused_at_pull(
+    images: str, registry: RegistryProcess, tmp_path: Path
+) -> None:
+    manifest = fetch_manifest(registry.url, REPO, "esgz")
+    manifest["layers"][1]["annotations"][ESTARGZ_TOC_DIGEST] = "sha256:" + "ab" * 32
+    with registry.pusher() as pusher:
+        pusher.push_manifest(
+            REPO, "tampered", Blob(oci.OCI_MANIFEST, json.dumps(manifest).encode())
+        )
+    root = tmp_path / "root"
+    done = fsnap(root, "pull", "--lazy", f"{images}/{REPO}:tampered")
+    assert done.returncode == 6, done.stderr
+    assert "annotation pins" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"{REPO}:tampered" not in fsnap(root, "images").stdout
+
+
+def test_writable_mount_copies_up_an_unfetched_file(images: str, tmp_path: Path) -> None:
+    ref = f"{images}/{REPO}:esgz"
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    with image_mounted_rw(root, ref, tmp_path / "mnt"):
+        mnt = tmp_path / "mnt"
+        with open(mnt / "usr/big.bin", "ab") as out:  # copy-up: the lower file is fetched
+            out.write(b"tail")
+        assert (mnt / "usr/big.bin").read_bytes() == BIG + b"tail"
+        assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+
+
+def test_non_seekable_layers_pull_as_always(images: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", "--lazy", f"{images}/{REPO}:src"))
+    with Client(root) as client:
+        assert all(client.content.exists(d) for d in _layers(images, "src"))
+    with image_mounted(root, f"{images}/{REPO}:src", tmp_path / "mnt") as mnt:
+        assert (mnt / "usr/big.bin").read_bytes() == BIG
