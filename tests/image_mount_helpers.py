@@ -34,11 +34,11 @@ def pulled(root: Path, ref: str, uid: int | None = None) -> None:
 
 
 @contextlib.contextmanager
-def image_mounted(root: Path, ref: str, mnt: Path) -> Iterator[Path]:
-    """``fsnap mount REF MNT``; unmounted and its daemon stopped whatever happens."""
+def image_mounted(root: Path, ref: str, mnt: Path, *options: str) -> Iterator[Path]:
+    """``fsnap mount [OPTIONS] REF MNT``; unmounted and its daemon stopped whatever happens."""
     mnt.mkdir(parents=True, exist_ok=True)
     try:
-        succeeded(fsnap(root, "mount", ref, str(mnt)))
+        succeeded(fsnap(root, "mount", *options, ref, str(mnt)))
         yield mnt
     finally:
         cleanup(root, mnt, _daemon_pid(root, mnt))

@@ -18,18 +18,21 @@ import pytest
 from fault_server import FaultServer
 from image_builder import Blob, busybox_members, make_image, make_layer
 from image_mount_helpers import fsnap, image_mounted, image_mounted_rw, succeeded
-from lazy_helpers import converted, fetch_manifest, varied_members
+from lazy_helpers import converted, fetch_blob, fetch_manifest, varied_members
 from listing import differences, full_listing
 from registry_helpers import RegistryProcess
 
 from fsnap import oci
 from fsnap.client import Client
+from fsnap.lazy.state import LAZY_LABEL
 from fsnap.lazy.toc import ESTARGZ_TOC_DIGEST, HIDDEN
 
 pytestmark = pytest.mark.timeout(600)
 REPO = "lazy-mount"
 NONCE = os.urandom(16).hex().encode()
 BIG = bytes(range(256)) * (5 * 4096 + 7)
+# Tests of on-demand reads: the background fetch would complete these small layers at once.
+ONLY_READS = "--no-background-fetch"
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +86,9 @@ def test_lazy_view_equals_full_pull(
     succeeded(fsnap(full_root, "pull", f"{images}/{REPO}:{tag}"))
     with (
         image_mounted(full_root, f"{images}/{REPO}:{tag}", tmp_path / "full-mnt") as full,
-        image_mounted(lazy_root, f"{fault_server.host}/{REPO}:{tag}", tmp_path / "mnt") as lazy,
+        image_mounted(
+            lazy_root, f"{fault_server.host}/{REPO}:{tag}", tmp_path / "mnt", ONLY_READS
+        ) as lazy,
     ):
         expected = _visible(full_listing(full))
         got = full_listing(lazy)  # reads every file: each is fetched now
@@ -124,7 +129,7 @@ def test_registry_down_gives_eio_then_fetch_resumes(
     ref = f"{fault_server.host}/{REPO}:zstd"
     root = tmp_path / "root"
     succeeded(fsnap(root, "pull", "--lazy", ref))
-    with image_mounted(root, ref, tmp_path / "mnt") as mnt:
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
         assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
         fault_server.fail(times=10_000, match="/blobs/")  # the registry is gone for blobs
         started = time.monotonic()
@@ -135,7 +140,7 @@ def test_registry_down_gives_eio_then_fetch_resumes(
         assert (mnt / "usr/big.bin").read_bytes() == BIG
     # A new mount of the same snapshots finds the fetched files present: no network.
     fault_server.fail(times=10_000, match="/blobs/")
-    with image_mounted(root, ref, tmp_path / "mnt2") as mnt:
+    with image_mounted(root, ref, tmp_path / "mnt2", ONLY_READS) as mnt:
         assert (mnt / "usr/hard").read_bytes() == BIG
         assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
         assert _read_errno(mnt / "etc/nonce") == errno.EIO  # never fetched: needs the network
@@ -146,7 +151,7 @@ def test_corrupted_chunk_is_refused(images: str, fault_server: FaultServer, tmp_
     ref = f"{fault_server.host}/{REPO}:esgz"
     root = tmp_path / "root"
     succeeded(fsnap(root, "pull", "--lazy", ref))
-    with image_mounted(root, ref, tmp_path / "mnt") as mnt:
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
         fault_server.corrupt_blob(times=1)
         assert _read_errno(mnt / "usr/big.bin") == errno.EIO
         assert hashlib.sha256((mnt / "usr/big.bin").read_bytes()).digest() == (
@@ -190,3 +195,76 @@ def test_non_seekable_layers_pull_as_always(images: str, tmp_path: Path) -> None
         assert all(client.content.exists(d) for d in _layers(images, "src"))
     with image_mounted(root, f"{images}/{REPO}:src", tmp_path / "mnt") as mnt:
         assert (mnt / "usr/big.bin").read_bytes() == BIG
+
+
+def _lazy_layers(root: Path) -> list[str]:
+    with Client(root) as client:
+        return [i.name for i in client.snapshots.walk() if LAZY_LABEL in i.labels]
+
+
+def _pulled_lazily(ref: str, root: Path) -> Path:
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    assert len(_lazy_layers(root)) == 2
+    return root
+
+
+def test_background_fetch_completes_while_reads_are_right(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    fault_server.slow_blobs(400_000)  # the 1 MiB busybox blob takes a few seconds
+    try:
+        with image_mounted(root, ref, tmp_path / "mnt") as mnt:
+            assert _lazy_layers(root), "completed before any read: the test proves nothing"
+            assert (mnt / "usr/big.bin").read_bytes() == BIG
+            assert (mnt / "bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
+            deadline = time.monotonic() + 120
+            while _lazy_layers(root) and time.monotonic() < deadline:
+                assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+                time.sleep(0.2)
+            assert not _lazy_layers(root), "the background fetch did not complete the layers"
+            assert full_listing(mnt)  # every file still reads (the whole view is walked)
+    finally:
+        fault_server.slow_blobs(0)
+    with Client(root) as client:  # ordinary snapshots now: their files are all on disk
+        assert all(client.content.exists(d) for d in _layers(images, "esgz"))
+        top = [i for i in client.snapshots.walk() if i.parent][0].name
+        assert (client.snapshots.dir(top) / "usr/big.bin").read_bytes() == BIG
+
+
+def test_full_pull_completes_a_lazy_pull(images: str, tmp_path: Path) -> None:
+    ref = f"{images}/{REPO}:zstd"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    listed = succeeded(fsnap(root, "images")).splitlines()
+    assert [line.split(": ")[-1] for line in listed if "lazy layer" in line] == [
+        "0 B of 1.9 MiB present",
+        "0 B of 5.0 MiB present",
+    ]
+    succeeded(fsnap(root, "pull", ref))
+    assert _lazy_layers(root) == []
+    assert "lazy layer" not in succeeded(fsnap(root, "images"))
+    with image_mounted(root, ref, tmp_path / "mnt") as mnt:
+        assert (mnt / "usr/hard").read_bytes() == BIG
+
+
+def test_completion_refuses_a_wrong_diff_id(
+    images: str, registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """An image whose config names another diff_id for its eStargz layer: the lazy pull
+    cannot tell, the completion must, and then the layer stays lazy."""
+    manifest = fetch_manifest(registry.url, REPO, "esgz")
+    config = json.loads(fetch_blob(registry.url, REPO, manifest["config"]["digest"]))
+    config["rootfs"]["diff_ids"][1] = "sha256:" + "cd" * 32
+    config_blob = Blob(oci.OCI_CONFIG, json.dumps(config).encode())
+    manifest["config"] = config_blob.descriptor().to_json()
+    with registry.pusher() as pusher:
+        pusher.push_blob(REPO, config_blob)
+        pusher.push_manifest(REPO, "baddiff", Blob(oci.OCI_MANIFEST, json.dumps(manifest).encode()))
+    ref = f"{images}/{REPO}:baddiff"
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    done = fsnap(root, "pull", ref)
+    assert done.returncode == 6, done.stderr
+    assert "stays lazy" in done.stderr and "Traceback" not in done.stderr
+    assert len(_lazy_layers(root)) == 1

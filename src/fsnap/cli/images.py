@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from fsnap.client import Client
-from fsnap.errors import InvalidArgument
+from fsnap.errors import FsnapError, InvalidArgument
 from fsnap.images.store import Image
 from fsnap.progress import human_size
 from fsnap.reference import Reference
@@ -53,7 +53,25 @@ def handle_images(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps([image.to_json() for image in images], indent=2))
     else:
         print_table(images)
+        print_lazy(client, images)
     return 0
+
+
+def print_lazy(client: Client, images: list[Image]) -> None:
+    """One line per lazy layer of the images listed: how much of its files is here."""
+    from fsnap.lazy.state import lazy_layers
+    from fsnap.mount.source import image_snapshot
+
+    for image in images:
+        try:
+            top = image_snapshot(client, image.name)
+        except FsnapError:
+            continue  # not unpacked here (or not for this platform): nothing lazy to say
+        for name, have, total in lazy_layers(client.snapshots, client.db, top):
+            print(
+                f"{short_name(image.name)}: lazy layer {name[:19]}: "
+                f"{human_size(have)} of {human_size(total)} present"
+            )
 
 
 def print_table(images: list[Image]) -> None:

@@ -67,6 +67,11 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
         "--foreground", action="store_true", help="serve from this process until unmounted"
     )
     parser.add_argument(
+        "--no-background-fetch",
+        action="store_true",
+        help="lazy layers: fetch only the files read, do not complete the layers",
+    )
+    parser.add_argument(
         "--provenance",
         action="store_true",
         help="add xattr user.fsnap.layer ('<layer index> <chain ID>') to every entry",
@@ -79,6 +84,7 @@ def _options(args: argparse.Namespace) -> manager.MountOptions:
         dev=args.dev,
         pull=getattr(args, "pull", False),
         lazy=getattr(args, "lazy", False),
+        no_background_fetch=args.no_background_fetch,
         foreground=args.foreground,
         provenance=args.provenance,
     )

@@ -8,6 +8,13 @@ its TOC digest (``fsnap.lazy.chunks``), writes them into the file's inode in the
 directory (hardlinks share it), flushes it, and only then records the file as present in
 LMDB (``fsnap.lazy.state``): a daemon restart or a later pull continues from there.
 
+Meanwhile ``complete_all`` (the mount's background task, unless the mount says
+``--no-background-fetch``) downloads each lazy layer's whole blob into the content store,
+one sequential stream (eStargz puts the prioritised files first, before its prefetch
+landmark, so they arrive first), and completes the layer (``fsnap.lazy.complete``): every
+file present, diff_id checked, labels gone. A network failure retries with backoff; a
+mismatch is logged as an error and the layer stays lazy (reads still verify each chunk).
+
 Failures: a request is retried by the registry client (``MAX_RETRIES``), and the whole
 fetch must end within ``READ_DEADLINE`` seconds; otherwise ``ensure`` raises
 ``Unavailable`` (the mount answers EIO) and nothing is recorded, so the next read tries
@@ -25,12 +32,22 @@ from pathlib import Path
 
 import trio
 
+from fsnap.content.store import ContentStore
 from fsnap.db import Database
 from fsnap.errors import FsnapError, Unavailable
 from fsnap.lazy.chunks import decode_chunk
+from fsnap.lazy.complete import complete_layer
 from fsnap.lazy.pull import fetch_range
 from fsnap.lazy.skeleton import file_paths
-from fsnap.lazy.state import LAZY_LABEL, LazyRecord, mark_present, present, read_record
+from fsnap.lazy.state import (
+    LAZY_LABEL,
+    LazyRecord,
+    is_present,
+    mark_present,
+    present,
+    read_record,
+    write_file,
+)
 from fsnap.lazy.toc import Chunk, TocEntry
 from fsnap.reference import Reference
 from fsnap.remotes.registry import RegistryClient
@@ -45,7 +62,6 @@ MAX_RETRIES = 2
 # Chunks whose compressed ranges are this close go in one request (the gap is fetched
 # and dropped: cheaper than another round trip on any real link).
 BATCH_GAP = 64 << 10
-_WRITE = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -66,16 +82,22 @@ class LazyLayer:
 class LazyFiles:
     """The lazy layers of one mount (built in the daemon, which owns ``db``)."""
 
-    def __init__(self, db: Database, layers: list[LazyLayer]) -> None:
+    def __init__(
+        self, db: Database, layers: list[LazyLayer], snapshots: Snapshotter, content: ContentStore
+    ) -> None:
         self.db = db
         self.layers = layers
+        self.snapshots = snapshots
+        self.content = content
         self._by_source: dict[str, tuple[LazyLayer, str]] = {
             os.path.join(layer.dir, path): (layer, path) for layer in layers for path in layer.files
         }
         self._registry: RegistryClient | None = None
 
     @classmethod
-    def for_chain(cls, snapshots: Snapshotter, chain: list[Info], db: Database) -> LazyFiles | None:
+    def for_chain(
+        cls, snapshots: Snapshotter, chain: list[Info], db: Database, content: ContentStore
+    ) -> LazyFiles | None:
         """The lazy layers among ``chain``; None when there are none."""
         layers = []
         for info in chain:
@@ -91,7 +113,7 @@ class LazyFiles:
                     present(db, info.name),
                 )
             )
-        return cls(db, layers) if layers else None
+        return cls(db, layers, snapshots, content) if layers else None
 
     def pending(self, source: str) -> bool:
         """Whether ``source`` still has to be fetched before it is served."""
@@ -121,6 +143,9 @@ class LazyFiles:
         async with lock:
             if path in layer.present:
                 return
+            if await trio.to_thread.run_sync(is_present, self.db, layer.name, path):
+                layer.present.add(path)  # completed meanwhile (by a pull, say)
+                return
             try:
                 with trio.fail_after(READ_DEADLINE):
                     await self._fetch(layer, path)
@@ -144,8 +169,44 @@ class LazyFiles:
                 raw = data[chunk.start - start : chunk.end - start]
                 pieces.append((chunk, await trio.to_thread.run_sync(decode_chunk, fmt, chunk, raw)))
         target = os.path.join(layer.dir, path)
-        await trio.to_thread.run_sync(_write_file, target, entry.size, pieces)
+        await trio.to_thread.run_sync(write_file, target, entry.size, pieces)
         await trio.to_thread.run_sync(mark_present, self.db, layer.name, path, entry.size)
+
+    async def complete_all(self) -> None:
+        """The background fetch: each lazy layer's blob, then its completion."""
+        for layer in self.layers:
+            await self._complete(layer)
+
+    async def _complete(self, layer: LazyLayer) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self._download(layer)
+                await trio.to_thread.run_sync(
+                    complete_layer, self.snapshots, self.content, self.db, layer.name
+                )
+            except Unavailable as exc:
+                log.warning("background fetch of %s: %s (again in %g s)", layer.name, exc, delay)
+                await trio.sleep(delay)
+                delay = min(2 * delay, 60.0)
+                continue
+            except FsnapError as exc:
+                log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
+                return
+            layer.present.update(layer.files)
+            log.info("lazy layer %s is complete", layer.name)
+            return
+
+    async def _download(self, layer: LazyLayer) -> None:
+        """The layer's whole blob into the content store (verified, resumable: the pull's
+        own blob path)."""
+        from fsnap.progress import PullProgress
+        from fsnap.pull import Puller, PullOptions
+
+        ref = Reference.parse(layer.record.reference)
+        async with RegistryClient() as registry:
+            puller = Puller(self.content, registry, ref, PullOptions(), PullProgress(), None)
+            await puller.fetch_blob(layer.record.descriptor, stream=False)
 
     async def _client(self) -> RegistryClient:
         if self._registry is None:
@@ -163,19 +224,3 @@ def batches(chunks: tuple[Chunk, ...]) -> list[list[Chunk]]:
         else:
             out.append([chunk])
     return out
-
-
-def _write_file(target: str, size: int, pieces: list[tuple[Chunk, bytes]]) -> None:
-    """The verified chunks into the file's inode at their offsets; holes stay holes."""
-    fd = os.open(target, _WRITE)
-    try:
-        os.ftruncate(fd, size)
-        for chunk, data in pieces:
-            view = memoryview(data)
-            offset = chunk.offset
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)

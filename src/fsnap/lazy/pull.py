@@ -72,8 +72,9 @@ class LazyLayers:
     def seekable(desc: Descriptor) -> Seekable | None:
         return seekable(desc.media_type, desc.size, desc.annotations)
 
-    async def build(self, desc: Descriptor, staging: Path) -> Built:
-        """Fetch and verify ``desc``'s TOC; lay its tree out in the empty ``staging``."""
+    async def build(self, desc: Descriptor, diff_id: str, staging: Path) -> Built:
+        """Fetch and verify ``desc``'s TOC; lay its tree out in the empty ``staging``.
+        ``diff_id`` (the config's) is kept to check the blob against once it is complete."""
         layer = self.seekable(desc)
         assert layer is not None
 
@@ -82,7 +83,7 @@ class LazyLayers:
 
         toc = await load_toc(layer, fetch, self.limit.for_blob(desc.size))
         entries = await trio.to_thread.run_sync(build_skeleton, toc, staging)
-        record = LazyRecord(desc, str(self.ref), toc)
+        record = LazyRecord(desc, str(self.ref), toc, diff_id)
         return Built(entries, record)
 
 

@@ -25,8 +25,9 @@ from typing import Any
 
 from fsnap.db import Database
 from fsnap.errors import FailedPrecondition
-from fsnap.lazy.toc import Seekable, Toc, parse_toc, seekable
+from fsnap.lazy.toc import Chunk, Seekable, Toc, parse_toc, seekable
 from fsnap.oci import Descriptor
+from fsnap.snapshots.snapshotter import Snapshotter
 
 LAZY_LABEL = "fsnap.io/lazy"
 LAZY_REF_LABEL = "fsnap.io/lazy.ref"
@@ -41,6 +42,7 @@ class LazyRecord:
     descriptor: Descriptor
     reference: str
     toc: Toc
+    diff_id: str  # what the image config says the blob's tar hashes to
 
     @property
     def layer(self) -> Seekable:
@@ -56,6 +58,7 @@ def write_record(state_dir: Path, record: LazyRecord) -> None:
     doc: dict[str, Any] = {
         "descriptor": record.descriptor.to_json(),
         "reference": record.reference,
+        "diff_id": record.diff_id,
         "payload_end": record.toc.payload_end,
         "toc": base64.b64encode(record.toc.raw).decode(),
     }
@@ -74,19 +77,38 @@ def read_record(state_dir: Path) -> LazyRecord:
         desc = Descriptor.from_json(doc["descriptor"])
         toc_json = base64.b64decode(doc["toc"])
         payload_end = int(doc["payload_end"])
+        diff_id = str(doc["diff_id"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise FailedPrecondition(f"lazy layer state in {state_dir} is unreadable: {e}") from None
     layer = seekable(desc.media_type, desc.size, desc.annotations)
     if layer is None:
         raise FailedPrecondition(f"lazy layer state in {state_dir}: blob is not seekable")
     toc = parse_toc(toc_json, layer, payload_end=payload_end)
-    return LazyRecord(desc, str(doc["reference"]), toc)
+    return LazyRecord(desc, str(doc["reference"]), toc, diff_id)
 
 
 def present(db: Database, chain_id: str) -> set[str]:
     """The paths of ``chain_id`` whose contents are fetched."""
     prefix = chain_id + " "
     return {key[len(prefix) :] for key, _ in db.items_json(TABLE, prefix)}
+
+
+def lazy_layers(snapshots: Snapshotter, db: Database, top: str) -> list[tuple[str, int, int]]:
+    """(name, bytes present, bytes in all) of each lazy snapshot in ``top``'s chain."""
+    out = []
+    for info in snapshots.chain(top):
+        if LAZY_LABEL not in info.labels:
+            continue
+        record = read_record(snapshots.state_dir(info.name))
+        total = sum(e.size for e in record.toc.entries if e.chunks)
+        prefix = info.name + " "
+        have = sum(int(size) for _, size in db.items_json(TABLE, prefix))
+        out.append((info.name, have, total))
+    return out
+
+
+def is_present(db: Database, chain_id: str, path: str) -> bool:
+    return db.get_json(TABLE, f"{chain_id} {path}") is not None
 
 
 def mark_present(db: Database, chain_id: str, path: str, size: int) -> None:
@@ -102,3 +124,20 @@ def forget(db: Database, chain_id: str) -> None:
         found = cursor.set_range(prefix)
         while found and bytes(cursor.key()).startswith(prefix):
             found = cursor.delete()
+
+
+def write_file(target: str, size: int, pieces: list[tuple[Chunk, bytes]]) -> None:
+    """Verified chunks into a lazy file's inode at their offsets (holes stay holes), then
+    flushed: only after this may the file be ``mark_present``."""
+    fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        for chunk, data in pieces:
+            view = memoryview(data)
+            offset = chunk.offset
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)

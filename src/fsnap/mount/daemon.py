@@ -66,7 +66,8 @@ def _build_fs(spec: dict[str, Any], client: Client) -> TreeFS:
     if any(LAZY_LABEL in info.labels for info in chain):
         from fsnap.lazy.fetch import LazyFiles
 
-        fs.lazy_files = LazyFiles.for_chain(client.snapshots, chain, client.db)
+        fs.lazy_files = LazyFiles.for_chain(client.snapshots, chain, client.db, client.content)
+        fs.lazy_background = not spec.get("no_background_fetch")
         if union is not None:
             union.lazy_files = fs.lazy_files
     return fs

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 import pyfuse3
+import trio
 
 from fsnap.archive.format import NAME_MAX
 from fsnap.mount.fastpath import LEARNT, open_source, read_nowait
@@ -108,12 +109,17 @@ class TreeFS(pyfuse3.Operations):
         # Owner 0 shown as the mounting user (a rootless container's root), see idshift.
         self.ids = NO_SHIFT
         self.provenance = False
-        # Lazy layers (fsnap.lazy): their files are fetched before they are first opened.
+        # Lazy layers (fsnap.lazy): their files are fetched before they are first opened,
+        # and (``lazy_background``) the layers completed in the background.
         self.lazy_files: LazyFiles | None = None
+        self.lazy_background = True
 
     async def background(self) -> None:
         """What runs beside the request handlers for the mount's life (the serving nursery
-        starts it and cancels it at unmount): nothing, unless a subclass says so."""
+        starts it and cancels it at unmount): completing lazy layers
+        (``fsnap.lazy.fetch``), if the mount has any."""
+        if self.lazy_files is not None and self.lazy_background:
+            await self.lazy_files.complete_all()
 
     # --- inode lookups -------------------------------------------------------------
 
@@ -248,8 +254,11 @@ class MergedFS(TreeFS):
         self.prefetcher = Prefetcher()
 
     async def background(self) -> None:
-        """Warming files a reader is about to open, for the mount's life."""
-        await self.prefetcher.run()
+        """Warming files a reader is about to open, for the mount's life, beside what
+        every tree mount runs."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.prefetcher.run)
+            nursery.start_soon(super().background)
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         """``default_permissions`` makes the kernel check modes; only writes are refused."""

@@ -59,6 +59,8 @@ class MountOptions:
     pull: bool = False
     # Pull a missing image lazily (fsnap.lazy: seekable layers from their TOC alone).
     lazy: bool = False
+    # Lazy layers: leave them lazy (only files read are fetched), no background completion.
+    no_background_fetch: bool = False
     foreground: bool = False
     provenance: bool = False
     # Writable mounts: keep owners, devices and xattrs in the snapshot's index (overrides)
@@ -404,6 +406,7 @@ def _start(
         "state": str(record),
         "provenance": options.provenance,
         "index_metadata": options.index_metadata,
+        "no_background_fetch": options.no_background_fetch,
         "shift_ids": options.shift_ids,
         **spec_source,
     }

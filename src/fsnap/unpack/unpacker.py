@@ -41,6 +41,7 @@ from fsnap.digest import chain_ids
 from fsnap.errors import FsnapError, first_fsnap_error
 from fsnap.images.manifest import ImageConfig, Manifest
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
+from fsnap.lazy.complete import complete_layer, is_lazy
 from fsnap.lazy.pull import Built, LazyLayers
 from fsnap.oci import Descriptor, Platform
 from fsnap.progress import ByteMeter, PullProgress
@@ -256,16 +257,32 @@ class Unpacker:
             raise type(exc)(_naming(desc, exc)) from None
         return _Applied(staged, result)
 
+    async def _complete_lazy(self, desc: Descriptor, chain_id: str) -> None:
+        """A layer an earlier ``pull --lazy`` left lazy: once this pull has its blob, it
+        becomes an ordinary snapshot (``fsnap.lazy.complete``; a bad diff_id fails)."""
+        if not await trio.to_thread.run_sync(is_lazy, self.snapshotter, chain_id):
+            return
+        await self._wait_for_blob(desc.digest)
+        self.progress.layer_verifying(desc)
+        try:
+            await trio.to_thread.run_sync(
+                complete_layer, self.snapshotter, self.content, self.snapshotter.db, chain_id
+            )
+        except FsnapError as exc:
+            self.progress.blob_failed(desc, _naming(desc, exc))
+            raise type(exc)(_naming(desc, exc)) from None
+        self.progress.layer_unpacked(desc, chain_id)
+
     def _is_lazy(self, desc: Descriptor) -> bool:
         return self.lazy is not None and self.lazy.skip(desc)
 
-    async def _apply_lazy(self, desc: Descriptor) -> _Applied:
+    async def _apply_lazy(self, desc: Descriptor, diff_id: str) -> _Applied:
         """A seekable layer from its TOC alone (``fsnap.lazy.pull``)."""
         assert self.lazy is not None
         staged = await trio.to_thread.run_sync(self.session.staging_dir)
         self.progress.layer_unpacking(desc, ByteMeter())
         try:
-            built = await self.lazy.build(desc, staged)
+            built = await self.lazy.build(desc, diff_id, staged)
         except FsnapError as exc:
             await trio.to_thread.run_sync(remove_tree, staged)
             self.progress.blob_failed(desc, _naming(desc, exc))
@@ -302,10 +319,12 @@ class Unpacker:
                 assert stream.applied is not None
                 applied = stream.applied
             elif await self._reuse(chain_id):
+                if not self._is_lazy(desc):
+                    await self._complete_lazy(desc, chain_id)
                 parent = chain_id
                 continue
             elif self._is_lazy(desc):
-                applied = await self._apply_lazy(desc)
+                applied = await self._apply_lazy(desc, plan.diff_ids[index])
             else:
                 applied = await self._apply_from_store(plan, index)
             await self._commit_one(applied, desc, chain_id, parent)

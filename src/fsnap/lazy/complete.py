@@ -1,0 +1,102 @@
+"""Completing a lazy layer into an ordinary committed snapshot, from its whole blob.
+
+Once the layer's blob is committed in the content store (its digest verified there, as
+for every blob), ``complete_layer`` hashes the blob's uncompressed tar: it must be the
+image config's diff_id, else ``DigestMismatch`` and the layer *stays lazy* (never an
+ordinary snapshot with contents nobody vouched for). Then every file not fetched yet is
+decoded from the local blob (chunk digests checked as on a read) into its inode, and only
+then the lazy labels go: from there on the snapshot is like any unpacked one (its index
+still the TOC's: the landmark and TOC entries stay hidden). A crash anywhere before the
+label removal leaves a lazy layer that the next completion finishes.
+
+``fsnap pull REF`` after ``fsnap pull --lazy REF`` downloads the blobs and completes the
+layers (``fsnap.rootfs``); a lazy mount does the same in the background (``fsnap.lazy.fetch``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from fsnap.archive.compression import open_uncompressed
+from fsnap.content.store import ContentStore
+from fsnap.db import Database
+from fsnap.errors import DigestMismatch, NotFound
+from fsnap.labels import UNCOMPRESSED_LABEL
+from fsnap.lazy.chunks import decode_chunk
+from fsnap.lazy.skeleton import file_paths
+from fsnap.lazy.state import (
+    LAZY_LABEL,
+    LAZY_REF_LABEL,
+    LazyRecord,
+    mark_present,
+    present,
+    read_record,
+    write_file,
+)
+from fsnap.snapshots.snapshotter import Snapshotter
+
+_READ = 1 << 20
+
+
+def is_lazy(snapshots: Snapshotter, name: str) -> bool:
+    return LAZY_LABEL in snapshots.stat(name).labels
+
+
+def complete_layer(
+    snapshots: Snapshotter, content: ContentStore, db: Database, name: str
+) -> LazyRecord | None:
+    """Make lazy snapshot ``name`` ordinary (see the module docstring); None if it was not
+    lazy. ``NotFound`` if its blob is not in the store yet. Blocking: run it in a thread."""
+    if not is_lazy(snapshots, name):
+        return None
+    record = read_record(snapshots.state_dir(name))
+    digest = record.descriptor.digest
+    if not content.exists(digest):
+        raise NotFound(f"lazy layer {name}: blob {digest} is not in the store yet")
+    blob = content.path(digest)
+    actual = diff_id_of(blob, record.descriptor.media_type)
+    if actual != record.diff_id:
+        raise DigestMismatch(
+            f"lazy layer {name}: blob {digest} has diff_id {actual}, the image config says "
+            f"{record.diff_id}; the layer stays lazy"
+        )
+    fill_from_blob(blob, record, snapshots.dir(name), db, name)
+    content.update_labels(digest, {UNCOMPRESSED_LABEL: record.diff_id})
+    snapshots.update(name, {}, [f"labels.{LAZY_LABEL}", f"labels.{LAZY_REF_LABEL}"])
+    return record
+
+
+def diff_id_of(blob: Path, media_type: str) -> str:
+    """``sha256:`` of the blob's uncompressed bytes."""
+    digest = hashlib.sha256()
+    with open(blob, "rb") as raw:
+        tar = open_uncompressed(raw, media_type)
+        while data := tar.read(_READ):
+            digest.update(data)
+    return "sha256:" + digest.hexdigest()
+
+
+def fill_from_blob(blob: Path, record: LazyRecord, layer_dir: Path, db: Database, name: str) -> int:
+    """Every file of the layer not present yet, decoded from the local ``blob``; returns
+    how many were written."""
+    have = present(db, name)
+    fmt = record.toc.format
+    written = 0
+    fd = os.open(blob, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for path, entry in file_paths(record.toc).items():
+            if path in have:
+                continue
+            pieces = [
+                (c, decode_chunk(fmt, c, os.pread(fd, c.end - c.start, c.start)))
+                for c in entry.chunks
+                if not c.zeros
+            ]
+            write_file(os.path.join(layer_dir, path), entry.size, pieces)
+            mark_present(db, name, path, entry.size)
+            written += 1
+    finally:
+        os.close(fd)
+    return written
