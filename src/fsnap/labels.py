@@ -22,3 +22,7 @@ UNCOMPRESSED_LABEL = "containerd.io/uncompressed"
 GC_ROOT = "containerd.io/gc.root"
 # The chain ID containerd is about to unpack, on a Prepare (remote snapshotters' protocol).
 TARGET_LABEL = "containerd.io/snapshot.ref"
+# A lazy layer (fsnap.lazy): its snapshot carries the blob's digest and the repository it
+# fetches from until the layer is complete.
+LAZY_LABEL = "fsnap.io/lazy"
+LAZY_REF_LABEL = "fsnap.io/lazy.ref"

@@ -22,6 +22,7 @@ from fsnap.archive.entry import Entry
 from fsnap.diff.scan import scan_snapshot
 from fsnap.digest import hasher
 from fsnap.errors import FsnapError, NotFound
+from fsnap.labels import LAZY_LABEL
 from fsnap.private import PRIVATE_DIRS
 from fsnap.snapshots.info import Kind
 
@@ -229,6 +230,8 @@ def snapshots(sn: LocalSnapshotter) -> Iterator[Problem]:
             continue
         if info.kind is not Kind.COMMITTED:
             continue  # an active snapshot's index holds overrides only
+        if LAZY_LABEL in info.labels:
+            continue  # a lazy layer's files are empty until fetched (fsnap.lazy)
         try:
             mismatch = compare_layer(fs_dir, sn.index.read(info.name))
         except FsnapError as exc:
@@ -303,8 +306,9 @@ def reach(content: ContentStore, target: str) -> Reach:
 
 def images(client: Client) -> Iterator[Problem]:
     """Images naming blobs the store does not have (a re-pull restores them)."""
+    lazy = lazy_blobs(client.snapshots)
     for image in client.images.list():
-        missing = reach(client.content, image.target.digest).missing
+        missing = reach(client.content, image.target.digest).missing - lazy
         if missing:
             shown = ", ".join(sorted(missing)[:SHOWN_PATHS])
             yield Problem(IMAGE, image.name, "missing blobs", f"{len(missing)}: {shown}")
@@ -314,8 +318,11 @@ def labels(client: Client) -> Iterator[Problem]:
     """gc labels of blobs and snapshots that name a blob or snapshot that does not exist."""
     content, sn = client.content, client.snapshots
     names = {info.name: info for info in sn.walk()}
+    lazy = lazy_blobs(sn)
     for info in content.walk():
         for key, value in sorted(info.labels.items()):
+            if key.startswith(label_names.CONTENT_REF) and value in lazy:
+                continue  # a lazy layer's blob: fetched in ranges, not stored whole yet
             if key.startswith(label_names.CONTENT_REF) and not _has_blob(content, value):
                 yield Problem(LABEL, f"{info.digest} {key}", "names a missing blob", value)
             elif key == label_names.SNAPSHOT_LABEL and value not in names:
@@ -324,6 +331,11 @@ def labels(client: Client) -> Iterator[Problem]:
         for key, value in sorted(snap.labels.items()):
             if key.startswith(label_names.CONTENT_REF) and not _has_blob(content, value):
                 yield Problem(LABEL, f"snapshot {name} {key}", "names a missing blob", value)
+
+
+def lazy_blobs(sn: Snapshotter) -> set[str]:
+    """The blobs of lazy layers (``fsnap.lazy``): absent from the store by design."""
+    return {info.labels[LAZY_LABEL] for info in sn.walk() if LAZY_LABEL in info.labels}
 
 
 def _has_blob(content: ContentStore, digest: str) -> bool:

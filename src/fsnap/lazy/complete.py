@@ -23,12 +23,10 @@ from fsnap.archive.compression import open_uncompressed
 from fsnap.content.store import ContentStore
 from fsnap.db import Database
 from fsnap.errors import DigestMismatch, NotFound
-from fsnap.labels import UNCOMPRESSED_LABEL
+from fsnap.labels import LAZY_LABEL, LAZY_REF_LABEL, UNCOMPRESSED_LABEL
 from fsnap.lazy.chunks import decode_chunk
 from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.state import (
-    LAZY_LABEL,
-    LAZY_REF_LABEL,
     LazyRecord,
     mark_present,
     present,

@@ -35,12 +35,12 @@ import trio
 from fsnap.content.store import ContentStore
 from fsnap.db import Database
 from fsnap.errors import FsnapError, Unavailable
+from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.chunks import decode_chunk
 from fsnap.lazy.complete import complete_layer
 from fsnap.lazy.pull import fetch_range
 from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.state import (
-    LAZY_LABEL,
     LazyRecord,
     is_present,
     mark_present,

@@ -19,8 +19,9 @@ from typing import cast
 import trio
 
 from fsnap.archive.entry import Entry
+from fsnap.labels import LAZY_LABEL, LAZY_REF_LABEL
 from fsnap.lazy.skeleton import build_skeleton
-from fsnap.lazy.state import LAZY_LABEL, LAZY_REF_LABEL, LazyRecord, write_record
+from fsnap.lazy.state import LazyRecord, write_record
 from fsnap.lazy.toc import Seekable, load_toc, seekable
 from fsnap.oci import Descriptor
 from fsnap.reference import Reference

@@ -25,12 +25,11 @@ from typing import Any
 
 from fsnap.db import Database
 from fsnap.errors import FailedPrecondition
+from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.toc import Chunk, Seekable, Toc, parse_toc, seekable
 from fsnap.oci import Descriptor
 from fsnap.snapshots.snapshotter import Snapshotter
 
-LAZY_LABEL = "fsnap.io/lazy"
-LAZY_REF_LABEL = "fsnap.io/lazy.ref"
 STATE_FILE = "lazy.json"
 TABLE = "lazy"
 

@@ -25,7 +25,7 @@ import trio
 
 from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
-from fsnap.lazy.state import LAZY_LABEL
+from fsnap.labels import LAZY_LABEL
 from fsnap.mount import manager, source, treecache
 from fsnap.mount.fs import MergedFS, TreeFS
 from fsnap.mount.idshift import IdShift
