@@ -58,7 +58,12 @@ def handle_images(client: Client, args: argparse.Namespace) -> int:
 
 
 def print_lazy(client: Client, images: list[Image]) -> None:
-    """One line per lazy layer of the images listed: how much of its files is here."""
+    """One line per lazy layer of the images listed: how much of its files is here.
+    Without lazy snapshots (the usual case) nothing is imported: ``images`` stays light."""
+    from fsnap.labels import LAZY_LABEL
+
+    if not any(LAZY_LABEL in info.labels for info in client.snapshots.walk()):
+        return
     from fsnap.lazy.state import lazy_layers
     from fsnap.mount.source import image_snapshot
 
