@@ -10,7 +10,8 @@ still the TOC's: the landmark and TOC entries stay hidden). A crash anywhere bef
 label removal leaves a lazy layer that the next completion finishes.
 
 ``fsnap pull REF`` after ``fsnap pull --lazy REF`` downloads the blobs and completes the
-layers (``fsnap.rootfs``); a lazy mount does the same in the background (``fsnap.lazy.fetch``).
+layers (``fsnap.unpack.unpacker``); a lazy mount does the same in the background
+(``fsnap.lazy.fetch``).
 """
 
 from __future__ import annotations
