@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from fault_server import FaultServer
 from image_builder import Blob, busybox_members, make_image, make_layer
-from image_mount_helpers import fsnap, image_mounted, image_mounted_rw, succeeded
+from image_mount_helpers import image_mounted, image_mounted_rw, succeeded
 from lazy_helpers import converted, fetch_blob, fetch_manifest, varied_members
 from listing import differences, full_listing
 from registry_helpers import RegistryProcess
+from support.cli import fsnap
 
 from fsnap import oci
 from fsnap.client import Client
@@ -171,7 +172,8 @@ def test_tampered_toc_is_refused_at_pull(
     root = tmp_path / "root"
     done = fsnap(root, "pull", "--lazy", f"{images}/{REPO}:tampered")
     assert done.returncode == 6, done.stderr
-    assert "annotation pins" in done.stderr and "Traceback" not in done.stderr
+    assert "annotation pins" in done.stderr
+    assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert f"{REPO}:tampered" not in fsnap(root, "images").stdout
 
@@ -229,7 +231,7 @@ def test_background_fetch_completes_while_reads_are_right(
         fault_server.slow_blobs(0)
     with Client(root) as client:  # ordinary snapshots now: their files are all on disk
         assert all(client.content.exists(d) for d in _layers(images, "esgz"))
-        top = [i for i in client.snapshots.walk() if i.parent][0].name
+        top = next(i for i in client.snapshots.walk() if i.parent).name
         assert (client.snapshots.dir(top) / "usr/big.bin").read_bytes() == BIG
 
 
@@ -268,5 +270,6 @@ def test_completion_refuses_a_wrong_diff_id(
     succeeded(fsnap(root, "pull", "--lazy", ref))
     done = fsnap(root, "pull", ref)
     assert done.returncode == 6, done.stderr
-    assert "stays lazy" in done.stderr and "Traceback" not in done.stderr
+    assert "stays lazy" in done.stderr
+    assert "Traceback" not in done.stderr
     assert len(_lazy_layers(root)) == 1
