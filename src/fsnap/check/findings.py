@@ -333,7 +333,7 @@ def labels(client: Client) -> Iterator[Problem]:
                 yield Problem(LABEL, f"snapshot {name} {key}", "names a missing blob", value)
 
 
-def lazy_blobs(sn: Snapshotter) -> set[str]:
+def lazy_blobs(sn: LocalSnapshotter) -> set[str]:
     """The blobs of lazy layers (``fsnap.lazy``): absent from the store by design."""
     return {info.labels[LAZY_LABEL] for info in sn.walk() if LAZY_LABEL in info.labels}
 

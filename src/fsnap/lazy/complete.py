@@ -34,17 +34,17 @@ from fsnap.lazy.state import (
     read_record,
     write_file,
 )
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 _READ = 1 << 20
 
 
-def is_lazy(snapshots: Snapshotter, name: str) -> bool:
+def is_lazy(snapshots: LocalSnapshotter, name: str) -> bool:
     return LAZY_LABEL in snapshots.stat(name).labels
 
 
 def complete_layer(
-    snapshots: Snapshotter, content: ContentStore, db: Database, name: str
+    snapshots: LocalSnapshotter, content: ContentStore, db: Database, name: str
 ) -> LazyRecord | None:
     """Make lazy snapshot ``name`` ordinary (see the module docstring); None if it was not
     lazy. ``NotFound`` if its blob is not in the store yet. Blocking: run it in a thread."""

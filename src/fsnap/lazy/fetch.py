@@ -52,7 +52,7 @@ from fsnap.lazy.toc import Chunk, TocEntry
 from fsnap.reference import Reference
 from fsnap.remotes.registry import RegistryClient
 from fsnap.snapshots.info import Info
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,11 @@ class LazyFiles:
     """The lazy layers of one mount (built in the daemon, which owns ``db``)."""
 
     def __init__(
-        self, db: Database, layers: list[LazyLayer], snapshots: Snapshotter, content: ContentStore
+        self,
+        db: Database,
+        layers: list[LazyLayer],
+        snapshots: LocalSnapshotter,
+        content: ContentStore,
     ) -> None:
         self.db = db
         self.layers = layers
@@ -96,7 +100,7 @@ class LazyFiles:
 
     @classmethod
     def for_chain(
-        cls, snapshots: Snapshotter, chain: list[Info], db: Database, content: ContentStore
+        cls, snapshots: LocalSnapshotter, chain: list[Info], db: Database, content: ContentStore
     ) -> LazyFiles | None:
         """The lazy layers among ``chain``; None when there are none."""
         layers = []

@@ -28,7 +28,7 @@ from fsnap.errors import FailedPrecondition
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.toc import Chunk, Seekable, Toc, parse_toc, seekable
 from fsnap.oci import Descriptor
-from fsnap.snapshots.snapshotter import Snapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 STATE_FILE = "lazy.json"
 TABLE = "lazy"
@@ -92,7 +92,7 @@ def present(db: Database, chain_id: str) -> set[str]:
     return {key[len(prefix) :] for key, _ in db.items_json(TABLE, prefix)}
 
 
-def lazy_layers(snapshots: Snapshotter, db: Database, top: str) -> list[tuple[str, int, int]]:
+def lazy_layers(snapshots: LocalSnapshotter, db: Database, top: str) -> list[tuple[str, int, int]]:
     """(name, bytes present, bytes in all) of each lazy snapshot in ``top``'s chain."""
     out = []
     for info in snapshots.chain(top):
