@@ -2,7 +2,8 @@
 
 Each topic lives in its own module with a ``register(subparsers)`` function that adds its
 sub-commands; each sub-command's handler takes ``(client, args)`` and returns an exit code.
-Errors are mapped to messages and exit codes here, once: no traceback reaches a user.
+Errors are mapped to messages and exit codes here, once: no traceback reaches a user; and
+logging is configured here, once (``--log-level``, else ``$FSNAP_LOG``: ``fsnap.logs``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fsnap import logs
 from fsnap.errors import FsnapError
 
 # Every topic module under fsnap.cli, in the order ``fsnap --help`` lists them.
@@ -96,6 +98,7 @@ def build_parser(topics: Sequence[str] = TOPICS) -> argparse.ArgumentParser:
     """The parser with the commands of ``topics`` (all of them unless told otherwise)."""
     parser = argparse.ArgumentParser(prog="fsnap", description=DESCRIPTION)
     parser.add_argument("--root", type=Path, default=None, help="fsnap state directory")
+    add_log_level(parser, default=None)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for topic in topics:
         module = importlib.import_module(f"fsnap.cli.{topic}")
@@ -103,16 +106,30 @@ def build_parser(topics: Sequence[str] = TOPICS) -> argparse.ArgumentParser:
     return parser
 
 
+def add_log_level(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """``--log-level``: on ``fsnap`` itself, and again on commands that are services."""
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=logs.LEVELS,
+        help=f"what to log on stderr (default ${logs.ENV}, else {logs.DEFAULT})",
+    )
+
+
+# Global options that take a value, as topics_for must skip them.
+_VALUED = ("--root", "--log-level")
+
+
 def topics_for(argv: Sequence[str]) -> Sequence[str]:
     """The topics needed to parse ``argv``: one for a known command, else all (for help)."""
     rest = list(argv)
     while rest:
         word = rest.pop(0)
-        if word == "--root":
+        if word in _VALUED:
             if rest:
                 rest.pop(0)
             continue
-        if word.startswith("--root="):
+        if word.startswith(tuple(f"{option}=" for option in _VALUED)):
             continue
         topic = COMMANDS.get(word)
         return (topic,) if topic is not None else TOPICS
@@ -123,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(topics_for(words))
     args = parser.parse_args(words)
+    service = getattr(args, "service", False)  # (a service logs its info lines too)
+    level = args.log_level or logs.level_from_env("info" if service else logs.DEFAULT)
+    if level not in logs.LEVELS:
+        parser.error(f"${logs.ENV}={level!r}: choose one of {', '.join(logs.LEVELS)}")
+    logs.configure(level, sys.stderr, service=service)
     root = (args.root or default_root()).absolute()
     from fsnap.client import Client
 

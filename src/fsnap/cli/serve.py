@@ -12,12 +12,10 @@ and ``ctr run --snapshotter fsnap ...`` then keeps its snapshots in fsnap's stor
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
+from fsnap.cli import add_log_level
 from fsnap.client import Client
 
 
@@ -32,23 +30,15 @@ def register(subparsers: Any) -> None:
         default=None,
         help="Unix socket (default /run/fsnap/fsnap.sock, or under $XDG_RUNTIME_DIR)",
     )
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("FSNAP_LOG", "info"),
-        choices=("debug", "info", "warning", "error"),
-        help="debug logs one line per call (default info, or $FSNAP_LOG)",
-    )
-    parser.set_defaults(handler=handle_serve)
+    # Also after `serve`; a service logs info by default (debug: one line per call), with
+    # timestamps (fsnap.logs).
+    add_log_level(parser, default=argparse.SUPPRESS)
+    parser.set_defaults(handler=handle_serve, service=True)
 
 
 def handle_serve(client: Client, args: argparse.Namespace) -> int:
     from fsnap.serve.server import default_address, serve
 
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     address = (args.address or default_address()).absolute()
 
     def ready(path: Path) -> None:

@@ -3,8 +3,10 @@
 ``run(spec, ready_fd)`` is what the mount's supervisor (``fsnap.mount.supervisor``) runs
 in a forked child, again after each death (the supervisor never opens the store, so no
 LMDB handle crosses the fork); ``python -m fsnap.mount.daemon SPEC_JSON READY_FD`` runs it
-stand-alone. A writable mount keeps its store handle for its whole life (it records index
-overrides). It loads the layers, mounts, then writes one line to READY_FD: ``ok`` once the
+stand-alone (the spec is JSON only on those command lines: ``fsnap.mount.spec``). Both log
+through ``logging`` at the spec's level to stdout, which is the mount's log file. A
+writable mount keeps its store handle for its whole life (it records index overrides).
+It loads the layers, mounts, then writes one line to READY_FD: ``ok`` once the
 mount is live, or ``error <exit code> <message>`` so the CLI can print why it failed.
 SIGTERM/SIGINT unmount.
 """
@@ -12,23 +14,25 @@ SIGTERM/SIGINT unmount.
 from __future__ import annotations
 
 import gc
-import json
+import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
+from fsnap import logs
 from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
 from fsnap.labels import LAZY_LABEL
 from fsnap.mount import manager, source, treecache
 from fsnap.mount.fs import MergedFS, TreeFS
 from fsnap.mount.idshift import IdShift
+from fsnap.mount.spec import MountSpec
 from fsnap.mount.tree import MergedTree
 
 if TYPE_CHECKING:
@@ -36,55 +40,58 @@ if TYPE_CHECKING:
 
 Ready = Callable[[FsnapError | None], None]
 
+log = logging.getLogger("fsnap.mount.daemon")  # (also when run as __main__)
 
-def build_fs(spec: dict[str, Any], client: Client) -> TreeFS:
+
+def build_fs(spec: MountSpec, client: Client) -> TreeFS:
     """The file system a spec names, with its owners shifted if ``shift_ids`` says so."""
     fs = _build_fs(spec, client)
-    if spec.get("shift_ids"):
-        fs.ids = IdShift(*spec["shift_ids"])
+    if spec.shift_ids:
+        fs.ids = IdShift(*spec.shift_ids)
     return fs
 
 
-def _build_fs(spec: dict[str, Any], client: Client) -> TreeFS:
+def _build_fs(spec: MountSpec, client: Client) -> TreeFS:
     """The file system a spec names: bare layer directories, a snapshot's chain read-only,
     or (``writable``) an active snapshot over its parents."""
-    provenance = bool(spec.get("provenance"))
-    if "layers" in spec:
-        return MergedFS(MergedTree.build(source.dir_layers(spec["layers"])), provenance)
-    chain = client.snapshots.chain(spec["snapshot"])
+    if spec.layers:
+        return MergedFS(MergedTree.build(source.dir_layers(spec.layers)), spec.provenance)
+    chain = client.snapshots.chain(spec.snapshot)
     fs: TreeFS
     union: Union | None = None
-    if spec.get("writable"):
+    if spec.writable:
         from fsnap.mount.rwfs import writable_fs  # read-only mounts need none of it
 
-        privileged = False if spec.get("index_metadata") else None
-        writable = writable_fs(client.snapshots, spec["snapshot"], privileged)
+        privileged = False if spec.index_metadata else None
+        writable = writable_fs(client.snapshots, spec.snapshot, privileged)
         fs, union = writable, writable.union
         chain = chain[:-1]
     else:
-        fs = MergedFS(treecache.merged_tree(client.snapshots, spec["snapshot"]), provenance)
+        fs = MergedFS(treecache.merged_tree(client.snapshots, spec.snapshot), spec.provenance)
     if any(LAZY_LABEL in info.labels for info in chain):
         from fsnap.lazy.fetch import LazyFiles
 
         fs.lazy_files = LazyFiles.for_chain(client.snapshots, chain, client.db, client.content)
-        fs.lazy_background = not spec.get("no_background_fetch")
+        fs.lazy_background = not spec.no_background_fetch
         if union is not None:
             union.lazy_files = fs.lazy_files
     return fs
 
 
-def serve(spec: dict[str, Any], ready: Ready, build: Callable[[], TreeFS]) -> None:
-    """Build the file system, mount it, serve until unmounted or signalled; report
-    readiness.
+def serve(
+    mountpoint: str, options: Sequence[str], ready: Ready, build: Callable[[], TreeFS]
+) -> None:
+    """Build the file system, mount it at ``mountpoint`` with FUSE ``options``, serve
+    until unmounted or signalled; report readiness.
 
     ``build`` reads the layers: in a spawned daemon with its own store handle, in
     ``--foreground`` with the CLI's (one LMDB environment per process)."""
     try:
         fs = build()
         try:
-            pyfuse3.init(fs, spec["mountpoint"], set(spec["options"]))
+            pyfuse3.init(fs, mountpoint, set(options))
         except RuntimeError as exc:
-            raise Unavailable(f"cannot mount {spec['mountpoint']}: {exc}") from None
+            raise Unavailable(f"cannot mount {mountpoint}: {exc}") from None
     except FsnapError as exc:
         ready(exc)
         return
@@ -94,13 +101,13 @@ def serve(spec: dict[str, Any], ready: Ready, build: Callable[[], TreeFS]) -> No
         pyfuse3.close(unmount=True)
 
 
-def release_snapshot(spec: dict[str, Any], client: Client) -> None:
+def release_snapshot(spec: MountSpec, client: Client) -> None:
     """A writable mount ended: its snapshot may be committed again (if it is still ours)."""
-    if not spec.get("writable"):
+    if not spec.writable:
         return
-    key = spec["snapshot"]
+    key = spec.snapshot
     try:
-        if client.writable_mounts.at(key) == spec["mountpoint"]:
+        if client.writable_mounts.at(key) == spec.mountpoint:
             client.writable_mounts.set(key, None)
     except FsnapError:
         pass
@@ -135,7 +142,7 @@ def pipe_reporter(fd: int) -> Ready:
     return report
 
 
-def forget_state(path: str | None) -> None:
+def forget_state(path: str) -> None:
     """Unmounted from outside (``fusermount3 -u``, or a signal to a ``--foreground`` mount):
     drop the record if this process owns it (a supervised server does not: its supervisor
     does)."""
@@ -143,7 +150,7 @@ def forget_state(path: str | None) -> None:
         manager.forget_record(Path(path), os.getpid())
 
 
-def build_read_only(spec: dict[str, Any], client: Client) -> TreeFS:
+def build_read_only(spec: MountSpec, client: Client) -> TreeFS:
     """Build the file system; a read-only one then lets go of what only the build needed.
 
     Its tree never changes again, so the store handle (and the index pages it mapped) is
@@ -151,7 +158,7 @@ def build_read_only(spec: dict[str, Any], client: Client) -> TreeFS:
     (``gc.freeze``): serving allocates constantly, and a full collection would otherwise
     walk every node of a large tree again and again."""
     fs = build_fs(spec, client)
-    if not spec.get("writable"):
+    if not spec.writable:
         if fs.lazy_files is None:  # a lazy mount records its fetches in the store
             client.close()
         gc.freeze()
@@ -159,19 +166,26 @@ def build_read_only(spec: dict[str, Any], client: Client) -> TreeFS:
 
 
 def main(argv: list[str]) -> int:
-    return run(json.loads(argv[0]), int(argv[1]))
+    try:
+        spec = MountSpec.from_json(argv[0])
+    except FsnapError as exc:
+        pipe_reporter(int(argv[1]))(exc)
+        return 1
+    logs.configure(spec.log_level, sys.stdout, service=True)
+    return run(spec, int(argv[1]))
 
 
-def run(spec: dict[str, Any], ready_fd: int) -> int:
+def run(spec: MountSpec, ready_fd: int) -> int:
     """Serve ``spec`` until unmounted, reporting readiness on ``ready_fd``: the body of a
     daemon process (the supervisor runs it in a forked child, see its docstring)."""
     ready = pipe_reporter(ready_fd)
-    print(f"fsnap mount daemon {os.getpid()}: {spec['mountpoint']}", flush=True)
-    with Client(Path(spec["root"])) as client:
-        serve(spec, ready, lambda: build_read_only(spec, client))
+    log.info("serving %s", spec.mountpoint)
+    log.debug("spec %s", spec)
+    with Client(Path(spec.root)) as client:
+        serve(spec.mountpoint, spec.options, ready, lambda: build_read_only(spec, client))
         release_snapshot(spec, client)
-    forget_state(spec.get("state"))
-    print(f"fsnap mount daemon {os.getpid()}: unmounted", flush=True)
+    forget_state(spec.state)
+    log.info("unmounted %s", spec.mountpoint)
     return 0
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fsnap import errors
+from fsnap import errors, logs
 from fsnap.errors import (
     AlreadyExists,
     Busy,
@@ -36,6 +36,7 @@ from fsnap.errors import (
 )
 from fsnap.info.fuse import require_fuse
 from fsnap.mount import source
+from fsnap.mount.spec import MountSpec
 from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
@@ -109,7 +110,7 @@ def mount_image(
     mnt = check_mountpoint(client, mountpoint)
     key = _image_top(client, ref, options)
     info = MountInfo(mnt, ref, "image", source.snapshot_chain(client, key))
-    return _start(client, info, {"snapshot": key}, options)
+    return _start(client, info, options, snapshot=key)
 
 
 def mount_image_writable(
@@ -146,7 +147,7 @@ def mount_active(
     client.writable_mounts.set(key, mnt)
     try:
         info = MountInfo(mnt, key, "active", source.snapshot_chain(client, key), writable=key)
-        return _start(client, info, {"snapshot": key, "writable": True}, options or MountOptions())
+        return _start(client, info, options or MountOptions(), snapshot=key, writable=True)
     except BaseException:
         with contextlib.suppress(FsnapError):
             client.writable_mounts.set(key, None)
@@ -182,7 +183,7 @@ def mount_snapshot(
         return mount_active(client, key, mountpoint, options)
     mnt = check_mountpoint(client, mountpoint)
     info = MountInfo(mnt, key, "snapshot", source.snapshot_chain(client, key))
-    return _start(client, info, {"snapshot": key}, options or MountOptions())
+    return _start(client, info, options or MountOptions(), snapshot=key)
 
 
 def mount_layers(
@@ -195,7 +196,7 @@ def mount_layers(
     and benchmarks that need no image store."""
     mnt = check_mountpoint(client, mountpoint)
     info = MountInfo(mnt, ",".join(map(str, dirs)), "layers")
-    return _start(client, info, {"layers": [str(d) for d in dirs]}, options or MountOptions())
+    return _start(client, info, options or MountOptions(), layers=tuple(map(str, dirs)))
 
 
 def umount(client: Client, mountpoint: str | os.PathLike[str]) -> MountInfo:
@@ -393,29 +394,41 @@ def _not_connected(mnt: str) -> bool:
 
 
 def _start(
-    client: Client, info: MountInfo, spec_source: dict[str, Any], options: MountOptions
+    client: Client,
+    info: MountInfo,
+    options: MountOptions,
+    *,
+    snapshot: str = "",
+    layers: tuple[str, ...] = (),
+    writable: bool = False,
 ) -> MountInfo:
+    """Record the mount, then serve ``snapshot`` (or bare ``layers``): here, or in a
+    spawned supervisor that logs to ``<record>.log`` (info and up; debug if this process
+    logs debug)."""
     require_fuse()  # before any record or daemon: a missing /dev/fuse is named, with the fix
     record = _record_path(client, info.mountpoint)
     info.log = str(record.with_suffix(".log"))
     info.options = fuse_options(info.source, options, writable=bool(info.writable))
-    spec = {
-        "root": str(client.root),
-        "mountpoint": info.mountpoint,
-        "options": info.options,
-        "state": str(record),
-        "provenance": options.provenance,
-        "index_metadata": options.index_metadata,
-        "no_background_fetch": options.no_background_fetch,
-        "shift_ids": options.shift_ids,
-        **spec_source,
-    }
+    spec = MountSpec(
+        root=str(client.root),
+        mountpoint=info.mountpoint,
+        options=tuple(info.options),
+        snapshot=snapshot,
+        layers=layers,
+        writable=writable,
+        state=str(record),
+        provenance=options.provenance,
+        index_metadata=options.index_metadata,
+        shift_ids=options.shift_ids,
+        no_background_fetch=options.no_background_fetch,
+        log_level="debug" if logs.current_level() == "debug" else "info",
+    )
     _write_record(record, info, exclusive=True)
     try:
         if options.foreground:
             info.pid = os.getpid()
             _write_record(record, info, exclusive=False)
-            _serve_here(client, spec, spec_source)
+            _serve_here(client, spec)
             return info
         info.pid = _spawn(spec, Path(info.log))
         # The supervisor claimed the record (pid, server) before it reported ready.
@@ -426,7 +439,7 @@ def _start(
     return info
 
 
-def _serve_here(client: Client, spec: dict[str, Any], spec_source: dict[str, Any]) -> None:
+def _serve_here(client: Client, spec: MountSpec) -> None:
     """``--foreground``: serve from this process, reusing its store handle.
 
     The daemon module (trio, pyfuse3) is imported here only: a spawning ``fsnap mount``
@@ -442,22 +455,22 @@ def _serve_here(client: Client, spec: dict[str, Any], spec_source: dict[str, Any
         if error is not None:
             failure.append(error)
         else:
-            print(f"fsnap: serving {spec['mountpoint']} (Ctrl-C to unmount)", flush=True)
+            print(f"fsnap: serving {spec.mountpoint} (Ctrl-C to unmount)", flush=True)
 
-    daemon.serve(spec, ready, build)
+    daemon.serve(spec.mountpoint, spec.options, ready, build)
     daemon.release_snapshot(spec, client)
-    daemon.forget_state(spec.get("state"))
+    daemon.forget_state(spec.state)
     if failure:
         raise failure[0]
 
 
-def _spawn(spec: dict[str, Any], log: Path) -> int:
+def _spawn(spec: MountSpec, log: Path) -> int:
     """Start the mount's supervisor detached (it starts the server, see
     ``fsnap.mount.supervisor``); return its pid once it says the mount is live."""
     read_fd, write_fd = os.pipe()
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fsnap.mount.supervisor", json.dumps(spec), str(write_fd)],
+            [sys.executable, "-m", "fsnap.mount.supervisor", spec.to_json(), str(write_fd)],
             pass_fds=(write_fd,),
             stdin=subprocess.DEVNULL,
             stdout=log_file,

@@ -49,17 +49,18 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import json
+import logging
 import os
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fsnap.errors import Unavailable
+from fsnap import logs
+from fsnap.errors import FsnapError, Unavailable
 from fsnap.mount import daemon, manager
+from fsnap.mount.spec import MountSpec
 
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
@@ -67,14 +68,16 @@ RESTART_WINDOW = 60.0
 START_TIMEOUT = 60.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
+log = logging.getLogger("fsnap.mount.supervisor")  # (also when run as __main__)
+
 
 class Supervisor:
     """Starts, watches and restarts the server of one mount (see the module docstring)."""
 
-    def __init__(self, spec: dict[str, Any]) -> None:
+    def __init__(self, spec: MountSpec) -> None:
         self.spec = spec
-        self.mountpoint: str = spec["mountpoint"]
-        self.record = Path(spec["state"]) if spec.get("state") else None
+        self.mountpoint = spec.mountpoint
+        self.record = Path(spec.state) if spec.state else None
         self.server = 0
         self.stopping = False
         self.restarts: collections.deque[float] = collections.deque()
@@ -139,7 +142,7 @@ class Supervisor:
                 os.close(fd)
             code = daemon.run(self.spec, write_fd)
         except BaseException:  # noqa: BLE001 - the child must reach os._exit, whatever
-            traceback.print_exc()
+            log.exception("server %d failed", os.getpid())
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -173,25 +176,28 @@ class Supervisor:
         now = time.monotonic()
         while self.restarts and now - self.restarts[0] > RESTART_WINDOW:
             self.restarts.popleft()
-        _log(f"server {self.server} {status} under {self.mountpoint}")
+        log.warning("server %d %s under %s", self.server, status, self.mountpoint)
         if len(self.restarts) >= MAX_RESTARTS:
             reason = (
                 f"gave up: the server died {len(self.restarts) + 1} times within "
                 f"{RESTART_WINDOW:.0f} s (last: {status})"
             )
-            _log(reason)
+            log.error("%s", reason)
             self._note(failure=reason, server=0)
             return False
         self.restarts.append(now)
         manager.detach(self.mountpoint)
         line = self._start()
         if line != "ok":
-            _log(f"restart failed: {line}")
+            log.error("restart failed: %s", line)
             return self._restart(f"failed to start again ({line})")
         total = self._count_restart()
-        _log(
-            f"restarted in {time.monotonic() - now:.2f} s: server {self.server} serves "
-            f"{self.mountpoint} (restart {total})"
+        log.info(
+            "restarted in %.2f s: server %d serves %s (restart %d)",
+            time.monotonic() - now,
+            self.server,
+            self.mountpoint,
+            total,
         )
         return True
 
@@ -215,14 +221,16 @@ class Supervisor:
             manager.forget_record(self.record, os.getpid())
 
 
-def _log(message: str) -> None:
-    print(f"fsnap mount supervisor {os.getpid()}: {message}", flush=True)
-
-
 def main(argv: list[str]) -> int:
-    spec = json.loads(argv[0])
-    _log(f"supervising {spec['mountpoint']}")
-    if spec.get("writable"):
+    """``SPEC_JSON READY_FD``: a spec that does not load is reported on READY_FD."""
+    try:
+        spec = MountSpec.from_json(argv[0])
+    except FsnapError as exc:
+        daemon.pipe_reporter(int(argv[1]))(exc)
+        return 1
+    logs.configure(spec.log_level, sys.stdout, service=True)
+    log.info("supervising %s", spec.mountpoint)
+    if spec.writable:
         import fsnap.mount.rwfs  # noqa: F401 - imported once here, not in every server
     return Supervisor(spec).run(int(argv[1]))
 

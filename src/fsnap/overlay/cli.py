@@ -98,7 +98,7 @@ def _serve(
     def build() -> TreeFS:
         return stack.build(opts, read_only)
 
-    serve(spec, ready, build)
+    serve(spec["mountpoint"], spec["options"], ready, build)
 
 
 def _foreground(spec: dict[str, Any], opts: overlay_options.OverlayOptions, read_only: bool) -> int:
