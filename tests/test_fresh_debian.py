@@ -49,7 +49,7 @@ HOLD_5000 = (
     'import socket, time; s = socket.socket(); s.bind(("127.0.0.1", 5000)); '
     "s.listen(); time.sleep(86400)"
 )
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = pytest.mark.timeout(3600)
 
 
 @pytest.fixture(scope="module")

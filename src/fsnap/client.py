@@ -2,7 +2,7 @@
 
 The CLI does nothing a Python caller cannot do through this class. Stores are opened lazily
 so that a command touches only what it needs, and the LMDB environment is opened in the
-process that uses it (never across fork, see NOTES.md).
+process that uses it (never across fork: ``fsnap.db``).
 """
 
 from __future__ import annotations

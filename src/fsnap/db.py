@@ -2,8 +2,9 @@
 
 One environment under ``<root>/meta`` holds named databases, one per concept (content,
 ingests, images, snapshots, …). Several processes (the CLI, mount daemons, concurrent
-pulls) open it at once; LMDB serialises writers. Open it *after* any fork (see NOTES.md),
-keep write transactions short, and never hold a transaction across an await.
+pulls) open it at once; LMDB serialises writers. Open it *after* any fork (an environment
+must not cross fork(): LMDB's documentation, "Caveats"), keep write transactions short, and
+never hold a transaction across an await.
 """
 
 from __future__ import annotations

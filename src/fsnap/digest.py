@@ -27,12 +27,10 @@ def sha256_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def hex_of(digest: str) -> str:
-    return validate(digest).split(":", 1)[1]
-
-
 def chain_id(diff_ids: list[str]) -> str:
-    """The OCI chain ID of a stack of layers (bottom first): see ../shared/NOTES.md."""
+    """The OCI chain ID of a stack of layers (bottom first), as the image spec defines it
+    (``config.md``, "Layer ChainID"): ChainID(L1) = DiffID(L1); ChainID(L1..Ln) = sha256 of
+    ``ChainID(L1..Ln-1) + " " + DiffID(Ln)``."""
     if not diff_ids:
         raise InvalidArgument("chain ID of no layers")
     chain = validate(diff_ids[0])

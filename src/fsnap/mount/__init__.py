@@ -1,2 +1,4 @@
-"""The FUSE mount of a snapshot chain: merged tree, union engine, pyfuse3 operations,
-daemon, manager."""
+"""FUSE mounts of snapshot chains, read-only (a merged view of committed layers) or
+writable (an active snapshot over its parents): the merged tree, the union engine of
+writable mounts, the file systems that serve them, the mount daemon and its supervisor,
+and the manager behind ``fsnap mount``."""

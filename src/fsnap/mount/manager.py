@@ -162,7 +162,7 @@ def _image_top(client: Client, ref: str, options: MountOptions) -> str:
     except NotFound:
         if not (options.pull or options.lazy):
             raise
-    _pull(client, ref, options.lazy)
+    client.pull(ref, lazy=options.lazy)
     return source.image_snapshot(client, ref)
 
 
@@ -583,13 +583,3 @@ def _alive(pid: int) -> bool:
         return False
     ours = b"fsnap.mount.daemon" in cmdline or b"fsnap.mount.supervisor" in cmdline
     return ours or pid == os.getpid()
-
-
-def _pull(client: Client, ref: str, lazy: bool = False) -> None:
-    pull: Callable[..., object] | None = getattr(client, "pull", None)
-    if pull is None:
-        raise errors.Unsupported("--pull: this build of fsnap cannot pull yet")
-    if lazy:
-        pull(ref, lazy=True)
-    else:
-        pull(ref)
