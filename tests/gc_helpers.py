@@ -99,7 +99,7 @@ def mounted_image(root: Path, name: str, mnt: Path) -> Iterator[manager.MountInf
     info: manager.MountInfo | None = None
     try:
         with Client(root) as client:
-            info = manager.mount_image(client, name, mnt)
+            info = client.mount(name, mnt)
         yield info
     finally:
         cleanup(root, mnt, info.pid if info else 0)

@@ -17,7 +17,6 @@ from mount_helpers import cleanup
 from support.cli import fsnap
 
 from fsnap.client import Client
-from fsnap.mount import manager
 
 
 def succeeded(done: subprocess.CompletedProcess[str]) -> str:
@@ -59,7 +58,7 @@ def image_mounted_rw(root: Path, ref: str, mnt: Path) -> Iterator[str]:
 def _daemon_pid(root: Path, mnt: Path) -> int:
     """The pid in ``mnt``'s mount record (0 if there is none)."""
     with contextlib.suppress(Exception), Client(root) as client:
-        for info in manager.list_mounts(client):
+        for info in client.mounts():
             if info.mountpoint == str(mnt):
                 return info.pid
     return 0

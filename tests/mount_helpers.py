@@ -104,14 +104,18 @@ def mounted(
     root: Path, layers: list[Path], mnt: Path
 ) -> contextlib.AbstractContextManager[manager.MountInfo]:
     """Mount bare layers at ``mnt``; unmount and stop the daemon whatever happens."""
-    return mounted_with(root, mnt, lambda client: manager.mount_layers(client, layers, mnt))
+
+    def mount(client: Client) -> manager.MountInfo:
+        return manager.mount_layers(manager.MountStores(root, client.snapshots), layers, mnt)
+
+    return mounted_with(root, mnt, mount)
 
 
 def cleanup(root: Path, mnt: Path, pid: int) -> None:
     """Best effort, in order: fsnap umount, lazy fusermount, SIGKILL the supervisor and
     its server."""
     with contextlib.suppress(Exception), Client(root) as client:
-        manager.umount(client, mnt)
+        client.umount(mnt)
     if str(mnt) in manager.mounted_points():
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
     if pid:
@@ -257,4 +261,4 @@ def mounted_snapshot(
     root: Path, key: str, mnt: Path
 ) -> contextlib.AbstractContextManager[manager.MountInfo]:
     """Mount snapshot ``key`` at ``mnt``; unmount and stop the daemon whatever happens."""
-    return mounted_with(root, mnt, lambda client: manager.mount_snapshot(client, key, mnt))
+    return mounted_with(root, mnt, lambda client: client.mount_snapshot(key, mnt))

@@ -122,7 +122,7 @@ def _clean(root: Path) -> None:
         for record in state.load_all(client):
             with contextlib.suppress(Exception):
                 Runc(Path(record.runc_state), Path(record.bundle) / "runc.log").delete(record.id)
-        infos = manager.list_mounts(client)
+        infos = client.mounts()
     for info in infos:
         cleanup(root, Path(info.mountpoint), info.pid)
     with contextlib.suppress(Exception), Client(root) as client:

@@ -85,7 +85,7 @@ def mounted_rw(
     options: manager.MountOptions | None = None,
 ) -> contextlib.AbstractContextManager[manager.MountInfo]:
     """Mount active snapshot ``key`` writable at ``mnt``; unmount whatever happens."""
-    return mounted_with(root, mnt, lambda client: manager.mount_snapshot(client, key, mnt, options))
+    return mounted_with(root, mnt, lambda client: client.mount_snapshot(key, mnt, options))
 
 
 def run_ops(mnt: Path, as_nobody: bool) -> subprocess.CompletedProcess[str]:
@@ -99,4 +99,4 @@ def run_ops(mnt: Path, as_nobody: bool) -> subprocess.CompletedProcess[str]:
 def mount_pid(root: Path, mnt: Path) -> int:
     """The pid of the daemon serving ``mnt`` (a mount made by the CLI)."""
     with Client(root) as client:
-        return next(i.pid for i in manager.list_mounts(client) if i.mountpoint == str(mnt))
+        return next(i.pid for i in client.mounts() if i.mountpoint == str(mnt))

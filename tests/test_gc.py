@@ -22,7 +22,6 @@ from support.cli import fsnap
 from fsnap import gc
 from fsnap.client import Client
 from fsnap.errors import Busy
-from fsnap.gc.rmi import remove_image
 
 
 def test_rmi_one_then_gc_removes_only_what_is_unique_to_it(
@@ -34,7 +33,7 @@ def test_rmi_one_then_gc_removes_only_what_is_unique_to_it(
         name_a = pull_unpacked(client, registry, "gc/one-a", a)
         name_b = pull_unpacked(client, registry, "gc/one-b", b)
         before = store_state(client)
-        assert gc.collect(client).removed == []  # both images hold everything
+        assert client.gc().removed == []  # both images hold everything
 
     removed = fsnap(root, "rmi", name_a)
     assert removed.returncode == 0, removed.stderr
@@ -47,7 +46,7 @@ def test_rmi_one_then_gc_removes_only_what_is_unique_to_it(
         assert kept.blobs == before.blobs
         assert kept.snapshots == before.snapshots
         assert kept.count("files") == before.count("files")
-        report = gc.collect(client)
+        report = client.gc()
         after = store_state(client)
 
     unique_blobs = image_blobs(a) - image_blobs(b)
@@ -76,8 +75,8 @@ def test_rmi_both_then_gc_leaves_an_empty_store(registry: RegistryProcess, tmp_p
         name_a = pull_unpacked(client, registry, "gc/both-a", a)
         name_b = pull_unpacked(client, registry, "gc/both-b", b)
         for name in (name_a, name_b):
-            remove_image(client, name)
-        report = gc.collect(client)
+            client.rmi(name)
+        report = client.gc()
         state = store_state(client)
 
     assert {r.name for r in report.of_kind(gc.BLOB)} == image_blobs(a) | image_blobs(b)
@@ -98,7 +97,7 @@ def test_dry_run_lists_exactly_what_gc_then_removes(
     with Client(root) as client:
         name_a = pull_unpacked(client, registry, "gc/dry-a", a)
         pull_unpacked(client, registry, "gc/dry-b", b)
-        remove_image(client, name_a)
+        client.rmi(name_a)
         before = store_state(client)
 
     dry = fsnap(root, "gc", "--dry-run", "--json")
@@ -141,20 +140,20 @@ def test_active_and_view_snapshots_keep_their_parent_chains(
         name_b = pull_unpacked(client, registry, "gc/active-b", b)
         client.snapshots.prepare("work", a.chain_id)
         client.snapshots.view("look", b.chain_ids[0])
-        remove_image(client, name_a)
-        remove_image(client, name_b)
+        client.rmi(name_a)
+        client.rmi(name_b)
 
-        first = gc.collect(client)
+        first = client.gc()
         assert {r.name for r in first.of_kind(gc.BLOB)} == image_blobs(a) | image_blobs(b)
         assert [r.name for r in first.of_kind(gc.SNAPSHOT)] == [b.chain_id]
         assert {i.name for i in client.snapshots.walk()} == {*a.chain_ids, "work", "look"}
 
         client.snapshots.remove("work")
-        second = gc.collect(client)
+        second = client.gc()
         assert [r.name for r in second.of_kind(gc.SNAPSHOT)] == [a.chain_id]  # base: "look"
 
         client.snapshots.remove("look")
-        third = gc.collect(client)
+        third = client.gc()
         assert [r.name for r in third.of_kind(gc.SNAPSHOT)] == [a.chain_ids[0]]
         assert store_state(client).snapshots == frozenset()
 
@@ -174,7 +173,7 @@ def test_rmi_of_a_mounted_image_is_refused(registry: RegistryProcess, tmp_path: 
         assert "Traceback" not in refused.stderr
         with Client(root) as client:
             assert client.images.get(name).target.digest == a.manifest.digest
-            assert gc.collect(client).removed == []
+            assert client.gc().removed == []
         assert read_in_mount(mnt / "srv/a") == "image a mounted\n"
 
     assert fsnap(root, "rmi", name).returncode == 0
@@ -191,15 +190,15 @@ def test_gc_never_removes_snapshots_a_live_mount_reads(
     mnt = tmp_path / "mnt"
     with mounted_snapshot(root, a.chain_id, mnt):
         with Client(root) as client:
-            remove_image(client, name)  # a snapshot mount does not hold the image record
-            report = gc.collect(client)
+            client.rmi(name)  # a snapshot mount does not hold the image record
+            report = client.gc()
             assert {r.name for r in report.removed} == image_blobs(a)
             assert store_state(client).snapshots == set(a.chain_ids)
         assert read_in_mount(mnt / "etc/base") == "shared base live\n"
         assert read_in_mount(mnt / "srv/a") == "image a live\n"
 
     with Client(root) as client:
-        report = gc.collect(client)
+        report = client.gc()
         assert [r.name for r in report.of_kind(gc.SNAPSHOT)] == list(reversed(a.chain_ids))
 
 

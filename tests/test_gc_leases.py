@@ -47,13 +47,13 @@ def test_a_live_lease_keeps_what_was_created_after_it(tmp_path: Path) -> None:
             fresh = commit_blob(client, b"committed under the lease")
             client.snapshots.prepare("fresh-key")
             client.snapshots.commit("fresh", "fresh-key")
-            report = gc.collect(client)
+            report = client.gc()
             assert [(r.kind, r.name) for r in report.removed] == [(gc.BLOB, old)]
             assert client.content.exists(fresh)
             assert store_state(client).snapshots == {"fresh"}
         assert leases.list_leases(client.db) == []  # released on exit
 
-        report = gc.collect(client)
+        report = client.gc()
         assert [(r.kind, r.name) for r in report.removed] == [
             (gc.SNAPSHOT, "fresh"),
             (gc.BLOB, fresh),
@@ -132,7 +132,7 @@ def test_a_paused_pull_is_protected_from_a_concurrent_gc(
     assert not failures, failures
 
     with Client(root) as client:
-        assert gc.collect(client).removed == []
+        assert client.gc().removed == []
         assert store_state(client).blobs == image_blobs(image)
         assert store_state(client).snapshots == set(image.chain_ids)
 
@@ -156,7 +156,7 @@ def test_the_lease_of_a_killed_process_is_dropped(tmp_path: Path) -> None:
     blob = Blob("application/octet-stream", b"made by a process that will die")
     with child(root, LEASE_AND_BLOB) as proc:
         with Client(root) as client:
-            assert gc.collect(client).removed == []  # the holder lives: all kept
+            assert client.gc().removed == []  # the holder lives: all kept
             [lease] = leases.list_leases(client.db)
             assert lease.pid == proc.pid
             assert lease.reason == "doomed"
@@ -165,10 +165,10 @@ def test_the_lease_of_a_killed_process_is_dropped(tmp_path: Path) -> None:
         proc.wait()
 
     with Client(root) as client:
-        planned = gc.collect(client, dry_run=True).removed
+        planned = client.gc(dry_run=True).removed
         assert [(r.kind, r.name) for r in planned] == [(gc.BLOB, blob.digest), (gc.LEASE, lease.id)]
         assert f"pid {proc.pid}" in planned[1].detail
-        assert gc.collect(client).removed == planned
+        assert client.gc().removed == planned
         assert leases.list_leases(client.db) == []
         assert not client.content.exists(blob.digest)
 
@@ -190,20 +190,20 @@ def test_only_ingests_no_writer_holds_are_removed(tmp_path: Path) -> None:
     with child(root, HALF_WRITTEN) as proc:
         with Client(root) as client:
             assert [s.ref for s in client.content.list_ingests()] == ["half"]
-            assert gc.collect(client).removed == []  # its writer holds the lock
+            assert client.gc().removed == []  # its writer holds the lock
         proc.kill()
         proc.wait()
 
     with Client(root) as client:
         with client.content.writer("held", held.descriptor()) as writer:
             writer.write(held.data[:5])
-            report = gc.collect(client)
+            report = client.gc()
             assert [(r.kind, r.name, r.size) for r in report.removed] == [
                 (gc.INGEST, "half", 40000)
             ]
             assert [s.ref for s in client.content.list_ingests()] == ["held"]
         assert store_state(client).ingest_dirs == {client.content.ingests.directory("held").name}
-        report = gc.collect(client)  # closed, so resumable, but nobody is writing it
+        report = client.gc()  # closed, so resumable, but nobody is writing it
         assert [(r.kind, r.name) for r in report.removed] == [(gc.INGEST, "held")]
         assert store_state(client).ingest_dirs == frozenset()
         assert store_state(client).count("ingests") == 0
@@ -220,17 +220,17 @@ def test_an_ingest_directory_without_a_record_is_removed_unless_locked(tmp_path:
         lock_fd = os.open(lock_path, os.O_CREAT | os.O_RDWR)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            planned = gc.collect(client, dry_run=True).removed
+            planned = client.gc(dry_run=True).removed
             assert [(r.kind, r.name, r.size) for r in planned] == [
                 (gc.INGEST, "orphan:" + orphan.name, 7)
             ]
             assert orphan.exists()
-            assert gc.collect(client).removed == planned
+            assert client.gc().removed == planned
             assert not orphan.exists()
             assert taken.exists()
         finally:
             os.close(lock_fd)
-        assert [r.name for r in gc.collect(client).removed] == ["orphan:" + taken.name]
+        assert [r.name for r in client.gc().removed] == ["orphan:" + taken.name]
 
 
 def test_the_gc_root_label_keeps_a_blob_and_what_it_references(tmp_path: Path) -> None:
@@ -241,6 +241,6 @@ def test_the_gc_root_label_keeps_a_blob_and_what_it_references(tmp_path: Path) -
             root_blob,
             {"containerd.io/gc.root": "yes", "containerd.io/gc.ref.content.x": child_blob},
         )
-        assert gc.collect(client).removed == []
+        assert client.gc().removed == []
         client.content.update_labels(root_blob, {"containerd.io/gc.root": ""})
-        assert {r.name for r in gc.collect(client).removed} == {root_blob, child_blob}
+        assert {r.name for r in client.gc().removed} == {root_blob, child_blob}

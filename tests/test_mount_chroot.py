@@ -56,8 +56,8 @@ def test_chroot_busybox_shell(busybox_anywhere: tuple[Path, str], tmp_path: Path
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["ok", "bin", "etc", "hello"]
         with Client(root) as client:
-            assert set(info.snapshots) <= manager.snapshots_in_use(client)
-            assert key in manager.snapshots_in_use(client)
+            assert set(info.snapshots) <= manager.snapshots_in_use(client.root)
+            assert key in manager.snapshots_in_use(client.root)
 
 
 def test_chroot_dynamically_linked_program(tmp_path: Path, fs_base: Path) -> None:
@@ -111,7 +111,7 @@ def test_killed_daemon_is_stale_until_umount(busybox: tuple[Path, str], tmp_path
     pid = 0
     try:
         with Client(root) as client:
-            info = manager.mount_snapshot(client, key, mnt)
+            info = client.mount_snapshot(key, mnt)
         pid = info.pid
         assert (mnt / "etc/motd").read_bytes() == b"hello\n"
         os.killpg(pid, signal.SIGKILL)  # the supervisor leads its server's process group

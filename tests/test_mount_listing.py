@@ -287,7 +287,8 @@ from pathlib import Path
 from fsnap.client import Client
 from fsnap.mount import manager
 with Client(Path(sys.argv[1])) as client:
-    manager.mount_layers(client, [Path(sys.argv[2])], sys.argv[3],
+    stores = manager.MountStores(client.root, client.snapshots)
+    manager.mount_layers(stores, [Path(sys.argv[2])], sys.argv[3],
                          manager.MountOptions(foreground=True))
 """
 
@@ -310,7 +311,7 @@ def test_foreground_mount_unmounted_from_outside_drops_its_record(tmp_path: Path
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         with Client(root) as client:
-            assert manager.list_mounts(client) == []
+            assert client.mounts() == []
             with mounted(root, [layer], mnt):
                 assert (mnt / "a").read_bytes() == b"x"
     finally:

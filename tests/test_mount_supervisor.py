@@ -42,7 +42,7 @@ def _pulled(registry: RegistryProcess, root: Path, repo: str) -> str:
 
 def _record(root: Path, mnt: Path) -> manager.MountInfo:
     with Client(root) as client:
-        found = [i for i in manager.list_mounts(client) if i.mountpoint == str(mnt)]
+        found = [i for i in client.mounts() if i.mountpoint == str(mnt)]
     assert len(found) == 1, found
     return found[0]
 
@@ -134,7 +134,7 @@ def test_a_writable_mount_keeps_what_was_fsynced(registry: RegistryProcess, tmp_
     info = None
     try:
         with Client(root) as client:
-            info = manager.mount_image_writable(client, name, mnt, key="work")
+            info = client.mount(name, mnt, writable=True, key="work")
         write = (
             "import os, sys\n"
             "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o600)\n"

@@ -21,7 +21,6 @@ from support.cli import fsnap
 
 from fsnap import oci
 from fsnap.client import Client
-from fsnap.mount import manager
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -99,7 +98,7 @@ def test_cli_snapshots_mount_writable_and_umount_keeps_changes(
         assert done.returncode == 0, done.stderr
         assert "writable" in done.stdout
         with Client(root) as client:
-            pid = next(i.pid for i in manager.list_mounts(client) if i.mountpoint == str(mnt))
+            pid = next(i.pid for i in client.mounts() if i.mountpoint == str(mnt))
         (mnt / "play" / "new").write_bytes(b"n")
         os.unlink(mnt / "play" / "gone.txt")
         umounted = fsnap(root, "umount", str(mnt))
@@ -204,7 +203,7 @@ def test_cli_mount_rw_of_a_pulled_image(
         key = done.stdout.split()[2]
         assert key.startswith("cli-rw-")
         with Client(root) as client:
-            pid = next(i.pid for i in manager.list_mounts(client) if i.mountpoint == str(mnt))
+            pid = next(i.pid for i in client.mounts() if i.mountpoint == str(mnt))
             assert client.writable_mounts.at(key) == str(mnt)
         (mnt / "etc" / "motd").write_text("changed\n")
         assert fsnap(root, "umount", str(mnt)).returncode == 0

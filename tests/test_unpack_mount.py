@@ -39,7 +39,7 @@ def test_pulled_image_mounts_as_its_merged_tree(registry: RegistryProcess, tmp_p
     pid = 0
     try:
         with Client(root) as client:
-            info = manager.mount_image(client, ref, mnt)
+            info = client.mount(ref, mnt)
             pid = info.pid
         assert info.snapshots == image.chain_ids
         # The daemon is another process: reading the mount from here is safe.

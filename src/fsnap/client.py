@@ -17,7 +17,9 @@ from fsnap.db import Database
 
 if TYPE_CHECKING:
     from fsnap.content.store import ContentStore
+    from fsnap.gc import GCReport
     from fsnap.images.store import Image, ImageStore
+    from fsnap.mount.manager import MountInfo, MountOptions, MountStores
     from fsnap.mount.registry import WritableMounts
     from fsnap.oci import Descriptor, Platform
     from fsnap.progress import CommitProgress, PullProgress, PushProgress
@@ -235,7 +237,8 @@ class Client:
         from fsnap.mount.tree import MergedTree
         from fsnap.transfer.exporter import export_rootfs
 
-        tree = MergedTree.build(snapshot_layers(self, image_snapshot(self, ref)))
+        top = image_snapshot(self.content, self.images, ref)
+        tree = MergedTree.build(snapshot_layers(self.snapshots, top))
         export_rootfs(tree, out)
 
     def tag(self, source: str, new: str) -> Image:
@@ -375,6 +378,102 @@ class Client:
         from fsnap.remotes.login import logout
 
         return logout(registry)
+
+    def mount(
+        self,
+        ref: str,
+        mountpoint: str | os.PathLike[str],
+        options: MountOptions | None = None,
+        *,
+        writable: bool = False,
+        key: str | None = None,
+    ) -> MountInfo:
+        """Mount image ``ref``'s root file system at ``mountpoint`` (``fsnap mount``):
+        read-only, or ``writable`` on a new active snapshot ``key`` (default
+        ``<image name>-rw-<random>``; it outlives the mount). ``options.pull`` pulls a
+        missing image first; ``options.foreground`` serves from this process until
+        unmounted. Returns the mount's record (``fsnap.mount.manager``)."""
+        from fsnap.errors import InvalidArgument
+        from fsnap.mount import manager
+
+        if key is not None and not writable:
+            raise InvalidArgument("a snapshot key is for writable mounts only")
+        options = options or manager.MountOptions()
+        manager.check_mountpoint(self.root, mountpoint)  # before a pull, not after it
+        top = self._image_top(ref, options.pull or options.lazy, options.lazy)
+        if writable:
+            return manager.mount_image_writable(
+                self.mount_stores(), ref, top, mountpoint, key, options
+            )
+        return manager.mount_image(self.mount_stores(), ref, top, mountpoint, options)
+
+    def mount_snapshot(
+        self, key: str, mountpoint: str | os.PathLike[str], options: MountOptions | None = None
+    ) -> MountInfo:
+        """Mount snapshot ``key`` over its parents (``fsnap snapshots mount``): writable if it
+        is active, else read-only."""
+        from fsnap.mount import manager
+
+        return manager.mount_snapshot(self.mount_stores(), key, mountpoint, options)
+
+    def umount(self, mountpoint: str | os.PathLike[str]) -> MountInfo:
+        """Unmount an fsnap mount (lazily if busy), stop its daemon, drop its record; a
+        writable mount's snapshot stays (``fsnap umount``)."""
+        from fsnap.mount import manager
+
+        return manager.umount(self.mount_stores(), mountpoint)
+
+    def mounts(self) -> list[MountInfo]:
+        """Every recorded mount with its state (``fsnap mounts``)."""
+        from fsnap.mount import manager
+
+        return manager.list_mounts(self.root)
+
+    def rmi(self, ref: str) -> Image:
+        """Forget image ``ref`` (as stored or as ``fsnap pull`` names it) and return its
+        record; Busy while it is mounted. Its blobs and snapshots wait for ``gc``."""
+        from fsnap.gc.rmi import remove_image
+        from fsnap.images.resolve import find
+        from fsnap.mount.manager import list_mounts
+
+        return remove_image(self.images, find(self.images, ref).name, list_mounts(self.root))
+
+    def gc(self, *, dry_run: bool = False) -> GCReport:
+        """Remove what no image, mount, snapshot or live lease holds (``fsnap gc``), after
+        reaping dead ``fsnap run``s; with ``dry_run`` only report what would go."""
+        from fsnap import gc
+        from fsnap.mount.manager import snapshots_in_use
+        from fsnap.run.state import reap
+
+        if not dry_run:
+            reap(self)  # runs whose fsnap died: their mounts and snapshots go first
+        stores = gc.Stores(
+            self.content,
+            self.images,
+            self.snapshots,
+            self.db,
+            mounted=lambda: snapshots_in_use(self.root),
+        )
+        return gc.collect(stores, dry_run=dry_run)
+
+    def mount_stores(self) -> MountStores:
+        from fsnap.mount.manager import MountStores
+
+        return MountStores(self.root, self.snapshots, self.writable_mounts, self.content, self.db)
+
+    def _image_top(self, ref: str, pull: bool, lazy: bool = False) -> str:
+        """The top snapshot of image ``ref``, pulling it first (``lazy``: seekable layers
+        from their TOC alone) if it is missing and ``pull`` says so."""
+        from fsnap.errors import NotFound
+        from fsnap.mount.source import image_snapshot
+
+        try:
+            return image_snapshot(self.content, self.images, ref)
+        except NotFound:
+            if not pull:
+                raise
+        self.pull(ref, lazy=lazy)
+        return image_snapshot(self.content, self.images, ref)
 
     def close(self) -> None:
         if self._db is not None:

@@ -180,7 +180,7 @@ def ingests(client: Client) -> Iterator[Problem]:
     """Downloads no writer holds (what ``gc`` would remove), with their partial data."""
     from fsnap import gc
 
-    for item in gc.plan_removals(client):
+    for item in client.gc(dry_run=True).removed:
         if item.kind == gc.INGEST:
             yield Problem(
                 INGEST,

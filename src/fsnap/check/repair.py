@@ -151,7 +151,7 @@ def _remove_broken_snapshot(client: Client, name: str) -> str:
             f"left: {infos[users[0]].kind.value} snapshot {users[0]} is the user's "
             "(commit or remove it, then repair again)"
         )
-    mounted = sorted(set(doomed) & snapshots_in_use(client))
+    mounted = sorted(set(doomed) & snapshots_in_use(client.root))
     if mounted:
         return f"left: a mount reads {mounted[0]}; unmount it, then repair again"
     restorable = _restorable_snapshots(client)

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from fsnap.client import Client
-from fsnap.gc import GCReport, Removal, collect
+from fsnap.gc import GCReport, Removal
 from fsnap.progress import human_size
 
 
@@ -26,7 +26,7 @@ def register(subparsers: Any) -> None:
 
 
 def handle_gc(client: Client, args: argparse.Namespace) -> int:
-    report = collect(client, dry_run=args.dry_run)
+    report = client.gc(dry_run=args.dry_run)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return 0

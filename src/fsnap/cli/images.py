@@ -69,7 +69,7 @@ def print_lazy(client: Client, images: list[Image]) -> None:
 
     for image in images:
         try:
-            top = image_snapshot(client, image.name)
+            top = image_snapshot(client.content, client.images, image.name)
         except FsnapError:
             continue  # not unpacked here (or not for this platform): nothing lazy to say
         for name, have, total in lazy_layers(client.snapshots, client.db, top):
@@ -93,9 +93,7 @@ def print_table(images: list[Image]) -> None:
 
 def handle_rmi(client: Client, args: argparse.Namespace) -> int:
     """Forget the image (Busy while mounted); its blobs and snapshots wait for gc."""
-    from fsnap.gc.rmi import remove_image
-
-    image = remove_image(client, normalize(args.ref))
+    image = client.rmi(args.ref)
     print(image.name)
     print("hint: its blobs and snapshots stay until `fsnap gc` reclaims them", file=sys.stderr)
     return 0
@@ -107,11 +105,3 @@ def short_name(name: str) -> str:
         return Reference.parse(name).familiar
     except InvalidArgument:
         return name
-
-
-def normalize(text: str) -> str:
-    """The stored name of ``text`` (``busybox`` -> ``docker.io/library/busybox:latest``)."""
-    try:
-        return str(Reference.parse(text))
-    except InvalidArgument:
-        return text

@@ -122,7 +122,7 @@ def _natural(text: str) -> int:
 
 def _image(client: Client, args: argparse.Namespace) -> ImageLayers:
     platform = Platform.parse(args.platform) if args.platform else None
-    return resolve(client, args.ref, platform)
+    return resolve(client.content, client.images, args.ref, platform)
 
 
 def _names(image: ImageLayers) -> list[str]:
@@ -183,7 +183,7 @@ def diff(client: Client, args: argparse.Namespace) -> int:
 
 def analyze(client: Client, args: argparse.Namespace) -> int:
     image = _image(client, args)
-    layers = unpacked_layers(client, image)
+    layers = unpacked_layers(client.snapshots, image)
     analysis = waste.analyze(layers)
     ci = args.ci or any(
         v is not None
@@ -218,7 +218,7 @@ def _write_report(
 def which_(client: Client, args: argparse.Namespace) -> int:
     inner = inner_path(args.path)
     image = _image(client, args)
-    answer = which(unpacked_layers(client, image), inner)
+    answer = which(unpacked_layers(client.snapshots, image), inner)
     doc = render.which_json(image.name, _names(image), answer)
     _emit(args, doc, lambda: render.which_table(doc, args.no_trunc))
     return 0
@@ -227,7 +227,7 @@ def which_(client: Client, args: argparse.Namespace) -> int:
 def tree(client: Client, args: argparse.Namespace) -> int:
     inner = inner_path(args.path)
     image = _image(client, args)
-    layers = unpacked_layers(client, image)
+    layers = unpacked_layers(client.snapshots, image)
     if args.layer is not None:
         _check_layer(args.layer, len(layers) - 1)
         rows = usage.layer_rows(layers, args.layer, inner, args.depth)
@@ -241,7 +241,7 @@ def tree(client: Client, args: argparse.Namespace) -> int:
 def du(client: Client, args: argparse.Namespace) -> int:
     inner = inner_path(args.path)
     image = _image(client, args)
-    layers = unpacked_layers(client, image)
+    layers = unpacked_layers(client.snapshots, image)
     dirs, per_layer = usage.disk_usage(layers, _names(image), inner, args.depth)
     doc = render.du_json(image.name, "/" + inner, args.depth, dirs, per_layer)
     _emit(args, doc, lambda: render.du_table(doc, args.no_trunc))
@@ -290,7 +290,7 @@ def _diff_source(
         except NotFound:
             raise NotFound(f"{missing}; no snapshot has the key {args.ref} either") from None
         return _snapshot_source(client, args.ref, chain)
-    return {"image": image.name}, unpacked_layers(client, image), _names(image)
+    return {"image": image.name}, unpacked_layers(client.snapshots, image), _names(image)
 
 
 def _snapshot_source(

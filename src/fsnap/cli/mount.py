@@ -93,19 +93,15 @@ def _options(args: argparse.Namespace) -> manager.MountOptions:
 def mount_image(client: Client, args: argparse.Namespace) -> int:
     if args.key and not args.rw:
         raise InvalidArgument("--key needs --rw")
+    info = client.mount(args.ref, args.mountpoint, _options(args), writable=args.rw, key=args.key)
     if args.rw:
-        info = manager.mount_image_writable(
-            client, args.ref, args.mountpoint, args.key, _options(args)
-        )
         print(f"active snapshot {info.writable}", flush=True)
-    else:
-        info = manager.mount_image(client, args.ref, args.mountpoint, _options(args))
     _report_mounted(info, args.foreground)
     return 0
 
 
 def mount_snapshot(client: Client, args: argparse.Namespace) -> int:
-    info = manager.mount_snapshot(client, args.key, args.mountpoint, _options(args))
+    info = client.mount_snapshot(args.key, args.mountpoint, _options(args))
     _report_mounted(info, args.foreground)
     return 0
 
@@ -122,7 +118,7 @@ def _report_mounted(info: manager.MountInfo, foreground: bool) -> None:
 
 
 def umount(client: Client, args: argparse.Namespace) -> int:
-    info = manager.umount(client, args.mountpoint)
+    info = client.umount(args.mountpoint)
     print(f"unmounted {info.mountpoint}")
     return 0
 
@@ -132,7 +128,7 @@ def mounts(client: Client, args: argparse.Namespace) -> int:
 
     for line in reap(client):  # a crashed `fsnap run` leaves a mount only it can explain
         print(f"fsnap: {line}", file=sys.stderr)
-    found = manager.list_mounts(client)
+    found = client.mounts()
     if args.json:
         print(json.dumps([info.to_json() for info in found], indent=2))
         return 0

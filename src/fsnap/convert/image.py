@@ -26,12 +26,13 @@ from fsnap.convert.estargz import write_estargz
 from fsnap.convert.framing import DEFAULT_CHUNK_SIZE, SeekableLayer
 from fsnap.convert.source import Member, spooled_members
 from fsnap.convert.zstdchunked import write_zstd_chunked
-from fsnap.diff.commit import Base, bases_of, put_document, unpack_layer
+from fsnap.diff.commit import put_document, unpack_layer
 from fsnap.diff.tar import HashingWriter, LayerBlob, store_blob
 from fsnap.digest import chain_ids
 from fsnap.errors import InvalidArgument, NotFound
 from fsnap.images import compose
 from fsnap.images.manifest import Manifest, manifest_labels
+from fsnap.images.resolve import Resolved, manifests
 from fsnap.images.store import Image, ImageStore
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
@@ -101,14 +102,14 @@ def convert_image(
     return images.create_or_update(image)
 
 
-def _source(content: ContentStore, images: ImageStore, ref: str) -> Base:
+def _source(content: ContentStore, images: ImageStore, ref: str) -> Resolved:
     """The source image's manifest for this host (the only one, if it has one)."""
     name = str(Reference.parse(ref))
     try:
         image = images.get(name)
     except NotFound:
         raise NotFound(f"image {ref} not found: pull or import it first") from None
-    bases = bases_of(content, image)
+    bases = list(manifests(content, image))
     host = Platform.host()
     for base in bases:
         if base.platform.matches(host) or len(bases) == 1:

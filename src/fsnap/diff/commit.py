@@ -15,7 +15,6 @@ can go on changing; its next commit diffs against the same parent again.
 
 from __future__ import annotations
 
-import json
 import secrets
 import tarfile
 import time
@@ -32,14 +31,8 @@ from fsnap.diff.tar import LayerBlob, write_layer
 from fsnap.digest import chain_id, sha256_of
 from fsnap.errors import AlreadyExists, FailedPrecondition, NotFound
 from fsnap.images import compose
-from fsnap.images.manifest import (
-    Manifest,
-    kind_of,
-    load_document,
-    manifest_labels,
-    parse_index,
-    parse_manifest,
-)
+from fsnap.images.manifest import Manifest, manifest_labels
+from fsnap.images.resolve import Resolved, manifests
 from fsnap.images.store import Image, ImageStore
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
@@ -48,15 +41,6 @@ from fsnap.reference import Reference
 from fsnap.snapshots.info import Kind
 from fsnap.snapshots.snapshotter import LocalSnapshotter
 from fsnap.unpack.apply import apply_layer, snapshot_exists
-
-
-@dataclass(frozen=True)
-class Base:
-    """The image a snapshot builds on: one manifest and its whole config document."""
-
-    manifest: Manifest
-    config: dict[str, Any]
-    platform: Platform
 
 
 def commit_image(
@@ -164,10 +148,10 @@ class _Scratch:
 
 def _base_for(
     content: ContentStore, images: ImageStore, parent: str, base_ref: str | None
-) -> Base | _Scratch:
+) -> Resolved | _Scratch:
     if base_ref is not None:
         name = str(Reference.parse(base_ref))
-        for base in bases_of(content, images.get(name)):
+        for base in manifests(content, images.get(name)):
             if _top_chain(base) == parent:
                 return base
         raise FailedPrecondition(
@@ -178,7 +162,7 @@ def _base_for(
         host = Platform.host()
         return _Scratch(None, compose.scratch_config(host), host)
     for image in images.list():
-        for base in bases_of(content, image):
+        for base in manifests(content, image):
             if _top_chain(base) == parent:
                 return base
     raise NotFound(
@@ -186,30 +170,9 @@ def _base_for(
     )
 
 
-def _top_chain(base: Base) -> str:
+def _top_chain(base: Resolved) -> str:
     diff_ids = base.config.get("rootfs", {}).get("diff_ids") or []
     return chain_id([str(d) for d in diff_ids]) if diff_ids else ""
-
-
-def bases_of(content: ContentStore, image: Image) -> list[Base]:
-    """Every manifest of ``image`` in the store (index children too), with its config."""
-    found: list[Base] = []
-    pending = [image.target]
-    while pending:
-        desc = pending.pop()
-        if not content.exists(desc.digest):
-            continue
-        doc = load_document(desc, content.read(desc.digest))
-        if kind_of(desc, doc) == "index":
-            pending.extend(parse_index(desc, doc).manifests)
-            continue
-        manifest = parse_manifest(desc, doc)
-        if not content.exists(manifest.config.digest):
-            continue
-        config = json.loads(content.read(manifest.config.digest))
-        platform = desc.platform or Platform.from_json(config)
-        found.append(Base(manifest, config, platform))
-    return found
 
 
 # -- making it mountable --------------------------------------------------------------------

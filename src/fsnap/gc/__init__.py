@@ -1,6 +1,6 @@
 """Garbage collection: mark and sweep in containerd's order (``fsnap gc``).
 
-``collect(client)`` first lists the candidates (blobs, snapshots, ingests), then reads what
+``collect(stores)`` first lists the candidates (blobs, snapshots, ingests), then reads what
 keeps things alive (leases, images, mounts), marks everything reachable (``mark``), and
 sweeps the rest (``sweep``): committed snapshots children first, then blobs, then ingests no
 writer holds, then stale leases. Listing candidates *before* roots is what makes gc safe
@@ -9,10 +9,13 @@ image recorded after it is seen as a root. See ``fsnap.leases`` for the lease ru
 
 ``rmi`` only forgets an image record; this is what then reclaims its blobs and snapshots
 (unless another image, a mount, a user snapshot or a live lease still holds them).
+``fsnap.Client.gc`` is the verb: it first reaps dead ``fsnap run``s (their mounts and
+snapshots go too), then collects over the client's stores.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -22,13 +25,28 @@ from fsnap.gc import mark, sweep
 from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
-    from fsnap.client import Client
+    from fsnap.content.store import ContentStore
+    from fsnap.db import Database
+    from fsnap.images.store import ImageStore
+    from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 BLOB = "blob"
 SNAPSHOT = "snapshot"
 INGEST = "ingest"
 LEASE = "lease"
 KINDS = (SNAPSHOT, BLOB, INGEST, LEASE)
+
+
+@dataclass(frozen=True)
+class Stores:
+    """What gc reads and removes from. ``db`` holds the leases; ``mounted`` answers, when
+    gc asks (after listing candidates), which snapshots mounts read (they are roots)."""
+
+    content: ContentStore
+    images: ImageStore
+    snapshots: LocalSnapshotter
+    db: Database
+    mounted: Callable[[], set[str]]
 
 
 @dataclass(frozen=True)
@@ -76,27 +94,21 @@ class GCReport:
         }
 
 
-def collect(client: Client, dry_run: bool = False) -> GCReport:
+def collect(stores: Stores, dry_run: bool = False) -> GCReport:
     """Remove what nothing references; with ``dry_run``, only say what would go."""
-    if not dry_run:
-        from fsnap.run.state import reap
-
-        reap(client)  # runs whose fsnap died: their mounts and snapshots go first
-    plan = plan_removals(client)
+    plan = plan_removals(stores)
     report = GCReport(dry_run=dry_run)
     if dry_run:
         report.removed = plan
         return report
     for item in plan:
-        (report.removed if _remove(client, item) else report.skipped).append(item)
+        (report.removed if _remove(stores, item) else report.skipped).append(item)
     return report
 
 
-def plan_removals(client: Client) -> list[Removal]:
+def plan_removals(stores: Stores) -> list[Removal]:
     """Everything gc would remove now, in the order it removes it."""
-    from fsnap.mount.manager import snapshots_in_use
-
-    content, snapshots = client.content, client.snapshots
+    content, snapshots = stores.content, stores.snapshots
     graph = mark.Graph(
         blobs={info.digest: info for info in content.walk()},
         snapshots={info.name: info for info in snapshots.walk()},
@@ -105,15 +117,15 @@ def plan_removals(client: Client) -> list[Removal]:
     )
     ingests = content.list_ingests()
     orphans = content.ingests.orphans()
-    all_leases = leases.list_leases(client.db)
+    all_leases = leases.list_leases(stores.db)
     since = leases.protected_since(all_leases)
     sources = mark.RootSources(
-        image_targets=[image.target.digest for image in client.images.list()],
-        mounted_snapshots=snapshots_in_use(client),
+        image_targets=[image.target.digest for image in stores.images.list()],
+        mounted_snapshots=stores.mounted(),
         protected_since=since,
     )
     marked = mark.mark(graph, mark.roots(graph, sources))
-    plan = _doomed_snapshots(client, graph, marked)
+    plan = _doomed_snapshots(snapshots, graph, marked)
     plan += [
         Removal(BLOB, digest, info.size)
         for digest, info in sorted(graph.blobs.items())
@@ -138,7 +150,9 @@ def plan_removals(client: Client) -> list[Removal]:
     return plan
 
 
-def _doomed_snapshots(client: Client, graph: mark.Graph, marked: set[mark.Node]) -> list[Removal]:
+def _doomed_snapshots(
+    snapshots: LocalSnapshotter, graph: mark.Graph, marked: set[mark.Node]
+) -> list[Removal]:
     """Unmarked committed snapshots, deepest first so children go before their parents.
 
     Marking keeps whole chains (a marked child marks its parent), so the unmarked set is
@@ -155,7 +169,7 @@ def _doomed_snapshots(client: Client, graph: mark.Graph, marked: set[mark.Node])
         Removal(
             SNAPSHOT,
             name,
-            sweep.snapshot_size(client.snapshots, name),
+            sweep.snapshot_size(snapshots, name),
             seen_updated=graph.snapshots[name].updated,
         )
         for name in doomed
@@ -176,11 +190,12 @@ def _leased(touched: float, since: float | None) -> bool:
     return since is not None and touched >= since
 
 
-def _remove(client: Client, item: Removal) -> bool:
+def _remove(stores: Stores, item: Removal) -> bool:
+    content = stores.content
     if item.kind == SNAPSHOT:
-        return sweep.remove_snapshot(client.snapshots, item.name, item.seen_updated)
+        return sweep.remove_snapshot(stores.snapshots, item.name, item.seen_updated)
     if item.kind == BLOB:
-        return sweep.remove_blob(client.content, item.name)
+        return sweep.remove_blob(content, item.name)
     if item.kind == INGEST:
-        return sweep.remove_ingest(client.content, item.name)
-    return leases.delete(client.db, item.name)
+        return sweep.remove_ingest(content, item.name)
+    return leases.delete(stores.db, item.name)

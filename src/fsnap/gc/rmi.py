@@ -8,36 +8,36 @@ with Busy, naming the mount point so the user knows what to unmount.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from fsnap.errors import Busy, InvalidArgument
-from fsnap.images.store import Image
+from fsnap.images.store import Image, ImageStore
 from fsnap.reference import Reference
 
 if TYPE_CHECKING:
-    from fsnap.client import Client
     from fsnap.mount.manager import MountInfo
 
 
-def remove_image(client: Client, name: str) -> Image:
-    """Delete image ``name``'s record and return it; NotFound if absent, Busy if mounted."""
-    image = client.images.get(name)
-    mounts = mounts_of(client, image.name)
-    if mounts:
-        where = ", ".join(mount.mountpoint for mount in mounts)
-        first = mounts[0].mountpoint
+def remove_image(images: ImageStore, name: str, mounts: Iterable[MountInfo]) -> Image:
+    """Delete image ``name``'s record and return it; NotFound if absent, Busy if one of
+    ``mounts`` (the store's, ``fsnap.mount.manager.list_mounts``) mounts it."""
+    image = images.get(name)
+    held = mounts_of(mounts, image.name)
+    if held:
+        where = ", ".join(mount.mountpoint for mount in held)
+        first = held[0].mountpoint
         raise Busy(f"image {image.name} is mounted at {where}: run `fsnap umount {first}` first")
-    client.images.delete(image.name)
+    images.delete(image.name)
     return image
 
 
-def mounts_of(client: Client, name: str) -> list[MountInfo]:
-    """Mounts of image ``name`` that still exist (live, stale or starting)."""
-    from fsnap.mount.manager import list_mounts
-
+def mounts_of(mounts: Iterable[MountInfo], name: str) -> list[MountInfo]:
+    """Those of ``mounts`` that mount image ``name`` and still exist (live, stale or
+    starting)."""
     return [
         mount
-        for mount in list_mounts(client)
+        for mount in mounts
         if mount.kind == "image" and mount.state != "gone" and _same_image(mount.source, name)
     ]
 

@@ -8,23 +8,20 @@ an image that has no snapshots yet.
 
 from __future__ import annotations
 
-import contextlib
-import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fsnap import oci
 from fsnap.archive.entry import Entry
 from fsnap.digest import chain_ids
 from fsnap.errors import FailedPrecondition, InvalidArgument, NotFound
-from fsnap.images.manifest import kind_of, load_document, parse_index, parse_manifest
-from fsnap.images.store import Image
+from fsnap.images.resolve import find, for_platform
 from fsnap.mount.tree import Layer
 from fsnap.oci import Descriptor, Platform
-from fsnap.reference import Reference
 
 if TYPE_CHECKING:
-    from fsnap.client import Client
+    from fsnap.content.store import ContentStore
+    from fsnap.images.store import ImageStore
+    from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 # The parts of a runtime config a user asks about (``docker inspect``'s Config subset).
 RUNTIME_KEYS = ("Entrypoint", "Cmd", "Env", "WorkingDir", "User", "ExposedPorts", "Labels")
@@ -81,19 +78,14 @@ class ImageLayers:
         return self.layers[index]
 
 
-def resolve(client: Client, ref: str, platform: Platform | None = None) -> ImageLayers:
+def resolve(
+    content: ContentStore, images: ImageStore, ref: str, platform: Platform | None = None
+) -> ImageLayers:
     """Image ``ref`` (as stored, or as ``fsnap pull`` names it) for ``platform`` (else this
     host's), read from the content store."""
-    image = _image_record(client, ref)
-    target = image.target
-    index: Descriptor | None = None
-    desc, doc = target, _document(client, target)
-    if kind_of(desc, doc) == "index":
-        index = target
-        desc = _pick_manifest(client, image.name, desc, doc, platform or Platform.host())
-        doc = _document(client, desc)
-    manifest = parse_manifest(desc, doc)
-    config_doc = _config_document(client, manifest.config)
+    image = find(images, ref)
+    found = for_platform(content, image, platform or Platform.host())
+    manifest, config_doc = found.manifest, found.config
     rootfs = config_doc.get("rootfs") or {}
     diff_ids = [str(d) for d in rootfs.get("diff_ids") or []]
     if len(diff_ids) != len(manifest.layers):
@@ -109,22 +101,21 @@ def resolve(client: Client, ref: str, platform: Platform | None = None) -> Image
     )
     return ImageLayers(
         name=image.name,
-        target=target,
-        index=index,
-        manifest=desc,
+        target=image.target,
+        index=found.index,
+        manifest=manifest.descriptor,
         config=manifest.config,
-        platform=desc.platform or Platform.from_json(config_doc),
+        platform=found.platform,
         config_doc=config_doc,
         layers=layers,
         history=history,
     )
 
 
-def unpacked_layers(client: Client, image: ImageLayers) -> list[Layer]:
+def unpacked_layers(snapshots: LocalSnapshotter, image: ImageLayers) -> list[Layer]:
     """The layers' snapshot directories and indexes (bottom first), named by chain ID.
 
     Refused with the command that unpacks when a layer has no committed snapshot."""
-    snapshots = client.snapshots
     out: list[Layer] = []
     for info in image.layers:
         try:
@@ -157,58 +148,6 @@ def inner_path(path: str) -> str:
     if ".." in parts:
         raise InvalidArgument(f"path {path!r} must not contain '..'")
     return "/".join(parts)
-
-
-# --- documents ------------------------------------------------------------------------------
-
-
-def _image_record(client: Client, ref: str) -> Image:
-    names = [ref]
-    with contextlib.suppress(InvalidArgument):
-        names.append(str(Reference.parse(ref)))
-    for name in names:
-        try:
-            return client.images.get(name)
-        except NotFound:
-            continue
-    raise NotFound(f"image {ref} not found: run `fsnap pull {ref}` first (see `fsnap images`)")
-
-
-def _document(client: Client, desc: Descriptor) -> dict[str, Any]:
-    try:
-        data = client.content.read(desc.digest)
-    except NotFound:
-        raise NotFound(f"blob {desc.digest} ({desc.media_type}) is not in the store") from None
-    return load_document(desc, data)
-
-
-def _config_document(client: Client, desc: Descriptor) -> dict[str, Any]:
-    try:
-        doc = json.loads(client.content.read(desc.digest))
-    except NotFound:
-        raise NotFound(f"config {desc.digest} is not in the store") from None
-    except ValueError as exc:
-        raise InvalidArgument(f"config {desc.digest} is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"config {desc.digest} is not a JSON object")
-    return doc
-
-
-def _pick_manifest(
-    client: Client, name: str, desc: Descriptor, doc: dict[str, Any], platform: Platform
-) -> Descriptor:
-    """The stored manifest of the index for ``platform`` (exact variant preferred)."""
-    children = [
-        d
-        for d in parse_index(desc, doc).manifests
-        if d.media_type not in oci.INDEX_TYPES
-        and (d.platform is None or platform.matches(d.platform))
-        and client.content.exists(d.digest)
-    ]
-    children.sort(key=lambda d: d.platform is None or d.platform.variant != platform.variant)
-    if not children:
-        raise NotFound(f"{name}: no manifest for platform {platform} in the store")
-    return children[0]
 
 
 def _history(config_doc: dict[str, Any]) -> tuple[HistoryLine, ...]:

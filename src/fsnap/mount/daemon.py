@@ -36,6 +36,7 @@ from fsnap.mount.spec import MountSpec
 from fsnap.mount.tree import MergedTree
 
 if TYPE_CHECKING:
+    from fsnap.mount.manager import MountStores
     from fsnap.mount.union import Union
 
 Ready = Callable[[FsnapError | None], None]
@@ -43,35 +44,35 @@ Ready = Callable[[FsnapError | None], None]
 log = logging.getLogger("fsnap.mount.daemon")  # (also when run as __main__)
 
 
-def build_fs(spec: MountSpec, client: Client) -> TreeFS:
+def build_fs(spec: MountSpec, stores: MountStores) -> TreeFS:
     """The file system a spec names, with its owners shifted if ``shift_ids`` says so."""
-    fs = _build_fs(spec, client)
+    fs = _build_fs(spec, stores)
     if spec.shift_ids:
         fs.ids = IdShift(*spec.shift_ids)
     return fs
 
 
-def _build_fs(spec: MountSpec, client: Client) -> TreeFS:
+def _build_fs(spec: MountSpec, stores: MountStores) -> TreeFS:
     """The file system a spec names: bare layer directories, a snapshot's chain read-only,
     or (``writable``) an active snapshot over its parents."""
     if spec.layers:
         return MergedFS(MergedTree.build(source.dir_layers(spec.layers)), spec.provenance)
-    chain = client.snapshots.chain(spec.snapshot)
+    chain = stores.snapshots.chain(spec.snapshot)
     fs: TreeFS
     union: Union | None = None
     if spec.writable:
         from fsnap.mount.rwfs import writable_fs  # read-only mounts need none of it
 
         privileged = False if spec.index_metadata else None
-        writable = writable_fs(client.snapshots, spec.snapshot, privileged)
+        writable = writable_fs(stores.snapshots, spec.snapshot, privileged)
         fs, union = writable, writable.union
         chain = chain[:-1]
     else:
-        fs = MergedFS(treecache.merged_tree(client.snapshots, spec.snapshot), spec.provenance)
+        fs = MergedFS(treecache.merged_tree(stores.snapshots, spec.snapshot), spec.provenance)
     if any(LAZY_LABEL in info.labels for info in chain):
         from fsnap.lazy.fetch import LazyFiles
 
-        fs.lazy_files = LazyFiles.for_chain(client.snapshots, chain, client.db, client.content)
+        fs.lazy_files = LazyFiles.for_chain(stores.snapshots, chain, stores.db, stores.content)
         fs.lazy_background = not spec.no_background_fetch
         if union is not None:
             union.lazy_files = fs.lazy_files
@@ -101,14 +102,14 @@ def serve(
         pyfuse3.close(unmount=True)
 
 
-def release_snapshot(spec: MountSpec, client: Client) -> None:
+def release_snapshot(spec: MountSpec, stores: MountStores) -> None:
     """A writable mount ended: its snapshot may be committed again (if it is still ours)."""
     if not spec.writable:
         return
     key = spec.snapshot
     try:
-        if client.writable_mounts.at(key) == spec.mountpoint:
-            client.writable_mounts.set(key, None)
+        if stores.writable.at(key) == spec.mountpoint:
+            stores.writable.set(key, None)
     except FsnapError:
         pass
 
@@ -157,7 +158,7 @@ def build_read_only(spec: MountSpec, client: Client) -> TreeFS:
     closed, and the tree's objects leave the garbage collector's generations
     (``gc.freeze``): serving allocates constantly, and a full collection would otherwise
     walk every node of a large tree again and again."""
-    fs = build_fs(spec, client)
+    fs = build_fs(spec, client.mount_stores())
     if not spec.writable:
         if fs.lazy_files is None:  # a lazy mount records its fetches in the store
             client.close()
@@ -183,7 +184,8 @@ def run(spec: MountSpec, ready_fd: int) -> int:
     log.debug("spec %s", spec)
     with Client(Path(spec.root)) as client:
         serve(spec.mountpoint, spec.options, ready, lambda: build_read_only(spec, client))
-        release_snapshot(spec, client)
+        if spec.writable:  # (a read-only server closed its store handle after the build)
+            release_snapshot(spec, client.mount_stores())
     forget_state(spec.state)
     log.info("unmounted %s", spec.mountpoint)
     return 0

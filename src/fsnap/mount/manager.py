@@ -35,13 +35,15 @@ from fsnap.errors import (
     Unavailable,
 )
 from fsnap.info.fuse import require_fuse
-from fsnap.mount import source
 from fsnap.mount.spec import MountSpec
 from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
-    from fsnap.client import Client
+    from fsnap.content.store import ContentStore
+    from fsnap.db import Database
     from fsnap.mount.fs import TreeFS
+    from fsnap.mount.registry import WritableMounts
+    from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 5.0
@@ -96,74 +98,79 @@ class MountInfo:
         return asdict(self)
 
 
-# --- public API ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MountStores:
+    """What the manager works on: the fsnap ``root`` (mount records under ``mounts/``; no
+    mount point may lie inside it), the ``snapshots`` it mounts, the record of which are
+    mounted ``writable``, and for lazy layers (``fsnap.lazy``) the ``content`` store and
+    the ``db`` that records what was fetched."""
+
+    root: Path
+    snapshots: LocalSnapshotter
+    writable: WritableMounts
+    content: ContentStore
+    db: Database
+
+
+# --- public API (``fsnap.Client.mount``/``umount``/``mounts`` call these) -----------------
 
 
 def mount_image(
-    client: Client,
+    stores: MountStores,
     ref: str,
+    top: str,
     mountpoint: str | os.PathLike[str],
     options: MountOptions | None = None,
 ) -> MountInfo:
-    """Mount image ``ref``'s root filesystem read-only at ``mountpoint``."""
-    options = options or MountOptions()
-    mnt = check_mountpoint(client, mountpoint)
-    key = _image_top(client, ref, options)
-    info = MountInfo(mnt, ref, "image", source.snapshot_chain(client, key))
-    return _start(client, info, options, snapshot=key)
+    """Mount image ``ref`` (whose top snapshot is ``top``) read-only at ``mountpoint``."""
+    mnt = check_mountpoint(stores.root, mountpoint)
+    info = MountInfo(mnt, ref, "image", _chain(stores.snapshots, top))
+    return _start(stores, info, options or MountOptions(), snapshot=top)
 
 
 def mount_image_writable(
-    client: Client,
+    stores: MountStores,
     ref: str,
+    top: str,
     mountpoint: str | os.PathLike[str],
     key: str | None = None,
     options: MountOptions | None = None,
 ) -> MountInfo:
     """Prepare active snapshot ``key`` (default ``<image name>-rw-<random>``) on image
-    ``ref``'s top snapshot and mount it writable; a failed mount removes it again."""
-    options = options or MountOptions()
-    check_mountpoint(client, mountpoint)
-    top = _image_top(client, ref, options)
+    ``ref``'s top snapshot ``top`` and mount it writable; a failed mount removes it again."""
+    check_mountpoint(stores.root, mountpoint)
     key = key or f"{_image_name(ref)}-rw-{secrets.token_hex(4)}"
-    client.snapshots.prepare(key, top, labels={"fsnap.io/image": ref})
+    stores.snapshots.prepare(key, top, labels={"fsnap.io/image": ref})
     try:
-        return mount_active(client, key, mountpoint, options)
+        return mount_active(stores, key, mountpoint, options)
     except BaseException:
         with contextlib.suppress(FsnapError):
-            client.snapshots.remove(key)
+            stores.snapshots.remove(key)
         raise
 
 
 def mount_active(
-    client: Client,
+    stores: MountStores,
     key: str,
     mountpoint: str | os.PathLike[str],
     options: MountOptions | None = None,
 ) -> MountInfo:
     """Mount active snapshot ``key`` writable over its parents. While mounted, the
     snapshotter refuses to commit or remove it (one writable mount per snapshot)."""
-    mnt = check_mountpoint(client, mountpoint)
-    client.writable_mounts.set(key, mnt)
+    mnt = check_mountpoint(stores.root, mountpoint)
+    stores.writable.set(key, mnt)
     try:
-        info = MountInfo(mnt, key, "active", source.snapshot_chain(client, key), writable=key)
-        return _start(client, info, options or MountOptions(), snapshot=key, writable=True)
+        info = MountInfo(mnt, key, "active", _chain(stores.snapshots, key), writable=key)
+        return _start(stores, info, options or MountOptions(), snapshot=key, writable=True)
     except BaseException:
         with contextlib.suppress(FsnapError):
-            client.writable_mounts.set(key, None)
+            stores.writable.set(key, None)
         raise
 
 
-def _image_top(client: Client, ref: str, options: MountOptions) -> str:
-    """The top snapshot of image ``ref``, pulling the image first if it is missing and
-    ``options.pull`` asks for that."""
-    try:
-        return source.image_snapshot(client, ref)
-    except NotFound:
-        if not (options.pull or options.lazy):
-            raise
-    client.pull(ref, lazy=options.lazy)
-    return source.image_snapshot(client, ref)
+def _chain(snapshots: LocalSnapshotter, key: str) -> list[str]:
+    """The names of the snapshots a mount of ``key`` reads, bottom -> top."""
+    return [info.name for info in snapshots.chain(key)]
 
 
 def _image_name(ref: str) -> str:
@@ -173,36 +180,36 @@ def _image_name(ref: str) -> str:
 
 
 def mount_snapshot(
-    client: Client,
+    stores: MountStores,
     key: str,
     mountpoint: str | os.PathLike[str],
     options: MountOptions | None = None,
 ) -> MountInfo:
     """Mount snapshot ``key`` with its parents: writable if it is active, else read-only."""
-    if client.snapshots.stat(key).kind is Kind.ACTIVE:
-        return mount_active(client, key, mountpoint, options)
-    mnt = check_mountpoint(client, mountpoint)
-    info = MountInfo(mnt, key, "snapshot", source.snapshot_chain(client, key))
-    return _start(client, info, options or MountOptions(), snapshot=key)
+    if stores.snapshots.stat(key).kind is Kind.ACTIVE:
+        return mount_active(stores, key, mountpoint, options)
+    mnt = check_mountpoint(stores.root, mountpoint)
+    info = MountInfo(mnt, key, "snapshot", _chain(stores.snapshots, key))
+    return _start(stores, info, options or MountOptions(), snapshot=key)
 
 
 def mount_layers(
-    client: Client,
+    stores: MountStores,
     dirs: list[Path],
     mountpoint: str | os.PathLike[str],
     options: MountOptions | None = None,
 ) -> MountInfo:
     """Mount bare layer directories (each with ``<dir>.index``), bottom first: for tests
-    and benchmarks that need no image store."""
-    mnt = check_mountpoint(client, mountpoint)
+    and benchmarks that need no image store (only the root, for the mount's record)."""
+    mnt = check_mountpoint(stores.root, mountpoint)
     info = MountInfo(mnt, ",".join(map(str, dirs)), "layers")
-    return _start(client, info, options or MountOptions(), layers=tuple(map(str, dirs)))
+    return _start(stores, info, options or MountOptions(), layers=tuple(map(str, dirs)))
 
 
-def umount(client: Client, mountpoint: str | os.PathLike[str]) -> MountInfo:
+def umount(stores: MountStores, mountpoint: str | os.PathLike[str]) -> MountInfo:
     """Unmount (lazily if busy), stop the daemon, drop the record; works on stale mounts."""
     mnt = _normalize(mountpoint)
-    record = read_record(_record_path(client, mnt))
+    record = read_record(_record_path(stores.root, mnt))
     fstype = mounted_points().get(mnt)
     if record is None and fstype != FSTYPE:
         if fstype is None:
@@ -214,18 +221,19 @@ def umount(client: Client, mountpoint: str | os.PathLike[str]) -> MountInfo:
     for pid in (info.pid, info.server):  # the supervisor, then a server it left behind
         if pid and pid != os.getpid():
             _stop(pid)
-    if info.writable and client.writable_mounts.at(info.writable) == mnt:
-        client.writable_mounts.set(info.writable, None)
-    _record_path(client, mnt).unlink(missing_ok=True)
+    if info.writable and stores.writable.at(info.writable) == mnt:
+        stores.writable.set(info.writable, None)
+    _record_path(stores.root, mnt).unlink(missing_ok=True)
     info.state = "unmounted"
     return info
 
 
-def list_mounts(client: Client) -> list[MountInfo]:
-    """Every recorded mount with its current state, by mount point."""
+def list_mounts(root: Path) -> list[MountInfo]:
+    """Every mount recorded under fsnap root ``root`` with its current state, by mount
+    point."""
     points = mounted_points()
     found = []
-    for path in sorted(_mounts_dir(client).glob("*.json")):
+    for path in sorted(_mounts_dir(root).glob("*.json")):
         info = read_record(path)
         if info is not None:
             info.state = _state(info, points)
@@ -233,10 +241,10 @@ def list_mounts(client: Client) -> list[MountInfo]:
     return sorted(found, key=lambda i: i.mountpoint)
 
 
-def snapshots_in_use(client: Client) -> set[str]:
+def snapshots_in_use(root: Path) -> set[str]:
     """Snapshot names some mount (live or stale) reads: ``rmi``/``gc`` must keep them."""
     used: set[str] = set()
-    for info in list_mounts(client):
+    for info in list_mounts(root):
         used.update(info.snapshots)
     return used
 
@@ -261,10 +269,11 @@ def fuse_options(name: str, options: MountOptions, writable: bool = False) -> li
 # --- mount points ------------------------------------------------------------------------
 
 
-def check_mountpoint(client: Client, mountpoint: str | os.PathLike[str]) -> str:
-    """The absolute mount point, or the error that says why fsnap cannot mount there."""
+def check_mountpoint(root: Path, mountpoint: str | os.PathLike[str]) -> str:
+    """The absolute mount point, or the error that says why fsnap (at ``root``) cannot
+    mount there."""
     mnt = _normalize(mountpoint)
-    record = read_record(_record_path(client, mnt))
+    record = read_record(_record_path(root, mnt))
     if record is not None:
         raise AlreadyExists(
             f"{mnt} is already an fsnap mount of {record.source} (pid {record.pid}); "
@@ -277,9 +286,9 @@ def check_mountpoint(client: Client, mountpoint: str | os.PathLike[str]) -> str:
         raise NotFound(f"mount point {mnt} does not exist")
     if not path.is_dir():
         raise InvalidArgument(f"mount point {mnt} is not a directory")
-    root = Path(_normalize(client.root))
-    if path == root or root in path.parents:
-        raise InvalidArgument(f"mount point {mnt} is inside the fsnap root {root}")
+    store = Path(_normalize(root))
+    if path == store or store in path.parents:
+        raise InvalidArgument(f"mount point {mnt} is inside the fsnap root {store}")
     if any(path.iterdir()):
         raise Busy(f"mount point {mnt} is not empty")
     return mnt
@@ -318,15 +327,15 @@ def _normalize(mountpoint: str | os.PathLike[str]) -> str:
 # --- records ------------------------------------------------------------------------------
 
 
-def _mounts_dir(client: Client) -> Path:
-    path = client.root / "mounts"
+def _mounts_dir(root: Path) -> Path:
+    path = root / "mounts"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def _record_path(client: Client, mnt: str) -> Path:
+def _record_path(root: Path, mnt: str) -> Path:
     ident = hashlib.sha256(os.fsencode(mnt)).hexdigest()[:16]
-    return _mounts_dir(client) / f"{ident}.json"
+    return _mounts_dir(root) / f"{ident}.json"
 
 
 def read_record(path: Path) -> MountInfo | None:
@@ -394,7 +403,7 @@ def _not_connected(mnt: str) -> bool:
 
 
 def _start(
-    client: Client,
+    stores: MountStores,
     info: MountInfo,
     options: MountOptions,
     *,
@@ -406,11 +415,11 @@ def _start(
     spawned supervisor that logs to ``<record>.log`` (info and up; debug if this process
     logs debug)."""
     require_fuse()  # before any record or daemon: a missing /dev/fuse is named, with the fix
-    record = _record_path(client, info.mountpoint)
+    record = _record_path(stores.root, info.mountpoint)
     info.log = str(record.with_suffix(".log"))
     info.options = fuse_options(info.source, options, writable=bool(info.writable))
     spec = MountSpec(
-        root=str(client.root),
+        root=str(stores.root),
         mountpoint=info.mountpoint,
         options=tuple(info.options),
         snapshot=snapshot,
@@ -428,7 +437,7 @@ def _start(
         if options.foreground:
             info.pid = os.getpid()
             _write_record(record, info, exclusive=False)
-            _serve_here(client, spec)
+            _serve_here(spec, stores)
             return info
         info.pid = _spawn(spec, Path(info.log))
         # The supervisor claimed the record (pid, server) before it reported ready.
@@ -439,7 +448,7 @@ def _start(
     return info
 
 
-def _serve_here(client: Client, spec: MountSpec) -> None:
+def _serve_here(spec: MountSpec, stores: MountStores) -> None:
     """``--foreground``: serve from this process, reusing its store handle.
 
     The daemon module (trio, pyfuse3) is imported here only: a spawning ``fsnap mount``
@@ -447,7 +456,7 @@ def _serve_here(client: Client, spec: MountSpec) -> None:
     from fsnap.mount import daemon
 
     def build() -> TreeFS:
-        return daemon.build_fs(spec, client)
+        return daemon.build_fs(spec, stores)
 
     failure: list[FsnapError] = []
 
@@ -458,7 +467,7 @@ def _serve_here(client: Client, spec: MountSpec) -> None:
             print(f"fsnap: serving {spec.mountpoint} (Ctrl-C to unmount)", flush=True)
 
     daemon.serve(spec.mountpoint, spec.options, ready, build)
-    daemon.release_snapshot(spec, client)
+    daemon.release_snapshot(spec, stores)
     daemon.forget_state(spec.state)
     if failure:
         raise failure[0]

@@ -32,7 +32,9 @@ from fsnap.errors import (
     RuntimeFailed,
     Unsupported,
 )
-from fsnap.mount import manager, source
+from fsnap.images.resolve import find, for_platform
+from fsnap.mount import manager
+from fsnap.oci import Platform
 from fsnap.run import bundle, rootfs, state
 from fsnap.run.command import check_command
 from fsnap.run.options import RunOptions
@@ -111,13 +113,14 @@ def _run(client: Client, ref: str, options: RunOptions, record: RunRecord, notif
     rootless = None if os.geteuid() == 0 else (os.geteuid(), os.getegid())
     mount_options = manager.MountOptions(pull=options.pull, shift_ids=rootless)
     if options.read_only:
-        manager.mount_image(client, ref, root, mount_options)
+        client.mount(ref, root, mount_options)
     else:
-        info = manager.mount_image_writable(client, ref, root, options.key, mount_options)
+        info = client.mount(ref, root, mount_options, writable=True, key=options.key)
         record.key = info.writable
         state.save(client, record)
         notify(f"active snapshot {record.key}")
-    image = ImageRuntime.from_config(source.image_config(client, ref))
+    found = for_platform(client.content, find(client.images, ref), Platform.host())
+    image = ImageRuntime.from_config(found.config)
     hostname = options.hostname or (
         socket.gethostname() if options.network == "host" else record.id[-12:]
     )
@@ -239,10 +242,10 @@ def teardown(client: Client, record: RunRecord) -> None:
                 rootfs.remove_created(record.rootfs, record.created)
             record.created = []
         with contextlib.suppress(NotFound):
-            manager.umount(client, mnt)
+            client.umount(mnt)
     else:
         with contextlib.suppress(NotFound):
-            manager.umount(client, mnt)  # a record left behind
+            client.umount(mnt)  # a record left behind
     bundle.remove(Path(record.bundle))
 
 
