@@ -81,7 +81,7 @@ def _attrs(node: Node) -> tuple[object, ...]:
 
 
 def _fresh(client: Client, key: str) -> MergedTree:
-    return MergedTree.build(snapshot_layers(client, key))
+    return MergedTree.build(snapshot_layers(client.snapshots, key))
 
 
 def _cache(client: Client, key: str) -> Path:
@@ -237,7 +237,7 @@ def test_writable_tree_notes_what_lies_below(tmp_path: Path) -> None:
     root = tmp_path / "root"
     with Client(root) as client:
         names = commit_chain(client, chain_tars()[:2])
-        lowers = snapshot_layers(client, names[-1])
+        lowers = snapshot_layers(client.snapshots, names[-1])
     (tmp_path / "upper" / "new").mkdir(parents=True)
     entries = [Entry(path=p, kind="dir", mode=0o755) for p in ("", "new", "etc")]
     top = Layer(tmp_path / "upper", entries, "top", upper=True)

@@ -95,7 +95,7 @@ def in_process(root: Path, ref: str) -> float:
 
     started = time.perf_counter()
     with Client(root) as client:
-        layers = unpacked_layers(client, resolve(client, ref))
+        layers = unpacked_layers(client.snapshots, resolve(client.content, client.images, ref))
         waste.analyze(layers)
         for _ in changes.each_layer(layers):
             pass
