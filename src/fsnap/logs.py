@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import TextIO
 
 from fsnap.errors import InvalidArgument
@@ -30,16 +31,20 @@ def level_from_env(default: str = DEFAULT) -> str:
     return os.environ.get(ENV, "").strip().lower() or default
 
 
-def configure(level: str, stream: TextIO, *, service: bool = False) -> None:
+def configure(level: str, stream: TextIO | None = None, *, service: bool = False) -> None:
     """Send fsnap's records at ``level`` and above to ``stream``, replacing what an earlier
-    call set up; InvalidArgument for a level not in ``LEVELS``."""
+    call set up; InvalidArgument for a level not in ``LEVELS``.
+
+    Without a ``stream``, each record goes to whatever ``sys.stderr`` is when it is logged:
+    a progress board (rich's ``Live``) swaps in its own stderr that prints the line above
+    the board instead of through it."""
     if level not in LEVELS:
         raise InvalidArgument(f"log level {level!r}: choose one of {', '.join(LEVELS)}")
     if service:
         fmt = SERVICE_FORMAT
     else:
         fmt = COMMAND_DEBUG_FORMAT if level in ("debug", "info") else COMMAND_FORMAT
-    handler = logging.StreamHandler(stream)
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler.setFormatter(_LowerLevel(fmt) if not service else logging.Formatter(fmt))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
@@ -48,6 +53,18 @@ def current_level() -> str:
     """The threshold fsnap's loggers have now, by name: what a spawned daemon inherits."""
     number = logging.getLogger("fsnap").getEffectiveLevel()
     return next((name for name in LEVELS if logging.getLevelName(name.upper()) >= number), "error")
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """A handler writing to the ``sys.stderr`` of the moment (as ``logging.lastResort``)."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: TextIO) -> None:
+        pass
 
 
 class _LowerLevel(logging.Formatter):

@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level or logs.level_from_env("info" if service else logs.DEFAULT)
     if level not in logs.LEVELS:
         parser.error(f"${logs.ENV}={level!r}: choose one of {', '.join(logs.LEVELS)}")
-    logs.configure(level, sys.stderr, service=service)
+    logs.configure(level, service=service)
     root = (args.root or default_root()).absolute()
     from fsnap.client import Client
 
