@@ -9,8 +9,8 @@ import os
 import re
 from pathlib import Path
 
-from env_helpers import fsnap
 from registry_helpers import Blob, Layer, RegistryProcess, make_image, make_layer
+from support.cli import fsnap
 
 from fsnap import oci
 from fsnap.oci import Platform
@@ -27,29 +27,30 @@ def _mislabelled_image(registry: RegistryProcess, repo: str) -> str:
     return f"{registry.host}/{repo}:v1"
 
 
-def _without(name: str) -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if key != name}
+def _with_log(level: str) -> dict[str, str]:
+    """This process's environment with ``FSNAP_LOG=level``."""
+    return {**os.environ, "FSNAP_LOG": level}
 
 
 def test_debug_lines_show_only_when_asked(registry: RegistryProcess, tmp_path: Path) -> None:
     ref = _mislabelled_image(registry, "logging/debug")
-    quiet = fsnap(tmp_path / "quiet", "pull", ref, env={"FSNAP_LOG": ""})
+    quiet = fsnap(tmp_path / "quiet", "pull", ref, env=_with_log(""))
     assert quiet.returncode == 0, quiet.stderr
     assert "debug" not in quiet.stderr
-    by_env = fsnap(tmp_path / "env", "pull", ref, env={"FSNAP_LOG": "debug"})
+    by_env = fsnap(tmp_path / "env", "pull", ref, env=_with_log("debug"))
     assert by_env.returncode == 0, by_env.stderr
     assert MISLABELLED in by_env.stderr
     by_option = fsnap(tmp_path / "option", "--log-level", "debug", "pull", ref)
     assert by_option.returncode == 0, by_option.stderr
     assert MISLABELLED in by_option.stderr
     # The option wins over the environment.
-    quieted = fsnap(tmp_path / "both", "--log-level=error", "pull", ref, env={"FSNAP_LOG": "debug"})
+    quieted = fsnap(tmp_path / "both", "--log-level=error", "pull", ref, env=_with_log("debug"))
     assert quieted.returncode == 0, quieted.stderr
     assert "debug" not in quieted.stderr
 
 
 def test_a_bad_level_is_a_usage_error(tmp_path: Path) -> None:
-    bad = fsnap(tmp_path, "images", env={"FSNAP_LOG": "chatty"})
+    bad = fsnap(tmp_path, "images", env=_with_log("chatty"))
     assert bad.returncode == 2
     assert "$FSNAP_LOG='chatty'" in bad.stderr
     assert "Traceback" not in bad.stderr
@@ -64,7 +65,7 @@ def test_the_mount_log_gets_logging_output(registry: RegistryProcess, tmp_path: 
     mnt.mkdir()
     assert fsnap(root, "pull", ref).returncode == 0
     for level in ("warning", "debug"):
-        mounted = fsnap(root, "mount", ref, str(mnt), env={"FSNAP_LOG": level})
+        mounted = fsnap(root, "mount", ref, str(mnt), env=_with_log(level))
         try:
             assert mounted.returncode == 0, mounted.stderr
             assert (mnt / "etc/hostname").read_text() == "logged\n"
