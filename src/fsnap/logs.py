@@ -5,7 +5,7 @@ The library only calls ``logging.getLogger(__name__)``; a Python caller of ``fsn
 configures ``logging`` as it likes. A command prints ``fsnap: warning: ...`` lines on
 stderr (and, asked for ``debug``/``info``, the logger's name too); long-running processes
 (``fsnap serve``, a mount's supervisor and servers, whose stdout is the mount's log file)
-stamp every line with time, level, logger and process id.
+stamp every line with time, level and logger.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ LEVELS = ("debug", "info", "warning", "error")
 DEFAULT = "warning"
 ENV = "FSNAP_LOG"
 
-SERVICE_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+SERVICE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # fsnap serve's, as before
 COMMAND_FORMAT = "fsnap: %(levelname)s: %(message)s"
 COMMAND_DEBUG_FORMAT = "fsnap: %(levelname)s: %(name)s: %(message)s"
 
