@@ -106,7 +106,7 @@ def mounted(
     """Mount bare layers at ``mnt``; unmount and stop the daemon whatever happens."""
 
     def mount(client: Client) -> manager.MountInfo:
-        return manager.mount_layers(manager.MountStores(root, client.snapshots), layers, mnt)
+        return manager.mount_layers(client.mount_stores(), layers, mnt)
 
     return mounted_with(root, mnt, mount)
 

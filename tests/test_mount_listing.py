@@ -287,7 +287,7 @@ from pathlib import Path
 from fsnap.client import Client
 from fsnap.mount import manager
 with Client(Path(sys.argv[1])) as client:
-    stores = manager.MountStores(client.root, client.snapshots)
+    stores = client.mount_stores()
     manager.mount_layers(stores, [Path(sys.argv[2])], sys.argv[3],
                          manager.MountOptions(foreground=True))
 """

@@ -45,7 +45,7 @@ def main(argv: list[str]) -> int:
         return 2
     root, mnt, dirs = Path(argv[1]), Path(argv[2]), [Path(d) for d in argv[3:]]
     with Client(root) as client:
-        info = manager.mount_layers(manager.MountStores(root, client.snapshots), dirs, mnt)
+        info = manager.mount_layers(client.mount_stores(), dirs, mnt)
     print(f"daemon pid {info.pid}")
     return 0
 
