@@ -53,7 +53,6 @@ from fsnap.digest import sha256_of
 from fsnap.errors import DigestMismatch, InvalidArgument
 
 ESTARGZ_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
-ESTARGZ_UNCOMPRESSED_SIZE = "containerd.io/snapshot/stargz/uncompressed_size"
 ZSTD_CHUNKED_CHECKSUM = "io.github.containers.zstd-chunked.manifest-checksum"
 ZSTD_CHUNKED_POSITION = "io.github.containers.zstd-chunked.manifest-position"
 # The names older containers/storage (and stargz-snapshotter's ctr-remote) write.
