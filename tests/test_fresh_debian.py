@@ -41,6 +41,9 @@ SUBSET = [
     "tests/test_serve_conformance.py",
     "tests/test_containerd_oracle.py",
     "tests/test_dev_pins.py",
+    "tests/test_lazy_toc.py",
+    "tests/test_lazy_mount.py",
+    "tests/test_convert.py",
 ]
 # Measured on a 2-core machine shared with other test runs (CACHE/timings.log): the first
 # build took about 12 minutes (debootstrap 32 s, setup 456 s downloading everything, the
