@@ -17,7 +17,7 @@ from mount_helpers import cleanup
 from registry_helpers import Image, RegistryProcess, make_image, make_layer
 
 from fsnap.client import Client
-from fsnap.mount import manager
+from fsnap.mount import records
 from fsnap.oci import Platform
 
 HOST = Platform.host()
@@ -93,10 +93,10 @@ def _rows(client: Client, table: str) -> int:
 
 
 @contextlib.contextmanager
-def mounted_image(root: Path, name: str, mnt: Path) -> Iterator[manager.MountInfo]:
+def mounted_image(root: Path, name: str, mnt: Path) -> Iterator[records.MountInfo]:
     """Mount image ``name`` at ``mnt``; unmount and stop the daemon whatever happens."""
     mnt.mkdir(exist_ok=True)
-    info: manager.MountInfo | None = None
+    info: records.MountInfo | None = None
     try:
         with Client(root) as client:
             info = client.mount(name, mnt)

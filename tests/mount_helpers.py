@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fsnap.archive.entry import Entry, Kind
 from fsnap.client import Client
-from fsnap.mount import manager, source
+from fsnap.mount import manager, records, source
 
 
 @dataclass
@@ -86,12 +86,12 @@ def write_layer(layer_dir: Path, items: list[E]) -> Path:
 
 @contextlib.contextmanager
 def mounted_with(
-    root: Path, mnt: Path, mount: Callable[[Client], manager.MountInfo]
-) -> Iterator[manager.MountInfo]:
+    root: Path, mnt: Path, mount: Callable[[Client], records.MountInfo]
+) -> Iterator[records.MountInfo]:
     """Create ``mnt``, mount there with ``mount(client)``; unmount and stop the daemon
     whatever happens (the one fixture body every ``mounted*`` helper shares)."""
     mnt.mkdir(exist_ok=True)
-    info: manager.MountInfo | None = None
+    info: records.MountInfo | None = None
     try:
         with Client(root) as client:
             info = mount(client)
@@ -102,10 +102,10 @@ def mounted_with(
 
 def mounted(
     root: Path, layers: list[Path], mnt: Path
-) -> contextlib.AbstractContextManager[manager.MountInfo]:
+) -> contextlib.AbstractContextManager[records.MountInfo]:
     """Mount bare layers at ``mnt``; unmount and stop the daemon whatever happens."""
 
-    def mount(client: Client) -> manager.MountInfo:
+    def mount(client: Client) -> records.MountInfo:
         return manager.mount_layers(client.mount_stores(), layers, mnt)
 
     return mounted_with(root, mnt, mount)
@@ -116,7 +116,7 @@ def cleanup(root: Path, mnt: Path, pid: int) -> None:
     its server."""
     with contextlib.suppress(Exception), Client(root) as client:
         client.umount(mnt)
-    if str(mnt) in manager.mounted_points():
+    if str(mnt) in records.mounted_points():
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
     if pid:
         with contextlib.suppress(ProcessLookupError):
@@ -259,6 +259,6 @@ def commit_chain(client: Client, tars: list[bytes]) -> list[str]:
 
 def mounted_snapshot(
     root: Path, key: str, mnt: Path
-) -> contextlib.AbstractContextManager[manager.MountInfo]:
+) -> contextlib.AbstractContextManager[records.MountInfo]:
     """Mount snapshot ``key`` at ``mnt``; unmount and stop the daemon whatever happens."""
     return mounted_with(root, mnt, lambda client: client.mount_snapshot(key, mnt))

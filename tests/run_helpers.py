@@ -19,7 +19,7 @@ from registry_helpers import RegistryProcess
 from support.cli import fsnap
 
 from fsnap.client import Client
-from fsnap.mount import manager
+from fsnap.mount import records
 from fsnap.run import session, state
 from fsnap.run.runtime import Runc, runc_binary
 
@@ -93,7 +93,7 @@ def leftovers(root: Path) -> list[str]:
     )
     found += [
         p
-        for p in manager.mounted_points()
+        for p in records.mounted_points()
         if "/fsnap-" in p and p.endswith("/rootfs") and _run_of(root, p)
     ]
     return found
@@ -117,7 +117,7 @@ def cleaned(root: Path) -> Iterator[Path]:
 def _clean(root: Path) -> None:
     if not root.exists():
         return
-    infos: list[manager.MountInfo] = []
+    infos: list[records.MountInfo] = []
     with contextlib.suppress(Exception), Client(root) as client:
         for record in state.load_all(client):
             with contextlib.suppress(Exception):

@@ -16,7 +16,7 @@ from mount_helpers import commit_chain, mounted_with
 from tar_helpers import TarBuilder
 
 from fsnap.client import Client
-from fsnap.mount import manager
+from fsnap.mount import manager, records
 
 NOBODY = 65534
 OPS = Path(__file__).with_name("rw_posix_ops.py")
@@ -83,7 +83,7 @@ def mounted_rw(
     key: str,
     mnt: Path,
     options: manager.MountOptions | None = None,
-) -> contextlib.AbstractContextManager[manager.MountInfo]:
+) -> contextlib.AbstractContextManager[records.MountInfo]:
     """Mount active snapshot ``key`` writable at ``mnt``; unmount whatever happens."""
     return mounted_with(root, mnt, lambda client: client.mount_snapshot(key, mnt, options))
 

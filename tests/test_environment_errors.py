@@ -20,7 +20,7 @@ from fsnap.client import Client
 from fsnap.errors import FuseUnavailable, NoSpace, ToolMissing, UserNamespacesDisabled
 from fsnap.info.probe import no, unknown
 from fsnap.info.userns import UsernsInfo, userns_problem
-from fsnap.mount import manager
+from fsnap.mount import records
 from fsnap.oci import Platform
 
 pytestmark = [pytest.mark.needs_root]
@@ -54,7 +54,7 @@ def test_mount_as_user_without_dev_fuse_names_the_fix(tmp_path: Path) -> None:
             "work",
             str(mnt),
         )
-        assert str(mnt) not in manager.mounted_points()
+        assert str(mnt) not in records.mounted_points()
         assert list((root / "mounts").glob("*.json")) == []  # no record left behind
     assert done.returncode == 12, done.stderr
     assert done.stderr == (
@@ -73,9 +73,9 @@ def test_mount_without_fusermount3_names_the_package(tmp_path: Path) -> None:
         done = fsnap(
             root, "snapshots", "mount", "work", str(mnt), env={**os.environ, "PATH": str(empty)}
         )
-        assert str(mnt) not in manager.mounted_points()
+        assert str(mnt) not in records.mounted_points()
     finally:  # without the check, the mount succeeds (libfuse has its own path): undo it
-        if str(mnt) in manager.mounted_points():
+        if str(mnt) in records.mounted_points():
             fsnap(root, "umount", str(mnt))
     assert (done.returncode, done.stderr) == (
         13,

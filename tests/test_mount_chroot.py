@@ -15,7 +15,7 @@ from mount_helpers import TarLayer, cleanup, commit_chain, mounted_snapshot
 from support.cli import fsnap
 
 from fsnap.client import Client
-from fsnap.mount import manager
+from fsnap.mount import records
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -56,8 +56,8 @@ def test_chroot_busybox_shell(busybox_anywhere: tuple[Path, str], tmp_path: Path
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == ["ok", "bin", "etc", "hello"]
         with Client(root) as client:
-            assert set(info.snapshots) <= manager.snapshots_in_use(client.root)
-            assert key in manager.snapshots_in_use(client.root)
+            assert set(info.snapshots) <= records.snapshots_in_use(client.root)
+            assert key in records.snapshots_in_use(client.root)
 
 
 def test_chroot_dynamically_linked_program(tmp_path: Path, fs_base: Path) -> None:
@@ -130,7 +130,7 @@ def test_killed_daemon_is_stale_until_umount(busybox: tuple[Path, str], tmp_path
         assert "stale" in listed.stdout
         done = fsnap(root, "umount", str(mnt))
         assert done.returncode == 0, done.stderr
-        assert str(mnt) not in manager.mounted_points()
+        assert str(mnt) not in records.mounted_points()
         assert str(mnt) not in fsnap(root, "mounts").stdout
         with mounted_snapshot(root, key, mnt):
             assert (mnt / "etc/motd").read_bytes() == b"hello\n"
@@ -147,7 +147,7 @@ def test_umount_stops_the_daemon(busybox: tuple[Path, str], tmp_path: Path) -> N
         assert str(info.pid) in listed.stdout
         done = fsnap(root, "umount", str(mnt))
         assert done.returncode == 0, done.stderr
-        assert str(mnt) not in manager.mounted_points()
+        assert str(mnt) not in records.mounted_points()
         assert _gone(info.pid)
 
 

@@ -14,8 +14,8 @@ import pytest
 from mount_helpers import E, errno_of, hardlink_groups, listing, mounted, row, write_layer
 
 from fsnap.client import Client
-from fsnap.mount import manager
-from fsnap.mount.manager import MountInfo
+from fsnap.mount import records
+from fsnap.mount.records import MountInfo
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -318,5 +318,5 @@ def test_foreground_mount_unmounted_from_outside_drops_its_record(tmp_path: Path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if str(mnt) in manager.mounted_points():
+        if str(mnt) in records.mounted_points():
             subprocess.run(["fusermount3", "-uz", str(mnt)], check=False)

@@ -58,7 +58,7 @@ def test_what_is_no_spec_is_refused(text: str) -> None:
         MountSpec.from_json(text)
 
 
-@pytest.mark.parametrize("module", ["fsnap.mount.supervisor", "fsnap.mount.daemon"])
+@pytest.mark.parametrize("module", ["fsnap.mount.supervisor", "fsnap.mount.server"])
 def test_the_processes_report_a_bad_spec_on_the_ready_pipe(module: str) -> None:
     read_fd, write_fd = os.pipe()
     with os.fdopen(read_fd, "rb") as pipe:

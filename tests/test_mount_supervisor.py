@@ -23,7 +23,7 @@ from registry_helpers import RegistryProcess, make_image, make_layer
 from support.cli import fsnap
 
 from fsnap.client import Client
-from fsnap.mount import manager, supervisor
+from fsnap.mount import records, supervisor
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -40,7 +40,7 @@ def _pulled(registry: RegistryProcess, root: Path, repo: str) -> str:
         return pull_unpacked(client, registry, repo, image)
 
 
-def _record(root: Path, mnt: Path) -> manager.MountInfo:
+def _record(root: Path, mnt: Path) -> records.MountInfo:
     with Client(root) as client:
         found = [i for i in client.mounts() if i.mountpoint == str(mnt)]
     assert len(found) == 1, found
@@ -202,7 +202,7 @@ def test_a_server_that_keeps_dying_is_given_up_on(
         assert "gave up" in listed.stdout
         done = fsnap(root, "umount", str(mnt))
         assert done.returncode == 0, done.stderr
-        assert str(mnt) not in manager.mounted_points()
+        assert str(mnt) not in records.mounted_points()
         assert fsnap(root, "mounts", "--json").stdout.strip() == "[]"
 
 
@@ -220,7 +220,7 @@ def test_umount_stops_supervisor_and_server(registry: RegistryProcess, tmp_path:
         done = fsnap(root, "umount", str(mnt))
         assert done.returncode == 0, done.stderr
         _until(lambda: _gone(record.pid) and _gone(record.server), 5)
-        assert str(mnt) not in manager.mounted_points()
+        assert str(mnt) not in records.mounted_points()
         assert list((root / "mounts").glob("*.json")) == []
     finally:
         cleanup(root, mnt, record.pid)
@@ -233,5 +233,5 @@ def test_a_supervisor_signalled_to_stop_unmounts(registry: RegistryProcess, tmp_
         server = _record(root, Path(info.mountpoint)).server
         os.kill(info.pid, signal.SIGTERM)
         _until(lambda: _gone(info.pid) and _gone(server), 10)
-        assert info.mountpoint not in manager.mounted_points()
+        assert info.mountpoint not in records.mounted_points()
         assert list((root / "mounts").glob("*.json")) == []

@@ -25,7 +25,7 @@ from support.cli import fsnap
 
 from fsnap.client import Client
 from fsnap.diff.active import commit_active
-from fsnap.mount import manager
+from fsnap.mount import manager, records
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -111,7 +111,7 @@ def served_as_nobody(root: Path, key: str, mnt: Path) -> Iterator[None]:
 
 
 def _stop_all(root: Path, mnt: Path) -> None:
-    if str(mnt) in manager.mounted_points():
+    if str(mnt) in records.mounted_points():
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
     for record in (root / "mounts").glob("*.json"):
         with contextlib.suppress(OSError, ValueError, ProcessLookupError):

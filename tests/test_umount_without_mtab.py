@@ -39,7 +39,7 @@ _SCENARIO = r"""
 import json, os, subprocess, sys, time
 from pathlib import Path
 from fsnap.client import Client
-from fsnap.mount.manager import mounted_points
+from fsnap.mount.records import mounted_points
 from rw_helpers import NOBODY, make_image
 
 base = Path(sys.argv[1])

@@ -24,7 +24,7 @@ from unpack_helpers import (
 )
 
 from fsnap.client import Client
-from fsnap.mount import manager
+from fsnap.mount import records
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -65,7 +65,7 @@ def test_pulled_image_mounts_as_its_merged_tree(registry: RegistryProcess, tmp_p
         assert done.stdout.split() == ["alpha", "v2", "y"]
     finally:
         cleanup(root, mnt, pid)
-    assert str(mnt) not in manager.mounted_points()
+    assert str(mnt) not in records.mounted_points()
 
 
 def test_unprivileged_pull_keeps_owners_and_modes_in_the_index(

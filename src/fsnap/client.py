@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from fsnap.content.store import ContentStore
     from fsnap.gc import GCReport
     from fsnap.images.store import Image, ImageStore
-    from fsnap.mount.manager import MountInfo, MountOptions, MountStores
+    from fsnap.mount.manager import MountOptions
+    from fsnap.mount.records import MountInfo
     from fsnap.mount.registry import WritableMounts
+    from fsnap.mount.stores import MountStores
     from fsnap.oci import Descriptor, Platform
     from fsnap.progress import CommitProgress, PullProgress, PushProgress
     from fsnap.pull import LayerSink
@@ -425,16 +427,16 @@ class Client:
 
     def mounts(self) -> list[MountInfo]:
         """Every recorded mount with its state (``fsnap mounts``)."""
-        from fsnap.mount import manager
+        from fsnap.mount.records import list_mounts
 
-        return manager.list_mounts(self.root)
+        return list_mounts(self.root)
 
     def rmi(self, ref: str) -> Image:
         """Forget image ``ref`` (as stored or as ``fsnap pull`` names it) and return its
         record; Busy while it is mounted. Its blobs and snapshots wait for ``gc``."""
         from fsnap.gc.rmi import remove_image
         from fsnap.images.resolve import find
-        from fsnap.mount.manager import list_mounts
+        from fsnap.mount.records import list_mounts
 
         return remove_image(self.images, find(self.images, ref).name, list_mounts(self.root))
 
@@ -442,8 +444,8 @@ class Client:
         """Remove what no image, mount, snapshot or live lease holds (``fsnap gc``), after
         reaping dead ``fsnap run``s; with ``dry_run`` only report what would go."""
         from fsnap import gc
-        from fsnap.mount.manager import snapshots_in_use
-        from fsnap.run.state import reap
+        from fsnap.mount.records import snapshots_in_use
+        from fsnap.run.session import reap
 
         if not dry_run:
             reap(self)  # runs whose fsnap died: their mounts and snapshots go first
@@ -457,7 +459,7 @@ class Client:
         return gc.collect(stores, dry_run=dry_run)
 
     def mount_stores(self) -> MountStores:
-        from fsnap.mount.manager import MountStores
+        from fsnap.mount.stores import MountStores
 
         return MountStores(self.root, self.snapshots, self.writable_mounts, self.content, self.db)
 

@@ -138,7 +138,7 @@ def _pull_incomplete(client: Client, pull: Callable[[str], object]) -> dict[str,
 
 
 def _remove_broken_snapshot(client: Client, name: str) -> str:
-    from fsnap.mount.manager import snapshots_in_use
+    from fsnap.mount.records import snapshots_in_use
 
     sn = client.snapshots
     infos = {info.name: info for info in sn.walk()}

@@ -9,7 +9,7 @@ from typing import Any
 
 from fsnap.client import Client
 from fsnap.errors import InvalidArgument
-from fsnap.mount import manager
+from fsnap.mount import manager, records
 
 
 def register(subparsers: Any) -> None:
@@ -106,7 +106,7 @@ def mount_snapshot(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_mounted(info: manager.MountInfo, foreground: bool) -> None:
+def _report_mounted(info: records.MountInfo, foreground: bool) -> None:
     if foreground:
         print(f"unmounted {info.mountpoint}")
     else:
@@ -124,7 +124,7 @@ def umount(client: Client, args: argparse.Namespace) -> int:
 
 
 def mounts(client: Client, args: argparse.Namespace) -> int:
-    from fsnap.run.state import reap
+    from fsnap.run.session import reap
 
     for line in reap(client):  # a crashed `fsnap run` leaves a mount only it can explain
         print(f"fsnap: {line}", file=sys.stderr)

@@ -16,12 +16,12 @@ from fsnap.images.store import Image, ImageStore
 from fsnap.reference import Reference
 
 if TYPE_CHECKING:
-    from fsnap.mount.manager import MountInfo
+    from fsnap.mount.records import MountInfo
 
 
 def remove_image(images: ImageStore, name: str, mounts: Iterable[MountInfo]) -> Image:
     """Delete image ``name``'s record and return it; NotFound if absent, Busy if one of
-    ``mounts`` (the store's, ``fsnap.mount.manager.list_mounts``) mounts it."""
+    ``mounts`` (the store's, ``fsnap.mount.records.list_mounts``) mounts it."""
     image = images.get(name)
     held = mounts_of(mounts, image.name)
     if held:

@@ -1,23 +1,20 @@
-"""The FUSE daemon: one process per mount, serving a merged tree until unmounted.
+"""The FUSE daemon's library: build the file system a ``MountSpec`` names and serve it
+until unmounted.
 
-``run(spec, ready_fd)`` is what the mount's supervisor (``fsnap.mount.supervisor``) runs
-in a forked child, again after each death (the supervisor never opens the store, so no
-LMDB handle crosses the fork); ``python -m fsnap.mount.daemon SPEC_JSON READY_FD`` runs it
-stand-alone (the spec is JSON only on those command lines: ``fsnap.mount.spec``). Both log
-through ``logging`` at the spec's level to stdout, which is the mount's log file. A
-writable mount keeps its store handle for its whole life (it records index overrides).
-It loads the layers, mounts, then writes one line to READY_FD: ``ok`` once the
-mount is live, or ``error <exit code> <message>`` so the CLI can print why it failed.
-SIGTERM/SIGINT unmount.
+``serve`` mounts and runs the trio loop; it reports readiness through a ``Ready``
+callback: ``pipe_reporter`` writes the one line a spawned server owes its supervisor
+(``ok`` once the mount is live, or ``error <exit code> <message>`` so the CLI can print
+why it failed). The process around it is ``fsnap.mount.server`` (which opens the store);
+``fsnap mount --foreground`` calls ``serve`` with the CLI's own store handle instead
+(``fsnap.mount.manager``), and ``fsnap-overlay`` with bare directories. SIGTERM/SIGINT
+unmount.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,18 +22,16 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
-from fsnap import logs
-from fsnap.client import Client
 from fsnap.errors import FsnapError, Unavailable
 from fsnap.labels import LAZY_LABEL
-from fsnap.mount import manager, source, treecache
+from fsnap.mount import records, source, treecache
 from fsnap.mount.fs import MergedFS, TreeFS
 from fsnap.mount.idshift import IdShift
 from fsnap.mount.spec import MountSpec
 from fsnap.mount.tree import MergedTree
 
 if TYPE_CHECKING:
-    from fsnap.mount.manager import MountStores
+    from fsnap.mount.stores import MountStores
     from fsnap.mount.union import Union
 
 Ready = Callable[[FsnapError | None], None]
@@ -148,48 +143,4 @@ def forget_state(path: str) -> None:
     drop the record if this process owns it (a supervised server does not: its supervisor
     does)."""
     if path:
-        manager.forget_record(Path(path), os.getpid())
-
-
-def build_read_only(spec: MountSpec, client: Client) -> TreeFS:
-    """Build the file system; a read-only one then lets go of what only the build needed.
-
-    Its tree never changes again, so the store handle (and the index pages it mapped) is
-    closed, and the tree's objects leave the garbage collector's generations
-    (``gc.freeze``): serving allocates constantly, and a full collection would otherwise
-    walk every node of a large tree again and again."""
-    fs = build_fs(spec, client.mount_stores())
-    if not spec.writable:
-        if fs.lazy_files is None:  # a lazy mount records its fetches in the store
-            client.close()
-        gc.freeze()
-    return fs
-
-
-def main(argv: list[str]) -> int:
-    try:
-        spec = MountSpec.from_json(argv[0])
-    except FsnapError as exc:
-        pipe_reporter(int(argv[1]))(exc)
-        return 1
-    logs.configure(spec.log_level, sys.stdout, service=True)
-    return run(spec, int(argv[1]))
-
-
-def run(spec: MountSpec, ready_fd: int) -> int:
-    """Serve ``spec`` until unmounted, reporting readiness on ``ready_fd``: the body of a
-    daemon process (the supervisor runs it in a forked child, see its docstring)."""
-    ready = pipe_reporter(ready_fd)
-    log.info("serving %s", spec.mountpoint)
-    log.debug("spec %s", spec)
-    with Client(Path(spec.root)) as client:
-        serve(spec.mountpoint, spec.options, ready, lambda: build_read_only(spec, client))
-        if spec.writable:  # (a read-only server closed its store handle after the build)
-            release_snapshot(spec, client.mount_stores())
-    forget_state(spec.state)
-    log.info("unmounted %s", spec.mountpoint)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+        records.forget_record(Path(path), os.getpid())

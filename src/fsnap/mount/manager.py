@@ -1,17 +1,13 @@
-"""Start, list and stop mounts: the library side of ``fsnap mount/umount/mounts``.
+"""Start and stop mounts: the library side of ``fsnap mount/umount``.
 
-Each mount has a record ``<root>/mounts/<id>.json`` (mount point, what is mounted, the
-snapshots it reads, daemon pid, log path) and a log ``<id>.log``. The record is created with
-O_EXCL before the daemon starts, so two ``fsnap mount`` of one point cannot both win, and
-``snapshots_in_use`` lets ``rmi``/``gc`` refuse to remove what a mount reads.
+A mount is recorded (``fsnap.mount.records``: created with O_EXCL before its daemon
+starts, so two ``fsnap mount`` of one point cannot both win), then served by a spawned
+supervisor (``fsnap.mount.supervisor``) or, with ``--foreground``, by this process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
-import json
 import os
 import secrets
 import select
@@ -20,9 +16,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fsnap import errors, logs
 from fsnap.errors import (
@@ -35,19 +31,18 @@ from fsnap.errors import (
     Unavailable,
 )
 from fsnap.info.fuse import require_fuse
+from fsnap.mount import records
+from fsnap.mount.records import MountInfo
 from fsnap.mount.spec import MountSpec
 from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
-    from fsnap.content.store import ContentStore
-    from fsnap.db import Database
     from fsnap.mount.fs import TreeFS
-    from fsnap.mount.registry import WritableMounts
+    from fsnap.mount.stores import MountStores
     from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 5.0
-FSTYPE = "fuse.fsnap"
 MTAB = "/etc/mtab"
 
 
@@ -71,45 +66,6 @@ class MountOptions:
     index_metadata: bool = False
     # (uid, gid) whose owner shows as 0's and 0's as it (fsnap.mount.idshift): rootless runs.
     shift_ids: tuple[int, int] | None = None
-
-
-@dataclass
-class MountInfo:
-    """One mount's record. ``state``: live, stale (no server, ENOTCONN: dead, or being
-    replaced by its supervisor), failed (the supervisor gave up restarting it: ``failure``
-    says why), or gone (neither mounted nor served: a record left behind). ``pid`` is the
-    supervisor's (``fsnap.mount.supervisor``), ``server`` the serving process's."""
-
-    mountpoint: str
-    source: str
-    kind: str
-    snapshots: list[str] = field(default_factory=list)
-    pid: int = 0
-    log: str = ""
-    options: list[str] = field(default_factory=list)
-    state: str = "live"
-    # The active snapshot a writable mount changes ("" for read-only mounts).
-    writable: str = ""
-    server: int = 0
-    restarts: int = 0
-    failure: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class MountStores:
-    """What the manager works on: the fsnap ``root`` (mount records under ``mounts/``; no
-    mount point may lie inside it), the ``snapshots`` it mounts, the record of which are
-    mounted ``writable``, and for lazy layers (``fsnap.lazy``) the ``content`` store and
-    the ``db`` that records what was fetched."""
-
-    root: Path
-    snapshots: LocalSnapshotter
-    writable: WritableMounts
-    content: ContentStore
-    db: Database
 
 
 # --- public API (``fsnap.Client.mount``/``umount``/``mounts`` call these) -----------------
@@ -208,10 +164,10 @@ def mount_layers(
 
 def umount(stores: MountStores, mountpoint: str | os.PathLike[str]) -> MountInfo:
     """Unmount (lazily if busy), stop the daemon, drop the record; works on stale mounts."""
-    mnt = _normalize(mountpoint)
-    record = read_record(_record_path(stores.root, mnt))
-    fstype = mounted_points().get(mnt)
-    if record is None and fstype != FSTYPE:
+    mnt = records.normalize(mountpoint)
+    record = records.read_record(records.record_path(stores.root, mnt))
+    fstype = records.mounted_points().get(mnt)
+    if record is None and fstype != records.FSTYPE:
         if fstype is None:
             raise NotFound(f"nothing is mounted at {mnt}")
         raise InvalidArgument(f"{mnt} is a {fstype} mount, not an fsnap mount")
@@ -223,30 +179,9 @@ def umount(stores: MountStores, mountpoint: str | os.PathLike[str]) -> MountInfo
             _stop(pid)
     if info.writable and stores.writable.at(info.writable) == mnt:
         stores.writable.set(info.writable, None)
-    _record_path(stores.root, mnt).unlink(missing_ok=True)
+    records.record_path(stores.root, mnt).unlink(missing_ok=True)
     info.state = "unmounted"
     return info
-
-
-def list_mounts(root: Path) -> list[MountInfo]:
-    """Every mount recorded under fsnap root ``root`` with its current state, by mount
-    point."""
-    points = mounted_points()
-    found = []
-    for path in sorted(_mounts_dir(root).glob("*.json")):
-        info = read_record(path)
-        if info is not None:
-            info.state = _state(info, points)
-            found.append(info)
-    return sorted(found, key=lambda i: i.mountpoint)
-
-
-def snapshots_in_use(root: Path) -> set[str]:
-    """Snapshot names some mount (live or stale) reads: ``rmi``/``gc`` must keep them."""
-    used: set[str] = set()
-    for info in list_mounts(root):
-        used.update(info.snapshots)
-    return used
 
 
 def fuse_options(name: str, options: MountOptions, writable: bool = False) -> list[str]:
@@ -272,131 +207,26 @@ def fuse_options(name: str, options: MountOptions, writable: bool = False) -> li
 def check_mountpoint(root: Path, mountpoint: str | os.PathLike[str]) -> str:
     """The absolute mount point, or the error that says why fsnap (at ``root``) cannot
     mount there."""
-    mnt = _normalize(mountpoint)
-    record = read_record(_record_path(root, mnt))
+    mnt = records.normalize(mountpoint)
+    record = records.read_record(records.record_path(root, mnt))
     if record is not None:
         raise AlreadyExists(
             f"{mnt} is already an fsnap mount of {record.source} (pid {record.pid}); "
             f"run `fsnap umount {mnt}` first"
         )
-    if mnt in mounted_points():
+    if mnt in records.mounted_points():
         raise Busy(f"mount point {mnt} is busy: something is already mounted there")
     path = Path(mnt)
     if not path.exists():
         raise NotFound(f"mount point {mnt} does not exist")
     if not path.is_dir():
         raise InvalidArgument(f"mount point {mnt} is not a directory")
-    store = Path(_normalize(root))
+    store = Path(records.normalize(root))
     if path == store or store in path.parents:
         raise InvalidArgument(f"mount point {mnt} is inside the fsnap root {store}")
     if any(path.iterdir()):
         raise Busy(f"mount point {mnt} is not empty")
     return mnt
-
-
-def mounted_points() -> dict[str, str]:
-    """Mount point -> file system type, from /proc/self/mountinfo (no stat: a dead FUSE
-    mount would answer ENOTCONN, and the daemon must never touch its own mount)."""
-    points: dict[str, str] = {}
-    with open("/proc/self/mountinfo", "rb") as src:
-        for line in src:
-            left, _, right = line.partition(b" - ")
-            point = _unescape(left.split()[4])
-            points[point] = os.fsdecode(right.split()[0])
-    return points
-
-
-def _unescape(raw: bytes) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes."""
-    out = bytearray()
-    i = 0
-    while i < len(raw):
-        if raw[i] == 0x5C and raw[i + 1 : i + 4].isdigit() and i + 3 < len(raw):
-            out.append(int(raw[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
-def _normalize(mountpoint: str | os.PathLike[str]) -> str:
-    return os.path.normpath(os.path.abspath(os.fspath(mountpoint)))
-
-
-# --- records ------------------------------------------------------------------------------
-
-
-def _mounts_dir(root: Path) -> Path:
-    path = root / "mounts"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _record_path(root: Path, mnt: str) -> Path:
-    ident = hashlib.sha256(os.fsencode(mnt)).hexdigest()[:16]
-    return _mounts_dir(root) / f"{ident}.json"
-
-
-def read_record(path: Path) -> MountInfo | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return MountInfo(**data)
-
-
-def _write_record(path: Path, info: MountInfo, exclusive: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
-    try:
-        fd = os.open(path, flags, 0o644)
-    except FileExistsError:
-        raise AlreadyExists(f"{info.mountpoint} is being mounted by another fsnap") from None
-    with os.fdopen(fd, "w") as out:
-        json.dump(info.to_json(), out)
-
-
-def update_record(path: Path, pid: int, **changes: Any) -> None:
-    """Change fields of the record at ``path`` if process ``pid`` owns it (or claims a
-    record still being set up, pid 0), atomically (write a temporary file, rename it over):
-    ``fsnap mounts`` never reads half a record."""
-    info = read_record(path)
-    if info is None or info.pid not in (0, pid):
-        return
-    info.pid = pid
-    for name, value in changes.items():
-        setattr(info, name, value)
-    tmp = path.with_name(f".{path.name}.{pid}")
-    tmp.write_text(json.dumps(info.to_json()))
-    os.replace(tmp, path)
-
-
-def forget_record(path: Path, pid: int) -> None:
-    """The mount ended from outside (``fusermount3 -u``, a signal): drop the record if
-    process ``pid`` still owns it (``fsnap umount`` has dropped it already)."""
-    info = read_record(path)
-    if info is not None and info.pid == pid:
-        path.unlink(missing_ok=True)
-
-
-def _state(info: MountInfo, points: dict[str, str]) -> str:
-    mounted = points.get(info.mountpoint) == FSTYPE
-    if info.failure:
-        return "failed"
-    alive = _alive(info.pid) or _alive(info.server)  # a server outliving its supervisor
-    if mounted and alive and not _not_connected(info.mountpoint):
-        return "live"
-    if mounted:
-        return "stale"
-    return "starting" if alive else "gone"
-
-
-def _not_connected(mnt: str) -> bool:
-    try:
-        os.stat(mnt)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
 
 
 # --- daemon lifecycle ---------------------------------------------------------------------
@@ -415,7 +245,7 @@ def _start(
     spawned supervisor that logs to ``<record>.log`` (info and up; debug if this process
     logs debug)."""
     require_fuse()  # before any record or daemon: a missing /dev/fuse is named, with the fix
-    record = _record_path(stores.root, info.mountpoint)
+    record = records.record_path(stores.root, info.mountpoint)
     info.log = str(record.with_suffix(".log"))
     info.options = fuse_options(info.source, options, writable=bool(info.writable))
     spec = MountSpec(
@@ -432,16 +262,16 @@ def _start(
         no_background_fetch=options.no_background_fetch,
         log_level="debug" if logs.current_level() == "debug" else "info",
     )
-    _write_record(record, info, exclusive=True)
+    records.write_record(record, info, exclusive=True)
     try:
         if options.foreground:
             info.pid = os.getpid()
-            _write_record(record, info, exclusive=False)
+            records.write_record(record, info, exclusive=False)
             _serve_here(spec, stores)
             return info
         info.pid = _spawn(spec, Path(info.log))
         # The supervisor claimed the record (pid, server) before it reported ready.
-        info = read_record(record) or info
+        info = records.read_record(record) or info
     except BaseException:
         record.unlink(missing_ok=True)
         raise
@@ -571,24 +401,6 @@ def _stop(pid: int) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + STOP_TIMEOUT
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not records.alive(pid):
                 return
             time.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    """Is ``pid`` a running fsnap mount supervisor or daemon (not a zombie, not a reused
-    pid)?"""
-    if pid <= 0:
-        return False
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    if stat.rpartition(")")[2].split()[0] == "Z":
-        return False
-    ours = b"fsnap.mount.daemon" in cmdline or b"fsnap.mount.supervisor" in cmdline
-    return ours or pid == os.getpid()

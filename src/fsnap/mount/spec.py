@@ -3,7 +3,7 @@ supervisor and server.
 
 ``MountSpec`` is typed everywhere inside fsnap; it becomes JSON only at the process
 boundary (``to_json`` in the manager, which passes it on the supervisor's command line;
-``from_json`` in the supervisor and in ``python -m fsnap.mount.daemon``). Loading checks
+``from_json`` in the supervisor and in ``python -m fsnap.mount.server``). Loading checks
 every field's type and that exactly one source is named, so a hand-written or damaged spec
 fails as one InvalidArgument line instead of a KeyError deep in the server.
 """
@@ -22,7 +22,7 @@ class MountSpec:
     """One mount: where (``mountpoint`` with FUSE ``options``), what (a ``snapshot`` key of
     the store at ``root``, writable if ``writable``; or bare ``layers`` directories, bottom
     first), and how (``provenance`` xattrs, ``index_metadata`` overrides, ``shift_ids``).
-    ``state`` is the mount's record (``fsnap.mount.manager``), "" for none; ``log_level``
+    ``state`` is the mount's record (``fsnap.mount.records``), "" for none; ``log_level``
     the daemon's ``logging`` threshold (``fsnap.logs``)."""
 
     root: str

@@ -3,7 +3,7 @@ serving process when that dies.
 
 ``python -m fsnap.mount.supervisor SPEC_JSON READY_FD`` is what the manager spawns. It
 imports the server's code once (pyfuse3, trio, the tree; about 30 MB, shared copy-on-write
-with its server), forks the server (``fsnap.mount.daemon.run``; the supervisor never opens
+with its server), forks the server (``fsnap.mount.server.run``; the supervisor never opens
 the store, so no LMDB environment crosses the fork), passes its readiness line on to
 READY_FD, and waits. When the server exits it looks at the mount point:
 
@@ -59,7 +59,7 @@ from typing import Any, NoReturn
 
 from fsnap import logs
 from fsnap.errors import FsnapError, Unavailable
-from fsnap.mount import daemon, manager
+from fsnap.mount import daemon, manager, records, server
 from fsnap.mount.spec import MountSpec
 
 MAX_RESTARTS = 5
@@ -133,14 +133,14 @@ class Supervisor:
 
     def _serve_in_child(self, read_fd: int, write_fd: int) -> NoReturn:
         """The forked server: default signal dispositions, none of the supervisor's pipes,
-        then ``daemon.run``; never returns into the supervisor's code."""
+        then ``server.run``; never returns into the supervisor's code."""
         code = 1
         try:
             for sig in STOP_SIGNALS:
                 signal.signal(sig, signal.SIG_DFL)
             for fd in (read_fd, *self._close_in_child):
                 os.close(fd)
-            code = daemon.run(self.spec, write_fd)
+            code = server.run(self.spec, write_fd)
         except BaseException:  # noqa: BLE001 - the child must reach os._exit, whatever
             log.exception("server %d failed", os.getpid())
         finally:
@@ -202,23 +202,23 @@ class Supervisor:
         return True
 
     def _still_mounted(self) -> bool:
-        return manager.mounted_points().get(self.mountpoint) == manager.FSTYPE
+        return records.mounted_points().get(self.mountpoint) == records.FSTYPE
 
     # -- the record --------------------------------------------------------------------------
 
     def _count_restart(self) -> int:
-        info = manager.read_record(self.record) if self.record else None
+        info = records.read_record(self.record) if self.record else None
         total = (info.restarts if info else 0) + 1
         self._note(server=self.server, restarts=total)
         return total
 
     def _note(self, **changes: Any) -> None:
         if self.record is not None:
-            manager.update_record(self.record, os.getpid(), **changes)
+            records.update_record(self.record, os.getpid(), **changes)
 
     def _forget(self) -> None:
         if self.record is not None:
-            manager.forget_record(self.record, os.getpid())
+            records.forget_record(self.record, os.getpid())
 
 
 def main(argv: list[str]) -> int:

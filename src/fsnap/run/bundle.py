@@ -79,7 +79,7 @@ def write(bundle: Path, spec: dict[str, Any], hostname: str) -> None:
 def remove(bundle: Path) -> None:
     """Remove a bundle whose rootfs is no longer mounted (an empty mount point is kept by
     ``rmdir`` semantics: a still-mounted rootfs makes this fail instead of emptying it)."""
-    from fsnap.mount.manager import mounted_points
+    from fsnap.mount.records import mounted_points
 
     rootfs = bundle / "rootfs"
     if str(rootfs) in mounted_points():

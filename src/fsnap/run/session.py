@@ -33,7 +33,7 @@ from fsnap.errors import (
     Unsupported,
 )
 from fsnap.images.resolve import find, for_platform
-from fsnap.mount import manager
+from fsnap.mount import manager, records
 from fsnap.oci import Platform
 from fsnap.run import bundle, rootfs, state
 from fsnap.run.command import check_command
@@ -45,8 +45,8 @@ from fsnap.run.state import RunRecord
 from fsnap.run.users import resolve
 
 if TYPE_CHECKING:
-    from fsnap.client import Client
     from fsnap.images.store import Image
+    from fsnap.run.host import Host
 
 MAX_ETC_FILE = 1 << 20  # /etc/passwd and /etc/group read from the image, at most
 Notify = Callable[[str], None]
@@ -62,7 +62,7 @@ class RunResult:
     image: Image | None = None
 
 
-def run(client: Client, ref: str, options: RunOptions, notify: Notify) -> RunResult:
+def run(client: Host, ref: str, options: RunOptions, notify: Notify) -> RunResult:
     """Run ``ref``'s program as ``options`` say; ``notify`` gets fsnap's own messages."""
     _check(options)
     runtime = bundle.runtime_dir()
@@ -108,7 +108,7 @@ def _check_rootless() -> None:
     require_user_namespaces()
 
 
-def _run(client: Client, ref: str, options: RunOptions, record: RunRecord, notify: Notify) -> int:
+def _run(client: Host, ref: str, options: RunOptions, record: RunRecord, notify: Notify) -> int:
     root = bundle.create(Path(record.bundle))
     rootless = None if os.geteuid() == 0 else (os.geteuid(), os.getegid())
     mount_options = manager.MountOptions(pull=options.pull, shift_ids=rootless)
@@ -175,7 +175,7 @@ def _process(root: Path, image: ImageRuntime, options: RunOptions, hostname: str
 
 
 def _prepare_root(
-    client: Client, root: Path, process: Process, layout: Layout, record: RunRecord, read_only: bool
+    client: Host, root: Path, process: Process, layout: Layout, record: RunRecord, read_only: bool
 ) -> Layout:
     """Check the command and the working directory; create the mount targets runc would
     otherwise create itself (recorded, removed after the run) or, read-only, leave out the
@@ -232,11 +232,11 @@ def _signal_number(name: str) -> int:
         raise InvalidArgument(f"the image's StopSignal {name!r} is not a signal") from None
 
 
-def teardown(client: Client, record: RunRecord) -> None:
+def teardown(client: Host, record: RunRecord) -> None:
     """Undo a run up to its snapshot: runc's container, created targets, mount, bundle."""
     Runc(Path(record.runc_state), Path(record.bundle) / "runc.log").delete(record.id)
     mnt = str(record.rootfs)
-    if mnt in manager.mounted_points():
+    if mnt in records.mounted_points():
         if record.created:
             with contextlib.suppress(OSError, FsnapError):
                 rootfs.remove_created(record.rootfs, record.created)
@@ -249,7 +249,7 @@ def teardown(client: Client, record: RunRecord) -> None:
     bundle.remove(Path(record.bundle))
 
 
-def finish(client: Client, record: RunRecord) -> None:
+def finish(client: Host, record: RunRecord) -> None:
     """The last step: the snapshot goes if asked, then the record."""
     if record.remove_snapshot and record.key:
         with contextlib.suppress(NotFound):
@@ -257,7 +257,19 @@ def finish(client: Client, record: RunRecord) -> None:
     state.forget(client, record.id)
 
 
-def cleanup(client: Client, record: RunRecord) -> None:
-    """Clean a run whose fsnap is gone (``state.reap``)."""
+def cleanup(client: Host, record: RunRecord) -> None:
+    """Clean a run whose fsnap is gone (``reap``)."""
     teardown(client, record)
     finish(client, record)
+
+
+def reap(client: Host) -> list[str]:
+    """Clean every run whose fsnap process is gone; one line per run cleaned."""
+    done = []
+    for record in state.load_all(client):
+        if state.owner_alive(record):
+            continue
+        with contextlib.suppress(FsnapError, OSError):
+            cleanup(client, record)
+            done.append(f"cleaned up run {record.id} of a gone fsnap (pid {record.pid})")
+    return done

@@ -4,8 +4,9 @@
 removed last, so at every moment it names what may be left: the bundle directory, runc's
 container (in runc's state directory), the mount of the active snapshot, the mount targets
 fsnap created in it, and whether the snapshot goes (``--rm``). The record also holds the
-pid and start time of the fsnap process that owns it. ``reap`` (called by ``fsnap gc`` and
-``fsnap mounts``) cleans every run whose owner is gone, in the order a normal exit does.
+pid and start time of the fsnap process that owns it. ``fsnap.run.session.reap`` (called by
+``fsnap gc`` and ``fsnap mounts``) cleans every run whose owner is gone, in the order a
+normal exit does.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fsnap.errors import FsnapError
-
 if TYPE_CHECKING:
-    from fsnap.client import Client
+    from fsnap.run.host import Host
 
 
 @dataclass
@@ -44,17 +43,17 @@ class RunRecord:
         return asdict(self)
 
 
-def runs_dir(client: Client) -> Path:
+def runs_dir(client: Host) -> Path:
     path = client.root / "runs"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def record_path(client: Client, ident: str) -> Path:
+def record_path(client: Host, ident: str) -> Path:
     return runs_dir(client) / f"{ident}.json"
 
 
-def save(client: Client, record: RunRecord, *, new: bool = False) -> None:
+def save(client: Host, record: RunRecord, *, new: bool = False) -> None:
     """Write ``record`` (``new``: it must not exist yet); atomically replaced otherwise."""
     path = record_path(client, record.id)
     data = json.dumps(record.to_json())
@@ -67,7 +66,7 @@ def save(client: Client, record: RunRecord, *, new: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def load_all(client: Client) -> list[RunRecord]:
+def load_all(client: Host) -> list[RunRecord]:
     records = []
     for path in sorted(runs_dir(client).glob("*.json")):
         with contextlib.suppress(OSError, ValueError, TypeError):
@@ -75,7 +74,7 @@ def load_all(client: Client) -> list[RunRecord]:
     return records
 
 
-def forget(client: Client, ident: str) -> None:
+def forget(client: Host, ident: str) -> None:
     record_path(client, ident).unlink(missing_ok=True)
 
 
@@ -90,17 +89,3 @@ def start_time(pid: int) -> str:
 
 def owner_alive(record: RunRecord) -> bool:
     return bool(record.started) and start_time(record.pid) == record.started
-
-
-def reap(client: Client) -> list[str]:
-    """Clean every run whose fsnap process is gone; one line per run cleaned."""
-    from fsnap.run.session import cleanup  # session imports this module
-
-    done = []
-    for record in load_all(client):
-        if owner_alive(record):
-            continue
-        with contextlib.suppress(FsnapError, OSError):
-            cleanup(client, record)
-            done.append(f"cleaned up run {record.id} of a gone fsnap (pid {record.pid})")
-    return done
