@@ -69,11 +69,17 @@ def _check(cmd: list[str], cwd: str | None = None, env: dict[str, str] | None = 
 
 
 class FsnapMount(Mount):
+    """``fsnap mount``; ``exe`` and ``name`` let a run compare two builds of fsnap
+    (``scripts/bench-regress``). ``pid`` is the serving process (the supervisor's child),
+    whose memory is the daemon's."""
+
     name = "fsnap"
 
-    def __init__(self, work: Path, root: Path) -> None:
+    def __init__(self, work: Path, root: Path, exe: str = FSNAP, name: str = "fsnap") -> None:
         super().__init__(work)
         self.root = root
+        self.exe = exe
+        self.name = name
 
     def mount(self, view: View, mnt: Path) -> float:
         out: list[str] = []
@@ -88,17 +94,29 @@ class FsnapMount(Mount):
                 *map(str, view.fsnap_layers),
             ]
         else:
-            cmd = [FSNAP, "--root", str(self.root), "mount", view.ref, str(mnt)]
+            cmd = [self.exe, "--root", str(self.root), "mount", view.ref, str(mnt)]
         took = timed(lambda: out.append(_check(cmd)))
         found = re.search(r"daemon pid (\d+)", out[0])
-        self.pid = int(found.group(1)) if found else 0
-        if self.pid:
-            services.remember_pid(self.work, self.pid)
+        pid = int(found.group(1)) if found else 0
+        if pid:
+            services.remember_pid(self.work, pid)
+        self.pid = _server_of(pid)
         return took
 
     def umount(self, mnt: Path) -> None:
-        _check([FSNAP, "--root", str(self.root), "umount", str(mnt)])
+        _check([self.exe, "--root", str(self.root), "umount", str(mnt)])
         self.pid = 0
+
+
+def _server_of(pid: int) -> int:
+    """The process serving a mount whose ``fsnap mount`` printed ``pid``: the supervisor's
+    one child (``fsnap.mount.supervisor`` forks it), or ``pid`` itself when it has none
+    (a build of fsnap without a supervisor)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return pid
+    return int(children[0]) if children else pid
 
 
 class FuseOverlayMount(Mount):
