@@ -22,6 +22,7 @@ from lazy_helpers import converted, fetch_blob, fetch_manifest, varied_members
 from listing import differences, full_listing
 from registry_helpers import RegistryProcess
 from support.cli import fsnap
+from support.tcp import counting_proxy
 
 from fsnap import oci
 from fsnap.client import Client
@@ -96,6 +97,26 @@ def test_lazy_view_equals_full_pull(
     assert got == expected, differences(expected, got, ("full pull", "lazy"))
     assert (lazy_root / "content").exists()
     assert _ranges(fault_server, blobs)  # each read fetched ranges, never a whole blob
+
+
+def test_each_read_is_one_range_request_on_a_kept_connection(images: str, tmp_path: Path) -> None:
+    """Opening a not yet fetched file costs one Range request (a file's chunks batched),
+    and the mount's requests share one kept-alive connection: on a real link every new
+    connection costs a handshake (TLS: more) on top of the request's own round trip."""
+    with counting_proxy(images) as proxy:
+        ref = f"{proxy.host}/{REPO}:esgz"
+        root = tmp_path / "root"
+        succeeded(fsnap(root, "pull", "--lazy", ref))
+        with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+            connections, since = proxy.connections, len(proxy.requests)
+            files = {"etc/hostname": b"lazy1\n", "etc/nonce": NONCE, "usr/big.bin": BIG}
+            for number, (name, data) in enumerate(files.items(), 1):
+                assert (mnt / name).read_bytes() == data
+                assert len(proxy.blob_gets(since)) == number, proxy.requests[since:]
+                assert (mnt / name).read_bytes() == data  # present now: no request
+            assert len(proxy.blob_gets(since)) == len(files)
+            assert all("range" in r.headers for r in proxy.blob_gets(since))
+            assert proxy.connections - connections == 1, "a connection per request"
 
 
 def test_mount_lazy_pulls_and_runs(images: str, tmp_path: Path) -> None:

@@ -264,8 +264,8 @@ class RegistryClient:
                             raise DigestMismatch(f"{what}: more bytes than its size {desc.size}")
                         budget.progressed()
                         yield chunk
-                        if position >= stop:
-                            break
+                        if position >= stop and not _drained(response):
+                            break  # more is coming than we asked for: hang up on it
             except httpx.HTTPError as exc:
                 retry = (_transient_reason(exc, what), None)
             finally:
@@ -506,6 +506,15 @@ def _verify(what: str, digest: str, size: int, body: bytes) -> None:
         raise DigestMismatch(f"{what}: content hashes to {actual}, expected {digest}")
     if len(body) != size:
         raise DigestMismatch(f"{what}: {len(body)} bytes, descriptor says {size}")
+
+
+def _drained(response: httpx.Response) -> bool:
+    """Whether all of ``response``'s declared body has arrived. Then reading on (to the
+    end of the stream, which is there already) hands the connection back to the pool for
+    the next request; leaving the loop early would close it, and every Range request of a
+    lazy mount would pay a new TCP (and TLS) handshake."""
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and response.num_bytes_downloaded >= int(length)
 
 
 def _bytes_to_skip(response: httpx.Response, position: int, what: str) -> int:
