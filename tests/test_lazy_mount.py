@@ -294,3 +294,22 @@ def test_completion_refuses_a_wrong_diff_id(
     assert "stays lazy" in done.stderr
     assert "Traceback" not in done.stderr
     assert len(_lazy_layers(root)) == 1
+
+
+def test_removed_lazy_snapshots_leave_no_present_rows(images: str, tmp_path: Path) -> None:
+    """A lazy layer removed (rmi + gc) and pulled lazily again starts with nothing fetched:
+    rows left behind would pass its new, empty files off as fetched ones."""
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+    with Client(root) as client:
+        assert len(list(client.db.items_json("lazy"))) == 1
+    succeeded(fsnap(root, "rmi", ref))
+    succeeded(fsnap(root, "gc"))
+    assert _lazy_layers(root) == []
+    with Client(root) as client:
+        assert list(client.db.items_json("lazy")) == []
+    _pulled_lazily(ref, root)
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"

@@ -93,5 +93,18 @@ class Database:
         self.env.close()
 
 
+def delete_prefix(txn: lmdb.Transaction, table: Any, prefix: str) -> int:
+    """Delete the rows of ``table`` (a ``Database.table`` handle, opened before ``txn``)
+    whose key starts with ``prefix``, inside the write transaction ``txn``; how many."""
+    raw = prefix.encode()
+    cursor = txn.cursor(db=table)
+    found = cursor.set_range(raw)
+    deleted = 0
+    while found and bytes(cursor.key()).startswith(raw):
+        found = cursor.delete()
+        deleted += 1
+    return deleted
+
+
 def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()

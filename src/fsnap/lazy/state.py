@@ -23,15 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsnap.db import Database
+from fsnap.db import Database, delete_prefix
 from fsnap.errors import FailedPrecondition
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.toc import Chunk, Seekable, Toc, parse_toc, seekable
 from fsnap.oci import Descriptor
-from fsnap.snapshots.snapshotter import LocalSnapshotter
+from fsnap.snapshots.snapshotter import OWNED_ROWS, LocalSnapshotter
 
 STATE_FILE = "lazy.json"
-TABLE = "lazy"
+TABLE = OWNED_ROWS  # the snapshotter drops a snapshot's rows when it removes it
 
 
 @dataclass
@@ -115,14 +115,10 @@ def mark_present(db: Database, chain_id: str, path: str, size: int) -> None:
 
 
 def forget(db: Database, chain_id: str) -> None:
-    """Drop every row of ``chain_id`` (it completed, or it is removed)."""
-    prefix = (chain_id + " ").encode()
+    """Drop every row of ``chain_id`` (``LocalSnapshotter.remove`` does it too)."""
     table = db.table(TABLE)  # before our write transaction: opening one takes its own
     with db.begin(write=True) as txn:
-        cursor = txn.cursor(db=table)
-        found = cursor.set_range(prefix)
-        while found and bytes(cursor.key()).startswith(prefix):
-            found = cursor.delete()
+        delete_prefix(txn, table, chain_id + " ")
 
 
 def write_file(target: str, size: int, pieces: list[tuple[Chunk, bytes]]) -> None:

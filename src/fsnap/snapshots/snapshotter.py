@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from fsnap.archive.entry import Entry
-from fsnap.db import Database
+from fsnap.db import Database, delete_prefix
 from fsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from fsnap.private import private_dir
 from fsnap.snapshots import disk
@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 MAX_LABELS_SIZE = 4096
 # A parent link is keyed parent + NUL + child in LMDB (511 bytes at most): 255 each fits.
 MAX_KEY_BYTES = 255
+# The table of rows "<snapshot name> <path>" that describe a snapshot's directory (which
+# files of a lazy layer are fetched: ``fsnap.lazy.state``). They go with the snapshot, in
+# ``remove``'s own transaction: a later snapshot of the same name (a lazy layer pulled
+# again) must not inherit them, or its empty files would pass for fetched ones.
+OWNED_ROWS = "lazy"
 
 
 class LocalSnapshotter:
@@ -296,6 +301,7 @@ class LocalSnapshotter:
         ``if_updated``: only if the snapshot was last updated then (what gc saw when it
         decided; a pull that reuses it ``touch``es it meanwhile), else FailedPrecondition."""
         self._check_open()
+        owned = self.db.table(OWNED_ROWS)  # before the write transaction: opening takes one
         with disk.change_lock(self.root):
             with self.db.begin(write=True) as txn:
                 record = self._get(txn, key)
@@ -306,6 +312,7 @@ class LocalSnapshotter:
                 self._refuse_held(txn, key, "remove")
                 self.tables.delete(txn, key, record)
                 self._index.forget(txn, record.id)
+                delete_prefix(txn, owned, key + " ")
             disk.retire(self.root, record.id)
 
     def touch(self, key: str) -> bool:
