@@ -18,7 +18,7 @@ from fsnap.archive.entry import SYMLINK_MODE, Entry, Kind
 SCHILY_XATTR = "SCHILY.xattr."
 LIBARCHIVE_XATTR = "LIBARCHIVE.xattr."
 
-_KINDS: dict[bytes, Kind] = {
+KINDS: dict[bytes, Kind] = {  # tar member type -> what it becomes
     tarfile.REGTYPE: "file",
     tarfile.AREGTYPE: "file",
     tarfile.CONTTYPE: "file",
@@ -34,7 +34,7 @@ _KINDS: dict[bytes, Kind] = {
 
 def entry_of(member: tarfile.TarInfo, path: str) -> Entry | None:
     """The index entry for ``member`` at (resolved) ``path``; None for types we skip."""
-    kind = _KINDS.get(member.type)
+    kind = KINDS.get(member.type)
     if kind is None:
         return None
     return Entry(

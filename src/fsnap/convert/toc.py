@@ -21,25 +21,17 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from fsnap.archive.members import KINDS, SCHILY_XATTR
 from fsnap.errors import InvalidArgument
 
-TYPES = {
-    tarfile.REGTYPE: "reg",
-    tarfile.DIRTYPE: "dir",
-    tarfile.SYMTYPE: "symlink",
-    tarfile.LNKTYPE: "hardlink",
-    tarfile.CHRTYPE: "char",
-    tarfile.BLKTYPE: "block",
-    tarfile.FIFOTYPE: "fifo",
-}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_XATTR = "SCHILY.xattr."
 
 
 def common_fields(info: tarfile.TarInfo, name: str) -> dict[str, Any]:
     """type, name, linkName, mode, uid, gid, devMajor/devMinor, xattrs: zero values left out
     (the Go producers' ``omitempty``)."""
-    fields: dict[str, Any] = {"name": name, "type": TYPES[info.type]}
+    kind = KINDS[info.type]  # (convert.source admits and normalises the types it knows)
+    fields: dict[str, Any] = {"name": name, "type": "reg" if kind == "file" else kind}
     if info.issym() or info.islnk():
         fields["linkName"] = info.linkname
     fields["mode"] = info.mode & 0o7777
@@ -47,9 +39,11 @@ def common_fields(info: tarfile.TarInfo, name: str) -> dict[str, Any]:
     if info.ischr() or info.isblk():
         fields["devMajor"], fields["devMinor"] = info.devmajor, info.devminor
     xattrs = {
-        key[len(_XATTR) :]: base64.b64encode(value.encode("utf-8", "surrogateescape")).decode()
+        key[len(SCHILY_XATTR) :]: base64.b64encode(
+            value.encode("utf-8", "surrogateescape")
+        ).decode()
         for key, value in sorted(info.pax_headers.items())
-        if key.startswith(_XATTR)
+        if key.startswith(SCHILY_XATTR)
     }
     if xattrs:
         fields["xattrs"] = xattrs

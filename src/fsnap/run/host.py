@@ -8,18 +8,14 @@ against ``Client`` keeps that a one-way dependency: ``fsnap.run`` never imports 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from fsnap.content.store import ContentStore
     from fsnap.images.store import Image, ImageStore
     from fsnap.mount.manager import MountOptions
     from fsnap.mount.records import MountInfo
-    from fsnap.progress import CommitProgress
     from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 
@@ -40,29 +36,20 @@ class Host(Protocol):
     def mount(
         self,
         ref: str,
-        mountpoint: str | os.PathLike[str],
-        options: MountOptions | None = None,
+        mountpoint: Path,
+        options: MountOptions,
         *,
-        writable: bool = False,
-        key: str | None = None,
+        writable: bool = ...,
+        key: str | None = ...,
     ) -> MountInfo:
         """Mount image ``ref`` at ``mountpoint``: read-only, or ``writable`` on a new
-        active snapshot ``key``."""
+        active snapshot ``key`` (a generated name if None)."""
         ...
 
-    def umount(self, mountpoint: str | os.PathLike[str]) -> MountInfo:
+    def umount(self, mountpoint: str) -> MountInfo:
         """Unmount ``mountpoint`` (NotFound if nothing of fsnap's is there)."""
         ...
 
-    def commit_image(
-        self,
-        key: str,
-        new_ref: str,
-        compression: str = "gzip",
-        *,
-        base: str | None = None,
-        left_out: Callable[[list[str]], None] | None = None,
-        progress: CommitProgress | None = None,
-    ) -> Image:
-        """Commit active snapshot ``key`` as a new image ``new_ref`` on ``base``."""
+    def commit_image(self, key: str, new_ref: str, *, base: str | None = ...) -> Image:
+        """Commit active snapshot ``key`` as a new image ``new_ref`` on image ``base``."""
         ...

@@ -26,9 +26,8 @@ for what a crash leaves and how the next pull removes it).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
@@ -100,7 +99,7 @@ class _Plan:
 
 
 class Unpacker:
-    """A ``LayerSink`` that unpacks what it is fed. Create it with ``unpacking``."""
+    """A ``LayerSink`` that unpacks what it is fed (``pull_unpacked`` makes one per pull)."""
 
     def __init__(
         self,
@@ -392,8 +391,8 @@ def _naming(desc: Descriptor, exc: FsnapError) -> str:
     return text if desc.digest in text else f"unpacking layer {desc.digest}: {text}"
 
 
-@contextlib.asynccontextmanager
-async def unpacking(
+async def pull_unpacked(
+    pull: Callable[[LayerSink], Awaitable[T]],
     snapshotter: LocalSnapshotter,
     content: ContentStore,
     work_root: Path,
@@ -402,9 +401,12 @@ async def unpacking(
     progress: PullProgress | None = None,
     limit: SizeLimit | None = None,
     lazy: LazyLayers | None = None,
-) -> AsyncIterator[Unpacker]:
-    """An ``Unpacker`` for one pull, staging under ``work_root`` (same filesystem as the
-    snapshots). Stale sessions of dead processes are cleaned first; ours is removed after."""
+) -> T:
+    """Run ``pull(sink)`` with an unpacker as its sink; return once everything is committed.
+
+    The unpacker stages under ``work_root`` (same filesystem as the snapshots); stale
+    sessions of dead processes are cleaned first, ours is removed after. The first typed
+    error of any layer or of the pull is what a failure raises."""
     await trio.to_thread.run_sync(clean_stale, work_root, snapshotter)
     session = await trio.to_thread.run_sync(open_session, work_root)
     try:
@@ -420,42 +422,15 @@ async def unpacking(
                 lazy,
             )
             try:
-                yield unpacker
+                result = await pull(unpacker)
+                await unpacker.finish()
             finally:
                 unpacker.abort()
+    except BaseExceptionGroup as group:
+        raise first_fsnap_error(group) from None
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(session.close)
-
-
-async def pull_unpacked(
-    pull: Callable[[LayerSink], Awaitable[T]],
-    snapshotter: LocalSnapshotter,
-    content: ContentStore,
-    work_root: Path,
-    *,
-    platform: Platform | None = None,
-    progress: PullProgress | None = None,
-    limit: SizeLimit | None = None,
-    lazy: LazyLayers | None = None,
-) -> T:
-    """Run ``pull(sink)`` with an unpacker as its sink; return once everything is committed.
-
-    The first typed error of any layer or of the pull is what a failure raises."""
-    try:
-        async with unpacking(
-            snapshotter,
-            content,
-            work_root,
-            platform=platform,
-            progress=progress,
-            limit=limit,
-            lazy=lazy,
-        ) as unpacker:
-            result = await pull(unpacker)
-            await unpacker.finish()
-    except BaseExceptionGroup as group:
-        raise first_fsnap_error(group) from None
     return result
 
 
