@@ -25,6 +25,7 @@ from benchlib.mounts import (
     View,
     rss_mb,
 )
+from benchlib.requests import main_requests
 from benchlib.rootfs import apt_install_missing, ensure_rootfs
 from benchlib.timing import drop_caches, median, ratio, run_timed, table
 
@@ -168,8 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench-mount", description=__doc__)
     parser.add_argument("--work", type=Path, required=True, help="scratch directory")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--requests",
+        action="store_true",
+        help="instead of timing: count the FUSE requests and system calls of each phase",
+    )
     args = parser.parse_args(argv)
     apt_install_missing("fuse-overlayfs", "fuse-overlayfs")
+    apt_install_missing("strace", "strace")
 
     cache = services.REPO / ".bench"
     rootfs, how = ensure_rootfs(cache)
@@ -184,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         for note in fsnap_pull_all(args.work, fsnap.root, views, infos):
             print(f"fsnap, {note}", flush=True)
         print()
+        if args.requests:
+            main_requests(args.work, fsnap.root, views["rootfs"])
+            return 0
         kinds: list[Mount] = [fsnap, FuseOverlayMount(args.work), KernelOverlayMount(args.work)]
         for r in range(args.rounds):
             for kind in kinds[r % 3 :] + kinds[: r % 3]:

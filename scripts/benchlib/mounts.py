@@ -80,6 +80,7 @@ class FsnapMount(Mount):
         self.root = root
         self.exe = exe
         self.name = name
+        self.env: dict[str, str] = {}  # for ``fsnap mount`` (e.g. FSNAP_REQUEST_COUNTS)
 
     def mount(self, view: View, mnt: Path) -> float:
         out: list[str] = []
@@ -95,7 +96,7 @@ class FsnapMount(Mount):
             ]
         else:
             cmd = [self.exe, "--root", str(self.root), "mount", view.ref, str(mnt)]
-        took = timed(lambda: out.append(_check(cmd)))
+        took = timed(lambda: out.append(_check(cmd, env=self.env)))
         found = re.search(r"daemon pid (\d+)", out[0])
         pid = int(found.group(1)) if found else 0
         if pid:

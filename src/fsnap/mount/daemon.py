@@ -24,7 +24,7 @@ import trio
 
 from fsnap.errors import FsnapError, Unavailable
 from fsnap.labels import LAZY_LABEL
-from fsnap.mount import records, source, treecache
+from fsnap.mount import records, source, stats, treecache
 from fsnap.mount.fs import MergedFS, TreeFS
 from fsnap.mount.idshift import IdShift
 from fsnap.mount.spec import MountSpec
@@ -91,10 +91,13 @@ def serve(
     except FsnapError as exc:
         ready(exc)
         return
+    counts = stats.from_environment(fs)
     try:
-        trio.run(_run, ready, fs)
+        trio.run(_run, ready, fs, counts)
     finally:
         pyfuse3.close(unmount=True)
+        if counts is not None:
+            counts.write()
 
 
 def release_snapshot(spec: MountSpec, stores: MountStores) -> None:
@@ -109,10 +112,12 @@ def release_snapshot(spec: MountSpec, stores: MountStores) -> None:
         pass
 
 
-async def _run(ready: Ready, fs: TreeFS) -> None:
+async def _run(ready: Ready, fs: TreeFS, counts: stats.RequestCounts | None) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         nursery.start_soon(fs.background)
+        if counts is not None:  # (listening before the mount is live: SIGUSR1 kills)
+            await nursery.start(counts.report_on_signal)
         ready(None)
         await pyfuse3.main(min_tasks=2, max_tasks=16)
         nursery.cancel_scope.cancel()

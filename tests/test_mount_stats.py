@@ -1,0 +1,67 @@
+"""``FSNAP_REQUEST_COUNTS``: a mount's server counts the requests it serves by operation
+(what ``scripts/bench-mount --requests`` compares with fuse-overlayfs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from mount_helpers import E, mounted, write_layer
+
+from fsnap.client import Client
+from fsnap.mount.stats import ENV
+
+pytestmark = [pytest.mark.needs_fuse]
+
+
+def totals_after_signal(pid: int, path: Path) -> dict[str, int]:
+    """SIGUSR1 to the server, then the totals it writes (a new file each time)."""
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, "the server wrote no counts"
+        time.sleep(0.05)
+    counts: dict[str, int] = json.loads(path.read_text())
+    return counts
+
+
+def test_the_server_counts_requests_by_operation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counts_file = tmp_path / "counts.json"
+    monkeypatch.setenv(ENV, str(counts_file))
+    layer = write_layer(tmp_path / "l0", [E("d", "dir", mode=0o755), E("d/f", data=b"x" * 10)])
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    with mounted(root, [layer], mnt):
+        with Client(root) as client:
+            (server,) = [m.server for m in client.mounts() if m.mountpoint == str(mnt)]
+        before = totals_after_signal(server, counts_file)
+        for _ in range(3):
+            assert (mnt / "d" / "f").read_bytes() == b"x" * 10
+        assert os.listdir(mnt / "d") == ["f"]
+        after = totals_after_signal(server, counts_file)
+        assert after["open"] - before.get("open", 0) == 3
+        assert after["read"] > before.get("read", 0)
+        assert after["readdir"] > before.get("readdir", 0)
+        assert after["lookup"] >= before.get("lookup", 0)
+        counts_file.unlink()
+    assert json.loads(counts_file.read_text())["open"] == after["open"]  # written at unmount
+
+
+def test_without_the_variable_nothing_is_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(ENV, raising=False)
+    layer = write_layer(tmp_path / "l0", [E("f", data=b"y")])
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    with mounted(root, [layer], mnt):
+        assert (mnt / "f").read_bytes() == b"y"
+        with Client(root) as client:
+            (info,) = client.mounts()
+        log = Path(info.log).read_text()
+    assert "counting requests" not in log
