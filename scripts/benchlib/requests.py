@@ -68,7 +68,7 @@ def syscalls(summary: Path) -> dict[str, int]:
     calls: dict[str, int] = {}
     for line in summary.read_text().splitlines():
         cols = line.split()
-        if len(cols) >= 5 and cols[0][0].isdigit() and cols[3].isdigit():
+        if len(cols) >= 5 and cols[0][0].isdigit() and cols[3].isdigit() and cols[-1] != "total":
             calls[cols[-1]] = int(cols[3])
     return calls
 
