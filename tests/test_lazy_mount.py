@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fault_server import FaultServer
-from image_builder import Blob, busybox_members, make_image, make_layer
+from image_builder import Blob, busybox_members, make_image, make_layer, tar_info
 from image_mount_helpers import image_mounted, image_mounted_rw, succeeded
 from lazy_helpers import converted, fetch_blob, fetch_manifest, varied_members
 from listing import differences, full_listing
@@ -33,6 +35,8 @@ pytestmark = pytest.mark.timeout(600)
 REPO = "lazy-mount"
 NONCE = os.urandom(16).hex().encode()
 BIG = bytes(range(256)) * (5 * 4096 + 7)
+# Incompressible: its compressed range is big enough for the completion to copy it.
+NOISE = os.urandom(320 << 10)
 # Tests of on-demand reads: the background fetch would complete these small layers at once.
 ONLY_READS = "--no-background-fetch"
 
@@ -42,11 +46,15 @@ def images(registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) 
     """A busybox layer and the varied layer, converted three ways: yields the registry host
     (tags ``src``, ``esgz``, ``zstd``, ``skopeo`` of ``REPO``)."""
     image = make_image(
-        [make_layer(busybox_members()), make_layer(varied_members(NONCE))],
+        [make_layer(busybox_members()), make_layer([*varied_members(NONCE), _noise()])],
         config={"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
     )
     with converted(registry, tmp_path_factory.mktemp("containerd"), REPO, image):
         yield registry.host
+
+
+def _noise() -> tuple[tarfile.TarInfo, bytes]:
+    return tar_info("usr/noise.bin", size=len(NOISE)), NOISE
 
 
 def _visible(listing: list[str]) -> list[str]:
@@ -132,7 +140,7 @@ def test_mount_lazy_pulls_and_runs(images: str, tmp_path: Path) -> None:
             timeout=60,
         )
         assert done.returncode == 0, done.stderr
-        assert done.stdout.split() == ["lazy1", "big.bin", "fifo", "hard", "link"]
+        assert done.stdout.split() == ["lazy1", "big.bin", "fifo", "hard", "link", "noise.bin"]
     finally:
         fsnap(root, "umount", str(mnt))
 
@@ -264,7 +272,7 @@ def test_full_pull_completes_a_lazy_pull(images: str, tmp_path: Path) -> None:
     listed = succeeded(fsnap(root, "images")).splitlines()
     assert [line.split(": ")[-1] for line in listed if "lazy layer" in line] == [
         "0 B of 1.9 MiB present",
-        "0 B of 5.0 MiB present",
+        "0 B of 5.3 MiB present",
     ]
     succeeded(fsnap(root, "pull", ref))
     assert _lazy_layers(root) == []
@@ -313,3 +321,41 @@ def test_removed_lazy_snapshots_leave_no_present_rows(images: str, tmp_path: Pat
     _pulled_lazily(ref, root)
     with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
         assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+
+
+def _fetched_ranges(server: FaultServer, digest: str, since: int) -> list[tuple[int, int]]:
+    """The byte ranges of ``digest`` requested from request number ``since`` on (each
+    request must be a Range request: a whole blob would be bytes fetched again)."""
+    out = []
+    for seen in server.requests[since:]:
+        if seen.method == "GET" and digest in seen.path:
+            assert "range" in seen.headers, f"a GET of the whole blob: {seen}"
+            first, last = seen.headers["range"].removeprefix("bytes=").split("-")
+            out.append((int(first), int(last) + 1))
+    return sorted(out)
+
+
+def test_background_fetch_skips_what_reads_fetched(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """The completion copies the ranges reads fetched into the blob instead of fetching
+    them again: no byte of the layer is requested twice, and the blob still verifies."""
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    varied = list(_layers(images, "esgz"))[1]
+    since = len(fault_server.requests)
+    fault_server.slow_blobs(400_000)  # the busybox layer first: a few seconds
+    try:
+        with image_mounted(root, ref, tmp_path / "mnt") as mnt:
+            assert _lazy_layers(root), "completed before any read: the test proves nothing"
+            assert (mnt / "usr/noise.bin").read_bytes() == NOISE
+            deadline = time.monotonic() + 120
+            while _lazy_layers(root) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert not _lazy_layers(root), "the background fetch did not complete the layers"
+    finally:
+        fault_server.slow_blobs(0)
+    ranges = _fetched_ranges(fault_server, varied, since)
+    assert len(ranges) >= 2, ranges  # the read's, and the completion's for the rest
+    for (_, end), (start, _) in itertools.pairwise(ranges):
+        assert end <= start, f"bytes fetched twice: {ranges}"

@@ -20,6 +20,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from fsnap.archive.apply import sync_tree
 from fsnap.archive.compression import open_uncompressed
 from fsnap.content.store import ContentStore
 from fsnap.db import Database
@@ -27,13 +28,7 @@ from fsnap.errors import DigestMismatch, NotFound
 from fsnap.labels import LAZY_LABEL, LAZY_REF_LABEL, UNCOMPRESSED_LABEL
 from fsnap.lazy.chunks import decode_chunk
 from fsnap.lazy.skeleton import file_paths
-from fsnap.lazy.state import (
-    LazyRecord,
-    mark_present,
-    present,
-    read_record,
-    write_file,
-)
+from fsnap.lazy.state import LazyRecord, present, read_record, write_file
 from fsnap.snapshots.snapshotter import LocalSnapshotter
 
 _READ = 1 << 20
@@ -78,8 +73,13 @@ def diff_id_of(blob: Path, media_type: str) -> str:
 
 
 def fill_from_blob(blob: Path, record: LazyRecord, layer_dir: Path, db: Database, name: str) -> int:
-    """Every file of the layer not present yet, decoded from the local ``blob``; returns
-    how many were written."""
+    """Every file of the layer not present yet, decoded from the local ``blob``, then the
+    whole file system flushed once; returns how many files were written.
+
+    No file is flushed or recorded present on its own: the layer stops being lazy right
+    after this (``complete_layer``), and a crash before that redoes the fill. Measured on
+    the bench image (eStargz, 9,794 entries, load ~8): an fdatasync and an LMDB commit per
+    file made completing the four layers take ~120 s after their blobs had arrived."""
     have = present(db, name)
     fmt = record.toc.format
     written = 0
@@ -93,9 +93,9 @@ def fill_from_blob(blob: Path, record: LazyRecord, layer_dir: Path, db: Database
                 for c in entry.chunks
                 if not c.zeros
             ]
-            write_file(os.path.join(layer_dir, path), entry.size, pieces)
-            mark_present(db, name, path, entry.size)
+            write_file(os.path.join(layer_dir, path), entry.size, pieces, sync=False)
             written += 1
     finally:
         os.close(fd)
+    sync_tree(layer_dir)
     return written

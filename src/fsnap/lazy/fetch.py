@@ -9,11 +9,16 @@ directory (hardlinks share it), flushes it, and only then records the file as pr
 LMDB (``fsnap.lazy.state``): a daemon restart or a later pull continues from there.
 
 Meanwhile ``complete_all`` (the mount's background task, unless the mount says
-``--no-background-fetch``) downloads each lazy layer's whole blob into the content store,
-one sequential stream (eStargz puts the prioritised files first, before its prefetch
-landmark, so they arrive first), and completes the layer (``fsnap.lazy.complete``): every
-file present, diff_id checked, labels gone. A network failure retries with backoff; a
-mismatch is logged as an error and the layer stays lazy (reads still verify each chunk).
+``--no-background-fetch``) downloads each lazy layer's whole blob into the content store
+in order (eStargz puts the prioritised files first, before its prefetch landmark, so they
+arrive first), and completes the layer (``fsnap.lazy.complete``): every file present,
+diff_id checked, labels gone. A network failure retries with backoff; a mismatch is logged
+as an error and the layer stays lazy (reads still verify each chunk).
+
+Reads come first: the background download runs on its own connection and only after no
+read has fetched anything for ``QUIET`` seconds; a read that starts meanwhile cancels the
+download's request (what arrived is kept: the ingest resumes from there). Ranges the reads
+fetched are kept (``fsnap.lazy.rawcache``) and copied into the blob, not fetched twice.
 
 Failures: a request is retried by the registry client (``MAX_RETRIES``), and the whole
 fetch must end within ``READ_DEADLINE`` seconds; otherwise ``ensure`` raises
@@ -24,21 +29,26 @@ written, let alone served. Concurrent opens of one file wait for a single fetch.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import trio
 
+from fsnap.content.api import Writer
 from fsnap.content.store import ContentStore
 from fsnap.db import Database
-from fsnap.errors import FsnapError, Unavailable
+from fsnap.errors import AlreadyExists, FsnapError, Unavailable
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.chunks import decode_chunk
 from fsnap.lazy.complete import complete_layer
 from fsnap.lazy.pull import fetch_range
+from fsnap.lazy.rawcache import RawCache
 from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.state import (
     LazyRecord,
@@ -62,6 +72,14 @@ MAX_RETRIES = 2
 # Chunks whose compressed ranges are this close go in one request (the gap is fetched
 # and dropped: cheaper than another round trip on any real link).
 BATCH_GAP = 64 << 10
+# The background download waits until reads have been idle this long (a program starting
+# opens its files a few milliseconds apart: the download must not slip in between).
+QUIET = 0.25
+# A range the reads fetched shorter than this is fetched again with its neighbours rather
+# than copied: a request more costs a round trip (20 ms at 100 Mbit/s carry 250 KB).
+COPY_MIN = 256 << 10
+# Bytes of the blob downloaded per write into the ingest.
+WRITE_BATCH = 1 << 20
 
 
 @dataclass
@@ -73,6 +91,7 @@ class LazyLayer:
     record: LazyRecord
     files: dict[str, TocEntry]
     present: set[str]
+    raw: RawCache
     locks: dict[str, trio.Lock] = field(default_factory=dict)
 
     def missing_bytes(self) -> int:
@@ -97,6 +116,11 @@ class LazyFiles:
             os.path.join(layer.dir, path): (layer, path) for layer in layers for path in layer.files
         }
         self._registry: RegistryClient | None = None
+        self._reads = 0  # fetches for reads in progress
+        self._last_read = 0.0  # trio.current_time() when the last one started or ended
+        self._quiet = trio.Event()  # set while no read fetches
+        self._quiet.set()
+        self._download_scope: trio.CancelScope | None = None
 
     @classmethod
     def for_chain(
@@ -115,6 +139,7 @@ class LazyFiles:
                     record,
                     file_paths(record.toc),
                     present(db, info.name),
+                    RawCache(snapshots.state_dir(info.name)),
                 )
             )
         return cls(db, layers, snapshots, content) if layers else None
@@ -151,13 +176,39 @@ class LazyFiles:
                 layer.present.add(path)  # completed meanwhile (by a pull, say)
                 return
             try:
-                with trio.fail_after(READ_DEADLINE):
+                with self._reading(), trio.fail_after(READ_DEADLINE):
                     await self._fetch(layer, path)
             except trio.TooSlowError:
                 raise Unavailable(
                     f"{path}: not fetched within {READ_DEADLINE:g} s from {layer.record.reference}"
                 ) from None
             layer.present.add(path)
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """A read's fetch: the background download stops (``QUIET``) until reads are idle."""
+        if self._reads == 0:
+            self._quiet = trio.Event()
+        self._reads += 1
+        self._last_read = trio.current_time()
+        if self._download_scope is not None:
+            self._download_scope.cancel()
+        try:
+            yield
+        finally:
+            self._reads -= 1
+            self._last_read = trio.current_time()
+            if self._reads == 0:
+                self._quiet.set()
+
+    async def _wait_for_quiet(self) -> None:
+        """Until no read has fetched anything for ``QUIET`` seconds."""
+        while True:
+            await self._quiet.wait()
+            idle = trio.current_time() - self._last_read
+            if self._reads == 0 and idle >= QUIET:
+                return
+            await trio.sleep(QUIET - idle if self._reads == 0 else QUIET)
 
     async def _fetch(self, layer: LazyLayer, path: str) -> None:
         entry = layer.files[path]
@@ -169,6 +220,7 @@ class LazyFiles:
         for batch in batches(entry.chunks):
             start, end = batch[0].start, max(c.end for c in batch)
             data = await fetch_range(registry, ref, desc, start, end)
+            await trio.to_thread.run_sync(layer.raw.put, start, data)
             for chunk in batch:
                 raw = data[chunk.start - start : chunk.end - start]
                 pieces.append((chunk, await trio.to_thread.run_sync(decode_chunk, fmt, chunk, raw)))
@@ -198,19 +250,55 @@ class LazyFiles:
                 log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
                 return
             layer.present.update(layer.files)
+            layer.raw.close()
             log.info("lazy layer %s is complete", layer.name)
             return
 
     async def _download(self, layer: LazyLayer) -> None:
-        """The layer's whole blob into the content store (verified, resumable: the pull's
-        own blob path)."""
+        """The layer's whole blob into the content store: the pull's resumable ingest, its
+        digest verified at commit. Fed from the ranges the reads fetched and, for the rest,
+        Range requests made only while reads are quiet (see the module docstring)."""
         from fsnap.progress import PullProgress
         from fsnap.pull import Puller, PullOptions
 
+        desc = layer.record.descriptor
         ref = Reference.parse(layer.record.reference)
         async with RegistryClient() as registry:
             puller = Puller(self.content, registry, ref, PullOptions(), PullProgress(), None)
-            await puller.fetch_blob(layer.record.descriptor, stream=False)
+            writer = await puller.open_writer(desc)
+            if writer is None:
+                return  # committed already (by a pull, say)
+            with writer:
+                while writer.offset < desc.size:
+                    await self._wait_for_quiet()
+                    with trio.CancelScope() as scope:
+                        self._download_scope = scope
+                        await self._append(layer, registry, ref, writer)
+                    self._download_scope = None
+                with contextlib.suppress(AlreadyExists):
+                    await trio.to_thread.run_sync(writer.commit, None)
+
+    async def _append(
+        self, layer: LazyLayer, registry: RegistryClient, ref: Reference, writer: Writer
+    ) -> None:
+        """The rest of the blob into ``writer``: held ranges copied, the others fetched."""
+        desc = layer.record.descriptor
+        for start, end, held in layer.raw.pieces(writer.offset, desc.size, COPY_MIN):
+            if held:
+                data = await trio.to_thread.run_sync(layer.raw.read, start, end)
+                await trio.to_thread.run_sync(writer.write, data)
+                continue
+            stream = cast("AsyncGenerator[bytes, None]", registry.fetch_blob(ref, desc, start, end))
+            batch: list[bytes] = []
+            batched = 0
+            async with contextlib.aclosing(stream) as chunks:
+                async for chunk in chunks:
+                    batch.append(chunk)
+                    batched += len(chunk)
+                    if batched >= WRITE_BATCH:
+                        await trio.to_thread.run_sync(writer.write, b"".join(batch))
+                        batch, batched = [], 0
+            await trio.to_thread.run_sync(writer.write, b"".join(batch))
 
     async def _client(self) -> RegistryClient:
         if self._registry is None:

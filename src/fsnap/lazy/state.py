@@ -121,9 +121,11 @@ def forget(db: Database, chain_id: str) -> None:
         delete_prefix(txn, table, chain_id + " ")
 
 
-def write_file(target: str, size: int, pieces: list[tuple[Chunk, bytes]]) -> None:
+def write_file(
+    target: str, size: int, pieces: list[tuple[Chunk, bytes]], sync: bool = True
+) -> None:
     """Verified chunks into a lazy file's inode at their offsets (holes stay holes), then
-    flushed: only after this may the file be ``mark_present``."""
+    flushed (``sync``): only after that may the file be ``mark_present``."""
     fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.ftruncate(fd, size)
@@ -133,6 +135,7 @@ def write_file(target: str, size: int, pieces: list[tuple[Chunk, bytes]]) -> Non
             while view:
                 written = os.pwrite(fd, view, offset)
                 view, offset = view[written:], offset + written
-        os.fdatasync(fd)
+        if sync:
+            os.fdatasync(fd)
     finally:
         os.close(fd)
