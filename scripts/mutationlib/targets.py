@@ -23,12 +23,17 @@ TARGETS = (
     Target(
         "apply",
         "src/fsnap/archive/apply.py",
-        ("tests/test_archive.py", "tests/test_breakout.py", "tests/test_layer_semantics.py"),
+        (
+            "tests/test_resolve_mutants.py",
+            "tests/test_archive.py",
+            "tests/test_breakout.py",
+            "tests/test_layer_semantics.py",
+        ),
     ),
     Target(
         "resolve",
         "src/fsnap/archive/resolve.py",
-        ("tests/test_breakout.py", "tests/test_archive.py"),
+        ("tests/test_resolve_mutants.py", "tests/test_breakout.py", "tests/test_archive.py"),
     ),
     Target(
         "tree",
@@ -93,7 +98,9 @@ TARGETS = (
         ("tests/test_content_store.py", "tests/test_gc_leases.py"),
     ),
     Target(
-        "auth", "src/fsnap/remotes/auth.py", ("tests/test_remotes.py", "tests/test_pull_faults.py")
+        "auth",
+        "src/fsnap/remotes/auth.py",
+        ("tests/test_remotes_auth.py", "tests/test_remotes.py", "tests/test_pull_faults.py"),
     ),
     Target(
         "retry",
