@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from fsnap.content.store import ContentStore
 from fsnap.db import Database
 from fsnap.diff.scan import scan_snapshot
 from fsnap.diff.tar import ordered, write_layer, write_tar
+from fsnap.errors import FailedPrecondition
 
 # No mount, no registry: these tests take seconds, so a minute means a hang.
 pytestmark = pytest.mark.timeout(60)
@@ -135,3 +137,14 @@ def test_write_layer_commits_a_verified_blob(
         store, tmp_path / "a", applied.entries, compression=compression, media_type=media_type
     )
     assert again == blob, "deterministic: the same layer is the same blob"
+
+
+def test_a_file_a_container_swapped_for_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A running container may replace a file between the scan and the tar: a fifo there
+    would block the commit forever waiting for a writer; it is refused at once."""
+    (tmp_path / "f").write_bytes(b"data")
+    entries = scan_snapshot(tmp_path)
+    (tmp_path / "f").unlink()
+    os.mkfifo(tmp_path / "f")
+    with pytest.raises(FailedPrecondition, match="'f' changed while it was committed"):
+        write_tar(tmp_path, entries, io.BytesIO())

@@ -22,6 +22,7 @@ import dataclasses
 import hashlib
 import io
 import os
+import stat
 import tarfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -144,11 +145,19 @@ def _add(tar: tarfile.TarFile, tree: RootDir, entry: Entry) -> None:
 
 
 def _add_file(tar: tarfile.TarFile, tree: RootDir, entry: Entry, info: tarfile.TarInfo) -> None:
-    """A file's data as it is now on disk (its size from the open file, not the index)."""
+    """A file's data as it is now on disk (its size from the open file, not the index).
+
+    A running container may have replaced the file since the scan: whatever is not a
+    regular file now is refused (a fifo is opened without blocking, so it cannot hang the
+    commit waiting for a writer)."""
     parent, _, name = entry.path.rpartition("/")
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tree.dir_fd(parent))
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(name, flags, dir_fd=tree.dir_fd(parent))
     with os.fdopen(fd, "rb") as data:
-        info.size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FailedPrecondition(f"{entry.path!r} changed while it was committed: not a file")
+        info.size = st.st_size
         tar.addfile(info, data)
 
 
