@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -294,3 +295,64 @@ def test_a_writer_reads_back_what_it_wrote_before_a_resume(store: ContentStore) 
         with again.open_written() as written:
             assert written.read() == data
         again.commit(None)
+
+
+def test_a_resumed_ingest_keeps_its_start_time_and_another_blob_gets_its_own(
+    store: ContentStore,
+) -> None:
+    data, other = b"d" * 100, b"e" * 100
+    writer = store.writer("timed", desc_of(data))
+    writer.write(data[:10])
+    writer.close()
+    started = store.status("timed").started
+    time.sleep(0.01)
+    with store.writer("timed", desc_of(data)) as again:
+        assert store.status("timed").started == started
+        again.write(data[10:])
+    time.sleep(0.01)
+    with store.writer("timed", desc_of(other)):  # the same ref for another blob: a new ingest
+        assert store.status("timed").started > started
+
+
+def test_complete_data_left_uncommitted_is_kept_on_resume(store: ContentStore) -> None:
+    """Every byte arrived but the writer stopped before its commit: the next writer of
+    the ref finds them all (nothing to download again) and commits."""
+    data = os.urandom(1000)
+    writer = store.writer("complete", desc_of(data))
+    writer.write(data)
+    writer.close()
+    with store.writer("complete", desc_of(data)) as again:
+        assert again.offset == len(data)
+        again.commit()
+    assert store.read(desc_of(data).digest) == data
+
+
+def test_status_is_refreshed_at_most_once_a_second(store: ContentStore) -> None:
+    """The status record costs a synced LMDB write: a write refreshes ``updated`` only
+    once a second has passed since the last refresh (STATUS_INTERVAL), not per chunk."""
+    data = b"f" * 100
+    writer = store.writer("throttled", desc_of(data))
+    opened = store.status("throttled").updated
+    writer.write(data[:10])
+    assert store.status("throttled").updated == opened
+    time.sleep(1.05)
+    writer.write(data[10:20])
+    assert store.status("throttled").updated > opened
+    writer.close()
+
+
+def test_a_writer_that_failed_to_open_leaves_its_ref_free(store: ContentStore) -> None:
+    """Something in the way of the ingest's data file (here a directory) fails the open;
+    the lock is released, so the ref opens once the obstacle is gone."""
+    data = b"g" * 10
+    store.writer("blocked", desc_of(data)).close()
+    part = store.ingests.data_path("blocked")
+    part.unlink()
+    part.mkdir()
+    with pytest.raises(IsADirectoryError):
+        store.writer("blocked", desc_of(data))
+    part.rmdir()
+    with store.writer("blocked", desc_of(data)) as writer:
+        writer.write(data)
+        writer.commit()
+    assert store.read(desc_of(data).digest) == data

@@ -14,6 +14,7 @@ to the store of committed blobs: the writer is given it as ``publish``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -30,7 +31,6 @@ from fsnap.oci import Descriptor
 # How often a writer refreshes its LMDB status record: each write transaction syncs, so
 # doing it per chunk would cost more than the download.
 STATUS_INTERVAL = 1.0
-REHASH_CHUNK = 1 << 20
 
 # Make the verified, flushed file at ``Path`` the committed blob ``Descriptor`` with these
 # labels; ``AlreadyExists`` if it is committed already (then the file is left where it is).
@@ -40,6 +40,9 @@ Publish = Callable[[Path, Descriptor, Mapping[str, str]], Info]
 class IngestWriter:
     """A locked, resumable ingest of one expected blob (``fsnap.content.api.Writer``).
     Use ``ContentStore.writer``."""
+
+    _offset: int  # bytes in the data file; set by ``_resume``, which ``open`` always runs
+    _status_at: float  # monotonic time of the last status save (``_save_status``)
 
     def __init__(
         self, ingests: Ingests, publish: Publish, ref: str, expected: Descriptor, lock_fd: int
@@ -51,9 +54,7 @@ class IngestWriter:
         self._lock_fd: int | None = lock_fd
         self._data = ingests.data_path(ref)
         self._hash = hasher(expected.digest)
-        self._offset = 0
         self._started = time.time()
-        self._status_at = 0.0
         self._file: IO[bytes] | None = None
 
     @classmethod
@@ -79,20 +80,14 @@ class IngestWriter:
         same_blob = record is not None and record["expected"]["digest"] == self.expected.digest
         if record is not None and same_blob:
             self._started = float(record["started"])
-        self._data.parent.mkdir(parents=True, exist_ok=True)
+        self._data.parent.mkdir(exist_ok=True)  # in the ingest root, which holds the lock
         size = self._data.stat().st_size if self._data.exists() else 0
         if not same_blob or size > self.expected.size:
             size = 0
         with open(self._data, "a+b") as handle:
             handle.truncate(size)
             handle.seek(0)
-            remaining = size
-            while remaining:
-                chunk = handle.read(min(REHASH_CHUNK, remaining))
-                if not chunk:
-                    break
-                self._hash.update(chunk)
-                remaining -= len(chunk)
+            self._hash = hashlib.file_digest(handle, lambda: hasher(self.expected.digest))
         self._offset = size
         # Held open across calls until commit/close, so no ``with`` block can own it.
         self._file = open(self._data, "ab")  # noqa: SIM115
@@ -133,7 +128,7 @@ class IngestWriter:
             raise DigestMismatch(
                 f"blob {digest}: got {self._offset} bytes, expected {self.expected.size}"
             )
-        actual = f"{digest.split(':', 1)[0]}:{self._hash.hexdigest()}"
+        actual = f"{digest.partition(':')[0]}:{self._hash.hexdigest()}"
         if actual != digest:
             self.discard()
             raise DigestMismatch(f"blob {digest} failed verification: its bytes hash to {actual}")
