@@ -10,7 +10,7 @@ client sends it is a leak, and the tests assert there is none.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,13 @@ from token_issuer import TokenIssuer
 from fsnap.client import Client
 from fsnap.errors import NotFound, RegistryError, Unauthorized
 from fsnap.remotes import Credentials, RegistryClient
-from fsnap.remotes.auth import MAX_CHALLENGE_BYTES, MAX_TOKEN_RESPONSE
+from fsnap.remotes.auth import (
+    MAX_CHALLENGE_BYTES,
+    MAX_CHALLENGE_PARAMS,
+    MAX_TOKEN_RESPONSE,
+    Challenge,
+    parse_challenge,
+)
 from fsnap.remotes.origin import MAX_REDIRECTS
 
 FOREIGN = "127.0.0.2"
@@ -274,3 +280,144 @@ def test_redirects_bounded_and_http_only(fault_server: FaultServer) -> None:
     fault_server.redirect("file:///etc/passwd", 2)
     with pytest.raises(RegistryError, match="only http and https"):
         run(lambda c: c.resolve(ref))
+
+
+# -- challenges and token answers, at and past every limit ----------------------------------
+
+
+def test_challenge_parameters_are_case_insensitive_and_quotes_unescaped() -> None:
+    found = parse_challenge(
+        ' BEARER Realm="https://auth.example/token",SERVICE="a \\"quoted\\" \\\\ name",'
+        "scope=repository:x:pull ",
+        "registry r",
+    )
+    assert found == Challenge(
+        "bearer",
+        {
+            "realm": "https://auth.example/token",
+            "service": 'a "quoted" \\ name',
+            "scope": "repository:x:pull",
+        },
+    )
+    assert parse_challenge("   ", "registry r") is None
+
+
+def padded(size: int) -> str:
+    """A Basic challenge of exactly ``size`` characters."""
+    head = 'Basic realm="'
+    return head + "x" * (size - len(head) - 1) + '"'
+
+
+def test_challenges_at_their_limits_parse_and_one_more_is_refused() -> None:
+    assert parse_challenge(padded(MAX_CHALLENGE_BYTES), "r") is not None
+    with pytest.raises(RegistryError, match=f"{MAX_CHALLENGE_BYTES + 1} bytes"):
+        parse_challenge(padded(MAX_CHALLENGE_BYTES + 1), "r")
+    params = [f"p{i}=v" for i in range(MAX_CHALLENGE_PARAMS)]
+    found = parse_challenge("Bearer " + ",".join(params), "r")
+    assert found is not None
+    assert len(found.params) == MAX_CHALLENGE_PARAMS
+    with pytest.raises(RegistryError, match=f"{MAX_CHALLENGE_PARAMS + 1} parameters"):
+        parse_challenge("Bearer " + ",".join([*params, "one=more"]), "r")
+
+
+def token_flow(fault_server: FaultServer, body: bytes | None, header: str = "") -> str:
+    """Resolve through ``fault_server`` after a Bearer challenge whose token server is its
+    ``/token`` (serving ``body``, if given): the answered request reaches the registry,
+    which has no such image. Returns the Authorization header the retry carried."""
+    fault_server.challenge(header or f'Bearer realm="{fault_server.url}/token",service="reg"')
+    if body is not None:
+        fault_server.serve("/token", "application/json", body)
+    ref = ref_at(fault_server.host, "origins/answered")
+    with pytest.raises(NotFound):
+        run(lambda c: c.resolve(ref), docker_config=NO_CONFIG, **FAST)
+    retried = fault_server.seen(contains="/manifests/")[1]
+    return retried.headers.get("authorization", "")
+
+
+@pytest.mark.parametrize(
+    ("body", "sent"),
+    [
+        (b'{"access_token": "oauth2"}', "Bearer oauth2"),
+        (b'{"token": "first", "access_token": "second"}', "Bearer first"),
+    ],
+    ids=["access_token", "token-first"],
+)
+def test_token_answers_accepted(fault_server: FaultServer, body: bytes, sent: str) -> None:
+    assert token_flow(fault_server, body) == sent
+    (asked,) = fault_server.seen("GET", "/token")
+    assert "service=reg" in asked.path
+    assert "scope=repository%3Aorigins%2Fanswered%3Apull" in asked.path
+
+
+def test_a_token_response_of_exactly_the_limit_is_read(fault_server: FaultServer) -> None:
+    body = b'{"token": "fits", "pad": "'
+    body += b"x" * (MAX_TOKEN_RESPONSE - len(body) - 2) + b'"}'
+    assert len(body) == MAX_TOKEN_RESPONSE
+    assert token_flow(fault_server, body) == "Bearer fits"
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (b'{"token": "' + b"t" * 65537 + b'"}', "malformed token"),
+        (b'{"token": ""}', "sent no token"),
+        (b'{"token": 5}', "sent no token"),
+        (b'["token"]', "sent no token"),
+        (b"not json", "sent no token"),
+        (b'{"token": "fits", "pad": "' + b"x" * (MAX_TOKEN_RESPONSE - 26) + b'"}', "bytes"),
+    ],
+    ids=["too-long", "empty", "number", "list", "not-json", "one-byte-over"],
+)
+def test_bad_token_answers_refused(fault_server: FaultServer, body: bytes, error: str) -> None:
+    fault_server.challenge(f'Bearer realm="{fault_server.url}/token"', 2)
+    fault_server.serve("/token", "application/json", body)
+    with pytest.raises(RegistryError, match=error):
+        run(lambda c: c.resolve(ref_at(fault_server.host, "origins/bad-token")), **FAST)
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        (401, Unauthorized, "refused anonymous access"),
+        (403, Unauthorized, "refused anonymous access"),
+        (404, RegistryError, "answered HTTP 404"),
+    ],
+)
+def test_token_server_refusals_named(
+    fault_server: FaultServer, status: int, error: type[Exception], message: str
+) -> None:
+    fault_server.challenge(f'Bearer realm="{fault_server.url}/token"', 2)
+    fault_server.fail(2, status=status, match="/token")
+    with pytest.raises(error, match=message):
+        run(
+            lambda c: c.resolve(ref_at(fault_server.host, "origins/refused")),
+            docker_config=NO_CONFIG,
+            **FAST,
+        )
+
+
+@pytest.mark.parametrize(
+    ("arm", "error", "message"),
+    [
+        (lambda s: s.fail(2, status=401), Unauthorized, "without a challenge"),
+        (lambda s: s.challenge("Negotiate abc", 2), Unauthorized, "unsupported .*'negotiate'"),
+        (lambda s: s.challenge('Basic realm="r"', 2), Unauthorized, "requires a username"),
+        (lambda s: s.challenge('Bearer service="s"', 2), Unauthorized, "without a realm"),
+        (lambda s: s.challenge('Bearer realm=""', 2), Unauthorized, "without a realm"),
+        (lambda s: s.challenge('Bearer realm="http://[::1"', 2), RegistryError, "bad token realm"),
+    ],
+    ids=["no-challenge", "negotiate", "basic-anonymous", "no-realm", "empty-realm", "bad-url"],
+)
+def test_unanswerable_challenges_named(
+    fault_server: FaultServer,
+    arm: Callable[[FaultServer], None],
+    error: type[Exception],
+    message: str,
+) -> None:
+    arm(fault_server)
+    with pytest.raises(error, match=message):
+        run(
+            lambda c: c.resolve(ref_at(fault_server.host, "origins/unanswerable")),
+            docker_config=NO_CONFIG,
+            **FAST,
+        )
