@@ -364,9 +364,10 @@ def test_a_token_response_of_exactly_the_limit_is_read(fault_server: FaultServer
         (b'{"token": 5}', "sent no token"),
         (b'["token"]', "sent no token"),
         (b"not json", "sent no token"),
+        (b"[" * 100_000, "sent no token"),
         (b'{"token": "fits", "pad": "' + b"x" * (MAX_TOKEN_RESPONSE - 26) + b'"}', "bytes"),
     ],
-    ids=["too-long", "empty", "number", "list", "not-json", "one-byte-over"],
+    ids=["too-long", "empty", "number", "list", "not-json", "too-deep", "one-byte-over"],
 )
 def test_bad_token_answers_refused(fault_server: FaultServer, body: bytes, error: str) -> None:
     fault_server.challenge(f'Bearer realm="{fault_server.url}/token"', 2)
@@ -421,3 +422,9 @@ def test_unanswerable_challenges_named(
             docker_config=NO_CONFIG,
             **FAST,
         )
+
+
+def test_credentials_never_show_their_password() -> None:
+    """Credentials end up in log lines and error messages through repr."""
+    assert "wonderland" not in repr(ALICE)
+    assert "alice" in repr(ALICE)
