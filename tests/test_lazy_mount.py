@@ -359,3 +359,70 @@ def test_background_fetch_skips_what_reads_fetched(
     assert len(ranges) >= 2, ranges  # the read's, and the completion's for the rest
     for (_, end), (start, _) in itertools.pairwise(ranges):
         assert end <= start, f"bytes fetched twice: {ranges}"
+
+
+def _pushed_to(registry: RegistryProcess, source: str, work: Path) -> str:
+    """``source`` copied into the authenticated ``registry``; its reference there."""
+    target = f"{registry.host}/{REPO}:esgz"
+    succeeded(fsnap(work, "pull", source))
+    succeeded(fsnap(work, "tag", source, target))
+    user = ("-u", str(registry.username), "--password-stdin")
+    succeeded(fsnap(work, "push", *user, target, stdin=registry.password))
+    return target
+
+
+def _complete_in_mount(root: Path, ref: str, mnt: Path, *options: str) -> None:
+    with image_mounted(root, ref, mnt, *options) as mounted:
+        deadline = time.monotonic() + 120
+        while _lazy_layers(root) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _lazy_layers(root), "the background fetch did not complete the layers"
+        assert (mounted / "usr/big.bin").read_bytes() == BIG
+
+
+def test_lazy_mount_from_a_registry_that_needs_credentials(
+    images: str, basic_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount's on-demand reads and its background completion log in as the pull did
+    (the credentials ``fsnap login`` stored): an anonymous request is refused there."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    target = _pushed_to(basic_registry, f"{images}/{REPO}:esgz", tmp_path / "work")
+    login = ("login", basic_registry.host, "-u", str(basic_registry.username), "--password-stdin")
+    succeeded(fsnap(tmp_path / "work", *login, stdin=basic_registry.password))
+    root = _pulled_lazily(target, tmp_path / "root")
+    with image_mounted(root, target, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "usr/noise.bin").read_bytes() == NOISE
+    _complete_in_mount(root, target, tmp_path / "mnt")
+
+
+def test_mount_lazy_pull_with_user_and_password_stdin(
+    images: str, basic_registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``mount --lazy --pull -u USER --password-stdin``: nothing stored anywhere, yet the
+    daemon's reads and completion are authorised (it gets the credentials on its stdin);
+    the password is in no file of the store (record, spec, log)."""
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "docker"))
+    target = _pushed_to(basic_registry, f"{images}/{REPO}:esgz", tmp_path / "work")
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    mnt.mkdir()
+    user = ("-u", str(basic_registry.username), "--password-stdin")
+    mount = ("mount", "--lazy", "--pull", ONLY_READS, *user, target, str(mnt))
+    try:
+        succeeded(fsnap(root, *mount, stdin=basic_registry.password))
+        assert (mnt / "usr/noise.bin").read_bytes() == NOISE
+    finally:
+        fsnap(root, "umount", str(mnt))
+    assert not (tmp_path / "docker").exists()
+    secret = str(basic_registry.password).encode()
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert secret not in path.read_bytes(), f"the password is in {path}"
+    anonymous = fsnap(root, "mount", target, str(mnt))  # no credentials: reads fail
+    try:
+        assert anonymous.returncode == 0, anonymous.stderr
+        assert _read_errno(mnt / "usr/big.bin") == errno.EIO
+    finally:
+        fsnap(root, "umount", str(mnt))
+    monkeypatch.setenv("FSNAP_USERNAME", str(basic_registry.username))  # the same, by env
+    monkeypatch.setenv("FSNAP_PASSWORD", str(basic_registry.password))
+    _complete_in_mount(root, target, mnt)

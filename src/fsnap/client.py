@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fsnap.content.store import ContentStore
     from fsnap.gc import GCReport
     from fsnap.images.store import Image, ImageStore
+    from fsnap.lazy.access import RegistryAccess
     from fsnap.mount.manager import MountOptions
     from fsnap.mount.records import MountInfo
     from fsnap.mount.registry import WritableMounts
@@ -402,7 +403,7 @@ class Client:
             raise InvalidArgument("a snapshot key is for writable mounts only")
         options = options or manager.MountOptions()
         manager.check_mountpoint(self.root, mountpoint)  # before a pull, not after it
-        top = self._image_top(ref, options.pull or options.lazy, options.lazy)
+        top = self._image_top(ref, options.pull or options.lazy, options.lazy, options.access)
         if writable:
             return manager.mount_image_writable(
                 self.mount_stores(), ref, top, mountpoint, key, options
@@ -463,9 +464,12 @@ class Client:
 
         return MountStores(self.root, self.snapshots, self.writable_mounts, self.content, self.db)
 
-    def _image_top(self, ref: str, pull: bool, lazy: bool = False) -> str:
+    def _image_top(
+        self, ref: str, pull: bool, lazy: bool = False, access: RegistryAccess | None = None
+    ) -> str:
         """The top snapshot of image ``ref``, pulling it first (``lazy``: seekable layers
-        from their TOC alone) if it is missing and ``pull`` says so."""
+        from their TOC alone; ``access``: the registry options) if it is missing and
+        ``pull`` says so."""
         from fsnap.errors import NotFound
         from fsnap.mount.source import image_snapshot
 
@@ -474,7 +478,16 @@ class Client:
         except NotFound:
             if not pull:
                 raise
-        self.pull(ref, lazy=lazy)
+        if access is None:
+            self.pull(ref, lazy=lazy)
+        else:
+            self.pull(
+                ref,
+                lazy=lazy,
+                plain_http=access.plain_http,
+                credentials=access.credentials(),
+                ca_file=access.ca_path(),
+            )
         return image_snapshot(self.content, self.images, ref)
 
     def close(self) -> None:

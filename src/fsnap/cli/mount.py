@@ -7,9 +7,12 @@ import json
 import sys
 from typing import Any
 
+from fsnap.cli.registry_options import add_registry_options, credentials_of
 from fsnap.client import Client
 from fsnap.errors import InvalidArgument
+from fsnap.lazy.access import RegistryAccess
 from fsnap.mount import manager, records
+from fsnap.reference import Reference
 
 
 def register(subparsers: Any) -> None:
@@ -38,6 +41,7 @@ def register(subparsers: Any) -> None:
         help="with --rw: the active snapshot's key (default: <image name>-rw-<random>)",
     )
     _add_mount_options(parser)
+    add_registry_options(parser)
     parser.set_defaults(handler=mount_image)
 
     parser = subparsers.add_parser("umount", help="unmount and stop the mount's daemon")
@@ -93,11 +97,27 @@ def _options(args: argparse.Namespace) -> manager.MountOptions:
 def mount_image(client: Client, args: argparse.Namespace) -> int:
     if args.key and not args.rw:
         raise InvalidArgument("--key needs --rw")
-    info = client.mount(args.ref, args.mountpoint, _options(args), writable=args.rw, key=args.key)
+    options = _options(args)
+    options.access = _access(args)
+    info = client.mount(args.ref, args.mountpoint, options, writable=args.rw, key=args.key)
     if args.rw:
         print(f"active snapshot {info.writable}", flush=True)
     _report_mounted(info, args.foreground)
     return 0
+
+
+def _access(args: argparse.Namespace) -> RegistryAccess | None:
+    """The registry options given, for the pull and the daemon (None: none given)."""
+    credentials = credentials_of(args)
+    if credentials is None and args.plain_http is None and args.ca_file is None:
+        return None
+    return RegistryAccess(
+        Reference.parse(args.ref).domain,
+        credentials.username if credentials else None,
+        credentials.password if credentials else None,
+        args.plain_http,
+        str(args.ca_file) if args.ca_file else None,
+    )
 
 
 def mount_snapshot(client: Client, args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ import os
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import trio
 
@@ -45,6 +45,7 @@ from fsnap.content.store import ContentStore
 from fsnap.db import Database
 from fsnap.errors import AlreadyExists, FsnapError, Unavailable
 from fsnap.labels import LAZY_LABEL
+from fsnap.lazy.access import given
 from fsnap.lazy.chunks import decode_chunk
 from fsnap.lazy.complete import complete_layer
 from fsnap.lazy.pull import fetch_range
@@ -115,7 +116,7 @@ class LazyFiles:
         self._by_source: dict[str, tuple[LazyLayer, str]] = {
             os.path.join(layer.dir, path): (layer, path) for layer in layers for path in layer.files
         }
-        self._registry: RegistryClient | None = None
+        self._registries: dict[str, RegistryClient] = {}
         self._reads = 0  # fetches for reads in progress
         self._last_read = 0.0  # trio.current_time() when the last one started or ended
         self._quiet = trio.Event()  # set while no read fetches
@@ -212,8 +213,8 @@ class LazyFiles:
 
     async def _fetch(self, layer: LazyLayer, path: str) -> None:
         entry = layer.files[path]
-        registry = await self._client()
         ref = Reference.parse(layer.record.reference)
+        registry = await self._client(ref)
         desc = layer.record.descriptor
         fmt = layer.record.toc.format
         pieces: list[tuple[Chunk, bytes]] = []
@@ -263,7 +264,7 @@ class LazyFiles:
 
         desc = layer.record.descriptor
         ref = Reference.parse(layer.record.reference)
-        async with RegistryClient() as registry:
+        async with client_for(ref) as registry:
             puller = Puller(self.content, registry, ref, PullOptions(), PullProgress(), None)
             writer = await puller.open_writer(desc)
             if writer is None:
@@ -300,11 +301,28 @@ class LazyFiles:
                         batch, batched = [], 0
             await trio.to_thread.run_sync(writer.write, b"".join(batch))
 
-    async def _client(self) -> RegistryClient:
-        if self._registry is None:
-            registry = RegistryClient(max_retries=MAX_RETRIES, backoff_base=0.2, backoff_max=2.0)
-            self._registry = await registry.__aenter__()
-        return self._registry
+    async def _client(self, ref: Reference) -> RegistryClient:
+        """The reads' client for ``ref``'s registry (one per registry, kept open)."""
+        registry = self._registries.get(ref.domain)
+        if registry is None:
+            registry = client_for(ref, max_retries=MAX_RETRIES, backoff_base=0.2, backoff_max=2.0)
+            self._registries[ref.domain] = registry = await registry.__aenter__()
+        return registry
+
+
+def client_for(ref: Reference, **options: Any) -> RegistryClient:
+    """A registry client for ``ref`` with the registry options the mount was given for its
+    registry (``fsnap.lazy.access``), else with the docker config's credentials."""
+    access = given()
+    found = access.for_domain(ref.domain) if access is not None else None
+    if found is None:
+        return RegistryClient(**options)
+    return RegistryClient(
+        plain_http=found.plain_http,
+        credentials=found.credentials(),
+        ca_file=found.ca_path(),
+        **options,
+    )
 
 
 def batches(chunks: tuple[Chunk, ...]) -> list[list[Chunk]]:

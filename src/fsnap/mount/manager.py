@@ -31,6 +31,7 @@ from fsnap.errors import (
     Unavailable,
 )
 from fsnap.info.fuse import require_fuse
+from fsnap.lazy.access import RegistryAccess, give
 from fsnap.mount import records
 from fsnap.mount.records import MountInfo
 from fsnap.mount.spec import MountSpec
@@ -66,6 +67,9 @@ class MountOptions:
     index_metadata: bool = False
     # (uid, gid) whose owner shows as 0's and 0's as it (fsnap.mount.idshift): rootless runs.
     shift_ids: tuple[int, int] | None = None
+    # The registry options of ``pull`` (credentials among them), for the pull and for the
+    # daemon's lazy fetches (fsnap.lazy.access: they reach it on its stdin only).
+    access: RegistryAccess | None = None
 
 
 # --- public API (``fsnap.Client.mount``/``umount``/``mounts`` call these) -----------------
@@ -267,9 +271,9 @@ def _start(
         if options.foreground:
             info.pid = os.getpid()
             records.write_record(record, info, exclusive=False)
-            _serve_here(spec, stores)
+            _serve_here(spec, stores, options.access)
             return info
-        info.pid = _spawn(spec, Path(info.log))
+        info.pid = _spawn(spec, Path(info.log), options.access)
         # The supervisor claimed the record (pid, server) before it reported ready.
         info = records.read_record(record) or info
     except BaseException:
@@ -278,12 +282,16 @@ def _start(
     return info
 
 
-def _serve_here(spec: MountSpec, stores: MountStores) -> None:
+def _serve_here(
+    spec: MountSpec, stores: MountStores, options_access: RegistryAccess | None = None
+) -> None:
     """``--foreground``: serve from this process, reusing its store handle.
 
     The daemon module (trio, pyfuse3) is imported here only: a spawning ``fsnap mount``
     never needs it, and importing it would add about a tenth of a second to every mount."""
     from fsnap.mount import daemon
+
+    give(options_access)
 
     def build() -> TreeFS:
         return daemon.build_fs(spec, stores)
@@ -303,20 +311,24 @@ def _serve_here(spec: MountSpec, stores: MountStores) -> None:
         raise failure[0]
 
 
-def _spawn(spec: MountSpec, log: Path) -> int:
+def _spawn(spec: MountSpec, log: Path, access: RegistryAccess | None = None) -> int:
     """Start the mount's supervisor detached (it starts the server, see
-    ``fsnap.mount.supervisor``); return its pid once it says the mount is live."""
+    ``fsnap.mount.supervisor``); return its pid once it says the mount is live. ``access``
+    goes to its stdin (nothing: an empty stdin)."""
     read_fd, write_fd = os.pipe()
     with open(log, "ab") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "fsnap.mount.supervisor", spec.to_json(), str(write_fd)],
             pass_fds=(write_fd,),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     os.close(write_fd)
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError), proc.stdin:  # a supervisor dead at once
+        proc.stdin.write(access.to_json().encode() if access is not None else b"")
     try:
         line = read_ready(read_fd, READY_TIMEOUT)
     except BaseException:

@@ -58,7 +58,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from fsnap import logs
-from fsnap.errors import FsnapError, Unavailable
+from fsnap.errors import FsnapError, InvalidArgument, Unavailable
+from fsnap.lazy import access
 from fsnap.mount import daemon, manager, records, server
 from fsnap.mount.spec import MountSpec
 
@@ -228,11 +229,24 @@ def main(argv: list[str]) -> int:
     except FsnapError as exc:
         daemon.pipe_reporter(int(argv[1]))(exc)
         return 1
+    try:
+        access.give(_read_access())
+    except FsnapError as exc:
+        daemon.pipe_reporter(int(argv[1]))(exc)
+        return 1
     logs.configure(spec.log_level, sys.stdout, service=True)
     log.info("supervising %s", spec.mountpoint)
     if spec.writable:
         import fsnap.mount.rwfs  # noqa: F401 - imported once here, not in every server
     return Supervisor(spec).run(int(argv[1]))
+
+
+def _read_access() -> access.RegistryAccess | None:
+    """The registry options ``fsnap mount`` wrote to our stdin (``fsnap.lazy.access``)."""
+    text = sys.stdin.read(access.MAX_ACCESS_JSON + 1)
+    if len(text) > access.MAX_ACCESS_JSON:
+        raise InvalidArgument("registry access on stdin: too long")
+    return access.RegistryAccess.from_json(text) if text else None
 
 
 if __name__ == "__main__":
