@@ -426,3 +426,23 @@ def test_mount_lazy_pull_with_user_and_password_stdin(
     monkeypatch.setenv("FSNAP_USERNAME", str(basic_registry.username))  # the same, by env
     monkeypatch.setenv("FSNAP_PASSWORD", str(basic_registry.password))
     _complete_in_mount(root, target, mnt)
+
+
+def test_mounts_show_how_much_of_each_lazy_layer_is_here(images: str, tmp_path: Path) -> None:
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "usr/noise.bin").read_bytes() == NOISE
+        listed = succeeded(fsnap(root, "mounts")).splitlines()
+        lines = [line for line in listed if "lazy layer" in line]
+        assert [line.split(": ")[-1] for line in lines] == [
+            "0 B of 1.9 MiB present",
+            "320.0 KiB of 5.3 MiB present",
+        ]
+        assert all(line.startswith(f"{mnt}: lazy layer sha256:") for line in lines)
+        (doc,) = json.loads(succeeded(fsnap(root, "mounts", "--json")))
+        assert [layer["present"] for layer in doc["lazy_layers"]] == [0, len(NOISE)]
+        assert doc["lazy_layers"][1]["total"] == len(BIG) + len(NONCE) + 6 + len(NOISE)
+    _complete_in_mount(root, ref, tmp_path / "mnt")
+    with image_mounted(root, ref, tmp_path / "mnt") as mnt:
+        assert "lazy layer" not in succeeded(fsnap(root, "mounts"))

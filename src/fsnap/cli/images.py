@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from fsnap.cli.lazy_report import any_lazy, lazy_presence, presence_line
 from fsnap.client import Client
 from fsnap.errors import FsnapError, InvalidArgument
 from fsnap.images.store import Image
@@ -58,13 +59,9 @@ def handle_images(client: Client, args: argparse.Namespace) -> int:
 
 
 def print_lazy(client: Client, images: list[Image]) -> None:
-    """One line per lazy layer of the images listed: how much of its files is here.
-    Without lazy snapshots (the usual case) nothing is imported: ``images`` stays light."""
-    from fsnap.labels import LAZY_LABEL
-
-    if not any(LAZY_LABEL in info.labels for info in client.snapshots.walk()):
+    """One line per lazy layer of the images listed: how much of its files is here."""
+    if not any_lazy(client):
         return
-    from fsnap.lazy.state import lazy_layers
     from fsnap.mount.source import image_snapshot
 
     for image in images:
@@ -72,11 +69,8 @@ def print_lazy(client: Client, images: list[Image]) -> None:
             top = image_snapshot(client.content, client.images, image.name)
         except FsnapError:
             continue  # not unpacked here (or not for this platform): nothing lazy to say
-        for name, have, total in lazy_layers(client.snapshots, client.db, top):
-            print(
-                f"{short_name(image.name)}: lazy layer {name[:19]}: "
-                f"{human_size(have)} of {human_size(total)} present"
-            )
+        for name, have, total in lazy_presence(client, top):
+            print(presence_line(short_name(image.name), name, have, total))
 
 
 def print_table(images: list[Image]) -> None:

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from fsnap.cli.lazy_report import any_lazy, lazy_presence, presence_line
 from fsnap.cli.registry_options import add_registry_options, credentials_of
 from fsnap.client import Client
 from fsnap.errors import InvalidArgument
@@ -149,8 +150,19 @@ def mounts(client: Client, args: argparse.Namespace) -> int:
     for line in reap(client):  # a crashed `fsnap run` leaves a mount only it can explain
         print(f"fsnap: {line}", file=sys.stderr)
     found = client.mounts()
+    lazy: dict[str, list[tuple[str, int, int]]] = {}
+    if any_lazy(client):  # else nothing of fsnap.lazy is imported
+        lazy = {i.mountpoint: lazy_presence(client, i.snapshots[-1]) for i in found if i.snapshots}
     if args.json:
-        print(json.dumps([info.to_json() for info in found], indent=2))
+        docs = [info.to_json() for info in found]
+        for doc in docs:
+            layers = lazy.get(doc["mountpoint"])
+            if layers:
+                doc["lazy_layers"] = [
+                    {"snapshot": name, "present": have, "total": total}
+                    for name, have, total in layers
+                ]
+        print(json.dumps(docs, indent=2))
         return 0
     rows = [("MOUNTPOINT", "SOURCE", "PID", "RESTARTS", "STATE")]
     rows += [
@@ -167,4 +179,7 @@ def mounts(client: Client, args: argparse.Namespace) -> int:
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
         print("  ".join([*cells, row[4]]))
+    for mountpoint, layers in lazy.items():
+        for name, have, total in layers:
+            print(presence_line(mountpoint, name, have, total))
     return 0
