@@ -24,6 +24,7 @@ TARGETS = (
         "apply",
         "src/fsnap/archive/apply.py",
         (
+            "tests/test_apply_mutants.py",
             "tests/test_resolve_mutants.py",
             "tests/test_archive.py",
             "tests/test_breakout.py",
