@@ -29,6 +29,7 @@ from support.tcp import counting_proxy
 from fsnap import oci
 from fsnap.client import Client
 from fsnap.labels import LAZY_LABEL
+from fsnap.lazy.state import read_record
 from fsnap.lazy.toc import ESTARGZ_TOC_DIGEST, HIDDEN
 
 pytestmark = pytest.mark.timeout(600)
@@ -108,9 +109,10 @@ def test_lazy_view_equals_full_pull(
 
 
 def test_each_read_is_one_range_request_on_a_kept_connection(images: str, tmp_path: Path) -> None:
-    """Opening a not yet fetched file costs one Range request (a file's chunks batched),
-    and the mount's requests share one kept-alive connection: on a real link every new
-    connection costs a handshake (TLS: more) on top of the request's own round trip."""
+    """Reading a not yet fetched file costs one Range request per chunk read (a one-chunk
+    file: one), and the mount's requests share one kept-alive connection: on a real link
+    every new connection costs a handshake (TLS: more) on top of the request's own round
+    trip."""
     with counting_proxy(images) as proxy:
         ref = f"{proxy.host}/{REPO}:esgz"
         root = tmp_path / "root"
@@ -118,11 +120,12 @@ def test_each_read_is_one_range_request_on_a_kept_connection(images: str, tmp_pa
         with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
             connections, since = proxy.connections, len(proxy.requests)
             files = {"etc/hostname": b"lazy1\n", "etc/nonce": NONCE, "usr/big.bin": BIG}
-            for number, (name, data) in enumerate(files.items(), 1):
+            requests = {"etc/hostname": 1, "etc/nonce": 2, "usr/big.bin": 4}  # big: 2 chunks
+            for name, data in files.items():
                 assert (mnt / name).read_bytes() == data
-                assert len(proxy.blob_gets(since)) == number, proxy.requests[since:]
+                assert len(proxy.blob_gets(since)) == requests[name], proxy.requests[since:]
                 assert (mnt / name).read_bytes() == data  # present now: no request
-            assert len(proxy.blob_gets(since)) == len(files)
+            assert len(proxy.blob_gets(since)) == 4
             assert all("range" in r.headers for r in proxy.blob_gets(since))
             assert proxy.connections - connections == 1, "a connection per request"
 
@@ -446,3 +449,39 @@ def test_mounts_show_how_much_of_each_lazy_layer_is_here(images: str, tmp_path: 
     _complete_in_mount(root, ref, tmp_path / "mnt")
     with image_mounted(root, ref, tmp_path / "mnt") as mnt:
         assert "lazy layer" not in succeeded(fsnap(root, "mounts"))
+
+
+def _chunks_of(root: Path, path: str) -> list[tuple[int, int]]:
+    """The compressed ranges of ``path``'s chunks in its lazy layer's blob."""
+    with Client(root) as client:
+        for info in client.snapshots.walk():
+            if LAZY_LABEL in info.labels:
+                toc = read_record(client.snapshots.state_dir(info.name)).toc
+                for entry in toc.entries:
+                    if entry.path == path:
+                        return [(c.start, c.end) for c in entry.chunks]
+    raise AssertionError(f"{path} is in no lazy layer")
+
+
+def test_a_partial_read_fetches_only_the_chunks_it_covers(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Reading the start of a file of two chunks fetches the first chunk alone; a new
+    mount (a new daemon: the chunk is recorded in LMDB) reading it all fetches the second
+    alone."""
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    first, second = _chunks_of(root, "usr/big.bin")
+    varied = list(_layers(images, "esgz"))[1]
+    since = len(fault_server.requests)
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        with open(mnt / "usr/big.bin", "rb") as data:
+            assert data.read(4096) == BIG[:4096]
+        assert _fetched_ranges(fault_server, varied, since) == [first]
+    since = len(fault_server.requests)
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "usr/big.bin").read_bytes() == BIG
+        assert _fetched_ranges(fault_server, varied, since) == [second]
+        since = len(fault_server.requests)
+        assert (mnt / "usr/hard").read_bytes() == BIG  # whole now: no request
+        assert _fetched_ranges(fault_server, varied, since) == []

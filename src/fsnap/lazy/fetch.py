@@ -1,12 +1,16 @@
 """On-demand contents of a mount's lazy layers: a file is fetched before it is first served.
 
-``LazyFiles.ensure(source)`` is awaited by the mount before it opens a regular file's
-``source`` (its path in a layer directory). For a file of a lazy layer not yet present it
-fetches the file's chunks with HTTP Range requests (chunks whose compressed bytes lie
-within ``BATCH_GAP`` of each other share one request), decodes and verifies each against
-its TOC digest (``fsnap.lazy.chunks``), writes them into the file's inode in the layer
-directory (hardlinks share it), flushes it, and only then records the file as present in
-LMDB (``fsnap.lazy.state``): a daemon restart or a later pull continues from there.
+``LazyFiles.ensure(source, start, end)`` is awaited by the mount before it serves bytes
+``[start, end)`` of a regular file's ``source`` (its path in a layer directory): the
+read-only mount asks at open for the first byte (a one-chunk file comes whole) and at
+each read for the bytes read; a writable mount asks for the whole file before it opens
+or copies it up. For a file of a lazy layer not yet present it fetches the chunks covering
+the range that are not here yet with HTTP Range requests (chunks whose compressed bytes
+lie within ``BATCH_GAP`` of each other share one request), decodes and verifies each
+against its TOC digest (``fsnap.lazy.chunks``), writes them into the file's inode in the
+layer directory (hardlinks share it), flushes it, and only then records the chunks (once
+all are here: the file) as present in LMDB (``fsnap.lazy.state``): a later read, a daemon
+restart or a later pull continues from there and fetches only what is missing.
 
 Meanwhile ``complete_all`` (the mount's background task, unless the mount says
 ``--no-background-fetch``) downloads each lazy layer's whole blob into the content store
@@ -54,8 +58,9 @@ from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.state import (
     LazyRecord,
     is_present,
-    mark_present,
+    mark_chunks,
     present,
+    present_chunks,
     read_record,
     write_file,
 )
@@ -94,6 +99,10 @@ class LazyLayer:
     present: set[str]
     raw: RawCache
     locks: dict[str, trio.Lock] = field(default_factory=dict)
+    # Files read in part: the offsets of their chunks here (loaded from LMDB on first use).
+    fetched: dict[str, set[int]] = field(default_factory=dict)
+    # Files whose size this process has set on disk (a skeleton file is empty).
+    sized: set[str] = field(default_factory=set)
 
     def missing_bytes(self) -> int:
         return sum(e.size for p, e in self.files.items() if p not in self.present)
@@ -150,19 +159,21 @@ class LazyFiles:
         found = self._by_source.get(source)
         return found is not None and found[1] not in found[0].present
 
-    async def ensure_readable(self, source: str) -> None:
+    async def ensure_readable(self, source: str, start: int = 0, end: int | None = None) -> None:
         """``ensure``, for a file system about to serve ``source``: a failure is logged and
-        raised as ``OSError(EIO)`` (a later open tries again)."""
+        raised as ``OSError(EIO)`` (a later read tries again)."""
         if not self.pending(source):
             return
         try:
-            await self.ensure(source)
+            await self.ensure(source, start, end)
         except FsnapError as exc:
             log.warning("lazy fetch of %s failed: %s", source, exc)
             raise OSError(errno.EIO, str(exc)) from None
 
-    async def ensure(self, source: str) -> None:
-        """Make ``source``'s contents present (see the module docstring for failures)."""
+    async def ensure(self, source: str, start: int = 0, end: int | None = None) -> None:
+        """Make bytes ``[start, end)`` of ``source`` present (``end`` None: the whole file):
+        the chunks covering them that are not here yet, in as few requests as ``batches``
+        makes (see the module docstring for failures)."""
         found = self._by_source.get(source)
         if found is None:
             return
@@ -176,14 +187,28 @@ class LazyFiles:
             if await trio.to_thread.run_sync(is_present, self.db, layer.name, path):
                 layer.present.add(path)  # completed meanwhile (by a pull, say)
                 return
+            have = layer.fetched.get(path)
+            if have is None:
+                have = await trio.to_thread.run_sync(present_chunks, self.db, layer.name, path)
+                layer.fetched[path] = have
+            entry = layer.files[path]
+            stop = entry.size if end is None else end
+            missing = [
+                c
+                for c in entry.chunks
+                if not c.zeros and c.offset not in have and c.offset < stop
+                if c.offset + c.size > start
+            ]
+            whole = all(c.zeros or c.offset in have for c in entry.chunks)
+            if not (missing or whole or (not have and path not in layer.sized)):
+                return  # what is asked for is here already
             try:
                 with self._reading(), trio.fail_after(READ_DEADLINE):
-                    await self._fetch(layer, path)
+                    await self._fetch(layer, path, missing)
             except trio.TooSlowError:
                 raise Unavailable(
                     f"{path}: not fetched within {READ_DEADLINE:g} s from {layer.record.reference}"
                 ) from None
-            layer.present.add(path)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
@@ -211,14 +236,16 @@ class LazyFiles:
                 return
             await trio.sleep(QUIET - idle if self._reads == 0 else QUIET)
 
-    async def _fetch(self, layer: LazyLayer, path: str) -> None:
+    async def _fetch(self, layer: LazyLayer, path: str, chunks: list[Chunk]) -> None:
+        """``chunks`` of ``path`` fetched, verified, written, flushed, then recorded (the
+        file's size is set on disk the first time, so its holes read as zeros)."""
         entry = layer.files[path]
         ref = Reference.parse(layer.record.reference)
         registry = await self._client(ref)
         desc = layer.record.descriptor
         fmt = layer.record.toc.format
         pieces: list[tuple[Chunk, bytes]] = []
-        for batch in batches(entry.chunks):
+        for batch in batches(tuple(chunks)):
             start, end = batch[0].start, max(c.end for c in batch)
             data = await fetch_range(registry, ref, desc, start, end)
             await trio.to_thread.run_sync(layer.raw.put, start, data)
@@ -227,7 +254,15 @@ class LazyFiles:
                 pieces.append((chunk, await trio.to_thread.run_sync(decode_chunk, fmt, chunk, raw)))
         target = os.path.join(layer.dir, path)
         await trio.to_thread.run_sync(write_file, target, entry.size, pieces)
-        await trio.to_thread.run_sync(mark_present, self.db, layer.name, path, entry.size)
+        layer.sized.add(path)
+        have = layer.fetched.setdefault(path, set())
+        have.update(chunk.offset for chunk in chunks)
+        whole = all(c.zeros or c.offset in have for c in entry.chunks)
+        size = entry.size if whole else None
+        await trio.to_thread.run_sync(mark_chunks, self.db, layer.name, path, chunks, size)
+        if whole:
+            layer.present.add(path)
+            layer.fetched.pop(path, None)
 
     async def complete_all(self) -> None:
         """The background fetch: each lazy layer's blob, then its completion."""

@@ -10,8 +10,10 @@ holds the tree of its TOC with empty files (``fsnap.lazy.skeleton``). It carries
   Both are written *before* the snapshot is committed, so a committed lazy snapshot always
   has them;
 - rows in the LMDB table ``lazy``: ``<chain ID> <path>`` for each file whose contents are
-  in the directory and verified. A row is written only after its data is on disk
-  (fdatasync), so a crash can lose a fetch, never claim one.
+  in the directory and verified, and in ``lazy-chunks``: ``<chain ID> <path>\0<offset>``
+  (hex) for each chunk of a file read in part (a file's chunk rows make way for its file
+  row once it is whole). A row is written only after its data is on disk (fdatasync), so
+  a crash can lose a fetch, never claim one.
 """
 
 from __future__ import annotations
@@ -23,15 +25,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsnap.db import Database, delete_prefix
+from fsnap.db import Database, delete_prefix, dumps
 from fsnap.errors import FailedPrecondition
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.toc import Chunk, Seekable, Toc, parse_toc, seekable
 from fsnap.oci import Descriptor
-from fsnap.snapshots.snapshotter import OWNED_ROWS, LocalSnapshotter
+from fsnap.snapshots.snapshotter import OWNED_TABLES, LocalSnapshotter
 
 STATE_FILE = "lazy.json"
-TABLE = OWNED_ROWS  # the snapshotter drops a snapshot's rows when it removes it
+# The snapshotter drops a snapshot's rows of both when it removes it.
+TABLE, CHUNK_TABLE = OWNED_TABLES
 
 
 @dataclass
@@ -102,6 +105,7 @@ def lazy_layers(snapshots: LocalSnapshotter, db: Database, top: str) -> list[tup
         total = sum(e.size for e in record.toc.entries if e.chunks)
         prefix = info.name + " "
         have = sum(int(size) for _, size in db.items_json(TABLE, prefix))
+        have += sum(int(size) for _, size in db.items_json(CHUNK_TABLE, prefix))
         out.append((info.name, have, total))
     return out
 
@@ -110,22 +114,41 @@ def is_present(db: Database, chain_id: str, path: str) -> bool:
     return db.get_json(TABLE, f"{chain_id} {path}") is not None
 
 
-def mark_present(db: Database, chain_id: str, path: str, size: int) -> None:
-    db.put_json(TABLE, f"{chain_id} {path}", size)
+def present_chunks(db: Database, chain_id: str, path: str) -> set[int]:
+    """The offsets of ``path``'s chunks fetched (the file not whole yet)."""
+    prefix = f"{chain_id} {path}\0"
+    return {int(key[len(prefix) :], 16) for key, _ in db.items_json(CHUNK_TABLE, prefix)}
+
+
+def mark_chunks(
+    db: Database, chain_id: str, path: str, chunks: list[Chunk], whole: int | None
+) -> None:
+    """Record ``chunks`` of ``path`` as fetched; with ``whole`` (the file's size) the file
+    is complete: its row replaces its chunk rows. One transaction."""
+    files, parts = db.table(TABLE), db.table(CHUNK_TABLE)  # before the write transaction
+    prefix = f"{chain_id} {path}\0"
+    with db.begin(write=True) as txn:
+        if whole is not None:
+            delete_prefix(txn, parts, prefix)
+            txn.put(f"{chain_id} {path}".encode(), dumps(whole), db=files)
+            return
+        for chunk in chunks:
+            txn.put(f"{prefix}{chunk.offset:016x}".encode(), dumps(chunk.size), db=parts)
 
 
 def forget(db: Database, chain_id: str) -> None:
     """Drop every row of ``chain_id`` (``LocalSnapshotter.remove`` does it too)."""
-    table = db.table(TABLE)  # before our write transaction: opening one takes its own
+    tables = [db.table(t) for t in OWNED_TABLES]  # before our write transaction
     with db.begin(write=True) as txn:
-        delete_prefix(txn, table, chain_id + " ")
+        for table in tables:
+            delete_prefix(txn, table, chain_id + " ")
 
 
 def write_file(
     target: str, size: int, pieces: list[tuple[Chunk, bytes]], sync: bool = True
 ) -> None:
     """Verified chunks into a lazy file's inode at their offsets (holes stay holes), then
-    flushed (``sync``): only after that may the file be ``mark_present``."""
+    flushed (``sync``): only after that may its chunks be ``mark_chunks``."""
     fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         os.ftruncate(fd, size)

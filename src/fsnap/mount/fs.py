@@ -276,8 +276,8 @@ class MergedFS(TreeFS):
         if node.source is None:
             raise pyfuse3.FUSEError(errno.EIO if stat.S_ISREG(node.mode) else errno.EINVAL)
         if self.lazy_files is not None:
-            try:
-                await self.lazy_files.ensure_readable(node.source)
+            try:  # its first chunk now (a one-chunk file: all of it); the rest as read
+                await self.lazy_files.ensure_readable(node.source, 0, 1)
             except OSError as exc:
                 raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         self._last_handle += 1
@@ -294,6 +294,11 @@ class MergedFS(TreeFS):
         lazy = self._lazy[fh]
         source = lazy.node.source
         assert source is not None
+        if self.lazy_files is not None and self.lazy_files.pending(source):
+            try:  # a lazy layer's file: the chunks this read covers first
+                await self.lazy_files.ensure_readable(source, off, off + size)
+            except OSError as exc:
+                raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         if lazy.fd < 0 and self.prefetcher.is_warm(lazy.node):
             with contextlib.suppress(OSError):  # then the worker thread tries (and says why)
                 lazy.fd = open_source(source)

@@ -49,11 +49,12 @@ log = logging.getLogger(__name__)
 MAX_LABELS_SIZE = 4096
 # A parent link is keyed parent + NUL + child in LMDB (511 bytes at most): 255 each fits.
 MAX_KEY_BYTES = 255
-# The table of rows "<snapshot name> <path>" that describe a snapshot's directory (which
-# files of a lazy layer are fetched: ``fsnap.lazy.state``). They go with the snapshot, in
-# ``remove``'s own transaction: a later snapshot of the same name (a lazy layer pulled
-# again) must not inherit them, or its empty files would pass for fetched ones.
-OWNED_ROWS = "lazy"
+# The tables of rows "<snapshot name> <path>..." that describe a snapshot's directory
+# (which files, and which chunks of files, of a lazy layer are fetched: ``fsnap.lazy.state``).
+# They go with the snapshot, in ``remove``'s own transaction: a later snapshot of the same
+# name (a lazy layer pulled again) must not inherit them, or its empty files would pass for
+# fetched ones.
+OWNED_TABLES = ("lazy", "lazy-chunks")
 
 
 class LocalSnapshotter:
@@ -301,7 +302,7 @@ class LocalSnapshotter:
         ``if_updated``: only if the snapshot was last updated then (what gc saw when it
         decided; a pull that reuses it ``touch``es it meanwhile), else FailedPrecondition."""
         self._check_open()
-        owned = self.db.table(OWNED_ROWS)  # before the write transaction: opening takes one
+        owned = [self.db.table(t) for t in OWNED_TABLES]  # before the write transaction
         with disk.change_lock(self.root):
             with self.db.begin(write=True) as txn:
                 record = self._get(txn, key)
@@ -312,7 +313,8 @@ class LocalSnapshotter:
                 self._refuse_held(txn, key, "remove")
                 self.tables.delete(txn, key, record)
                 self._index.forget(txn, record.id)
-                delete_prefix(txn, owned, key + " ")
+                for table in owned:
+                    delete_prefix(txn, table, key + " ")
             disk.retire(self.root, record.id)
 
     def touch(self, key: str) -> bool:
