@@ -152,6 +152,15 @@ def test_a_layer_of_more_directories_than_open_files_allowed_applies(root: Path)
     assert idx["d0000/again"].kind == "file"
 
 
+def test_a_path_deeper_than_the_directories_kept_open_then_one_at_the_top(root: Path) -> None:
+    """300 levels (more directories than the applier keeps open) and then a member in the
+    root: the root's own descriptor is never the one closed."""
+    deep = "/".join(["a"] * 300)
+    apply(TarBuilder().file(f"{deep}/f", b"deep").file("top", b"top"), root)
+    assert (root / deep / "f").read_bytes() == b"deep"
+    assert (root / "top").read_bytes() == b"top"
+
+
 def test_a_commit_never_reads_through_a_directory_swapped_for_a_symlink(tmp_path: Path) -> None:
     """A container may change its upper directory while it is committed: a directory
     scanned as one and then replaced by a symlink to a host directory is refused, not

@@ -267,7 +267,7 @@ class _Layer:
         if keep_dir and stat.S_ISDIR(st.st_mode):
             return
         self._forget(path)
-        self.tree.remove(dir_fd, base, path)
+        self.tree.remove(dir_fd, base, path, directory=stat.S_ISDIR(st.st_mode))
 
     def _create(self, dir_fd: int, base: str, path: str, make: Callable[[], object]) -> None:
         """``make()`` the node; if an earlier member is in the way, remove it and retry (one

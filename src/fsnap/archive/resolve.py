@@ -199,13 +199,10 @@ class RootDir:
             os.mkdir(stack[depth], 0o755, dir_fd=self.dir_fd("/".join(stack[:depth])))
             self._on_implicit(path)
 
-    def remove(self, parent_fd: int, name: str, path: str) -> None:
-        """Remove whatever is at ``name`` in ``parent_fd`` (a whole tree for a directory)."""
-        try:
-            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
+    def remove(self, parent_fd: int, name: str, path: str, *, directory: bool) -> None:
+        """Remove ``name`` in ``parent_fd``, a whole tree if it is a ``directory`` (the
+        caller has just looked at it: one lstat, not two)."""
+        if directory:
             self.forget(path)
             remove_tree_at(parent_fd, name)
         else:
