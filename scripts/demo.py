@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from registry_helpers import busybox_image, run_registry  # noqa: E402
+from support.registry import busybox_image, run_registry  # noqa: E402
 
 FSNAP = str(REPO / ".venv" / "bin" / "fsnap")
 DEMO = REPO / ".demo"

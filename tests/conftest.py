@@ -2,7 +2,7 @@
 
 Registries are session-scoped (starting one costs ~0.2 s): tests sharing one must push to
 distinct repository names (use the test's name). Every fixture stops what it starts, also
-when the test fails. Helpers to build and push images live in ``registry_helpers``.
+when the test fails. Helpers to build and push images live in ``support.registry``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer, run_fault_server
-from registry_helpers import RegistryProcess, run_registry
+from support.registry import RegistryProcess, run_registry
 from token_issuer import TokenIssuer, run_issuer
 
 from fsnap.db import Database

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from image_builder import busybox_image, two_platform_index
-from image_mount_helpers import image_mounted, pulled, succeeded
-from mount_helpers import cleanup
-from registry_helpers import RegistryProcess
 from support.cli import FSNAP, fsnap
+from support.image_mount import image_mounted, pulled, succeeded
+from support.mount import cleanup
+from support.registry import RegistryProcess
 
 from fsnap.client import Client
 from fsnap.oci import Platform

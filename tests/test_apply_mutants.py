@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from tar_helpers import TarBuilder
+from support.tar import TarBuilder
 
 from fsnap.archive.apply import ApplyResult, apply_layer
 from fsnap.archive.entry import Entry

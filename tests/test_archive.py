@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from tar_helpers import EPOCH, TarBuilder, apply_as, binary_str
+from support.tar import EPOCH, TarBuilder, apply_as, binary_str
 
 from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
 from fsnap.archive.compression import Compression, compress_writer, open_uncompressed

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tar_helpers import TarBuilder, snapshot_paths, snapshot_tree, stat_in_chroot
+from support.tar import TarBuilder, snapshot_paths, snapshot_tree, stat_in_chroot
 
 from fsnap.archive.apply import apply_layer
 from fsnap.archive.entry import Entry

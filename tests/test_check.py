@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
-from gc_helpers import HOST, SNAPSHOT_LABEL, mounted_image, pull_unpacked, read_in_mount
 from image_builder import busybox_image
-from registry_helpers import Image, RegistryProcess, free_port, make_image, make_layer
 from support.cli import fsnap
+from support.gc import HOST, SNAPSHOT_LABEL, mounted_image, pull_unpacked, read_in_mount
+from support.registry import Image, RegistryProcess, free_port, make_image, make_layer
 
 from fsnap.check import CheckReport, check_store
 from fsnap.client import Client

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from gc_helpers import image_blobs, pull_unpacked, read_in_mount, shared_base_images, store_state
-from mount_helpers import cleanup
-from registry_helpers import RegistryProcess
+from support.gc import image_blobs, pull_unpacked, read_in_mount, shared_base_images, store_state
+from support.mount import cleanup
+from support.registry import RegistryProcess
 
 from fsnap import gc
 from fsnap.client import Client

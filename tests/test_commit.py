@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from diff_helpers import apply_bytes, by_path
 from image_builder import FileTree
-from registry_helpers import RegistryProcess, make_image, make_layer
 from support.cli import fsnap
+from support.diff import apply_bytes, by_path
+from support.registry import RegistryProcess, make_image, make_layer
 
 from fsnap import oci
 from fsnap.archive.compression import open_uncompressed

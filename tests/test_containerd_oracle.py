@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containerd_helpers import ContainerdUnavailable, Ctr, run_containerd
 from image_builder import (
     Blob,
     Compression,
@@ -31,12 +30,13 @@ from image_builder import (
     layer_media_type,
     make_image,
 )
-from image_mount_helpers import image_mounted, image_mounted_rw, pulled, succeeded
 from listing import differences, full_listing
-from registry_helpers import RegistryProcess
 from support import needs
 from support.cli import fsnap
-from tar_helpers import TarBuilder, binary_str
+from support.containerd import ContainerdUnavailable, Ctr, run_containerd
+from support.image_mount import image_mounted, image_mounted_rw, pulled, succeeded
+from support.registry import RegistryProcess
+from support.tar import TarBuilder, binary_str
 from test_layer_semantics import layer_tars
 
 from fsnap.oci import Platform

@@ -2,7 +2,7 @@
 
 Every test uses the real registry: the source image is pushed and pulled by fsnap, converted
 by the CLI, pushed back by ``fsnap push``, and pulled again by fsnap on a fresh root and by
-Debian's containerd (``ctr``). The converted blobs are read by ``seekable_helpers`` (a
+Debian's containerd (``ctr``). The converted blobs are read by ``support.seekable`` (a
 reader written from the specs, sharing no code with fsnap), which is itself checked against
 blobs that Debian's ``ctr-remote`` made. A full pull of a seekable image shows the TOC and
 landmark files at the root, as containerd's does; apart from those the view is the
@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from containerd_helpers import ContainerdUnavailable, Ctr, run_containerd
 from image_builder import busybox_image
-from image_mount_helpers import image_mounted, pulled, succeeded
 from listing import differences, full_listing
-from registry_helpers import RegistryProcess
-from seekable_helpers import estargz_files, estargz_toc, zstd_files, zstd_toc
 from support.cli import fsnap
+from support.containerd import ContainerdUnavailable, Ctr, run_containerd
+from support.image_mount import image_mounted, pulled, succeeded
+from support.registry import RegistryProcess
+from support.seekable import estargz_files, estargz_toc, zstd_files, zstd_toc
 from test_containerd_oracle import cases_image, check_oracle_view
 
 from fsnap import oci

@@ -7,8 +7,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from diff_helpers import LONG_DIR, NON_UTF8, XATTRS, apply_bytes, by_path, rich_layer
-from tar_helpers import TarBuilder
+from support.diff import LONG_DIR, NON_UTF8, XATTRS, apply_bytes, by_path, rich_layer
+from support.tar import TarBuilder
 
 from fsnap.archive.entry import Entry
 from fsnap.diff.scan import scan_snapshot

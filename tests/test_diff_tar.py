@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from diff_helpers import CAPABILITY, LONG_DIR, NON_UTF8, apply_bytes, by_path, rich_layer
+from support.diff import CAPABILITY, LONG_DIR, NON_UTF8, apply_bytes, by_path, rich_layer
 
 from fsnap import oci
 from fsnap.archive.compression import Compression, open_uncompressed

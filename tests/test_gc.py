@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from gc_helpers import (
+from support.cli import fsnap
+from support.gc import (
     image_blobs,
     mounted_image,
     pull_unpacked,
@@ -15,9 +16,8 @@ from gc_helpers import (
     shared_base_images,
     store_state,
 )
-from mount_helpers import mounted_snapshot
-from registry_helpers import RegistryProcess
-from support.cli import fsnap
+from support.mount import mounted_snapshot
+from support.registry import RegistryProcess
 
 from fsnap import gc
 from fsnap.client import Client
@@ -203,7 +203,7 @@ def test_gc_never_removes_snapshots_a_live_mount_reads(
 
 
 def _blob_size(image: object, digest: str) -> int:
-    from registry_helpers import Image
+    from support.registry import Image
 
     assert isinstance(image, Image)
     blobs = {blob.digest: blob.size for blob in [image.manifest, *image.blobs]}

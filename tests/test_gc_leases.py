@@ -10,9 +10,9 @@ import threading
 from pathlib import Path
 
 import trio
-from gc_helpers import child, image_blobs, shared_base_images, store_state
-from registry_helpers import Blob, RegistryProcess
 from support.cli import fsnap
+from support.gc import child, image_blobs, shared_base_images, store_state
+from support.registry import Blob, RegistryProcess
 
 from fsnap import gc, leases
 from fsnap.client import Client

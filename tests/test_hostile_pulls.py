@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer
-from registry_helpers import Blob, Layer, RegistryProcess, make_image, make_layer
 from support.cli import fsnap
+from support.registry import Blob, Layer, RegistryProcess, make_image, make_layer
 
 from fsnap import oci
 from fsnap.digest import sha256_of

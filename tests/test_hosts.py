@@ -17,10 +17,10 @@ from typing import ClassVar
 
 import pytest
 import trio
-from image_mount_helpers import succeeded
-from registry_helpers import Image, RegistryProcess, make_image, make_layer, run_registry
 from support.cli import fsnap
 from support.http import serving
+from support.image_mount import succeeded
+from support.registry import Image, RegistryProcess, make_image, make_layer, run_registry
 from support.tls import TlsFiles, make_client_cert, make_tls
 
 from fsnap.errors import InvalidArgument

@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from env_helpers import as_nobody_with_fuse_mode, tmpfs
-from rw_helpers import shared_dir
 from support.cli import FSNAP, NOBODY, fsnap
+from support.env import as_nobody_with_fuse_mode, tmpfs
+from support.rw import shared_dir
 
 from fsnap.info import fuse, kernel, registry, report, store, userns
 

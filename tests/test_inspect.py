@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_helpers import RegistryProcess
 from support.cli import fsnap
 from support.inspect_image import HISTORY, RUNTIME, fsnap_json, inspect_image, ok
+from support.registry import RegistryProcess
 
 from fsnap.client import Client
 

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from mount_helpers import cleanup
-from registry_helpers import RegistryProcess
 from support.cli import fsnap
 from support.inspect_image import fsnap_json, inspect_image, ok
+from support.mount import cleanup
+from support.registry import RegistryProcess
 
 pytestmark = [pytest.mark.needs_fuse]
 

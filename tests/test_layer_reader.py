@@ -13,7 +13,7 @@ from typing import BinaryIO, cast
 
 import pytest
 import trio
-from tar_helpers import TarBuilder
+from support.tar import TarBuilder
 
 from fsnap.archive.apply import apply_layer
 from fsnap.archive.compression import open_uncompressed

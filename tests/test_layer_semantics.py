@@ -18,8 +18,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from mount_helpers import commit_chain, mounted_snapshot
-from tar_helpers import TarBuilder
+from support.mount import commit_chain, mounted_snapshot
+from support.tar import TarBuilder
 
 from fsnap.client import Client
 

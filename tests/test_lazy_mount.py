@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from fault_server import FaultServer
 from image_builder import Blob, busybox_members, make_image, make_layer, tar_info
-from image_mount_helpers import image_mounted, image_mounted_rw, succeeded
-from lazy_helpers import converted, fetch_blob, fetch_manifest, varied_members
 from listing import differences, full_listing
-from registry_helpers import RegistryProcess
 from support.cli import fsnap
+from support.image_mount import image_mounted, image_mounted_rw, succeeded
+from support.lazy import converted, fetch_blob, fetch_manifest, varied_members
+from support.registry import RegistryProcess
 from support.tcp import counting_proxy
 
 from fsnap import oci

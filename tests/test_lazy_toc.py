@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import zstandard
 from image_builder import make_image, make_layer
-from lazy_helpers import CONVERSIONS, converted, fetch_blob, fetch_manifest, varied_members
-from registry_helpers import RegistryProcess
+from support.lazy import CONVERSIONS, converted, fetch_blob, fetch_manifest, varied_members
+from support.registry import RegistryProcess
 
 from fsnap.errors import DigestMismatch, InvalidArgument
 from fsnap.lazy import toc as toc_mod

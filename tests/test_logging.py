@@ -9,8 +9,8 @@ import os
 import re
 from pathlib import Path
 
-from registry_helpers import Blob, Layer, RegistryProcess, make_image, make_layer
 from support.cli import fsnap
+from support.registry import Blob, Layer, RegistryProcess, make_image, make_layer
 
 from fsnap import oci
 from fsnap.oci import Platform

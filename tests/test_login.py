@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer, run_fault_server
-from registry_helpers import RegistryProcess
 from support.cli import FSNAP, fsnap
+from support.registry import RegistryProcess
 from support.remotes import small_image
 
 from fsnap.cli.registry_options import PASSWORD_ENV, USER_ENV

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mount_helpers import mounted_snapshot
-from registry_helpers import RegistryProcess, make_image, make_layer
 from support.cli import fsnap
+from support.mount import mounted_snapshot
+from support.registry import RegistryProcess, make_image, make_layer
 
 from fsnap.archive.apply import apply_layer
 from fsnap.archive.entry import Entry

@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from mount_helpers import TarLayer, commit_chain, listing, mounted_snapshot
+from support.mount import TarLayer, commit_chain, listing, mounted_snapshot
 
 from fsnap.archive.apply import apply_layer
 from fsnap.archive.entry import Entry

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from mount_helpers import TarLayer, cleanup, commit_chain, mounted_snapshot
 from support.cli import fsnap
+from support.mount import TarLayer, cleanup, commit_chain, mounted_snapshot
 
 from fsnap.client import Client
 from fsnap.mount import records

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mount_helpers import E, errno_of, hardlink_groups, listing, mounted, row, write_layer
+from support.mount import E, errno_of, hardlink_groups, listing, mounted, row, write_layer
 
 from fsnap.client import Client
 from fsnap.mount import records

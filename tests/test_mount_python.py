@@ -30,9 +30,9 @@ from image_builder import (
     layer_media_type,
     make_image,
 )
-from image_mount_helpers import image_mounted, pulled
-from registry_helpers import RegistryProcess
-from tar_helpers import TarBuilder
+from support.image_mount import image_mounted, pulled
+from support.registry import RegistryProcess
+from support.tar import TarBuilder
 
 from fsnap.oci import Platform
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mount_helpers import E, commit_chain, mounted, mounted_snapshot, write_layer
-from rw_helpers import mounted_rw
-from tar_helpers import TarBuilder
+from support.mount import E, commit_chain, mounted, mounted_snapshot, write_layer
+from support.rw import mounted_rw
+from support.tar import TarBuilder
 
 from fsnap.client import Client
 from fsnap.diff.active import commit_active

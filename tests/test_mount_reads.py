@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from mount_helpers import E, mounted, write_layer
+from support.mount import E, mounted, write_layer
 
 from fsnap.mount import source
 from fsnap.mount.prefetch import AHEAD, Prefetcher

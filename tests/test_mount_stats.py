@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mount_helpers import E, mounted, write_layer
+from support.mount import E, mounted, write_layer
 
 from fsnap.client import Client
 from fsnap.mount.stats import ENV

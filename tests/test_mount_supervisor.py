@@ -16,11 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from gc_helpers import mounted_image, pull_unpacked
 from image_builder import busybox_members
-from mount_helpers import cleanup
-from registry_helpers import RegistryProcess, make_image, make_layer
 from support.cli import fsnap
+from support.gc import mounted_image, pull_unpacked
+from support.mount import cleanup
+from support.registry import RegistryProcess, make_image, make_layer
 
 from fsnap.client import Client
 from fsnap.mount import records, supervisor

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from rw_helpers import shared_dir
 from support.cli import NOBODY, as_user
+from support.rw import shared_dir
 
 pytestmark = pytest.mark.needs_root  # to run the child as another user
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from listing import differences, full_listing
-from overlay_helpers import (
+from support.overlay import (
     FSNAP_OVERLAY,
     Style,
     apply_changes,

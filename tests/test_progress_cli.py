@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from fault_server import FaultServer
-from registry_helpers import Image, Layer, RegistryProcess, make_image, make_layer
 from support.cli import FSNAP, fsnap
+from support.registry import Image, Layer, RegistryProcess, make_image, make_layer
 
 from fsnap.client import Client
 from fsnap.oci import Platform

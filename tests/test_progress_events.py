@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from fault_server import FaultServer
-from registry_helpers import RegistryProcess, make_image, make_layer
+from support.registry import RegistryProcess, make_image, make_layer
 
 from fsnap.client import Client
 from fsnap.errors import DigestMismatch

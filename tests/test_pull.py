@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_helpers import (
+from support.cli import fsnap
+from support.registry import (
     AMD64,
     ARM64,
     RegistryProcess,
@@ -17,7 +18,6 @@ from registry_helpers import (
     make_layer,
     two_platform_index,
 )
-from support.cli import fsnap
 
 from fsnap import oci
 from fsnap.client import Client

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer
-from registry_helpers import Image, RegistryProcess, make_image, make_layer
 from support.cli import start
+from support.registry import Image, RegistryProcess, make_image, make_layer
 
 from fsnap import oci
 from fsnap.client import Client

@@ -4,7 +4,7 @@ Layers apply concurrently but commit strictly bottom to top, each waiting for th
 below: the shape in which a pull once hung for good (half the snapshots committed, the
 rest applied and waiting, every thread idle). The CLI runs as a child with a timeout;
 should it hang, it dumps its threads' stacks and the test fails with them
-(``unpack_helpers.fsnap``), so a regression is a failure, never a stuck suite.
+(``support.cli.fsnap``), so a regression is a failure, never a stuck suite.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from registry_helpers import Image, RegistryProcess, make_image, make_layer, tar_info
 from support.cli import fsnap, minimal_env
-from unpack_helpers import HOST, committed, ok
+from support.registry import Image, RegistryProcess, make_image, make_layer, tar_info
+from support.unpack import HOST, committed, ok
 
 from fsnap.snapshots.info import Kind
 

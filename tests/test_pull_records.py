@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 
 from fault_server import FaultServer
-from registry_helpers import Blob, Layer, RegistryProcess, make_image, make_layer
 from support.cli import FSNAP, fsnap
+from support.registry import Blob, Layer, RegistryProcess, make_image, make_layer
 
 from fsnap.client import Client
 from fsnap.oci import Platform

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer
-from registry_helpers import RegistryProcess, make_image, make_layer
+from support.registry import RegistryProcess, make_image, make_layer
 
 from fsnap.client import Client
 from fsnap.errors import DigestMismatch

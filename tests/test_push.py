@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from diff_helpers import rich_layer
 from fault_server import FaultServer, run_fault_server
 from image_builder import Blob, FileTree, Layer
-from registry_helpers import RegistryProcess, make_image, make_layer, run_registry
 from support.cli import fsnap
+from support.diff import rich_layer
+from support.registry import RegistryProcess, make_image, make_layer, run_registry
 from test_commit import change
 
 from fsnap import oci

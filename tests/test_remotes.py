@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fault_server import FaultServer
 from image_builder import Format
-from registry_helpers import (
+from support.registry import (
     RegistryProcess,
     busybox_image,
     free_port,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer, run_fault_server
-from registry_helpers import RegistryProcess, run_registry
+from support.registry import RegistryProcess, run_registry
 from support.remotes import FAST, read_blob, ref_at, run, small_image
 from support.tls import TlsFiles, make_tls
 from token_issuer import TokenIssuer

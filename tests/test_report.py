@@ -11,9 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from image_mount_helpers import succeeded
-from registry_helpers import RegistryProcess, busybox_members, make_image, make_layer
 from support.cli import fsnap
+from support.image_mount import succeeded
+from support.registry import RegistryProcess, busybox_members, make_image, make_layer
 
 HOSTILE = "<script>alert('pwned')</script> RUN make"
 

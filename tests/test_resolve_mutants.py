@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tar_helpers import TarBuilder
+from support.tar import TarBuilder
 
 from fsnap.archive.apply import ApplyResult, apply_layer
 from fsnap.archive.entry import Entry

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from containerd_helpers import Ctr
 from image_builder import (
     Blob,
     Compression,
@@ -25,12 +24,13 @@ from image_builder import (
     layer_media_type,
     make_image,
 )
-from image_mount_helpers import image_mounted, image_mounted_rw, succeeded
 from listing import differences, full_listing
-from overlay_helpers import apply_changes
-from registry_helpers import RegistryProcess
 from support.cli import fsnap
-from tar_helpers import TarBuilder
+from support.containerd import Ctr
+from support.image_mount import image_mounted, image_mounted_rw, succeeded
+from support.overlay import apply_changes
+from support.registry import RegistryProcess
+from support.tar import TarBuilder
 from test_containerd_oracle import containerd  # noqa: F401 (the fixture)
 
 from fsnap.oci import Platform

@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containerd_helpers import ContainerdUnavailable, run_containerd
-from image_mount_helpers import succeeded
-from registry_helpers import RegistryProcess
-from run_helpers import (
+from support import needs
+from support.cli import FSNAP, fsnap
+from support.containerd import ContainerdUnavailable, run_containerd
+from support.image_mount import succeeded
+from support.registry import RegistryProcess
+from support.run import (
     active_snapshots,
     busybox_run_image,
     cleaned,
@@ -30,8 +32,6 @@ from run_helpers import (
     runc_pid,
     status_ids,
 )
-from support import needs
-from support.cli import FSNAP, fsnap
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 

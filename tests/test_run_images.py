@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from image_mount_helpers import pulled, succeeded
-from registry_helpers import RegistryProcess
-from run_helpers import busybox_run_image, cleaned, leftovers, pull, pushed, run_ok
-from rw_helpers import NOBODY, shared_dir
 from support.cli import fsnap
+from support.image_mount import pulled, succeeded
+from support.registry import RegistryProcess
+from support.run import busybox_run_image, cleaned, leftovers, pull, pushed, run_ok
+from support.rw import NOBODY, shared_dir
 from test_mount_python import python_image, system_python
 from test_rw_unprivileged import fuse_device_for_users  # noqa: F401 (a fixture)
 

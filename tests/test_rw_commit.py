@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from image_builder import make_image, make_layer
-from mount_helpers import TarLayer, cleanup, commit_chain, listing, mounted_snapshot
-from registry_helpers import RegistryProcess
-from rw_helpers import make_image as make_lower
-from rw_helpers import mounted_rw, run_ops, shared_dir
 from support.cli import fsnap
+from support.mount import TarLayer, cleanup, commit_chain, listing, mounted_snapshot
+from support.registry import RegistryProcess
+from support.rw import make_image as make_lower
+from support.rw import mounted_rw, run_ops, shared_dir
 
 from fsnap import oci
 from fsnap.client import Client

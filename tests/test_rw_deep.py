@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from conftest import filesystem_at
-from overlay_helpers import fsnap_overlay
-from rw_helpers import make_image, mounted_rw, shared_dir
+from support.overlay import fsnap_overlay
+from support.rw import make_image, mounted_rw, shared_dir
 
 from fsnap.client import Client
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import rw_posix_ops
 from conftest import ROOT_FILESYSTEMS, filesystem_at
-from mount_helpers import listing
-from rw_helpers import make_image, mounted_rw, run_ops, shared_dir
+from support.mount import listing
+from support.rw import make_image, mounted_rw, run_ops, shared_dir
 
 from fsnap.client import Client
 
@@ -47,7 +47,7 @@ class Outcome:
 
 
 def run_on(base: Path, as_nobody: bool) -> Outcome:
-    """The operations on a writable mount of the lower image of ``rw_helpers`` (its store
+    """The operations on a writable mount of the lower image of ``support.rw`` (its store
     under ``base``), then a remount."""
     root = base / "root"
     top = make_image(root)

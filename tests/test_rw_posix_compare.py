@@ -18,8 +18,8 @@ from typing import Any
 import posix_cases
 import pytest
 from conftest import filesystem_at
-from rw_helpers import NOBODY, make_image, mounted_rw, shared_dir
-from tar_helpers import TarBuilder
+from support.rw import NOBODY, make_image, mounted_rw, shared_dir
+from support.tar import TarBuilder
 
 from fsnap.client import Client
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from conftest import filesystem_at
-from mount_helpers import mounted_snapshot
-from rw_helpers import make_image, mounted_rw, shared_dir
-from tar_helpers import TarBuilder
+from support.mount import mounted_snapshot
+from support.rw import make_image, mounted_rw, shared_dir
+from support.tar import TarBuilder
 
 from fsnap.client import Client
 from fsnap.diff.active import commit_active

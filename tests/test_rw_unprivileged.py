@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mount_helpers import listing
-from rw_helpers import NOBODY, make_image, mounted_rw, run_ops, shared_dir
 from support.cli import fsnap
+from support.mount import listing
+from support.rw import NOBODY, make_image, mounted_rw, run_ops, shared_dir
 
 from fsnap.client import Client
 from fsnap.diff.active import commit_active
@@ -36,8 +36,8 @@ _BUILD = """
 import sys
 from pathlib import Path
 from fsnap.client import Client
-from mount_helpers import commit_chain
-from rw_helpers import lower_tars
+from support.mount import commit_chain
+from support.rw import lower_tars
 with Client(Path(sys.argv[1])) as client:
     top = commit_chain(client, lower_tars())[-1]
     client.snapshots.prepare("rw", top)
@@ -46,7 +46,7 @@ with Client(Path(sys.argv[1])) as client:
 _LIST = """
 import sys
 from pathlib import Path
-from mount_helpers import listing
+from support.mount import listing
 print(repr(sorted(listing(Path(sys.argv[1])).items())))
 """
 

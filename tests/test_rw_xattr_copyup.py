@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mount_helpers import mounted_snapshot
-from rw_helpers import make_image, mounted_rw
-from tar_helpers import TarBuilder
+from support.mount import mounted_snapshot
+from support.rw import make_image, mounted_rw
+from support.tar import TarBuilder
 
 from fsnap.client import Client
 from fsnap.diff.active import commit_active

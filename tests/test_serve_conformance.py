@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import test_snapshots as suite
-from serve_helpers import mounted, run_serve
-from snapshot_helpers import Conformant, CreateDir, CreateFile, Op, apply_flat, tree_state
+from support.serve import mounted, run_serve
+from support.snapshot import Conformant, CreateDir, CreateFile, Op, apply_flat, tree_state
 
 from fsnap.errors import FailedPrecondition
 from fsnap.serve.backend import OVERLAY_TYPE, Mount

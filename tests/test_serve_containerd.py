@@ -18,17 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containerd_helpers import NAMESPACE, ContainerdUnavailable, Ctr, run_containerd
-from registry_helpers import (
+from support import needs
+from support.cli import fsnap
+from support.containerd import NAMESPACE, ContainerdUnavailable, Ctr, run_containerd
+from support.registry import (
     Image,
     RegistryProcess,
     busybox_members,
     make_image,
     make_layer,
 )
-from serve_helpers import Served, containerd_env, proxy_config, run_serve, start_serve
-from support import needs
-from support.cli import fsnap
+from support.serve import Served, containerd_env, proxy_config, run_serve, start_serve
 
 from fsnap.serve.backend import OWNER
 from fsnap.snapshots.info import OWNER_LABEL

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from snapshot_helpers import (
+from support.snapshot import (
     Chmod,
     Chown,
     Conformant,

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 from fault_server import FaultServer
-from registry_helpers import Layer, RegistryProcess, make_image, make_layer
-from rw_helpers import shared_dir
 from support.cli import FSNAP, fsnap
+from support.registry import Layer, RegistryProcess, make_image, make_layer
+from support.rw import shared_dir
 
 from fsnap.client import Client
 from fsnap.oci import Platform

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from image_builder import Image, make_image, make_layer, tar_info
-from mount_helpers import cleanup
-from registry_helpers import RegistryProcess
-from rw_helpers import mount_pid, shared_dir
 from support.cli import fsnap
+from support.mount import cleanup
+from support.registry import RegistryProcess
+from support.rw import mount_pid, shared_dir
 
 from fsnap import oci
 from fsnap.archive.entry import Entry

@@ -20,10 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from containerd_helpers import ContainerdUnavailable, Ctr, run_containerd
-from image_mount_helpers import image_mounted, succeeded
 from listing import differences, full_listing
-from registry_helpers import (
+from support import needs
+from support.cli import fsnap
+from support.containerd import ContainerdUnavailable, Ctr, run_containerd
+from support.image_mount import image_mounted, succeeded
+from support.registry import (
     Image,
     RegistryProcess,
     busybox_members,
@@ -31,8 +33,6 @@ from registry_helpers import (
     make_layer,
     tar_info,
 )
-from support import needs
-from support.cli import fsnap
 
 from fsnap.client import Client
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from rw_helpers import shared_dir
+from support.rw import shared_dir
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -40,7 +40,7 @@ import json, os, subprocess, sys, time
 from pathlib import Path
 from fsnap.client import Client
 from fsnap.mount.records import mounted_points
-from rw_helpers import NOBODY, make_image
+from support.rw import NOBODY, make_image
 
 base = Path(sys.argv[1])
 FSNAP = [sys.executable, "-c", "from fsnap.cli import run; run()"]
@@ -71,7 +71,7 @@ seen["root_mounted_after"] = str(mnt) in mounted_points()
 # uid 65534: its own daemon (in the foreground: this Python is root's venv)
 root, mnt = fresh("nobody-root", NOBODY), fresh("nobody-mnt", NOBODY)
 build = "import sys; from pathlib import Path; from fsnap.client import Client; " \
-        "from rw_helpers import make_image; top = make_image(Path(sys.argv[1])); " \
+        "from support.rw import make_image; top = make_image(Path(sys.argv[1])); " \
         "c = Client(Path(sys.argv[1])); c.snapshots.prepare('rw', top); c.close()"
 subprocess.run([*AS_NOBODY, sys.executable, "-c", build, str(root)], check=True, cwd="/")
 daemon = subprocess.Popen(

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from registry_helpers import (
+from support.cli import FSNAP, fsnap, minimal_env
+from support.registry import (
     Layer,
     RegistryProcess,
     make_image,
@@ -17,8 +18,7 @@ from registry_helpers import (
     tar_bytes,
     two_platform_index,
 )
-from support.cli import FSNAP, fsnap, minimal_env
-from unpack_helpers import (
+from support.unpack import (
     EXPECTED_FILES,
     EXPECTED_INDEX,
     HOST,

@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from mount_helpers import cleanup
-from registry_helpers import RegistryProcess, busybox_members, make_image, make_layer
 from support.cli import NOBODY, fsnap, minimal_env
-from unpack_helpers import (
+from support.mount import cleanup
+from support.registry import RegistryProcess, busybox_members, make_image, make_layer
+from support.unpack import (
     EXPECTED_INDEX,
     HOST,
     index_rows,

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from registry_helpers import RegistryProcess, busybox_image
-from unpack_helpers import three_layer_image
+from support.registry import RegistryProcess, busybox_image
+from support.unpack import three_layer_image
 
 from fsnap.client import Client
 from fsnap.oci import Descriptor

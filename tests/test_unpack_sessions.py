@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from registry_helpers import RegistryProcess, make_image, make_layer
 from support.cli import fsnap, minimal_env
-from unpack_helpers import HOST, ok
+from support.registry import RegistryProcess, make_image, make_layer
+from support.unpack import HOST, ok
 
 from fsnap.client import Client
 from fsnap.unpack.pipe import BytePipe, PipeAborted

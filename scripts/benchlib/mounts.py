@@ -8,7 +8,7 @@
 
 Lower directories are passed relative to their common parent (the process runs there):
 128 absolute paths would not fit in one page of mount options. Kernel overlayfs goes
-through ``kernel_overlay_command`` (tests/overlay_helpers): it also keeps util-linux 2.41's
+through ``kernel_overlay_command`` (tests/support/overlay.py): it also keeps util-linux 2.41's
 mount(8) on mount(2), whose fsconfig(2) path refuses an option of 256 bytes or more.
 """
 
@@ -27,7 +27,7 @@ FSNAP = str(services.REPO / ".venv/bin/fsnap")
 PYTHON = str(services.REPO / ".venv/bin/python")
 
 # tests/ is on sys.path once services is imported
-from overlay_helpers import kernel_overlay_command, relative_to_common  # noqa: E402
+from support.overlay import kernel_overlay_command, relative_to_common  # noqa: E402
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 Both are context managers that stop what they start, also on errors and Ctrl-C; their pids
 also go to ``<work>/pids`` so the shell wrapper's trap can stop them if Python itself dies.
-The registry code is the test suite's (``tests/registry_helpers``), reused by import.
+The registry code is the test suite's (``tests/support/registry.py``), reused by import.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 
 from image_builder import Blob  # noqa: E402
-from registry_helpers import RegistryProcess, run_registry  # noqa: E402
+from support.registry import RegistryProcess, run_registry  # noqa: E402
 
 from fsnap import oci  # noqa: E402
 

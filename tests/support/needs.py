@@ -16,7 +16,8 @@ from collections.abc import Callable
 from typing import NoReturn
 
 import pytest
-from containerd_helpers import CONTAINERD_BIN, CTR_BIN
+
+from support.containerd import CONTAINERD_BIN, CTR_BIN
 
 
 def in_ci() -> bool:

@@ -7,11 +7,11 @@ from typing import Any
 
 import trio
 from image_builder import Format, Image
-from registry_helpers import make_image, make_layer
 
 from fsnap import oci
 from fsnap.reference import Reference
 from fsnap.remotes import RegistryClient
+from support.registry import make_image, make_layer
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05}
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from containerd_helpers import NAMESPACE, ContainerdUnavailable, Ctr, run_containerd, tail
 from image_builder import Image, tar_info
-from registry_helpers import RegistryProcess
-from support.needs import unavailable
 
 from fsnap import oci
+from support.containerd import NAMESPACE, ContainerdUnavailable, Ctr, run_containerd, tail
+from support.needs import unavailable
+from support.registry import RegistryProcess
 
 CTR_REMOTE = Path("/usr/bin/ctr-remote")
 MANIFEST_ACCEPT = ", ".join((oci.OCI_MANIFEST, oci.DOCKER_MANIFEST))

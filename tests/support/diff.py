@@ -5,10 +5,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from tar_helpers import TarBuilder, binary_str
-
 from fsnap.archive.apply import ApplyResult, apply_layer
 from fsnap.archive.entry import Entry
+from support.tar import TarBuilder, binary_str
 
 # vfs capability v2: 0xc0 makes the value invalid UTF-8, a binary xattr
 CAPABILITY = b"\x01\x00\x00\x02\xc0\x00\x00\x00" + b"\x00" * 12

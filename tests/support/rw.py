@@ -12,14 +12,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from mount_helpers import commit_chain, mounted_with
-from tar_helpers import TarBuilder
-
 from fsnap.client import Client
 from fsnap.mount import manager, records
+from support.mount import commit_chain, mounted_with
+from support.tar import TarBuilder
 
 NOBODY = 65534
-OPS = Path(__file__).with_name("rw_posix_ops.py")
+OPS = Path(__file__).parents[1] / "rw_posix_ops.py"
 
 
 def lower_tars() -> list[bytes]:

@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mount_helpers import cleanup
-from registry_helpers import Image, RegistryProcess, make_image, make_layer
-
 from fsnap.client import Client
 from fsnap.mount import records
 from fsnap.oci import Platform
+from support.mount import cleanup
+from support.registry import Image, RegistryProcess, make_image, make_layer
 
 HOST = Platform.host()
 SNAPSHOT_LABEL = "containerd.io/gc.ref.snapshot.fsnap"

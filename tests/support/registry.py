@@ -5,7 +5,7 @@ filesystem storage under a temporary directory; ``Pusher`` uploads blobs and man
 the plain distribution API (monolithic POST + PUT), answering Basic and Bearer challenges
 itself so that pushing never depends on the fsnap code under test.
 
-The image builders of ``image_builder`` are re-exported: ``from registry_helpers import *``.
+The image builders of ``image_builder`` are re-exported: ``from support.registry import *``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from typing import Any
 import httpx
 from image_builder import *  # noqa: F403 (re-exported for tests)
 from image_builder import Blob, Image, ImageIndex
-from support.tls import TlsFiles
 
 from fsnap import oci
 from fsnap.reference import Reference
+from support.tls import TlsFiles
 
 REGISTRY_BIN = Path("/usr/bin/docker-registry")
 STARTUP_TIMEOUT = 20.0

@@ -22,7 +22,7 @@ from typing import Literal
 Style = Literal["chardev", "wh"]
 FSNAP_OVERLAY = Path(sys.executable).with_name("fsnap-overlay")
 MTIME = 1_650_000_000_123_456_789
-CHANGES = Path(__file__).with_name("overlay_changes.py")
+CHANGES = Path(__file__).parents[1] / "overlay_changes.py"
 
 
 class StackWriter:

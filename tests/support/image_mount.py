@@ -2,7 +2,7 @@
 
 ``pulled`` and ``image_mounted`` run the ``fsnap`` command in child processes (so the
 mount's daemon is never this process, and tests may touch the mount freely); the mount is
-undone by ``fsnap umount`` and, should that fail, by ``mount_helpers.cleanup``, also when
+undone by ``fsnap umount`` and, should that fail, by ``support.mount.cleanup``, also when
 the test fails.
 """
 
@@ -13,10 +13,9 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from mount_helpers import cleanup
-from support.cli import fsnap
-
 from fsnap.client import Client
+from support.cli import fsnap
+from support.mount import cleanup
 
 
 def succeeded(done: subprocess.CompletedProcess[str]) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 NOBODY = 65534
-TESTS = str(Path(__file__).parent)
+TESTS = str(Path(__file__).parents[1])  # tests/, where the child imports from
 
 # In a private mount namespace: a fresh /dev/fuse node (same device numbers) with mode $1,
 # bound over /dev/fuse, then the command as 65534. The host's node is never changed.

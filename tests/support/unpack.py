@@ -8,12 +8,11 @@ import tarfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from registry_helpers import Image, Layer, make_image, make_layer, tar_info
-
 from fsnap.archive.entry import Entry
 from fsnap.client import Client
 from fsnap.oci import Platform
 from fsnap.snapshots.info import Info, Kind
+from support.registry import Image, Layer, make_image, make_layer, tar_info
 
 HOST = Platform.host()
 D, F, L, S = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.LNKTYPE, tarfile.SYMTYPE

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from image_builder import BUSYBOX_APPLETS, Image, busybox_members, make_image, make_layer, tar_info
-from image_mount_helpers import succeeded
-from mount_helpers import cleanup
-from registry_helpers import RegistryProcess
-from support.cli import fsnap
 
 from fsnap.client import Client
 from fsnap.mount import records
 from fsnap.run import session, state
 from fsnap.run.runtime import Runc, runc_binary
+from support.cli import fsnap
+from support.image_mount import succeeded
+from support.mount import cleanup
+from support.registry import RegistryProcess
 
 APPLETS = (
     "sleep",
