@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from image_builder import busybox_image, two_platform_index
-from support.cli import FSNAP, fsnap
-from support.image_mount import image_mounted, pulled, succeeded
+from support.cli import FSNAP, fsnap, succeeded
+from support.image_mount import image_mounted, pulled
 from support.mount import cleanup
 from support.registry import RegistryProcess
 

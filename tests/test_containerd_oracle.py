@@ -32,9 +32,9 @@ from image_builder import (
 )
 from listing import differences, full_listing
 from support import needs
-from support.cli import fsnap
+from support.cli import fsnap, succeeded
 from support.containerd import ContainerdUnavailable, Ctr, run_containerd
-from support.image_mount import image_mounted, image_mounted_rw, pulled, succeeded
+from support.image_mount import image_mounted, image_mounted_rw, pulled
 from support.registry import RegistryProcess
 from support.tar import TarBuilder, binary_str
 from test_layer_semantics import layer_tars

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from image_builder import busybox_image
 from listing import differences, full_listing
-from support.cli import fsnap
+from support.cli import fsnap, succeeded
 from support.containerd import ContainerdUnavailable, Ctr, run_containerd
-from support.image_mount import image_mounted, pulled, succeeded
+from support.image_mount import image_mounted, pulled
 from support.registry import RegistryProcess
 from support.seekable import estargz_files, estargz_toc, zstd_files, zstd_toc
 from test_containerd_oracle import cases_image, check_oracle_view

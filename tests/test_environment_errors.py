@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import FSNAP, fsnap
+from support.cli import FSNAP, NOBODY, fsnap
 from support.env import as_nobody_with_fuse_mode, tmpfs
 from support.registry import RegistryProcess, make_image, make_layer
-from support.rw import NOBODY, shared_dir
+from support.rw import shared_dir
 
 from fsnap.client import Client
 from fsnap.errors import FuseUnavailable, NoSpace, ToolMissing, UserNamespacesDisabled

@@ -17,9 +17,8 @@ from typing import ClassVar
 
 import pytest
 import trio
-from support.cli import fsnap
+from support.cli import fsnap, succeeded
 from support.http import serving
-from support.image_mount import succeeded
 from support.registry import Image, RegistryProcess, make_image, make_layer, run_registry
 from support.tls import TlsFiles, make_client_cert, make_tls
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.cli import fsnap
-from support.inspect_image import HISTORY, RUNTIME, fsnap_json, inspect_image, ok
+from support.cli import fsnap, succeeded
+from support.inspect_image import HISTORY, RUNTIME, fsnap_json, inspect_image
 from support.registry import RegistryProcess
 
 from fsnap.client import Client
@@ -22,7 +22,7 @@ def pulled(registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory) 
     registry.push_image("inspect/three", "v1", image)
     root = tmp_path_factory.mktemp("inspect-root")
     ref = f"{registry.host}/inspect/three:v1"
-    ok(fsnap(root, "pull", ref))
+    succeeded(fsnap(root, "pull", ref))
     return root, ref, image.chain_ids
 
 
@@ -62,7 +62,7 @@ def test_inspect_reports_digests_config_and_layers(pulled: Pulled) -> None:
         "size": sum(lay.blob.size for lay in image.layers),
         "unpacked_size": 13617 + 32 + 680,
     }
-    table = ok(fsnap(root, "inspect", ref, "--no-trunc"))
+    table = succeeded(fsnap(root, "inspect", ref, "--no-trunc"))
     for chain in chains:
         assert chain in table
     assert "RUN replace opt, new tool" in table
@@ -79,7 +79,7 @@ def test_history_includes_empty_layers_newest_first(pulled: Pulled) -> None:
     assert [line["empty_layer"] for line in lines] == [False, False, True, False]
     assert [line["chain_id"] for line in lines] == [chains[2], chains[1], None, chains[0]]
     assert lines[0]["comment"] == "top"
-    table = ok(fsnap(root, "history", ref))
+    table = succeeded(fsnap(root, "history", ref))
     assert "<empty>" in table
     assert "ENV A=1" in table
 
@@ -173,7 +173,7 @@ def test_diff_one_layer_a_path_and_a_range(pulled: Pulled) -> None:
         "/srv": ("added", "dir", 0, "", None),
         "/srv/data": ("added", "file", 30, "", None),
     }
-    table = ok(fsnap(root, "diff", ref, "--layer", "1"))
+    table = succeeded(fsnap(root, "diff", ref, "--layer", "1"))
     assert "removed" in table
     assert "/var/cache" in table
     assert "by whiteout" in table
@@ -227,7 +227,7 @@ def test_analyze_measures_and_offenders(pulled: Pulled) -> None:
         {"layer": 0, "size": 500, "visible": False},
         {"layer": 2, "size": 600, "visible": True},
     ]
-    table = ok(fsnap(root, "analyze", ref))
+    table = succeeded(fsnap(root, "analyze", ref))
     assert "/tmp/big.dat" in table
     assert "efficiency" in table
 
@@ -269,7 +269,7 @@ def test_analyze_ci_fails_and_passes_on_thresholds(pulled: Pulled) -> None:
     one_byte_less = fsnap(root, "analyze", *passing[:-1], str(WASTED - 1), "--json")
     assert one_byte_less.returncode == 20
     assert _json_of(one_byte_less)["ci"]["rules"][1]["passed"] is False
-    assert ok(
+    assert succeeded(
         fsnap(
             root,
             "analyze",
@@ -319,7 +319,7 @@ def test_which_names_provider_shadowed_and_hiders(pulled: Pulled) -> None:
     assert never["present"] is False
     assert never["hidden_by"] is None
     assert never["sightings"] == []
-    text = ok(fsnap(root, "which", ref, "/opt/old.txt"))
+    text = succeeded(fsnap(root, "which", ref, "/opt/old.txt"))
     assert "removed in layer 2 by opaque of /opt" in text
 
 
@@ -361,7 +361,7 @@ def test_tree_marks_each_entry_with_its_layer(pulled: Pulled) -> None:
         "/var": "",
         "/var/cache": "whiteout",
     }
-    text = ok(fsnap(root, "tree", ref))
+    text = succeeded(fsnap(root, "tree", ref))
     assert "t -> tool" in text
 
 
@@ -417,7 +417,7 @@ def test_bad_input_is_a_clear_error(pulled: Pulled, args: list[str], code: int, 
 def test_an_image_not_unpacked_says_how(registry: RegistryProcess, tmp_path: Path) -> None:
     registry.push_image("inspect/packed", "v1", inspect_image())
     ref = f"{registry.host}/inspect/packed:v1"
-    ok(fsnap(tmp_path, "pull", "--no-unpack", ref))
+    succeeded(fsnap(tmp_path, "pull", "--no-unpack", ref))
     assert fsnap_json(tmp_path, "inspect", ref)["unpacked"] is False
     for command in ("analyze", "diff", "tree", "du"):
         done = fsnap(tmp_path, command, ref)

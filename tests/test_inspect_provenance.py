@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from support.cli import fsnap
-from support.inspect_image import fsnap_json, inspect_image, ok
+from support.cli import fsnap, succeeded
+from support.inspect_image import fsnap_json, inspect_image
 from support.mount import cleanup
 from support.registry import RegistryProcess
 
@@ -29,7 +29,7 @@ def pulled(
     registry.push_image("inspect/provenance", "v1", image)
     root = tmp_path_factory.mktemp("provenance-root")
     ref = f"{registry.host}/inspect/provenance:v1"
-    ok(fsnap(root, "pull", ref))
+    succeeded(fsnap(root, "pull", ref))
     return root, ref, image.chain_ids
 
 
@@ -38,7 +38,7 @@ def mounted(root: Path, ref: str, mnt: Path, *options: str) -> Iterator[None]:
     """`fsnap mount` through the CLI; unmounted (and the daemon stopped) whatever happens."""
     mnt.mkdir()
     try:
-        ok(fsnap(root, "mount", *options, ref, str(mnt)))
+        succeeded(fsnap(root, "mount", *options, ref, str(mnt)))
         yield
     finally:
         pids = [

@@ -20,8 +20,8 @@ import pytest
 from fault_server import FaultServer
 from image_builder import Blob, busybox_members, make_image, make_layer, tar_info
 from listing import differences, full_listing
-from support.cli import fsnap
-from support.image_mount import image_mounted, image_mounted_rw, succeeded
+from support.cli import fsnap, succeeded
+from support.image_mount import image_mounted, image_mounted_rw
 from support.lazy import converted, fetch_blob, fetch_manifest, varied_members
 from support.registry import RegistryProcess
 from support.tcp import counting_proxy

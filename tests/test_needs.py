@@ -7,15 +7,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from support.cli import NOBODY, as_user
+from support.env import TESTS
 from support.rw import shared_dir
 
 pytestmark = pytest.mark.needs_root  # to run the child as another user
 
-TESTS = str(Path(__file__).parent)
 NEEDS_ROOT = """
 import pytest
 

@@ -27,14 +27,13 @@ from support.overlay import (
     Style,
     apply_changes,
     fsnap_overlay,
-    fstype,
-    is_mountpoint,
     kernel_overlay,
     lowerdir,
     run_checked,
     unmount,
     write_stack,
 )
+from support.proc import fstype, is_mountpoint
 
 from fsnap.archive.entry import Entry
 from fsnap.archive.format import OVERLAY_OPAQUE_XATTR as OPAQUE_XATTR

@@ -14,9 +14,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from support.cli import fsnap, minimal_env
+from support.cli import fsnap, minimal_env, succeeded
 from support.registry import Image, RegistryProcess, make_image, make_layer, tar_info
-from support.unpack import HOST, committed, ok
+from support.unpack import HOST, committed
 
 from fsnap.snapshots.info import Kind
 
@@ -51,7 +51,7 @@ def test_pull_of_many_layers_commits_every_chain(
     many_layers_ref: tuple[str, Image], tmp_path: Path, downloads: str
 ) -> None:
     ref, image = many_layers_ref
-    ok(
+    succeeded(
         fsnap(
             tmp_path,
             "pull",

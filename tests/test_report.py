@@ -11,8 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.cli import fsnap
-from support.image_mount import succeeded
+from support.cli import fsnap, succeeded
 from support.registry import RegistryProcess, busybox_members, make_image, make_layer
 
 HOSTILE = "<script>alert('pwned')</script> RUN make"

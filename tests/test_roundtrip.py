@@ -25,9 +25,9 @@ from image_builder import (
     make_image,
 )
 from listing import differences, full_listing
-from support.cli import fsnap
+from support.cli import fsnap, succeeded
 from support.containerd import Ctr
-from support.image_mount import image_mounted, image_mounted_rw, succeeded
+from support.image_mount import image_mounted, image_mounted_rw
 from support.overlay import apply_changes
 from support.registry import RegistryProcess
 from support.tar import TarBuilder

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 from support import needs
-from support.cli import FSNAP, fsnap
+from support.cli import FSNAP, fsnap, succeeded
 from support.containerd import ContainerdUnavailable, run_containerd
-from support.image_mount import succeeded
+from support.image_mount import pulled
 from support.registry import RegistryProcess
 from support.run import (
     active_snapshots,
@@ -26,7 +26,6 @@ from support.run import (
     cleaned,
     env_of,
     leftovers,
-    pull,
     pushed,
     run_ok,
     runc_pid,
@@ -80,7 +79,7 @@ def images(registry: RegistryProcess) -> dict[str, str]:
 def pulled_root(tmp_path_factory: pytest.TempPathFactory, images: dict[str, str]) -> Path:
     root = tmp_path_factory.mktemp("run") / "root"
     for ref in images.values():
-        pull(root, ref)
+        pulled(root, ref)
     return root
 
 

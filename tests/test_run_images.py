@@ -9,11 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import fsnap
-from support.image_mount import pulled, succeeded
+from support.cli import NOBODY, fsnap, succeeded
+from support.image_mount import pulled
 from support.registry import RegistryProcess
-from support.run import busybox_run_image, cleaned, leftovers, pull, pushed, run_ok
-from support.rw import NOBODY, shared_dir
+from support.run import busybox_run_image, cleaned, leftovers, pushed, run_ok
+from support.rw import shared_dir
 from test_mount_python import python_image, system_python
 from test_rw_unprivileged import fuse_device_for_users  # noqa: F401 (a fixture)
 
@@ -31,7 +31,7 @@ def test_python_writes_a_file_that_commit_keeps(registry: RegistryProcess, tmp_p
     ref = pushed(registry, "run/python", python_image())
     new = f"{registry.host}/run/python-committed:1"
     with cleaned(tmp_path / "root") as root:
-        pull(root, ref)
+        pulled(root, ref)
         run_ok(root, "--rm", "--commit", new, ref, "python3", "-c", WRITE)
         out = run_ok(root, "--rm", new, "python3", "-c", READ)
         assert out.startswith("written by 3.")

@@ -18,7 +18,8 @@ from typing import Any
 import posix_cases
 import pytest
 from conftest import filesystem_at
-from support.rw import NOBODY, make_image, mounted_rw, shared_dir
+from support.cli import NOBODY, as_user
+from support.rw import make_image, mounted_rw, shared_dir
 from support.tar import TarBuilder
 
 from fsnap.client import Client
@@ -61,7 +62,7 @@ def build_by_hand(base: Path) -> None:
 def run_cases(directory: Path, uid: int | None) -> dict[str, Any]:
     command = [sys.executable, "-I", str(SCRIPT), str(directory)]
     if uid is not None:
-        command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+        command = [*as_user(uid), *command]
     done = subprocess.run(
         command, capture_output=True, text=True, timeout=120, check=False, cwd="/"
     )

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 from image_builder import make_image, make_layer
-from support.cli import fsnap
+from support.cli import NOBODY, fsnap
 from support.mount import cleanup
 from support.overlay import fsnap_overlay, kernel_overlay, lowerdir, write_stack
 from support.registry import RegistryProcess
-from support.rw import NOBODY, mount_pid, shared_dir
+from support.rw import mount_pid, shared_dir
 
 from fsnap import oci
 from fsnap.archive.compression import open_uncompressed

@@ -19,9 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import fsnap
+from support.cli import NOBODY, as_user, fsnap
+from support.env import TESTS
 from support.mount import listing
-from support.rw import NOBODY, make_image, mounted_rw, run_ops, shared_dir
+from support.rw import make_image, mounted_rw, run_ops, shared_dir
 
 from fsnap.client import Client
 from fsnap.diff.active import commit_active
@@ -29,8 +30,7 @@ from fsnap.mount import manager, records
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
-TESTS = str(Path(__file__).parent)
-_AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+_AS_NOBODY = as_user(NOBODY)
 
 _BUILD = """
 import sys

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from listing import differences, full_listing
 from support import needs
-from support.cli import fsnap
+from support.cli import fsnap, succeeded
 from support.containerd import ContainerdUnavailable, Ctr, run_containerd
-from support.image_mount import image_mounted, succeeded
+from support.image_mount import image_mounted
 from support.registry import (
     Image,
     RegistryProcess,

@@ -15,14 +15,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from support.env import TESTS
 from support.rw import shared_dir
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
-TESTS = str(Path(__file__).parent)
 
 # pid 1 of the namespace: hide /etc/mtab, then run the scenario.
 _HIDE_MTAB = r"""
@@ -40,7 +39,8 @@ import json, os, subprocess, sys, time
 from pathlib import Path
 from fsnap.client import Client
 from fsnap.mount.records import mounted_points
-from support.rw import NOBODY, make_image
+from support.cli import NOBODY
+from support.rw import make_image
 
 base = Path(sys.argv[1])
 FSNAP = [sys.executable, "-c", "from fsnap.cli import run; run()"]

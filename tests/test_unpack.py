@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support.cli import FSNAP, fsnap, minimal_env
+from support.cli import FSNAP, fsnap, minimal_env, succeeded
 from support.registry import (
     Layer,
     RegistryProcess,
@@ -26,7 +26,6 @@ from support.unpack import (
     files_under,
     index_rows,
     labels_of,
-    ok,
     snapshots,
     three_layer_image,
 )
@@ -55,7 +54,7 @@ def test_three_layers_become_chained_snapshots_with_their_own_content(
     image = three_layer_image()
     registry.push_image("unpack/three", "v1", image)
     root = tmp_path / "root"
-    out = ok(fsnap(root, "pull", f"{registry.host}/unpack/three:v1", env=minimal_env(root)))
+    out = succeeded(fsnap(root, "pull", f"{registry.host}/unpack/three:v1", env=minimal_env(root)))
     assert out.count(": unpacked sha256:") == 3
 
     chain = image.chain_ids
@@ -88,12 +87,12 @@ def test_pulling_again_redoes_nothing(registry: RegistryProcess, tmp_path: Path)
     registry.push_image("unpack/again", "v1", image)
     root = tmp_path / "root"
     ref = f"{registry.host}/unpack/again:v1"
-    ok(fsnap(root, "pull", ref, env=minimal_env(root)))
+    succeeded(fsnap(root, "pull", ref, env=minimal_env(root)))
     before = {name: (info.created, info.updated) for name, info in snapshots(root).items()}
     with Client(root) as client:
         ids = {name: client.snapshots.dir(name) for name in before}
 
-    out = ok(fsnap(root, "pull", ref, env=minimal_env(root)))
+    out = succeeded(fsnap(root, "pull", ref, env=minimal_env(root)))
     assert ": unpack" not in out
     after = {name: (info.created, info.updated) for name, info in snapshots(root).items()}
     # Only ``updated`` moves: the pull touched what it reused, so gc keeps it for the pull.
@@ -110,11 +109,11 @@ def test_no_unpack_fetches_only_then_a_pull_unpacks_from_the_store(
     registry.push_image("unpack/later", "v1", image)
     root = tmp_path / "root"
     ref = f"{registry.host}/unpack/later:v1"
-    ok(fsnap(root, "pull", "--no-unpack", ref, env=minimal_env(root)))
+    succeeded(fsnap(root, "pull", "--no-unpack", ref, env=minimal_env(root)))
     assert snapshots(root) == {}
     assert SNAPSHOT_LABEL not in labels_of(root, image.config.digest)
 
-    out = ok(fsnap(root, "pull", ref, env=minimal_env(root)))
+    out = succeeded(fsnap(root, "pull", ref, env=minimal_env(root)))
     assert "downloading" not in out  # every blob came from the store
     for layer in image.layers:
         assert f"layer-{layer.blob.digest}: exists" in out
@@ -130,11 +129,11 @@ def test_a_removed_snapshot_is_unpacked_again_from_the_stored_blob(
     registry.push_image("unpack/removed", "v1", image)
     root = tmp_path / "root"
     ref = f"{registry.host}/unpack/removed:v1"
-    ok(fsnap(root, "pull", ref, env=minimal_env(root)))
+    succeeded(fsnap(root, "pull", ref, env=minimal_env(root)))
     with Client(root) as client:
         kept = client.snapshots.stat(image.chain_ids[1]).created
         client.snapshots.remove(image.chain_id)
-    out = ok(fsnap(root, "pull", ref, env=minimal_env(root)))
+    out = succeeded(fsnap(root, "pull", ref, env=minimal_env(root)))
     assert f"layer-{image.layers[2].blob.digest}: unpacked {image.chain_id}" in out
     assert f"layer-{image.layers[1].blob.digest}: unpacked" not in out
     with Client(root) as client:
@@ -175,7 +174,7 @@ def test_a_wrong_diff_id_for_a_blob_already_stored_fails_the_pull(
     registry.push_image("unpack/stored-good", "v1", good)
     registry.push_image("unpack/stored-liar", "v1", image)
     root = tmp_path / "root"
-    ok(fsnap(root, "pull", f"{registry.host}/unpack/stored-good:v1", env=minimal_env(root)))
+    succeeded(fsnap(root, "pull", f"{registry.host}/unpack/stored-good:v1", env=minimal_env(root)))
     before = set(snapshots(root))
 
     result = fsnap(root, "pull", f"{registry.host}/unpack/stored-liar:v1", env=minimal_env(root))
@@ -209,7 +208,9 @@ def test_a_blob_repeated_in_one_image_is_checked_against_each_diff_id(
 
     honest = make_image([good[0], good[1], good[0]], platform=HOST)  # the same, truthful
     registry.push_image("unpack/repeat-honest", "v1", honest)
-    ok(fsnap(root, "pull", f"{registry.host}/unpack/repeat-honest:v1", env=minimal_env(root)))
+    succeeded(
+        fsnap(root, "pull", f"{registry.host}/unpack/repeat-honest:v1", env=minimal_env(root))
+    )
     assert set(committed(root)) == set(honest.chain_ids)
 
 

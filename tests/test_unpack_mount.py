@@ -11,17 +11,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from support.cli import NOBODY, fsnap, minimal_env
+from support.cli import NOBODY, fsnap, minimal_env, succeeded
 from support.mount import cleanup
 from support.registry import RegistryProcess, busybox_members, make_image, make_layer
-from support.unpack import (
-    EXPECTED_INDEX,
-    HOST,
-    index_rows,
-    ok,
-    three_layer_image,
-    three_layers,
-)
+from support.unpack import EXPECTED_INDEX, HOST, index_rows, three_layer_image, three_layers
 
 from fsnap.client import Client
 from fsnap.mount import records
@@ -34,7 +27,7 @@ def test_pulled_image_mounts_as_its_merged_tree(registry: RegistryProcess, tmp_p
     registry.push_image("unpack/mounted", "v1", image)
     root, mnt = tmp_path / "root", tmp_path / "mnt"
     ref = f"{registry.host}/unpack/mounted:v1"
-    ok(fsnap(root, "pull", ref, env=minimal_env(root)))
+    succeeded(fsnap(root, "pull", ref, env=minimal_env(root)))
     mnt.mkdir()
     pid = 0
     try:
@@ -79,7 +72,7 @@ def test_unprivileged_pull_keeps_owners_and_modes_in_the_index(
         root = base / "root"
         root.mkdir()
         os.chown(root, NOBODY, NOBODY)
-        out = ok(fsnap(root, "pull", f"{registry.host}/unpack/nobody:v1", uid=NOBODY))
+        out = succeeded(fsnap(root, "pull", f"{registry.host}/unpack/nobody:v1", uid=NOBODY))
         assert out.count(": unpacked sha256:") == 3
         with Client(root) as client:
             for i, name in enumerate(image.chain_ids):

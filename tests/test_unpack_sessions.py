@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from support.cli import fsnap, minimal_env
+from support.cli import fsnap, minimal_env, succeeded
 from support.registry import RegistryProcess, make_image, make_layer
-from support.unpack import HOST, ok
+from support.unpack import HOST
 
 from fsnap.client import Client
 from fsnap.unpack.pipe import BytePipe, PipeAborted
@@ -67,7 +67,9 @@ def test_next_pull_removes_a_dead_unpackers_leftovers_but_not_a_live_ones(
 
             image = make_image([make_layer({"f": "1\n"})], platform=HOST)
             registry.push_image("unpack/after-crash", "v1", image)
-            ok(fsnap(root, "pull", f"{registry.host}/unpack/after-crash:v1", env=minimal_env(root)))
+            succeeded(
+                fsnap(root, "pull", f"{registry.host}/unpack/after-crash:v1", env=minimal_env(root))
+            )
 
             left = {info.name for info in client.snapshots.walk()}
             assert not any(name.startswith(f"extract-{dead}-") for name in left)

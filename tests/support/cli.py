@@ -98,6 +98,14 @@ def fsnap(
     return subprocess.CompletedProcess(command, child.returncode, out, err)
 
 
+def succeeded(done: subprocess.CompletedProcess[str]) -> str:
+    """The stdout of a command that must have worked (exit 0, no traceback on stderr); its
+    argv, exit code and output when it did not."""
+    assert done.returncode == 0, f"{done.args} -> {done.returncode}\n{done.stdout}{done.stderr}"
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stdout
+
+
 def start(root: Path, *args: str) -> subprocess.Popen[bytes]:
     """``fsnap --root ROOT ARGS`` in the background, stdout and stderr piped; the caller
     waits for it (or kills it)."""

@@ -3,7 +3,8 @@
 ``run_containerd`` starts ``/usr/bin/containerd`` with a config of its own (root, state and
 sockets in a temporary directory, the overlayfs snapshotter, no CRI and no snapshotters that
 need devices or other file systems), so it never touches a system containerd. ``Ctr`` wraps
-the ``ctr`` client pointed at that socket: ``pull`` unpacks into overlayfs snapshots, and
+the ``ctr`` client pointed at that socket (``client`` runs ctr-like programs such as
+``ctr-remote`` the same way): ``pull`` unpacks into overlayfs snapshots, and
 ``mounted`` gives containerd's own merged read-only view of an image (``ctr images mount``,
 a kernel overlay of the snapshot directories), unmounted again whatever happens.
 
@@ -19,6 +20,8 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from support.proc import is_mountpoint, stop
 
 CONTAINERD_BIN = Path("/usr/bin/containerd")
 CTR_BIN = Path("/usr/bin/ctr")
@@ -77,10 +80,15 @@ class Ctr:
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``ctr -a SOCKET -n oracle ARGS``; fail with its output if it fails."""
-        argv = [str(CTR_BIN), "-a", str(self.socket), "-n", NAMESPACE, *args]
-        done = subprocess.run(
-            argv, capture_output=True, text=True, timeout=CTR_TIMEOUT, env=self.env
-        )
+        return self.client(CTR_BIN, *args)
+
+    def client(
+        self, program: Path, *args: str, timeout: float = CTR_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a ctr-like ``program -a SOCKET -n oracle ARGS`` (``ctr``, ``ctr-remote``); fail
+        with its output and the tail of containerd's log if it fails."""
+        argv = [str(program), "-a", str(self.socket), "-n", NAMESPACE, *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=self.env)
         if done.returncode != 0:
             raise AssertionError(
                 f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n"
@@ -121,12 +129,6 @@ class Ctr:
             subprocess.run(["umount", "-l", str(target)], capture_output=True, check=False)
 
 
-def is_mountpoint(path: Path) -> bool:
-    wanted = str(path)
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1] == wanted for line in mounts)
-
-
 def tail(path: Path, size: int = 3000) -> str:
     try:
         return path.read_text(errors="replace")[-size:]
@@ -160,7 +162,7 @@ def run_containerd(
         _wait_until_serving(process, ctr)
         yield ctr
     finally:
-        _stop(process)
+        stop(process)
         _unmount_below(base)
 
 
@@ -181,17 +183,6 @@ def _wait_until_serving(process: subprocess.Popen[bytes], ctr: Ctr) -> None:
             return
         time.sleep(0.1)
     raise ContainerdUnavailable(f"containerd did not answer in time:\n{tail(ctr.log)}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _unmount_below(base: Path) -> None:

@@ -10,7 +10,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-NOBODY = 65534
 TESTS = str(Path(__file__).parents[1])  # tests/, where the child imports from
 
 # In a private mount namespace: a fresh /dev/fuse node (same device numbers) with mode $1,

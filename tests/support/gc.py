@@ -1,6 +1,6 @@
 """Helpers for the gc tests: images sharing a base layer, pulled and unpacked for real from
 a real registry, a full account of what a store holds (files on disk and every LMDB table
-gc touches), the CLI in a child process, and child processes that hold things gc must see.
+gc touches), mounted images, and child processes that hold things gc must see.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from fsnap.client import Client
 from fsnap.mount import records
 from fsnap.oci import Platform
-from support.mount import cleanup
+from support.mount import mounted_with
 from support.registry import Image, RegistryProcess, make_image, make_layer
 
 HOST = Platform.host()
@@ -91,17 +91,11 @@ def _rows(client: Client, table: str) -> int:
         return int(txn.stat(handle)["entries"])
 
 
-@contextlib.contextmanager
-def mounted_image(root: Path, name: str, mnt: Path) -> Iterator[records.MountInfo]:
+def mounted_image(
+    root: Path, name: str, mnt: Path
+) -> contextlib.AbstractContextManager[records.MountInfo]:
     """Mount image ``name`` at ``mnt``; unmount and stop the daemon whatever happens."""
-    mnt.mkdir(exist_ok=True)
-    info: records.MountInfo | None = None
-    try:
-        with Client(root) as client:
-            info = client.mount(name, mnt)
-        yield info
-    finally:
-        cleanup(root, mnt, info.pid if info else 0)
+    return mounted_with(root, mnt, lambda client: client.mount(name, mnt))
 
 
 def read_in_mount(path: Path) -> str:

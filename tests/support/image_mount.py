@@ -9,20 +9,12 @@ the test fails.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 from fsnap.client import Client
-from support.cli import fsnap
+from support.cli import fsnap, succeeded
 from support.mount import cleanup
-
-
-def succeeded(done: subprocess.CompletedProcess[str]) -> str:
-    """The stdout of a command that must have worked; its output when it did not."""
-    assert done.returncode == 0, f"{done.args} -> {done.returncode}\n{done.stdout}{done.stderr}"
-    assert "Traceback" not in done.stderr, done.stderr
-    return done.stdout
 
 
 def pulled(root: Path, ref: str, uid: int | None = None) -> None:

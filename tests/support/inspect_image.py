@@ -13,7 +13,6 @@ The config's history has an empty layer (ENV) between layers 0 and 1.
 from __future__ import annotations
 
 import json
-import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from image_builder import Blob, Image, make_layer, tar_info
 
 from fsnap import oci
-from support.cli import fsnap
+from support.cli import fsnap, succeeded
 
 DIR = tarfile.DIRTYPE
 
@@ -121,13 +120,7 @@ def inspect_image() -> Image:
     return Image(manifest_blob, config_blob, tuple(layers), oci.Platform.host())
 
 
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stdout
-
-
 def fsnap_json(root: Path, *args: str) -> dict[str, Any]:
-    doc = json.loads(ok(fsnap(root, *args, "--json")))
+    doc = json.loads(succeeded(fsnap(root, *args, "--json")))
     assert isinstance(doc, dict)
     return doc

@@ -20,7 +20,7 @@ import httpx
 from image_builder import Image, tar_info
 
 from fsnap import oci
-from support.containerd import NAMESPACE, ContainerdUnavailable, Ctr, run_containerd, tail
+from support.containerd import ContainerdUnavailable, Ctr, run_containerd
 from support.needs import unavailable
 from support.registry import RegistryProcess
 
@@ -29,14 +29,8 @@ MANIFEST_ACCEPT = ", ".join((oci.OCI_MANIFEST, oci.DOCKER_MANIFEST))
 
 
 def ctr_remote(ctr: Ctr, *args: str) -> str:
-    argv = [str(CTR_REMOTE), "-a", str(ctr.socket), "-n", NAMESPACE, *args]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}\n"
-            f"containerd log (tail):\n{tail(ctr.log)}"
-        )
-    return done.stdout
+    """``ctr-remote ARGS`` against ``ctr``'s containerd (300 s at most); its stdout."""
+    return ctr.client(CTR_REMOTE, *args, timeout=300).stdout
 
 
 def ctr_remote_convert(ctr: Ctr, src: str, dst: str, *, zstd: bool = False) -> None:

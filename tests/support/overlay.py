@@ -19,6 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
+from support.cli import succeeded
+from support.proc import fstype, is_mountpoint
+
 Style = Literal["chardev", "wh"]
 FSNAP_OVERLAY = Path(sys.executable).with_name("fsnap-overlay")
 MTIME = 1_650_000_000_123_456_789
@@ -167,20 +170,6 @@ def kernel_overlay_command(
     return argv, cwd, {"LIBMOUNT_FORCE_MOUNT2": "always"}
 
 
-def is_mountpoint(path: Path) -> bool:
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split()[1] == str(path) for line in mounts)
-
-
-def fstype(path: Path) -> str:
-    with open("/proc/self/mounts") as mounts:
-        for line in mounts:
-            fields = line.split()
-            if fields[1] == str(path):
-                return fields[2]
-    return ""
-
-
 def unmount(mnt: Path) -> None:
     """Unmount ``mnt`` if mounted: normally, then lazily if it is busy."""
     if not is_mountpoint(mnt):
@@ -191,12 +180,10 @@ def unmount(mnt: Path) -> None:
 
 
 def run_checked(argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> str:
-    done = subprocess.run(
-        argv, capture_output=True, text=True, timeout=60, check=False, env=env, cwd=cwd
+    """Run ``argv`` (60 s at most); its stdout, which ``succeeded`` demands."""
+    return succeeded(
+        subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, cwd=cwd)
     )
-    assert done.returncode == 0, f"{argv} -> {done.returncode}\n{done.stdout}{done.stderr}"
-    assert "Traceback" not in done.stderr, done.stderr
-    return done.stdout
 
 
 @contextlib.contextmanager

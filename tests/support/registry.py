@@ -28,6 +28,7 @@ from image_builder import Blob, Image, ImageIndex
 
 from fsnap import oci
 from fsnap.reference import Reference
+from support.proc import stop
 from support.tls import TlsFiles
 
 REGISTRY_BIN = Path("/usr/bin/docker-registry")
@@ -140,12 +141,7 @@ def run_registry(
                 )
                 return
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
     log_text = (root / "registry.log").read_text(errors="replace")[-2000:]
     raise RuntimeError(f"docker-registry did not start:\n{log_text}")
 

@@ -18,8 +18,7 @@ from fsnap.client import Client
 from fsnap.mount import records
 from fsnap.run import session, state
 from fsnap.run.runtime import Runc, runc_binary
-from support.cli import fsnap
-from support.image_mount import succeeded
+from support.cli import fsnap, succeeded
 from support.mount import cleanup
 from support.registry import RegistryProcess
 
@@ -74,10 +73,6 @@ def pushed(registry: RegistryProcess, repo: str, image: Image) -> str:
 def run_ok(root: Path, *args: str, stdin: str | None = None) -> str:
     """``fsnap run ARGS`` that must exit 0; its stdout."""
     return succeeded(fsnap(root, "run", *args, stdin=stdin))
-
-
-def pull(root: Path, ref: str) -> None:
-    succeeded(fsnap(root, "pull", ref))
 
 
 def active_snapshots(root: Path) -> list[str]:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from fsnap.client import Client
 from fsnap.mount import manager, records
+from support.cli import NOBODY, as_user
 from support.mount import commit_chain, mounted_with
 from support.tar import TarBuilder
 
-NOBODY = 65534
 OPS = Path(__file__).parents[1] / "rw_posix_ops.py"
 
 
@@ -91,7 +91,7 @@ def run_ops(mnt: Path, as_nobody: bool) -> subprocess.CompletedProcess[str]:
     """Run ``rw_posix_ops.py`` against ``mnt`` in a child process (maybe as uid 65534)."""
     command = [sys.executable, "-I", str(OPS), str(mnt)]
     if as_nobody:
-        command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+        command = [*as_user(NOBODY), *command]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, cwd="/")
 
 

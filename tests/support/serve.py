@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fsnap.serve.backend import OVERLAY_TYPE, Mount
+from support.proc import stop
 
 BIN = Path(sys.executable).parent
 FSNAP_OVERLAY = BIN / "fsnap-overlay"
@@ -34,14 +34,7 @@ class Served:
     process: subprocess.Popen[bytes]
 
     def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop(self.process, timeout=30)
 
     def calls(self, method: str) -> list[str]:
         """The debug log lines of ``method`` calls so far."""

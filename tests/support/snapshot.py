@@ -1,4 +1,5 @@
-"""Test helpers: filesystem changes applied two ways, and a plain-directory merged view.
+"""Helpers for the snapshotter conformance tests (``LocalSnapshotter`` and over gRPC):
+filesystem changes applied two ways, and a plain-directory merged view.
 
 containerd's conformance suite mounts snapshots and writes through the overlay. Until the
 tests switch to fsnap's FUSE mount, they use the same on-disk conventions by hand:
