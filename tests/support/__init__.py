@@ -11,6 +11,7 @@ Services and images:
 - ``registry``: a real ``docker-registry`` and a pusher independent of fsnap (re-exports
   the builders of ``image_builder``).
 - ``http``: a test HTTP server in a thread. ``tls``: a throwaway CA and certificates.
+- ``tcp``: a TCP proxy that counts connections and requests (keep-alive checks).
 - ``remotes``: driving a RegistryClient from synchronous tests.
 - ``containerd``: Debian's containerd as an oracle (``ctr`` pull, mount, views).
 - ``serve``: ``fsnap serve`` as a process, containerd's mounts mounted.
