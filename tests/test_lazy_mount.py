@@ -485,3 +485,28 @@ def test_a_partial_read_fetches_only_the_chunks_it_covers(
         since = len(fault_server.requests)
         assert (mnt / "usr/hard").read_bytes() == BIG  # whole now: no request
         assert _fetched_ranges(fault_server, varied, since) == []
+
+
+def test_mount_prefetches_the_prioritised_files_first(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """An image converted with a prefetch list: before the background fetch downloads
+    anything else, the mount fetches the listed files (they lie before the layer's
+    ``.prefetch.landmark``) in one Range request, and they are present without a read."""
+    work = tmp_path / "work"
+    source, target = f"{images}/{REPO}:src", f"{images}/{REPO}:prefetch"
+    succeeded(fsnap(work, "pull", source))
+    listed = tmp_path / "prefetch"
+    listed.write_text("/etc/hostname\n/usr/noise.bin\n")
+    succeeded(fsnap(work, "convert", "--estargz", "--prefetch-from", str(listed), source, target))
+    succeeded(fsnap(work, "push", target))
+    ref = f"{fault_server.host}/{REPO}:prefetch"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    (hostname,), (noise,) = _chunks_of(root, "etc/hostname"), _chunks_of(root, "usr/noise.bin")
+    varied = list(_layers(images, "prefetch"))[1]
+    since = len(fault_server.requests)
+    _complete_in_mount(root, ref, tmp_path / "mnt")
+    gets = [r for r in fault_server.requests[since:] if r.method == "GET" and "/blobs/" in r.path]
+    assert varied in gets[0].path, f"the prioritised files did not come first: {gets}"
+    first, last = gets[0].headers["range"].removeprefix("bytes=").split("-")
+    assert (int(first), int(last) + 1) == (min(hostname[0], noise[0]), max(hostname[1], noise[1]))

@@ -70,6 +70,9 @@ class RawCache:
             out.append((position, end, False))
         return out
 
+    def holds(self, start: int, end: int) -> bool:
+        return self._pieces(start, end) == [(start, end, True)]
+
     def read(self, start: int, end: int) -> bytes:
         """Bytes ``pieces`` said are held. Blocking: call it in a thread."""
         assert self._file is not None
