@@ -47,7 +47,7 @@ import trio
 from fsnap.content.api import Writer
 from fsnap.content.store import ContentStore
 from fsnap.db import Database
-from fsnap.errors import AlreadyExists, FsnapError, Unavailable
+from fsnap.errors import AlreadyExists, DigestMismatch, FsnapError, Unavailable
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.access import given
 from fsnap.lazy.chunks import decode_chunk
@@ -64,7 +64,7 @@ from fsnap.lazy.state import (
     read_record,
     write_file,
 )
-from fsnap.lazy.toc import Chunk, TocEntry
+from fsnap.lazy.toc import Chunk, Format, TocEntry
 from fsnap.reference import Reference
 from fsnap.remotes.registry import RegistryClient
 from fsnap.snapshots.info import Info
@@ -251,12 +251,15 @@ class LazyFiles:
             start, end = batch[0].start, max(c.end for c in batch)
             if layer.raw.holds(start, end):  # fetched already (by the landmark prefetch)
                 data = await trio.to_thread.run_sync(layer.raw.read, start, end)
-            else:
-                data = await fetch_range(registry, ref, desc, start, end)
-                await trio.to_thread.run_sync(layer.raw.put, start, data)
-            for chunk in batch:
-                raw = data[chunk.start - start : chunk.end - start]
-                pieces.append((chunk, await trio.to_thread.run_sync(decode_chunk, fmt, chunk, raw)))
+                try:
+                    pieces += await trio.to_thread.run_sync(_decode, fmt, batch, start, data)
+                    continue
+                except DigestMismatch as exc:  # the prefetch kept bad bytes: not again
+                    log.warning("lazy layer %s: dropping prefetched bytes: %s", layer.name, exc)
+                    layer.raw.close()
+            data = await fetch_range(registry, ref, desc, start, end)
+            pieces += await trio.to_thread.run_sync(_decode, fmt, batch, start, data)
+            await trio.to_thread.run_sync(layer.raw.put, start, data)  # verified: kept
         target = os.path.join(layer.dir, path)
         await trio.to_thread.run_sync(write_file, target, entry.size, pieces)
         layer.sized.add(path)
@@ -328,6 +331,15 @@ class LazyFiles:
                 log.warning("background fetch of %s: %s (again in %g s)", layer.name, exc, delay)
                 await trio.sleep(delay)
                 delay = min(2 * delay, 60.0)
+                continue
+            except DigestMismatch as exc:
+                if not layer.raw.held():
+                    log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
+                    return
+                # Bytes kept from reads or the prefetch that no chunk digest covers (tar
+                # headers) may be the bad ones: once more, all from the registry.
+                log.warning("lazy layer %s: %s; fetching it all again", layer.name, exc)
+                layer.raw.close()
                 continue
             except FsnapError as exc:
                 log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
@@ -405,6 +417,11 @@ def client_for(ref: Reference, **options: Any) -> RegistryClient:
         ca_file=found.ca_path(),
         **options,
     )
+
+
+def _decode(fmt: Format, batch: list[Chunk], start: int, data: bytes) -> list[tuple[Chunk, bytes]]:
+    """Each chunk of ``batch`` decoded and verified from ``data``, the blob from ``start``."""
+    return [(c, decode_chunk(fmt, c, data[c.start - start : c.end - start])) for c in batch]
 
 
 def batches(chunks: tuple[Chunk, ...]) -> list[list[Chunk]]:
