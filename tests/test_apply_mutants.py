@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support.tar import TarBuilder
 
-from fsnap.archive.apply import ApplyResult, apply_layer
+from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
 from fsnap.archive.entry import Entry
 from fsnap.errors import InvalidArgument
 
@@ -87,3 +87,26 @@ def test_a_directory_declared_twice_keeps_the_last_metadata(
     assert idx["tmp"].mode == last
     assert stat.S_IMODE(os.lstat(root / "tmp").st_mode) == last
     assert (root / "tmp/x").read_bytes() == b"x"
+
+
+def test_an_implicit_root_takes_the_lower_metadata_in_the_index_only(root: Path) -> None:
+    """An opaque marker at the top makes the root an implicit, opaque entry: fixing
+    implicit directories up gives it the lower root's metadata in the index, and leaves
+    the snapshot's own root directory alone on disk."""
+    os.chmod(root, 0o700)
+    result = apply_layer(io.BytesIO(TarBuilder().opaque("").data()), root, sync=False)
+    lower = {"": Entry("", "dir", mode=0o1777, uid=7)}
+    fixup_implicit(root, result.entries, lower.get)
+    (top,) = [e for e in result.entries if e.path == ""]
+    assert (top.implicit, top.opaque, top.mode, top.uid) == (True, True, 0o1777, 7)
+    assert stat.S_IMODE(os.lstat(root).st_mode) == 0o700
+
+
+def test_an_implicit_directory_over_a_lower_file_is_0755_root(root: Path) -> None:
+    """Below, ``etc`` is a file: the implicit directory takes nothing from it."""
+    result = apply_layer(io.BytesIO(TarBuilder().file("etc/x", b"x").data()), root, sync=False)
+    lower = {"etc": Entry("etc", "file", mode=0o600, uid=5, gid=6, xattrs={"user.k": b"v"})}
+    fixup_implicit(root, result.entries, lower.get)
+    (etc,) = [e for e in result.entries if e.path == "etc"]
+    assert (etc.mode, etc.uid, etc.gid, etc.xattrs) == (0o755, 0, 0, {})
+    assert stat.S_IMODE(os.lstat(root / "etc").st_mode) == 0o755
