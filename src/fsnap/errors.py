@@ -159,10 +159,16 @@ def os_error(exc: OSError, what: str) -> FsnapError:
 
 
 def first_fsnap_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error a user should see from a failed nursery: its first typed fsnap error,
-    else its first ``OSError`` (the CLI prints it in one line; disk full becomes its
-    "no space left on <store>"), else the group itself (a bug: exit 70)."""
-    return _first_of_type(group, FsnapError) or _first_of_type(group, OSError) or group
+    """The error a user should see from a failed nursery: a ``KeyboardInterrupt`` (Ctrl-C
+    also fails whatever it interrupted: those errors are its echo), else its first typed
+    fsnap error, else its first ``OSError`` (the CLI prints it in one line; disk full
+    becomes its "no space left on <store>"), else the group itself (a bug: exit 70)."""
+    return (
+        _first_of_type(group, KeyboardInterrupt)
+        or _first_of_type(group, FsnapError)
+        or _first_of_type(group, OSError)
+        or group
+    )
 
 
 def _first_of_type(

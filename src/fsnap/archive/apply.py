@@ -30,6 +30,7 @@ import logging
 import os
 import stat
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -74,8 +75,12 @@ def apply_layer(
     sync: bool = True,
     interrupt: Callable[[], None] | None = None,
     max_size: int | None = None,
+    stop: threading.Event | None = None,
 ) -> ApplyResult:
     """Unpack the uncompressed tar ``tar_stream`` into the empty directory ``root``.
+
+    Once ``stop`` is set (from another thread: ``fsnap.unpack.stopping``), the apply ends
+    before the next member with ``FailedPrecondition``; the caller removes what it staged.
 
     ``max_size`` caps the bytes the layer's files *declare* (a sparse file declares far
     more than its tar holds): past it the layer is refused as ``InvalidArgument``.
@@ -99,6 +104,8 @@ def apply_layer(
             errors="surrogateescape",
         ) as tar:
             while (member := tar.next()) is not None:
+                if stop is not None and stop.is_set():
+                    raise FailedPrecondition("the layer's apply was stopped")
                 tar.members.clear()  # type: ignore[attr-defined]  # one pass: keep no history
                 layer.add(member, tar, reader)
         reader.drain()

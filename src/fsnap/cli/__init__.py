@@ -177,7 +177,7 @@ def guarded(prog: str, call: Callable[[], int]) -> int:
     """Run a command's ``call`` and turn every error into one line on stderr and an exit
     code: the one place (for ``fsnap`` and ``fsnap-overlay``) where errors meet the user."""
     try:
-        code = call()
+        code = _unwrap_interrupt(call)
         sys.stdout.flush()  # a reader gone away shows here, not in the interpreter's exit
         return code
     except BrokenPipeError:
@@ -200,6 +200,17 @@ def guarded(prog: str, call: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return INTERNAL_ERROR
+
+
+def _unwrap_interrupt(call: Callable[[], int]) -> int:
+    """``call()``; a Ctrl-C that reaches here inside an exception group (trio's nurseries
+    wrap what their tasks raise) is raised as the plain ``KeyboardInterrupt`` it is."""
+    try:
+        return call()
+    except BaseExceptionGroup as group:
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
 
 
 def _reader_gone() -> int:

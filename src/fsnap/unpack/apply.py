@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,16 +61,20 @@ def apply_blob(
     interrupt: Callable[[], None] | None = None,
     sync: bool = True,
     limit: SizeLimit | None = None,
+    stop: threading.Event | None = None,
 ) -> ApplyResult:
     """Decompress and apply ``raw`` (the blob of ``desc``) into the empty ``staging``; the
     uncompressed bytes must hash to ``diff_id`` (the config's), else ``DigestMismatch``.
     ``interrupt`` wakes a read of ``raw`` blocked in another thread when the apply fails
     (``apply_tar`` reads ahead in a thread). ``sync=False`` leaves flushing the tree to
     the caller (``sync_tree``), which must do it before the tree becomes a snapshot.
-    ``limit`` caps what the layer may unpack to (see ``SizeLimit``; None: no cap)."""
+    ``limit`` caps what the layer may unpack to (see ``SizeLimit``; None: no cap); once
+    ``stop`` is set the apply ends before its next member (``fsnap.unpack.stopping``)."""
     uncompressed = open_uncompressed(raw, desc.media_type)
     max_size = None if limit is None else limit.for_blob(desc.size)
-    result = apply_tar(uncompressed, staging, interrupt=interrupt, sync=sync, max_size=max_size)
+    result = apply_tar(
+        uncompressed, staging, interrupt=interrupt, sync=sync, max_size=max_size, stop=stop
+    )
     if result.diff_id != diff_id:
         raise DigestMismatch(
             f"layer {desc.digest}: uncompressed content has diff_id {result.diff_id}, "
@@ -87,12 +92,13 @@ def apply_stored(
     sync: bool = True,
     meter: ByteMeter | None = None,
     limit: SizeLimit | None = None,
+    stop: threading.Event | None = None,
 ) -> ApplyResult:
     """``apply_blob`` from a blob already in the content store; ``meter`` counts the
     blob's bytes as they are applied."""
     with content.open(desc.digest) as raw:
         source = cast(BinaryIO, meter.wrap(raw) if meter is not None else raw)
-        return apply_blob(source, desc, staging, diff_id, sync=sync, limit=limit)
+        return apply_blob(source, desc, staging, diff_id, sync=sync, limit=limit, stop=stop)
 
 
 def lower_lookup(snapshotter: LocalSnapshotter, parent: str) -> Callable[[str], Entry | None]:

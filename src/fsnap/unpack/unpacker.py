@@ -27,6 +27,7 @@ for what a crash leaves and how the next pull removes it).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ from fsnap.snapshots.snapshotter import LocalSnapshotter
 from fsnap.unpack.apply import SizeLimit, apply_blob, apply_stored, commit_staged
 from fsnap.unpack.pipe import BytePipe
 from fsnap.unpack.staging import Session, clean_stale, open_session
+from fsnap.unpack.stopping import run_stoppable
 
 # Layers applied at a time. One: the tar parse and the per-file syscalls of an applier are
 # Python that holds the GIL between syscalls, so two appliers mostly wait for each other
@@ -201,8 +203,10 @@ class Unpacker:
         staged = await trio.to_thread.run_sync(self.session.staging_dir)
         self.progress.layer_unpacking(stream.desc, stream.meter)
         try:
-            result = await trio.to_thread.run_sync(
-                self._apply_from_pipe, stream, staged, limiter=self._limiter
+            result = await run_stoppable(
+                functools.partial(self._apply_from_pipe, stream, staged),
+                limiter=self._limiter,
+                wake=stream.pipe.detach,
             )
         except BaseException as exc:
             stream.pipe.detach()
@@ -218,7 +222,9 @@ class Unpacker:
         stream.applied = _Applied(staged, result)
         stream.done.set()
 
-    def _apply_from_pipe(self, stream: _Stream, staged: Path) -> ApplyResult:
+    def _apply_from_pipe(
+        self, stream: _Stream, staged: Path, *, stop: threading.Event
+    ) -> ApplyResult:
         try:
             # The pipe has the one method a reader needs: read. The meter counts what it gives.
             raw = cast(BinaryIO, stream.meter.wrap(stream.pipe))
@@ -231,6 +237,7 @@ class Unpacker:
                 interrupt=wake,
                 sync=False,
                 limit=self.limit,
+                stop=stop,
             )
         except FsnapError as exc:
             raise type(exc)(_naming(stream.desc, exc)) from None
@@ -242,12 +249,17 @@ class Unpacker:
         meter = ByteMeter()
         self.progress.layer_unpacking(desc, meter)
         try:
-            result = await trio.to_thread.run_sync(
-                functools.partial(apply_stored, sync=False, meter=meter, limit=self.limit),
-                self.content,
-                desc,
-                staged,
-                plan.diff_ids[index],
+            result = await run_stoppable(
+                functools.partial(
+                    apply_stored,
+                    self.content,
+                    desc,
+                    staged,
+                    plan.diff_ids[index],
+                    sync=False,
+                    meter=meter,
+                    limit=self.limit,
+                ),
                 limiter=self._limiter,
             )
         except FsnapError as exc:
