@@ -75,6 +75,6 @@ def test_the_mount_log_gets_logging_output(registry: RegistryProcess, tmp_path: 
         log = next((root / "mounts").glob("*.log")).read_text()
         stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
         assert re.search(rf"^{stamp} INFO fsnap\.mount\.supervisor: supervising ", log, re.M)
-        assert re.search(rf"^{stamp} INFO fsnap\.mount\.daemon: unmounted ", log, re.M)
-        debug = re.search(rf"^{stamp} DEBUG fsnap\.mount\.daemon: spec MountSpec", log, re.M)
+        assert re.search(rf"^{stamp} INFO fsnap\.mount\.server: unmounted ", log, re.M)
+        debug = re.search(rf"^{stamp} DEBUG fsnap\.mount\.server: spec MountSpec", log, re.M)
         assert bool(debug) is (level == "debug"), log

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from image_builder import Blob, Layer, layer_media_type, make_image
-from registry_helpers import RegistryProcess
 from support.cli import fsnap, start
+from support.registry import RegistryProcess
 
 from fsnap.oci import Platform
 
