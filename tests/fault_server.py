@@ -26,20 +26,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from support.http import serving
+from support.http import Seen, serving
 
 BLOB_PATH = re.compile(r"^/v2/(?P<repo>.+)/blobs/(?P<digest>sha256:[0-9a-f]{64})$")
 OBJECTS_PREFIX = "/_objects"
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-
-
-@dataclass(frozen=True)
-class Seen:
-    """One request the proxy received."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
 
 
 @dataclass

@@ -1,11 +1,22 @@
-"""A test HTTP server in a thread, stopped and joined when its block ends."""
+"""A test HTTP server in a thread, stopped and joined when its block ends; what such
+servers log of each request (``Seen``)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request a test server or proxy received (header names lower-cased)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
 
 
 @contextmanager

@@ -12,17 +12,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from support.http import Seen
+
 _PIECE = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    headers: dict[str, str]
 
 
 @dataclass
@@ -32,10 +27,10 @@ class CountingProxy:
     upstream: tuple[str, int]
     host: str = ""
     connections: int = 0
-    requests: list[Request] = field(default_factory=list)
+    requests: list[Seen] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def blob_gets(self, since: int = 0) -> list[Request]:
+    def blob_gets(self, since: int = 0) -> list[Seen]:
         """The blob GETs among the requests from number ``since`` on."""
         with self._lock:
             return [r for r in self.requests[since:] if r.method == "GET" and "/blobs/" in r.path]
@@ -52,7 +47,7 @@ class CountingProxy:
             key, _, value = line.partition(":")
             headers[key.strip().lower()] = value.strip()
         with self._lock:
-            self.requests.append(Request(method, path, headers))
+            self.requests.append(Seen(method, path, headers))
 
     def _serve(self, client: socket.socket) -> None:
         self._connected()
@@ -63,27 +58,29 @@ class CountingProxy:
             return
         back = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
         back.start()
-        pending = b""
-        try:
-            while data := client.recv(_PIECE):
-                pending += data
-                while b"\r\n\r\n" in pending:
-                    block, pending = pending.split(b"\r\n\r\n", 1)
-                    self._requested(block)
-                upstream.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                upstream.shutdown(socket.SHUT_WR)
-            back.join(timeout=60)
-            upstream.close()
-            client.close()
+        pending = [b""]
+
+        def observe(data: bytes) -> None:
+            pending[0] += data
+            while b"\r\n\r\n" in pending[0]:
+                block, pending[0] = pending[0].split(b"\r\n\r\n", 1)
+                self._requested(block)
+
+        _pump(client, upstream, observe)
+        back.join(timeout=60)
+        upstream.close()
+        client.close()
 
 
-def _pump(src: socket.socket, dst: socket.socket) -> None:
+def _pump(
+    src: socket.socket, dst: socket.socket, observe: Callable[[bytes], None] | None = None
+) -> None:
+    """Copy ``src`` to ``dst`` (each piece shown to ``observe`` first) until ``src`` ends,
+    then end ``dst``'s sending side."""
     try:
         while data := src.recv(_PIECE):
+            if observe is not None:
+                observe(data)
             dst.sendall(data)
     except OSError:
         pass
