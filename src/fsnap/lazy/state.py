@@ -136,14 +136,6 @@ def mark_chunks(
             txn.put(f"{prefix}{chunk.offset:016x}".encode(), dumps(chunk.size), db=parts)
 
 
-def forget(db: Database, chain_id: str) -> None:
-    """Drop every row of ``chain_id`` (``LocalSnapshotter.remove`` does it too)."""
-    tables = [db.table(t) for t in OWNED_TABLES]  # before our write transaction
-    with db.begin(write=True) as txn:
-        for table in tables:
-            delete_prefix(txn, table, chain_id + " ")
-
-
 def write_file(
     target: str, size: int, pieces: list[tuple[Chunk, bytes]], sync: bool = True
 ) -> None:
