@@ -32,6 +32,11 @@ TARGETS = (
         ),
     ),
     Target(
+        "unpack.apply",
+        "src/fsnap/unpack/apply.py",
+        ("tests/test_unpack.py", "tests/test_pull_sink.py", "tests/test_commit.py"),
+    ),
+    Target(
         "resolve",
         "src/fsnap/archive/resolve.py",
         ("tests/test_resolve_mutants.py", "tests/test_breakout.py", "tests/test_archive.py"),
