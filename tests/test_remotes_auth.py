@@ -9,6 +9,7 @@ client sends it is a leak, and the tests assert there is none.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,18 +24,17 @@ from token_issuer import TokenIssuer
 from fsnap.client import Client
 from fsnap.errors import NotFound, RegistryError, Unauthorized
 from fsnap.remotes import Credentials, RegistryClient
-from fsnap.remotes.auth import (
-    MAX_CHALLENGE_BYTES,
-    MAX_CHALLENGE_PARAMS,
-    MAX_TOKEN_RESPONSE,
-    Challenge,
-    parse_challenge,
-)
+from fsnap.remotes.auth import Challenge, parse_challenge
 from fsnap.remotes.origin import MAX_REDIRECTS
 
 FOREIGN = "127.0.0.2"
 ALICE = Credentials("alice", "wonderland")
 NO_CONFIG = Path("/nonexistent/config.json")
+# The documented bounds (remotes/auth.py), as numbers: a test that imported them would
+# follow a change of them.
+MAX_CHALLENGE_BYTES = 4096
+MAX_CHALLENGE_PARAMS = 16
+MAX_TOKEN_RESPONSE = 1 << 20
 
 
 @pytest.fixture
@@ -428,3 +428,37 @@ def test_credentials_never_show_their_password() -> None:
     """Credentials end up in log lines and error messages through repr."""
     assert "wonderland" not in repr(ALICE)
     assert "alice" in repr(ALICE)
+
+
+def test_a_challenge_is_a_value() -> None:
+    found = parse_challenge('Bearer realm="r"', "r")
+    assert found is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        found.scheme = "basic"  # type: ignore[misc]
+
+
+def test_two_names_of_one_registry_share_an_anonymous_token(
+    token_registry: RegistryProcess,
+) -> None:
+    """The same realm, service, scope and (no) credentials: one token serves both names."""
+    image = small_image("shared-token")
+    token_registry.push_image("origins/shared-token", "v1", image)
+    port = token_registry.host.rsplit(":", 1)[1]
+    names = (token_registry.host, f"localhost:{port}")
+    before = len(token_registry.issuer.requests)
+
+    async def body(client: RegistryClient) -> None:
+        for host in names:
+            assert (await client.resolve(ref_at(host, "origins/shared-token"))).digest
+
+    run(body, docker_config=NO_CONFIG)
+    assert len(token_registry.issuer.requests[before:]) == 1
+
+
+def test_a_long_bad_realm_is_quoted_to_200_characters(fault_server: FaultServer) -> None:
+    realm = "ftp://" + "x" * 400
+    fault_server.challenge(f'Bearer realm="{realm}"', 2)
+    with pytest.raises(RegistryError) as caught:
+        run(lambda c: c.resolve(ref_at(fault_server.host, "origins/long-realm")))
+    assert repr(realm[:200]) in str(caught.value)
+    assert repr(realm[:201]) not in str(caught.value)
