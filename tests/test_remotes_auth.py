@@ -462,3 +462,17 @@ def test_a_long_bad_realm_is_quoted_to_200_characters(fault_server: FaultServer)
         run(lambda c: c.resolve(ref_at(fault_server.host, "origins/long-realm")))
     assert repr(realm[:200]) in str(caught.value)
     assert repr(realm[:201]) not in str(caught.value)
+
+
+def test_a_long_plain_http_realm_is_quoted_to_200_characters(
+    tmp_path: Path, tls: TlsFiles, token_issuer: TokenIssuer
+) -> None:
+    auth = token_issuer.registry_auth(tmp_path / "issuer.pem")
+    realm = auth["token"]["realm"] + "?pad=" + "x" * 400
+    auth["token"]["realm"] = realm
+    with run_registry(tmp_path / "registry", auth, tls=tls) as registry:
+        ref = ref_at(registry.host, "origins/long-tls-realm")
+        with pytest.raises(RegistryError, match="plain-HTTP token realm") as caught:
+            run(lambda c: c.resolve(ref), credentials=ALICE, plain_http=False, ca_file=tls.ca)
+    assert repr(realm[:200]) in str(caught.value)
+    assert repr(realm[:201]) not in str(caught.value)
