@@ -7,12 +7,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import threading
 from pathlib import Path
 from typing import BinaryIO, cast
 
 import pytest
-import trio
 from support.tar import TarBuilder
 
 from fsnap.archive.apply import apply_layer
@@ -20,7 +20,7 @@ from fsnap.archive.compression import open_uncompressed
 from fsnap.archive.reader import LayerStream
 from fsnap.errors import InvalidArgument
 from fsnap.oci import OCI_LAYER_GZIP
-from fsnap.unpack.pipe import BytePipe
+from fsnap.unpack.worker import FdSource
 
 # No mount, no registry: these tests take seconds, so a minute means a hang.
 pytestmark = pytest.mark.timeout(60)
@@ -93,26 +93,27 @@ def test_a_failing_apply_wakes_the_reader_blocked_on_the_download(tmp_path: Path
     hostile = TarBuilder().hardlink("h", "missing").file("after", b"x" * 100_000).data()
     outcome: list[BaseException] = []
 
-    async def main() -> None:
-        pipe = BytePipe()
-        failed = trio.Event()
+    read, write = os.pipe2(os.O_CLOEXEC)
+    source = FdSource(read)
+    failed = threading.Event()
 
-        def apply() -> None:
-            try:
-                apply_layer(cast(BinaryIO, pipe), tmp_path, sync=False, interrupt=pipe.detach)
-            except BaseException as exc:
-                outcome.append(exc)
-                trio.from_thread.run_sync(failed.set)
+    def apply() -> None:
+        try:
+            apply_layer(cast(BinaryIO, source), tmp_path, sync=False, interrupt=source.interrupt)
+        except BaseException as exc:
+            outcome.append(exc)
+            failed.set()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, apply)
-            await pipe.write(hostile[:4096])  # and then nothing: the download stalls
-            with trio.move_on_after(WAKE_TIMEOUT):  # generous: a hang is the failure
-                await failed.wait()
-            woken = failed.is_set()
-            pipe.abort("the test gave up waiting")  # so that a hung applier ends too
-        assert woken, "the applier stayed blocked on a download that had stalled"
-
-    trio.run(main)
+    applier = threading.Thread(target=apply)
+    applier.start()
+    try:
+        os.write(write, hostile[:4096])  # and then nothing: the download stalls
+        woken = failed.wait(WAKE_TIMEOUT)  # generous: a hang is the failure
+    finally:
+        os.close(write)  # so that a hung applier ends too
+        applier.join()
+        source.close()
+        os.close(read)
+    assert woken, "the applier stayed blocked on a download that had stalled"
     assert isinstance(outcome[0], InvalidArgument)
     assert not _reader_threads()

@@ -1,22 +1,25 @@
-"""What a dead unpacker leaves is removed by the next pull, a live one's is not; the byte
-pipe between the download and the applier thread is bounded, ordered and abortable."""
+"""What a dead unpacker leaves is removed by the next pull, a live one's is not; the pipe
+from the download to the applier delivers every byte in order and never stalls the
+download once its reader is gone."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import trio
 from support.cli import fsnap, minimal_env, succeeded
 from support.registry import RegistryProcess, make_image, make_layer
 from support.unpack import HOST
 
 from fsnap.client import Client
-from fsnap.unpack.pipe import BytePipe, PipeAborted
+from fsnap.progress import ByteMeter
+from fsnap.unpack.appliers import FeedPipe
 from fsnap.unpack.staging import clean_stale, open_session
+from fsnap.unpack.worker import FdSource, make_pipe
 
 FAKE_CHAIN = "sha256:" + "ab" * 32
 
@@ -84,23 +87,26 @@ def test_next_pull_removes_a_dead_unpackers_leftovers_but_not_a_live_ones(
     assert sorted(p.name for p in unpack.iterdir()) == []
 
 
-def _pipe_run(limit: int, chunks: list[bytes], read_size: int) -> tuple[bytes, int]:
-    """Write ``chunks`` through a pipe of ``limit`` bytes to a thread reading ``read_size``
-    at a time; return what the thread read and the most bytes ever queued."""
+def _pipe_run(chunks: list[bytes], read_size: int, limit: int) -> tuple[bytes, int, int]:
+    """Write ``chunks`` through a ``FeedPipe`` queueing ``limit`` bytes to a thread reading
+    ``read_size`` at a time from the OS pipe; return what the thread read, the meter's
+    count and the most bytes ever queued."""
 
-    async def main() -> tuple[bytes, int]:
-        pipe = BytePipe(limit)
+    async def main() -> tuple[bytes, int, int]:
+        read, write = make_pipe()
+        pipe = FeedPipe(ByteMeter(), limit)
         most = 0
 
         def reader() -> bytes:
-            nonlocal most
+            source = FdSource(read)
             out = bytearray()
-            while True:
-                most = max(most, pipe._queued)
-                data = pipe.read(read_size)
-                if not data:
-                    return bytes(out)
-                out += data
+            try:
+                while data := source.read(read_size):
+                    out += data
+            finally:
+                source.close()
+                os.close(read)
+            return bytes(out)
 
         async with trio.open_nursery() as nursery:
             result: list[bytes] = []
@@ -109,34 +115,39 @@ def _pipe_run(limit: int, chunks: list[bytes], read_size: int) -> tuple[bytes, i
                 result.append(await trio.to_thread.run_sync(reader))
 
             nursery.start_soon(consume)
+            nursery.start_soon(pipe.pump, write)
             for chunk in chunks:
                 await pipe.write(chunk)
+                most = max(most, pipe._queued)
             pipe.close()
-        return result[0], most
+        return result[0], pipe.meter.count, most
 
     return trio.run(main)
 
 
-def test_pipe_delivers_every_byte_in_order_and_stays_bounded() -> None:
-    chunks = [bytes([i]) * (1000 + i) for i in range(200)]
-    data, most = _pipe_run(4096, chunks, 777)
+def test_feed_pipe_delivers_every_byte_in_order_and_stays_bounded() -> None:
+    chunks = [bytes([i]) * (100_000 + i) for i in range(60)]  # 6 MB: many times the pipe
+    data, counted, most = _pipe_run(chunks, 7777, 1 << 20)
     assert data == b"".join(chunks)
-    assert most < 4096 + max(map(len, chunks))  # never more than the limit plus one chunk
+    assert counted == len(data)
+    assert most < (1 << 20) + max(map(len, chunks))  # the limit plus one chunk at most
 
 
-def test_pipe_abort_fails_the_reader_and_detach_frees_the_writer() -> None:
+def test_feed_pipe_queues_ahead_of_a_slow_applier_and_drops_once_it_is_gone() -> None:
     async def main() -> None:
-        pipe = BytePipe(10)
-        await pipe.write(b"0123456789")
-        pipe.abort("download failed")
-        with pytest.raises(PipeAborted, match="download failed"):
-            await trio.to_thread.run_sync(pipe.read, 4)
-
-        detached = BytePipe(10)
-        await detached.write(b"0123456789")
-        await trio.to_thread.run_sync(detached.detach)
-        for _ in range(5):  # would wait forever on a full pipe if writes were not dropped
-            await detached.write(b"more bytes than the limit")
+        read, write = make_pipe()
+        pipe = FeedPipe(ByteMeter(), 4 << 20)
+        with trio.fail_after(10):  # nobody reads yet: 3 MB still go into the queue
+            for _ in range(3):
+                await pipe.write(b"x" * (1 << 20))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pipe.pump, write)
+            await trio.sleep(0.2)
+            os.close(read)  # the applier stopped reading
+        with trio.fail_after(10):  # would wait forever on a full queue if not dropped
+            for _ in range(10):
+                await pipe.write(b"y" * (1 << 20))
+        assert pipe.meter.count < 3 << 20
 
     trio.run(main)
 

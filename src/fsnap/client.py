@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from fsnap.pull import LayerSink
     from fsnap.remotes.auth import Credentials
     from fsnap.snapshots.snapshotter import LocalSnapshotter
-    from fsnap.unpack.apply import SizeLimit
+    from fsnap.unpack.blob import SizeLimit
 
 
 def _check_private(root: Path) -> dict[str, os.stat_result]:

@@ -29,7 +29,7 @@ from typing import IO, BinaryIO
 from fsnap.archive.compression import open_uncompressed
 from fsnap.errors import InvalidArgument, Unsupported
 from fsnap.oci import Descriptor
-from fsnap.unpack.apply import SizeLimit
+from fsnap.unpack.blob import SizeLimit
 
 PREFETCH_LANDMARK = ".prefetch.landmark"
 NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"

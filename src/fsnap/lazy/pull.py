@@ -27,7 +27,7 @@ from fsnap.oci import Descriptor
 from fsnap.reference import Reference
 from fsnap.remotes.auth import Credentials
 from fsnap.remotes.registry import RegistryClient
-from fsnap.unpack.apply import SizeLimit
+from fsnap.unpack.blob import SizeLimit
 
 
 @dataclass

@@ -2,16 +2,17 @@
 
 containerd unpacks layer by layer: Stat(chain ID) -> Prepare(tmp key, parent) -> Apply ->
 Commit(chain ID). fsnap keeps that contract but splits Apply from the rest, so that every
-layer applies as its blob arrives (while the others download; one at a time, see
-``APPLIERS``), into a staging directory of its own:
+layer applies as its blob arrives (while the others download; in applier processes, two at
+a time, see ``fsnap.unpack.worker``), into a staging directory of its own:
 
 1. ``manifest_ready``: chain IDs from the config's diff IDs; a layer whose chain ID is a
    committed snapshot already is declined (``layer_started`` returns False): nothing is
    redone. Only manifests for the unpack platform are unpacked (the requested one, else the
    host's; with ``--all-platforms`` every manifest matching the host, as ``ctr`` does).
-2. ``feed``: the blob's bytes go through a bounded ``BytePipe`` to a worker thread that
-   decompresses and applies them (``fsnap.unpack.apply.apply_blob``); the diff ID is
-   checked as soon as the tar ends, so a bad layer fails the pull early.
+2. ``feed``: the blob's bytes go through a queue and a pipe (``FeedPipe``) to an applier that
+   decompresses and applies them (``fsnap.unpack.blob.apply_blob``) and reports the
+   layer's index back; the diff ID is checked as soon as the tar ends, so a bad layer
+   fails the pull early. The index goes to LMDB from this process, at the commit.
 3. One task per manifest commits bottom to top: when layer i is applied and layer i-1's
    chain is committed, the staged tree becomes snapshot ``chain[i]`` (``commit_staged``).
 4. A layer not streamed to us (its blob was already in the store and, e.g., another manifest
@@ -27,11 +28,11 @@ for what a crash leaves and how the next pull removes it).
 from __future__ import annotations
 
 import functools
-import threading
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TypeVar, cast
+from typing import TypeVar
 
 import trio
 
@@ -48,18 +49,16 @@ from fsnap.progress import ByteMeter, PullProgress
 from fsnap.pull import LayerSink
 from fsnap.snapshots.disk import remove_tree
 from fsnap.snapshots.snapshotter import LocalSnapshotter
-from fsnap.unpack.apply import SizeLimit, apply_blob, apply_stored, commit_staged
-from fsnap.unpack.pipe import BytePipe
+from fsnap.unpack.appliers import ApplierPool, FeedPipe
+from fsnap.unpack.apply import commit_staged
+from fsnap.unpack.blob import SizeLimit
 from fsnap.unpack.staging import Session, clean_stale, open_session
-from fsnap.unpack.stopping import run_stoppable
+from fsnap.unpack.worker import Job, make_pipe, processes_wanted
 
-# Layers applied at a time. One: the tar parse and the per-file syscalls of an applier are
-# Python that holds the GIL between syscalls, so two appliers mostly wait for each other
-# (measured, bench-pull image on 2 cores: 2.61 -> 2.40 s, 6 rounds A/B); what does run in
-# parallel without the GIL (download, inflate and hash in each layer's read-ahead thread)
-# keeps running. It cannot deadlock: a layer takes the slot only once its bytes flow, and
-# then holds its download slot until its last byte.
-APPLIERS = 1
+# Layers apply in applier processes (``fsnap.unpack.worker``), at most ``PROCESSES`` at a
+# time. In threads, two appliers mostly waited for each other on the GIL (2.61 -> 2.40 s
+# with one, 6 rounds A/B). It cannot deadlock: a layer takes an applier only once its
+# bytes flow, and then holds its download slot until its last byte.
 
 T = TypeVar("T")
 
@@ -80,8 +79,7 @@ class _Stream:
 
     desc: Descriptor
     diff_id: str
-    pipe: BytePipe
-    meter: ByteMeter = field(default_factory=ByteMeter)  # compressed bytes applied
+    pipe: FeedPipe
     flowing: trio.Event = field(default_factory=trio.Event)  # first bytes, or the end
     settled: trio.Event = field(default_factory=trio.Event)  # the download ended
     download_failed: bool = False
@@ -113,8 +111,10 @@ class Unpacker:
         progress: PullProgress,
         limit: SizeLimit | None = None,
         lazy: LazyLayers | None = None,
+        appliers: ApplierPool | None = None,
     ) -> None:
         self.limit = limit or SizeLimit()
+        self.appliers = appliers or ApplierPool(0)
         self.lazy = lazy
         self.snapshotter = snapshotter
         self.content = content
@@ -128,7 +128,6 @@ class Unpacker:
         self._blob_ready: dict[str, trio.Event] = {}
         self._announced: dict[str, trio.Event] = {}  # layer_started took the blob's stream
         self._pull_done = trio.Event()
-        self._limiter = trio.CapacityLimiter(APPLIERS)
 
     # -- LayerSink -----------------------------------------------------------------------
 
@@ -151,7 +150,7 @@ class Unpacker:
         if claim is None or desc.digest in self._streams:
             return False
         plan, index = claim
-        stream = _Stream(desc, plan.diff_ids[index], BytePipe())
+        stream = _Stream(desc, plan.diff_ids[index], FeedPipe(ByteMeter()))
         self._streams[desc.digest] = plan.streamed[index] = stream
         self._nursery.start_soon(self._apply_stream, stream)
         self._event(self._announced, desc.digest).set()
@@ -171,8 +170,8 @@ class Unpacker:
 
     async def layer_failed(self, desc: Descriptor) -> None:
         stream = self._streams[desc.digest]
-        stream.pipe.abort(f"download of layer {desc.digest} failed")
-        stream.download_failed = True
+        stream.download_failed = True  # before the applier sees the (truncated) end
+        stream.pipe.close()
         stream.flowing.set()
         stream.settled.set()
 
@@ -189,27 +188,27 @@ class Unpacker:
     def abort(self) -> None:
         """The pull failed: unblock every applier still waiting for bytes."""
         for stream in self._streams.values():
-            stream.pipe.abort("the pull was stopped")
+            stream.pipe.drop()
 
     # -- applying ---------------------------------------------------------------------------
 
     async def _apply_stream(self, stream: _Stream) -> None:
-        """Apply a streamed layer in a worker thread once its bytes flow (a thread slot is
-        only taken by a layer that is actually downloading, so none waits on another).
+        """Apply a streamed layer in an applier once its bytes flow (an applier is only
+        taken by a layer that is actually downloading, so none waits on another).
 
         A failure is reported only once the download has ended well: a corrupt download
-        also breaks the tar, and then the pull's own error (the digest) is the true one."""
+        also breaks the tar, and then the pull's own error (the digest) is the true one;
+        after a failed download even a result is discarded (the applier saw a truncated
+        blob's end)."""
         await stream.flowing.wait()
         staged = await trio.to_thread.run_sync(self.session.staging_dir)
-        self.progress.layer_unpacking(stream.desc, stream.meter)
+        self.progress.layer_unpacking(stream.desc, stream.pipe.meter)
+        read, write = make_pipe()
+        self._nursery.start_soon(stream.pipe.pump, write)
         try:
-            result = await run_stoppable(
-                functools.partial(self._apply_from_pipe, stream, staged),
-                limiter=self._limiter,
-                wake=stream.pipe.detach,
-            )
+            result = await self.appliers.apply(self._job(stream.desc, stream.diff_id, staged), read)
         except BaseException as exc:
-            stream.pipe.detach()
+            stream.pipe.drop()
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(remove_tree, staged)
             if not isinstance(exc, FsnapError):
@@ -217,30 +216,18 @@ class Unpacker:
             await stream.settled.wait()
             if stream.download_failed:
                 return  # the pull raises its own error
-            self.progress.blob_failed(stream.desc, str(exc))
-            raise
+            self.progress.blob_failed(stream.desc, _naming(stream.desc, exc))
+            raise type(exc)(_naming(stream.desc, exc)) from None
+        finally:
+            os.close(read)
+        if stream.download_failed:
+            await trio.to_thread.run_sync(remove_tree, staged)
+            return  # the pull raises its own error
         stream.applied = _Applied(staged, result)
         stream.done.set()
 
-    def _apply_from_pipe(
-        self, stream: _Stream, staged: Path, *, stop: threading.Event
-    ) -> ApplyResult:
-        try:
-            # The pipe has the one method a reader needs: read. The meter counts what it gives.
-            raw = cast(BinaryIO, stream.meter.wrap(stream.pipe))
-            wake = stream.pipe.detach  # the read-ahead thread may wait on the pipe
-            return apply_blob(
-                raw,
-                stream.desc,
-                staged,
-                stream.diff_id,
-                interrupt=wake,
-                sync=False,
-                limit=self.limit,
-                stop=stop,
-            )
-        except FsnapError as exc:
-            raise type(exc)(_naming(stream.desc, exc)) from None
+    def _job(self, desc: Descriptor, diff_id: str, staged: Path) -> Job:
+        return Job.of(desc, diff_id, staged, self.limit)
 
     async def _apply_from_store(self, plan: _Plan, index: int) -> _Applied:
         desc = plan.manifest.layers[index]
@@ -248,24 +235,15 @@ class Unpacker:
         staged = await trio.to_thread.run_sync(self.session.staging_dir)
         meter = ByteMeter()
         self.progress.layer_unpacking(desc, meter)
+        job = self._job(desc, plan.diff_ids[index], staged)
         try:
-            result = await run_stoppable(
-                functools.partial(
-                    apply_stored,
-                    self.content,
-                    desc,
-                    staged,
-                    plan.diff_ids[index],
-                    sync=False,
-                    meter=meter,
-                    limit=self.limit,
-                ),
-                limiter=self._limiter,
-            )
+            with await trio.to_thread.run_sync(self.content.open, desc.digest) as blob:
+                result = await self.appliers.apply(job, blob.fileno())
         except FsnapError as exc:
             await trio.to_thread.run_sync(remove_tree, staged)
             self.progress.blob_failed(desc, _naming(desc, exc))
             raise type(exc)(_naming(desc, exc)) from None
+        meter.count = desc.size
         return _Applied(staged, result)
 
     async def _complete_lazy(self, desc: Descriptor, chain_id: str) -> None:
@@ -421,7 +399,9 @@ async def pull_unpacked(
     error of any layer or of the pull is what a failure raises."""
     await trio.to_thread.run_sync(clean_stale, work_root, snapshotter)
     session = await trio.to_thread.run_sync(open_session, work_root)
+    appliers = ApplierPool(processes_wanted(), keep_fds=(session.lock_fd,))
     try:
+        await appliers.open()
         async with trio.open_nursery() as nursery:
             unpacker = Unpacker(
                 snapshotter,
@@ -432,6 +412,7 @@ async def pull_unpacked(
                 progress or PullProgress(),
                 limit,
                 lazy,
+                appliers,
             )
             try:
                 result = await pull(unpacker)
@@ -442,6 +423,7 @@ async def pull_unpacked(
         raise first_fsnap_error(group) from None
     finally:
         with trio.CancelScope(shield=True):
+            await appliers.aclose()
             await trio.to_thread.run_sync(session.close)
     return result
 
