@@ -241,7 +241,7 @@ class _Layer:
             self._make_dir(dir_fd, base, entry)
         elif entry.kind == "symlink":
             self._create(dir_fd, base, path, lambda: os.symlink(entry.link, base, dir_fd=dir_fd))
-            metadata.set_at(dir_fd, base, entry, self.privileged)
+            metadata.set_at(dir_fd, base, entry, self.privileged, owner_on_disk=self._creator)
         else:
             self._make_node(dir_fd, base, entry)
         self._put(entry)
@@ -345,7 +345,7 @@ class _Layer:
     def _make_node(self, dir_fd: int, base: str, entry: Entry) -> None:
         if entry.kind == "fifo":
             self._create(dir_fd, base, entry.path, lambda: os.mkfifo(base, 0o600, dir_fd=dir_fd))
-            metadata.set_at(dir_fd, base, entry, self.privileged)
+            metadata.set_at(dir_fd, base, entry, self.privileged, owner_on_disk=self._creator)
             return
         if self.privileged:
             kind = KIND_BITS[entry.kind]
@@ -357,7 +357,7 @@ class _Layer:
                     entry.path,
                     lambda: os.mknod(base, kind | 0o600, dev, dir_fd=dir_fd),
                 )
-                metadata.set_at(dir_fd, base, entry, self.privileged)
+                metadata.set_at(dir_fd, base, entry, self.privileged, owner_on_disk=self._creator)
                 return
             except PermissionError:
                 log.debug("mknod %r refused: an empty file stands in for it", entry.path)

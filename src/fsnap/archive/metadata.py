@@ -111,13 +111,22 @@ def set_by_fd(
         os.utime(fd, ns=(entry.mtime, entry.mtime))
 
 
-def set_at(dir_fd: int, name: str, entry: Entry, privileged: bool) -> None:
+def set_at(
+    dir_fd: int,
+    name: str,
+    entry: Entry,
+    privileged: bool,
+    *,
+    owner_on_disk: tuple[int, int] | None = None,
+) -> None:
     """Metadata of a symlink, fifo or device node ``name`` in ``dir_fd``, never following it.
 
     xattrs go through ``/proc/self/fd/N/name``: the magic link pins the directory we hold,
     and ``follow_symlinks=False`` keeps the last component from being followed.
+    ``owner_on_disk``, when the caller knows it (a node it just created), spares a chown
+    that would not change anything (a root-owned symlink unpacked as root: most of them).
     """
-    if privileged:
+    if privileged and owner_on_disk != (entry.uid, entry.gid):
         os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
     if entry.kind != "symlink":  # Linux has no mode on symlinks
         os.chmod(name, _disk_mode(entry, privileged), dir_fd=dir_fd, follow_symlinks=False)

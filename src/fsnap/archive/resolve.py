@@ -17,6 +17,7 @@ instead of a walk. Removing a directory evicts it and everything beneath from th
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
@@ -94,10 +95,14 @@ class RootDir:
         for name in reversed(missing):
             known = join(known, name)
             fd = os.open(name, _OPEN_DIR, dir_fd=fd)
-            self._fds[known] = fd
-            if len(self._fds) > _MAX_FDS:
-                self._evict_oldest(keep=known)
+            self._remember(known, fd)
         return fd
+
+    def _remember(self, path: str, fd: int) -> None:
+        """Cache ``fd`` as the directory at canonical ``path`` (at most ``_MAX_FDS``)."""
+        self._fds[path] = fd
+        if len(self._fds) > _MAX_FDS:
+            self._evict_oldest(keep=path)
 
     def _evict_oldest(self, keep: str) -> None:
         """Close the least recently used fd: never the root's, nor ``keep``'s (the next
@@ -171,8 +176,21 @@ class RootDir:
 
     def _step(self, here: str, comp: str, path: str, create: bool) -> str:
         """Look at one component: ``_DIR``, ``_MISSING`` or its symlink target. With
-        ``create``, a non-directory in the way is replaced by a directory."""
+        ``create``, a non-directory in the way is replaced by a directory.
+
+        A directory is opened straight away (``O_DIRECTORY | O_NOFOLLOW``: the kernel
+        refuses a symlink or anything else, without opening it) and its fd cached: the
+        walk or the member needs it next, so the usual case costs that one open instead
+        of an lstat first; only a refusal is looked at."""
         parent_fd = self.dir_fd(here)
+        try:
+            self._remember(path, os.open(comp, _OPEN_DIR, dir_fd=parent_fd))
+            return _DIR
+        except FileNotFoundError:
+            return _MISSING
+        except OSError as e:
+            if e.errno not in (errno.ELOOP, errno.ENOTDIR, errno.EACCES):
+                raise
         try:
             st = os.stat(comp, dir_fd=parent_fd, follow_symlinks=False)
         except FileNotFoundError:
