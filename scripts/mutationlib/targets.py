@@ -32,8 +32,8 @@ TARGETS = (
         ),
     ),
     Target(
-        "unpack.apply",
-        "src/fsnap/unpack/apply.py",
+        "unpack.blob",
+        "src/fsnap/unpack/blob.py",
         ("tests/test_unpack.py", "tests/test_pull_sink.py", "tests/test_commit.py"),
     ),
     Target(
