@@ -87,8 +87,9 @@ def wait_for(what: str, check: Callable[[], T | None]) -> T:
 
 
 def applying(pid: int, root: Path) -> int:
-    """Wait until an applier of ``pid`` holds a staging directory under ``root`` open
-    (it is writing a layer there); return the applier's pid."""
+    """Wait until an applier of ``pid`` holds the big layer's ``data`` directory in a
+    staging directory under ``root`` open (it is writing that layer there, not the small
+    one that may still be finishing); return the applier's pid."""
     staging = str(root / "unpack") + "/"
 
     def find() -> int | None:
@@ -97,7 +98,7 @@ def applying(pid: int, root: Path) -> int:
                 paths = open_paths(child)
             except OSError:
                 continue
-            if any(p.startswith(staging) and not p.endswith(".lock") for p in paths):
+            if any(p.startswith(staging) and "/data" in p for p in paths):
                 return child
         return None
 
