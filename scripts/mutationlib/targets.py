@@ -45,6 +45,7 @@ TARGETS = (
         "tree",
         "src/fsnap/mount/tree.py",
         (
+            "tests/test_tree_mutants.py",
             "tests/test_mount_tree.py",
             "tests/test_mount_listing.py",
             "tests/test_layer_semantics.py",
@@ -55,6 +56,7 @@ TARGETS = (
         "upper",
         "src/fsnap/mount/upper.py",
         (
+            "tests/test_upper_mutants.py",
             "tests/test_union.py",
             "tests/test_rw_xattr_copyup.py",
             "tests/test_rw_posix.py",
