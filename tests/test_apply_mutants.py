@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from support.tar import TarBuilder
 
 from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
 from fsnap.archive.entry import Entry
-from fsnap.errors import InvalidArgument
+from fsnap.errors import FailedPrecondition, InvalidArgument
 
 # No mount, no registry: these tests take seconds, so a minute means a hang.
 pytestmark = pytest.mark.timeout(60)
@@ -110,3 +111,83 @@ def test_an_implicit_directory_over_a_lower_file_is_0755_root(root: Path) -> Non
     (etc,) = [e for e in result.entries if e.path == "etc"]
     assert (etc.mode, etc.uid, etc.gid, etc.xattrs) == (0o755, 0, 0, {})
     assert stat.S_IMODE(os.lstat(root / "etc").st_mode) == 0o755
+
+
+def test_a_stopped_apply_ends_before_its_next_member(root: Path) -> None:
+    stop = threading.Event()
+    tar = TarBuilder().file("a", b"a").data()
+    apply_layer(io.BytesIO(tar), root, sync=False, stop=stop)  # not set: applies
+    assert (root / "a").read_bytes() == b"a"
+    stop.set()
+    again = root / "again"
+    again.mkdir()
+    with pytest.raises(FailedPrecondition, match="stopped"):
+        apply_layer(io.BytesIO(tar), again, sync=False, stop=stop)
+    assert os.listdir(again) == []
+
+
+def test_three_links_to_a_replaced_file_keep_one_inode(root: Path) -> None:
+    """The first link becomes the inode's owner in the index, the others link to it."""
+    tar = (
+        TarBuilder()
+        .file("f", b"old", 0o600)
+        .hardlink("h1", "f")
+        .hardlink("h2", "f")
+        .file("f", b"new")
+    )
+    idx = apply(tar, root)
+    assert (idx["h1"].kind, idx["h1"].link, idx["h1"].size) == ("file", "", 3)
+    assert (idx["h2"].kind, idx["h2"].link) == ("hardlink", "h1")
+    assert os.lstat(root / "h1").st_ino == os.lstat(root / "h2").st_ino
+    assert (root / "f").read_bytes() == b"new"
+
+
+def test_a_link_to_a_link_names_the_first_path(root: Path) -> None:
+    idx = apply(TarBuilder().file("f", b"x").hardlink("h1", "f").hardlink("h2", "h1"), root)
+    assert (idx["h1"].link, idx["h2"].link) == ("f", "f")
+    assert idx["h2"].kind == "hardlink"
+
+
+def test_a_link_to_a_symlink_keeps_the_symlinks_mode(root: Path) -> None:
+    """A symlink's mode is not a link header's to change (containerd: lchmod does not
+    exist); owner and mtime still follow the last header."""
+    tar = TarBuilder().symlink("s", "target").hardlink("h", "s", mode=0o644, uid=7)
+    idx = apply(tar, root)
+    assert (idx["s"].mode, idx["s"].uid) == (0o777, 7)
+    assert (idx["h"].kind, idx["h"].link, idx["h"].mode) == ("hardlink", "s", 0o777)
+
+
+def test_a_link_to_itself_changes_nothing(root: Path) -> None:
+    idx = apply(TarBuilder().file("f", b"x", 0o640).hardlink("f", "f"), root)
+    assert (idx["f"].kind, idx["f"].mode) == ("file", 0o640)
+    assert (root / "f").read_bytes() == b"x"
+
+
+def test_an_opaque_directory_replaced_by_a_file_is_the_file(root: Path) -> None:
+    """The opaque marks of a replaced directory and of what it held go with it."""
+    tar = TarBuilder().dir("d").opaque("d").dir("d/e").opaque("d/e").file("d", b"file now")
+    idx = apply(tar, root)
+    assert sorted(idx) == ["d"]
+    assert (idx["d"].kind, idx["d"].opaque) == ("file", False)
+    assert (root / "d").read_bytes() == b"file now"
+
+
+def test_a_directory_whited_out_then_recreated_is_opaque(root: Path) -> None:
+    idx = apply(TarBuilder().whiteout("d").dir("d").file("f", b"f").whiteout("g"), root)
+    assert (idx["d"].kind, idx["d"].opaque) == ("dir", True)
+    assert (idx["f"].kind, idx["f"].opaque) == ("file", False)
+    assert idx["g"].kind == "whiteout"
+
+
+@pytest.mark.parametrize("name", [".", "./"])
+def test_a_non_directory_member_naming_the_root_is_ignored(root: Path, name: str) -> None:
+    idx = apply(TarBuilder().file(name, b"not the root").file("a", b"a"), root)
+    assert sorted(idx) == ["a"]
+    assert (root).is_dir()
+
+
+def test_a_name_the_disk_refuses_is_an_invalid_archive_naming_the_member(root: Path) -> None:
+    """An OSError while writing (here ENAMETOOLONG) becomes one typed line, never a raw
+    error: only a full disk goes up as it is (the CLI names the store)."""
+    with pytest.raises(InvalidArgument, match=r"member 'd/a{256}': File name too long"):
+        apply(TarBuilder().file("d/" + "a" * 256, b"x"), root)

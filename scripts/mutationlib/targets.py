@@ -34,7 +34,12 @@ TARGETS = (
     Target(
         "unpack.blob",
         "src/fsnap/unpack/blob.py",
-        ("tests/test_unpack.py", "tests/test_pull_sink.py", "tests/test_commit.py"),
+        (
+            "tests/test_blob_mutants.py",
+            "tests/test_unpack.py",
+            "tests/test_pull_sink.py",
+            "tests/test_commit.py",
+        ),
     ),
     Target(
         "resolve",
@@ -103,7 +108,11 @@ TARGETS = (
     Target(
         "ingest",
         "src/fsnap/content/ingest.py",
-        ("tests/test_content_store.py", "tests/test_gc_leases.py"),
+        (
+            "tests/test_ingest_mutants.py",
+            "tests/test_content_store.py",
+            "tests/test_gc_leases.py",
+        ),
     ),
     Target(
         "auth",
