@@ -5,6 +5,7 @@ stargz entries stargz-snapshotter hides; failures give EIO, never wrong bytes.""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
@@ -24,13 +25,17 @@ from support.cli import fsnap, succeeded
 from support.image_mount import image_mounted, image_mounted_rw
 from support.lazy import converted, fetch_blob, fetch_manifest, varied_members
 from support.registry import RegistryProcess
+from support.serve import run_serve
 from support.tcp import counting_proxy
 
 from fsnap import oci
 from fsnap.client import Client
-from fsnap.labels import LAZY_LABEL
+from fsnap.errors import AlreadyExists, FailedPrecondition
+from fsnap.labels import LAZY_LABEL, TARGET_LABEL
 from fsnap.lazy.state import read_record
 from fsnap.lazy.toc import ESTARGZ_TOC_DIGEST, HIDDEN
+from fsnap.mount.source import image_snapshot
+from fsnap.serve.client import RemoteSnapshotter
 
 pytestmark = pytest.mark.timeout(600)
 REPO = "lazy-mount"
@@ -536,3 +541,65 @@ def test_completion_flushes_the_layer_once_not_each_file(
         assert (client.snapshots.dir(top) / "usr/noise.bin").read_bytes() == NOISE
         assert (client.snapshots.dir(top) / "usr/big.bin").read_bytes() == BIG
     assert flushed == []
+
+
+def _refused(done: subprocess.CompletedProcess[str], doing: str) -> None:
+    assert done.returncode == FailedPrecondition.exit_code, done.stderr
+    assert f"cannot {doing}: 2 of its layers were pulled lazily" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_export_and_push_refuse_a_lazy_image_until_a_pull_completes_it(
+    images: str, tmp_path: Path
+) -> None:
+    """Only a lazy mount fetches on read: an export of the files would have written
+    ``usr/big.bin`` empty (it did), an archive or a push would miss the layer blobs."""
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    rootfs = tmp_path / "rootfs.tar"
+    _refused(
+        fsnap(root, "export", "--rootfs", "-o", str(rootfs), ref), f"export the files of {ref}"
+    )
+    assert not rootfs.exists()
+    _refused(fsnap(root, "export", "-o", str(tmp_path / "oci.tar"), ref), f"export {ref}")
+    _refused(fsnap(root, "push", ref, f"{images}/{REPO}:copy"), f"push {ref}")
+    succeeded(fsnap(root, "pull", ref))
+    succeeded(fsnap(root, "export", "--rootfs", "-o", str(rootfs), ref))
+    with tarfile.open(rootfs) as archive:
+        big = archive.extractfile("usr/big.bin")
+        assert big is not None
+        assert big.read() == BIG
+    succeeded(fsnap(root, "push", ref, f"{images}/{REPO}:copy"))
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_fuse
+def test_containerd_gets_no_overlay_of_a_lazy_layer(images: str, tmp_path: Path) -> None:
+    """containerd mounts layers with overlayfs, where a lazy layer's unfetched files read
+    empty: ``fsnap serve`` refuses views on it and will not hand it over as the target of
+    an unpack (it would have answered AlreadyExists, and containerd used it as it was)."""
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    with Client(root) as client:
+        base, top = (info.name for info in client.snapshots.chain(_top(client, ref)))
+    with (
+        run_serve(root, tmp_path / "run" / "fsnap.sock", tmp_path / "serve.log") as served,
+        contextlib.closing(RemoteSnapshotter(served.address)) as remote,
+    ):
+        with pytest.raises(FailedPrecondition, match="pulled lazily"):
+            remote.view("lazy-view", top)
+        with pytest.raises(FailedPrecondition, match="pulled lazily"):
+            remote.prepare("extract-1 " + top, base, {TARGET_LABEL: top})
+        assert [info.name for info in remote.walk()].count("lazy-view") == 0
+    succeeded(fsnap(root, "pull", ref))
+    with (
+        run_serve(root, tmp_path / "run" / "fsnap.sock", tmp_path / "serve-2.log") as served,
+        contextlib.closing(RemoteSnapshotter(served.address)) as remote,
+    ):
+        assert remote.view("full-view", top)
+        with pytest.raises(AlreadyExists):  # complete now: adopted as before
+            remote.prepare("extract-2 " + top, base, {TARGET_LABEL: top})
+
+
+def _top(client: Client, ref: str) -> str:
+    return image_snapshot(client.content, client.images, ref)

@@ -232,6 +232,8 @@ class Client:
         """Write images as ``oci-archive``, ``oci-dir`` or ``docker-archive`` to ``out``."""
         from fsnap.transfer.exporter import export_images
 
+        for ref in refs:
+            self._require_complete(ref, f"export {ref}")
         export_images(self.content, self.images, refs, out, fmt)
 
     def export_rootfs(self, ref: str, out: Path) -> None:
@@ -240,9 +242,25 @@ class Client:
         from fsnap.mount.tree import MergedTree
         from fsnap.transfer.exporter import export_rootfs
 
+        self._require_complete(ref, f"export the files of {ref}")
         top = image_snapshot(self.content, self.images, ref)
         tree = MergedTree.build(snapshot_layers(self.snapshots, top))
         export_rootfs(tree, out)
+
+    def _require_complete(self, ref: str, doing: str) -> None:
+        """Refuse ``doing`` with image ``ref`` while its layers for this host are lazy (see
+        ``fsnap.lazy.state.require_complete``); an image that is missing or not unpacked
+        is left for the operation itself to report."""
+        from fsnap.errors import FailedPrecondition, NotFound
+        from fsnap.lazy.state import require_complete
+        from fsnap.mount.source import image_snapshot
+
+        try:
+            top = image_snapshot(self.content, self.images, ref)
+            chain = self.snapshots.chain(top)
+        except (NotFound, FailedPrecondition):
+            return
+        require_complete(chain, doing, f"`fsnap pull {ref}` completes them")
 
     def tag(self, source: str, new: str) -> Image:
         """Record ``new`` naming the image ``source`` names (``fsnap tag``)."""
@@ -339,6 +357,7 @@ class Client:
 
         from fsnap.push import push_image
 
+        self._require_complete(ref, f"push {ref}")
         options: dict[str, Any] = {} if chunk_size is None else {"chunk_size": chunk_size}
         run = functools.partial(
             push_image,

@@ -30,6 +30,7 @@ from fsnap.errors import FailedPrecondition
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.toc import Chunk, Seekable, Toc, parse_toc, seekable
 from fsnap.oci import Descriptor
+from fsnap.snapshots.info import Info
 from fsnap.snapshots.snapshotter import OWNED_TABLES, LocalSnapshotter
 
 STATE_FILE = "lazy.json"
@@ -108,6 +109,20 @@ def lazy_layers(snapshots: LocalSnapshotter, db: Database, top: str) -> list[tup
         have += sum(int(size) for _, size in db.items_json(CHUNK_TABLE, prefix))
         out.append((info.name, have, total))
     return out
+
+
+def require_complete(chain: list[Info], doing: str, remedy: str) -> None:
+    """Refuse (``FailedPrecondition``) to ``doing`` when ``chain`` holds a lazy
+    layer: its directory has empty files where contents are not fetched yet, and its blob
+    is not in the content store. Only a lazy mount fetches on read; whatever reads snapshot
+    directories or blobs directly (an export, a push, containerd's overlay mounts) would
+    silently write empty files or miss blobs. ``remedy`` says what completes the layers."""
+    lazy = [info.name for info in chain if LAZY_LABEL in info.labels]
+    if lazy:
+        raise FailedPrecondition(
+            f"cannot {doing}: {len(lazy)} of its layers were pulled lazily and are not "
+            f"complete ({', '.join(name[:19] for name in lazy)}); {remedy}"
+        )
 
 
 def is_present(db: Database, chain_id: str, path: str) -> bool:

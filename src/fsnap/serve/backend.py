@@ -41,6 +41,7 @@ from fsnap.archive.format import OVERLAY_XATTR_PREFIXES, LayerMarkers
 from fsnap.diff.scan import scan_snapshot
 from fsnap.errors import AlreadyExists, NotFound
 from fsnap.labels import TARGET_LABEL
+from fsnap.lazy.state import require_complete
 from fsnap.snapshots.info import OWNER_LABEL, Info, Kind, Mounts, Usage
 from fsnap.snapshots.snapshotter import LocalSnapshotter
 
@@ -48,6 +49,8 @@ OWNER = "containerd"
 OVERLAY_TYPE = "fuse3.fsnap-overlay"
 OVERLAY_SOURCE = "fsnap-overlay"
 UNPACK_PREFIX = "extract-"  # containerd's snapshots.UnpackKeyPrefix
+# What the refusal of a lazily pulled layer (``fsnap.lazy.state.require_complete``) says.
+LAZY_REMEDY = "`fsnap pull` of the image (without --lazy) completes them"
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,7 @@ class Backend:
         log.debug("prepare %s on %r with labels %s", key, parent, dict(labels))
         with self._lock:
             self._adopt_target(parent, labels)
+            self._refuse_lazy(parent, f"prepare {key}")
             found = self.snapshots.prepare(key, parent, _owned(labels))
         if is_unpack_key(key):
             return unpack_mounts(found)
@@ -132,6 +136,7 @@ class Backend:
 
     def view(self, key: str, parent: str, labels: Mapping[str, str] | None = None) -> list[Mount]:
         with self._lock:
+            self._refuse_lazy(parent, f"make view {key}")
             found = self.snapshots.view(key, parent, _owned(labels or {}))
         return to_mounts(found)
 
@@ -172,6 +177,12 @@ class Backend:
     def close(self) -> None:
         self.snapshots.close()
 
+    def _refuse_lazy(self, parent: str, doing: str) -> None:
+        """containerd mounts snapshot directories with overlayfs: a lazy layer's files not
+        fetched yet would read as empty there, so a chain with one is refused."""
+        if parent:
+            require_complete(self.snapshots.chain(parent), doing, LAZY_REMEDY)
+
     def _adopt_target(self, parent: str, labels: Mapping[str, str]) -> None:
         """Raise AlreadyExists when fsnap holds the target chain ID on ``parent`` already,
         labelled so that containerd's Walk for it finds it."""
@@ -184,6 +195,7 @@ class Backend:
             return
         if info.kind is not Kind.COMMITTED or info.parent != parent:
             return
+        require_complete([info], f"use snapshot {target}", LAZY_REMEDY)
         if info.labels.get(TARGET_LABEL) != target or OWNER_LABEL not in info.labels:
             extra = {TARGET_LABEL: target, OWNER_LABEL: OWNER}
             self.snapshots.update(target, extra, [f"labels.{k}" for k in extra])
