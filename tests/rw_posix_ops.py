@@ -88,6 +88,22 @@ def truncate_calls() -> None:
 
 
 @check
+def open_file_after_unlink() -> None:
+    """An open file whose last name is gone is still written and truncated (through its
+    descriptor: the daemon has no path for it)."""
+    fd = os.open(p("orphan"), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+    try:
+        os.write(fd, b"orphaned")
+        os.unlink(p("orphan"))
+        os.ftruncate(fd, 3)
+        assert os.fstat(fd).st_size == 3
+        assert os.pread(fd, 10, 0) == b"orp"
+    finally:
+        os.close(fd)
+    fails(errno.ENOENT, os.stat, p("orphan"))
+
+
+@check
 def directories() -> None:
     os.mkdir(p("d1"), 0o750)
     assert stat.S_ISDIR(os.stat(p("d1")).st_mode)

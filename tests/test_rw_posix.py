@@ -105,7 +105,7 @@ def test_posix_operation(outcomes: Outcomes, check: str, kind: str, user: str) -
 def test_posix_operations_all_pass_and_persist(outcomes: Outcomes, kind: str, user: str) -> None:
     outcome = outcomes(kind, user)
     assert outcome.returncode == 0, outcome.stdout + outcome.stderr
-    assert outcome.stdout.count("ok ") == 16, outcome.stdout
+    assert outcome.stdout.count("ok ") == len(CHECKS), outcome.stdout
     assert outcome.after == outcome.before
     _check_upper_format(outcome.upper)
 
