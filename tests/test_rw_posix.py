@@ -107,12 +107,15 @@ def test_posix_operations_all_pass_and_persist(outcomes: Outcomes, kind: str, us
     assert outcome.returncode == 0, outcome.stdout + outcome.stderr
     assert outcome.stdout.count("ok ") == len(CHECKS), outcome.stdout
     assert outcome.after == outcome.before
-    _check_upper_format(outcome.upper)
+    _check_upper_format(outcome.upper, user)
 
 
-def _check_upper_format(upper: Path) -> None:
+def _check_upper_format(upper: Path, user: str) -> None:
     """Only the changes, whiteouts and opaque markers as ``fsnap.mount.upper`` says."""
     play = upper / "play"
+    if user == "root":  # a root daemon puts owners on disk (no override needed)
+        st = os.lstat(play / "meta.txt")
+        assert (st.st_uid, st.st_gid) == (1234, 4321)
     assert (play / ".wh.mv-src.txt").is_file()
     assert (play / ".wh.mv-src.txt").stat().st_size == 0
     assert not (play / ".wh.gone.txt").exists()  # recreated: the file replaces it
