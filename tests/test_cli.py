@@ -62,11 +62,53 @@ def _imported(*argv: str, succeeds: bool = True) -> set[str]:
 
 def test_images_and_help_import_no_heavy_library(tmp_path: Path) -> None:
     assert _imported("--root", str(tmp_path), "images").isdisjoint(HEAVY)
-    # Help needs the topics' parsers, not the registry client behind them (the pull and
-    # push topics' progress renderer is rich, so rich stays).
+    # Help needs the topics' parsers, not the engines behind them: no registry client, no
+    # store (LMDB), no progress renderer (rich). 0.42 s -> 0.1 s for `fsnap --help`.
     for argv in (["pull", "--help"], ["push", "--help"], ["info", "--help"], ["--help"]):
         imported = _imported("--root", str(tmp_path), *argv)
-        assert imported.isdisjoint(HEAVY - {"rich"}), (argv, imported & HEAVY)
+        assert imported.isdisjoint(HEAVY | {"lmdb"}), (argv, imported & (HEAVY | {"lmdb"}))
+
+
+def test_every_commands_parser_imports_no_heavy_library(tmp_path: Path) -> None:
+    """``fsnap CMD --help`` of every command, in one process: parsing loads only argparse
+    level modules; each handler imports what its command runs."""
+    code = (
+        "import sys\n"
+        "from fsnap.cli import COMMANDS, main\n"
+        "for command in COMMANDS:\n"
+        "    try:\n"
+        f"        main(['--root', {str(tmp_path)!r}, command, '--help'])\n"
+        "    except SystemExit as exit:\n"
+        "        assert exit.code == 0, (command, exit.code)\n"
+        "print(' '.join(sorted({name.split('.')[0] for name in sys.modules})))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.splitlines()[-1].split())
+    assert "fsnap" in loaded
+    assert loaded.isdisjoint(HEAVY | {"lmdb"}), loaded & (HEAVY | {"lmdb"})
+
+
+def test_version_opens_no_store(tmp_path: Path) -> None:
+    """``fsnap version`` needs no LMDB and creates no store directory."""
+    root = tmp_path / "root"
+    imported = _imported("--root", str(root), "version")
+    assert imported.isdisjoint(HEAVY | {"lmdb"}), imported & (HEAVY | {"lmdb"})
+    assert not root.exists()
+
+
+def test_plain_and_quiet_progress_import_no_rich() -> None:
+    """Only a live view (a terminal) draws with rich: piped and ``--quiet`` pulls, pushes
+    and commits do without it."""
+    code = (
+        "import io, sys\n"
+        "from fsnap.cli.progress import PullReporter, reporting\n"
+        "for mode in ('plain', 'quiet'):\n"
+        "    with reporting(PullReporter, mode, io.StringIO()) as progress:\n"
+        "        progress.resolving('example.com/x:1')\n"
+        "print('rich' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
 
 
 def test_mount_imports_no_http_stack_without_credentials(tmp_path: Path) -> None:

@@ -8,14 +8,13 @@ import io
 import pytest
 from rich.console import Console, Group
 
+from fsnap.cli.board import Board
+from fsnap.cli.live import LiveView, render_board
 from fsnap.cli.progress import (
-    Board,
     CommitReporter,
-    LiveView,
     PlainView,
     PullReporter,
     PushReporter,
-    render_board,
 )
 from fsnap.oci import Descriptor
 from fsnap.progress import ByteMeter

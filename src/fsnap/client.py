@@ -13,10 +13,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from fsnap.db import Database
-
 if TYPE_CHECKING:
     from fsnap.content.store import ContentStore
+    from fsnap.db import Database
     from fsnap.gc import GCReport
     from fsnap.images.store import Image, ImageStore
     from fsnap.lazy.access import RegistryAccess
@@ -78,6 +77,8 @@ class Client:
     @property
     def db(self) -> Database:
         if self._db is None:
+            from fsnap.db import Database  # (LMDB: not for commands that open no store)
+
             self.root.mkdir(parents=True, exist_ok=True)
             self._db = Database(self.root)
             self.private_repairs = _check_private(self.root)

@@ -1,7 +1,8 @@
-"""Default limits of a pull that ``fsnap pull --help`` prints.
+"""Default limits that ``fsnap pull --help`` and ``fsnap analyze --help`` print.
 
 Constants only, so that the CLI shows them without importing the engines that enforce them
-(``fsnap.pull`` and ``fsnap.unpack.apply`` load trio, httpx, isal: 0.2-0.5 s of start-up).
+(``fsnap.pull`` and ``fsnap.unpack.apply`` load trio, httpx, isal: 0.2-0.5 s of start-up;
+``fsnap.inspect.waste`` the merged tree).
 """
 
 # A whole blob must arrive within this many seconds, whatever its per-read progress (a
@@ -14,3 +15,8 @@ BLOB_DEADLINE = 3600.0
 # real layers stay far below; a 194-byte gzip declaring a 1 GiB sparse file does not.
 INFLATION_RATIO = 200
 INFLATION_FLOOR = 512 * 1024 * 1024
+
+# dive's CI defaults for `fsnap analyze --ci` (``fsnap.inspect.waste``):
+# --lowest-efficiency 0.9, --highest-user-wasted-percent 0.1
+DEFAULT_LOWEST_EFFICIENCY = 0.9
+DEFAULT_HIGHEST_USER_WASTED = 0.1

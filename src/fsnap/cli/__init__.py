@@ -40,9 +40,11 @@ TOPICS = (
     "version",
 )
 
-# Which topic registers each command. Importing a topic imports the library code behind it
-# (httpx, trio, rich, pyfuse3 ...), so a command loads only its own topic: `fsnap images`
-# does not pay for the registry client. tests/test_cli.py checks this table against TOPICS.
+# Which topic registers each command, so that a command loads only its own topic's parser.
+# A topic's module imports no engine (httpx, trio, rich, lmdb, pyfuse3 ...): its handlers
+# do, so even `fsnap --help`, which registers every topic, loads none of them (0.42 s ->
+# 0.1 s, see docs/benchmarks.md). tests/test_cli.py checks this table against TOPICS and
+# what the parsers import.
 COMMANDS = {
     "pull": "pull",
     "images": "images",
@@ -113,6 +115,13 @@ def add_log_level(parser: argparse.ArgumentParser, default: str | None) -> None:
         default=default,
         choices=logs.LEVELS,
         help=f"what to log on stderr (default ${logs.ENV}, else {logs.DEFAULT})",
+    )
+
+
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    """``-q``/``--quiet`` of the commands that draw progress (``fsnap.cli.progress``)."""
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print only the final reference and digest"
     )
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
-
-from fsnap.check import CheckReport, check_store
 from fsnap.cli.registry_options import add_registry_options, credentials_of
-from fsnap.client import Client
-from fsnap.inspect.render import console, print_json
+
+if TYPE_CHECKING:
+    from fsnap.check import CheckReport
+    from fsnap.client import Client
 
 # Exit code: the check found problems (or, with --repair, some are left). Like analyze's
 # 20 it is a verdict, not an error of the command itself.
@@ -40,6 +39,9 @@ def register(subparsers: Any) -> None:
 
 
 def handle_check(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.check import check_store
+    from fsnap.inspect.render import print_json
+
     credentials = credentials_of(args)
 
     def pull(name: str) -> object:
@@ -59,6 +61,10 @@ def print_report(report: CheckReport) -> None:
     if not report.problems:
         print("check: the store is clean")
         return
+    from rich.table import Table
+
+    from fsnap.inspect.render import console
+
     table = Table(header_style="bold")
     for column in ("KIND", "SUBJECT", "ISSUE", "DETAIL"):
         table.add_column(column, overflow="fold")

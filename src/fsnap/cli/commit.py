@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.cli.progress import CommitReporter, add_quiet_option, mode_for, reporting
+from fsnap.cli import add_quiet_option
 from fsnap.cli.snapshots import warn_sockets_left_out
-from fsnap.client import Client
 from fsnap.progress import human_size
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
 
 
 def register(subparsers: Any) -> None:
@@ -35,6 +37,8 @@ def register(subparsers: Any) -> None:
 
 
 def handle_commit(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.cli.progress import CommitReporter, mode_for, reporting
+
     with reporting(CommitReporter, mode_for(sys.stdout, args.quiet), sys.stdout) as progress:
         image = client.commit_image(
             args.key,

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.client import Client
-from fsnap.digest import validate
 from fsnap.progress import human_size
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
 
 
 def register(subparsers: Any) -> None:
@@ -47,6 +47,10 @@ def handle_ls(client: Client, args: argparse.Namespace) -> int:
 
 
 def handle_get(client: Client, args: argparse.Namespace) -> int:
+    import shutil  # (it loads bz2 and lzma: not for the parser)
+
+    from fsnap.digest import validate
+
     with client.content.open(validate(args.digest)) as blob:
         shutil.copyfileobj(blob, sys.stdout.buffer)
     sys.stdout.buffer.flush()

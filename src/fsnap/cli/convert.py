@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.client import Client
 from fsnap.errors import InvalidArgument, NotFound
-from fsnap.oci import Descriptor
 from fsnap.progress import human_size
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
+    from fsnap.oci import Descriptor
 
 
 def register(subparsers: Any) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.client import Client
-from fsnap.gc import GCReport, Removal
 from fsnap.progress import human_size
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
+    from fsnap.gc import GCReport, Removal
 
 
 def register(subparsers: Any) -> None:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsnap.cli.lazy_report import any_lazy, lazy_presence, presence_line
-from fsnap.client import Client
 from fsnap.errors import FsnapError, InvalidArgument
-from fsnap.images.store import Image
 from fsnap.progress import human_size
-from fsnap.reference import Reference
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
+    from fsnap.images.store import Image
 
 
 def register(subparsers: Any) -> None:
@@ -95,6 +96,8 @@ def handle_rmi(client: Client, args: argparse.Namespace) -> int:
 
 def short_name(name: str) -> str:
     """What docker shows: ``debian:12`` for docker.io/library/debian:12."""
+    from fsnap.reference import Reference
+
     try:
         return Reference.parse(name).familiar
     except InvalidArgument:

@@ -10,11 +10,11 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from fsnap.client import Client
-from fsnap.info.probe import Tool
 from fsnap.progress import human_size
 
 if TYPE_CHECKING:
+    from fsnap.client import Client
+    from fsnap.info.probe import Tool
     from fsnap.info.report import Report
 
 

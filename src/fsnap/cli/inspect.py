@@ -3,22 +3,25 @@
 All of them answer from the content store and the snapshot indexes (``fsnap.inspect``);
 every one prints a table (colour on a terminal) or, with ``--json``, the document described
 in docs/inspect-json.md. ``analyze --ci`` exits with ``CI_FAILED`` when a threshold breaks.
+
+Each handler imports the engine it uses (``fsnap.inspect.render`` loads rich, the layers
+load LMDB's indexes): the parser, which ``fsnap --help`` builds too, loads none of them.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.client import Client
 from fsnap.errors import InvalidArgument, NotFound
-from fsnap.inspect import changes, render, usage, waste
-from fsnap.inspect.layers import ImageLayers, content_size, inner_path, resolve, unpacked_layers
-from fsnap.inspect.which import which
-from fsnap.mount.tree import Layer
-from fsnap.oci import Platform
-from fsnap.snapshots.info import Kind
+from fsnap.limits import DEFAULT_HIGHEST_USER_WASTED, DEFAULT_LOWEST_EFFICIENCY
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
+    from fsnap.inspect import waste
+    from fsnap.inspect.layers import ImageLayers
+    from fsnap.mount.tree import Layer
 
 # Exit code of `fsnap analyze --ci` when the image breaks a threshold (errors use 1..11).
 CI_FAILED = 20
@@ -70,7 +73,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--lowest-efficiency",
         metavar="RATIO",
-        help=f"fail below (default {waste.DEFAULT_LOWEST_EFFICIENCY}; 'disabled')",
+        help=f"fail below (default {DEFAULT_LOWEST_EFFICIENCY}; 'disabled')",
     )
     parser.add_argument(
         "--highest-wasted-bytes", metavar="SIZE", help="fail above, e.g. 20MB (default disabled)"
@@ -78,7 +81,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--highest-user-wasted-percent",
         metavar="RATIO",
-        help=f"fail above (default {waste.DEFAULT_HIGHEST_USER_WASTED}; a ratio, 0.1 = 10%%)",
+        help=f"fail above (default {DEFAULT_HIGHEST_USER_WASTED}; a ratio, 0.1 = 10%%)",
     )
 
     parser = _command(subparsers, "which", "which layer provides (or removed) a path", which_)
@@ -121,6 +124,9 @@ def _natural(text: str) -> int:
 
 
 def _image(client: Client, args: argparse.Namespace) -> ImageLayers:
+    from fsnap.inspect.layers import resolve
+    from fsnap.oci import Platform
+
     platform = Platform.parse(args.platform) if args.platform else None
     return resolve(client.content, client.images, args.ref, platform)
 
@@ -133,6 +139,9 @@ def _names(image: ImageLayers) -> list[str]:
 
 
 def inspect(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.inspect import render
+    from fsnap.inspect.layers import content_size
+
     image = _image(client, args)
     sizes: list[tuple[int, int] | None] = []
     for info in image.layers:
@@ -148,12 +157,17 @@ def inspect(client: Client, args: argparse.Namespace) -> int:
 
 
 def history(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.inspect import render
+
     doc = render.history_json(_image(client, args))
     _emit(args, doc, lambda: render.history_table(doc, args.no_trunc))
     return 0
 
 
 def diff(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.inspect import changes, render
+    from fsnap.inspect.layers import inner_path
+
     inner = inner_path(args.path)
     source, layers, names = _diff_source(client, args)
     top = len(layers) - 1
@@ -182,6 +196,9 @@ def diff(client: Client, args: argparse.Namespace) -> int:
 
 
 def analyze(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.inspect import render, waste
+    from fsnap.inspect.layers import unpacked_layers
+
     image = _image(client, args)
     layers = unpacked_layers(client.snapshots, image)
     analysis = waste.analyze(layers)
@@ -216,6 +233,10 @@ def _write_report(
 
 
 def which_(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.inspect import render
+    from fsnap.inspect.layers import inner_path, unpacked_layers
+    from fsnap.inspect.which import which
+
     inner = inner_path(args.path)
     image = _image(client, args)
     answer = which(unpacked_layers(client.snapshots, image), inner)
@@ -225,6 +246,9 @@ def which_(client: Client, args: argparse.Namespace) -> int:
 
 
 def tree(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.inspect import render, usage
+    from fsnap.inspect.layers import inner_path, unpacked_layers
+
     inner = inner_path(args.path)
     image = _image(client, args)
     layers = unpacked_layers(client.snapshots, image)
@@ -239,6 +263,9 @@ def tree(client: Client, args: argparse.Namespace) -> int:
 
 
 def du(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.inspect import render, usage
+    from fsnap.inspect.layers import inner_path, unpacked_layers
+
     inner = inner_path(args.path)
     image = _image(client, args)
     layers = unpacked_layers(client.snapshots, image)
@@ -253,7 +280,9 @@ def du(client: Client, args: argparse.Namespace) -> int:
 
 def _emit(args: argparse.Namespace, doc: dict[str, Any], table: Any) -> None:
     if args.json:
-        render.print_json(doc)
+        from fsnap.inspect.render import print_json
+
+        print_json(doc)
     else:
         table()
 
@@ -264,6 +293,8 @@ def _check_layer(index: int, top: int) -> None:
 
 
 def _thresholds(args: argparse.Namespace) -> waste.Thresholds:
+    from fsnap.inspect import waste
+
     defaults = waste.Thresholds()
     return waste.Thresholds(
         lowest_efficiency=defaults.lowest_efficiency
@@ -290,6 +321,8 @@ def _diff_source(
         except NotFound:
             raise NotFound(f"{missing}; no snapshot has the key {args.ref} either") from None
         return _snapshot_source(client, args.ref, chain)
+    from fsnap.inspect.layers import unpacked_layers
+
     return {"image": image.name}, unpacked_layers(client.snapshots, image), _names(image)
 
 
@@ -300,6 +333,8 @@ def _snapshot_source(
     metadata its directory cannot (a writable mount's overrides), so its directory is
     scanned, as ``commit`` would, with that index as overrides."""
     from fsnap.diff.scan import scan_snapshot
+    from fsnap.mount.tree import Layer
+    from fsnap.snapshots.info import Kind
 
     snapshots = client.snapshots
     layers = [

@@ -5,10 +5,14 @@ commands stay light."""
 
 from __future__ import annotations
 
-from fsnap.client import Client
+from typing import TYPE_CHECKING
+
 from fsnap.errors import FsnapError
 from fsnap.labels import LAZY_LABEL
 from fsnap.progress import human_size
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
 
 
 def any_lazy(client: Client) -> bool:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsnap.cli.registry_options import add_registry_options, credentials_of
-from fsnap.client import Client
 from fsnap.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
 
 
 def register(subparsers: Any) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsnap.cli.lazy_report import any_lazy, lazy_presence, presence_line
 from fsnap.cli.registry_options import add_registry_options, credentials_of
-from fsnap.client import Client
 from fsnap.errors import InvalidArgument
-from fsnap.lazy.access import RegistryAccess
-from fsnap.mount import manager, records
-from fsnap.reference import Reference
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
+    from fsnap.lazy.access import RegistryAccess
+    from fsnap.mount import manager, records
 
 
 def register(subparsers: Any) -> None:
@@ -84,7 +85,9 @@ def _add_mount_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace) -> manager.MountOptions:
-    return manager.MountOptions(
+    from fsnap.mount.manager import MountOptions
+
+    return MountOptions(
         suid=args.suid,
         dev=args.dev,
         pull=getattr(args, "pull", False),
@@ -112,6 +115,9 @@ def _access(args: argparse.Namespace) -> RegistryAccess | None:
     credentials = credentials_of(args)
     if credentials is None and args.plain_http is None and args.ca_file is None:
         return None
+    from fsnap.lazy.access import RegistryAccess
+    from fsnap.reference import Reference
+
     return RegistryAccess(
         Reference.parse(args.ref).domain,
         credentials.username if credentials else None,

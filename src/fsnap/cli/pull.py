@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.cli.progress import PullReporter, add_quiet_option, mode_for, reporting
+from fsnap.cli import add_quiet_option
 from fsnap.cli.registry_options import add_registry_options, credentials_of
-from fsnap.client import Client
 from fsnap.errors import InvalidArgument
 from fsnap.limits import BLOB_DEADLINE, INFLATION_FLOOR, INFLATION_RATIO
 from fsnap.oci import Platform
 from fsnap.progress import human_size
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
 
 
 def register(subparsers: Any) -> None:
@@ -63,6 +65,8 @@ def register(subparsers: Any) -> None:
 
 
 def handle_pull(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.cli.progress import PullReporter, mode_for, reporting
+
     if args.platform and args.all_platforms:
         raise InvalidArgument("--platform and --all-platforms exclude each other")
     if args.lazy and args.no_unpack:

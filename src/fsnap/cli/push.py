@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.cli.progress import PushReporter, add_quiet_option, mode_for, reporting
+from fsnap.cli import add_quiet_option
 from fsnap.cli.registry_options import add_registry_options, credentials_of
-from fsnap.client import Client
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
 
 
 def register(subparsers: Any) -> None:
@@ -24,6 +26,8 @@ def register(subparsers: Any) -> None:
 
 
 def handle_push(client: Client, args: argparse.Namespace) -> int:
+    from fsnap.cli.progress import PushReporter, mode_for, reporting
+
     with reporting(PushReporter, mode_for(sys.stdout, args.quiet), sys.stdout) as progress:
         desc = client.push(
             args.ref,

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.client import Client
+if TYPE_CHECKING:
+    from fsnap.client import Client
 
 
 def register(subparsers: Any) -> None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsnap.cli import add_log_level
-from fsnap.client import Client
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
 
 
 def register(subparsers: Any) -> None:

@@ -10,12 +10,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.client import Client
 from fsnap.errors import InvalidArgument
 from fsnap.progress import human_size
-from fsnap.snapshots import Info, Kind, LocalSnapshotter, Mounts
+
+if TYPE_CHECKING:
+    from fsnap.client import Client
+    from fsnap.snapshots import Info, LocalSnapshotter, Mounts
 
 
 def register(subparsers: Any) -> None:
@@ -194,6 +196,8 @@ def show_tree(client: Client, args: argparse.Namespace) -> int:
 def _tree_lines(children: dict[str, list[Info]], root: str) -> list[str]:
     """Depth-first lines under ``root``, two spaces per level (a stack, not recursion:
     a chain may be deeper than Python's recursion limit)."""
+    from fsnap.snapshots import Kind
+
     lines = []
     stack = [(info, 0) for info in reversed(children.get(root, []))]
     while stack:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.client import Client
+if TYPE_CHECKING:
+    from fsnap.client import Client
+
 
 FORMATS = ("oci-archive", "oci-dir", "docker-archive")
 

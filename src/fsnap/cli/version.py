@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fsnap.client import Client
+if TYPE_CHECKING:
+    from fsnap.client import Client
 
 
 def register(subparsers: Any) -> None:
@@ -19,6 +18,9 @@ def register(subparsers: Any) -> None:
 
 
 def versions() -> dict[str, str]:
+    import platform
+    from importlib import metadata
+
     found = {"fsnap": metadata.version("fsnap"), "python": platform.python_version()}
     for package in ("pyfuse3", "trio", "httpx", "lmdb", "grpcio"):
         try:

@@ -18,11 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fsnap.errors import InvalidArgument
+from fsnap.limits import DEFAULT_HIGHEST_USER_WASTED, DEFAULT_LOWEST_EFFICIENCY
 from fsnap.mount.tree import Layer, MergedTree
 
-# dive's CI defaults: --lowest-efficiency 0.9, --highest-user-wasted-percent 0.1
-DEFAULT_LOWEST_EFFICIENCY = 0.9
-DEFAULT_HIGHEST_USER_WASTED = 0.1
 _UNITS = {
     "": 1,
     "B": 1,
