@@ -311,3 +311,47 @@ def test_set_xattr_and_removing_a_missing_one(tmp_path: Path) -> None:
     with pytest.raises(OSError) as caught:
         upper.set_xattr(b"f", b"bogus.a", b"1")
     assert caught.value.errno == errno.EOPNOTSUPP
+
+
+@needs_root
+def test_symlinks_are_changed_themselves_never_their_targets(tmp_path: Path) -> None:
+    """Every call on a path of ``fs/`` acts on a symlink itself (trusted xattrs may sit on
+    a symlink; user xattrs may not)."""
+    upper = upper_at(tmp_path, privileged=True)
+    fs = fs_of(upper)
+    (fs / "d").mkdir()
+    (fs / "d/inside").write_bytes(b"kept")
+    os.symlink("d", fs / "s")
+    os.setxattr(fs / "d", "trusted.target", b"t")
+    # apply: the link's own xattrs, listed, removed and set on the link
+    os.setxattr(fs / "s", "trusted.old", b"o", follow_symlinks=False)
+    upper.apply_at(b"s", Entry("s", "symlink", mode=0o777, xattrs={"trusted.new": b"n"}))
+    assert os.listxattr(fs / "s", follow_symlinks=False) == ["trusted.new"]
+    assert os.listxattr(fs / "d") == ["trusted.target"]
+    # one xattr set and removed
+    upper.set_xattr(b"s", b"trusted.one", b"1")
+    assert os.getxattr(fs / "s", "trusted.one", follow_symlinks=False) == b"1"
+    upper.set_xattr(b"s", b"trusted.one", None)
+    assert os.listxattr(fs / "s", follow_symlinks=False) == ["trusted.new"]
+    assert os.listxattr(fs / "d") == ["trusted.target"]
+    # times: what is not given stays the link's own
+    os.utime(fs / "s", ns=(11, 12), follow_symlinks=False)
+    os.utime(fs / "d", ns=(21, 22))
+    upper.set_times(b"s", None, 3)
+    assert (os.lstat(fs / "s").st_atime_ns, os.lstat(fs / "s").st_mtime_ns) == (11, 3)
+    assert os.lstat(fs / "d").st_mtime_ns == 22
+    # a hard link of a symlink is a symlink
+    upper.link_up(b"s", b"s2")
+    assert os.lstat(fs / "s2").st_ino == os.lstat(fs / "s").st_ino
+    # removing the link leaves the directory it points to
+    upper.remove(b"s", None)
+    assert not os.path.lexists(fs / "s")
+    assert (fs / "d/inside").read_bytes() == b"kept"
+
+
+def test_removing_an_xattr_reports_errors_other_than_a_missing_one(tmp_path: Path) -> None:
+    upper = upper_at(tmp_path)
+    (fs_of(upper) / "f").write_bytes(b"")
+    with pytest.raises(OSError) as caught:
+        upper.set_xattr(b"f", b"bogus.a", None)
+    assert caught.value.errno == errno.EOPNOTSUPP
