@@ -331,8 +331,9 @@ def test_upper_marks(tmp_path: Path) -> None:
     assert below[tree.root] == {b"d": True, b"g": False}
     assert below[d] == {b"e": True, b"f": False}
     assert len(marks.below) == 3
-    # a read-only chain has no marks
+    # a read-only chain has no marks (a layer is not the writable top unless it says so)
     assert build(tmp_path, [Entry("d", "dir")]).upper is None
+    assert MergedTree.build([Layer(tmp_path, [Entry("d", "dir")])]).upper is None
 
 
 def test_upper_marks_of_a_directory_named_again_in_the_upper_layer(tmp_path: Path) -> None:

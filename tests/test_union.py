@@ -446,6 +446,7 @@ def test_hard_link_names_follow_removals(tmp_path: Path, fds: list[int]) -> None
     assert (node.size, stat.S_IMODE(node.mode)) == (2, 0o600)
     assert os.fstat(fd).st_size == 2
     _errno(errno.EROFS, union.open, node.ino, os.O_WRONLY)
+    _errno(errno.EROFS, union.open, node.ino, os.O_RDWR)
 
 
 def test_new_names_are_checked_for_link_and_rename(tmp_path: Path) -> None:

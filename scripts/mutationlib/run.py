@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cosmic_ray.work_db import WorkDB, use_db
@@ -268,6 +268,11 @@ def main() -> None:
         action="store_true",
         help="run the survivors of earlier sessions again (new tests)",
     )
+    parser.add_argument(
+        "--tests",
+        help="comma-separated test files to run instead of the map's (with --recheck: do "
+        "the new tests kill the survivors? an equivalent survivor then costs only them)",
+    )
     parser.add_argument("--report-only", action="store_true", help="print, run nothing")
     parser.add_argument("--diffs", action="store_true", help="show each survivor's diff")
     args = parser.parse_args()
@@ -275,6 +280,8 @@ def main() -> None:
     chosen = [t for t in TARGETS if not args.only or t.name in args.only.split(",")]
     if args.only and len(chosen) != len(args.only.split(",")):
         parser.error(f"targets are: {', '.join(names)}")
+    if args.tests:
+        chosen = [replace(t, tests=tuple(args.tests.split(","))) for t in chosen]
     sessions = args.work / "sessions"
     sessions.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
