@@ -458,6 +458,7 @@ def test_new_names_are_checked_for_link_and_rename(tmp_path: Path) -> None:
     _errno(errno.ENAMETOOLONG, union.rename, root, b"f", root, long, 0)
     _errno(errno.EINVAL, union.rename, root, b"f", root, b".wh.g", 0)
     _errno(errno.ENAMETOOLONG, union.unlink, root, long)
+    _errno(errno.ENOENT, union.unlink, root, b"n" * NAME_MAX)
     run(union.link, f, root, b"n" * NAME_MAX)
     assert store.node("n" * NAME_MAX) is store.node("f")
     assert store.upper().keys() >= {"f", "n" * NAME_MAX}
@@ -648,3 +649,18 @@ def test_fsync_dir_and_statvfs(tmp_path: Path) -> None:
     numbers = run(union.statvfs)
     assert numbers.f_blocks == os.statvfs(store.fs).f_blocks
     _errno(errno.ENOENT, union.fsync_dir, 0)
+
+
+def test_a_lower_file_removed_while_open_is_never_copied_up_again(
+    tmp_path: Path, fds: list[int]
+) -> None:
+    store = Store(tmp_path, _plain)
+    union, root = store.union, store.ino("")
+    node, fd = run(union.open, store.ino("f"), os.O_RDONLY)
+    fds.append(fd)
+    run(union.unlink, root, b"f")
+    assert node.nlink == 0
+    _errno(errno.ENOENT, union.set_attrs, node.ino, AttrChange(mode=0o600), None)
+    _errno(errno.ENOENT, union.set_xattr, node.ino, b"user.a", b"1")
+    assert os.listdir(store.fs) == [".wh.f"]
+    assert os.pread(fd, 10, 0) == b"lower"
