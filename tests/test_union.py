@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import pytest
 import trio
+from conftest import filesystem_at
 
 from fsnap.archive.entry import Entry
 from fsnap.archive.format import NAME_MAX, OPAQUE_MARKER
@@ -664,3 +665,17 @@ def test_a_lower_file_removed_while_open_is_never_copied_up_again(
     _errno(errno.ENOENT, union.set_xattr, node.ino, b"user.a", b"1")
     assert os.listdir(store.fs) == [".wh.f"]
     assert os.pread(fd, 10, 0) == b"lower"
+
+
+@pytest.mark.needs_root
+def test_writes_where_the_page_cache_write_is_refused(tmp_path: Path) -> None:
+    """On tmpfs ``RWF_NOWAIT`` writes are refused: every byte goes through the thread."""
+    with filesystem_at("tmpfs", tmp_path) as base:
+        store = Store(base, _plain)
+        node, fd = run(store.union.open, store.ino("d/f"), os.O_RDWR)
+        try:
+            assert run(store.union.write, fd, node, 2, b"LLO, world") == 10
+            assert node.size == 12
+        finally:
+            os.close(fd)
+        assert (store.fs / "d/f").read_bytes() == b"heLLO, world"
