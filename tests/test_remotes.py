@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from fsnap.errors import (
 from fsnap.remotes import Credentials, RegistryClient
 from fsnap.remotes.registry import is_local_host
 from fsnap.remotes.retry import MAX_RETRY_AFTER, parse_retry_after
+from fsnap.remotes.transport import DeferredTLS, client_transport
 
 # -- resolve and fetch ---------------------------------------------------------------------
 
@@ -58,6 +60,49 @@ def test_resolve_and_fetch_image(registry: RegistryProcess, fmt: Format) -> None
     )
     assert manifest == image.manifest.data
     assert blobs == [b.data for b in image.blobs]
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def test_plain_http_registry_loads_no_ca_bundle(
+    registry: RegistryProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry over plain HTTP needs no TLS context: httpx made one with every client,
+    loading the CA bundle (~30 ms of CPU before each pull's first request)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    loaded: list[object] = []
+    real = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loaded.append(args or kwargs)
+        real(self, *args, **kwargs)
+
+    image = small_image("no-tls")
+    registry.push_image("remotes/no-tls", "v1", image)
+    ref = ref_at(registry.host, "remotes/no-tls")
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+
+    async def body(client: RegistryClient) -> bytes:
+        desc = await client.resolve(ref)
+        return await client.fetch_manifest(ref, desc)
+
+    assert run(body) == image.manifest.data
+    assert loaded == []
+
+
+def test_a_proxy_in_the_environment_keeps_httpx_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """httpx reads proxy variables only for a client without its own transport."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert isinstance(client_transport(True), DeferredTLS)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:1")
+    assert client_transport(True) is None
 
 
 @pytest.mark.parametrize("fmt", ["oci", "docker"])

@@ -44,6 +44,7 @@ from fsnap.remotes.responses import (
     sniff_media_type,
 )
 from fsnap.remotes.retry import RetryBudget, RetryEvent, parse_retry_after
+from fsnap.remotes.transport import client_transport
 
 # A mirror gets one retry before the next host is tried; the registry gets the full budget.
 MIRROR_RETRIES = 1
@@ -111,11 +112,13 @@ class RegistryClient:
 
     def _new_client(self, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
         # Redirects are followed by fsnap.remotes.origin, which scopes credentials per hop.
+        # The TLS context is made on the first https request (fsnap.remotes.transport).
         return httpx.AsyncClient(
             timeout=TIMEOUT,
             follow_redirects=False,
             headers={"User-Agent": "fsnap/0.1"},
             verify=verify,
+            transport=client_transport(verify),
         )
 
     async def __aexit__(
