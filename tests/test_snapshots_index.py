@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import tarfile
 from pathlib import Path
 
 import pytest
+from support.registry import RegistryProcess, make_image, make_layer
 
 from fsnap.archive.entry import Entry
+from fsnap.client import Client
 from fsnap.db import Database
 from fsnap.errors import FailedPrecondition, NotFound
-from fsnap.snapshots import LocalSnapshotter
+from fsnap.oci import Platform
+from fsnap.snapshots import LocalSnapshotter, Usage, disk
 from fsnap.snapshots.metadata import FILES
 
 pytestmark = [pytest.mark.needs_root]
@@ -118,3 +122,49 @@ def test_mounts_of_a_committed_snapshot_is_its_readonly_stack(sn: LocalSnapshott
     assert active.work is not None
     assert active.work.is_dir()
     assert sn.mounts("c") == active
+
+
+def test_a_pulled_layers_usage_comes_from_its_applier(
+    registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pull's commit takes each layer's usage from the applier process that wrote it
+    (measured there, on the other core) instead of walking the tree again: same figures."""
+    files = {f"data/f{i:03d}": os.urandom(3000 + i) for i in range(200)}
+    lower = make_layer({"data/": b"", **files})
+    upper = make_layer({"data/more/": b"", "data/more/x": b"x" * 70_000, "etc/motd": b"hi\n"})
+    image = make_image([lower, upper], platform=Platform.host())
+    registry.push_image("usage/pulled", "v1", image)
+    walked: list[Path] = []
+    walk = disk.disk_usage
+
+    def counted(path: Path) -> Usage:
+        walked.append(path)
+        return walk(path)
+
+    monkeypatch.setattr(disk, "disk_usage", counted)
+    with Client(tmp_path / "root") as client:
+        client.pull(f"{registry.host}/usage/pulled:v1")
+        assert walked == []
+        for chain in image.chain_ids:
+            assert client.snapshots.usage(chain) == walk(client.snapshots.dir(chain))
+
+
+def test_an_implicit_directory_given_xattrs_is_measured_at_commit(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """An implicit directory takes its lower twin's xattrs after the applier measured the
+    tree; a large one takes a block of its own on ext4, so that layer is walked again."""
+    opt = tarfile.TarInfo("opt")
+    opt.type, opt.mode = tarfile.DIRTYPE, 0o755
+    opt.pax_headers = {"SCHILY.xattr.user.big": "v" * 3000}
+    lower = make_layer([(opt, None)])
+    upper = make_layer({"opt/x/file": b"data\n"})  # opt/ and opt/x/ are implicit here
+    image = make_image([lower, upper], platform=Platform.host())
+    registry.push_image("usage/implicit", "v1", image)
+    with Client(tmp_path / "root") as client:
+        client.pull(f"{registry.host}/usage/implicit:v1")
+        top = image.chain_ids[1]
+        implicit = client.snapshots.index.entry(top, "opt")
+        assert implicit is not None
+        assert implicit.xattrs == {"user.big": b"v" * 3000}
+        assert client.snapshots.usage(top) == disk.disk_usage(client.snapshots.dir(top))

@@ -91,6 +91,19 @@ def remove_tree_at(parent_fd: int, name: str) -> None:
     os.rmdir(name, dir_fd=parent_fd)
 
 
+def allocated(path: Path) -> tuple[int, int]:
+    """Bytes allocated on disk (``st_blocks * 512``, as ``du``) and inodes under ``path``,
+    itself included; a hard-linked inode counts once."""
+    seen: set[tuple[int, int]] = set()
+    size = 0
+    for st in iter_stats(path):
+        identity = (st.st_dev, st.st_ino)
+        if identity not in seen:
+            seen.add(identity)
+            size += st.st_blocks * 512
+    return size, len(seen)
+
+
 def iter_stats(path: Path) -> Iterator[os.stat_result]:
     """``lstat`` of ``path`` and of everything beneath it (depth first, one fd held)."""
     top = os.lstat(path)

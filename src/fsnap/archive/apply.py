@@ -60,11 +60,14 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass
 class ApplyResult:
-    """``diff_id``: ``sha256:`` of all uncompressed bytes; ``size``: how many there were."""
+    """``diff_id``: ``sha256:`` of all uncompressed bytes; ``size``: how many there were;
+    ``allocated``: (bytes allocated, inodes) of the tree written, when its writer measured
+    it (``fsnap.fdtree.allocated``: an applier process, so the commit need not walk it)."""
 
     diff_id: str
     entries: list[Entry]
     size: int
+    allocated: tuple[int, int] | None = None
 
 
 def apply_layer(

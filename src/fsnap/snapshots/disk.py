@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-from fsnap.fdtree import iter_stats
+from fsnap.fdtree import allocated
 from fsnap.fdtree import remove_tree as remove_tree
 from fsnap.locking import exclusive_if_free
 from fsnap.snapshots.info import Usage
@@ -100,11 +100,5 @@ def retire(root: Path, snapshot_id: int) -> None:
 
 def disk_usage(path: Path) -> Usage:
     """Bytes allocated and inodes used under ``path`` (itself included), hard links once."""
-    seen: set[tuple[int, int]] = set()
-    size = 0
-    for st in iter_stats(path):
-        identity = (st.st_dev, st.st_ino)
-        if identity not in seen:
-            seen.add(identity)
-            size += st.st_blocks * 512
-    return Usage(size=size, inodes=len(seen))
+    size, inodes = allocated(path)
+    return Usage(size=size, inodes=inodes)

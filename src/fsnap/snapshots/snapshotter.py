@@ -247,9 +247,12 @@ class LocalSnapshotter:
         labels: Mapping[str, str] | None = None,
         *,
         index: Iterable[Entry] | None = None,
+        usage: Usage | None = None,
     ) -> None:
         """Turn active ``key`` into committed ``name`` (same parent, id and index); ``key``
         stops existing. ``labels`` replace the active snapshot's labels when given.
+        ``usage``: the directory's usage as its writer just measured it (an applier
+        process, ``fsnap.unpack``); else the directory is walked here.
 
         ``index`` replaces the layer index in the commit's own transaction. It is required
         when the index holds a writable mount's overrides only: the caller scans the
@@ -263,7 +266,7 @@ class LocalSnapshotter:
                 before = self.tables.find(txn, key)
                 self._refuse_held(txn, key, "commit")
             require_active(key, before)
-            usage = self.usage(key)
+            usage = usage or self.usage(key)
             with self.db.begin(write=True) as txn:
                 record = self.tables.find(txn, key)
                 if record.id != before.id:

@@ -28,6 +28,7 @@ from fsnap.content.api import Provider
 from fsnap.errors import AlreadyExists, FsnapError, NotFound
 from fsnap.oci import Descriptor
 from fsnap.progress import ByteMeter
+from fsnap.snapshots.info import Usage
 from fsnap.snapshots.snapshotter import LocalSnapshotter
 from fsnap.unpack.blob import SizeLimit, apply_blob
 from fsnap.unpack.staging import Session
@@ -79,13 +80,17 @@ def commit_staged(
     parent: str,
     labels: Mapping[str, str] | None = None,
     before_commit: Callable[[Path], None] | None = None,
+    allocated: tuple[int, int] | None = None,
 ) -> bool:
     """Make ``staged`` the committed snapshot ``chain_id`` on ``parent`` (with ``labels``).
 
     Returns False when that snapshot exists already (another pull got there first: ours is
     discarded). On any failure the temporary snapshot is removed: a half-done layer never
     becomes a committed snapshot. ``staged`` is moved away on success, left otherwise.
-    ``before_commit(state_dir)`` may add to the snapshot's state directory first."""
+    ``before_commit(state_dir)`` may add to the snapshot's state directory first.
+    ``allocated``: the staged tree's (bytes, inodes) as its applier measured them (see
+    ``ApplyResult``); the commit then walks the tree only if completing an implicit
+    directory gave it xattrs (which may take a block of their own)."""
 
     def move_in(home: Path) -> list[Entry]:
         os.rename(staged, home)  # replaces the empty directory prepare made
@@ -99,6 +104,7 @@ def commit_staged(
         move_in,
         labels=labels,
         before_commit=before_commit,
+        allocated=allocated,
     )
 
 
@@ -136,6 +142,7 @@ def _commit_as(
     *,
     labels: Mapping[str, str] | None = None,
     before_commit: Callable[[Path], None] | None = None,
+    allocated: tuple[int, int] | None = None,
 ) -> bool:
     """Prepare ``key`` on ``parent``, ``fill`` its directory (returning the layer's index
     entries), complete the implicit parents from the layers below, and commit it as
@@ -152,7 +159,7 @@ def _commit_as(
         snapshotter.index.write(key, entries)
         if before_commit is not None:
             before_commit(snapshotter.state_dir(key))
-        snapshotter.commit(chain_id, key, labels)
+        snapshotter.commit(chain_id, key, labels, usage=_usage(allocated, entries))
     except AlreadyExists:
         _remove(snapshotter, key)
         return False
@@ -160,6 +167,14 @@ def _commit_as(
         _remove(snapshotter, key)
         raise
     return True
+
+
+def _usage(allocated: tuple[int, int] | None, entries: list[Entry]) -> Usage | None:
+    """The measured usage, unless an implicit directory got xattrs after the measure
+    (``fixup_implicit``); None: the commit measures."""
+    if allocated is None or any(e.implicit and e.xattrs for e in entries):
+        return None
+    return Usage(size=allocated[0], inodes=allocated[1])
 
 
 def snapshot_exists(snapshotter: LocalSnapshotter, key: str) -> bool:

@@ -335,6 +335,7 @@ class Unpacker:
                     commit_staged,
                     labels=None if lazy is None else lazy.labels,
                     before_commit=None if lazy is None else lazy.before_commit,
+                    allocated=applied.result.allocated,
                 ),
                 self.snapshotter,
                 self.session,

@@ -13,9 +13,9 @@ Protocol, over a Unix stream socket (``socketpair``) per applier: the parent sen
 with the blob's file descriptor attached (``SCM_RIGHTS``): the read end of a pipe the
 download feeds (``FeedPipe``), or the blob's file in the content store. The applier reads
 that descriptor to its end and answers with an 8-byte length, a JSON header line (the
-diff ID, or the error: its ``fsnap.errors`` class and message, or the errno of an
-``OSError``) and the entries. The same applier then waits for the next job; it exits when
-the socket closes.
+diff ID and the bytes and inodes the staged tree takes, the snapshot's usage; or the
+error: its ``fsnap.errors`` class and message, or the errno of an ``OSError``) and the
+entries. The same applier then waits for the next job; it exits when the socket closes.
 
 Crash protocol: an applier dies with its parent (``PR_SET_PDEATHSIG``) and holds the
 parent's staging-session lock (``fsnap.unpack.staging``) while it lives, so a new pull
@@ -54,6 +54,7 @@ from fsnap import errors
 from fsnap.archive.apply import ApplyResult
 from fsnap.archive.entry import Entry
 from fsnap.errors import FailedPrecondition, FsnapError
+from fsnap.fdtree import allocated
 from fsnap.oci import Descriptor
 from fsnap.unpack.blob import SizeLimit, apply_blob
 
@@ -92,7 +93,7 @@ class Job:
         ``stop`` ends it before its next member (see ``apply_blob``)."""
         desc = Descriptor(self.media_type, self.digest, self.size)
         limit = None if self.max_size is None else SizeLimit(absolute=self.max_size)
-        return apply_blob(
+        result = apply_blob(
             cast(BinaryIO, source),
             desc,
             Path(self.staging),
@@ -102,6 +103,10 @@ class Job:
             limit=limit,
             stop=stop,
         )
+        # The snapshot's usage, measured here (in the applier, on the second core) rather
+        # than by a walk in the pull's commit: 0.16 s of the pull's samples (py-spy).
+        result.allocated = allocated(Path(self.staging))
+        return result
 
 
 class FdSource:
@@ -152,7 +157,9 @@ def make_pipe() -> tuple[int, int]:
 
 
 def encode_result(result: ApplyResult) -> bytes:
-    head = json.dumps({"diff_id": result.diff_id, "size": result.size}).encode()
+    head = json.dumps(
+        {"diff_id": result.diff_id, "size": result.size, "allocated": result.allocated}
+    ).encode()
     return b"\n".join([head, *(entry.to_bytes() for entry in result.entries)])
 
 
@@ -179,7 +186,9 @@ def decode_reply(payload: bytes) -> ApplyResult:
     head = json.loads(head_raw)
     if "diff_id" in head:
         entries = [Entry.from_bytes(line) for line in rest.split(b"\n")] if rest else []
-        return ApplyResult(head["diff_id"], entries, head["size"])
+        measured = head.get("allocated")
+        usage = None if measured is None else (int(measured[0]), int(measured[1]))
+        return ApplyResult(head["diff_id"], entries, head["size"], usage)
     if "error" in head:
         kind = getattr(errors, str(head["error"]), FsnapError)
         if not (isinstance(kind, type) and issubclass(kind, FsnapError)):
