@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -679,3 +681,14 @@ def test_writes_where_the_page_cache_write_is_refused(tmp_path: Path) -> None:
         finally:
             os.close(fd)
         assert (store.fs / "d/f").read_bytes() == b"heLLO, world"
+
+
+def test_the_writable_file_system_loads_no_http_stack() -> None:
+    """A writable mount of a full (not lazy) image starts without httpx: the lazy layers'
+    fetcher is imported only for a chain that has lazy layers."""
+    code = (
+        "import sys, fsnap.mount.rwfs, fsnap.mount.union; "
+        "print('httpx' in sys.modules, 'fsnap.lazy.fetch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
