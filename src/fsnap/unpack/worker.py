@@ -5,8 +5,8 @@ parse, the per-file creates), so two applier threads mostly wait for each other;
 processes do not. The pull (the parent) keeps everything that touches the stores: the
 download, the content store, the LMDB index and the commits. An applier process only
 decompresses, hashes and writes one layer's files into a staging directory the parent
-made, and answers with the layer's diff ID and index entries (``Entry.to_bytes`` lines),
-which the parent writes to LMDB itself: no LMDB environment ever crosses a process.
+made, and answers with the layer's diff ID and index entries, which the parent writes to
+LMDB itself: no LMDB environment ever crosses a process.
 
 Protocol, over a Unix stream socket (``socketpair``) per applier: the parent sends a job
 (a 4-byte length and JSON: staging directory, the blob's descriptor, diff ID, size cap)
@@ -15,7 +15,8 @@ download feeds (``FeedPipe``), or the blob's file in the content store. The appl
 that descriptor to its end and answers with an 8-byte length, a JSON header line (the
 diff ID and the bytes and inodes the staged tree takes, the snapshot's usage; or the
 error: its ``fsnap.errors`` class and message, or the errno of an ``OSError``) and the
-entries. The same applier then waits for the next job; it exits when the socket closes.
+entries (``marshal``, see ``encode_result``). The same applier then waits for the next
+job; it exits when the socket closes.
 
 Crash protocol: an applier dies with its parent (``PR_SET_PDEATHSIG``) and holds the
 parent's staging-session lock (``fsnap.unpack.staging``) while it lives, so a new pull
@@ -38,6 +39,7 @@ import ctypes
 import fcntl
 import json
 import logging
+import marshal
 import os
 import select
 import signal
@@ -46,7 +48,7 @@ import struct
 import sys
 import threading
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
@@ -156,11 +158,19 @@ def make_pipe() -> tuple[int, int]:
 # -- the reply: what an applier sends back ------------------------------------------------
 
 
+# The entries cross as ``marshal`` of one tuple of field values per entry: both ends run
+# the same interpreter (``sys.executable``) and this module, so the field order is theirs.
+# Measured on the bench image's biggest layer (5,676 entries): JSON lines (``to_bytes``)
+# 25 ms to encode and 40 ms to decode (in the pull, on its trio loop); marshal 16 and 8 ms.
+_FIELDS = tuple(f.name for f in fields(Entry))
+
+
 def encode_result(result: ApplyResult) -> bytes:
     head = json.dumps(
         {"diff_id": result.diff_id, "size": result.size, "allocated": result.allocated}
     ).encode()
-    return b"\n".join([head, *(entry.to_bytes() for entry in result.entries)])
+    rows = [tuple(getattr(entry, name) for name in _FIELDS) for entry in result.entries]
+    return head + b"\n" + marshal.dumps(rows)
 
 
 def encode_error(exc: BaseException) -> bytes:
@@ -185,7 +195,7 @@ def decode_reply(payload: bytes) -> ApplyResult:
     head_raw, _, rest = payload.partition(b"\n")
     head = json.loads(head_raw)
     if "diff_id" in head:
-        entries = [Entry.from_bytes(line) for line in rest.split(b"\n")] if rest else []
+        entries = [Entry(*row) for row in marshal.loads(rest)]
         measured = head.get("allocated")
         usage = None if measured is None else (int(measured[0]), int(measured[1]))
         return ApplyResult(head["diff_id"], entries, head["size"], usage)
