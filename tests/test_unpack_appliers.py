@@ -86,20 +86,21 @@ def wait_for(what: str, check: Callable[[], T | None]) -> T:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def applying(pid: int, root: Path) -> int:
+def applying(pid: int, root: Path) -> tuple[int, str]:
     """Wait until an applier of ``pid`` holds the big layer's ``data`` directory in a
     staging directory under ``root`` open (it is writing that layer there, not the small
-    one that may still be finishing); return the applier's pid."""
+    one that may still be finishing); return the applier's pid and that staging directory."""
     staging = str(root / "unpack") + "/"
 
-    def find() -> int | None:
+    def find() -> tuple[int, str] | None:
         for child in appliers_of(pid):
             try:
                 paths = open_paths(child)
             except OSError:
                 continue
-            if any(p.startswith(staging) and "/data" in p for p in paths):
-                return child
+            for path in paths:
+                if path.startswith(staging) and "/data" in path:
+                    return child, path[: path.index("/data")]
         return None
 
     return wait_for("an applier writing a staging directory", find)
@@ -143,11 +144,11 @@ def test_layers_apply_in_applier_processes_that_hold_the_session(
 ) -> None:
     root = tmp_path / "root"
     with held_pull(registry, fault_server, root, "work") as (pull, image, gate):
-        child = applying(pull.pid, root)  # the applier, not the pull, writes the files
+        child, staged = applying(pull.pid, root)  # the applier, not the pull, writes the files
         lock = [p for p in open_paths(child) if p.endswith(".lock")]
         assert lock
         assert lock[0].startswith(str(root / "unpack"))
-        assert not any("/unpack/" in p and not p.endswith(".lock") for p in open_paths(pull.pid))
+        assert not any(p.startswith(staged) for p in open_paths(pull.pid))
         gate.set()
         _out, err = pull.communicate(timeout=WAIT)
         assert pull.returncode == 0, err.decode()
@@ -163,7 +164,7 @@ def test_a_killed_applier_fails_the_pull_in_one_line_and_leaves_the_store_consis
 ) -> None:
     root = tmp_path / "root"
     with held_pull(registry, fault_server, root, "killed") as (pull, image, gate):
-        child = applying(pull.pid, root)
+        child, _ = applying(pull.pid, root)
         os.kill(child, signal.SIGKILL)
         gate.set()
         _, err = pull.communicate(timeout=WAIT)
@@ -184,7 +185,7 @@ def test_a_killed_pull_takes_its_appliers_with_it(
 ) -> None:
     root = tmp_path / "root"
     with held_pull(registry, fault_server, root, "parent") as (pull, _image, _gate):
-        child = applying(pull.pid, root)
+        child, _ = applying(pull.pid, root)
         pull.kill()
         pull.wait()
         wait_for("the applier to die with its pull", lambda: not Path(f"/proc/{child}").exists())
