@@ -3,6 +3,7 @@ far as the applying user may put it (as root in-process; as uid 65534 in a subpr
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -20,7 +21,7 @@ import pytest
 import zstandard
 from support.tar import EPOCH, TarBuilder, apply_as, binary_str
 
-from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
+from fsnap.archive.apply import ApplyResult, apply_headers, apply_layer, fixup_implicit
 from fsnap.archive.compression import Compression, compress_writer, open_uncompressed
 from fsnap.archive.entry import Entry
 from fsnap.archive.reader import LayerStream
@@ -437,3 +438,73 @@ def test_members_naming_the_root_change_only_the_index(root: Path) -> None:
     st = os.lstat(root)
     assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o755, 0)
     assert sorted(os.listdir(root)) == ["a"]
+
+
+# Layers whose paths change kind or owner midway: ``apply_headers`` (files deferred) must
+# agree with a full apply on every one of them.
+DEFERRAL_CASES = {
+    "last wins": lambda: TarBuilder().file("f", b"first", 0o600).file("f", b"2nd", uid=9),
+    "file and directory swap": lambda: (
+        TarBuilder()
+        .dir("d")
+        .file("d/inner", b"gone")
+        .file("d", b"now a file")
+        .file("e", b"a file first")
+        .dir("e", 0o700)
+        .file("e/child", b"kept")
+    ),
+    "a file becomes a parent": lambda: TarBuilder().file("x", b"data").file("x/y", b"inner"),
+    "hardlinked path replaced": lambda: (
+        TarBuilder().file("a", b"old", 0o600, uid=4).hardlink("b", "a").file("a", b"new")
+    ),
+    "link chain, target becomes a dir": lambda: (
+        TarBuilder().file("a", b"data").hardlink("b", "a").hardlink("c", "b").dir("a")
+    ),
+    "link header restamps": lambda: (
+        TarBuilder().file("a", b"data", 0o600, uid=9).hardlink("b", "a", mode=0o644, uid=0)
+    ),
+    "empty files, links, nodes, whiteouts": lambda: (
+        TarBuilder()
+        .file("empty")
+        .hardlink("empty2", "empty")
+        .symlink("s", "a")
+        .fifo("p")
+        .whiteout("gone")
+        .opaque("etc")
+        .file("etc/conf", b"c")
+        .hardlink("etc/conf2", "etc/conf")
+        .file("etc/conf2", b"replaced")
+    ),
+}
+
+
+@pytest.mark.parametrize("case", DEFERRAL_CASES)
+def test_apply_headers_defers_files_and_agrees_with_a_full_apply(case: str, tmp_path: Path) -> None:
+    data = DEFERRAL_CASES[case]().data()
+    full_root, lazy_root = tmp_path / "full", tmp_path / "lazy"
+    full_root.mkdir()
+    lazy_root.mkdir()
+    full = index(apply(data, full_root))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        headers = tar.getmembers()
+    lazy = {e.path: e for e in apply_headers(headers, lazy_root, lambda path: True)}
+
+    def same(e: Entry) -> Entry:  # an implicit directory's mtime is when it was made
+        return dataclasses.replace(e, mtime=0) if e.implicit else e
+
+    assert {p: same(e) for p, e in lazy.items()} == {p: same(e) for p, e in full.items()}
+    deferred = {p for p, e in full.items() if e.kind in ("file", "hardlink") and e.size}
+    assert deferred, "the case defers nothing: it proves nothing"
+    on_disk = set(_tree(full_root))
+    assert set(_tree(lazy_root)) == on_disk - deferred
+    for path in on_disk - deferred:
+        assert os.lstat(lazy_root / path).st_mode == os.lstat(full_root / path).st_mode, path
+
+
+def _tree(root: Path) -> list[str]:
+    """Every path under ``root`` (not following symlinks), relative to it."""
+    out = []
+    for top, dirs, files in os.walk(root):
+        for name in dirs + files:
+            out.append(os.path.relpath(os.path.join(top, name), root))
+    return out

@@ -29,6 +29,7 @@ from support.serve import run_serve
 from support.tcp import counting_proxy
 
 from fsnap import oci
+from fsnap.archive.entry import Entry
 from fsnap.client import Client
 from fsnap.errors import AlreadyExists, FailedPrecondition
 from fsnap.labels import LAZY_LABEL, TARGET_LABEL
@@ -285,8 +286,49 @@ def test_full_pull_completes_a_lazy_pull(images: str, tmp_path: Path) -> None:
     succeeded(fsnap(root, "pull", ref))
     assert _lazy_layers(root) == []
     assert "lazy layer" not in succeeded(fsnap(root, "images"))
+    # An ordinary snapshot now: its directory is what its index says, hardlinks and
+    # metadata included (the lazy pull left the files with contents out).
+    assert "the store is clean" in succeeded(fsnap(root, "check"))
+    layer, index = _top_layer(root)
+    assert (layer / "usr/hard").stat().st_ino == (layer / "usr/big.bin").stat().st_ino
+    for path in ("usr/big.bin", "usr", "etc"):
+        st = (layer / path).stat()
+        assert (st.st_mode & 0o7777, st.st_mtime_ns) == (index[path].mode, index[path].mtime)
     with image_mounted(root, ref, tmp_path / "mnt") as mnt:
         assert (mnt / "usr/hard").read_bytes() == BIG
+
+
+def _top_layer(root: Path) -> tuple[Path, dict[str, Entry]]:
+    """The directory and index of the image's top layer (the varied one)."""
+    with Client(root) as client:
+        top = next(i for i in client.snapshots.walk() if i.parent).name
+        return client.snapshots.dir(top), {e.path: e for e in client.snapshots.index.read(top)}
+
+
+def test_lazy_pull_lays_out_no_file_still_to_fetch(images: str, tmp_path: Path) -> None:
+    """``pull --lazy`` makes directories, symlinks, fifos, empty files and whiteouts, but
+    not the files with contents nor their hardlinks: those are in the index only (making
+    ~8,000 empty files was most of the bench image's lazy pull) and their first fetch
+    creates them, with the index's metadata."""
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    layer, index = _top_layer(root)
+    assert (index["usr/big.bin"].size, index["usr/hard"].kind) == (len(BIG), "hardlink")
+    assert not (layer / "usr/big.bin").exists()
+    assert not (layer / "usr/hard").exists()
+    assert not (layer / "etc/hostname").exists()
+    assert (layer / "etc/empty").is_file()
+    assert (layer / "usr/link").is_symlink()
+    assert (layer / "usr/fifo").exists()
+    assert (layer / "var/.wh.gone").is_file()
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "usr/hard").read_bytes() == BIG
+        assert (mnt / "usr/big.bin").stat().st_size == len(BIG)
+    st = (layer / "usr/big.bin").stat()
+    big = index["usr/big.bin"]  # (its hardlink's header restamped it: the index knows)
+    assert (st.st_mode & 0o7777, st.st_mtime_ns) == (big.mode, big.mtime)
+    assert st.st_size == len(BIG)
+    assert not (layer / "usr/hard").exists()
 
 
 def test_completion_refuses_a_wrong_diff_id(

@@ -24,15 +24,17 @@ directory) but never change the root directory on disk, as containerd ignores th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import functools
 import logging
 import os
 import stat
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -100,21 +102,69 @@ def apply_layer(
     reader = LayerStream(tar_stream, interrupt=interrupt)
     layer = _Layer(root, privileged, max_size)
     try:
-        with tarfile.open(
-            fileobj=cast(BinaryIO, reader),
-            mode="r:",
-            encoding="utf-8",
-            errors="surrogateescape",
-        ) as tar:
-            while (member := tar.next()) is not None:
-                if stop is not None and stop.is_set():
-                    raise FailedPrecondition("the layer's apply was stopped")
-                tar.members.clear()  # type: ignore[attr-defined]  # one pass: keep no history
-                layer.add(member, tar, reader)
-        reader.drain()
-        layer.finish()
-        if sync:
-            _syncfs(layer.tree.root_fd)
+        with _translated(layer):
+            with tarfile.open(
+                fileobj=cast(BinaryIO, reader),
+                mode="r:",
+                encoding="utf-8",
+                errors="surrogateescape",
+            ) as tar:
+                while (member := tar.next()) is not None:
+                    if stop is not None and stop.is_set():
+                        raise FailedPrecondition("the layer's apply was stopped")
+                    tar.members.clear()  # type: ignore[attr-defined]  # one pass: no history
+                    layer.add(member, functools.partial(_Layer._contents, member, tar, reader))
+            reader.drain()
+            layer.finish()
+            if sync:
+                _syncfs(layer.tree.root_fd)
+    finally:
+        reader.close()
+        layer.tree.close()
+    return ApplyResult(diff_id=reader.digest(), entries=layer.entries(), size=reader.size)
+
+
+def apply_headers(
+    headers: Iterable[tarfile.TarInfo],
+    root: Path,
+    defer: Callable[[str], bool],
+    *,
+    privileged: bool | None = None,
+) -> list[Entry]:
+    """Lay out a layer described by tar headers alone (no data, no tar to parse) in the
+    empty directory ``root``; return its index. Every rule of ``apply_layer`` holds (path
+    containment, the last header for a path wins, whiteouts, hardlinks), with one
+    difference: a regular file whose header declares a size and whose (resolved) path
+    ``defer`` accepts is *not created*. Its contents come later (``fsnap.lazy``: the caller
+    creates the file when they arrive), so only the index has it, and a hardlink to it is
+    in the index only too. Other files are created empty. Nothing is flushed.
+
+    Measured on the bench image's eStargz TOCs (9,794 entries, 8,146 files, load ~8): the
+    old way (the TOC as an in-memory tar through ``apply_layer``, every file created empty)
+    took 11.3 s, of which 5 s were tar encoding and parsing and most of the rest creating
+    the empty files (``open(O_CREAT)`` waits on the journal of a busy disk)."""
+    if privileged is None:
+        privileged = os.geteuid() == 0
+    layer = _Layer(root, privileged, defer=defer)
+    try:
+        with _translated(layer):
+            for header in headers:
+                layer.add(header, _no_contents)
+            layer.finish()
+    finally:
+        layer.tree.close()
+    return layer.entries()
+
+
+def _no_contents() -> Iterator[bytes]:
+    return iter(())
+
+
+@contextlib.contextmanager
+def _translated(layer: _Layer) -> Iterator[None]:
+    """The errors of applying ``layer`` as fsnap's typed errors."""
+    try:
+        yield
     except (tarfile.TarError, EOFError) as e:
         raise InvalidArgument(f"invalid archive: {e}") from None
     except NotFound as e:
@@ -127,10 +177,6 @@ def apply_layer(
         if is_no_space(e):
             raise  # the CLI names the store and what is free there (fsnap.cli.out_of_space)
         raise os_error(e, f"member {layer.current!r}") from None
-    finally:
-        reader.close()
-        layer.tree.close()
-    return ApplyResult(diff_id=reader.digest(), entries=layer.entries(), size=reader.size)
 
 
 def _syncfs(fd: int) -> None:
@@ -155,7 +201,14 @@ def sync_tree(root: Path) -> None:
 class _Layer:
     """The state of one application: the directory tree and the index being built."""
 
-    def __init__(self, root: Path, privileged: bool, max_size: int | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        privileged: bool,
+        max_size: int | None = None,
+        *,
+        defer: Callable[[str], bool] | None = None,
+    ) -> None:
         self.privileged = privileged
         self.current = ""  # the member being applied (for error messages)
         self._max_size = max_size
@@ -168,6 +221,10 @@ class _Layer:
         self._opaque: set[str] = set()
         self._whited: set[str] = set()
         self._links_to: dict[str, list[str]] = {}
+        # ``defer`` (``apply_headers``): files with a declared size it accepts, and hardlinks
+        # to them, are in the index only; these are their paths (nothing of theirs on disk).
+        self._defer = defer
+        self._deferred: set[str] = set()
 
     def entries(self) -> list[Entry]:
         return sorted(self.index.values(), key=lambda e: e.key())
@@ -175,6 +232,7 @@ class _Layer:
     # -- index bookkeeping -------------------------------------------------------------
 
     def _implicit(self, path: str) -> None:
+        self._forget_deferred(path)
         self._put(Entry(path, "dir", mode=0o755, mtime=time.time_ns(), implicit=True))
 
     def _forget(self, path: str) -> None:
@@ -189,6 +247,7 @@ class _Layer:
             doomed += [(k, self.index.pop(k)) for k in list(self.index) if k.startswith(prefix)]
             self._opaque = {p for p in self._opaque if p != path and not p.startswith(prefix)}
         for gone, entry in doomed:
+            self._deferred.discard(gone)
             self._dirs.pop(gone, None)
             self._dir_modes.pop(gone, None)
             self._promote_links(gone, entry)
@@ -215,7 +274,14 @@ class _Layer:
 
     # -- members -----------------------------------------------------------------------
 
-    def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile, stream: LayerStream) -> None:
+    def _forget_deferred(self, path: str) -> None:
+        """An earlier member at ``path`` that is in the index only makes way (as one on
+        disk does in ``_make_room``)."""
+        if path in self._deferred:
+            self._forget(path)
+
+    def add(self, member: tarfile.TarInfo, contents: Callable[[], Iterator[bytes]]) -> None:
+        """Apply one member; ``contents()`` gives its data (read once, for a file)."""
         self.current = member.name
         self._count(member)
         components = clean_name(member.name)
@@ -238,8 +304,13 @@ class _Layer:
         if entry.kind == "hardlink":
             self._add_hardlink(dir_fd, base, entry)
             return
-        if entry.kind == "file":
-            self._write_file(dir_fd, base, entry, self._contents(member, tar, stream))
+        self._forget_deferred(path)
+        if entry.kind == "file" and entry.size and self._defer and self._defer(path):
+            if path in self.index:  # else nothing is there (a whiteout marker never is)
+                self._make_room(dir_fd, base, path, keep_dir=False)
+            self._deferred.add(path)
+        elif entry.kind == "file":
+            self._write_file(dir_fd, base, entry, contents())
         elif entry.kind == "dir":
             self._make_dir(dir_fd, base, entry)
         elif entry.kind == "symlink":
@@ -374,6 +445,13 @@ class _Layer:
         target_base = target_components[-1]
         target = join(target_parent, target_base)
         target_fd = self.tree.dir_fd(target_parent)
+        if target in self._deferred:  # a file to come: the link is in the index only
+            if target != entry.path:
+                self._forget_deferred(entry.path)
+                self._make_room(dir_fd, base, entry.path, keep_dir=False)
+                self._deferred.add(entry.path)
+                self._put(self._link_entry(entry, target))
+            return
         try:
             st = os.stat(target_base, dir_fd=target_fd, follow_symlinks=False)
         except FileNotFoundError:
@@ -384,6 +462,7 @@ class _Layer:
             raise InvalidArgument(f"invalid archive: hardlink {entry.path!r} to a directory")
         if target == entry.path:
             return  # a link to itself: nothing to do
+        self._forget_deferred(entry.path)
         self._make_room(dir_fd, base, entry.path, keep_dir=False)
         try:  # making room may have removed the target's directory: fetch both fds again
             target_fd = self.tree.dir_fd(target_parent)

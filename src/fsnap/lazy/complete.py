@@ -4,9 +4,11 @@ Once the layer's blob is committed in the content store (its digest verified the
 for every blob), ``complete_layer`` hashes the blob's uncompressed tar: it must be the
 image config's diff_id, else ``DigestMismatch`` and the layer *stays lazy* (never an
 ordinary snapshot with contents nobody vouched for). Then every file not fetched yet is
-decoded from the local blob (chunk digests checked as on a read) into its inode, and only
-then the lazy labels go: from there on the snapshot is like any unpacked one (its index
-still the TOC's: the landmark and TOC entries stay hidden). A crash anywhere before the
+decoded from the local blob (chunk digests checked as on a read) into its file, the
+hardlinks to files created meanwhile are made and the directories get their mtimes back,
+and only then the lazy labels go: from there on the snapshot is like any unpacked one, its
+directory what its index says (the index still the TOC's: the landmark and TOC entries
+stay hidden). A crash anywhere before the
 label removal leaves a lazy layer that the next completion finishes.
 
 ``fsnap pull REF`` after ``fsnap pull --lazy REF`` downloads the blobs and completes the
@@ -16,12 +18,14 @@ layers (``fsnap.unpack.unpacker``); a lazy mount does the same in the background
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
 
 from fsnap.archive.apply import sync_tree
 from fsnap.archive.compression import open_uncompressed
+from fsnap.archive.entry import Entry
 from fsnap.content.store import ContentStore
 from fsnap.db import Database
 from fsnap.errors import DigestMismatch, NotFound
@@ -56,7 +60,7 @@ def complete_layer(
             f"lazy layer {name}: blob {digest} has diff_id {actual}, the image config says "
             f"{record.diff_id}; the layer stays lazy"
         )
-    fill_from_blob(blob, record, snapshots.dir(name), db, name)
+    fill_from_blob(blob, record, snapshots.dir(name), snapshots.index.read(name), db, name)
     content.update_labels(digest, {UNCOMPRESSED_LABEL: record.diff_id})
     snapshots.update(name, {}, [f"labels.{LAZY_LABEL}", f"labels.{LAZY_REF_LABEL}"])
     return record
@@ -72,9 +76,13 @@ def diff_id_of(blob: Path, media_type: str) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def fill_from_blob(blob: Path, record: LazyRecord, layer_dir: Path, db: Database, name: str) -> int:
-    """Every file of the layer not present yet, decoded from the local ``blob``, then the
-    whole file system flushed once; returns how many files were written.
+def fill_from_blob(
+    blob: Path, record: LazyRecord, layer_dir: Path, index: list[Entry], db: Database, name: str
+) -> int:
+    """Every file of the layer's ``index`` not present yet, decoded from the local
+    ``blob`` (a file the TOC gave no contents, only a size, is made sparse), the missing
+    hardlinks made, directory mtimes restored, then the whole file system flushed once;
+    returns how many files were written.
 
     No file is flushed or recorded present on its own: the layer stops being lazy right
     after this (``complete_layer``), and a crash before that redoes the fill. Measured on
@@ -82,20 +90,46 @@ def fill_from_blob(blob: Path, record: LazyRecord, layer_dir: Path, db: Database
     file made completing the four layers take ~120 s after their blobs had arrived."""
     have = present(db, name)
     fmt = record.toc.format
+    files = file_paths(record.toc)
     written = 0
     fd = os.open(blob, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for path, entry in file_paths(record.toc).items():
-            if path in have:
+        for entry in index:
+            if entry.kind != "file" or entry.path in have:
                 continue
+            found = files.get(entry.path)
+            if found is None and os.path.lexists(os.path.join(layer_dir, entry.path)):
+                continue  # laid out at pull (empty)
+            chunks = found.chunks if found is not None else ()
             pieces = [
                 (c, decode_chunk(fmt, c, os.pread(fd, c.end - c.start, c.start)))
-                for c in entry.chunks
+                for c in chunks
                 if not c.zeros
             ]
-            write_file(os.path.join(layer_dir, path), entry.size, pieces, sync=False)
+            write_file(layer_dir, entry, pieces, sync=False)
             written += 1
     finally:
         os.close(fd)
+    _link_and_stamp(layer_dir, index)
     sync_tree(layer_dir)
     return written
+
+
+def _link_and_stamp(layer_dir: Path, index: list[Entry]) -> None:
+    """The hardlinks ``fsnap.lazy.skeleton`` left out (their files exist now), then each
+    directory's mtime as the index has it, deepest first (creating files moved them)."""
+    for entry in index:
+        if entry.kind == "hardlink":
+            with contextlib.suppress(FileExistsError):
+                os.link(
+                    os.path.join(layer_dir, entry.link),
+                    os.path.join(layer_dir, entry.path),
+                    follow_symlinks=False,
+                )
+    dirs = [e for e in index if e.kind == "dir" and e.path and not e.implicit]
+    for entry in sorted(dirs, key=lambda e: e.path.count("/"), reverse=True):
+        os.utime(
+            os.path.join(layer_dir, entry.path),
+            ns=(entry.mtime, entry.mtime),
+            follow_symlinks=False,
+        )

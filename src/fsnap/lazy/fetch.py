@@ -7,8 +7,8 @@ each read for the bytes read; a writable mount asks for the whole file before it
 or copies it up. For a file of a lazy layer not yet present it fetches the chunks covering
 the range that are not here yet with HTTP Range requests (chunks whose compressed bytes
 lie within ``BATCH_GAP`` of each other share one request), decodes and verifies each
-against its TOC digest (``fsnap.lazy.chunks``), writes them into the file's inode in the
-layer directory (hardlinks share it), flushes it, and only then records the chunks (once
+against its TOC digest (``fsnap.lazy.chunks``), writes them into the file in the layer
+directory (its first fetch creates it), flushes it, and only then records the chunks (once
 all are here: the file) as present in LMDB (``fsnap.lazy.state``): a later read, a daemon
 restart or a later pull continues from there and fetches only what is missing.
 
@@ -34,6 +34,7 @@ written, let alone served. Concurrent opens of one file wait for a single fetch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -260,8 +261,7 @@ class LazyFiles:
             data = await fetch_range(registry, ref, desc, start, end)
             pieces += await trio.to_thread.run_sync(_decode, fmt, batch, start, data)
             await trio.to_thread.run_sync(layer.raw.put, start, data)  # verified: kept
-        target = os.path.join(layer.dir, path)
-        await trio.to_thread.run_sync(write_file, target, entry.size, pieces)
+        await trio.to_thread.run_sync(self._write, layer, path, pieces)
         layer.sized.add(path)
         have = layer.fetched.setdefault(path, set())
         have.update(chunk.offset for chunk in chunks)
@@ -271,6 +271,13 @@ class LazyFiles:
         if whole:
             layer.present.add(path)
             layer.fetched.pop(path, None)
+
+    def _write(self, layer: LazyLayer, path: str, pieces: list[tuple[Chunk, bytes]]) -> None:
+        """``pieces`` into ``path``'s file, with its index entry's metadata. Blocking."""
+        meta = self.snapshots.index.entry(layer.name, path)
+        if meta is None:  # not in the index: the TOC's own word for it
+            meta = dataclasses.replace(layer.files[path].meta, path=path)
+        write_file(layer.dir, meta, pieces)
 
     async def complete_all(self) -> None:
         """The background fetch: first every layer's prioritised files (``_prefetch``),

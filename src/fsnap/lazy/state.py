@@ -1,7 +1,8 @@
 """What makes a committed snapshot lazy, and which of its files are present.
 
 A lazy layer is a committed snapshot (named by its chain ID, as any layer) whose directory
-holds the tree of its TOC with empty files (``fsnap.lazy.skeleton``). It carries:
+holds the tree of its TOC without the files still to fetch (``fsnap.lazy.skeleton``); its
+index has them all. It carries:
 
 - the label ``LAZY_LABEL`` = the layer blob's digest (its presence is what "lazy" means;
   completing the layer removes it), and ``LAZY_REF_LABEL`` = the repository to fetch from;
@@ -12,8 +13,9 @@ holds the tree of its TOC with empty files (``fsnap.lazy.skeleton``). It carries
 - rows in the LMDB table ``lazy``: ``<chain ID> <path>`` for each file whose contents are
   in the directory and verified, and in ``lazy-chunks``: ``<chain ID> <path>\0<offset>``
   (hex) for each chunk of a file read in part (a file's chunk rows make way for its file
-  row once it is whole). A row is written only after its data is on disk (fdatasync), so
-  a crash can lose a fetch, never claim one.
+  row once it is whole). A row is written only after its data is on disk (fsync), so
+  a crash can lose a fetch, never claim one (a file created by its first fetch is
+  flushed with its directory entry).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fsnap.archive import metadata
+from fsnap.archive.entry import Entry
 from fsnap.db import Database, delete_prefix, dumps
 from fsnap.errors import FailedPrecondition
 from fsnap.labels import LAZY_LABEL
@@ -36,6 +40,7 @@ from fsnap.snapshots.snapshotter import OWNED_TABLES, LocalSnapshotter
 STATE_FILE = "lazy.json"
 # The snapshotter drops a snapshot's rows of both when it removes it.
 TABLE, CHUNK_TABLE = OWNED_TABLES
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass
@@ -152,20 +157,38 @@ def mark_chunks(
 
 
 def write_file(
-    target: str, size: int, pieces: list[tuple[Chunk, bytes]], sync: bool = True
+    layer_dir: str | Path, entry: Entry, pieces: list[tuple[Chunk, bytes]], sync: bool = True
 ) -> None:
-    """Verified chunks into a lazy file's inode at their offsets (holes stay holes), then
-    flushed (``sync``): only after that may its chunks be ``mark_chunks``."""
-    fd = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    """Verified chunks into the lazy file ``entry`` (its index entry) at their offsets
+    (holes stay holes). The file is created on its first fetch (``fsnap.lazy.skeleton``
+    leaves it out) and given the index's metadata each time (a write moves its mtime).
+    Then flushed (``sync``), with its directory when it was created: only after that may
+    its chunks be ``mark_chunks``."""
+    target = os.path.join(layer_dir, entry.path)
     try:
-        os.ftruncate(fd, size)
+        fd, created = os.open(target, _CREATE_NEW, 0o600), True
+    except FileExistsError:
+        fd, created = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC), False
+    try:
+        os.ftruncate(fd, entry.size)
         for chunk, data in pieces:
             view = memoryview(data)
             offset = chunk.offset
             while view:
                 written = os.pwrite(fd, view, offset)
                 view, offset = view[written:], offset + written
+        metadata.set_by_fd(fd, entry, os.geteuid() == 0)
         if sync:
-            os.fdatasync(fd)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created and sync:
+        _sync_dir(os.path.dirname(target))
+
+
+def _sync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
     finally:
         os.close(fd)
