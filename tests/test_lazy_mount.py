@@ -16,6 +16,7 @@ import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fault_server import FaultServer
@@ -33,6 +34,8 @@ from fsnap.archive.entry import Entry
 from fsnap.client import Client
 from fsnap.errors import AlreadyExists, FailedPrecondition
 from fsnap.labels import LAZY_LABEL, TARGET_LABEL
+from fsnap.lazy import complete
+from fsnap.lazy.complete import one_pass
 from fsnap.lazy.state import read_record
 from fsnap.lazy.toc import ESTARGZ_TOC_DIGEST, HIDDEN
 from fsnap.mount.source import image_snapshot
@@ -583,6 +586,68 @@ def test_completion_flushes_the_layer_once_not_each_file(
         assert (client.snapshots.dir(top) / "usr/noise.bin").read_bytes() == NOISE
         assert (client.snapshots.dir(top) / "usr/big.bin").read_bytes() == BIG
     assert flushed == []
+
+
+@pytest.mark.parametrize(("tag", "passes"), [("esgz", 1), ("zstd", 2)])
+def test_completion_inflates_an_estargz_blob_once(
+    images: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tag: str, passes: int
+) -> None:
+    """An eStargz layer is completed in one pass over its blob (the diff_id hashed and the
+    missing files filled as it is inflated): the whole-blob hash and the per-chunk decoding
+    of the two-pass way do not run. zstd:chunked still takes two passes."""
+    calls: list[str] = []
+    for name in ("diff_id_of", "decode_chunk"):
+        real = getattr(complete, name)
+        monkeypatch.setattr(complete, name, _recording(calls, name, real))
+    with Client(tmp_path / "root") as client:
+        client.pull(f"{images}/{REPO}:{tag}", lazy=True)
+        client.pull(f"{images}/{REPO}:{tag}")
+        assert not [i for i in client.snapshots.walk() if LAZY_LABEL in i.labels]
+        top = next(i for i in client.snapshots.walk() if i.parent).name
+        assert (client.snapshots.dir(top) / "usr/big.bin").read_bytes() == BIG
+    assert ("diff_id_of" in calls, "decode_chunk" in calls) == ((passes == 2,) * 2)
+
+
+def _recording(calls: list[str], name: str, real: Any) -> Any:
+    def recorded(*args: Any) -> Any:
+        calls.append(name)
+        return real(*args)
+
+    return recorded
+
+
+def test_one_pass_vouches_only_for_a_whole_blob_fed_in_order(
+    images: str, registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """``OnePass`` over the real eStargz blob, fed in pieces that cut its gzip members
+    anywhere: the config's diff_id and the files; bytes skipped, repeated or missing at
+    the end: no verdict (the caller then takes two passes)."""
+    root = _pulled_lazily(f"{images}/{REPO}:esgz", tmp_path / "root")
+    layer, _ = _top_layer(root)
+    with Client(root) as client:
+        top = next(i for i in client.snapshots.walk() if i.parent).name
+        record = read_record(client.snapshots.state_dir(top))
+        index = client.snapshots.index.read(top)
+    blob = fetch_blob(registry.url, REPO, record.descriptor.digest)
+
+    def fed(name: str, pieces: list[tuple[int, bytes]]) -> tuple[str | None, Path]:
+        work = tmp_path / name
+        subprocess.run(["cp", "-a", str(layer), str(work)], check=True)  # it holds a fifo
+        streamed = one_pass(record, work, index, set())
+        for offset, data in pieces:
+            streamed.feed(offset, data)
+        return streamed.finish(), work
+
+    for step in (len(blob), 65537, 1 << 20):
+        pieces = [(at, blob[at : at + step]) for at in range(0, len(blob), step)]
+        verdict, work = fed(f"step-{step}", pieces)
+        assert verdict == record.diff_id, step
+        assert (work / "usr/big.bin").read_bytes() == BIG
+        assert (work / "usr/noise.bin").read_bytes() == NOISE
+    half = len(blob) // 2
+    assert fed("gap", [(0, blob[:100]), (200, blob[200:])])[0] is None
+    assert fed("again", [(0, blob[:half]), (0, blob)])[0] is None
+    assert fed("short", [(0, blob[:-1])])[0] is None
 
 
 def _refused(done: subprocess.CompletedProcess[str], doing: str) -> None:

@@ -23,18 +23,27 @@ _INFLATE_ERRORS = cast("tuple[type[Exception], ...]", (isal_zlib.error, zstandar
 def decode_chunk(fmt: Format, chunk: Chunk, data: bytes) -> bytes:
     """The ``chunk.size`` bytes of ``chunk`` from ``data``, the blob's ``[start, end)``."""
     if chunk.zeros:
-        out = bytes(chunk.size)
-    else:
-        want = chunk.inner + chunk.size
-        try:
-            plain = _gunzip_prefix(data, want) if fmt == "estargz" else unzstd_prefix(data, want)
-        except _INFLATE_ERRORS as e:
-            raise DigestMismatch(f"chunk at blob offset {chunk.start}: {e}") from None
-        if len(plain) < want:
-            raise DigestMismatch(
-                f"chunk at blob offset {chunk.start}: {len(plain)} bytes, expected {want}"
-            )
-        out = plain[chunk.inner : want]
+        return _verified(chunk, bytes(chunk.size))
+    want = chunk.inner + chunk.size
+    try:
+        plain = _gunzip_prefix(data, want) if fmt == "estargz" else unzstd_prefix(data, want)
+    except _INFLATE_ERRORS as e:
+        raise DigestMismatch(f"chunk at blob offset {chunk.start}: {e}") from None
+    return checked(chunk, plain)
+
+
+def checked(chunk: Chunk, plain: bytes) -> bytes:
+    """``chunk``'s bytes from ``plain``, what its gzip member or zstd frame inflates to
+    (``inner`` bytes of other chunks first), verified against its digest."""
+    want = chunk.inner + chunk.size
+    if len(plain) < want:
+        raise DigestMismatch(
+            f"chunk at blob offset {chunk.start}: {len(plain)} bytes, expected {want}"
+        )
+    return _verified(chunk, plain[chunk.inner : want])
+
+
+def _verified(chunk: Chunk, out: bytes) -> bytes:
     actual = "sha256:" + hashlib.sha256(out).hexdigest()
     if actual != chunk.digest:
         raise DigestMismatch(

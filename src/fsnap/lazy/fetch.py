@@ -52,7 +52,8 @@ from fsnap.errors import AlreadyExists, DigestMismatch, FsnapError, Unavailable
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.access import given
 from fsnap.lazy.chunks import decode_chunk
-from fsnap.lazy.complete import complete_layer
+from fsnap.lazy.complete import complete_layer, one_pass
+from fsnap.lazy.onepass import OnePass
 from fsnap.lazy.pull import fetch_range
 from fsnap.lazy.rawcache import RawCache
 from fsnap.lazy.skeleton import file_paths
@@ -330,9 +331,9 @@ class LazyFiles:
         delay = 1.0
         while True:
             try:
-                await self._download(layer)
+                streamed = await self._download(layer)
                 await trio.to_thread.run_sync(
-                    complete_layer, self.snapshots, self.content, self.db, layer.name
+                    complete_layer, self.snapshots, self.content, self.db, layer.name, streamed
                 )
             except Unavailable as exc:
                 log.warning("background fetch of %s: %s (again in %g s)", layer.name, exc, delay)
@@ -356,10 +357,12 @@ class LazyFiles:
             log.info("lazy layer %s is complete", layer.name)
             return
 
-    async def _download(self, layer: LazyLayer) -> None:
+    async def _download(self, layer: LazyLayer) -> OnePass | None:
         """The layer's whole blob into the content store: the pull's resumable ingest, its
         digest verified at commit. Fed from the ranges the reads fetched and, for the rest,
-        Range requests made only while reads are quiet (see the module docstring)."""
+        Range requests made only while reads are quiet (see the module docstring). A
+        download from the blob's first byte feeds the completion's one pass as it goes
+        (``fsnap.lazy.onepass``: returned, for ``complete_layer``)."""
         from fsnap.progress import PullProgress
         from fsnap.pull import Puller, PullOptions
 
@@ -369,19 +372,27 @@ class LazyFiles:
             puller = Puller(self.content, registry, ref, PullOptions(), PullProgress(), None)
             writer = await puller.open_writer(desc)
             if writer is None:
-                return  # committed already (by a pull, say)
+                return None  # committed already (by a pull, say)
+            streamed = None
+            if writer.offset == 0:
+                streamed = await trio.to_thread.run_sync(self._one_pass, layer)
             with writer:
                 while writer.offset < desc.size:
                     await self._wait_for_quiet()
                     with trio.CancelScope() as scope:
                         self._download_scope = scope
-                        await self._append(layer, registry, ref, writer)
+                        await self._append(layer, registry, ref, _Feeding(writer, streamed))
                     self._download_scope = None
                 with contextlib.suppress(AlreadyExists):
                     await trio.to_thread.run_sync(writer.commit, None)
+            return streamed
+
+    def _one_pass(self, layer: LazyLayer) -> OnePass:
+        index = self.snapshots.index.read(layer.name)
+        return one_pass(layer.record, layer.dir, index, present(self.db, layer.name))
 
     async def _append(
-        self, layer: LazyLayer, registry: RegistryClient, ref: Reference, writer: Writer
+        self, layer: LazyLayer, registry: RegistryClient, ref: Reference, writer: _Feeding
     ) -> None:
         """The rest of the blob into ``writer``: held ranges copied, the others fetched."""
         desc = layer.record.descriptor
@@ -409,6 +420,25 @@ class LazyFiles:
             registry = client_for(ref, max_retries=MAX_RETRIES, backoff_base=0.2, backoff_max=2.0)
             self._registries[ref.domain] = registry = await registry.__aenter__()
         return registry
+
+
+@dataclass
+class _Feeding:
+    """The ingest ``writer``; what is written also goes to the one pass (if any)."""
+
+    writer: Writer
+    streamed: OnePass | None
+
+    @property
+    def offset(self) -> int:
+        return self.writer.offset
+
+    def write(self, data: bytes) -> None:
+        """Blocking: in a thread (the one pass inflates, hashes and writes files)."""
+        offset = self.writer.offset
+        self.writer.write(data)
+        if self.streamed is not None:
+            self.streamed.feed(offset, data)
 
 
 def client_for(ref: Reference, **options: Any) -> RegistryClient:
