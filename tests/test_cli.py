@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support.registry import RegistryProcess, make_image, make_layer
+
 from fsnap.cli import COMMANDS, TOPICS, build_parser, topics_for
 from fsnap.errors import FailedPrecondition
+from fsnap.oci import Platform
 
 
 def _commands(parser: argparse.ArgumentParser) -> set[str]:
@@ -160,3 +163,22 @@ def test_an_unexpected_error_is_one_line_and_exit_70(tmp_path: object) -> None:
     assert out.returncode == 70
     assert "internal error: RuntimeError: boom" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_plain_pull_imports_neither_lazy_pulling_nor_rich(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """``fsnap pull -q`` of an ordinary image: no ``fsnap.lazy`` (7 modules the unpacker
+    and the client loaded for every pull) and no rich (drawn only on a terminal)."""
+    image = make_image([make_layer({"etc/": b"", "etc/motd": b"hi\n"})], platform=Platform.host())
+    registry.push_image("cli/plain-pull", "v1", image)
+    argv = ["--root", str(tmp_path), "pull", "-q", f"{registry.host}/cli/plain-pull:v1"]
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fsnap.cli", *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    modules = {line.split("|")[-1].strip() for line in out.stderr.splitlines()}
+    assert "fsnap.unpack.unpacker" in modules  # it did unpack
+    assert not {m for m in modules if m.startswith(("fsnap.lazy", "rich"))}

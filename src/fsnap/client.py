@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from fsnap.gc import GCReport
     from fsnap.images.store import Image, ImageStore
     from fsnap.lazy.access import RegistryAccess
+    from fsnap.lazy.pull import LazyLayers
     from fsnap.mount.manager import MountOptions
     from fsnap.mount.records import MountInfo
     from fsnap.mount.registry import WritableMounts
@@ -185,7 +186,6 @@ class Client:
         if not unpack:
             with acquire(self.db, f"pull {ref}"):
                 return trio.run(functools.partial(pull, sink=sink))
-        from fsnap.lazy.pull import LazyLayers, open_lazy
         from fsnap.unpack.fanout import FanOut
         from fsnap.unpack.unpacker import pull_unpacked
 
@@ -209,6 +209,8 @@ class Client:
         async def run() -> Image:
             if not lazy:
                 return await unpack_all(None)
+            from fsnap.lazy.pull import open_lazy  # (7 modules a plain pull does without)
+
             opened = open_lazy(ref, plain_http, credentials, ca_file, layer_limit)
             async with opened as layers:
                 return await unpack_all(layers)

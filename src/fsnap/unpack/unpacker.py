@@ -32,7 +32,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -42,8 +42,6 @@ from fsnap.digest import chain_ids
 from fsnap.errors import FsnapError, first_fsnap_error
 from fsnap.images.manifest import ImageConfig, Manifest
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
-from fsnap.lazy.complete import complete_layer, is_lazy
-from fsnap.lazy.pull import Built, LazyLayers
 from fsnap.oci import Descriptor, Platform
 from fsnap.progress import ByteMeter, PullProgress
 from fsnap.pull import LayerSink
@@ -54,6 +52,9 @@ from fsnap.unpack.apply import commit_staged
 from fsnap.unpack.blob import SizeLimit
 from fsnap.unpack.staging import Session, clean_stale, open_session
 from fsnap.unpack.worker import Job, make_pipe, processes_wanted
+
+if TYPE_CHECKING:  # (fsnap.lazy is imported only when a layer is lazy: 7 modules)
+    from fsnap.lazy.pull import Built, LazyLayers
 
 # Layers apply in applier processes (``fsnap.unpack.worker``), at most ``PROCESSES`` at a
 # time. In threads, two appliers mostly waited for each other on the GIL (2.61 -> 2.40 s
@@ -249,6 +250,8 @@ class Unpacker:
     async def _complete_lazy(self, desc: Descriptor, chain_id: str) -> None:
         """A layer an earlier ``pull --lazy`` left lazy: once this pull has its blob, it
         becomes an ordinary snapshot (``fsnap.lazy.complete``; a bad diff_id fails)."""
+        from fsnap.lazy.complete import complete_layer, is_lazy
+
         if not await trio.to_thread.run_sync(is_lazy, self.snapshotter, chain_id):
             return
         await self._wait_for_blob(desc.digest)
