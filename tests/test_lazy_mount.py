@@ -537,6 +537,33 @@ def test_a_partial_read_fetches_only_the_chunks_it_covers(
         assert _fetched_ranges(fault_server, varied, since) == []
 
 
+def test_a_file_read_in_order_costs_two_requests_not_one_per_chunk(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A file of six 1 MiB chunks read from start to end: its first chunk (at open), then
+    all the others in one request (read ahead once the read is seen to go in order)."""
+    work, root = tmp_path / "work", tmp_path / "root"
+    succeeded(fsnap(work, "pull", f"{images}/{REPO}:src"))
+    new = f"{images}/{REPO}:small-chunks"
+    chunk = str(1 << 20)
+    succeeded(
+        fsnap(work, "convert", "--estargz", "--chunk-size", chunk, f"{images}/{REPO}:src", new)
+    )
+    succeeded(fsnap(work, "push", new))
+    ref = f"{fault_server.host}/{REPO}:small-chunks"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    chunks = _chunks_of(root, "usr/big.bin")
+    assert len(chunks) == 6
+    varied = list(_layers(images, "small-chunks"))[1]
+    since = len(fault_server.requests)
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "usr/big.bin").read_bytes() == BIG
+    assert _fetched_ranges(fault_server, varied, since) == [
+        chunks[0],
+        (chunks[1][0], chunks[-1][1]),
+    ]
+
+
 def test_mount_prefetches_the_prioritised_files_first(
     images: str, fault_server: FaultServer, tmp_path: Path
 ) -> None:
