@@ -140,6 +140,7 @@ class LazyFiles:
         self._quiet = trio.Event()  # set while no read fetches
         self._quiet.set()
         self._download_scope: trio.CancelScope | None = None
+        self._downloading = trio.Lock()
 
     @classmethod
     def for_chain(
@@ -288,11 +289,14 @@ class LazyFiles:
 
     async def complete_all(self) -> None:
         """The background fetch: first every layer's prioritised files (``_prefetch``),
-        then each lazy layer's blob and its completion."""
+        then each lazy layer's blob, one after another, each layer's completion running
+        while the next blob downloads (its flush of the file system takes seconds on a
+        busy disk: the link would idle meanwhile)."""
         for layer in self.layers:
             await self._prefetch(layer)
-        for layer in self.layers:
-            await self._complete(layer)
+        async with trio.open_nursery() as completions:
+            for layer in self.layers:
+                await self._complete(layer, completions)
 
     async def _prefetch(self, layer: LazyLayer) -> None:
         """The files the layer lists before its ``.prefetch.landmark`` (what its image
@@ -333,35 +337,49 @@ class LazyFiles:
             raise Unavailable(f"not fetched within {READ_DEADLINE:g} s") from None
         await trio.to_thread.run_sync(layer.raw.put, start, data)
 
-    async def _complete(self, layer: LazyLayer) -> None:
+    async def _complete(self, layer: LazyLayer, completions: trio.Nursery) -> None:
+        """Download ``layer``'s blob (again and again while the registry is unavailable),
+        then start its completion in ``completions``."""
         delay = 1.0
         while True:
             try:
-                streamed = await self._download(layer)
-                await trio.to_thread.run_sync(
-                    complete_layer, self.snapshots, self.content, self.db, layer.name, streamed
-                )
+                async with self._downloading:  # one download at a time, in layer order
+                    streamed = await self._download(layer)
             except Unavailable as exc:
                 log.warning("background fetch of %s: %s (again in %g s)", layer.name, exc, delay)
                 await trio.sleep(delay)
                 delay = min(2 * delay, 60.0)
                 continue
-            except DigestMismatch as exc:
-                if not layer.raw.held():
-                    log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
-                    return
-                # Bytes kept from reads or the prefetch that no chunk digest covers (tar
-                # headers) may be the bad ones: once more, all from the registry.
-                log.warning("lazy layer %s: %s; fetching it all again", layer.name, exc)
-                layer.raw.close()
-                continue
             except FsnapError as exc:
                 log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
                 return
-            layer.present.update(layer.files)
-            layer.raw.close()
-            log.info("lazy layer %s is complete", layer.name)
+            completions.start_soon(self._finish, layer, streamed, completions)
             return
+
+    async def _finish(
+        self, layer: LazyLayer, streamed: OnePass | None, completions: trio.Nursery
+    ) -> None:
+        """``layer``'s completion from its downloaded blob (``fsnap.lazy.complete``)."""
+        try:
+            await trio.to_thread.run_sync(
+                complete_layer, self.snapshots, self.content, self.db, layer.name, streamed
+            )
+        except DigestMismatch as exc:
+            if not layer.raw.held():
+                log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
+                return
+            # Bytes kept from reads or the prefetch that no chunk digest covers (tar
+            # headers) may be the bad ones: once more, all from the registry.
+            log.warning("lazy layer %s: %s; fetching it all again", layer.name, exc)
+            layer.raw.close()
+            await self._complete(layer, completions)
+            return
+        except FsnapError as exc:
+            log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
+            return
+        layer.present.update(layer.files)
+        layer.raw.close()
+        log.info("lazy layer %s is complete", layer.name)
 
     async def _download(self, layer: LazyLayer) -> OnePass | None:
         """The layer's whole blob into the content store: the pull's resumable ingest, its
