@@ -168,3 +168,26 @@ def test_an_implicit_directory_given_xattrs_is_measured_at_commit(
         assert implicit is not None
         assert implicit.xattrs == {"user.big": b"v" * 3000}
         assert client.snapshots.usage(top) == disk.disk_usage(client.snapshots.dir(top))
+
+
+def test_a_pulled_layers_index_is_stored_as_its_applier_encoded_it(
+    registry: RegistryProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pull writes each layer's index in the form its applier process encoded; it
+    encodes again only the implicit directories it completed (here ``srv``)."""
+    files = {f"srv/data/f{i:03d}": b"x" * i for i in range(100)}
+    image = make_image([make_layer({"srv/data/": b"", **files})], platform=Platform.host())
+    registry.push_image("index/stored", "v1", image)
+    encoded: list[str] = []
+    encode = Entry.to_bytes
+
+    def counted(entry: Entry) -> bytes:
+        encoded.append(entry.path)
+        return encode(entry)
+
+    monkeypatch.setattr(Entry, "to_bytes", counted)
+    with Client(tmp_path / "root") as client:
+        client.pull(f"{registry.host}/index/stored:v1")
+        assert encoded == ["srv"]  # srv/ is implicit: completed, so encoded again
+        index = client.snapshots.index.read(image.chain_ids[0])
+    assert {entry.path for entry in index} == {"srv", "srv/data", *files}

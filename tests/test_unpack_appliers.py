@@ -224,7 +224,8 @@ def test_without_applier_processes_layers_apply_in_threads_alike(
 def test_answers_cross_the_process_boundary_typed() -> None:
     entries = [Entry("a", "dir", mode=0o755), Entry("a/\udcff", "file", xattrs={"user.x": b"\0"})]
     result = decode_reply(encode_result(ApplyResult("sha256:ab", entries, 42)))
-    assert result == ApplyResult("sha256:ab", entries, 42)
+    stored = [entry.to_bytes() for entry in entries]  # the index's form, made by the applier
+    assert result == ApplyResult("sha256:ab", entries, 42, stored=stored)
     assert decode_reply(encode_result(ApplyResult("sha256:ab", [], 0))).entries == []
 
     for exc, kind in [

@@ -64,12 +64,15 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 class ApplyResult:
     """``diff_id``: ``sha256:`` of all uncompressed bytes; ``size``: how many there were;
     ``allocated``: (bytes allocated, inodes) of the tree written, when its writer measured
-    it (``fsnap.fdtree.allocated``: an applier process, so the commit need not walk it)."""
+    it (``fsnap.fdtree.allocated``: an applier process, so the commit need not walk it);
+    ``stored``: each entry's ``Entry.to_bytes()``, the index's stored form, when its writer
+    encoded them (an applier process, so the pull writes the index without encoding it)."""
 
     diff_id: str
     entries: list[Entry]
     size: int
     allocated: tuple[int, int] | None = None
+    stored: list[bytes] | None = None
 
 
 def apply_layer(

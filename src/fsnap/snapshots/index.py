@@ -54,12 +54,15 @@ class LayerIndex:
 
     # -- a full layer index ----------------------------------------------------------------
 
-    def write(self, key: str, entries: Iterable[Entry]) -> None:
+    def write(
+        self, key: str, entries: Iterable[Entry], stored: Iterable[bytes] | None = None
+    ) -> None:
         """Replace active ``key``'s index with ``entries`` (a later duplicate path wins),
-        in one transaction. Committed snapshots are immutable, so is their index."""
+        in one transaction. Committed snapshots are immutable, so is their index.
+        ``stored``: the entries' ``to_bytes()`` when the caller has them already."""
         with self.db.begin(write=True) as txn:
             record = self.tables.find_active(txn, key)
-            self.replace(txn, record.id, entries)
+            self.replace(txn, record.id, entries, stored)
 
     def read(self, key: str) -> list[Entry]:
         """``key``'s index ordered by path bytes (the root ``""`` first)."""
@@ -136,12 +139,23 @@ class LayerIndex:
         """Whether ``snapshot_id``'s index holds overrides only."""
         return txn.get(str(snapshot_id).encode(), db=self._overrides) is not None
 
-    def replace(self, txn: lmdb.Transaction, snapshot_id: int, entries: Iterable[Entry]) -> None:
-        """The index of ``snapshot_id`` becomes ``entries``: a full layer index (again)."""
+    def replace(
+        self,
+        txn: lmdb.Transaction,
+        snapshot_id: int,
+        entries: Iterable[Entry],
+        stored: Iterable[bytes] | None = None,
+    ) -> None:
+        """The index of ``snapshot_id`` becomes ``entries``: a full layer index (again)
+        (``stored``: their ``to_bytes()``, if the caller has them)."""
         self.tables.delete_index(txn, snapshot_id)
         self.forget(txn, snapshot_id)
         cursor = txn.cursor(db=self.tables.files)
-        rows = ((index_key(snapshot_id, entry.key()), entry.to_bytes()) for entry in entries)
+        if stored is None:
+            rows = ((index_key(snapshot_id, entry.key()), entry.to_bytes()) for entry in entries)
+        else:
+            pairs = zip(entries, stored, strict=True)
+            rows = ((index_key(snapshot_id, entry.key()), raw) for entry, raw in pairs)
         cursor.putmulti(rows)
 
     def forget(self, txn: lmdb.Transaction, snapshot_id: int) -> None:

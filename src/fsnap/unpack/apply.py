@@ -75,12 +75,11 @@ def commit_staged(
     snapshotter: LocalSnapshotter,
     session: Session,
     staged: Path,
-    entries: list[Entry],
+    result: ApplyResult,
     chain_id: str,
     parent: str,
     labels: Mapping[str, str] | None = None,
     before_commit: Callable[[Path], None] | None = None,
-    allocated: tuple[int, int] | None = None,
 ) -> bool:
     """Make ``staged`` the committed snapshot ``chain_id`` on ``parent`` (with ``labels``).
 
@@ -88,13 +87,14 @@ def commit_staged(
     discarded). On any failure the temporary snapshot is removed: a half-done layer never
     becomes a committed snapshot. ``staged`` is moved away on success, left otherwise.
     ``before_commit(state_dir)`` may add to the snapshot's state directory first.
-    ``allocated``: the staged tree's (bytes, inodes) as its applier measured them (see
-    ``ApplyResult``); the commit then walks the tree only if completing an implicit
-    directory gave it xattrs (which may take a block of their own)."""
+    ``result``: the layer's index, and what its applier measured and encoded (see
+    ``ApplyResult``): the commit then walks the tree only if completing an implicit
+    directory gave it xattrs (which may take a block of their own), and encodes only the
+    index entries that completing changed."""
 
     def move_in(home: Path) -> list[Entry]:
         os.rename(staged, home)  # replaces the empty directory prepare made
-        return entries
+        return result.entries
 
     return _commit_as(
         snapshotter,
@@ -104,7 +104,8 @@ def commit_staged(
         move_in,
         labels=labels,
         before_commit=before_commit,
-        allocated=allocated,
+        allocated=result.allocated,
+        stored=result.stored,
     )
 
 
@@ -143,6 +144,7 @@ def _commit_as(
     labels: Mapping[str, str] | None = None,
     before_commit: Callable[[Path], None] | None = None,
     allocated: tuple[int, int] | None = None,
+    stored: list[bytes] | None = None,
 ) -> bool:
     """Prepare ``key`` on ``parent``, ``fill`` its directory (returning the layer's index
     entries), complete the implicit parents from the layers below, and commit it as
@@ -156,7 +158,7 @@ def _commit_as(
         home = snapshotter.dir(key)
         entries = fill(home)
         fixup_implicit(home, entries, lower_lookup(snapshotter, parent))
-        snapshotter.index.write(key, entries)
+        snapshotter.index.write(key, entries, stored=_stored(entries, stored))
         if before_commit is not None:
             before_commit(snapshotter.state_dir(key))
         snapshotter.commit(chain_id, key, labels, usage=_usage(allocated, entries))
@@ -167,6 +169,14 @@ def _commit_as(
         _remove(snapshotter, key)
         raise
     return True
+
+
+def _stored(entries: list[Entry], stored: list[bytes] | None) -> list[bytes] | None:
+    """The entries' stored forms: as encoded by the applier, but encoded again for the
+    implicit directories ``fixup_implicit`` changed since."""
+    if stored is None:
+        return None
+    return [e.to_bytes() if e.implicit else raw for e, raw in zip(entries, stored, strict=True)]
 
 
 def _usage(allocated: tuple[int, int] | None, entries: list[Entry]) -> Usage | None:

@@ -338,12 +338,11 @@ class Unpacker:
                     commit_staged,
                     labels=None if lazy is None else lazy.labels,
                     before_commit=None if lazy is None else lazy.before_commit,
-                    allocated=applied.result.allocated,
                 ),
                 self.snapshotter,
                 self.session,
                 applied.staged,
-                applied.result.entries,
+                applied.result,
                 chain_id,
                 parent,
             )
