@@ -127,6 +127,16 @@ def test_an_orphan_is_removed_only_while_free_and_still_unrecorded(ingests: Inge
     assert ingests.remove_orphan_if_idle("gone-soon")  # already gone: no error
 
 
+def test_an_orphans_size_counts_a_symlink_not_its_target(ingests: Ingests, tmp_path: Path) -> None:
+    """Only what the directory holds: a symlink in it (planted, or a crash's leftover) is
+    the length of its text, whatever it points to."""
+    big = tmp_path / "big"
+    big.write_bytes(b"b" * 10_000)
+    (orphan_dir(ingests, "o") / "ln").symlink_to(big)
+    (found,) = ingests.orphans()
+    assert found.size == len(DATA) + len(str(big))
+
+
 def test_sizes_and_times_of_what_vanished(tmp_path: Path) -> None:
     """gc lists, then removes: a directory gone meanwhile is 0 bytes and as new as can be
     (kept), never an error."""
