@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -191,3 +192,25 @@ def test_a_name_the_disk_refuses_is_an_invalid_archive_naming_the_member(root: P
     error: only a full disk goes up as it is (the CLI names the store)."""
     with pytest.raises(InvalidArgument, match=r"member 'd/a{256}': File name too long"):
         apply(TarBuilder().file("d/" + "a" * 256, b"x"), root)
+
+
+def test_a_hardlink_replacing_its_own_targets_directory_is_refused(root: Path) -> None:
+    """``d`` -> ``d/f``: making room for ``d`` removes the target with it."""
+    with pytest.raises(InvalidArgument, match=r"hardlink 'd' to 'd/f', removed by it"):
+        apply(TarBuilder().dir("d").file("d/f", b"x").hardlink("d", "d/f"), root)
+
+
+def test_fixing_up_refuses_an_implicit_directory_swapped_for_a_symlink(
+    root: Path, tmp_path: Path
+) -> None:
+    """Between the apply and the fix-up the tree is the caller's: should an implicit
+    directory have become a symlink, the fix-up fails as one typed error and changes
+    nothing where it points (every step is opened without following links)."""
+    result = apply_layer(io.BytesIO(TarBuilder().file("a/f", b"x").data()), root, sync=False)
+    outside = tmp_path / "outside"
+    outside.mkdir(mode=0o700)
+    shutil.rmtree(root / "a")
+    (root / "a").symlink_to(outside)
+    with pytest.raises(FailedPrecondition, match="implicit directory 'a'"):
+        fixup_implicit(root, result.entries, lambda _: None)
+    assert stat.S_IMODE(os.lstat(outside).st_mode) == 0o700
