@@ -144,9 +144,16 @@ def test_three_links_to_a_replaced_file_keep_one_inode(root: Path) -> None:
 
 
 def test_a_link_to_a_link_names_the_first_path(root: Path) -> None:
-    idx = apply(TarBuilder().file("f", b"x").hardlink("h1", "f").hardlink("h2", "h1"), root)
+    """A link entry is never implicit nor opaque (fixing implicit directories up would
+    take it for a directory)."""
+    tar = TarBuilder().file("f", b"x", 0o640).hardlink("h1", "f").hardlink("h2", "h1")
+    result = apply_layer(io.BytesIO(tar.data()), root, sync=False)
+    fixup_implicit(root, result.entries, lambda _: None)
+    idx = {e.path: e for e in result.entries}
     assert (idx["h1"].link, idx["h2"].link) == ("f", "f")
-    assert idx["h2"].kind == "hardlink"
+    for name in ("h1", "h2"):
+        assert (idx[name].kind, idx[name].implicit, idx[name].opaque) == ("hardlink", False, False)
+        assert idx[name].mode == 0o640
 
 
 def test_a_link_to_a_symlink_keeps_the_symlinks_mode(root: Path) -> None:
