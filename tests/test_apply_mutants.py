@@ -221,3 +221,13 @@ def test_fixing_up_refuses_an_implicit_directory_swapped_for_a_symlink(
     with pytest.raises(FailedPrecondition, match="implicit directory 'a'"):
         fixup_implicit(root, result.entries, lambda _: None)
     assert stat.S_IMODE(os.lstat(outside).st_mode) == 0o700
+
+
+def test_a_whiteout_replaces_a_directory_made_under_its_marker_name(root: Path) -> None:
+    """``d/.wh.x/f`` makes a directory ``d/.wh.x`` on the way (an implicit parent); the
+    whiteout of ``d/x`` then replaces it by its marker, and the index forgets it all."""
+    idx = apply(TarBuilder().file("d/.wh.x/f", b"hidden").whiteout("d/x"), root)
+    assert sorted(idx) == ["d", "d/x"]
+    assert idx["d/x"].kind == "whiteout"
+    assert (root / "d/.wh.x").is_file()
+    assert (root / "d/.wh.x").stat().st_size == 0
