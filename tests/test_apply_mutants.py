@@ -231,3 +231,24 @@ def test_a_whiteout_replaces_a_directory_made_under_its_marker_name(root: Path) 
     assert idx["d/x"].kind == "whiteout"
     assert (root / "d/.wh.x").is_file()
     assert (root / "d/.wh.x").stat().st_size == 0
+
+
+def test_a_hardlink_into_a_missing_directory_creates_nothing(root: Path) -> None:
+    """Its target is looked up, never made: the error names the missing directory."""
+    with pytest.raises(InvalidArgument, match="'nodir' does not exist in the layer"):
+        apply(TarBuilder().hardlink("h", "nodir/x"), root)
+    assert os.listdir(root) == []
+
+
+def test_a_hardlink_replaces_a_directory_in_its_way(root: Path) -> None:
+    idx = apply(TarBuilder().dir("x").file("x/y", b"y").file("f", b"f").hardlink("x", "f"), root)
+    assert sorted(idx) == ["f", "x"]
+    assert (idx["x"].kind, idx["x"].link) == ("hardlink", "f")
+    assert os.lstat(root / "x").st_ino == os.lstat(root / "f").st_ino
+
+
+def test_fixing_up_leaves_an_implicit_directorys_mtime_on_disk(root: Path) -> None:
+    result = apply_layer(io.BytesIO(TarBuilder().file("a/f", b"x").data()), root, sync=False)
+    os.utime(root / "a", ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    fixup_implicit(root, result.entries, lambda _: None)
+    assert os.lstat(root / "a").st_mtime_ns == 1_600_000_000 * 10**9
