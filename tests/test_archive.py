@@ -356,6 +356,8 @@ def test_apply_as_an_unprivileged_user(nobody_dir: Path) -> None:
         .symlink("etc/localtime", "/usr/share/zoneinfo/UTC")
         .hardlink("usr/bin/ping6", "usr/bin/ping")
         .whiteout("opt/old")
+        .dir("tmp", 0o1777)  # created owner-only (a chmod sets it): the owner can fill it
+        .file("tmp/x", b"x")
     )
     data = tar.data(b"\0" * 4096)
     (nobody_dir / "layer.tar").write_bytes(data)
@@ -376,6 +378,7 @@ def test_apply_as_an_unprivileged_user(nobody_dir: Path) -> None:
     assert idx["dev/initctl"].kind == "fifo"
     assert idx["opt/old"].kind == "whiteout"
     assert idx["usr/bin/ping6"].link == "usr/bin/ping"
+    assert idx["tmp"].mode == 0o1777
 
     # the disk holds the contents, owned by the applying user and readable by it
     assert (root / "etc/shadow").read_bytes() == b"secret"
@@ -389,6 +392,7 @@ def test_apply_as_an_unprivileged_user(nobody_dir: Path) -> None:
     assert os.listxattr(root / "usr/bin/ping") == ["user.note"]
     assert os.lstat(root / "usr/bin/ping6").st_ino == os.lstat(root / "usr/bin/ping").st_ino
     assert os.readlink(root / "etc/localtime") == "/usr/share/zoneinfo/UTC"
+    assert (root / "tmp/x").read_bytes() == b"x"
 
 
 @pytest.mark.parametrize("fmt", ["gnu", "posix"])
