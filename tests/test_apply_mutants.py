@@ -252,3 +252,13 @@ def test_fixing_up_leaves_an_implicit_directorys_mtime_on_disk(root: Path) -> No
     os.utime(root / "a", ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
     fixup_implicit(root, result.entries, lambda _: None)
     assert os.lstat(root / "a").st_mtime_ns == 1_600_000_000 * 10**9
+
+
+def test_fixing_up_reaches_implicit_directories_after_named_ones(root: Path) -> None:
+    tar = TarBuilder().dir("a").file("b/x", b"x")
+    result = apply_layer(io.BytesIO(tar.data()), root, sync=False)
+    lower = {"b": Entry("b", "dir", mode=0o750, uid=5, gid=6)}
+    fixup_implicit(root, result.entries, lower.get)
+    idx = {e.path: e for e in result.entries}
+    assert (idx["b"].mode, idx["b"].uid, idx["b"].gid) == (0o750, 5, 6)
+    assert stat.S_IMODE(os.lstat(root / "b").st_mode) == 0o750
