@@ -158,11 +158,39 @@ def test_a_link_to_a_link_names_the_first_path(root: Path) -> None:
 
 def test_a_link_to_a_symlink_keeps_the_symlinks_mode(root: Path) -> None:
     """A symlink's mode is not a link header's to change (containerd: lchmod does not
-    exist); owner and mtime still follow the last header."""
-    tar = TarBuilder().symlink("s", "target").hardlink("h", "s", mode=0o644, uid=7)
+    exist); owner and mtime still follow the last header, for every name."""
+    tar = (
+        TarBuilder()
+        .symlink("s", "target")
+        .hardlink("h", "s", mode=0o644, uid=7)
+        .hardlink("h2", "s", mode=0o600, uid=8)
+    )
     idx = apply(tar, root)
-    assert (idx["s"].mode, idx["s"].uid) == (0o777, 7)
-    assert (idx["h"].kind, idx["h"].link, idx["h"].mode) == ("hardlink", "s", 0o777)
+    assert (idx["s"].mode, idx["s"].uid) == (0o777, 8)
+    for name in ("h", "h2"):
+        assert (idx[name].kind, idx[name].link, idx[name].mode) == ("hardlink", "s", 0o777)
+        assert idx[name].uid == 8
+
+
+def test_links_replaced_or_gone_are_not_promoted(root: Path) -> None:
+    """When ``f`` is replaced, only names still linked to it take its inode: not ``h``,
+    a file of its own by then, nor ``d/g``, gone with ``d``."""
+    tar = (
+        TarBuilder()
+        .file("f", b"old", uid=3)
+        .hardlink("h", "f")
+        .dir("d")
+        .hardlink("d/g", "f")
+        .hardlink("k", "f")
+        .file("h", b"h's own", uid=4)
+        .file("d", b"a file now")
+        .file("f", b"new")
+    )
+    idx = apply(tar, root)
+    assert (idx["h"].kind, idx["h"].size, idx["h"].uid) == ("file", 7, 4)
+    assert (idx["k"].kind, idx["k"].size, idx["k"].uid) == ("file", 3, 3)
+    assert "d/g" not in idx
+    assert (root / "k").read_bytes() == b"old"
 
 
 def test_a_link_to_itself_changes_nothing(root: Path) -> None:
