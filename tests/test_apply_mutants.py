@@ -290,3 +290,24 @@ def test_fixing_up_reaches_implicit_directories_after_named_ones(root: Path) -> 
     idx = {e.path: e for e in result.entries}
     assert (idx["b"].mode, idx["b"].uid, idx["b"].gid) == (0o750, 5, 6)
     assert stat.S_IMODE(os.lstat(root / "b").st_mode) == 0o750
+
+
+def test_a_link_header_restamps_only_the_names_still_linked(root: Path) -> None:
+    """``h1`` was replaced by a file of its own: a later header for ``f``'s inode reaches
+    ``h2`` and leaves ``h1``'s metadata alone, in the index as on disk (it took ``h3``'s
+    owner and mode in the index before, while the disk kept its own)."""
+    tar = (
+        TarBuilder()
+        .file("f", b"x", 0o600, uid=1)
+        .hardlink("h1", "f")
+        .hardlink("h2", "f")
+        .file("h1", b"mine", 0o640, uid=2, xattrs={"user.own": b"1"})
+        .hardlink("h3", "f", mode=0o644, uid=9, xattrs={"user.link": b"2"})
+    )
+    idx = apply(tar, root)
+    assert [idx[n].uid for n in ("f", "h1", "h2", "h3")] == [9, 2, 9, 9]
+    assert (idx["h1"].kind, idx["h1"].mode, idx["h1"].xattrs) == ("file", 0o640, {"user.own": b"1"})
+    assert idx["h2"].mode == 0o644
+    if PRIVILEGED:
+        st = os.lstat(root / "h1")
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (2, 0o640)

@@ -255,13 +255,19 @@ class _Layer:
             self._dir_modes.pop(gone, None)
             self._promote_links(gone, entry)
 
-    def _promote_links(self, path: str, old: Entry) -> None:
-        """Hardlinks to a replaced path keep the old inode: the first becomes its owner."""
-        links = [
+    def _linked_to(self, path: str) -> list[str]:
+        """The names still hard-linked to ``path``: one listed in ``_links_to`` may have
+        been replaced since by a node of its own, or gone with its directory."""
+        return [
             p
-            for p in self._links_to.pop(path, [])
+            for p in self._links_to.get(path, [])
             if p in self.index and self.index[p].kind == "hardlink" and self.index[p].link == path
         ]
+
+    def _promote_links(self, path: str, old: Entry) -> None:
+        """Hardlinks to a replaced path keep the old inode: the first becomes its owner."""
+        links = self._linked_to(path)
+        self._links_to.pop(path, None)
         if not links:
             return
         owner, rest = links[0], links[1:]
@@ -502,10 +508,8 @@ class _Layer:
 
     def _restamp_inode(self, first_path: str, header: Entry) -> None:
         """Give every name of ``first_path``'s inode the metadata of a later link header."""
-        for path in [first_path, *self._links_to.get(first_path, [])]:
-            named = self.index.get(path)
-            if named is None:
-                continue
+        for path in [first_path, *self._linked_to(first_path)]:
+            named = self.index[path]
             named.uid, named.gid, named.mtime = header.uid, header.gid, header.mtime
             if named.kind != "symlink" and self.index[first_path].kind != "symlink":
                 named.mode = header.mode
