@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support.tar import TarBuilder
+from support.tar import TarBuilder, apply_with
 
 from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
 from fsnap.archive.entry import Entry
@@ -311,3 +311,27 @@ def test_a_link_header_restamps_only_the_names_still_linked(root: Path) -> None:
     if PRIVILEGED:
         st = os.lstat(root / "h1")
         assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (2, 0o640)
+
+
+@pytest.mark.skipif(not PRIVILEGED, reason="drops a capability only root has")
+def test_root_without_cap_mknod_leaves_placeholders(tmp_path: Path) -> None:
+    """Root in a container without CAP_MKNOD: mknod is refused, so an empty file stands
+    in for each device on disk; the index keeps the devices (fifos need no capability)."""
+    tar_path = tmp_path / "layer.tar"
+    tar = TarBuilder().char("dev/null", 1, 3).block("dev/sda", 8, 0).fifo("dev/p")
+    tar_path.write_bytes(tar.data())
+    root = tmp_path / "root"
+    root.mkdir()
+    out = apply_with(["--bounding-set=-mknod"], tar_path, root)
+    idx = {e.path: e for e in (Entry.from_bytes(r.encode()) for r in out["entries"])}
+    assert (idx["dev/null"].kind, idx["dev/null"].devmajor, idx["dev/null"].devminor) == (
+        "char",
+        1,
+        3,
+    )
+    assert (idx["dev/sda"].kind, idx["dev/sda"].devmajor) == ("block", 8)
+    for name in ("dev/null", "dev/sda"):
+        st = os.lstat(root / name)
+        assert stat.S_ISREG(st.st_mode)
+        assert st.st_size == 0
+    assert stat.S_ISFIFO(os.lstat(root / "dev/p").st_mode)

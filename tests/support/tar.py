@@ -178,12 +178,16 @@ print(json.dumps({"diff_id": result.diff_id, "size": result.size,
 
 def apply_as(uid: int, gid: int, tar_path: Path, root: Path) -> dict[str, Any]:
     """Run ``apply_layer`` in a subprocess under ``setpriv`` as uid:gid (no groups)."""
+    return apply_with([f"--reuid={uid}", f"--regid={gid}", "--clear-groups"], tar_path, root)
+
+
+def apply_with(setpriv: list[str], tar_path: Path, root: Path) -> dict[str, Any]:
+    """Run ``apply_layer`` in a subprocess under ``setpriv`` with these options (another
+    user, fewer capabilities); the result as JSON."""
     proc = subprocess.run(
         [
             "setpriv",
-            f"--reuid={uid}",
-            f"--regid={gid}",
-            "--clear-groups",
+            *setpriv,
             sys.executable,
             "-c",
             RUNNER,
