@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support.tar import TarBuilder, apply_with
 
-from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit
+from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit, sync_tree
 from fsnap.archive.entry import Entry
 from fsnap.errors import FailedPrecondition, InvalidArgument
 
@@ -335,3 +335,10 @@ def test_root_without_cap_mknod_leaves_placeholders(tmp_path: Path) -> None:
         assert stat.S_ISREG(st.st_mode)
         assert st.st_size == 0
     assert stat.S_ISFIFO(os.lstat(root / "dev/p").st_mode)
+
+
+def test_sync_tree_flushes_a_directory_and_refuses_anything_else(root: Path) -> None:
+    sync_tree(root)
+    (root / "f").write_bytes(b"f")
+    with pytest.raises(NotADirectoryError):
+        sync_tree(root / "f")

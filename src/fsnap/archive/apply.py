@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, TypeVar, cast
 
 from fsnap.archive import metadata
 from fsnap.archive.entry import Entry
@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 _COPY = 1 << 20
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+T = TypeVar("T")
 
 
 @dataclass
@@ -359,14 +360,15 @@ class _Layer:
         self._forget(path)
         self.tree.remove(dir_fd, base, path, directory=stat.S_ISDIR(st.st_mode))
 
-    def _create(self, dir_fd: int, base: str, path: str, make: Callable[[], object]) -> None:
+    def _create(self, dir_fd: int, base: str, path: str, make: Callable[[], T]) -> T:
         """``make()`` the node; if an earlier member is in the way, remove it and retry (one
-        syscall in the common case, instead of a look before every create)."""
+        syscall in the common case, instead of a look before every create). Returns what
+        ``make`` returned."""
         try:
-            make()
+            return make()
         except FileExistsError:
             self._make_room(dir_fd, base, path, keep_dir=False)
-            make()
+            return make()
 
     @staticmethod
     def _contents(
@@ -389,14 +391,11 @@ class _Layer:
     def _write_file(self, dir_fd: int, base: str, entry: Entry, data: Iterator[bytes]) -> None:
         """Create, fill and stamp a file: created with its final mode where that is plain,
         so that the usual file costs open, write, futimens and close (see ``metadata``)."""
-        fd = -1
         created = metadata.creation_mode(entry, self.privileged)
-
-        def make() -> None:
-            nonlocal fd
-            fd = os.open(base, _CREATE, 0o600 if created is None else created, dir_fd=dir_fd)
-
-        self._create(dir_fd, base, entry.path, make)
+        mode = 0o600 if created is None else created
+        fd = self._create(
+            dir_fd, base, entry.path, lambda: os.open(base, _CREATE, mode, dir_fd=dir_fd)
+        )
         try:
             for chunk in data:
                 view = memoryview(chunk)
