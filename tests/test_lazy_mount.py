@@ -34,8 +34,10 @@ from fsnap.archive.entry import Entry
 from fsnap.client import Client
 from fsnap.errors import AlreadyExists, FailedPrecondition
 from fsnap.labels import LAZY_LABEL, TARGET_LABEL
-from fsnap.lazy import complete
+from fsnap.lazy import complete, state
 from fsnap.lazy.complete import one_pass
+from fsnap.lazy.fetch import LazyFiles
+from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.state import read_record
 from fsnap.lazy.toc import ESTARGZ_TOC_DIGEST, HIDDEN
 from fsnap.mount.source import image_snapshot
@@ -737,3 +739,49 @@ def test_containerd_gets_no_overlay_of_a_lazy_layer(images: str, tmp_path: Path)
 
 def _top(client: Client, ref: str) -> str:
     return image_snapshot(client.content, client.images, ref)
+
+
+def test_mount_start_reads_the_file_table_not_the_toc(
+    images: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pull stores each lazy layer's files (entries and chunks) in a compact table
+    next to its TOC: a mount's start builds its lazy layers without parsing a TOC again,
+    and the table says what a parse of the verified TOC says."""
+    root = _pulled_lazily(f"{images}/{REPO}:esgz", tmp_path / "root")
+    with Client(root) as client:
+        top = next(i for i in client.snapshots.walk() if i.parent).name
+        chain = client.snapshots.chain(top)
+        tocs = {
+            info.name: read_record(client.snapshots.state_dir(info.name)).toc
+            for info in chain
+            if LAZY_LABEL in info.labels
+        }
+        parsed = {name: file_paths(toc) for name, toc in tocs.items()}
+
+        def no_parse(*_: object, **__: object) -> None:
+            raise AssertionError("the TOC was parsed again")
+
+        monkeypatch.setattr(state, "parse_toc", no_parse)
+        lazy = LazyFiles.for_chain(client.snapshots, chain, client.db, client.content)
+        assert lazy is not None
+        assert len(lazy.layers) == 2
+        for layer in lazy.layers:
+            assert dict(layer.files) == parsed[layer.name]
+            assert layer.record.prefetch_end == tocs[layer.name].prefetch_end
+        assert parsed[top]["usr/big.bin"].chunks
+
+
+def test_a_record_without_a_file_table_still_mounts(images: str, tmp_path: Path) -> None:
+    """``lazy.json`` as fsnap wrote it before the file table: the TOC is parsed instead."""
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    lazy = _lazy_layers(root)
+    with Client(root) as client:
+        for name in lazy:
+            path = client.snapshots.state_dir(name) / state.STATE_FILE
+            doc = json.loads(path.read_text())
+            del doc["files"], doc["prefetch_end"]
+            path.write_text(json.dumps(doc))
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "usr/big.bin").read_bytes() == BIG
+        assert (mnt / "usr/noise.bin").read_bytes() == NOISE

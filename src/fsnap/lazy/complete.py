@@ -35,7 +35,6 @@ from fsnap.errors import DigestMismatch, NotFound
 from fsnap.labels import LAZY_LABEL, LAZY_REF_LABEL, UNCOMPRESSED_LABEL
 from fsnap.lazy.chunks import decode_chunk
 from fsnap.lazy.onepass import OnePass
-from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.state import LazyRecord, present, read_record, write_file
 from fsnap.lazy.toc import Chunk
 from fsnap.snapshots.snapshotter import LocalSnapshotter
@@ -119,7 +118,7 @@ def fill_targets(
     """The files of the layer's ``index`` to write (not in ``have``) and their chunks: the
     files with contents, and any file the TOC gave only a size (none: then it is sparse)
     that is not on disk."""
-    files = file_paths(record.toc)
+    files = record.files
     out: list[tuple[Entry, tuple[Chunk, ...]]] = []
     for entry in index:
         if entry.kind != "file" or entry.path in have:
@@ -144,7 +143,7 @@ def fill_from_blob(
     after this (``complete_layer``), and a crash before that redoes the fill. Measured on
     the bench image (eStargz, 9,794 entries, load ~8): an fdatasync and an LMDB commit per
     file made completing the four layers take ~120 s after their blobs had arrived."""
-    fmt = record.toc.format
+    fmt = record.layer.format
     targets = fill_targets(record, layer_dir, index, present(db, name))
     fd = os.open(blob, os.O_RDONLY | os.O_CLOEXEC)
     try:

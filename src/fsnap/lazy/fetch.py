@@ -57,8 +57,8 @@ from fsnap.lazy.complete import complete_layer, one_pass
 from fsnap.lazy.onepass import OnePass
 from fsnap.lazy.pull import fetch_range
 from fsnap.lazy.rawcache import RawCache
-from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.state import (
+    FileTable,
     LazyRecord,
     is_present,
     mark_chunks,
@@ -67,7 +67,7 @@ from fsnap.lazy.state import (
     read_record,
     write_file,
 )
-from fsnap.lazy.toc import Chunk, Format, TocEntry
+from fsnap.lazy.toc import Chunk, Format
 from fsnap.reference import Reference
 from fsnap.remotes.registry import RegistryClient
 from fsnap.snapshots.info import Info
@@ -104,7 +104,7 @@ class LazyLayer:
     name: str
     dir: Path
     record: LazyRecord
-    files: dict[str, TocEntry]
+    files: FileTable
     present: set[str]
     raw: RawCache
     locks: dict[str, trio.Lock] = field(default_factory=dict)
@@ -114,7 +114,7 @@ class LazyLayer:
     sized: set[str] = field(default_factory=set)
 
     def missing_bytes(self) -> int:
-        return sum(e.size for p, e in self.files.items() if p not in self.present)
+        return sum(self.files.size(p) for p in self.files if p not in self.present)
 
 
 class LazyFiles:
@@ -157,7 +157,7 @@ class LazyFiles:
                     info.name,
                     snapshots.dir(info.name),
                     record,
-                    file_paths(record.toc),
+                    record.files,
                     present(db, info.name),
                     RawCache(snapshots.state_dir(info.name)),
                 )
@@ -254,7 +254,7 @@ class LazyFiles:
         ref = Reference.parse(layer.record.reference)
         registry = await self._client(ref)
         desc = layer.record.descriptor
-        fmt = layer.record.toc.format
+        fmt = layer.record.layer.format
         pieces: list[tuple[Chunk, bytes]] = []
         for batch in batches(tuple(chunks)):
             start, end = batch[0].start, max(c.end for c in batch)
@@ -304,16 +304,12 @@ class LazyFiles:
         lie together at the blob's start, in one Range request (at most ``PREFETCH_MAX``
         bytes; a longer list is fetched file by file). A failure is logged: reads fetch
         the files later."""
-        end = layer.record.toc.prefetch_end
+        end = layer.record.prefetch_end
         if end is None:
             return
-        wanted = [
-            path
-            for path, entry in layer.files.items()
-            if path not in layer.present and entry.chunks[0].start < end
-        ]
-        chunks = [c for path in wanted for c in layer.files[path].chunks if not c.zeros]
         try:
+            wanted = await trio.to_thread.run_sync(_starting_before, layer, end)
+            chunks = [c for path in wanted for c in layer.files[path].chunks if not c.zeros]
             if chunks and max(c.end for c in chunks) - min(c.start for c in chunks) <= PREFETCH_MAX:
                 with self._reading():
                     await self._fetch_raw(
@@ -496,6 +492,13 @@ def read_ahead(chunks: tuple[Chunk, ...], have: set[int], missing: list[Chunk]) 
         if not chunk.zeros:
             out.append(chunk)
     return out
+
+
+def _starting_before(layer: LazyLayer, end: int) -> list[str]:
+    """The layer's files not present whose data starts before blob offset ``end``
+    (blocking: it makes the entry of each file not present)."""
+    files = layer.files
+    return [p for p in files if p not in layer.present and files[p].chunks[0].start < end]
 
 
 def _decode(fmt: Format, batch: list[Chunk], start: int, data: bytes) -> list[tuple[Chunk, bytes]]:

@@ -46,7 +46,7 @@ class OnePass:
     def __init__(
         self, record: LazyRecord, layer_dir: Path, targets: list[tuple[Entry, tuple[Chunk, ...]]]
     ) -> None:
-        self.ok = record.toc.format == "estargz"
+        self.ok = record.layer.format == "estargz"
         self.size = record.descriptor.size
         self.layer_dir = layer_dir
         self.targets = targets

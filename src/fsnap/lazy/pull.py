@@ -84,7 +84,7 @@ class LazyLayers:
 
         toc = await load_toc(layer, fetch, self.limit.for_blob(desc.size))
         entries = await trio.to_thread.run_sync(build_skeleton, toc, staging)
-        record = LazyRecord(desc, str(self.ref), toc, diff_id)
+        record = LazyRecord.of_toc(desc, str(self.ref), toc, diff_id)
         return Built(entries, record)
 
 
