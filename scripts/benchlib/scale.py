@@ -113,14 +113,17 @@ def _top(root: Path, ref: str) -> str:
     from fsnap.mount.source import image_snapshot
 
     with Client(root) as client:
-        return image_snapshot(client, ref)
+        return image_snapshot(client.content, client.images, ref)
 
 
 def cache_file(root: Path, ref: str) -> Path:
     with Client(root) as client:
         from fsnap.mount.source import image_snapshot
 
-        return client.snapshots.state_dir(image_snapshot(client, ref)) / treecache.CACHE_NAME
+        return (
+            client.snapshots.state_dir(image_snapshot(client.content, client.images, ref))
+            / treecache.CACHE_NAME
+        )
 
 
 def snapshot_dirs(root: Path, ref: str) -> list[str]:
@@ -128,7 +131,7 @@ def snapshot_dirs(root: Path, ref: str) -> list[str]:
     from fsnap.mount.source import image_snapshot
 
     with Client(root) as client:
-        chain = client.snapshots.chain(image_snapshot(client, ref))
+        chain = client.snapshots.chain(image_snapshot(client.content, client.images, ref))
         return [str(client.snapshots.dir(info.name)) for info in reversed(chain)]
 
 
