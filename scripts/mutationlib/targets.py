@@ -73,6 +73,7 @@ TARGETS = (
         "union",
         "src/fsnap/mount/union.py",
         (
+            "tests/test_union_mutants.py",
             "tests/test_union.py",
             "tests/test_rw_posix.py",
             "tests/test_rw_xattr_copyup.py",
