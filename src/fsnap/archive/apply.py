@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 
 _COPY = 1 << 20
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# The mode a node is created with when it gets its final mode right after (``set_by_fd``,
+# ``set_at``) inside the private staging directory, or when nothing reads it (a whiteout
+# marker): owner-only, and the same for every such node.
+_PRIVATE = 0o600
 T = TypeVar("T")
 
 
@@ -392,7 +396,7 @@ class _Layer:
         """Create, fill and stamp a file: created with its final mode where that is plain,
         so that the usual file costs open, write, futimens and close (see ``metadata``)."""
         created = metadata.creation_mode(entry, self.privileged)
-        mode = 0o600 if created is None else created
+        mode = _PRIVATE if created is None else created
         fd = self._create(
             dir_fd, base, entry.path, lambda: os.open(base, _CREATE, mode, dir_fd=dir_fd)
         )
@@ -426,7 +430,7 @@ class _Layer:
 
     def _make_node(self, dir_fd: int, base: str, entry: Entry) -> None:
         if entry.kind == "fifo":
-            self._create(dir_fd, base, entry.path, lambda: os.mkfifo(base, 0o600, dir_fd=dir_fd))
+            self._create(dir_fd, base, entry.path, lambda: os.mkfifo(base, _PRIVATE, dir_fd=dir_fd))
             metadata.set_at(dir_fd, base, entry, self.privileged, owner_on_disk=self._creator)
             return
         if self.privileged:
@@ -437,7 +441,7 @@ class _Layer:
                     dir_fd,
                     base,
                     entry.path,
-                    lambda: os.mknod(base, kind | 0o600, dev, dir_fd=dir_fd),
+                    lambda: os.mknod(base, kind | _PRIVATE, dev, dir_fd=dir_fd),
                 )
                 metadata.set_at(dir_fd, base, entry, self.privileged, owner_on_disk=self._creator)
                 return
@@ -530,7 +534,7 @@ class _Layer:
             elif existing.kind == "dir":
                 existing.opaque = True  # this layer's own entries stay, the lower ones go
         self._make_room(dir_fd, base, join(parent, base), keep_dir=False)
-        fd = os.open(base, _CREATE, 0o600, dir_fd=dir_fd)
+        fd = os.open(base, _CREATE, _PRIVATE, dir_fd=dir_fd)
         os.close(fd)
 
     # -- the end -----------------------------------------------------------------------
