@@ -5,29 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
-from support.mount import E, mounted, write_layer
+from support.mount import E, mounted, request_totals, write_layer
 
 from fsnap.client import Client
 from fsnap.mount.stats import ENV
 
 pytestmark = [pytest.mark.needs_fuse]
-
-
-def totals_after_signal(pid: int, path: Path) -> dict[str, int]:
-    """SIGUSR1 to the server, then the totals it writes (a new file each time)."""
-    path.unlink(missing_ok=True)
-    os.kill(pid, signal.SIGUSR1)
-    deadline = time.monotonic() + 30
-    while not path.exists():
-        assert time.monotonic() < deadline, "the server wrote no counts"
-        time.sleep(0.05)
-    counts: dict[str, int] = json.loads(path.read_text())
-    return counts
 
 
 def test_the_server_counts_requests_by_operation(
@@ -40,11 +26,11 @@ def test_the_server_counts_requests_by_operation(
     with mounted(root, [layer], mnt):
         with Client(root) as client:
             (server,) = [m.server for m in client.mounts() if m.mountpoint == str(mnt)]
-        before = totals_after_signal(server, counts_file)
+        before = request_totals(server, counts_file)
         for _ in range(3):
             assert (mnt / "d" / "f").read_bytes() == b"x" * 10
         assert os.listdir(mnt / "d") == ["f"]
-        after = totals_after_signal(server, counts_file)
+        after = request_totals(server, counts_file)
         assert after["open"] - before.get("open", 0) == 3
         assert after["read"] > before.get("read", 0)
         assert after["readdir"] > before.get("readdir", 0)

@@ -87,6 +87,7 @@ TARGETS = (
         "rwfs",
         "src/fsnap/mount/rwfs.py",
         (
+            "tests/test_rw_cache.py",
             "tests/test_rw_posix.py",
             "tests/test_rw_xattr_copyup.py",
             "tests/test_rw_commit.py",

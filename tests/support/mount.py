@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import signal
 import stat
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,19 @@ def mounted_with(
         yield info
     finally:
         cleanup(root, mnt, info.pid if info else 0)
+
+
+def request_totals(server: int, path: Path) -> dict[str, int]:
+    """SIGUSR1 to a mount's ``server`` (counting into ``path``: ``FSNAP_REQUEST_COUNTS``),
+    then the totals it writes (a new file each time)."""
+    path.unlink(missing_ok=True)
+    os.kill(server, signal.SIGUSR1)
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, "the server wrote no counts"
+        time.sleep(0.05)
+    counts: dict[str, int] = json.loads(path.read_text())
+    return counts
 
 
 def mounted(

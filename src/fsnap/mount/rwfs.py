@@ -8,8 +8,12 @@ from the tree as in the read-only mount (``fsnap.mount.fs.TreeFS``); file handle
 descriptors (of the upper file, or of the lower content until a copy-up), so writes,
 fsync and ftruncate use them directly.
 
-pyfuse3 does not pass setxattr's XATTR_CREATE/REPLACE flags on. The kernel may cache
-attributes for ``cache_timeout`` seconds only (1 s), not a day: the tree changes.
+pyfuse3 does not pass setxattr's XATTR_CREATE/REPLACE flags on. Both mounts that serve this
+class (``fsnap mount``, ``fsnap-overlay``) pass ``default_permissions``: the kernel checks
+modes itself and never sends FUSE_ACCESS, so there is no ``access`` here. Every handle a
+read or write names was recorded by ``open``/``create`` (the kernel sends none after
+``release``). The kernel may cache attributes for ``cache_timeout`` seconds only (1 s),
+not a day: the tree changes.
 """
 
 from __future__ import annotations
@@ -80,11 +84,6 @@ class WritableFS(TreeFS):
         if len(name) > NAME_MAX:
             raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
         return await super().lookup(parent_inode, name, ctx)
-
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        """``default_permissions`` makes the kernel check modes."""
-        self._node(inode)
-        return True
 
     # --- creating and removing -------------------------------------------------------------
 
@@ -181,8 +180,7 @@ class WritableFS(TreeFS):
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        node = self._open.get(fh)
-        return await read_fd(fh, off, size, node.size if node is not None else 0)
+        return await read_fd(fh, off, size, self._open[fh].size)
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         return await _engine(self.union.write(fh, self._open.get(fh), off, buf))

@@ -61,7 +61,13 @@ _LIBC.renameat2.argtypes = [
     ctypes.c_char_p,
     ctypes.c_uint,
 ]
-_NEW = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# A temporary's name is new and random: O_CREAT | O_EXCL never follows a symlink there.
+_NEW = os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+# A descriptor that only anchors ``*at`` calls in a directory (no read permission needed).
+_ANCHOR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+# What every temporary is made with, whatever its kind: owner-only (x lets the daemon fill
+# a directory) until ``apply`` gives it its own mode, before it leaves ``work/``.
+_TEMP_MODE = 0o700
 
 
 def join(parent: bytes, name: bytes) -> bytes:
@@ -100,7 +106,7 @@ class Upper:
 
     def _open_dir(self, rel: bytes) -> int:
         """An ``O_PATH`` descriptor of directory ``rel``, however deep."""
-        return open_any_depth(self.path(rel), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return open_any_depth(self.path(rel), _ANCHOR)
 
     @contextlib.contextmanager
     def _at(self, rel: bytes) -> Iterator[tuple[int, bytes]]:
@@ -109,7 +115,7 @@ class Upper:
         parent, _, name = rel.rpartition(b"/")
         if not rel:
             parent_path, _, name = self.fs.rpartition(b"/")
-            fd = os.open(parent_path or b"/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = os.open(parent_path or b"/", _ANCHOR)
         else:
             fd = self._open_dir(parent)
         try:
@@ -171,7 +177,7 @@ class Upper:
     ) -> None:
         """Build ``entry`` in ``work/`` (content copied from ``source``, metadata applied,
         fsync'ed), then rename it to ``rel`` in one step."""
-        temp = join(self.work, b"new-" + secrets.token_hex(8).encode())
+        temp = join(self.work, b"new-" + secrets.token_hex().encode())
         try:
             self._build(temp, entry, source)
             if opaque:
@@ -187,20 +193,20 @@ class Upper:
     def _build(self, temp: bytes, entry: Entry, source: str | None) -> None:
         kind = entry.kind
         if kind == "dir":
-            os.mkdir(temp, 0o700)
+            os.mkdir(temp, _TEMP_MODE)
         elif kind == "symlink":
             os.symlink(entry.link, temp)
         elif kind == "fifo":
-            os.mkfifo(temp, 0o600)
+            os.mkfifo(temp, _TEMP_MODE)
         elif kind == "socket":  # needs no privilege: what bind(2) makes
-            os.mknod(temp, stat.S_IFSOCK | 0o600)
+            os.mknod(temp, stat.S_IFSOCK | _TEMP_MODE)
         elif kind in ("char", "block") and self.privileged:
-            os.mknod(temp, KIND_BITS[kind] | 0o600, os.makedev(entry.devmajor, entry.devminor))
+            os.mknod(temp, KIND_BITS[kind] | _TEMP_MODE, os.makedev(entry.devmajor, entry.devminor))
         else:
             self._copy(temp, source)
 
     def _copy(self, temp: bytes, source: str | None) -> None:
-        fd = os.open(temp, os.O_WRONLY | _NEW, 0o600)
+        fd = os.open(temp, os.O_WRONLY | _NEW, _TEMP_MODE)
         try:
             if source is not None:
                 src = open_source(source)
