@@ -5,11 +5,16 @@ declared twice as a directory."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -342,3 +347,43 @@ def test_sync_tree_flushes_a_directory_and_refuses_anything_else(root: Path) -> 
     (root / "f").write_bytes(b"f")
     with pytest.raises(NotADirectoryError):
         sync_tree(root / "f")
+
+
+EIO_FS = Path(__file__).parent / "support" / "eio_fs.py"
+
+
+@contextlib.contextmanager
+def eio_mount(mnt: Path) -> Iterator[Path]:
+    """``support/eio_fs.py`` mounted at ``mnt`` (its writes fail at write-back)."""
+    mnt.mkdir()
+    daemon = subprocess.Popen([sys.executable, str(EIO_FS), str(mnt)])
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(mnt):
+            assert daemon.poll() is None, "eio_fs.py exited"
+            assert time.monotonic() < deadline, "eio_fs.py did not mount"
+            time.sleep(0.05)
+        yield mnt
+    finally:
+        subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, capture_output=True)
+        try:
+            daemon.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+
+
+@pytest.mark.needs_fuse
+def test_sync_tree_reports_a_failed_write_back_naming_the_root(tmp_path: Path) -> None:
+    """A file system whose write-back fails (data written, then lost to EIO): the flush of
+    the tree fails with the error's name and the root's, as a typed error."""
+    with eio_mount(tmp_path / "mnt") as mnt:
+        fd = os.open(mnt / "f", os.O_WRONLY)
+        try:
+            assert os.write(fd, b"x" * 4096) == 4096  # into the page cache
+            with pytest.raises(FailedPrecondition) as caught:
+                sync_tree(mnt)
+            assert str(caught.value) == f"flushing {mnt} to disk: [Errno 5] Input/output error"
+        finally:
+            with contextlib.suppress(OSError):  # closing flushes again: EIO
+                os.close(fd)
