@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,13 @@ from pathlib import Path
 import pytest
 from support.tar import TarBuilder, apply_with
 
-from fsnap.archive.apply import ApplyResult, apply_layer, fixup_implicit, sync_tree
+from fsnap.archive.apply import (
+    ApplyResult,
+    apply_headers,
+    apply_layer,
+    fixup_implicit,
+    sync_tree,
+)
 from fsnap.archive.entry import Entry
 from fsnap.errors import FailedPrecondition, InvalidArgument
 
@@ -347,6 +354,16 @@ def test_sync_tree_flushes_a_directory_and_refuses_anything_else(root: Path) -> 
     (root / "f").write_bytes(b"f")
     with pytest.raises(NotADirectoryError):
         sync_tree(root / "f")
+
+
+def test_apply_headers_decides_privilege_from_the_user_by_default(root: Path) -> None:
+    """Without ``privileged`` (as ``fsnap.lazy`` calls it), root puts owners on disk."""
+    with tarfile.open(fileobj=io.BytesIO(TarBuilder().file("f", uid=1234, gid=4321).data())) as t:
+        headers = t.getmembers()
+    apply_headers(headers, root, lambda path: False)
+    st = os.lstat(root / "f")
+    expected = (1234, 4321) if PRIVILEGED else (os.getuid(), os.getgid())
+    assert (st.st_uid, st.st_gid) == expected
 
 
 EIO_FS = Path(__file__).parent / "support" / "eio_fs.py"
