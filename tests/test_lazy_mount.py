@@ -5,6 +5,7 @@ stargz entries stargz-snapshotter hides; failures give EIO, never wrong bytes.""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -13,6 +14,7 @@ import json
 import os
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -785,3 +787,29 @@ def test_a_record_without_a_file_table_still_mounts(images: str, tmp_path: Path)
     with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
         assert (mnt / "usr/big.bin").read_bytes() == BIG
         assert (mnt / "usr/noise.bin").read_bytes() == NOISE
+
+
+def test_lazy_pull_fetches_the_tocs_of_all_layers_at_once(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """The layers' TOCs are fetched (and laid out) concurrently, not each after the layer
+    below it is committed: with the first layer's TOC stalled in the registry, the second
+    layer's is asked for meanwhile (each request is a round trip on a real link)."""
+    bottom, top = _layers(images, "esgz")
+    gate = threading.Event()
+    fault_server.stall_blob_after(0, gate, match=bottom)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pulling = pool.submit(
+            fsnap, tmp_path / "root", "pull", "--lazy", f"{fault_server.host}/{REPO}:esgz"
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not fault_server.seen("GET", top) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            asked_meanwhile = bool(fault_server.seen("GET", top))
+        finally:
+            gate.set()
+        succeeded(pulling.result(timeout=120))
+    assert fault_server.seen("GET", bottom), "the stalled layer was never asked for"
+    assert asked_meanwhile, "the second layer's TOC waited for the first layer"
+    assert len(_lazy_layers(tmp_path / "root")) == 2
