@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 from fault_server import FaultServer
 from image_builder import Blob, busybox_members, make_image, make_layer, tar_info
 from listing import differences, full_listing
@@ -488,14 +489,18 @@ def test_mount_lazy_pull_with_user_and_password_stdin(
 def test_mounts_show_how_much_of_each_lazy_layer_is_here(images: str, tmp_path: Path) -> None:
     ref = f"{images}/{REPO}:esgz"
     root = _pulled_lazily(ref, tmp_path / "root")
+    expected = ["0 B of 1.9 MiB present", "320.0 KiB of 5.3 MiB present"]
     with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
         assert (mnt / "usr/noise.bin").read_bytes() == NOISE
-        listed = succeeded(fsnap(root, "mounts")).splitlines()
-        lines = [line for line in listed if "lazy layer" in line]
-        assert [line.split(": ")[-1] for line in lines] == [
-            "0 B of 1.9 MiB present",
-            "320.0 KiB of 5.3 MiB present",
-        ]
+        deadline = time.monotonic() + 10  # a read is recorded just after it is served
+        while True:
+            listed = succeeded(fsnap(root, "mounts")).splitlines()
+            lines = [line for line in listed if "lazy layer" in line]
+            shown = [line.split(": ")[-1] for line in lines]
+            if shown == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert shown == expected
         assert all(line.startswith(f"{mnt}: lazy layer sha256:") for line in lines)
         (doc,) = json.loads(succeeded(fsnap(root, "mounts", "--json")))
         assert [layer["present"] for layer in doc["lazy_layers"]] == [0, len(NOISE)]
@@ -813,3 +818,50 @@ def test_lazy_pull_fetches_the_tocs_of_all_layers_at_once(
     assert fault_server.seen("GET", bottom), "the stalled layer was never asked for"
     assert asked_meanwhile, "the second layer's TOC waited for the first layer"
     assert len(_lazy_layers(tmp_path / "root")) == 2
+
+
+def test_a_read_is_served_before_its_fetch_is_flushed_and_recorded(
+    images: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fetched file is served once it is written: its flush and its LMDB row (tens of ms
+    each on a busy disk, for each of the files a program's start reads one after another)
+    come after, beside the serving, and the row only once the file is flushed (a crash
+    loses a fetch, never claims one). Here every flush is held up: the read completes,
+    unrecorded; once flushes go through, it is recorded."""
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    flushes = threading.Event()
+    real_fsync = os.fsync
+
+    def held_fsync(fd: int) -> None:
+        assert flushes.wait(10), "a flush stayed held up"
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    with Client(root) as client:
+        top = next(i for i in client.snapshots.walk() if i.parent).name
+        chain = client.snapshots.chain(top)
+        lazy = LazyFiles.for_chain(client.snapshots, chain, client.db, client.content)
+        assert lazy is not None
+        layer = lazy.layers[-1]
+        source = os.path.join(layer.dir, "etc/hostname")
+
+        def recorded() -> bool:
+            return state.is_present(client.db, layer.name, "etc/hostname")
+
+        async def read_then_record() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lazy.run, False)
+                with trio.fail_after(5):
+                    await lazy.ensure(source)
+                assert await trio.to_thread.run_sync(Path(source).read_bytes) == b"lazy1\n"
+                assert not recorded(), "recorded before it was flushed"
+                flushes.set()
+                with trio.fail_after(10):
+                    while not await trio.to_thread.run_sync(recorded):  # noqa: ASYNC110 - LMDB
+                        await trio.sleep(0.02)  # has no event to wait for
+                nursery.cancel_scope.cancel()
+            for registry in lazy._registries.values():
+                await registry.__aexit__(None, None, None)
+
+        trio.run(read_then_record)

@@ -240,25 +240,57 @@ def mark_chunks(
 ) -> None:
     """Record ``chunks`` of ``path`` as fetched; with ``whole`` (the file's size) the file
     is complete: its row replaces its chunk rows. One transaction."""
+    mark_fetched(db, [Fetched(chain_id, path, tuple(chunks), whole)])
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """Chunks of a lazy file written into its layer directory, to record once flushed
+    (``whole``: the file's size, when these chunks completed it)."""
+
+    chain_id: str
+    path: str
+    chunks: tuple[Chunk, ...]
+    whole: int | None
+    created: bool = False  # the write created the file: its directory entry is new
+
+
+def mark_fetched(db: Database, fetched: list[Fetched]) -> None:
+    """``mark_chunks`` of each, in order, in one transaction (one LMDB commit)."""
     files, parts = db.table(TABLE), db.table(CHUNK_TABLE)  # before the write transaction
-    prefix = f"{chain_id} {path}\0"
     with db.begin(write=True) as txn:
-        if whole is not None:
-            delete_prefix(txn, parts, prefix)
-            txn.put(f"{chain_id} {path}".encode(), dumps(whole), db=files)
-            return
-        for chunk in chunks:
-            txn.put(f"{prefix}{chunk.offset:016x}".encode(), dumps(chunk.size), db=parts)
+        for done in fetched:
+            prefix = f"{done.chain_id} {done.path}\0"
+            if done.whole is not None:
+                delete_prefix(txn, parts, prefix)
+                txn.put(f"{done.chain_id} {done.path}".encode(), dumps(done.whole), db=files)
+                continue
+            for chunk in done.chunks:
+                txn.put(f"{prefix}{chunk.offset:016x}".encode(), dumps(chunk.size), db=parts)
+
+
+def flush_fetched(layer_dir: str | Path, done: Fetched) -> None:
+    """Flush what ``write_file(..., sync=False)`` wrote of ``done`` (with its directory
+    entry if the write created the file): afterwards it may be ``mark_fetched``."""
+    target = os.path.join(layer_dir, done.path)
+    fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if done.created:
+        _sync_dir(os.path.dirname(target))
 
 
 def write_file(
     layer_dir: str | Path, entry: Entry, pieces: list[tuple[Chunk, bytes]], sync: bool = True
-) -> None:
+) -> bool:
     """Verified chunks into the lazy file ``entry`` (its index entry) at their offsets
     (holes stay holes). The file is created on its first fetch (``fsnap.lazy.skeleton``
     leaves it out) and given the index's metadata each time (a write moves its mtime).
     Then flushed (``sync``), with its directory when it was created: only after that may
-    its chunks be ``mark_chunks``."""
+    its chunks be ``mark_chunks`` (without ``sync``: after ``flush_fetched``). Whether
+    the file was created."""
     target = os.path.join(layer_dir, entry.path)
     try:
         fd, created = os.open(target, _CREATE_NEW, 0o600), True
@@ -279,6 +311,7 @@ def write_file(
         os.close(fd)
     if created and sync:
         _sync_dir(os.path.dirname(target))
+    return created
 
 
 def _sync_dir(path: str) -> None:

@@ -116,10 +116,10 @@ class TreeFS(pyfuse3.Operations):
 
     async def background(self) -> None:
         """What runs beside the request handlers for the mount's life (the serving nursery
-        starts it and cancels it at unmount): completing lazy layers
-        (``fsnap.lazy.fetch``), if the mount has any."""
-        if self.lazy_files is not None and self.lazy_background:
-            await self.lazy_files.complete_all()
+        starts it and cancels it at unmount): recording what reads fetched of lazy layers
+        and completing them (``fsnap.lazy.fetch``), if the mount has any."""
+        if self.lazy_files is not None:
+            await self.lazy_files.run(complete=self.lazy_background)
 
     # --- inode lookups -------------------------------------------------------------
 
