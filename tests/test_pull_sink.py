@@ -41,6 +41,8 @@ class RecordingSink:
 
     async def feed(self, desc: Descriptor, chunk: bytes) -> None:
         assert ("done", desc.digest) not in self.events
+        if not self.data[desc.digest]:
+            self.events.append(("bytes", desc.digest))
         self.data[desc.digest] += chunk
 
     async def layer_done(self, desc: Descriptor) -> None:
@@ -66,6 +68,24 @@ def test_sink_receives_each_layer_whole_and_in_order(
         assert bytes(sink.data[digest]) == layer.blob.data
         assert sink.events.index(("started", digest)) < sink.events.index(("done", digest))
     assert not any(kind == "failed" for kind, _ in sink.events)
+
+
+def test_layers_download_biggest_first(registry: RegistryProcess, tmp_path: Path) -> None:
+    """The unpacker applies layers as their bytes come, two at a time: the biggest (the
+    longest apply) must come first, not wherever the manifest puts it. One download slot
+    makes the order exact (the manifest's order or its reverse, without the sort)."""
+    sizes = [200_000, 900_000, 500_000, 300_000]
+    layers = [make_layer({"f": os.urandom(n)}, "gzip") for n in sizes]
+    image = make_image(layers, platform=HOST)
+    registry.push_image("sink/order", "v1", image)
+    sink = RecordingSink()
+    with Client(tmp_path / "root") as client:
+        client.pull(
+            f"{registry.host}/sink/order:v1", sink=sink, unpack=False, max_concurrent_downloads=1
+        )
+    flowed = [digest for kind, digest in sink.events if kind == "bytes"]
+    by_size = sorted(layers, key=lambda layer: -len(layer.blob.data))
+    assert flowed == [layer.blob.digest for layer in by_size]
 
 
 def test_sink_gets_stored_and_partial_bytes_replayed(

@@ -183,12 +183,14 @@ class Puller:
             await self.sink.manifest_ready(manifest, config)
         skip = self.options.skip_layer
         async with trio.open_nursery() as nursery:
-            for layer in manifest.layers:
+            for layer in _biggest_first(manifest.layers):
                 if skip is not None and skip(layer):
                     self.tally.sizes[layer.digest] = layer.size
                     self.progress.blob_done(layer, "exists")  # its TOC is what is fetched
                     continue
-                nursery.start_soon(self.fetch_blob, layer)
+                # One at a time until each holds its download slot (or needs none): the
+                # slots, and so the sink's appliers, go biggest layer first.
+                await nursery.start(self.fetch_blob, layer)
 
     # -- documents (index, manifest) -------------------------------------------------------
 
@@ -219,17 +221,29 @@ class Puller:
 
     # -- blobs (config, layers) ------------------------------------------------------------
 
-    async def fetch_blob(self, desc: Descriptor, stream: bool = True) -> None:
-        """Make ``desc`` committed in the store, once per pull however often it is named."""
+    async def fetch_blob(
+        self,
+        desc: Descriptor,
+        stream: bool = True,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Make ``desc`` committed in the store, once per pull however often it is named.
+
+        ``task_status`` is told once the blob holds its download slot, or waits for
+        anything else than a slot (another task's or process's download of the same blob),
+        or needs no download: what ``handle_manifest`` waits for before the next layer."""
+        turn = _Turn(task_status)
         event = self._blobs.get(desc.digest)
         if event is not None:
+            turn.give()
             await event.wait()
             return
         self._blobs[desc.digest] = event = trio.Event()
         self.tally.sizes[desc.digest] = desc.size
         wants = stream and self.sink is not None and await self.sink.layer_started(desc)
         try:
-            await self._fetch(desc, wants)
+            await self._fetch(desc, wants, turn)
         except BaseException as exc:
             if isinstance(exc, FsnapError):
                 self.progress.blob_failed(desc, str(exc))
@@ -240,11 +254,13 @@ class Puller:
         if wants and self.sink is not None:
             await self.sink.layer_done(desc)
         event.set()
+        turn.give()
 
-    async def _fetch(self, desc: Descriptor, wants: bool) -> None:
+    async def _fetch(self, desc: Descriptor, wants: bool, turn: _Turn) -> None:
         self.progress.blob_waiting(desc)
-        writer = await self.open_writer(desc)
+        writer = await self.open_writer(desc, turn)
         if writer is None:
+            turn.give()
             if wants:
                 opener = functools.partial(self.content.open, desc.digest)
                 await self.replay(desc, opener, desc.size)
@@ -252,6 +268,7 @@ class Puller:
             return
         try:
             async with self.limiter:
+                turn.give()
                 self.progress.blob_started(desc, writer.offset)
                 if wants:
                     await self.replay(desc, writer.open_written, writer.offset)
@@ -331,11 +348,12 @@ class Puller:
                 remaining -= len(chunk)
                 await self.sink.feed(desc, chunk)
 
-    async def open_writer(self, desc: Descriptor) -> Writer | None:
+    async def open_writer(self, desc: Descriptor, turn: _Turn | None = None) -> Writer | None:
         """A writer for ``desc``, or None once the blob is committed (by us or another pull).
 
         Another process ingesting the same blob makes the writer Busy; we wait for it to
-        commit (or give up, in which case we resume its partial data ourselves).
+        commit (or give up, in which case we resume its partial data ourselves), giving
+        up our ``turn`` meanwhile.
         """
         while True:
             if self.content.exists(desc.digest):
@@ -343,6 +361,8 @@ class Puller:
             try:
                 writer = await trio.to_thread.run_sync(self.content.writer, desc.digest, desc)
             except Busy:
+                if turn is not None:
+                    turn.give()
                 await trio.sleep(BUSY_POLL)
                 continue
             if not self.content.exists(desc.digest):
@@ -350,6 +370,27 @@ class Puller:
             # The holder committed between our check and our lock: nothing left to do.
             writer.discard()
             return None
+
+
+class _Turn:
+    """A task's ``task_status``, told at most once (``give`` may be called again)."""
+
+    def __init__(self, status: trio.TaskStatus[None]) -> None:
+        self._status: trio.TaskStatus[None] | None = status
+
+    def give(self) -> None:
+        if self._status is not None:
+            status, self._status = self._status, None
+            status.started()
+
+
+def _biggest_first(layers: tuple[Descriptor, ...]) -> list[Descriptor]:
+    """The order layers take download slots: biggest blob first (ties: manifest order).
+
+    An unpacking pull applies a layer as it downloads, two at a time: the biggest layer's
+    apply is the longest, so it must start first, not behind smaller ones. Measured on the
+    bench-pull image (49, 20, 8 and 76 MB, in that order; see docs/benchmarks.md)."""
+    return sorted(layers, key=lambda layer: -layer.size)
 
 
 def _write_and_commit(writer: Writer, data: bytes, labels: dict[str, str]) -> None:
