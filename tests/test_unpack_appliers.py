@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+import trio
 from fault_server import FaultServer
 from support.cli import fsnap, start
 from support.registry import Image, RegistryProcess, make_image, make_layer
@@ -32,7 +34,7 @@ from fsnap.archive.entry import Entry
 from fsnap.client import Client
 from fsnap.errors import DigestMismatch, FailedPrecondition, FsnapError, InvalidArgument
 from fsnap.oci import Platform
-from fsnap.unpack import worker
+from fsnap.unpack import appliers, worker
 from fsnap.unpack.appliers import ApplierDied
 from fsnap.unpack.worker import decode_reply, encode_error, encode_result
 
@@ -246,3 +248,54 @@ def test_answers_cross_the_process_boundary_typed() -> None:
 
     with pytest.raises(RuntimeError, match="in the applier process: KeyError: 'k'"):
         decode_reply(encode_error(KeyError("k")))
+
+
+def test_a_closing_pool_waits_for_its_appliers_side_by_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Closing lets every applier exit at once (the pull's last step): two appliers that
+    do not exit (stopped) are killed after one ``EXIT_WAIT``, not one each in turn."""
+    monkeypatch.setattr(appliers, "EXIT_WAIT", 1.5)
+
+    async def close_stopped() -> tuple[float, list[int | None]]:
+        pool = appliers.ApplierPool(2)
+        await pool.open()
+        started = list(pool._idle)
+        for applier in started:
+            await applier.wait_ready()
+            os.kill(applier.process.pid, signal.SIGSTOP)
+        began = time.monotonic()
+        await pool.aclose()
+        return time.monotonic() - began, [a.process.returncode for a in started]
+
+    took, codes = trio.run(close_stopped)
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL]
+    assert 1.5 <= took < 2.5
+
+
+def test_an_applier_ends_at_once_and_keeps_its_last_log_line() -> None:
+    """An applier ends with ``os._exit`` (no interpreter teardown): what it logged last
+    still reaches stderr, and a parent gone mid-message gives exit status 1."""
+    for message, code in [(b"", 0), (b"\x10", 1)]:  # closed between jobs / mid-header
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            applier = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fsnap.unpack.worker",
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                    "debug",
+                ],
+                pass_fds=(theirs.fileno(),),
+                stderr=subprocess.PIPE,
+            )
+            theirs.close()
+            assert ours.recv(worker.REPLY_HEADER.size) == worker.REPLY_HEADER.pack(0)
+            ours.sendall(message)
+            ours.shutdown(socket.SHUT_WR)
+            _, err = applier.communicate(timeout=WAIT)
+        assert applier.returncode == code
+        if code:
+            assert b"applier process stops" in err

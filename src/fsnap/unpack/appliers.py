@@ -202,10 +202,13 @@ class ApplierPool:
         self._broken = True
 
     async def aclose(self) -> None:
+        """Let every idle applier exit, all at once, and wait for them (killing any that
+        takes over ``EXIT_WAIT``): none outlives the pull's staging session."""
         idle, self._idle = self._idle, []
         with trio.CancelScope(shield=True):
-            for applier in idle:
-                await applier.close()
+            async with trio.open_nursery() as nursery:
+                for applier in idle:
+                    nursery.start_soon(applier.close)
 
     async def apply(self, job: Job, fd: int) -> ApplyResult:
         """Apply ``job`` reading ``fd`` (the caller closes it after)."""
