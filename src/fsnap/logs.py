@@ -10,10 +10,11 @@ stamp every line with time, level and logger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from fsnap.errors import InvalidArgument
 
@@ -74,3 +75,16 @@ class _LowerLevel(logging.Formatter):
         record = logging.makeLogRecord(record.__dict__)
         record.levelname = record.levelname.lower()
         return super().format(record)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` once the log and the standard streams are flushed,
+    without the interpreter's teardown (``os._exit``): for a process whose work is done
+    and whose files and stores are closed (the CLI after ``main``, an applier). The
+    teardown (freeing every module and object, ~0.05 s of CPU after a pull, 0.3-0.6 s of
+    wall on a loaded machine) only delays the exit that a caller waits for."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a reader gone away: nothing more to say
+            stream.flush()
+    os._exit(code)

@@ -233,4 +233,6 @@ def _reader_gone() -> int:
 
 
 def run() -> None:
-    sys.exit(main())
+    """The ``fsnap`` command: ``main``, then the exit without the interpreter's teardown
+    (``logs.exit_now``: the store is closed, stdout flushed by ``guarded``)."""
+    logs.exit_now(main())

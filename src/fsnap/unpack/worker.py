@@ -52,7 +52,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from fsnap import errors
+from fsnap import errors, logs
 from fsnap.archive.apply import ApplyResult
 from fsnap.archive.entry import Entry
 from fsnap.errors import FailedPrecondition, FsnapError
@@ -272,14 +272,12 @@ def serve(sock: socket.socket) -> None:
 def main(argv: list[str]) -> int:
     """``python -m fsnap.unpack.worker SOCKET_FD PARENT_PID LOG_LEVEL``.
 
-    The process ends with ``os._exit`` once the parent closes the socket (``exit_now``):
+    The process ends with ``os._exit`` once the parent closes the socket (``logs.exit_now``):
     everything it wrote went through raw descriptors, closed before each answer, and its
     answers are sent; an interpreter's teardown (module and thread clean-up, ~0.05 s of
     CPU) would only delay the pull, which waits for its appliers to exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(int(argv[1]))
-    from fsnap import logs
-
     logs.configure(argv[2])
     try:
         with socket.socket(fileno=int(argv[0])) as sock:
@@ -303,14 +301,5 @@ def processes_wanted() -> int:
         return PROCESSES
 
 
-def exit_now(code: int) -> None:
-    """Flush what Python buffers (log lines on stderr) and end without a teardown."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    exit_now(main(sys.argv[1:]))
+    logs.exit_now(main(sys.argv[1:]))
