@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from test_union import CALLER, DIR, PRIVILEGED, Store, _errno, _linked, _plain, run
+from test_union import CALLER, DIR, ME, PRIVILEGED, Store, _errno, _linked, _plain, run
 
 from fsnap.archive.format import OPAQUE_MARKER
 from fsnap.diff.scan import scan_snapshot
@@ -333,3 +333,142 @@ def test_removing_a_lower_directory_leaves_its_parent_up_and_refreshed(tmp_path:
     assert b.mtime == os.lstat(store.fs / "a/b").st_mtime_ns
     assert store.names("a/b") == []
     _errno(errno.ENOENT, union.rmdir, b.ino, b"c")
+
+
+def test_records_are_slotted() -> None:
+    """Records made per request stay small: no per-instance dict."""
+    assert not hasattr(NewObject("file", 0o644), "__dict__")
+    assert not hasattr(AttrChange(), "__dict__")
+    assert "__dict__" not in dir(_Move)
+
+
+def test_a_new_file_has_no_device_number(tmp_path: Path) -> None:
+    store = Store(tmp_path, _plain)
+    union, root = store.union, store.ino("")
+    made = run(union.make, root, b"m", FILE, CALLER)
+    created, fd = run(union.create_file, root, b"c", 0o100644, CALLER)
+    os.close(fd)
+    assert (made.rdev, created.rdev) == (0, 0)
+    assert NewObject("file", 0o644).rdev == 0
+
+
+def _deep(lower: Path) -> None:
+    (lower / "a/b").mkdir(parents=True)
+    (lower / "a/b/c").write_bytes(b"c")
+    (lower / "a/x").write_bytes(b"x")
+    (lower / "a/y").mkdir()
+
+
+def test_removals_inside_a_renamed_directory_leave_no_whiteouts(tmp_path: Path) -> None:
+    """A renamed directory is copied up opaque with all it holds: nothing below shows
+    through it any more, so removing a name there leaves no whiteout, and a directory
+    made again where a lower one was is not opaque."""
+    store = Store(tmp_path, _deep)
+    union, root = store.union, store.ino("")
+    run(union.rename, root, b"a", root, b"z", 0)
+    z, b = store.node("z"), store.node("z/b")
+    run(union.unlink, z.ino, b"x")
+    run(union.unlink, b.ino, b"c")
+    run(union.rmdir, z.ino, b"y")
+    assert sorted(os.listdir(store.fs / "z")) == sorted([OPAQUE_MARKER, "b"])
+    assert os.listdir(store.fs / "z/b") == [OPAQUE_MARKER]
+    again = run(union.make, z.ino, b"y", DIR, CALLER)
+    assert not union.is_opaque(again)
+    assert os.listdir(store.fs / "z/y") == []
+
+
+def test_three_names_one_removed_then_copied_up_through_another(tmp_path: Path) -> None:
+    def three(lower: Path) -> None:
+        (lower / "x").write_bytes(b"data")
+        os.link(lower / "x", lower / "y")
+        os.link(lower / "x", lower / "z")
+
+    store = Store(tmp_path, three)
+    union, root = store.union, store.ino("")
+    node = store.node("x")
+    run(union.unlink, root, b"x")
+    assert node.nlink == 2
+    run(union.set_attrs, store.ino("z"), AttrChange(mode=0o600), None)
+    assert os.stat(store.fs / "y").st_ino == os.stat(store.fs / "z").st_ino
+    assert os.stat(store.fs / "y").st_nlink == 2
+    assert not (store.fs / "x").exists()
+    assert store.node("y") is store.node("z") is node
+
+
+def test_a_copy_up_keeps_the_size_without_a_refresh(tmp_path: Path) -> None:
+    """Copy-ups that write no data (open for writing, link, xattr, rename) leave the
+    size as it was below."""
+
+    def four(lower: Path) -> None:
+        for name in ("o", "l", "x", "r"):
+            (lower / name).write_bytes(b"12345")
+
+    store = Store(tmp_path, four)
+    union, root = store.union, store.ino("")
+    node, fd = run(union.open, store.ino("o"), os.O_WRONLY)
+    os.close(fd)
+    assert (union.is_upper(node), node.size) == (True, 5)
+    run(union.link, store.ino("l"), root, b"l2")
+    run(union.set_xattr, store.ino("x"), b"user.a", b"1")
+    run(union.rename, root, b"r", root, b"r2", 0)
+    for name in ("l", "x", "r2"):
+        assert union.is_upper(store.node(name))
+        assert store.node(name).size == 5, name
+
+
+def test_an_owner_given_back_drops_only_that_override(tmp_path: Path) -> None:
+    store = Store(tmp_path, _plain, privileged=False)
+    union, root = store.union, store.ino("")
+    top = run(union.make, root, b"top", DIR, CALLER)
+    run(union.make, top.ino, b"x", FILE, CALLER)
+    assert {"top", "top/x"} <= set(store.recorded)
+    run(union.set_attrs, top.ino, AttrChange(uid=ME[0], gid=ME[1]), None)
+    assert "top" not in store.recorded
+    assert store.recorded["top/x"].uid == CALLER[0]
+
+
+def test_a_file_made_where_a_lower_directory_was_is_a_plain_file(tmp_path: Path) -> None:
+    store = Store(tmp_path, _plain)
+    union, root = store.union, store.ino("")
+    run(union.unlink, store.ino("d"), b"f")
+    run(union.rmdir, root, b"d")
+    node = run(union.make, root, b"d", FILE, CALLER)
+    assert not union.is_opaque(node)
+    assert (store.fs / "d").is_file()
+    assert store.upper()["d"].kind == "file"
+
+
+def test_a_rename_over_an_upper_file_replaces_it(tmp_path: Path) -> None:
+    store = Store(tmp_path, _plain)
+    union, root = store.union, store.ino("")
+    run(union.make, root, b"new", FILE, CALLER)
+    moved = store.node("f")
+    run(union.rename, root, b"f", root, b"new", 0)
+    assert store.node("new") is moved
+    assert (store.fs / "new").read_bytes() == b"lower"
+    assert (store.fs / ".wh.f").exists()
+
+
+def test_truncating_to_one_byte_keeps_the_first(tmp_path: Path) -> None:
+    store = Store(tmp_path, _plain)
+    node = run(store.union.set_attrs, store.ino("f"), AttrChange(size=1), None)
+    assert node.size == 1
+    assert (store.fs / "f").read_bytes() == b"l"
+
+
+def test_a_chmod_leaves_the_times_written_since(tmp_path: Path) -> None:
+    """The tree's times may lag behind disk (a write that updated no node): a chmod or
+    chown changes no time on disk."""
+    store = Store(tmp_path, _plain)
+    union = store.union
+    node = run(union.set_attrs, store.ino("f"), AttrChange(atime=5, mtime=6), None)
+    _, fd = run(union.open, node.ino, os.O_WRONLY)
+    try:
+        assert run(union.write, fd, None, 0, b"L") == 1
+    finally:
+        os.close(fd)
+    written = os.lstat(store.fs / "f").st_mtime_ns
+    assert written != 6
+    run(union.set_attrs, node.ino, AttrChange(mode=0o600), None)
+    assert os.lstat(store.fs / "f").st_mtime_ns == written
+    assert node.mtime == written
