@@ -865,3 +865,72 @@ def test_a_read_is_served_before_its_fetch_is_flushed_and_recorded(
                 await registry.__aexit__(None, None, None)
 
         trio.run(read_then_record)
+
+
+def _processes_tagged(tag: str, name: str) -> list[int]:
+    """The pids of live processes running ``name`` whose environment carries ``tag``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"FSNAP_TEST_TAG={tag}".encode() in environ.split(b"\0") and name.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_mount_pull_starts_its_daemon_while_it_pulls(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """``mount --pull`` starts the mount's supervisor as the pull begins (it imports the
+    serving code meanwhile) and hands it the spec once pulled: with a layer stalled in
+    the registry, the supervisor is already running; the mount then works."""
+    bottom, _ = _layers(images, "esgz")
+    tag = os.urandom(8).hex()
+    env = {**os.environ, "FSNAP_TEST_TAG": tag}
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    mnt.mkdir()
+    gate = threading.Event()
+    fault_server.stall_blob_after(0, gate, match=bottom)
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            mount = ("mount", "--lazy", "--pull", ref, str(mnt))
+            mounting = pool.submit(lambda: fsnap(root, *mount, env=env))
+            try:
+                deadline = time.monotonic() + 30
+                while not fault_server.seen("GET", bottom) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                deadline = time.monotonic() + 10
+                while time.monotonic() < deadline:
+                    early = _processes_tagged(tag, "fsnap.mount.supervisor")
+                    if early:
+                        break
+                    time.sleep(0.05)
+            finally:
+                gate.set()
+            succeeded(mounting.result(timeout=120))
+        assert early, "no supervisor was running while the pull waited"
+        assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+        (info,) = json.loads(succeeded(fsnap(root, "mounts", "--json")))
+        assert info["pid"] in early  # the supervisor started early serves the mount
+    finally:
+        fsnap(root, "umount", str(mnt))
+
+
+def test_mount_pull_that_fails_leaves_no_daemon(images: str, tmp_path: Path) -> None:
+    """A supervisor started for a ``mount --pull`` whose pull fails leaves with it."""
+    tag = os.urandom(8).hex()
+    env = {**os.environ, "FSNAP_TEST_TAG": tag}
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    mnt.mkdir()
+    done = fsnap(root, "mount", "--lazy", "--pull", f"{images}/{REPO}:missing", str(mnt), env=env)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert _processes_tagged(tag, "fsnap.mount.supervisor") == []
+    assert list(root.glob("mounts/*")) == []  # no record, no log
+    assert not os.path.ismount(mnt)

@@ -424,13 +424,21 @@ class Client:
         if key is not None and not writable:
             raise InvalidArgument("a snapshot key is for writable mounts only")
         options = options or manager.MountOptions()
-        manager.check_mountpoint(self.root, mountpoint)  # before a pull, not after it
-        top = self._image_top(ref, options.pull or options.lazy, options.lazy, options.access)
-        if writable:
-            return manager.mount_image_writable(
-                self.mount_stores(), ref, top, mountpoint, key, options
-            )
-        return manager.mount_image(self.mount_stores(), ref, top, mountpoint, options)
+        mnt = manager.check_mountpoint(self.root, mountpoint)  # before a pull, not after it
+        pull = options.pull or options.lazy
+        launched = None
+        if pull and not options.foreground and not self._has_image(ref):
+            launched = manager.Launched(self.root, mnt, options.lazy)  # starts while we pull
+        try:
+            top = self._image_top(ref, pull, options.lazy, options.access)
+            if writable:
+                return manager.mount_image_writable(
+                    self.mount_stores(), ref, top, mountpoint, key, options, launched
+                )
+            return manager.mount_image(self.mount_stores(), ref, top, mountpoint, options, launched)
+        finally:
+            if launched is not None:
+                launched.abandon()  # (unless it serves the mount now)
 
     def mount_snapshot(
         self, key: str, mountpoint: str | os.PathLike[str], options: MountOptions | None = None
@@ -485,6 +493,16 @@ class Client:
         from fsnap.mount.stores import MountStores
 
         return MountStores(self.root, self.snapshots, self.writable_mounts, self.content, self.db)
+
+    def _has_image(self, ref: str) -> bool:
+        from fsnap.errors import NotFound
+        from fsnap.mount.source import image_snapshot
+
+        try:
+            image_snapshot(self.content, self.images, ref)
+        except NotFound:
+            return False
+        return True
 
     def _image_top(
         self, ref: str, pull: bool, lazy: bool = False, access: RegistryAccess | None = None

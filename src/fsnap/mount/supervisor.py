@@ -1,7 +1,8 @@
 """The supervisor: a small parent process that owns one mount's life and restarts its
 serving process when that dies.
 
-``python -m fsnap.mount.supervisor SPEC_JSON READY_FD`` is what the manager spawns. It
+``python -m fsnap.mount.supervisor SPEC_JSON READY_FD`` is what the manager spawns (or
+``- READY_FD``, started while ``mount --pull`` pulls, the spec then on stdin: ``main``). It
 imports the server's code once (pyfuse3, trio, the tree; about 30 MB, shared copy-on-write
 with its server), forks the server (``fsnap.mount.server.run``; the supervisor never opens
 the store, so no LMDB environment crosses the fork), passes its readiness line on to
@@ -223,9 +224,21 @@ class Supervisor:
 
 
 def main(argv: list[str]) -> int:
-    """``SPEC_JSON READY_FD``: a spec that does not load is reported on READY_FD."""
+    """``SPEC_JSON READY_FD``: a spec that does not load is reported on READY_FD.
+
+    ``- READY_FD [lazy]``: started ahead of the spec (``fsnap.mount.manager.Launched``),
+    which comes as the first line of stdin once ``fsnap mount --pull`` has pulled; an
+    empty stdin means no mount (exit 0). Meanwhile (``lazy``) the lazy mount's fetch
+    code is imported, so that the forked server finds it loaded."""
+    text = argv[0]
+    if text == "-":
+        if argv[2:] == ["lazy"]:
+            import fsnap.lazy.fetch  # imported while the pull runs
+        text = sys.stdin.readline()
+        if not text:
+            return 0
     try:
-        spec = MountSpec.from_json(argv[0])
+        spec = MountSpec.from_json(text)
     except FsnapError as exc:
         daemon.pipe_reporter(int(argv[1]))(exc)
         return 1
