@@ -43,7 +43,10 @@ from fsnap.lazy.fetch import LazyFiles
 from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.state import read_record
 from fsnap.lazy.toc import ESTARGZ_TOC_DIGEST, HIDDEN
+from fsnap.mount import treecache
+from fsnap.mount.daemon import build_fs
 from fsnap.mount.source import image_snapshot
+from fsnap.mount.spec import MountSpec
 from fsnap.serve.client import RemoteSnapshotter
 
 pytestmark = pytest.mark.timeout(600)
@@ -974,3 +977,31 @@ def test_mount_pull_that_fails_leaves_no_daemon(images: str, tmp_path: Path) -> 
     assert _processes_tagged(tag, "fsnap.mount.supervisor") == []
     assert list(root.glob("mounts/*")) == []  # no record, no log
     assert not os.path.ismount(mnt)
+
+
+def test_a_lazy_mount_saves_its_tree_cache_after_its_first_reads(
+    images: str, tmp_path: Path
+) -> None:
+    """Building a lazy mount's file system does not save the merged tree cache (encoding
+    it holds the GIL while a program's first reads wait): the mount's background saves it
+    once reads are quiet."""
+    root = _pulled_lazily(f"{images}/{REPO}:esgz", tmp_path / "root")
+    with Client(root) as client:
+        top = next(i for i in client.snapshots.walk() if i.parent).name
+        cache = client.snapshots.state_dir(top) / treecache.CACHE_NAME
+        spec = MountSpec(root=str(root), mountpoint=str(tmp_path / "mnt"), options=(), snapshot=top)
+        fs = build_fs(spec, client.mount_stores())
+        assert not cache.exists(), "saved while the mount was starting"
+        lazy = fs.lazy_files
+        assert lazy is not None
+
+        async def until_saved() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lazy.run, False)
+                with trio.fail_after(20):
+                    while not await trio.to_thread.run_sync(cache.exists):  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                nursery.cancel_scope.cancel()
+
+        trio.run(until_saved)
+    assert cache.exists()

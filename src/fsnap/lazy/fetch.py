@@ -44,7 +44,7 @@ import dataclasses
 import errno
 import logging
 import os
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -156,6 +156,7 @@ class LazyFiles:
         self._downloading = trio.CapacityLimiter(DOWNLOADS)
         self._unrecorded: list[tuple[LazyLayer, Fetched]] = []  # written, not flushed yet
         self._written = trio.Event()
+        self._when_quiet: list[Callable[[], None]] = []
 
     @classmethod
     def for_chain(
@@ -309,8 +310,21 @@ class LazyFiles:
         (``complete``) ``complete_all``."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.record_fetches)
+            nursery.start_soon(self._run_when_quiet)
             if complete:
                 await self.complete_all()
+
+    def when_quiet(self, job: Callable[[], None]) -> None:
+        """Run ``job`` (blocking, in a thread) once reads have been quiet for ``QUIET``
+        seconds, at the earliest ``QUIET`` after ``run`` started (a program started on
+        a new mount reads at once): work that may wait, off the first reads' path."""
+        self._when_quiet.append(job)
+
+    async def _run_when_quiet(self) -> None:
+        await trio.sleep(QUIET)
+        while self._when_quiet:
+            await self._wait_for_quiet()
+            await trio.to_thread.run_sync(self._when_quiet.pop(0))
 
     async def record_fetches(self) -> None:
         """Flush the files reads wrote, then record them present (``fsnap.lazy.state``),

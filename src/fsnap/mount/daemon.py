@@ -53,6 +53,8 @@ def _build_fs(spec: MountSpec, stores: MountStores) -> TreeFS:
     if spec.layers:
         return MergedFS(MergedTree.build(source.dir_layers(spec.layers)), spec.provenance)
     chain = stores.snapshots.chain(spec.snapshot)
+    lazy = any(LAZY_LABEL in info.labels for info in chain)
+    saves: list[Callable[[], None]] = []
     fs: TreeFS
     union: Union | None = None
     if spec.writable:
@@ -63,12 +65,16 @@ def _build_fs(spec: MountSpec, stores: MountStores) -> TreeFS:
         fs, union = writable, writable.union
         chain = chain[:-1]
     else:
-        fs = MergedFS(treecache.merged_tree(stores.snapshots, spec.snapshot), spec.provenance)
-    if any(LAZY_LABEL in info.labels for info in chain):
+        tree = treecache.merged_tree(stores.snapshots, spec.snapshot, saves if lazy else None)
+        fs = MergedFS(tree, spec.provenance)
+    if lazy:
         from fsnap.lazy.fetch import LazyFiles
 
         fs.lazy_files = LazyFiles.for_chain(stores.snapshots, chain, stores.db, stores.content)
         fs.lazy_background = not spec.no_background_fetch
+        if fs.lazy_files is not None:
+            for job in saves:  # the tree cache: once the first reads are over
+                fs.lazy_files.when_quiet(job)
         if union is not None:
             union.lazy_files = fs.lazy_files
     return fs
