@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import pytest
 import trio
@@ -33,7 +33,8 @@ from fsnap.archive.apply import ApplyResult
 from fsnap.archive.entry import Entry
 from fsnap.client import Client
 from fsnap.errors import DigestMismatch, FailedPrecondition, FsnapError, InvalidArgument
-from fsnap.oci import Platform
+from fsnap.oci import Descriptor, Platform
+from fsnap.progress import Meter, PullProgress
 from fsnap.unpack import appliers, worker
 from fsnap.unpack.appliers import ApplierDied
 from fsnap.unpack.worker import decode_reply, encode_error, encode_result
@@ -299,3 +300,42 @@ def test_an_applier_ends_at_once_and_keeps_its_last_log_line() -> None:
         assert applier.returncode == code
         if code:
             assert b"applier process stops" in err
+
+
+class UnpackOrder(PullProgress):
+    """Records the order layers take appliers in; opens ``gate`` once ``before`` are
+    downloaded."""
+
+    def __init__(self, before: set[str], gate: threading.Event) -> None:
+        self.order: list[str] = []
+        self._waiting = set(before)
+        self._gate = gate
+
+    def blob_done(self, desc: Descriptor, state: Literal["done", "exists"]) -> None:
+        self._waiting.discard(desc.digest)
+        if not self._waiting:
+            self._gate.set()
+
+    def layer_unpacking(self, desc: Descriptor, applied: Meter) -> None:
+        self.order.append(desc.digest)
+
+
+def test_appliers_go_biggest_layer_first_whatever_bytes_come_first(
+    registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """The biggest layer's first bytes come last (held until the others are downloaded):
+    it still takes the first applier, the smaller ones wait for it, in size order."""
+    sizes = {"medium": 3 << 20, "big": 5 << 20, "small": 1 << 20}
+    layers = {name: make_layer({name: os.urandom(n)}, "none") for name, n in sizes.items()}
+    image = make_image(list(layers.values()), platform=HOST)
+    registry.push_image("appliers/order", "v1", image)
+    digest = {name: layer.blob.digest for name, layer in layers.items()}
+    gate = threading.Event()
+    fault_server.stall_blob_after(0, gate, match=digest["big"])
+    progress = UnpackOrder({digest["medium"], digest["small"]}, gate)
+    try:
+        with Client(tmp_path / "root") as client:
+            client.pull(f"{fault_server.host}/appliers/order:v1", progress=progress)
+    finally:
+        gate.set()
+    assert progress.order == [digest["big"], digest["medium"], digest["small"]]

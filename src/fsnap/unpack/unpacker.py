@@ -88,6 +88,8 @@ class _Stream:
     desc: Descriptor
     diff_id: str
     pipe: FeedPipe
+    after: trio.Event | None = None  # the plan's previous stream asked for its applier
+    asked: trio.Event = field(default_factory=trio.Event)  # this one did (or gave up)
     flowing: trio.Event = field(default_factory=trio.Event)  # first bytes, or the end
     settled: trio.Event = field(default_factory=trio.Event)  # the download ended
     download_failed: bool = False
@@ -111,6 +113,7 @@ class _Plan:
     diff_ids: list[str]
     chain: list[str]
     streamed: dict[int, _Stream] = field(default_factory=dict)  # layer position -> stream
+    last: _Stream | None = None  # the stream announced last
     built: dict[int, _Build] = field(default_factory=dict)  # layer position -> lazy build
     done: trio.Event = field(default_factory=trio.Event)
 
@@ -171,8 +174,9 @@ class Unpacker:
         if claim is None or desc.digest in self._streams:
             return False
         plan, index = claim
-        stream = _Stream(desc, plan.diff_ids[index], FeedPipe(ByteMeter()))
-        self._streams[desc.digest] = plan.streamed[index] = stream
+        after = None if plan.last is None else plan.last.asked
+        stream = _Stream(desc, plan.diff_ids[index], FeedPipe(ByteMeter()), after)
+        self._streams[desc.digest] = plan.streamed[index] = plan.last = stream
         self._nursery.start_soon(self._apply_stream, stream)
         self._event(self._announced, desc.digest).set()
         return True
@@ -220,9 +224,20 @@ class Unpacker:
         A failure is reported only once the download has ended well: a corrupt download
         also breaks the tar, and then the pull's own error (the digest) is the true one;
         after a failed download even a result is discarded (the applier saw a truncated
-        blob's end)."""
-        await stream.flowing.wait()
-        staged = await trio.to_thread.run_sync(self.session.staging_dir)
+        blob's end).
+
+        Appliers go to a manifest's streams in the order the pull announced them (biggest
+        first, see ``fsnap.pull``), not in the order their first bytes happen to come: a
+        stream asks for one only after the one announced before it did. That one holds
+        its download slot already (the pull announces the next layer only then), so its
+        bytes need nothing but the network: waiting for it cannot deadlock."""
+        try:
+            await stream.flowing.wait()
+            if stream.after is not None:
+                await stream.after.wait()
+            staged = await trio.to_thread.run_sync(self.session.staging_dir)
+        finally:
+            stream.asked.set()
         self.progress.layer_unpacking(stream.desc, stream.pipe.meter)
         read, write = make_pipe()
         self._nursery.start_soon(stream.pipe.pump, write)
