@@ -22,7 +22,7 @@ import errno
 import os
 import stat
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import pyfuse3
 import trio
@@ -36,9 +36,7 @@ from fsnap.mount.source import chain_layers
 from fsnap.mount.tree import Layer, MergedTree, Node
 from fsnap.mount.union import AttrChange, NewObject, Overrides, Union
 from fsnap.mount.upper import Upper
-
-if TYPE_CHECKING:
-    from fsnap.snapshots.snapshotter import LocalSnapshotter
+from fsnap.snapshots.snapshotter import LocalSnapshotter  # loaded anyway (fsnap.snapshots)
 
 _T = TypeVar("_T")
 
