@@ -366,6 +366,18 @@ def test_apply_headers_decides_privilege_from_the_user_by_default(root: Path) ->
     assert (st.st_uid, st.st_gid) == expected
 
 
+def test_a_link_to_a_file_still_to_come_replaces_a_directory_at_its_name(root: Path) -> None:
+    """``apply_headers``: a hard link to a deferred file, at the name of a directory an
+    earlier header made: the directory goes with what it held, on disk and in the index."""
+    tar = TarBuilder().file("f", b"data").dir("d").file("d/g", b"g").hardlink("d", "f")
+    with tarfile.open(fileobj=io.BytesIO(tar.data())) as t:
+        headers = t.getmembers()
+    entries = {e.path: e for e in apply_headers(headers, root, lambda path: True)}
+    assert sorted(entries) == ["d", "f"]
+    assert (entries["d"].kind, entries["d"].link) == ("hardlink", "f")
+    assert sorted(os.listdir(root)) == []
+
+
 EIO_FS = Path(__file__).parent / "support" / "eio_fs.py"
 
 
