@@ -472,3 +472,15 @@ def test_a_chmod_leaves_the_times_written_since(tmp_path: Path) -> None:
     run(union.set_attrs, node.ino, AttrChange(mode=0o600), None)
     assert os.lstat(store.fs / "f").st_mtime_ns == written
     assert node.mtime == written
+
+
+def test_a_nameless_open_file_takes_every_permission_bit(tmp_path: Path) -> None:
+    store = Store(tmp_path, _plain)
+    union, root = store.union, store.ino("")
+    node, fd = run(union.create_file, root, b"c", 0o100600, CALLER)
+    try:
+        run(union.unlink, root, b"c")
+        run(union.set_attrs, node.ino, AttrChange(mode=0o4755), fd)
+        assert node.mode == stat.S_IFREG | 0o4755
+    finally:
+        os.close(fd)
