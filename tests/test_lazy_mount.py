@@ -253,6 +253,14 @@ def _lazy_layers(root: Path) -> list[str]:
         return [i.name for i in client.snapshots.walk() if LAZY_LABEL in i.labels]
 
 
+def _wait_completed(root: Path, timeout: float = 120) -> None:
+    """Wait until the background fetch has completed every lazy layer of ``root``."""
+    deadline = time.monotonic() + timeout
+    while _lazy_layers(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _lazy_layers(root), "the background fetch did not complete the layers"
+
+
 def _pulled_lazily(ref: str, root: Path) -> Path:
     succeeded(fsnap(root, "pull", "--lazy", ref))
     assert len(_lazy_layers(root)) == 2
@@ -420,10 +428,7 @@ def test_background_fetch_skips_what_reads_fetched(
             stalled = len(fault_server.requests)
             assert (mnt / "usr/noise.bin").read_bytes() == NOISE
             gate.set()
-            deadline = time.monotonic() + 120
-            while _lazy_layers(root) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert not _lazy_layers(root), "the background fetch did not complete the layers"
+            _wait_completed(root)
     finally:
         gate.set()
     ranges = _fetched_ranges(fault_server, varied, stalled)
@@ -453,10 +458,7 @@ def test_background_fetch_downloads_the_layers_at_once(
                 time.sleep(0.1)
             assert len(_lazy_layers(root)) >= 1, "the first layer's download was not stalled"
             gate.set()
-            deadline = time.monotonic() + 120
-            while _lazy_layers(root) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert not _lazy_layers(root), "the background fetch did not complete the layers"
+            _wait_completed(root)
     finally:
         gate.set()
     assert [r for r in _fetched_ranges(fault_server, busybox, since) if r[0] == 0]
@@ -474,10 +476,7 @@ def _pushed_to(registry: RegistryProcess, source: str, work: Path) -> str:
 
 def _complete_in_mount(root: Path, ref: str, mnt: Path, *options: str) -> None:
     with image_mounted(root, ref, mnt, *options) as mounted:
-        deadline = time.monotonic() + 120
-        while _lazy_layers(root) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not _lazy_layers(root), "the background fetch did not complete the layers"
+        _wait_completed(root)
         assert (mounted / "usr/big.bin").read_bytes() == BIG
 
 
