@@ -45,6 +45,7 @@ from fsnap.archive.format import KIND_BITS, OPAQUE_MARKER, WHITEOUT_META_PREFIX,
 from fsnap.archive.members import entry_of
 from fsnap.archive.reader import LayerStream
 from fsnap.archive.resolve import RootDir, clean_name, join
+from fsnap.archive.ustar import LeanTarInfo
 from fsnap.errors import (
     FailedPrecondition,
     FsnapError,
@@ -116,6 +117,7 @@ def apply_layer(
                 mode="r:",
                 encoding="utf-8",
                 errors="surrogateescape",
+                tarinfo=LeanTarInfo,
             ) as tar:
                 while (member := tar.next()) is not None:
                     if stop is not None and stop.is_set():
