@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 _RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE  # RENAME_WHITEOUT is not for users
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 _T = TypeVar("_T")
 
 
@@ -252,7 +251,8 @@ class Union:
         return node
 
     def _insert(self, parent: Node, name: bytes, node: Node) -> None:
-        assert parent.children is not None and parent.names is not None
+        assert parent.children is not None
+        assert parent.names is not None
         parent.children[name] = node
         slots = self._slots.get(parent.ino)
         if slots is not None:
@@ -270,7 +270,8 @@ class Union:
         self._links[node.ino] = [*links, (parent, name)]
 
     def _drop(self, parent: Node, name: bytes) -> Node:
-        assert parent.children is not None and parent.names is not None
+        assert parent.children is not None
+        assert parent.names is not None
         node = parent.children.pop(name)
         slots = self._slots.get(parent.ino)
         if slots is None:
@@ -363,15 +364,13 @@ class Union:
                 await self._sync(node)
 
     async def _refresh(self, node: Node) -> None:
-        """Size and times come from disk (after the disk changed them)."""
-        if node.nlink == 0 and not node.is_dir:
-            return
-        rel = b"" if node is self.tree.root else self.path(node)
-        if node is self.tree.root and node not in self._present:
-            return
-        st = await _disk(self.upper.lstat, rel)
+        """Size and times come from disk (after the disk changed them). Callers hold the
+        lock and have copied ``node`` up; it has a name (a nameless file is changed
+        through its descriptor only). A regular file is one on disk too (an unprivileged
+        mount's devices and fifos are empty files there: their size stays 0)."""
+        st = await _disk(self.upper.lstat, self.path(node))
         node.mtime, node.atime = st.st_mtime_ns, st.st_atime_ns
-        if stat.S_ISREG(st.st_mode) and stat.S_ISREG(node.mode):
+        if stat.S_ISREG(node.mode):
             node.size = st.st_size
 
     # --- creating --------------------------------------------------------------------------
@@ -613,7 +612,7 @@ class Union:
                 await self._up(node, data=change.size != 0)
             if node.nlink == 0 and not node.is_dir:
                 return await self._set_attrs_unlinked(node, change, fd)
-            rel = b"" if node is self.tree.root else self.path(node)
+            rel = self.path(node)
             if change.mode is not None:
                 node.mode = stat.S_IFMT(node.mode) | (change.mode & 0o7777)
             if change.uid is not None:
@@ -658,7 +657,7 @@ class Union:
                     raise _fail(errno.ENODATA)
             else:
                 xattrs[name] = value
-            rel = b"" if node is self.tree.root else self.path(node)
+            rel = self.path(node)
             if self.upper.privileged:
                 await _disk(self.upper.set_xattr, rel, name, value)
             node.xattrs = xattrs or None
@@ -668,32 +667,37 @@ class Union:
 
     async def open(self, ino: int, flags: int) -> tuple[Node, int]:
         """A descriptor for ``open(2)`` with ``flags``: of the upper file (copied up first
-        when writing or truncating), else of the lower layer's content."""
+        when writing or truncating, under the lock with the open: no rename or unlink
+        comes between), else of the lower layer's content."""
         node = self.node(ino)
+        if not flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            return node, await self._open(node, flags)
+        async with self._lock:
+            await self._up(node, data=not flags & os.O_TRUNC)
+            return node, await self._open(node, flags)
+
+    async def _open(self, node: Node, flags: int) -> int:
         writing = flags & (os.O_WRONLY | os.O_RDWR)
-        truncate = flags & os.O_TRUNC
-        if writing or truncate:
-            async with self._lock:
-                await self._up(node, data=not truncate)
         if node not in self._present or node.nlink == 0:
+            if writing:
+                raise _fail(errno.EROFS)
             if node.source is not None and self.lazy_files is not None:
                 await self.lazy_files.ensure_readable(node.source)
-            return node, _open_lower(node, flags & ~(os.O_TRUNC | os.O_APPEND | os.O_CREAT))
+            return _open_lower(node)
         access = os.O_RDWR if writing else os.O_RDONLY
         fd = await _disk(self.upper.open, self.path(node), access | (flags & os.O_TRUNC))
-        if truncate:
-            node.size = 0
+        if flags & os.O_TRUNC:
             await self._refresh(node)
-        return node, fd
+        return fd
 
     async def write(self, fd: int, node: Node | None, off: int, buf: bytes) -> int:
         """Into the page cache on the loop when that cannot block (RWF_NOWAIT, where the
         file system takes it), else in a worker thread; ``node``'s size and mtime then come
         from the file."""
         written = write_nowait(fd, buf, off)
-        if written < len(buf):
-            view = memoryview(buf)[written:]
-            written += await _disk(os.pwrite, fd, view, off + written)
+        rest = memoryview(buf)[written:]
+        if rest:
+            written += await _disk(os.pwrite, fd, rest, off + written)
         if node is not None:
             st = os.fstat(fd)
             node.size, node.mtime = st.st_size, st.st_mtime_ns
@@ -701,19 +705,16 @@ class Union:
 
     async def fsync_dir(self, ino: int) -> None:
         node = self.node(ino)
-        if node in self._present or node is self.tree.root:
-            rel = b"" if node is self.tree.root else self.path(node)
-            await _disk(self.upper.fsync_dir, rel)
+        if node in self._present:  # a change anywhere copied the root up first
+            await _disk(self.upper.fsync_dir, self.path(node))
 
     async def statvfs(self) -> os.statvfs_result:
         """The upper file system's numbers: that is where new data goes."""
         return await _disk(os.statvfs, self.upper.fs)
 
 
-def _open_lower(node: Node, flags: int) -> int:
+def _open_lower(node: Node) -> int:
     """A descriptor of the lower content of ``node``, for reading only."""
-    if flags & _WRITE_FLAGS:
-        raise _fail(errno.EROFS)
     if node.source is None:
         raise _fail(errno.EIO if stat.S_ISREG(node.mode) else errno.EINVAL)
     return open_source(node.source)
