@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.mount import E, commit_chain, mounted, mounted_snapshot, write_layer
+from support.mount import E, commit_chain, mounted, mounted_snapshot, request_totals, write_layer
 from support.rw import mounted_rw
 from support.tar import TarBuilder
 
 from fsnap.client import Client
 from fsnap.diff.active import commit_active
+from fsnap.mount.stats import ENV
 
 pytestmark = [pytest.mark.needs_fuse]
 
@@ -64,6 +65,31 @@ def kernel_dir(top: Path, names: list[str]) -> Path:
     for name in names:
         (top / name).write_bytes(b"")
     return top
+
+
+def test_every_readdir_reply_is_filled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listing costs one request per reply the kernel's buffer takes, plus the empty one
+    that ends it: a reply that stopped after ".", ".." or any one entry (the kernel then
+    asks again from the offset it carries: the same names, more round trips) shows here."""
+    counts = tmp_path / "counts.json"
+    monkeypatch.setenv(ENV, str(counts))
+    many = [f"f{i:03d}" for i in range(200)]  # ~32 bytes a dirent: two or three replies
+    entries = [E("one", "dir"), E("one/a", data=b"a"), E("many", "dir")]
+    layer = write_layer(tmp_path / "l0", entries + [E(f"many/{n}", data=b"m") for n in many])
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    with mounted(root, [layer], mnt):
+        with Client(root) as client:
+            (server,) = [m.server for m in client.mounts() if m.mountpoint == str(mnt)]
+
+        def readdirs(top: Path) -> tuple[list[str], int]:
+            before = request_totals(server, counts).get("readdir", 0)
+            names = os.listdir(top)
+            return names, request_totals(server, counts).get("readdir", 0) - before
+
+        assert readdirs(mnt / "one") == (["a"], 2)
+        names, requests = readdirs(mnt / "many")
+        assert sorted(names) == many
+        assert requests <= 5, requests
 
 
 def test_large_directory_read_only(tmp_path: Path) -> None:

@@ -196,7 +196,8 @@ class TreeFS(pyfuse3.Operations):
         The names list is frozen for the mount's life, so an offset handed out once stays
         valid (seekdir/telldir, a listing resumed across several readdir calls)."""
         node = self._node(fh)
-        assert node.names is not None and node.children is not None
+        assert node.names is not None
+        assert node.children is not None
         if start_id == 0:
             if not pyfuse3.readdir_reply(token, b".", self._attrs(node), 1):
                 return
