@@ -137,12 +137,13 @@ def test_each_read_is_one_range_request_on_a_kept_connection(images: str, tmp_pa
         with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
             connections, since = proxy.connections, len(proxy.requests)
             files = {"etc/hostname": b"lazy1\n", "etc/nonce": NONCE, "usr/big.bin": BIG}
-            requests = {"etc/hostname": 1, "etc/nonce": 2, "usr/big.bin": 4}  # big: 2 chunks
+            # etc/nonce comes with etc/hostname (its small directory); big: 2 chunks
+            requests = {"etc/hostname": 1, "etc/nonce": 1, "usr/big.bin": 3}
             for name, data in files.items():
                 assert (mnt / name).read_bytes() == data
                 assert len(proxy.blob_gets(since)) == requests[name], proxy.requests[since:]
                 assert (mnt / name).read_bytes() == data  # present now: no request
-            assert len(proxy.blob_gets(since)) == 4
+            assert len(proxy.blob_gets(since)) == 3
             assert all("range" in r.headers for r in proxy.blob_gets(since))
             assert proxy.connections - connections == 1, "a connection per request"
 
@@ -586,6 +587,31 @@ def test_a_partial_read_fetches_only_the_chunks_it_covers(
         since = len(fault_server.requests)
         assert (mnt / "usr/hard").read_bytes() == BIG  # whole now: no request
         assert _fetched_ranges(fault_server, varied, since) == []
+
+
+def test_a_read_brings_the_small_files_of_its_directory_along(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Reading etc/hostname fetches, in the same request, etc/nonce (the files of a
+    directory lie together in the blob, and these span less than ``NEIGHBOURS``): reading
+    etc/nonce then makes no request, and its bytes are verified as it is read. usr/noise.bin
+    (its directory spans more) comes alone."""
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    (hostname,), (nonce,) = _chunks_of(root, "etc/hostname"), _chunks_of(root, "etc/nonce")
+    (noise,) = _chunks_of(root, "usr/noise.bin")
+    varied = list(_layers(images, "esgz"))[1]
+    since = len(fault_server.requests)
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+        assert _fetched_ranges(fault_server, varied, since) == [
+            (min(hostname[0], nonce[0]), max(hostname[1], nonce[1]))
+        ]
+        since = len(fault_server.requests)
+        assert (mnt / "etc/nonce").read_bytes() == NONCE
+        assert _fetched_ranges(fault_server, varied, since) == []
+        assert (mnt / "usr/noise.bin").read_bytes() == NOISE
+        assert _fetched_ranges(fault_server, varied, since) == [noise]
 
 
 def test_a_file_read_in_order_costs_two_requests_not_one_per_chunk(

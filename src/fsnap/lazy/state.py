@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import posixpath
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,8 @@ class FileTable(Mapping[str, TocEntry]):
     def __init__(self, rows: dict[str, list[Any]]) -> None:
         self.rows = rows  # what ``lazy.json`` stores
         self._made: dict[str, TocEntry] = {}
+        self._order: list[tuple[int, int, str]] | None = None  # (start, end, path)
+        self._position: dict[str, int] = {}
 
     def __getitem__(self, path: str) -> TocEntry:
         made = self._made.get(path)
@@ -135,6 +138,43 @@ class FileTable(Mapping[str, TocEntry]):
     def size(self, path: str) -> int:
         """``self[path].size``, without making the entry."""
         return int(self.rows[path][0])
+
+    def directory_run(self, path: str, limit: int) -> tuple[int, int] | None:
+        """The compressed span ``[start, end)`` of the files next to ``path`` in the blob
+        that share its directory (``path`` included), when it is at most ``limit`` bytes;
+        else None. Blocking (the first call orders the files by their place in the blob)."""
+        if self._order is None:
+            self._order, self._position = _blob_order(self.rows)
+        at = self._position.get(path)
+        if at is None:
+            return None
+        order, directory = self._order, posixpath.dirname(path)
+        first = last = at
+        start, end = order[at][0], order[at][1]
+        while first > 0 and posixpath.dirname(order[first - 1][2]) == directory:
+            first -= 1
+            start = order[first][0]
+            if end - start > limit:
+                return None
+        while last + 1 < len(order) and posixpath.dirname(order[last + 1][2]) == directory:
+            last += 1
+            end = max(end, order[last][1])
+            if end - start > limit:
+                return None
+        return (start, end) if end - start <= limit else None
+
+
+def _blob_order(rows: dict[str, list[Any]]) -> tuple[list[tuple[int, int, str]], dict[str, int]]:
+    """The files with bytes in the blob as ``(start, end, path)`` in blob order, and each
+    one's place in that list (a row's chunk: ``[offset, size, start, end, inner, digest,
+    zeros]``)."""
+    order = []
+    for path, row in rows.items():
+        spans = [(int(c[2]), int(c[3])) for c in row[2] if not c[6]]
+        if spans:
+            order.append((min(s for s, _ in spans), max(e for _, e in spans), path))
+    order.sort()
+    return order, {path: at for at, (_, _, path) in enumerate(order)}
 
 
 def _row(entry: TocEntry) -> list[Any]:
