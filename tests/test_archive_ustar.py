@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from fsnap.archive import ustar
 from fsnap.archive.ustar import LeanTarInfo
 
 pytestmark = pytest.mark.timeout(120)
@@ -70,19 +71,24 @@ def _archives() -> list[bytes]:
 
 def _headers() -> list[bytes]:
     """Every 512-byte block of the archives that tarfile reads as a header."""
-    blocks = []
-    for data in _archives():
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            offsets = [m.offset for m in tar.getmembers()]
-        for offset in offsets:  # includes PAX and GNU long-name headers before a member
-            while offset < len(data):
-                block = data[offset : offset + BLOCK]
-                blocks.append(block)
-                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
-                if info.type not in (*tarfile.GNU_TYPES, tarfile.XHDTYPE, tarfile.XGLTYPE):
-                    break
-                offset += BLOCK + info._block(info.size)  # type: ignore[attr-defined]
+    blocks = [block for data in _archives() for block in _header_blocks(data)]
     blocks.append(_sparse_header())
+    return blocks
+
+
+def _header_blocks(data: bytes) -> list[bytes]:
+    """The header blocks of one archive, PAX and GNU long-name headers included."""
+    blocks = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        offsets = [m.offset for m in tar.getmembers()]
+    for offset in offsets:  # a member's offset is that of its first (PAX, GNU) header
+        while offset < len(data):
+            block = data[offset : offset + BLOCK]
+            blocks.append(block)
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            if info.type not in (*tarfile.GNU_TYPES, tarfile.XHDTYPE, tarfile.XGLTYPE):
+                break
+            offset += BLOCK + info._block(info.size)  # type: ignore[attr-defined]
     return blocks
 
 
@@ -105,16 +111,21 @@ def _with_checksum(block: bytes) -> bytes:
     return bytes(fixed)
 
 
-def _decode(cls: type[tarfile.TarInfo], block: bytes) -> tuple[Any, ...]:
+def _decode(cls: type[tarfile.TarInfo], block: bytes, dircheck: bool = True) -> tuple[Any, ...]:
     try:
-        info = cls.frombuf(block, "utf-8", "surrogateescape")
+        if dircheck:
+            info = cls.frombuf(block, "utf-8", "surrogateescape")
+        else:  # the newer tarfile's entry point for the header after a long name
+            info = cls._frombuf(block, "utf-8", "surrogateescape", dircheck=False)  # type: ignore[attr-defined]
     except Exception as e:  # noqa: BLE001 - the outcome compared is the error itself
         return ("error", type(e), str(e))
     return tuple(getattr(info, name, None) for name in FIELDS)
 
 
 def _same(block: bytes) -> None:
-    assert _decode(LeanTarInfo, block) == _decode(tarfile.TarInfo, block), block
+    """Both decoders agree, through every entry point this Python's tarfile has."""
+    for dircheck in (True, False) if ustar._DIRCHECK else (True,):
+        assert _decode(LeanTarInfo, block, dircheck) == _decode(tarfile.TarInfo, block, dircheck)
 
 
 def test_real_headers_decode_alike() -> None:
@@ -175,20 +186,35 @@ def _fields(info: tarfile.TarInfo) -> tuple[Any, ...]:
 
 
 def test_plain_headers_take_the_lean_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A layer's usual headers (PAX, ustar numbers) never reach ``tarfile``'s decoder,
-    the odd ones (base-256, sparse) do."""
+    """Read through ``tarfile`` itself (whichever entry point this Python's calls), a
+    layer's usual headers (PAX, ustar numbers) take the lean path; the odd ones (base-256,
+    sparse) and the end-of-archive block go to ``tarfile``'s decoder."""
+    calls = {"lean": 0, "stock": 0}
+    for path in ("lean", "stock"):
+        real = getattr(LeanTarInfo, "_" + path).__func__
+
+        def counted(cls: Any, *args: Any, _real: Any = real, _path: str = path) -> Any:
+            calls[_path] += 1
+            return _real(cls, *args)
+
+        monkeypatch.setattr(LeanTarInfo, "_" + path, classmethod(counted))
     pax = _archives()[2]
-    plain = [pax[i : i + BLOCK] for i in (0, 1024)]
-    fallbacks: list[bytes] = []
-    stock = tarfile.TarInfo.frombuf.__func__  # type: ignore[attr-defined]
-
-    def counted(cls: type[tarfile.TarInfo], buf: bytes, enc: str, err: str) -> tarfile.TarInfo:
-        fallbacks.append(buf)
-        return stock(cls, buf, enc, err)  # type: ignore[no-any-return]
-
-    monkeypatch.setattr(tarfile.TarInfo, "frombuf", classmethod(counted))
-    for block in plain:
-        LeanTarInfo.frombuf(block, "utf-8", "surrogateescape")
-    assert fallbacks == []
+    with tarfile.open(fileobj=io.BytesIO(pax), mode="r:", tarinfo=LeanTarInfo) as tar:
+        assert len(tar.getmembers()) > 10
+    assert calls["lean"] == len(_header_blocks(pax))  # each member's (PAX header and) own
+    assert calls["stock"] <= 2  # the zero blocks at the end
+    calls["stock"] = 0
     LeanTarInfo.frombuf(_sparse_header(), "utf-8", "surrogateescape")
-    assert len(fallbacks) == 1
+    assert calls["stock"] == 1
+
+
+def test_header_after_a_long_name_keeps_its_type() -> None:
+    """With ``dircheck`` off (the newer tarfile, for the header after a GNU long name or
+    a PAX header), a regular file whose short name ends in "/" stays a file."""
+    info = tarfile.TarInfo("dir/")
+    info.type = tarfile.AREGTYPE
+    block = info.tobuf(tarfile.USTAR_FORMAT)
+    as_dir = LeanTarInfo._decode(block, "utf-8", "surrogateescape", True)
+    as_file = LeanTarInfo._decode(block, "utf-8", "surrogateescape", False)
+    assert (as_dir.type, as_dir.name) == (tarfile.DIRTYPE, "dir")
+    assert (as_file.type, as_file.name) == (tarfile.AREGTYPE, "dir/")
