@@ -862,6 +862,29 @@ def test_a_record_without_a_file_table_still_mounts(images: str, tmp_path: Path)
         assert (mnt / "usr/noise.bin").read_bytes() == NOISE
 
 
+def test_a_mount_serves_from_the_file_table_without_decoding_the_stored_toc(
+    images: str, tmp_path: Path
+) -> None:
+    """The daemon's start reads each ``lazy.json`` but decodes its stored TOC (base64 of
+    the whole TOC) only when something asks for the TOC: with the stored TOC damaged, the
+    mount still serves every file from the file table, and asking for the TOC is a
+    one-line error, not a traceback."""
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    with Client(root) as client:
+        for name in _lazy_layers(root):
+            path = client.snapshots.state_dir(name) / state.STATE_FILE
+            doc = json.loads(path.read_text())
+            doc["toc"] = "not base64!"
+            path.write_text(json.dumps(doc))
+            record = read_record(client.snapshots.state_dir(name))
+            with pytest.raises(FailedPrecondition, match="the stored TOC"):
+                record.toc  # noqa: B018 - the property decodes
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "usr/big.bin").read_bytes() == BIG
+        assert (mnt / "etc/nonce").read_bytes() == NONCE
+
+
 def test_lazy_pull_fetches_the_tocs_of_all_layers_at_once(
     images: str, fault_server: FaultServer, tmp_path: Path
 ) -> None:

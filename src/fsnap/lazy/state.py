@@ -51,7 +51,8 @@ _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 class LazyRecord:
     """A lazy layer's fixed facts: its blob, where it comes from, its TOC.
 
-    ``toc_json`` is the verified TOC; ``toc`` parses it on first use only. What serving
+    ``toc_json`` is the verified TOC (kept as ``lazy.json`` stores it, base64, and decoded
+    on first use); ``toc`` parses it on first use only. What serving
     needs, ``files`` (each file's entry and chunks by path) and ``prefetch_end``, come
     from the compact table ``write_record`` stores next to it (``FileTable``): parsing
     the bench image's four TOCs (9,794 entries) again cost each mount's daemon start
@@ -60,7 +61,7 @@ class LazyRecord:
     descriptor: Descriptor
     reference: str
     diff_id: str  # what the image config says the blob's tar hashes to
-    toc_json: bytes
+    toc_base64: str
     payload_end: int
     table: dict[str, list[Any]] | None = None
     stored_prefetch_end: int | None = None
@@ -70,7 +71,8 @@ class LazyRecord:
     @classmethod
     def of_toc(cls, descriptor: Descriptor, reference: str, toc: Toc, diff_id: str) -> LazyRecord:
         """The record of a TOC just fetched and verified (the pull's)."""
-        record = cls(descriptor, reference, diff_id, toc.raw, toc.payload_end)
+        encoded = base64.b64encode(toc.raw).decode()
+        record = cls(descriptor, reference, diff_id, encoded, toc.payload_end)
         record._toc = toc
         record.table = {path: _row(e) for path, e in file_paths(toc).items()}
         record.stored_prefetch_end = toc.prefetch_end
@@ -83,6 +85,14 @@ class LazyRecord:
         )
         assert found is not None
         return found
+
+    @property
+    def toc_json(self) -> bytes:
+        """The TOC's JSON as fetched and verified at pull."""
+        try:
+            return base64.b64decode(self.toc_base64, validate=True)
+        except ValueError as e:
+            raise FailedPrecondition(f"lazy layer state: the stored TOC: {e}") from None
 
     @property
     def toc(self) -> Toc:
@@ -194,7 +204,7 @@ def write_record(state_dir: Path, record: LazyRecord) -> None:
         "reference": record.reference,
         "diff_id": record.diff_id,
         "payload_end": record.payload_end,
-        "toc": base64.b64encode(record.toc_json).decode(),
+        "toc": record.toc_base64,
         "prefetch_end": record.prefetch_end,
         "files": record.files.rows,
     }
@@ -212,7 +222,9 @@ def read_record(state_dir: Path) -> LazyRecord:
     try:
         doc = json.loads((state_dir / STATE_FILE).read_text())
         desc = Descriptor.from_json(doc["descriptor"])
-        toc_json = base64.b64decode(doc["toc"])
+        toc = doc["toc"]
+        if not isinstance(toc, str):
+            raise TypeError("bad TOC")
         payload_end = int(doc["payload_end"])
         diff_id = str(doc["diff_id"])
         table = doc.get("files")
@@ -225,7 +237,7 @@ def read_record(state_dir: Path) -> LazyRecord:
         raise FailedPrecondition(f"lazy layer state in {state_dir} is unreadable: {e}") from None
     if seekable(desc.media_type, desc.size, desc.annotations) is None:
         raise FailedPrecondition(f"lazy layer state in {state_dir}: blob is not seekable")
-    record = LazyRecord(desc, str(doc["reference"]), diff_id, toc_json, payload_end, table)
+    record = LazyRecord(desc, str(doc["reference"]), diff_id, toc, payload_end, table)
     record.stored_prefetch_end = prefetch_end
     return record
 

@@ -70,15 +70,16 @@ class LayerIndex:
             prefix = index_prefix(self.tables.find(txn, key).id)
             cursor = txn.cursor(db=self.tables.files)
             found = cursor.set_range(prefix)
-            entries = []
+            raws = []
             hashed = False
             while found:
                 raw_key = bytes(cursor.key())
                 if not raw_key.startswith(prefix):
                     break
                 hashed = hashed or is_hashed(raw_key)
-                entries.append(Entry.from_bytes(bytes(cursor.value())))
+                raws.append(bytes(cursor.value()))
                 found = cursor.next()
+        entries = Entry.many_from_bytes(raws)
         if hashed:  # keyed by hash, not in path order: rare, so sort only then
             entries.sort(key=Entry.key)
         return entries
