@@ -10,7 +10,11 @@ otherwise), each round measures from command start to the first output of
   goes on; the time it takes to complete the image is measured too: until no snapshot is
   labelled lazy any more, else until ``fsnap content ls`` lists every layer blob);
 - ``fsnap``: ``fsnap pull REF`` + ``fsnap mount REF MNT``, then the chroot;
-- ``ctr``: ``ctr images pull`` + ``ctr images mount`` (kernel overlayfs), then the chroot.
+- ``ctr``: ``ctr images pull`` + ``ctr images mount`` (kernel overlayfs), then the chroot;
+- ``lazy+pf`` (with ``--record-prefetch``): ``lazy`` on the image converted again with a
+  prefetch list recorded from the workload, as ``ctr-remote image optimize`` records one:
+  the files a lazy mount without background fetch had fetched when the program first
+  printed. A second figure beside the main one (``lazy``: the default conversion).
 
 Every run starts from an empty store and dropped caches; bytes are what the proxy delivered
 to the client before the first output. Ratios compare medians of the same run. Rows whose
@@ -88,12 +92,14 @@ def first_output(mnt: Path) -> None:
         raise RuntimeError(f"chroot python3 printed {line!r}, exit {proc.returncode}")
 
 
-def prepare(work: Path, reg_host: str, ref: str, prefetch: Path | None) -> tuple[str, set[str]]:
-    """Pull the image directly, convert it to eStargz, push it; the new repository path
-    and its layer digests."""
-    root = work / "prep"
+def prepare(
+    work: Path, reg_host: str, ref: str, prefetch: Path | None, tag: str = "esgz"
+) -> tuple[str, set[str]]:
+    """Pull the image directly, convert it to eStargz, push it as ``tag``; the new
+    repository path and its layer digests."""
+    root = work / f"prep-{tag}"
     check(fsnap(root, "pull", "--plain-http", ref))
-    esgz = ref.rsplit(":", 1)[0] + ":esgz"
+    esgz = ref.rsplit(":", 1)[0] + ":" + tag
     extra = ["--prefetch-from", str(prefetch)] if prefetch else []
     started = time.perf_counter()
     check(fsnap(root, "convert", "--estargz", *extra, ref, esgz))
@@ -137,6 +143,32 @@ COUNT_LAZY = (
     "with Client(Path(sys.argv[1])) as c:\n"
     f"    print(sum(1 for i in c.snapshots.walk([]) if {LAZY_LABEL!r} in i.labels))\n"
 )
+
+
+# The files the lazy layers of a store have fetched, as a prefetch list (``/``-rooted).
+LIST_PRESENT = (
+    "import sys; from pathlib import Path; from fsnap.client import Client\n"
+    "from fsnap.lazy.state import present\n"
+    "with Client(Path(sys.argv[1])) as c:\n"
+    "    for i in c.snapshots.walk([]):\n"
+    f"        if {LAZY_LABEL!r} in i.labels:\n"
+    "            print(''.join(f'/{p}\\n' for p in sorted(present(c.db, i.name))), end='')\n"
+)
+
+
+def record_prefetch(work: Path, ref: str) -> Path:
+    """Run the program once on a lazy mount without background fetch; the files fetched
+    by its first output (recorded at unmount), as a ``--prefetch-from`` list."""
+    root, mnt = work / "record", work / "record-mnt"
+    with fsnap_mounted(root, mnt, "--lazy", "--pull", "--no-background-fetch", ref):
+        first_output(mnt)
+    listed = work / "prefetch.list"
+    listed.write_text(
+        check([str(services.REPO / ".venv/bin/python"), "-c", LIST_PRESENT, str(root)])
+    )
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"recorded a prefetch list of {len(listed.read_text().split())} files")
+    return listed
 
 
 def lazy_layers(root: Path) -> int:
@@ -212,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mbit", type=float, default=100.0, help="link bandwidth (Mbit/s)")
     parser.add_argument("--rtt-ms", type=float, default=20.0, help="link round trip (ms)")
     parser.add_argument("--prefetch-from", type=Path, help="passed to fsnap convert")
+    parser.add_argument(
+        "--record-prefetch",
+        action="store_true",
+        help="also measure the image converted with a prefetch list recorded from the program",
+    )
     args = parser.parse_args(argv)
 
     cache = services.REPO / ".bench"
@@ -229,10 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         with throttle.running(int(reg.host.rsplit(":", 1)[1]), args.mbit, args.rtt_ms / 1000) as p:
             esgz = f"127.0.0.1:{p.port}/{path}"
             print(f"serving {esgz} at {args.mbit:g} Mbit/s, {args.rtt_ms:g} ms round trip\n")
+            recorded: tuple[str, set[str]] | None = None
+            if lazy and args.record_prefetch:
+                listed = record_prefetch(args.work, esgz)
+                pf_path, pf_digests = prepare(args.work, reg.host, ref, listed, "esgz-pf")
+                recorded = (f"127.0.0.1:{p.port}/{pf_path}", pf_digests)
             for r in range(args.rounds):
                 print(f"round {r + 1}:", flush=True)
                 if lazy:
                     results.add("lazy", lazy_run(args.work, p, esgz, digests, str(r)))
+                if recorded is not None:
+                    run = lazy_run(args.work, p, recorded[0], recorded[1], f"pf{r}")
+                    results.add("lazy+pf", run)
                 run, pulled = fsnap_run(args.work, p, esgz, str(r))
                 pulls.append(pulled)
                 results.add("fsnap", run)
