@@ -46,7 +46,7 @@ class ContentStore:
     def path(self, digest: str) -> Path:
         """Where the blob named ``digest`` lives (whether or not it exists): for what needs
         the file itself (uploads that seek, copies by sendfile, fsck); readers use ``open``."""
-        algorithm, hexpart = validate(digest).split(":", 1)
+        algorithm, hexpart = validate(digest).split(":")  # validate admits one ":"
         return self.root / "blobs" / algorithm / hexpart
 
     def info(self, digest: str) -> Info:
@@ -105,7 +105,7 @@ class ContentStore:
         if self.exists(desc.digest):
             raise AlreadyExists(f"content {desc.digest} already exists")
         target = self.path(desc.digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(exist_ok=True)  # in blobs/, made by __init__
         os.chmod(data, 0o444)
         os.replace(data, target)
         fsync_dir(target.parent)
@@ -142,7 +142,7 @@ def _loads(raw: bytes | memoryview) -> dict[str, Any]:
 
 def fsync_dir(path: Path) -> None:
     """Make a rename inside ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = os.open(path, os.O_DIRECTORY)  # read-only: O_RDONLY is 0
     try:
         os.fsync(fd)
     finally:
