@@ -1053,3 +1053,89 @@ def test_a_lazy_mount_saves_its_tree_cache_after_its_first_reads(
 
         trio.run(until_saved)
     assert cache.exists()
+
+
+def _ingests_left(
+    root: Path, registry: RegistryProcess, cut: float, flip: bool = False
+) -> dict[str, int]:
+    """For each lazy layer of ``root``, an ingest of its blob holding the first ``cut`` of
+    it, as a download stopped midway leaves it (``flip``: its last byte changed, as a bad
+    disk would); returns digest -> bytes left in the ingest."""
+    left = {}
+    with Client(root) as client:
+        for name in _lazy_layers(root):
+            desc = read_record(client.snapshots.state_dir(name)).descriptor
+            data = bytearray(fetch_blob(registry.url, REPO, desc.digest)[: int(desc.size * cut)])
+            if flip:
+                data[-1] ^= 0xFF
+            with client.content.writer(desc.digest, desc) as writer:
+                writer.write(bytes(data))
+            left[desc.digest] = len(data)
+    return left
+
+
+def _complete_all(root: Path) -> None:
+    """Run the background fetch of ``root``'s lazy image in this process, to its end."""
+    with Client(root) as client:
+        top = next(i for i in client.snapshots.walk() if i.parent).name
+        chain = client.snapshots.chain(top)
+        lazy = LazyFiles.for_chain(client.snapshots, chain, client.db, client.content)
+        assert lazy is not None
+
+        async def complete_all() -> None:
+            with trio.fail_after(120):
+                await lazy.complete_all()
+
+        trio.run(complete_all)
+
+
+def test_background_fetch_resumes_an_ingest_into_its_one_pass(
+    images: str,
+    registry: RegistryProcess,
+    fault_server: FaultServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ingest an earlier download left (``mount --lazy --pull`` starts the downloads as
+    it pulls; a killed daemon leaves its own) is resumed: only the rest is requested, and
+    the completion's one pass replays the ingest's bytes from its file while the rest
+    downloads, so the blob is not read again once it is here (before: the whole blob was
+    read and inflated again after its download). Digest and diff_id are still checked."""
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    left = _ingests_left(root, registry, 0.6)
+    calls: list[str] = []
+    for name in ("_feed_blob", "diff_id_of", "decode_chunk"):
+        monkeypatch.setattr(complete, name, _recording(calls, name, getattr(complete, name)))
+    since = len(fault_server.requests)
+    _complete_all(root)
+    assert _lazy_layers(root) == []
+    assert calls == [], "the blob was read again after its download"
+    for digest, offset in left.items():
+        ranges = _fetched_ranges(fault_server, digest, since)
+        assert ranges, digest
+        assert ranges[0][0] == offset, (digest, offset, ranges)
+    layer, _ = _top_layer(root)
+    assert (layer / "usr/big.bin").read_bytes() == BIG
+    assert (layer / "usr/noise.bin").read_bytes() == NOISE
+
+
+def test_a_resumed_ingest_with_a_wrong_byte_fails_its_layer(
+    images: str, registry: RegistryProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The bytes an ingest held before it was resumed are checked like the rest: a changed
+    byte fails the blob's digest at commit, loudly, and the layer stays lazy (its files
+    still come verified chunk by chunk); the bad ingest is gone, so a later fetch starts
+    afresh."""
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    _ingests_left(root, registry, 0.6, flip=True)
+    with caplog.at_level("ERROR", logger="fsnap.lazy.fetch"):
+        _complete_all(root)
+    assert len(_lazy_layers(root)) == 2
+    assert caplog.text.count("cannot be completed") == 2, caplog.text
+    assert "failed verification" in caplog.text, caplog.text
+    with Client(root) as client:
+        assert client.content.list_ingests() == []
+    _complete_all(root)  # from the registry alone now
+    assert _lazy_layers(root) == []

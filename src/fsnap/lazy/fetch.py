@@ -45,10 +45,10 @@ import dataclasses
 import errno
 import logging
 import os
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any
 
 import lmdb
 import trio
@@ -62,7 +62,7 @@ from fsnap.lazy.access import given
 from fsnap.lazy.chunks import decode_chunk
 from fsnap.lazy.complete import complete_layer, one_pass
 from fsnap.lazy.onepass import OnePass
-from fsnap.lazy.pull import fetch_range
+from fsnap.lazy.pull import fetch_range, stream_range
 from fsnap.lazy.rawcache import RawCache
 from fsnap.lazy.state import (
     Fetched,
@@ -115,6 +115,8 @@ READ_AHEAD = 16 << 20
 NEIGHBOURS = 256 << 10
 # Bytes of the blob downloaded per write into the ingest.
 WRITE_BATCH = 1 << 20
+# Writes the download may be ahead of the completion's one pass (``_Feeding``).
+FEED_BACKLOG = 16
 # At unmount, the fetches not recorded yet are flushed and recorded within this long.
 RECORD_AT_EXIT = 10.0
 
@@ -462,9 +464,12 @@ class LazyFiles:
     async def _download(self, layer: LazyLayer) -> OnePass | None:
         """The layer's whole blob into the content store: the pull's resumable ingest, its
         digest verified at commit. Fed from the ranges the reads fetched and, for the rest,
-        Range requests made only while reads are quiet (see the module docstring). A
-        download from the blob's first byte feeds the completion's one pass as it goes
-        (``fsnap.lazy.onepass``: returned, for ``complete_layer``)."""
+        Range requests made only while reads are quiet (see the module docstring). The
+        completion's one pass (``fsnap.lazy.onepass``: returned, for ``complete_layer``)
+        follows the ingest from its first byte (``_Feeding``): the bytes an earlier writer
+        left (``fsnap mount --lazy --pull`` starts the downloads as it pulls, a killed
+        daemon leaves its download) are replayed from the ingest's file while the rest
+        downloads."""
         from fsnap.progress import PullProgress
         from fsnap.pull import Puller, PullOptions
 
@@ -475,32 +480,62 @@ class LazyFiles:
             writer = await puller.open_writer(desc)
             if writer is None:
                 return None  # committed already (by a pull, say)
-            streamed = None
-            if writer.offset == 0:
-                streamed = await trio.to_thread.run_sync(self._one_pass, layer)
-            started, paused = trio.current_time(), 0.0
-            feeding = _Feeding(writer, streamed)
+            streamed = await trio.to_thread.run_sync(self._one_pass, layer)
+            started, resumed = trio.current_time(), writer.offset
             with writer:
-                while writer.offset < desc.size:
-                    quiet = trio.current_time()
-                    await self._wait_for_quiet()
-                    paused += trio.current_time() - quiet
-                    with trio.CancelScope() as scope:
-                        self._download_scopes.add(scope)
-                        try:
-                            await self._append(layer, registry, ref, feeding)
-                        finally:
-                            self._download_scopes.discard(scope)
+                feeding = _Feeding(writer, streamed)
+                failed: FsnapError | None = None
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._follow, feeding, await feeding.replay())
+                    try:
+                        paused = await self._fill_ingest(layer, registry, ref, feeding)
+                    except FsnapError as exc:  # raised below, not in the nursery's group
+                        failed = exc
+                        nursery.cancel_scope.cancel()
+                    finally:
+                        feeding.done()
+                if failed is not None:
+                    raise failed
                 with contextlib.suppress(AlreadyExists):
                     await trio.to_thread.run_sync(writer.commit, None)
             took = trio.current_time() - started
             log.info(
-                "lazy layer %s: blob downloaded in %.2f s (%.2f s paused for reads)",
+                "lazy layer %s: blob downloaded in %.2f s (%.2f s paused for reads; %d bytes "
+                "were in the ingest already)",
                 layer.name,
                 took,
                 paused,
+                resumed,
             )
             return streamed
+
+    async def _fill_ingest(
+        self, layer: LazyLayer, registry: RegistryClient, ref: Reference, feeding: _Feeding
+    ) -> float:
+        """The rest of the blob into the ingest, while reads are quiet; the seconds paused."""
+        paused = 0.0
+        while feeding.offset < layer.record.descriptor.size:
+            quiet = trio.current_time()
+            await self._wait_for_quiet()
+            paused += trio.current_time() - quiet
+            with trio.CancelScope() as scope:
+                self._download_scopes.add(scope)
+                try:
+                    await self._append(layer, registry, ref, feeding)
+                finally:
+                    self._download_scopes.discard(scope)
+        return paused
+
+    async def _follow(self, feeding: _Feeding, replayed: IO[bytes] | None) -> None:
+        """The one pass fed the ingest's bytes in order: first those ``replayed`` (the
+        ingest's bytes from before, read from its file while reads are quiet), then what
+        the download writes, as it writes it."""
+        if replayed is not None:
+            with replayed:
+                while feeding.replaying():
+                    await self._wait_for_quiet()
+                    await trio.to_thread.run_sync(feeding.replay_some, replayed)
+        await feeding.follow()
 
     def _one_pass(self, layer: LazyLayer) -> OnePass:
         index = self.snapshots.index.read(layer.name)
@@ -514,25 +549,9 @@ class LazyFiles:
         for start, end, held in layer.raw.pieces(writer.offset, desc.size, COPY_MIN):
             if held:
                 data = await trio.to_thread.run_sync(layer.raw.read, start, end)
-                await trio.to_thread.run_sync(writer.write, data)
+                await writer.write(data)
                 continue
-            stream = cast("AsyncGenerator[bytes, None]", registry.fetch_blob(ref, desc, start, end))
-            batch: list[bytes] = []
-            batched = 0
-            try:
-                async with contextlib.aclosing(stream) as chunks:
-                    async for chunk in chunks:
-                        batch.append(chunk)
-                        batched += len(chunk)
-                        if batched >= WRITE_BATCH:
-                            data, batch, batched = b"".join(batch), [], 0
-                            await trio.to_thread.run_sync(writer.write, data)
-            finally:
-                # What arrived is kept also when a read cancels the request (or the stream
-                # fails): the next request starts after it, no byte crosses the link twice.
-                if batch:
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(writer.write, b"".join(batch))
+            await stream_range(registry, ref, desc, start, end, writer.write, WRITE_BATCH)
 
     async def _client(self, ref: Reference) -> RegistryClient:
         """The reads' client for ``ref``'s registry (one per registry, kept open)."""
@@ -543,23 +562,67 @@ class LazyFiles:
         return registry
 
 
-@dataclass
 class _Feeding:
-    """The ingest ``writer``; what is written also goes to the one pass (if any)."""
+    """The ingest ``writer`` and the one pass ``streamed`` that follows it from byte 0.
 
-    writer: Writer
-    streamed: OnePass | None
+    The bytes the ingest held when opened are replayed to the one pass from its file
+    (``replay``, ``replay_some``); what the download writes goes to the one pass through a
+    channel (``follow``) of at most ``FEED_BACKLOG`` writes, so the download waits for the
+    one pass only when it is that far behind (the replay of what an early download left is
+    tens of MB: the link goes on meanwhile)."""
+
+    def __init__(self, writer: Writer, streamed: OnePass) -> None:
+        self.writer = writer
+        self.streamed = streamed
+        self._resumed = writer.offset  # bytes to replay from the ingest's file
+        self._replayed = 0
+        self._send, self._receive = trio.open_memory_channel[tuple[int, bytes]](FEED_BACKLOG)
 
     @property
     def offset(self) -> int:
         return self.writer.offset
 
-    def write(self, data: bytes) -> None:
-        """Blocking: in a thread (the one pass inflates, hashes and writes files)."""
-        offset = self.writer.offset
-        self.writer.write(data)
-        if self.streamed is not None:
-            self.streamed.feed(offset, data)
+    async def replay(self) -> IO[bytes] | None:
+        """The ingest's file opened for the replay; None if there is nothing to replay."""
+        if self._resumed == 0:
+            return None
+        return await trio.to_thread.run_sync(self.writer.open_written)
+
+    def replaying(self) -> bool:
+        return self._replayed < self._resumed and self.streamed.ok
+
+    def replay_some(self, handle: IO[bytes]) -> None:
+        """Blocking: the next piece of the replay into the one pass."""
+        try:
+            data = handle.read(min(WRITE_BATCH, self._resumed - self._replayed))
+        except OSError as exc:
+            data, why = b"", str(exc)
+        else:
+            why = "the ingest's file ended before its offset"
+        if not data:  # the one pass gives up: the layer is completed in two passes
+            self._replayed = self._resumed
+            self.streamed.give_up(why)
+            return
+        self.streamed.feed(self._replayed, data)
+        self._replayed += len(data)
+
+    async def write(self, data: bytes) -> None:
+        """``data`` into the ingest, then to the one pass; whole or not at all, whatever
+        cancels the caller (a byte written and not followed would end the one pass)."""
+        with trio.CancelScope(shield=True):
+            offset = self.writer.offset
+            await trio.to_thread.run_sync(self.writer.write, data)
+            await self._send.send((offset, data))
+
+    def done(self) -> None:
+        """No more writes: ``follow`` returns once it has fed what was sent."""
+        self._send.close()
+
+    async def follow(self) -> None:
+        """Feed the one pass what the download writes, until ``done``."""
+        async with self._receive:
+            async for offset, data in self._receive:
+                await trio.to_thread.run_sync(self.streamed.feed, offset, data)
 
 
 def client_for(ref: Reference, **options: Any) -> RegistryClient:

@@ -67,19 +67,19 @@ class OnePass:
         if not self.ok or not data:
             return
         if offset != self._fed:
-            self._give_up(f"bytes fed at {offset}, expected {self._fed}")
+            self.give_up(f"bytes fed at {offset}, expected {self._fed}")
             return
         self._fed += len(data)
         try:
             self._inflate(data)
         except (_INFLATE_ERROR, DigestMismatch, OSError) as exc:
-            self._give_up(str(exc))
+            self.give_up(str(exc))
 
     def finish(self) -> str | None:
         """The blob's diff_id (``sha256:`` of its tar), every target file filled; None if
         this pass cannot vouch for the layer (see the module docstring)."""
         if self.ok and (self._fed != self.size or not self._at_boundary or self._wanted):
-            self._give_up("the blob ended before its last member or a wanted chunk")
+            self.give_up("the blob ended before its last member or a wanted chunk")
         if not self.ok:
             return None
         try:
@@ -87,11 +87,12 @@ class OnePass:
                 if all(c.zeros for c in chunks):  # nothing fetched: holes (or empty) only
                     write_file(self.layer_dir, entry, [], sync=False)
         except OSError as exc:
-            self._give_up(str(exc))
+            self.give_up(str(exc))
             return None
         return "sha256:" + self._hash.hexdigest()
 
-    def _give_up(self, why: str) -> None:
+    def give_up(self, why: str) -> None:
+        """From now on ``finish`` says None (the two-pass way completes the layer)."""
         if self.ok:
             log.info("one-pass completion given up (%s): two passes instead", why)
         self.ok = False

@@ -11,7 +11,7 @@ that are not seekable are downloaded and unpacked as always: mixed images work.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -55,6 +55,36 @@ async def fetch_range(
         async for chunk in chunks:
             parts.append(chunk)
     return b"".join(parts)
+
+
+async def stream_range(
+    registry: RegistryClient,
+    ref: Reference,
+    desc: Descriptor,
+    start: int,
+    end: int,
+    write: Callable[[bytes], Awaitable[None]],
+    batch_size: int,
+) -> None:
+    """The blob's bytes ``[start, end)`` handed to ``write`` in order, ``batch_size`` at a
+    time. What arrived is written also when the request is cancelled (a read comes first,
+    a pull ends) or fails: the next request starts after it, no byte crosses the link
+    twice. ``write`` is then awaited shielded from cancellation."""
+    stream = cast("AsyncGenerator[bytes, None]", registry.fetch_blob(ref, desc, start, end))
+    batch: list[bytes] = []
+    batched = 0
+    try:
+        async with contextlib.aclosing(stream) as chunks:
+            async for chunk in chunks:
+                batch.append(chunk)
+                batched += len(chunk)
+                if batched >= batch_size:
+                    data, batch, batched = b"".join(batch), [], 0
+                    await write(data)
+    finally:
+        if batch:
+            with trio.CancelScope(shield=True):
+                await write(b"".join(batch))
 
 
 class LazyLayers:
