@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import subprocess
 import tarfile
 import threading
@@ -1139,3 +1140,107 @@ def test_a_resumed_ingest_with_a_wrong_byte_fails_its_layer(
         assert client.content.list_ingests() == []
     _complete_all(root)  # from the registry alone now
     assert _lazy_layers(root) == []
+
+
+def _downloads(server: FaultServer, layers: dict[str, int]) -> list[str]:
+    """The layers (digest -> size) whose blob was requested from its first byte to its
+    end: a download, not a TOC (a tail) or a read's chunks."""
+    return [
+        digest
+        for digest, size in layers.items()
+        for seen in server.seen("GET", digest)
+        if seen.headers.get("range") == f"bytes=0-{size - 1}"
+    ]
+
+
+def _mount_log(root: Path, mnt: Path) -> str:
+    with Client(root) as client:
+        (info,) = [i for i in client.mounts() if i.mountpoint == str(mnt)]
+    return Path(info.log).read_text()
+
+
+def test_mount_lazy_pull_downloads_the_blobs_while_it_pulls(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """``mount --lazy --pull`` starts downloading the lazy layers' blobs as the pull
+    starts on them (the link idled for seconds until the mount served: docs/benchmarks.md),
+    leaves what arrived in their ingests once the mount serves, and the mount's background
+    fetch resumes those: the rest only, and the layers complete."""
+    layers = _layers(images, "esgz")
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    mnt.mkdir()
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    fault_server.slow_blobs(300_000)  # the pull (TOCs) takes a second or two
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            mounting = pool.submit(fsnap, root, "mount", "--lazy", "--pull", ref, str(mnt))
+            early: list[str] = []
+            mounted = False
+            deadline = time.monotonic() + 60
+            while not early and not mounting.done() and time.monotonic() < deadline:
+                early = _downloads(fault_server, layers)
+                mounted = os.path.ismount(mnt)  # after: a download seen before the mount
+                time.sleep(0.02)
+            succeeded(mounting.result(timeout=120))
+        assert early, "no blob download started before the mount served"
+        assert not mounted, "the first download came after the mount served"
+        fault_server.slow_blobs(0)
+        _wait_completed(root)
+        assert (mnt / "usr/big.bin").read_bytes() == BIG
+        log = _mount_log(root, mnt)
+    finally:
+        fault_server.slow_blobs(0)
+        fsnap(root, "umount", str(mnt))
+    resumed = [int(n) for n in re.findall(r"(\d+) bytes were in the ingest already", log)]
+    assert any(resumed), log  # what the pull's downloads received was not fetched again
+    with Client(root) as client:
+        assert client.content.list_ingests() == []
+        assert all(client.content.exists(digest) for digest in layers)
+
+
+def test_mount_lazy_pull_without_background_fetch_downloads_no_blob(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """``--no-background-fetch``: neither the pull nor the mount downloads a blob."""
+    layers = _layers(images, "esgz")
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        ref = f"{fault_server.host}/{REPO}:esgz"
+        succeeded(fsnap(root, "mount", "--lazy", "--pull", ONLY_READS, ref, str(mnt)))
+        assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+        time.sleep(1)
+    finally:
+        fsnap(root, "umount", str(mnt))
+    assert _downloads(fault_server, layers) == []
+    with Client(root) as client:
+        assert client.content.list_ingests() == []
+        assert not any(client.content.exists(digest) for digest in layers)
+
+
+def test_failed_mount_lazy_pull_leaves_no_download_behind(
+    images: str, registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A ``mount --lazy --pull`` whose pull fails (a tampered TOC) ends the downloads it
+    started and drops their ingests (no mount will resume them): nothing abandoned."""
+    manifest = fetch_manifest(registry.url, REPO, "esgz")
+    manifest["layers"][1]["annotations"][ESTARGZ_TOC_DIGEST] = "sha256:" + "ab" * 32
+    with registry.pusher() as pusher:
+        pusher.push_manifest(
+            REPO, "tampered-early", Blob(oci.OCI_MANIFEST, json.dumps(manifest).encode())
+        )
+    root, mnt = tmp_path / "root", tmp_path / "mnt"
+    mnt.mkdir()
+    fault_server.slow_blobs(300_000)  # the downloads are still going when the pull fails
+    try:
+        ref = f"{fault_server.host}/{REPO}:tampered-early"
+        done = fsnap(root, "mount", "--lazy", "--pull", ref, str(mnt))
+    finally:
+        fault_server.slow_blobs(0)
+    assert done.returncode == 6, done.stderr
+    assert "annotation pins" in done.stderr
+    assert not os.path.ismount(mnt)
+    assert _downloads(fault_server, _layers(images, "esgz")), "no download to end"
+    with Client(root) as client:
+        assert client.content.list_ingests() == []
+    assert "abandoned download" not in fsnap(root, "check").stdout

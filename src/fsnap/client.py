@@ -7,6 +7,7 @@ process that uses it (never across fork: ``fsnap.db``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from fsnap.gc import GCReport
     from fsnap.images.store import Image, ImageStore
     from fsnap.lazy.access import RegistryAccess
+    from fsnap.lazy.early import EarlyDownloads
     from fsnap.lazy.pull import LazyLayers
     from fsnap.mount.manager import MountOptions
     from fsnap.mount.records import MountInfo
@@ -142,6 +144,7 @@ class Client:
         blob_deadline: float | None = None,
         layer_limit: SizeLimit | None = None,
         lazy: bool = False,
+        lazy_started: Callable[[Descriptor], None] | None = None,
     ) -> Image:
         """Pull ``ref`` into the content store and record it.
 
@@ -156,6 +159,8 @@ class Client:
         ``layer_limit``: what a layer may unpack to (``fsnap.unpack.apply.SizeLimit``).
         ``lazy``: seekable layers (eStargz, zstd:chunked) become snapshots from their TOC
         alone, their files fetched on first read (``fsnap.lazy``); needs ``unpack``.
+        ``lazy_started(desc)``: told each lazy layer as the pull starts on it (from the
+        pull's thread; ``fsnap.lazy.early`` downloads its blob meanwhile).
         """
         import functools
 
@@ -211,7 +216,7 @@ class Client:
                 return await unpack_all(None)
             from fsnap.lazy.pull import open_lazy  # (7 modules a plain pull does without)
 
-            opened = open_lazy(ref, plain_http, credentials, ca_file, layer_limit)
+            opened = open_lazy(ref, plain_http, credentials, ca_file, layer_limit, lazy_started)
             async with opened as layers:
                 return await unpack_all(layers)
 
@@ -427,18 +432,34 @@ class Client:
         mnt = manager.check_mountpoint(self.root, mountpoint)  # before a pull, not after it
         pull = options.pull or options.lazy
         launched = None
-        if pull and not options.foreground and not self._has_image(ref):
-            launched = manager.Launched(self.root, mnt, options.lazy)  # starts while we pull
-        try:
-            top = self._image_top(ref, pull, options.lazy, options.access)
+        started = None  # the early downloads' hook, if any
+        with contextlib.ExitStack() as early:
+            if pull and not options.foreground and not self._has_image(ref):
+                launched = manager.Launched(self.root, mnt, options.lazy)  # starts while we pull
+                early.callback(launched.abandon)  # (unless it serves the mount now)
+                if options.lazy and not options.no_background_fetch:
+                    started = early.enter_context(self._early_downloads(ref, options.access)).want
+            top = self._image_top(ref, pull, options.lazy, options.access, started)
             if writable:
                 return manager.mount_image_writable(
                     self.mount_stores(), ref, top, mountpoint, key, options, launched
                 )
             return manager.mount_image(self.mount_stores(), ref, top, mountpoint, options, launched)
-        finally:
-            if launched is not None:
-                launched.abandon()  # (unless it serves the mount now)
+
+    def _early_downloads(self, ref: str, access: RegistryAccess | None) -> EarlyDownloads:
+        """The lazy layers' blob downloads a lazy ``mount --pull`` starts as it pulls and
+        stops once its mount serves (``fsnap.lazy.early``), with the pull's registry options."""
+        from fsnap.lazy.early import EarlyDownloads
+
+        if access is None:
+            return EarlyDownloads(self.content, ref)
+        return EarlyDownloads(
+            self.content,
+            ref,
+            plain_http=access.plain_http,
+            credentials=access.credentials(),
+            ca_file=access.ca_path(),
+        )
 
     def mount_snapshot(
         self, key: str, mountpoint: str | os.PathLike[str], options: MountOptions | None = None
@@ -505,11 +526,16 @@ class Client:
         return True
 
     def _image_top(
-        self, ref: str, pull: bool, lazy: bool = False, access: RegistryAccess | None = None
+        self,
+        ref: str,
+        pull: bool,
+        lazy: bool = False,
+        access: RegistryAccess | None = None,
+        lazy_started: Callable[[Descriptor], None] | None = None,
     ) -> str:
         """The top snapshot of image ``ref``, pulling it first (``lazy``: seekable layers
-        from their TOC alone; ``access``: the registry options) if it is missing and
-        ``pull`` says so."""
+        from their TOC alone; ``access``: the registry options; ``lazy_started``: as for
+        ``pull``) if it is missing and ``pull`` says so."""
         from fsnap.errors import NotFound
         from fsnap.mount.source import image_snapshot
 
@@ -519,11 +545,12 @@ class Client:
             if not pull:
                 raise
         if access is None:
-            self.pull(ref, lazy=lazy)
+            self.pull(ref, lazy=lazy, lazy_started=lazy_started)
         else:
             self.pull(
                 ref,
                 lazy=lazy,
+                lazy_started=lazy_started,
                 plain_http=access.plain_http,
                 credentials=access.credentials(),
                 ca_file=access.ca_path(),

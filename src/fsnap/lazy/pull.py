@@ -90,10 +90,17 @@ async def stream_range(
 class LazyLayers:
     """The lazy side of one pull (``open_lazy`` makes one with its registry client)."""
 
-    def __init__(self, ref: Reference, registry: RegistryClient, limit: SizeLimit) -> None:
+    def __init__(
+        self,
+        ref: Reference,
+        registry: RegistryClient,
+        limit: SizeLimit,
+        started: Callable[[Descriptor], None] | None = None,
+    ) -> None:
         self.ref = ref
         self.registry = registry
         self.limit = limit
+        self.started = started
 
     def skip(self, desc: Descriptor) -> bool:
         """Whether the pull leaves this blob to us (a seekable layer)."""
@@ -108,6 +115,8 @@ class LazyLayers:
         ``diff_id`` (the config's) is kept to check the blob against once it is complete."""
         layer = self.seekable(desc)
         assert layer is not None
+        if self.started is not None:  # fsnap.lazy.early: the blob's download begins now
+            self.started(desc)
 
         async def fetch(start: int, end: int) -> bytes:
             return await fetch_range(self.registry, self.ref, desc, start, end)
@@ -125,8 +134,10 @@ async def open_lazy(
     credentials: Credentials | None,
     ca_file: Path | None,
     limit: SizeLimit | None,
+    started: Callable[[Descriptor], None] | None = None,
 ) -> AsyncIterator[LazyLayers]:
-    """The lazy side of a pull of ``ref`` (its own registry client, same options)."""
+    """The lazy side of a pull of ``ref`` (its own registry client, same options);
+    ``started(desc)`` is told each lazy layer as its TOC is asked for."""
     client = RegistryClient(plain_http=plain_http, credentials=credentials, ca_file=ca_file)
     async with client as registry:
-        yield LazyLayers(Reference.parse(ref), registry, limit or SizeLimit())
+        yield LazyLayers(Reference.parse(ref), registry, limit or SizeLimit(), started)
