@@ -1244,3 +1244,22 @@ def test_failed_mount_lazy_pull_leaves_no_download_behind(
     with Client(root) as client:
         assert client.content.list_ingests() == []
     assert "abandoned download" not in fsnap(root, "check").stdout
+
+
+def test_full_pull_completes_a_lazy_pull_from_the_ingests_left(
+    images: str, registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """``fsnap pull REF`` after a lazy mount's downloads stopped midway (what
+    ``mount --lazy --pull`` leaves when its mount is gone before they ended) resumes
+    those ingests, verifies them whole and completes the layers: nothing abandoned."""
+    ref = f"{images}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    left = _ingests_left(root, registry, 0.5)
+    succeeded(fsnap(root, "pull", ref))
+    assert _lazy_layers(root) == []
+    with Client(root) as client:
+        assert client.content.list_ingests() == []
+        assert all(client.content.exists(digest) for digest in left)
+    assert "the store is clean" in succeeded(fsnap(root, "check"))
+    layer, _ = _top_layer(root)
+    assert (layer / "usr/big.bin").read_bytes() == BIG

@@ -21,8 +21,10 @@ path before, for ~33 files read one after another by python's start.
 Meanwhile ``complete_all`` (the mount's background task, unless the mount says
 ``--no-background-fetch``) downloads the lazy layers' whole blobs into the content store,
 up to ``DOWNLOADS`` at once, each from its start (eStargz puts the prioritised files first,
-before its prefetch landmark, so they arrive first), and completes each layer
-(``fsnap.lazy.complete``): every file present, diff_id checked, labels gone. A network
+before its prefetch landmark, so they arrive first) or from where an ingest left by
+another writer stops (``fsnap.lazy.early``: ``mount --lazy --pull`` starts the downloads as
+it pulls), and completes each layer (``fsnap.lazy.complete``): every file present, diff_id
+checked, labels gone. A network
 failure retries with backoff; a mismatch is logged as an error and the layer stays lazy
 (reads still verify each chunk).
 
@@ -475,6 +477,10 @@ class LazyFiles:
 
         desc = layer.record.descriptor
         ref = Reference.parse(layer.record.reference)
+        # Opening a resumed ingest hashes what it holds and the one pass reads the index:
+        # CPU work that waits for a program started on the new mount to read its files.
+        await trio.sleep(QUIET)
+        await self._wait_for_quiet()
         async with client_for(ref) as registry:
             puller = Puller(self.content, registry, ref, PullOptions(), PullProgress(), None)
             writer = await puller.open_writer(desc)
