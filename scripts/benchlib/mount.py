@@ -18,13 +18,16 @@ from benchlib import fsnap_layers, services
 from benchlib.image import ImageInfo, ensure_images, lookup_paths
 from benchlib.mounts import (
     FSNAP,
+    FloorMount,
     FsnapMount,
     FuseOverlayMount,
     KernelOverlayMount,
     Mount,
     View,
+    cpu_seconds,
     rss_mb,
 )
+from benchlib.profile import main_profile
 from benchlib.requests import main_requests
 from benchlib.rootfs import apt_install_missing, ensure_rootfs
 from benchlib.timing import drop_caches, median, ratio, run_timed, table
@@ -56,27 +59,40 @@ def mounted(kind: Mount, view: View, mnt: Path, took: list[float]) -> Iterator[N
 
 
 def tree_figures(kind: Mount, view: View, mnt: Path, figures: Figures) -> None:
-    """One round over the big image: mount, find, tar cold and warm, chroot, RSS."""
+    """One round over the big image: mount, find, tar cold and warm, chroot, RSS; and the
+    serving process's CPU seconds in each phase (less sensitive to a loaded machine than
+    the wall-clock figures: what a server spends per request)."""
 
     def add(figure: str, value: float) -> None:
         figures.setdefault(figure, {}).setdefault(kind.name, []).append(value)
+
+    def run(figure: str, cmd: list[str] | str) -> None:
+        before = cpu_seconds(kind.pid) if kind.pid else None
+        add(figure, run_timed(cmd, shell=isinstance(cmd, str)))
+        after = cpu_seconds(kind.pid) if kind.pid else None
+        if before is not None and after is not None:
+            cpu.append((figure.replace(" (s)", ""), after - before))
+
+    cpu: list[tuple[str, float]] = []
 
     took: list[float] = []
     drop_caches()
     with mounted(kind, view, mnt, took):
         add("mount returns (s)", took[0])
         drop_caches()
-        add("find, cold (s)", run_timed(["find", str(mnt)]))
+        run("find, cold (s)", ["find", str(mnt)])
         tar = f"tar -cf - -C {mnt} . | cat > /dev/null"
         drop_caches()
-        add("tar -cf - ., cold (s)", run_timed(tar, shell=True))
-        add("tar -cf - ., warm (s)", run_timed(tar, shell=True))
+        run("tar -cf - ., cold (s)", tar)
+        run("tar -cf - ., warm (s)", tar)
         chroot = " && ".join([f"chroot {mnt} python3 -c '{IMPORTS}'"] * 5)
-        add("chroot python3 imports x5 (s)", run_timed(chroot, shell=True))
+        run("chroot python3 imports x5 (s)", chroot)
         memory = rss_mb(kind.pid) if kind.pid else None
         if memory is not None:
             add("daemon VmRSS after tar (MB)", memory[0])
             add("daemon VmHWM (MB)", memory[1])
+        for figure, seconds in cpu:
+            add(f"daemon CPU in {figure} (s)", seconds)
 
 
 def stat_seconds(mnt: Path, paths: list[str]) -> float:
@@ -174,6 +190,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="instead of timing: count the FUSE requests and system calls of each phase",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the pyfuse3 floor (benchlib.nullfs): the least a pyfuse3 server does",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of timing: py-spy profiles of fsnap's and the floor's server per phase",
+    )
+    parser.add_argument("--native", action="store_true", help="--profile with C frames")
     args = parser.parse_args(argv)
     apt_install_missing("fuse-overlayfs", "fuse-overlayfs")
     apt_install_missing("strace", "strace")
@@ -194,9 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.requests:
             main_requests(args.work, fsnap.root, views["rootfs"])
             return 0
+        if args.profile:
+            floor = FloorMount(args.work)
+            main_profile(args.work, [fsnap, floor], views["rootfs"], args.native, mounted)
+            return 0
         kinds: list[Mount] = [fsnap, FuseOverlayMount(args.work), KernelOverlayMount(args.work)]
+        if args.floor:
+            kinds.append(FloorMount(args.work))
         for r in range(args.rounds):
-            for kind in kinds[r % 3 :] + kinds[: r % 3]:
+            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
                 tree_figures(kind, views["rootfs"], args.work / f"mnt-{kind.name}", figures)
                 print(f"round {r + 1}: {kind.name} done", flush=True)
         for _ in range(args.rounds):
@@ -213,7 +246,10 @@ def _report(figures: Figures, kinds: list[str]) -> None:
             f"{k}: " + " ".join(f"{v:.3f}" for v in vals) for k, vals in by_kind.items()
         )
         print(f"  {figure}: {runs}")
+    floor = FloorMount.name in kinds
     rows = [["figure (median)", *kinds, "fsnap/fuse-overlayfs", "fsnap/overlayfs"]]
+    if floor:
+        rows[0] += ["fsnap/pyfuse3-floor", "pyfuse3-floor/fuse-overlayfs"]
     for figure, by_kind in figures.items():
         med = {k: median(v) if v else None for k, v in by_kind.items()}
         cells = [f"{med[k]:.3f}" if med.get(k) is not None else "-" for k in kinds]
@@ -225,6 +261,11 @@ def _report(figures: Figures, kinds: list[str]) -> None:
                 ratio(med.get("fsnap"), med.get("overlayfs")),
             ]
         )
+        if floor:
+            rows[-1] += [
+                ratio(med.get("fsnap"), med.get(FloorMount.name)),
+                ratio(med.get(FloorMount.name), med.get("fuse-overlayfs")),
+            ]
     print("\n" + table(rows))
     print("\nlookups vs layer count (stat x1000, 128 layers / 1 layer):")
     for temp in ("cold", "warm"):

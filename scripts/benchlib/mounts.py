@@ -137,6 +137,36 @@ class FuseOverlayMount(Mount):
         self.pid = 0
 
 
+class FloorMount(Mount):
+    """``benchlib.nullfs``: the least a pyfuse3 + trio file system can do per request, over
+    the directories fuse-overlayfs gets (``scripts/bench-mount --floor``)."""
+
+    name = "pyfuse3-floor"
+
+    def __init__(self, work: Path) -> None:
+        super().__init__(work)
+        self._proc: subprocess.Popen[str] | None = None
+
+    def mount(self, view: View, mnt: Path) -> float:
+        def start() -> None:
+            cmd = [PYTHON, "-m", "benchlib.nullfs", str(mnt), *view.lowerdirs]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            self._proc, self.pid = proc, proc.pid
+            services.remember_pid(self.work, proc.pid)
+            assert proc.stdout is not None
+            if proc.stdout.readline().strip() != "ready":
+                proc.kill()
+                raise RuntimeError(f"benchlib.nullfs exited {proc.wait()} before mounting")
+
+        return timed(start)
+
+    def umount(self, mnt: Path) -> None:
+        _check(["fusermount3", "-u", str(mnt)])
+        if self._proc is not None:
+            self._proc.wait(timeout=30)
+        self._proc, self.pid = None, 0
+
+
 class KernelOverlayMount(Mount):
     name = "overlayfs"
 
@@ -165,6 +195,15 @@ def _serving_pid(program: str, mnt: Path) -> int:
         if argv and argv[0].endswith(os.fsencode(program)) and want in argv:
             return int(entry)
     return 0
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` (all its threads) has used, or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> tuple[float, float] | None:
