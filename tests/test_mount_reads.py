@@ -1,8 +1,7 @@
-"""Reads through a real FUSE mount: lazily opened files, prefetching, no leaked descriptors.
+"""Reads through a real FUSE mount: lazily opened files, no leaked descriptors, no threads.
 
-The daemon opens a lower file at its first read (in a worker thread, or on the loop once
-the prefetcher warmed it) and warms the files after an opened one. These tests read whole
-trees through the mount from another process and compare every byte with what the layers
+The daemon opens a lower file at its first read and reads it on its trio loop. These tests
+read whole trees through the mount from another process and compare every byte with what the layers
 hold; they also check what the daemon keeps open afterwards and how a lower file that
 vanished after mounting is reported.
 """
@@ -18,14 +17,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import pytest
-import trio
 from support.mount import E, mounted, write_layer
 
 from fsnap.mount import source
-from fsnap.mount.prefetch import AHEAD, Prefetcher
-from fsnap.mount.tree import MergedTree, Node
+from fsnap.mount.fs import MergedFS, TreeFS
+from fsnap.mount.tree import MergedTree
+
+if TYPE_CHECKING:
+    from fsnap.lazy.fetch import LazyFiles
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -133,42 +135,29 @@ def test_lower_file_gone_after_mount_is_an_error_not_a_hang(tmp_path: Path) -> N
             assert src.read() == expected["d/f06"]
 
 
-def test_prefetcher_warms_the_next_regular_files_only(tmp_path: Path) -> None:
-    items = [E("d", "dir", mode=0o755), E("d/a-empty", data=b"")]
-    items += [E(f"d/f{i:02d}", data=_data(i, 10_000)) for i in range(AHEAD + 4)]
-    items += [E("d/sub", "dir", mode=0o755), E("d/zz-link", "symlink", link="f00")]
-    tree = MergedTree.build(source.dir_layers([write_layer(tmp_path / "l0", items)]))
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
 
-    def node(path: str) -> Node:
-        found = tree.lookup(path)
-        assert found is not None
-        return found
 
-    async def scenario() -> None:
-        prefetcher = Prefetcher()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(prefetcher.run)
-            prefetcher.opened(node("d/a-empty"))
-            wanted = [node(f"d/f{i:02d}") for i in range(AHEAD - 1)]
-            for _ in range(1000):
-                if all(prefetcher.is_warm(n) for n in wanted):
-                    break
-                await trio.sleep(0.01)
-            assert all(prefetcher.is_warm(n) for n in wanted)
-            # Only AHEAD names after the opened one, and never an empty file.
-            assert not prefetcher.is_warm(node(f"d/f{AHEAD:02d}"))
-            assert not prefetcher.is_warm(node("d/a-empty"))
-            # Opening a file near the end reaches the end of the listing (a directory, a
-            # symlink) without warming anything that is not a regular file.
-            prefetcher.opened(node(f"d/f{AHEAD + 2:02d}"))
-            last = node(f"d/f{AHEAD + 3:02d}")
-            for _ in range(1000):
-                if prefetcher.is_warm(last):
-                    break
-                await trio.sleep(0.01)
-            assert prefetcher.is_warm(last)
-            assert not prefetcher.is_warm(node("d/sub"))
-            assert not prefetcher.is_warm(node("d/zz-link"))
-            nursery.cancel_scope.cancel()
+def test_read_only_mount_serves_reads_on_its_loop_without_threads(tmp_path: Path) -> None:
+    """Cold reads of a read-only mount are answered on the trio loop by one pyfuse3 task:
+    the server starts no worker thread, whose hand-off per read cost more CPU than the read
+    (docs/benchmarks.md, "The pyfuse3 floor"), and the bytes are still right."""
+    dirs, expected = _layers(tmp_path / "layers")
+    want = {path: hashlib.sha256(data).hexdigest() for path, data in expected.items()}
+    with mounted(tmp_path / "root", dirs, tmp_path / "mnt") as info:
+        assert info.server
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")  # cold: the reads wait for the disk
+        assert _read_all(tmp_path / "mnt") == want
+        assert _threads(info.server) == 1
 
-    trio.run(scenario)
+
+def test_one_serving_task_unless_lazy_layers_make_reads_wait(tmp_path: Path) -> None:
+    """Nothing a plain read-only mount serves awaits, so one pyfuse3 task serves it; a lazy
+    layer's read waits for the network, and then other requests need tasks of their own."""
+    dirs, _ = _layers(tmp_path / "layers")
+    fs = MergedFS(MergedTree.build(source.dir_layers(dirs)))
+    assert fs.serving_tasks() == (1, 1)
+    fs.lazy_files = cast("LazyFiles", object())
+    assert fs.serving_tasks() == TreeFS.TASKS
+    assert TreeFS.TASKS[1] > 1

@@ -125,7 +125,8 @@ async def _run(ready: Ready, fs: TreeFS, counts: stats.RequestCounts | None) -> 
         if counts is not None:  # (listening before the mount is live: SIGUSR1 kills)
             await nursery.start(counts.report_on_signal)
         ready(None)
-        await pyfuse3.main(min_tasks=2, max_tasks=16)
+        min_tasks, max_tasks = fs.serving_tasks()
+        await pyfuse3.main(min_tasks=min_tasks, max_tasks=max_tasks)
         nursery.cancel_scope.cancel()
 
 

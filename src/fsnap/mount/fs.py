@@ -9,7 +9,6 @@ read-only mount lets it cache for long: the layers under it never change.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
@@ -17,12 +16,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 import pyfuse3
-import trio
 
 from fsnap.archive.format import NAME_MAX
-from fsnap.mount.fastpath import LEARNT, open_source, read_nowait
+from fsnap.mount.fastpath import open_source, read_nowait
 from fsnap.mount.idshift import NO_SHIFT
-from fsnap.mount.prefetch import Prefetcher
 from fsnap.mount.tree import MergedTree, Node
 from fsnap.mount.worker import run_blocking
 
@@ -58,18 +55,6 @@ def _reply(buf: bytearray, got: int) -> bytes:
     return cast(bytes, buf if got == len(buf) else memoryview(buf)[:got])
 
 
-def _open_and_read(path: str, off: int, size: int) -> tuple[int, bytes]:
-    """In a worker thread: open, then read ``size`` bytes at ``off`` (short only at EOF)."""
-    fd = open_source(path)
-    try:
-        buf = bytearray(size)
-        got = os.preadv(fd, [buf], off)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd, _reply(buf, got)
-
-
 async def read_fd(fd: int, off: int, size: int, file_size: int) -> bytes:
     """Read from an open descriptor: on the loop if the page cache has it all, else the
     rest (into the same buffer, no copies) in a worker thread (also on file systems that
@@ -97,6 +82,10 @@ class TreeFS(pyfuse3.Operations):
     attributes, listings, symlinks and xattr reads. A subclass says how long the kernel
     may cache what it gets (``cache_timeout``) and serves files and changes."""
 
+    # pyfuse3.main's (min_tasks, max_tasks): requests served at once. Handlers that wait
+    # (worker threads, lazy fetches) need several; see MergedFS.serving_tasks.
+    TASKS = (2, 16)
+
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
@@ -120,6 +109,10 @@ class TreeFS(pyfuse3.Operations):
         and completing them (``fsnap.lazy.fetch``), if the mount has any."""
         if self.lazy_files is not None:
             await self.lazy_files.run(complete=self.lazy_background)
+
+    def serving_tasks(self) -> tuple[int, int]:
+        """pyfuse3.main's ``(min_tasks, max_tasks)`` for this file system."""
+        return self.TASKS
 
     # --- inode lookups -------------------------------------------------------------
 
@@ -241,7 +234,17 @@ class TreeFS(pyfuse3.Operations):
 
 class MergedFS(TreeFS):
     """Read-only pyfuse3 operations over one merged tree; files open lazily (at their
-    first read) and are warmed ahead of readers (``fsnap.mount.prefetch``)."""
+    first read).
+
+    Without lazy layers no handler ever awaits: opens and reads are system calls made on
+    the trio loop, a read that misses the page cache waits for the disk there, and the
+    server runs one pyfuse3 task (``serving_tasks``). That is fuse-overlayfs's model too
+    (one thread, blocking I/O). Measured (docs/benchmarks.md, "The pyfuse3 floor"):
+    handing cold reads to a worker thread and warming the next files of a directory in
+    another cost more CPU than they saved (cold ``tar``: daemon CPU 4.7 -> 2.9 s, within
+    12 % of a minimal pyfuse3 server), and on a loaded machine each hand-off also waits to
+    be scheduled. A slow lower file system (NFS) now holds up the mount's other requests
+    while it answers, as it does fuse-overlayfs's."""
 
     cache_timeout = CACHE_TIMEOUT
 
@@ -252,14 +255,11 @@ class MergedFS(TreeFS):
         # lazily opened file handle -> its node and (once read) descriptor
         self._lazy: dict[int, _LazyFile] = {}
         self._last_handle = LAZY_HANDLES
-        self.prefetcher = Prefetcher()
 
-    async def background(self) -> None:
-        """Warming files a reader is about to open, for the mount's life, beside what
-        every tree mount runs."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.prefetcher.run)
-            nursery.start_soon(super().background)
+    def serving_tasks(self) -> tuple[int, int]:
+        """One task unless lazy layers make handlers wait for the network: several tasks
+        only add a lock hand-off per request when nothing ever awaits."""
+        return (1, 1) if self.lazy_files is None else self.TASKS
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         """``default_permissions`` makes the kernel check modes; only writes are refused."""
@@ -283,43 +283,34 @@ class MergedFS(TreeFS):
                 raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         self._last_handle += 1
         self._lazy[self._last_handle] = _LazyFile(node)
-        self.prefetcher.opened(node)
         return pyfuse3.FileInfo(fh=self._last_handle, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        """Serve from the page cache on the loop when the data is there (RWF_NOWAIT);
-        otherwise the read may wait for the disk, so it goes to a worker thread.
-
-        A lazily opened file is opened by its first read, in the worker thread: looking up
-        a cold path waits for the disk too, and that wait must not hold up the loop."""
+        """Open the lower file at the handle's first read, then read, both on the loop
+        (see the class docstring). A lazy layer's file has the chunks this read covers
+        fetched first."""
         lazy = self._lazy[fh]
         source = lazy.node.source
         assert source is not None
         if self.lazy_files is not None and self.lazy_files.pending(source):
-            try:  # a lazy layer's file: the chunks this read covers first
+            try:
                 await self.lazy_files.ensure_readable(source, off, off + size)
             except OSError as exc:
                 raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        if lazy.fd < 0 and self.prefetcher.is_warm(lazy.node):
-            with contextlib.suppress(OSError):  # then the worker thread tries (and says why)
-                lazy.fd = open_source(source)
-        if lazy.fd >= 0:
-            return await read_fd(lazy.fd, off, size, lazy.node.size)
+            if fh not in self._lazy:  # released meanwhile: nothing to open for
+                raise pyfuse3.FUSEError(errno.EBADF)
+        buf = bytearray(size)
         try:
-            fd, data = await run_blocking(lambda: _open_and_read(source, off, size))
+            if lazy.fd < 0:
+                lazy.fd = open_source(source)
+            got = os.preadv(lazy.fd, [buf], off)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        if lazy.fd < 0 and fh in self._lazy:
-            lazy.fd = fd
-        else:
-            LEARNT.forget(fd)
-            os.close(fd)  # a concurrent read of the same handle opened it first
-        return data
+        return _reply(buf, got)
 
     async def release(self, fh: int) -> None:
         lazy = self._lazy.pop(fh)
         if lazy.fd >= 0:
-            LEARNT.forget(lazy.fd)
             os.close(lazy.fd)
 
     # --- file system -------------------------------------------------------------------
