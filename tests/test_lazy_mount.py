@@ -241,6 +241,16 @@ def test_writable_mount_copies_up_an_unfetched_file(images: str, tmp_path: Path)
         assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
 
 
+def test_writable_mount_reads_an_unfetched_lower_file(images: str, tmp_path: Path) -> None:
+    """A read-only open in a writable mount of a lower file not fetched yet fetches it
+    first (no background fetch could have done it): the right bytes, never a hole."""
+    ref = f"{images}/{REPO}:esgz"
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    with image_mounted_rw(root, ref, tmp_path / "mnt", ONLY_READS):
+        assert (tmp_path / "mnt" / "usr/big.bin").read_bytes() == BIG
+
+
 def test_non_seekable_layers_pull_as_always(images: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
     succeeded(fsnap(root, "pull", "--lazy", f"{images}/{REPO}:src"))

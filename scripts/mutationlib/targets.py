@@ -79,8 +79,9 @@ TARGETS = (
             "tests/test_rw_xattr_copyup.py",
             "tests/test_rw_commit.py",
             "tests/test_rw_unprivileged.py",
-            # the one writable mount of a lazy layer (union fetches before copy-up and reads)
+            # the writable mounts of a lazy layer (union fetches before copy-up and reads)
             "tests/test_lazy_mount.py::test_writable_mount_copies_up_an_unfetched_file",
+            "tests/test_lazy_mount.py::test_writable_mount_reads_an_unfetched_lower_file",
         ),
     ),
     Target(

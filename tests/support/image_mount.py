@@ -35,12 +35,12 @@ def image_mounted(root: Path, ref: str, mnt: Path, *options: str) -> Iterator[Pa
 
 
 @contextlib.contextmanager
-def image_mounted_rw(root: Path, ref: str, mnt: Path) -> Iterator[str]:
-    """``fsnap mount --rw REF MNT``; yields the active snapshot's key; unmounted (and its
-    daemon stopped) whatever happens."""
+def image_mounted_rw(root: Path, ref: str, mnt: Path, *options: str) -> Iterator[str]:
+    """``fsnap mount --rw [OPTIONS] REF MNT``; yields the active snapshot's key; unmounted
+    (and its daemon stopped) whatever happens."""
     mnt.mkdir(parents=True, exist_ok=True)
     try:
-        out = succeeded(fsnap(root, "mount", "--rw", ref, str(mnt)))
+        out = succeeded(fsnap(root, "mount", "--rw", *options, ref, str(mnt)))
         yield out.split("active snapshot ", 1)[1].split()[0]
     finally:
         cleanup(root, mnt, _daemon_pid(root, mnt))
