@@ -35,7 +35,6 @@ import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
 
@@ -45,6 +44,7 @@ from fsnap.archive.format import KIND_BITS, OPAQUE_MARKER, WHITEOUT_META_PREFIX,
 from fsnap.archive.members import entry_of
 from fsnap.archive.reader import LayerStream
 from fsnap.archive.resolve import RootDir, clean_name, join
+from fsnap.archive.result import ApplyResult as ApplyResult
 from fsnap.archive.ustar import LeanTarInfo
 from fsnap.errors import (
     FailedPrecondition,
@@ -64,21 +64,6 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # marker): owner-only, and the same for every such node.
 _PRIVATE = 0o600
 T = TypeVar("T")
-
-
-@dataclass
-class ApplyResult:
-    """``diff_id``: ``sha256:`` of all uncompressed bytes; ``size``: how many there were;
-    ``allocated``: (bytes allocated, inodes) of the tree written, when its writer measured
-    it (``fsnap.fdtree.allocated``: an applier process, so the commit need not walk it);
-    ``stored``: each entry's ``Entry.to_bytes()``, the index's stored form, when its writer
-    encoded them (an applier process, so the pull writes the index without encoding it)."""
-
-    diff_id: str
-    entries: list[Entry]
-    size: int
-    allocated: tuple[int, int] | None = None
-    stored: list[bytes] | None = None
 
 
 def apply_layer(

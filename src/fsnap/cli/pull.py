@@ -71,7 +71,7 @@ def handle_pull(client: Client, args: argparse.Namespace) -> int:
         raise InvalidArgument("--platform and --all-platforms exclude each other")
     if args.lazy and args.no_unpack:
         raise InvalidArgument("--lazy and --no-unpack exclude each other")
-    from fsnap.unpack.blob import SizeLimit
+    from fsnap.unpack.limit import SizeLimit
 
     platform = Platform.parse(args.platform) if args.platform else None
     options: dict[str, Any] = {

@@ -24,7 +24,7 @@ from dataclasses import asdict
 import trio
 
 from fsnap import logs
-from fsnap.archive.apply import ApplyResult
+from fsnap.archive.result import ApplyResult
 from fsnap.errors import FailedPrecondition
 from fsnap.progress import ByteMeter
 from fsnap.unpack.stopping import run_stoppable

@@ -10,6 +10,10 @@ the content store. Two callers make the tree a committed snapshot named by its c
 - the pull (``fsnap.unpack.unpacker``): applies every layer beforehand into a staging
   directory while it downloads, then ``commit_staged`` moves that tree in with one rename,
   so layers apply concurrently while commits stay in order.
+
+The tar applier and the decompressors (``fsnap.archive.apply``, ``fsnap.unpack.blob``:
+tarfile, ISA-L, zstandard) are imported where they run, not with this module: the pull
+imports it before its first request, and its layers apply in applier processes.
 """
 
 from __future__ import annotations
@@ -22,15 +26,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from fsnap.archive.apply import ApplyResult, fixup_implicit
 from fsnap.archive.entry import Entry
+from fsnap.archive.result import ApplyResult
 from fsnap.content.api import Provider
 from fsnap.errors import AlreadyExists, FsnapError, NotFound
 from fsnap.oci import Descriptor
 from fsnap.progress import ByteMeter
 from fsnap.snapshots.info import Usage
 from fsnap.snapshots.snapshotter import LocalSnapshotter
-from fsnap.unpack.blob import SizeLimit, apply_blob
+from fsnap.unpack.limit import SizeLimit
 from fsnap.unpack.staging import Session
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,8 @@ def apply_stored(
 ) -> ApplyResult:
     """``apply_blob`` from a blob already in the content store; ``meter`` counts the
     blob's bytes as they are applied."""
+    from fsnap.unpack.blob import apply_blob
+
     with content.open(desc.digest) as raw:
         source = cast(BinaryIO, meter.wrap(raw) if meter is not None else raw)
         return apply_blob(source, desc, staging, diff_id, sync=sync, limit=limit, stop=stop)
@@ -157,6 +163,8 @@ def _commit_as(
     try:
         home = snapshotter.dir(key)
         entries = fill(home)
+        from fsnap.archive.apply import fixup_implicit
+
         fixup_implicit(home, entries, lower_lookup(snapshotter, parent))
         snapshotter.index.write(key, entries, stored=_stored(entries, stored))
         if before_commit is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,22 +15,8 @@ from fsnap.archive.apply import ApplyResult
 from fsnap.archive.apply import apply_layer as apply_tar
 from fsnap.archive.compression import open_uncompressed
 from fsnap.errors import DigestMismatch
-from fsnap.limits import INFLATION_FLOOR, INFLATION_RATIO
 from fsnap.oci import Descriptor
-
-
-@dataclass(frozen=True)
-class SizeLimit:
-    """What a layer may unpack to: the ratio rule, or a fixed cap (``--max-layer-size``)."""
-
-    ratio: float = INFLATION_RATIO
-    floor: int = INFLATION_FLOOR
-    absolute: int | None = None
-
-    def for_blob(self, compressed: int) -> int:
-        if self.absolute is not None:
-            return self.absolute
-        return max(self.floor, int(self.ratio * compressed))
+from fsnap.unpack.limit import SizeLimit as SizeLimit
 
 
 def apply_blob(

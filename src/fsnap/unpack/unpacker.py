@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
-from fsnap.archive.apply import ApplyResult, sync_tree
+from fsnap.archive.result import ApplyResult
 from fsnap.content.store import ContentStore
 from fsnap.digest import chain_ids
 from fsnap.errors import FsnapError, first_fsnap_error
@@ -51,7 +51,7 @@ from fsnap.snapshots.disk import remove_tree
 from fsnap.snapshots.snapshotter import LocalSnapshotter
 from fsnap.unpack.appliers import ApplierPool, FeedPipe
 from fsnap.unpack.apply import commit_staged
-from fsnap.unpack.blob import SizeLimit
+from fsnap.unpack.limit import SizeLimit
 from fsnap.unpack.staging import Session, clean_stale, open_session
 from fsnap.unpack.worker import Job, make_pipe, processes_wanted
 
@@ -387,6 +387,8 @@ class Unpacker:
             # Layers apply with sync=False: the flush happens here, outside the applier
             # slot, so the next layer applies meanwhile. It must come before the commit:
             # a committed snapshot's files are on disk.
+            from fsnap.archive.apply import sync_tree  # (not before the first request)
+
             await trio.to_thread.run_sync(sync_tree, applied.staged)
             lazy = applied.lazy
             await trio.to_thread.run_sync(

@@ -30,12 +30,14 @@ exec, ``FSNAP_UNPACK_PROCESSES=0``), layers apply in threads of the pull, as bef
 
 Measured (bench-pull image, 4 layers; see docs/benchmarks.md): the child starts in ~0.1 s
 of CPU (tarfile, ISA-L, zstandard; no LMDB, no trio), spent while the manifest resolves.
+The pull process imports this module for the protocol only: the applying code (``tarfile``,
+the decompressors) is imported by ``Job.run`` and, before it says ready, by the applier
+process, never by the pull before its first request (``tests/test_pull_start.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import logging
@@ -53,12 +55,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from fsnap import errors, logs
-from fsnap.archive.apply import ApplyResult
 from fsnap.archive.entry import Entry
+from fsnap.archive.result import ApplyResult
 from fsnap.errors import FailedPrecondition, FsnapError
-from fsnap.fdtree import allocated
 from fsnap.oci import Descriptor
-from fsnap.unpack.blob import SizeLimit, apply_blob
+from fsnap.unpack.limit import SizeLimit
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ class Job:
     def run(self, source: FdSource, *, stop: threading.Event | None = None) -> ApplyResult:
         """Apply the blob read from ``source`` (in this process, in the calling thread);
         ``stop`` ends it before its next member (see ``apply_blob``)."""
+        from fsnap.fdtree import allocated
+        from fsnap.unpack.blob import apply_blob
+
         desc = Descriptor(self.media_type, self.digest, self.size)
         limit = None if self.max_size is None else SizeLimit(absolute=self.max_size)
         result = apply_blob(
@@ -219,6 +223,8 @@ def decode_reply(payload: bytes) -> ApplyResult:
 
 def _die_with_parent(parent: int) -> None:
     """Be killed when the parent dies (however it dies), and quit if it already has."""
+    import ctypes
+
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -262,7 +268,12 @@ def run_job(job: Job, fd: int) -> bytes:
 
 
 def serve(sock: socket.socket) -> None:
-    """Apply jobs until the parent closes the socket."""
+    """Apply jobs until the parent closes the socket. What a job runs is imported first
+    (``Job.run`` imports it where it runs, as the pull process imports this module for the
+    protocol alone), so that "ready" means ready and the first job starts at once."""
+    import fsnap.fdtree
+    import fsnap.unpack.blob  # noqa: F401
+
     sock.sendall(REPLY_HEADER.pack(0))  # ready: imports done
     while (job := _receive_job(sock)) is not None:
         reply = run_job(*job)

@@ -1,0 +1,87 @@
+"""The start of a pull: what the pull process loads before its first request, and what an
+applier process has loaded once it says it is ready.
+
+The pull process imports its applier processes' protocol, not the code that applies a layer
+(``tarfile``, the tar applier, ISA-L): its layers apply in the appliers, and the pull needs
+that code only to commit (``fixup_implicit``, ``sync_tree``) or when no applier can start.
+After a cache drop every module is read from disk, so each one imported before the first
+request delays the whole pull (docs/benchmarks.md, "The start of a pull"). An applier, in
+turn, imports that code before its "ready" message, so that its first layer does not wait
+for it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+from support.registry import RegistryProcess, make_image, make_layer
+
+from fsnap.client import Client
+from fsnap.oci import Platform
+from fsnap.unpack.appliers import Applier
+
+# Modules the pull process must not have imported when it first connects to the registry.
+APPLYING = ("tarfile", "isal", "fsnap.archive.apply", "fsnap.unpack.blob")
+
+# Runs ``fsnap`` in a process of its own and reports, on stderr, which of APPLYING were
+# imported at its first TCP connect (an audit hook observes; nothing is replaced).
+PROBE = """
+import json, sys
+from fsnap.cli import main
+
+APPLYING = {applying!r}
+seen = []
+
+def hook(event, args):
+    if event == "socket.connect" and not seen and isinstance(args[1], tuple):
+        seen.append(sorted(name for name in APPLYING if name in sys.modules))
+
+sys.addaudithook(hook)
+code = main(sys.argv[1:])
+print("FIRST-CONNECT " + json.dumps(seen), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_first_request_before_the_applying_code(registry: RegistryProcess, tmp_path: Path) -> None:
+    layers = [
+        make_layer({"etc/": b"", "etc/motd": "hello\n"}, "gzip"),
+        make_layer({"usr/": b"", "usr/a": b"a" * 5000}, "zstd"),
+    ]
+    registry.push_image("start/imports", "v1", make_image(layers, platform=Platform.host()))
+    root = tmp_path / "root"
+    ref = f"{registry.host}/start/imports:v1"
+    code = PROBE.format(applying=APPLYING)
+    done = subprocess.run(
+        [sys.executable, "-c", code, "--root", str(root), "pull", "-q", "--plain-http", ref],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stderr.splitlines() if x.startswith("FIRST-CONNECT "))
+    assert json.loads(line.split(" ", 1)[1]) == [[]]
+    with Client(root) as client:  # and the layers were applied and committed
+        (image,) = client.images.list()
+        assert len(list(client.snapshots.walk())) == 2
+        assert image.name == ref
+
+
+def test_an_applier_is_ready_with_the_applying_code_loaded() -> None:
+    async def start_and_look() -> str:
+        applier = Applier.start(())
+        try:
+            await applier.wait_ready()
+            maps = trio.Path(f"/proc/{applier.process.pid}/maps")
+            return await maps.read_text()
+        finally:
+            await applier.close()
+
+    maps = trio.run(start_and_look)
+    # ISA-L's and zstandard's extension modules: imported by fsnap.unpack.blob's decoders.
+    assert "isal_zlib" in maps
+    assert "zstandard" in maps
