@@ -484,3 +484,25 @@ def test_a_nameless_open_file_takes_every_permission_bit(tmp_path: Path) -> None
         assert node.mode == stat.S_IFREG | 0o4755
     finally:
         os.close(fd)
+
+
+def test_an_open_without_truncation_changes_no_time(tmp_path: Path) -> None:
+    """``open(2)`` changes times only when it truncates: opening an upper file again, to
+    read or to write, leaves the node's times as they were, also where they lag behind
+    disk (a write that updated no node, as above)."""
+    store = Store(tmp_path, _plain)
+    union = store.union
+    node = run(union.set_attrs, store.ino("f"), AttrChange(atime=5, mtime=6), None)
+    _, fd = run(union.open, node.ino, os.O_WRONLY)
+    try:
+        assert run(union.write, fd, None, 0, b"L") == 1
+    finally:
+        os.close(fd)
+    assert os.lstat(store.fs / "f").st_mtime_ns != 6
+    for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR | os.O_APPEND):
+        _, fd = run(union.open, node.ino, flags)
+        os.close(fd)
+        assert (node.atime, node.mtime) == (5, 6), flags
+    _, fd = run(union.open, node.ino, os.O_WRONLY | os.O_TRUNC)
+    os.close(fd)
+    assert node.mtime == os.lstat(store.fs / "f").st_mtime_ns != 6
