@@ -97,7 +97,8 @@ class EarlyDownloads:
         with self._lock:
             if self._token is None or self._nursery is None:
                 return
-            self._token.run_sync_soon(self._nursery.start_soon, self._download, desc)
+            with contextlib.suppress(trio.RunFinishedError):  # its loop ended meanwhile
+                self._token.run_sync_soon(self._nursery.start_soon, self._download, desc)
 
     def stop(self, keep: bool = True) -> None:
         """End the downloads: each writes what it received and closes its ingest, for the
@@ -122,13 +123,17 @@ class EarlyDownloads:
             self._ready.set()
 
     async def _main(self) -> None:
-        async with self._client as registry, trio.open_nursery() as nursery:
-            self._registry = registry
-            self._slots = trio.CapacityLimiter(DOWNLOADS)
+        try:
+            async with self._client as registry, trio.open_nursery() as nursery:
+                self._registry = registry
+                self._slots = trio.CapacityLimiter(DOWNLOADS)
+                with self._lock:
+                    self._nursery, self._token = nursery, trio.lowlevel.current_trio_token()
+                self._ready.set()
+                await trio.sleep_forever()
+        finally:
             with self._lock:
-                self._nursery, self._token = nursery, trio.lowlevel.current_trio_token()
-            self._ready.set()
-            await trio.sleep_forever()
+                self._token = None  # ``want`` does nothing from now on
 
     async def _download(self, desc: Descriptor) -> None:
         from fsnap.progress import PullProgress
