@@ -56,9 +56,9 @@ def _reply(buf: bytearray, got: int) -> bytes:
 
 
 async def read_fd(fd: int, off: int, size: int, file_size: int) -> bytes:
-    """Read from an open descriptor: on the loop if the page cache has it all, else the
-    rest (into the same buffer, no copies) in a worker thread (also on file systems that
-    refuse the page-cache-only read, see ``fastpath``)."""
+    """Read from an open descriptor (the writable mount's reads): on the loop if the page
+    cache has it all, else the rest (into the same buffer, no copies) in a worker thread
+    (also on file systems that refuse the page-cache-only read, see ``fastpath``)."""
     buf = bytearray(size)
     try:
         got = read_nowait(fd, buf, off)

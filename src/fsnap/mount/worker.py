@@ -1,11 +1,13 @@
 """Run one blocking call in a worker thread, as cheaply as trio allows.
 
-A cold ``tar`` of a mount sends one FUSE read per file (and more for large files), and
-each read that misses the page cache must wait for the disk off the trio loop. With
+The writable mount's reads (``fs.read_fd``, ``fsnap.mount.rwfs``) wait for the disk off
+the trio loop: its handlers run in several pyfuse3 tasks. (The read-only mount reads on the
+loop itself: there the hand-off cost more than the read, see ``fs.MergedFS``.) With
 ``trio.to_thread.run_sync`` every such hop also pays for a capacity limiter, context
-copying and ``trio.from_thread`` plumbing, none of which a ``pread`` needs; the hop
-itself was most of the daemon's CPU time in a cold ``tar``. Here a call goes straight to
-trio's thread cache and its result comes back with one ``run_sync_soon``.
+copying and ``trio.from_thread`` plumbing, none of which a ``pread`` needs; the hop itself
+was most of the daemon's CPU time in a cold ``tar`` when read-only mounts still used it.
+Here a call goes straight to trio's thread cache and its result comes back with one
+``run_sync_soon``.
 
 The number of calls in flight needs no limiter of its own: pyfuse3 serves at most
 ``max_tasks`` requests at once, and each waits for at most one call.
