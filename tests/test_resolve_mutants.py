@@ -17,6 +17,7 @@ from support.tar import TarBuilder
 
 from fsnap.archive.apply import ApplyResult, apply_layer
 from fsnap.archive.entry import Entry
+from fsnap.archive.resolve import RootDir
 from fsnap.diff.scan import scan_snapshot
 from fsnap.diff.tar import write_tar
 from fsnap.errors import FailedPrecondition, InvalidArgument
@@ -192,3 +193,21 @@ def test_a_commit_never_hangs_on_a_directory_swapped_for_a_fifo(tmp_path: Path) 
     os.mkfifo(fs / "a")
     with pytest.raises(FailedPrecondition, match="Not a directory"):
         write_tar(fs, entries, io.BytesIO())
+
+
+def test_the_directory_cache_holds_exactly_its_256_descriptors(root: Path) -> None:
+    """Past ``_MAX_FDS`` directories met, a layer's resolver holds 256 descriptors open
+    (the root's included): the budget it shares with the process's 1,024 open files is
+    neither exceeded nor left unused (fewer would reopen directories a layer comes back
+    to). Closing it gives every one back."""
+    for i in range(300):
+        (root / f"d{i}").mkdir()
+    before = len(open_fds())
+    resolver = RootDir(root)
+    try:
+        for i in range(300):
+            assert resolver.resolve_dir([f"d{i}"], create=False) == f"d{i}"
+        assert len(open_fds()) - before == 256
+    finally:
+        resolver.close()
+    assert len(open_fds()) == before

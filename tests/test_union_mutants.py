@@ -318,6 +318,29 @@ def test_writes_at_an_offset_past_the_end(tmp_path: Path) -> None:
     assert node.size == 8
 
 
+def test_a_short_page_cache_write_is_completed_after_its_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where ``RWF_NOWAIT`` writes work (XFS, btrfs) one may stop short, at a page the
+    kernel would have to read first: the rest goes to the thread at ``off + written``.
+    ext4 and tmpfs here refuse such writes outright, so the kernel's short write is
+    injected: the first 3 bytes really written with ``pwrite``, the count returned."""
+
+    def short(fd: int, buf: bytes, off: int) -> int:
+        return os.pwrite(fd, buf[:3], off)
+
+    monkeypatch.setattr("fsnap.mount.union.write_nowait", short)
+    store = Store(tmp_path, _plain)
+    union = store.union
+    node, fd = run(union.open, store.ino("f"), os.O_RDWR)
+    try:
+        assert run(union.write, fd, node, 4, b"ABCDEFG") == 7
+    finally:
+        os.close(fd)
+    assert (store.fs / "f").read_bytes() == b"loweABCDEFG"
+    assert node.size == 11
+
+
 def test_removing_a_lower_directory_leaves_its_parent_up_and_refreshed(tmp_path: Path) -> None:
     def nested(lower: Path) -> None:
         (lower / "a/b/c").mkdir(parents=True)
