@@ -18,7 +18,7 @@ from test_union import CALLER, DIR, ME, PRIVILEGED, Store, _errno, _linked, _pla
 
 from fsnap.archive.format import OPAQUE_MARKER
 from fsnap.diff.scan import scan_snapshot
-from fsnap.mount.tree import Layer, MergedTree
+from fsnap.mount.tree import Layer, MergedTree, Node
 from fsnap.mount.union import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
@@ -479,17 +479,24 @@ def test_truncating_to_one_byte_keeps_the_first(tmp_path: Path) -> None:
     assert (store.fs / "f").read_bytes() == b"l"
 
 
+def _times_behind_disk(store: Store) -> Node:
+    """``f`` copied up with atime 5 and mtime 6, then written through a descriptor with
+    no node (as a write that updated none): disk's mtime is newer than the node's."""
+    node = run(store.union.set_attrs, store.ino("f"), AttrChange(atime=5, mtime=6), None)
+    _, fd = run(store.union.open, node.ino, os.O_WRONLY)
+    try:
+        assert run(store.union.write, fd, None, 0, b"L") == 1
+    finally:
+        os.close(fd)
+    return node
+
+
 def test_a_chmod_leaves_the_times_written_since(tmp_path: Path) -> None:
     """The tree's times may lag behind disk (a write that updated no node): a chmod or
     chown changes no time on disk."""
     store = Store(tmp_path, _plain)
     union = store.union
-    node = run(union.set_attrs, store.ino("f"), AttrChange(atime=5, mtime=6), None)
-    _, fd = run(union.open, node.ino, os.O_WRONLY)
-    try:
-        assert run(union.write, fd, None, 0, b"L") == 1
-    finally:
-        os.close(fd)
+    node = _times_behind_disk(store)
     written = os.lstat(store.fs / "f").st_mtime_ns
     assert written != 6
     run(union.set_attrs, node.ino, AttrChange(mode=0o600), None)
@@ -515,12 +522,7 @@ def test_an_open_without_truncation_changes_no_time(tmp_path: Path) -> None:
     disk (a write that updated no node, as above)."""
     store = Store(tmp_path, _plain)
     union = store.union
-    node = run(union.set_attrs, store.ino("f"), AttrChange(atime=5, mtime=6), None)
-    _, fd = run(union.open, node.ino, os.O_WRONLY)
-    try:
-        assert run(union.write, fd, None, 0, b"L") == 1
-    finally:
-        os.close(fd)
+    node = _times_behind_disk(store)
     assert os.lstat(store.fs / "f").st_mtime_ns != 6
     for flags in (os.O_RDONLY, os.O_WRONLY, os.O_RDWR | os.O_APPEND):
         _, fd = run(union.open, node.ino, flags)
