@@ -116,7 +116,7 @@ def main_profile(
 ) -> None:
     """Profile each server over each phase and print the summaries."""
     if not PY_SPY.exists():
-        raise RuntimeError(f"{PY_SPY} missing: .venv/bin/pip install py-spy")
+        raise RuntimeError(f"{PY_SPY} missing: .venv/bin/pip install -e '.[profile]'")
     for kind in kinds:
         mnt = work / f"mnt-{kind.name}"
         with mounted(kind, view, mnt, []):
