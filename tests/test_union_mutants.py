@@ -531,3 +531,30 @@ def test_an_open_without_truncation_changes_no_time(tmp_path: Path) -> None:
     _, fd = run(union.open, node.ino, os.O_WRONLY | os.O_TRUNC)
     os.close(fd)
     assert node.mtime == os.lstat(store.fs / "f").st_mtime_ns != 6
+
+
+def test_a_nameless_file_never_opens_for_writing(tmp_path: Path) -> None:
+    """A file removed while open, reopened through ``/proc/PID/fd`` (the engine gets the
+    inode, with no name to copy up to): opening it to write never reaches a lower layer's
+    file. A lower file has nothing to copy up to (ENOENT, as the copy-up finds no name);
+    an upper file unlinked meanwhile is refused (EROFS). Reading still serves the lower
+    content."""
+    store = Store(tmp_path, _plain)
+    union, root = store.union, store.ino("")
+    lower = store.node("f")
+    node, fd = run(union.open, lower.ino, os.O_RDONLY)
+    os.close(fd)
+    run(union.unlink, root, b"f")
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_APPEND):
+        _errno(errno.ENOENT, union.open, node.ino, flags)
+    _, fd = run(union.open, node.ino, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 10, 0) == b"lower"
+    finally:
+        os.close(fd)
+    assert (store.lower / "f").read_bytes() == b"lower"
+    upper, fd = run(union.create_file, root, b"c", 0o100644, CALLER)
+    os.close(fd)
+    run(union.unlink, root, b"c")
+    for flags in (os.O_WRONLY, os.O_RDWR):
+        _errno(errno.EROFS, union.open, upper.ino, flags)
