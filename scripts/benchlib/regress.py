@@ -21,7 +21,7 @@ from benchlib.image import ensure_images
 from benchlib.mount import Figures, tree_figures
 from benchlib.mounts import FSNAP, FsnapMount, View
 from benchlib.rootfs import ensure_rootfs
-from benchlib.timing import drop_caches, median, ratio, run_timed, table
+from benchlib.timing import compile_sources, drop_caches, median, ratio, run_timed, table
 
 REPO = services.REPO
 
@@ -36,6 +36,7 @@ def checkout(base: str, work: Path) -> str:
         text=True,
     )
     subprocess.run(["bash", "scripts/setup"], cwd=tree, check=True, capture_output=True, text=True)
+    compile_sources(tree)
     return str(tree / ".venv/bin/fsnap")
 
 
