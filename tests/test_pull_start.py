@@ -85,3 +85,44 @@ def test_an_applier_is_ready_with_the_applying_code_loaded() -> None:
     # ISA-L's and zstandard's extension modules: imported by fsnap.unpack.blob's decoders.
     assert "isal_zlib" in maps
     assert "zstandard" in maps
+
+
+# Runs ``fsnap`` and reports, on stderr, which of the pull's modules were imported when it
+# started a mount's supervisor (an audit hook observes ``subprocess.Popen``).
+SUPERVISOR_PROBE = """
+import json, sys
+from fsnap.cli import main
+
+PULLING = ("trio", "httpx", "fsnap.pull")
+seen = []
+
+def hook(event, args):
+    if event == "subprocess.Popen" and "fsnap.mount.supervisor" in list(args[1]):
+        seen.append(sorted(name for name in PULLING if name in sys.modules))
+
+sys.addaudithook(hook)
+code = main(sys.argv[1:])
+print("SUPERVISOR " + json.dumps(seen), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_mount_pull_starts_its_supervisor_after_the_pull_imports(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """``mount --pull`` starts the mount's supervisor once its pull begins to resolve, not
+    at the command's start, where the supervisor's cold imports slowed the pull's own. (The
+    image is missing: the pull fails after resolving, and the supervisor leaves with it.)"""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    ref = f"{registry.host}/start/missing:v1"
+    argv = ["--root", str(tmp_path / "root"), "mount", "--pull", "--plain-http", ref, str(mnt)]
+    done = subprocess.run(
+        [sys.executable, "-c", SUPERVISOR_PROBE, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    line = next(x for x in done.stderr.splitlines() if x.startswith("SUPERVISOR "))
+    assert json.loads(line.split(" ", 1)[1]) == [["fsnap.pull", "httpx", "trio"]]

@@ -431,15 +431,16 @@ class Client:
         options = options or manager.MountOptions()
         mnt = manager.check_mountpoint(self.root, mountpoint)  # before a pull, not after it
         pull = options.pull or options.lazy
-        launched = None
+        launch = None  # starts the supervisor while we pull
         started = None  # the early downloads' hook, if any
         with contextlib.ExitStack() as early:
             if pull and not options.foreground and not self._has_image(ref):
-                launched = manager.Launched(self.root, mnt, options.lazy)  # starts while we pull
-                early.callback(launched.abandon)  # (unless it serves the mount now)
+                launch = manager.LaunchOnResolve(self.root, mnt, options.lazy)
+                early.callback(launch.abandon)  # (unless it serves the mount now)
                 if options.lazy and not options.no_background_fetch:
                     started = early.enter_context(self._early_downloads(ref, options.access)).want
-            top = self._image_top(ref, pull, options.lazy, options.access, started)
+            top = self._image_top(ref, pull, options.lazy, options.access, started, launch)
+            launched = None if launch is None else launch.launched
             if writable:
                 return manager.mount_image_writable(
                     self.mount_stores(), ref, top, mountpoint, key, options, launched
@@ -532,10 +533,11 @@ class Client:
         lazy: bool = False,
         access: RegistryAccess | None = None,
         lazy_started: Callable[[Descriptor], None] | None = None,
+        progress: PullProgress | None = None,
     ) -> str:
         """The top snapshot of image ``ref``, pulling it first (``lazy``: seekable layers
-        from their TOC alone; ``access``: the registry options; ``lazy_started``: as for
-        ``pull``) if it is missing and ``pull`` says so."""
+        from their TOC alone; ``access``: the registry options; ``lazy_started`` and
+        ``progress``: as for ``pull``) if it is missing and ``pull`` says so."""
         from fsnap.errors import NotFound
         from fsnap.mount.source import image_snapshot
 
@@ -545,12 +547,13 @@ class Client:
             if not pull:
                 raise
         if access is None:
-            self.pull(ref, lazy=lazy, lazy_started=lazy_started)
+            self.pull(ref, lazy=lazy, lazy_started=lazy_started, progress=progress)
         else:
             self.pull(
                 ref,
                 lazy=lazy,
                 lazy_started=lazy_started,
+                progress=progress,
                 plain_http=access.plain_http,
                 credentials=access.credentials(),
                 ca_file=access.ca_path(),

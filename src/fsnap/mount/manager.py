@@ -35,6 +35,7 @@ from fsnap.lazy.access import RegistryAccess, give
 from fsnap.mount import records
 from fsnap.mount.records import MountInfo
 from fsnap.mount.spec import MountSpec
+from fsnap.progress import PullProgress
 from fsnap.snapshots.info import Kind
 
 if TYPE_CHECKING:
@@ -362,6 +363,29 @@ class Launched:
         with contextlib.suppress(OSError):
             if self.log.stat().st_size == 0:
                 self.log.unlink()
+
+
+class LaunchOnResolve(PullProgress):
+    """The pull's progress for ``fsnap mount --pull``: starts the mount's supervisor
+    (``Launched``) as the pull begins to resolve its reference, that is once the pull's
+    own imports are done. Started before them (at the command's start), the supervisor's
+    cold start competed with them for the disk and the cores: the pull's first request
+    came 0.2 s later at load 4-5 (docs/benchmarks.md, "The first request of a cold
+    pull"), while the supervisor, ready in 0.35-0.9 s, still has the pull's round trips,
+    TOCs and layout to overlap."""
+
+    def __init__(self, root: Path, mountpoint: str, lazy: bool) -> None:
+        self._args = (root, mountpoint, lazy)
+        self.launched: Launched | None = None
+
+    def resolving(self, ref: str) -> None:
+        if self.launched is None:
+            self.launched = Launched(*self._args)
+
+    def abandon(self) -> None:
+        """End the supervisor unused, if it was started (``Launched.abandon``)."""
+        if self.launched is not None:
+            self.launched.abandon()
 
 
 def _popen(args: list[str], log: Path, write_fd: int) -> subprocess.Popen[bytes]:
