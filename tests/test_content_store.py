@@ -356,3 +356,36 @@ def test_a_writer_that_failed_to_open_leaves_its_ref_free(store: ContentStore) -
         writer.write(data)
         writer.commit()
     assert store.read(desc_of(data).digest) == data
+
+
+def test_read_held_reads_what_an_ingest_or_the_committed_blob_holds(store: ContentStore) -> None:
+    """``read_held`` gives a blob's bytes from what the store holds, without a writer's
+    lock: the prefix an ingest has written so far (short where it ends, appended to
+    meanwhile), nothing once a resumed writer truncated it or it was discarded, and the
+    whole range once the blob is committed."""
+    data = os.urandom(300_000)
+    desc = desc_of(data)
+    assert store.read_held(desc.digest, 0, 10) == b""  # neither ingest nor blob
+    with store.writer(desc.digest, desc) as writer:
+        writer.write(data[:100_000])
+        writer.open_written().close()  # (flushes the writer's buffer)
+        assert store.read_held(desc.digest, 50_000, 60_000) == data[50_000:60_000]
+        assert store.read_held(desc.digest, 90_000, 200_000) == data[90_000:100_000]
+        assert store.read_held(desc.digest, 100_000, 200_000) == b""
+        writer.write(data[100_000:250_000])  # a writer appending between two reads
+        writer.open_written().close()
+        assert store.read_held(desc.digest, 90_000, 200_000) == data[90_000:200_000]
+    # Another blob under the same ref: the resumed writer truncates the data to nothing.
+    other = desc_of(b"x" * 10)
+    with store.writer(desc.digest, other):
+        assert store.read_held(desc.digest, 0, 10) == b""
+    with store.writer(desc.digest, desc) as writer:
+        writer.write(data[:1000])
+        writer.discard()
+    assert store.read_held(desc.digest, 0, 10) == b""
+    with store.writer(desc.digest, desc) as writer:
+        writer.write(data)
+        writer.commit()
+    assert store.read_held(desc.digest, 0, len(data)) == data
+    assert store.read_held(desc.digest, 299_990, 400_000) == data[299_990:]
+    assert store.read_held(desc.digest, 5, 5) == b""

@@ -17,7 +17,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from fsnap.archive.entry import Entry
 from fsnap.client import Client
 from fsnap.errors import AlreadyExists, FailedPrecondition
 from fsnap.labels import LAZY_LABEL, TARGET_LABEL
-from fsnap.lazy import complete, state
+from fsnap.lazy import complete, early, fetch, state
 from fsnap.lazy.complete import one_pass
 from fsnap.lazy.fetch import LazyFiles
 from fsnap.lazy.skeleton import file_paths
@@ -652,20 +652,26 @@ def test_a_file_read_in_order_costs_two_requests_not_one_per_chunk(
     ]
 
 
+def _prefetch_image(images: str, fault_server: FaultServer, tmp_path: Path, tag: str) -> str:
+    """The varied image converted with etc/hostname and usr/noise.bin listed to prefetch,
+    pushed as ``tag``; its reference through ``fault_server``."""
+    work = tmp_path / "work"
+    source, target = f"{images}/{REPO}:src", f"{images}/{REPO}:{tag}"
+    succeeded(fsnap(work, "pull", source))
+    listed = tmp_path / "prefetch"
+    listed.write_text("/etc/hostname\n/usr/noise.bin\n")
+    succeeded(fsnap(work, "convert", "--estargz", "--prefetch-from", str(listed), source, target))
+    succeeded(fsnap(work, "push", target))
+    return f"{fault_server.host}/{REPO}:{tag}"
+
+
 def test_mount_prefetches_the_prioritised_files_first(
     images: str, fault_server: FaultServer, tmp_path: Path
 ) -> None:
     """An image converted with a prefetch list: before the background fetch downloads
     anything else, the mount fetches the listed files (they lie before the layer's
     ``.prefetch.landmark``) in one Range request, and they are present without a read."""
-    work = tmp_path / "work"
-    source, target = f"{images}/{REPO}:src", f"{images}/{REPO}:prefetch"
-    succeeded(fsnap(work, "pull", source))
-    listed = tmp_path / "prefetch"
-    listed.write_text("/etc/hostname\n/usr/noise.bin\n")
-    succeeded(fsnap(work, "convert", "--estargz", "--prefetch-from", str(listed), source, target))
-    succeeded(fsnap(work, "push", target))
-    ref = f"{fault_server.host}/{REPO}:prefetch"
+    ref = _prefetch_image(images, fault_server, tmp_path, "prefetch")
     root = _pulled_lazily(ref, tmp_path / "root")
     (hostname,), (noise,) = _chunks_of(root, "etc/hostname"), _chunks_of(root, "usr/noise.bin")
     varied = list(_layers(images, "prefetch"))[1]
@@ -1085,19 +1091,27 @@ def _ingests_left(
     return left
 
 
-def _complete_all(root: Path) -> None:
-    """Run the background fetch of ``root``'s lazy image in this process, to its end."""
+def _run_lazy(
+    root: Path, work: Callable[[LazyFiles, Path], Awaitable[None]], timeout: float = 120
+) -> None:
+    """``work(lazy files, top layer's directory)`` on ``root``'s lazy image, in this
+    process (the engine without a mount)."""
     with Client(root) as client:
         top = next(i for i in client.snapshots.walk() if i.parent).name
         chain = client.snapshots.chain(top)
         lazy = LazyFiles.for_chain(client.snapshots, chain, client.db, client.content)
         assert lazy is not None
 
-        async def complete_all() -> None:
-            with trio.fail_after(120):
-                await lazy.complete_all()
+        async def run() -> None:
+            with trio.fail_after(timeout):
+                await work(lazy, client.snapshots.dir(top))
 
-        trio.run(complete_all)
+        trio.run(run)
+
+
+def _complete_all(root: Path) -> None:
+    """Run the background fetch of ``root``'s lazy image in this process, to its end."""
+    _run_lazy(root, lambda lazy, _: lazy.complete_all())
 
 
 def test_background_fetch_resumes_an_ingest_into_its_one_pass(
@@ -1273,3 +1287,201 @@ def test_full_pull_completes_a_lazy_pull_from_the_ingests_left(
     assert "the store is clean" in succeeded(fsnap(root, "check"))
     layer, _ = _top_layer(root)
     assert (layer / "usr/big.bin").read_bytes() == BIG
+
+
+def _ingest_holding(
+    root: Path, registry: RegistryProcess, digest: str, end: int, flip: int | None = None
+) -> bytes:
+    """An ingest of blob ``digest`` holding its first ``end`` bytes (``flip``: that byte
+    changed, as a bad disk would), as an early download stopped midway leaves it; the
+    blob's true bytes."""
+    blob = fetch_blob(registry.url, REPO, digest)
+    data = bytearray(blob[:end])
+    if flip is not None:
+        data[flip] ^= 0xFF
+    with Client(root) as client:
+        desc = oci.Descriptor(oci.OCI_LAYER_GZIP, digest, len(blob))
+        with client.content.writer(digest, desc) as writer:
+            writer.write(bytes(data))
+    return blob
+
+
+def _ensure_all(root: Path, paths: list[str]) -> None:
+    """``LazyFiles.ensure`` of each of ``paths`` (in the top lazy layer), in this process."""
+
+    async def ensure_all(lazy: LazyFiles, top: Path) -> None:
+        for path in paths:
+            await lazy.ensure(str(top / path))
+
+    _run_lazy(root, ensure_all, 60)
+
+
+def _files_by_end(root: Path) -> list[tuple[int, str]]:
+    """The top lazy layer's files with contents, by where their last chunk ends."""
+    with Client(root) as client:
+        top = next(i for i in client.snapshots.walk() if i.parent).name
+        files = read_record(client.snapshots.state_dir(top)).files
+        return sorted((max(c.end for c in files[p].chunks), p) for p in files)
+
+
+def test_a_read_of_bytes_an_ingest_holds_makes_no_request(
+    images: str, registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """The files whose compressed bytes lie in what an ingest of the layer's blob holds
+    (an early download's, or the mount's own) are read from there, verified: no request;
+    the others are fetched. Before, every read went to the registry."""
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    varied = list(_layers(images, "esgz"))[1]
+    by_end = _files_by_end(root)
+    cut = by_end[len(by_end) // 2][0]
+    inside = [p for end, p in by_end if end <= cut]
+    beyond = [p for end, p in by_end if end > cut]
+    assert inside
+    assert beyond
+    _ingest_holding(root, registry, varied, cut)
+    since = len(fault_server.requests)
+    _ensure_all(root, inside)
+    assert _fetched_ranges(fault_server, varied, since) == []
+    _ensure_all(root, beyond)
+    assert _fetched_ranges(fault_server, varied, since)
+    layer, _ = _top_layer(root)
+    assert (layer / "usr/big.bin").read_bytes() == BIG
+    assert (layer / "usr/noise.bin").read_bytes() == NOISE
+    assert (layer / "etc/nonce").read_bytes() == NONCE
+
+
+def test_a_read_of_a_committed_blob_makes_no_request(
+    images: str, registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A lazy layer whose blob is committed already (its download ended, its completion
+    has not yet) reads every file from the blob: no request."""
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    varied = list(_layers(images, "esgz"))[1]
+    blob = fetch_blob(registry.url, REPO, varied)
+    with Client(root) as client:
+        desc = oci.Descriptor(oci.OCI_LAYER_GZIP, varied, len(blob))
+        with client.content.writer(varied, desc) as writer:
+            writer.write(blob)
+            writer.commit()
+    since = len(fault_server.requests)
+    _ensure_all(root, [p for _, p in _files_by_end(root)])
+    assert _fetched_ranges(fault_server, varied, since) == []
+    assert _lazy_layers(root), "completed: the reads prove nothing"
+    layer, _ = _top_layer(root)
+    assert (layer / "usr/noise.bin").read_bytes() == NOISE
+
+
+def test_bytes_of_an_ingest_that_do_not_verify_are_fetched_again(
+    images: str,
+    registry: RegistryProcess,
+    fault_server: FaultServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A changed byte in the ingest, inside usr/noise.bin's compressed bytes: its chunk
+    fails its digest, so that chunk alone comes from the registry and the file's contents
+    are right; the other files still read from the ingest."""
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    varied = list(_layers(images, "esgz"))[1]
+    (noise,) = _chunks_of(root, "usr/noise.bin")
+    blob_size = _layers(images, "esgz")[varied]
+    _ingest_holding(root, registry, varied, blob_size - 1, flip=(noise[0] + noise[1]) // 2)
+    since = len(fault_server.requests)
+    with caplog.at_level("WARNING", logger="fsnap.lazy.fetch"):
+        _ensure_all(root, [p for _, p in _files_by_end(root)])
+    assert _fetched_ranges(fault_server, varied, since) == [noise]
+    assert "the store's bytes of a chunk" in caplog.text
+    layer, _ = _top_layer(root)
+    assert (layer / "usr/noise.bin").read_bytes() == NOISE
+    assert (layer / "usr/big.bin").read_bytes() == BIG
+
+
+def test_a_mount_reads_a_file_the_ingest_holds_without_a_request(
+    images: str, registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Mounted: with the layer's blob in its ingest (a download stopped before its
+    commit), reading files makes no Range request for that layer."""
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    varied = list(_layers(images, "esgz"))[1]
+    _ingest_holding(root, registry, varied, _layers(images, "esgz")[varied] - 1)
+    since = len(fault_server.requests)
+    with image_mounted(root, ref, tmp_path / "mnt", ONLY_READS) as mnt:
+        assert (mnt / "usr/noise.bin").read_bytes() == NOISE
+        assert (mnt / "usr/big.bin").read_bytes() == BIG
+        assert (mnt / "etc/hostname").read_bytes() == b"lazy1\n"
+    assert _fetched_ranges(fault_server, varied, since) == []
+
+
+def test_the_prefetch_of_files_an_ingest_holds_makes_no_request(
+    images: str, registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """The landmark prefetch does not fetch the prioritised files' range when the ingest
+    holds it (the early downloads start at the blob's first byte, where those files are):
+    the files come from the ingest, and only the blob's missing last byte is requested."""
+    ref = _prefetch_image(images, fault_server, tmp_path, "prefetch-held")
+    root = _pulled_lazily(ref, tmp_path / "root")
+    layers = _layers(images, "prefetch-held")
+    varied = list(layers)[1]
+    size = layers[varied]
+    _ingest_holding(root, registry, varied, size - 1)
+    since = len(fault_server.requests)
+    _complete_all(root)
+    assert _lazy_layers(root) == []
+    assert _fetched_ranges(fault_server, varied, since) == [(size - 1, size)]
+    layer, _ = _top_layer(root)
+    assert (layer / "usr/noise.bin").read_bytes() == NOISE
+
+
+def _download_order(server: FaultServer, layers: dict[str, int], since: int) -> list[str]:
+    """The layers (digest -> size) in the order their whole blob's download was asked for
+    (a Range request from the first byte to the last), from request number ``since``."""
+    order = []
+    for seen in server.requests[since:]:
+        for digest, size in layers.items():
+            if digest in seen.path and seen.headers.get("range") == f"bytes=0-{size - 1}":
+                order.append(digest)
+    return order
+
+
+def test_early_downloads_take_the_smallest_blob_first(
+    images: str, fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The downloads ``mount --lazy --pull`` starts as it pulls go smallest blob first
+    (a whole layer in the ingest soonest: its reads need no request), whatever order the
+    pull wants them in: with one download at a time, wanted biggest first, the smallest
+    blob is asked for first. Before, they started in the order wanted."""
+    monkeypatch.setattr(early, "DOWNLOADS", 1)
+    layers = _layers(images, "esgz")
+    by_size = sorted(layers, key=lambda digest: layers[digest])
+    since = len(fault_server.requests)
+    with Client(tmp_path / "root") as client:
+        downloads = early.EarlyDownloads(client.content, f"{fault_server.host}/{REPO}:esgz")
+        with downloads:
+            for digest in reversed(by_size):
+                downloads.want(oci.Descriptor(oci.OCI_LAYER_GZIP, digest, layers[digest]))
+            deadline = time.monotonic() + 60
+            while not all(client.content.exists(digest) for digest in layers):
+                assert time.monotonic() < deadline, "the early downloads did not end"
+                time.sleep(0.05)
+    assert _download_order(fault_server, layers, since) == by_size
+
+
+def test_background_fetch_downloads_the_smallest_blob_first(
+    images: str, fault_server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mount's background fetch too: with one download at a time, the smaller layer's
+    blob is asked for first though it is the upper layer (before: layer order)."""
+    monkeypatch.setattr(fetch, "DOWNLOADS", 1)
+    ref = f"{fault_server.host}/{REPO}:esgz"
+    root = _pulled_lazily(ref, tmp_path / "root")
+    layers = _layers(images, "esgz")
+    by_size = sorted(layers, key=lambda digest: layers[digest])
+    assert by_size != list(layers), "the layers are in size order already: this proves nothing"
+    since = len(fault_server.requests)
+    _complete_all(root)
+    assert _lazy_layers(root) == []
+    assert _download_order(fault_server, layers, since) == by_size

@@ -76,6 +76,28 @@ class Ingests:
         """The lock file of ``ref`` (never deleted: see the crash protocol)."""
         return self.root / (_hashed(ref) + LOCK_SUFFIX)
 
+    def read_written(self, ref: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of what ``ref``'s writers have written so far, as far as
+        its data file holds them: shorter (or empty) when it ends before ``end`` (or does
+        not exist). Safe beside a writer: the file is read below its size at the time of
+        the read, so a writer appending meanwhile is no harm, and a resumed writer's
+        truncation (or a commit's rename, a discard) makes the read short or empty, never
+        an error. The bytes are unverified until the blob's commit: a caller checks what
+        it uses against digests of its own."""
+        if end <= start:
+            return b""
+        try:
+            fd = os.open(self.data_path(ref), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return b""
+        try:
+            size = os.fstat(fd).st_size
+            return os.pread(fd, min(end, size) - start, start) if size > start else b""
+        except OSError:
+            return b""
+        finally:
+            os.close(fd)
+
     # -- a writer's side -------------------------------------------------------------------
 
     def lock(self, ref: str) -> int:

@@ -70,6 +70,24 @@ class ContentStore:
         with self.open(digest) as handle:
             return handle.read()
 
+    def read_held(self, digest: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of the blob ``digest`` as far as this store holds them:
+        all from the committed blob, else what its ingest (named by the digest, as a pull
+        names it) has written so far, which may be fewer bytes (or none). Never an error
+        for what is not here, nor for a writer appending, resuming or committing
+        meanwhile (``Ingests.read_written``). An ingest's bytes are unverified: a caller
+        checks what it uses against digests of its own (a lazy read's chunk digests)."""
+        if end <= start:
+            return b""
+        data = self.ingests.read_written(digest, start, end)
+        if len(data) == end - start or not self.exists(digest):
+            return data
+        try:
+            with self.open(digest) as handle:
+                return os.pread(handle.fileno(), end - start, start)
+        except (NotFound, OSError):
+            return data
+
     def walk(self) -> Iterator[Info]:
         """Every committed blob, in digest order."""
         for digest, data in self.db.items_json(CONTENT_TABLE):

@@ -22,6 +22,8 @@ nothing here ever fails the mount. ``fsnap mount --no-background-fetch`` starts 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import threading
 from pathlib import Path
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 
 # Blobs downloaded at once: as the background fetch (fsnap.lazy.fetch.DOWNLOADS).
 DOWNLOADS = 4
+# The pull announces its lazy layers together (their TOCs are asked for at once): a
+# download waits this long for the others to be wanted, so the smallest goes first.
+GATHER = 0.05
 # Bytes per write into the ingest: also the most a stop may lose (it writes what it had).
 WRITE_BATCH = 1 << 20
 # ``stop`` waits this long for the downloads to write what they have and close.
@@ -76,6 +81,8 @@ class EarlyDownloads:
         self._nursery: trio.Nursery | None = None
         self._registry: RegistryClient | None = None
         self._keep = True  # what ``stop`` does with the ingests
+        self._wanted: list[tuple[int, int, Descriptor]] = []  # a heap: smallest first
+        self._order = itertools.count()  # (ties: first wanted first)
         self.started: list[str] = []  # digests whose download began (for the log and tests)
 
     def __enter__(self) -> EarlyDownloads:
@@ -98,7 +105,7 @@ class EarlyDownloads:
             if self._token is None or self._nursery is None:
                 return
             with contextlib.suppress(trio.RunFinishedError):  # its loop ended meanwhile
-                self._token.run_sync_soon(self._nursery.start_soon, self._download, desc)
+                self._token.run_sync_soon(self._queue, desc)
 
     def stop(self, keep: bool = True) -> None:
         """End the downloads: each writes what it received and closes its ingest, for the
@@ -135,30 +142,40 @@ class EarlyDownloads:
             with self._lock:
                 self._token = None  # ``want`` does nothing from now on
 
+    def _queue(self, desc: Descriptor) -> None:
+        """In the downloads' loop: ``desc`` waits for a slot, smallest blob first."""
+        assert self._nursery is not None
+        heapq.heappush(self._wanted, (desc.size, next(self._order), desc))
+        self._nursery.start_soon(self._next)
+
+    async def _next(self) -> None:
+        """The smallest wanted blob downloaded once a slot is free (one per ``want``)."""
+        await trio.sleep(GATHER)
+        async with self._slots:
+            _, _, desc = heapq.heappop(self._wanted)
+            await self._download(desc)
+
     async def _download(self, desc: Descriptor) -> None:
         from fsnap.progress import PullProgress
         from fsnap.pull import Puller, PullOptions
 
         assert self._registry is not None
-        async with self._slots:
-            puller = Puller(
-                self.content, self._registry, self.ref, PullOptions(), PullProgress(), None
-            )
+        puller = Puller(self.content, self._registry, self.ref, PullOptions(), PullProgress(), None)
+        try:
+            writer = await puller.open_writer(desc)
+            if writer is None:
+                return  # committed already
+            self.started.append(desc.digest)
+            committed = False
             try:
-                writer = await puller.open_writer(desc)
-                if writer is None:
-                    return  # committed already
-                self.started.append(desc.digest)
-                committed = False
-                try:
-                    committed = await self._fill(writer, desc)
-                finally:
-                    if self._keep or committed:
-                        writer.close()
-                    else:
-                        writer.discard()
-            except (FsnapError, OSError) as exc:
-                log.info("early download of %s: %s (the mount fetches it)", desc.digest, exc)
+                committed = await self._fill(writer, desc)
+            finally:
+                if self._keep or committed:
+                    writer.close()
+                else:
+                    writer.discard()
+        except (FsnapError, OSError) as exc:
+            log.info("early download of %s: %s (the mount fetches it)", desc.digest, exc)
 
     async def _fill(self, writer: Writer, desc: Descriptor) -> bool:
         """The rest of ``desc`` into ``writer``, committed if it all arrives first (True)."""

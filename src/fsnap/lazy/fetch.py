@@ -29,9 +29,16 @@ failure retries with backoff; a mismatch is logged as an error and the layer sta
 (reads still verify each chunk).
 
 Reads come first: the background downloads run on their own connections and only after no
-read has fetched anything for ``QUIET`` seconds; a read that starts meanwhile cancels their
-requests (what arrived is kept: the ingest resumes from there). Ranges the reads
+read has fetched anything for ``QUIET`` seconds; a read that starts a request meanwhile
+cancels theirs (what arrived is kept: the ingest resumes from there). Ranges the reads
 fetched are kept (``fsnap.lazy.rawcache``) and copied into the blob, not fetched twice.
+The other way round, a read first takes what the content store holds of the blob
+(``ContentStore.read_held``: the committed blob, or the part of its ingest the early
+downloads or this mount's download have written): the chunks lying there are decoded and
+verified from it without a request (and without pausing the downloads), those that do
+not verify are fetched like the rest. In the bench's python start, the early downloads
+had brought 15-20 MB into the ingests when python began its 26 requests, none of which
+looked there (docs/benchmarks.md, "Reads from the ingests").
 
 Failures: a request is retried by the registry client (``MAX_RETRIES``), and the whole
 fetch must end within ``READ_DEADLINE`` seconds; otherwise ``ensure`` raises
@@ -246,7 +253,7 @@ class LazyFiles:
             if not (missing or whole or (not have and path not in layer.sized)):
                 return  # what is asked for is here already
             try:
-                with self._reading(), trio.fail_after(READ_DEADLINE):
+                with trio.fail_after(READ_DEADLINE):
                     await self._fetch(layer, path, missing)
             except trio.TooSlowError:
                 raise Unavailable(
@@ -298,10 +305,16 @@ class LazyFiles:
                 except DigestMismatch as exc:  # the prefetch kept bad bytes: not again
                     log.warning("lazy layer %s: dropping prefetched bytes: %s", layer.name, exc)
                     layer.raw.close()
+            held, batch = await trio.to_thread.run_sync(self._from_store, layer, batch)
+            pieces += held
+            if not batch:
+                continue
+            start, end = batch[0].start, max(c.end for c in batch)
             if end == _end_of(entry):  # the file's last bytes: its small directory too
                 run = await trio.to_thread.run_sync(layer.files.directory_run, path, NEIGHBOURS)
                 start, end = (min(start, run[0]), max(end, run[1])) if run else (start, end)
-            data = await fetch_range(registry, ref, desc, start, end)
+            with self._reading():
+                data = await fetch_range(registry, ref, desc, start, end)
             pieces += await trio.to_thread.run_sync(_decode, fmt, batch, start, data)
             # Kept: the batch is verified; its neighbours are when they are read.
             await trio.to_thread.run_sync(layer.raw.put, start, data)
@@ -316,6 +329,34 @@ class LazyFiles:
         if whole:
             layer.present.add(path)
             layer.fetched.pop(path, None)
+
+    def _from_store(
+        self, layer: LazyLayer, batch: list[Chunk]
+    ) -> tuple[list[tuple[Chunk, bytes]], list[Chunk]]:
+        """The chunks of ``batch`` (sorted) whose compressed bytes the content store holds
+        already (``ContentStore.read_held``: the committed blob, or what its ingest has
+        received from an early download or this mount's own), decoded and verified, and
+        the chunks still to fetch: those beyond what is held, and those whose held bytes
+        do not verify (never served nor written; the registry's bytes are). Blocking."""
+        start, end = batch[0].start, max(c.end for c in batch)
+        data = self.content.read_held(layer.record.descriptor.digest, start, end)
+        if not data:
+            return [], batch
+        fmt = layer.record.layer.format
+        held: list[tuple[Chunk, bytes]] = []
+        rest: list[Chunk] = []
+        for chunk in batch:
+            if chunk.end - start > len(data):
+                rest.append(chunk)
+                continue
+            try:
+                held.append(
+                    (chunk, decode_chunk(fmt, chunk, data[chunk.start - start : chunk.end - start]))
+                )
+            except DigestMismatch as exc:
+                log.warning("lazy layer %s: the store's bytes of a chunk: %s", layer.name, exc)
+                rest.append(chunk)
+        return held, rest
 
     def _write(self, layer: LazyLayer, path: str, pieces: list[tuple[Chunk, bytes]]) -> bool:
         """``pieces`` into ``path``'s file, with its index entry's metadata, not flushed
@@ -381,8 +422,11 @@ class LazyFiles:
         for layer in self.layers:
             await self._prefetch(layer)
         async with trio.open_nursery() as completions:
-            for layer in self.layers:
-                completions.start_soon(self._complete, layer, completions)
+            # Smallest blob first: each layer whole as soon as can be (reads of a layer
+            # whose blob is here need no request). Its first slot is taken here, in order.
+            for layer in sorted(self.layers, key=lambda layer: layer.record.descriptor.size):
+                await self._downloading.acquire_on_behalf_of(layer.name)
+                completions.start_soon(self._complete, layer, completions, True)
 
     async def _prefetch(self, layer: LazyLayer) -> None:
         """The files the layer lists before its ``.prefetch.landmark`` (what its image
@@ -396,17 +440,23 @@ class LazyFiles:
         try:
             wanted = await trio.to_thread.run_sync(_starting_before, layer, end)
             chunks = [c for path in wanted for c in layer.files[path].chunks if not c.zeros]
-            if chunks and max(c.end for c in chunks) - min(c.start for c in chunks) <= PREFETCH_MAX:
+            start = min((c.start for c in chunks), default=0)
+            end = max((c.end for c in chunks), default=0)
+            if chunks and end - start <= PREFETCH_MAX and not await self._held(layer, end):
                 with self._reading():
-                    await self._fetch_raw(
-                        layer, min(c.start for c in chunks), max(c.end for c in chunks)
-                    )
+                    await self._fetch_raw(layer, start, end)
             for path in wanted:
                 await self.ensure(os.path.join(layer.dir, path))
         except FsnapError as exc:
             log.warning("prefetch of lazy layer %s: %s", layer.name, exc)
             return
         log.info("lazy layer %s: %d prioritised files prefetched", layer.name, len(wanted))
+
+    async def _held(self, layer: LazyLayer, end: int) -> bool:
+        """Whether the content store holds the layer's blob up to ``end`` (committed, or
+        its ingest that far: an ingest holds a prefix of the blob)."""
+        digest = layer.record.descriptor.digest
+        return bool(await trio.to_thread.run_sync(self.content.read_held, digest, end - 1, end))
 
     async def _fetch_raw(self, layer: LazyLayer, start: int, end: int) -> None:
         """The blob's ``[start, end)`` into the layer's ``RawCache`` (no file written)."""
@@ -419,14 +469,22 @@ class LazyFiles:
             raise Unavailable(f"not fetched within {READ_DEADLINE:g} s") from None
         await trio.to_thread.run_sync(layer.raw.put, start, data)
 
-    async def _complete(self, layer: LazyLayer, completions: trio.Nursery) -> None:
+    async def _complete(
+        self, layer: LazyLayer, completions: trio.Nursery, holding: bool = False
+    ) -> None:
         """Download ``layer``'s blob (again and again while the registry is unavailable),
-        then start its completion in ``completions``."""
+        then start its completion in ``completions``; ``holding``: the caller took this
+        layer's first download slot (it is released here)."""
         delay = 1.0
         while True:
             try:
-                async with self._downloading:
+                if not holding:
+                    await self._downloading.acquire_on_behalf_of(layer.name)
+                holding = False
+                try:
                     streamed = await self._download(layer)
+                finally:
+                    self._downloading.release_on_behalf_of(layer.name)
             except Unavailable as exc:
                 log.warning("background fetch of %s: %s (again in %g s)", layer.name, exc, delay)
                 await trio.sleep(delay)
