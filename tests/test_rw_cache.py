@@ -14,7 +14,7 @@ from support.mount import request_totals
 from support.rw import make_image, mounted_rw
 
 from fsnap.client import Client
-from fsnap.mount.stats import ENV
+from fsnap.mount.stats import ENV, LOOP_DIRECT
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -86,3 +86,13 @@ def test_names_and_attributes_are_cached_for_one_second_only(rw: tuple[Path, Tot
         assert asked(during, after, "lookup") >= 1  # its names expired: looked up again
         return
     pytest.fail("no attempt stayed within its time bounds (machine too loaded?)")
+
+
+def test_a_writable_server_waits_for_requests_in_trio(rw: tuple[Path, Totals]) -> None:
+    """Its handlers await worker threads, so several tasks serve it: no blocking loop
+    (fsnap.mount.loop), whose waits would be counted beside the operations."""
+    mnt, totals = rw
+    assert (mnt / "play" / "lower.txt").read_bytes() == b"lower content\n"
+    counted = totals()
+    assert counted["open"] >= 1
+    assert LOOP_DIRECT not in counted

@@ -146,11 +146,13 @@ class FloorMount(Mount):
     def __init__(self, work: Path) -> None:
         super().__init__(work)
         self._proc: subprocess.Popen[str] | None = None
+        self.env: dict[str, str] = {}  # for the server (e.g. FSNAP_REQUEST_COUNTS)
 
     def mount(self, view: View, mnt: Path) -> float:
         def start() -> None:
             cmd = [PYTHON, "-m", "benchlib.nullfs", str(mnt), *view.lowerdirs]
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            env = {**os.environ, **self.env}
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
             self._proc, self.pid = proc, proc.pid
             services.remember_pid(self.work, proc.pid)
             assert proc.stdout is not None

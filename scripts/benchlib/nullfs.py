@@ -15,7 +15,13 @@ entries and attributes cached for a day, ``keep_cache``, readdirplus with "." an
   no lazy opens, no prefetching, no counters. A read that misses the page cache blocks the
   loop (fine for one reader at a time, which is what the benchmark runs; a real daemon
   cannot do that);
-- one pyfuse3 task (``main(min_tasks=1, max_tasks=1)``): the handlers never await.
+- one pyfuse3 task (``main(min_tasks=1, max_tasks=1)``): the handlers never await; and
+  (as fsnap's read-only server) pyfuse3 waiting for requests by blocking in ``poll`` rather
+  than through a trio round per request (``fsnap.mount.loop``; ``NULLFS_TRIO_WAITS=1``:
+  through trio, the floor before that loop).
+
+With ``FSNAP_REQUEST_COUNTS=FILE`` it counts its requests by operation as fsnap's server
+does (``fsnap.mount.stats``: SIGUSR1 writes the totals), for ``bench-mount --requests``.
 
 What is left per request is pyfuse3's own loop (trio ``wait_readable`` on /dev/fuse, the
 ``fuse_session_receive_buf``/``process_buf`` round, one coroutine per request) and the
@@ -36,6 +42,8 @@ from collections.abc import Sequence
 
 import pyfuse3
 import trio
+
+from fsnap.mount import loop, stats
 
 TIMEOUT = 86400.0
 BLOCK_SIZE = 128 * 1024
@@ -222,14 +230,33 @@ def main(argv: list[str]) -> int:
         print("usage: python -m benchlib.nullfs MNT LOWERDIR... (top first)", file=sys.stderr)
         return 2
     fs = NullFS(argv[1:])
+    counts = stats.from_environment(fs)  # only for --requests: wraps every operation
     gc.freeze()  # as fsnap's read-only server does: the tree never changes
     pyfuse3.init(fs, argv[0], set(OPTIONS))
-    print("ready", flush=True)
     try:
-        trio.run(pyfuse3.main, 1, 1)
+        with loop.serving(0 if os.environ.get("NULLFS_TRIO_WAITS") else 1) as waits:
+            if counts is not None:
+                counts.loop = waits
+            trio.run(_serve, counts)
     finally:
         pyfuse3.close(unmount=False)
+        if counts is not None:
+            counts.write()
     return 0
+
+
+async def _serve(counts: stats.RequestCounts | None) -> None:
+    """pyfuse3's loop with one task; with request counting, its SIGUSR1 listener beside
+    (listening before "ready": until then SIGUSR1 kills)."""
+    if counts is None:
+        print("ready", flush=True)
+        await pyfuse3.main(1, 1)
+        return
+    async with trio.open_nursery() as nursery:
+        await nursery.start(counts.report_on_signal)
+        print("ready", flush=True)
+        await pyfuse3.main(1, 1)
+        nursery.cancel_scope.cancel()
 
 
 if __name__ == "__main__":

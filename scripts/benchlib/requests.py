@@ -1,13 +1,14 @@
 """``scripts/bench-mount --requests``: how many FUSE requests each phase of the mount
-benchmark costs, fsnap beside fuse-overlayfs (issue 17: where per-request cost matters).
+benchmark costs, fsnap beside the pyfuse3 floor (``benchlib.nullfs``) and fuse-overlayfs
+(issue 17: where per-request cost matters).
 
 Each phase runs once per mount, untimed, under ``strace -c -f`` attached to the serving
-process: both are libfuse low-level servers that read a request from /dev/fuse with
+process: all three are libfuse low-level servers that read a request from /dev/fuse with
 ``read`` and answer it with one ``writev`` (FORGET and BATCH_FORGET get no answer), so
 the ``writev`` count is the number of answered requests for either, and the other calls
-show what serving a request costs in system calls. fsnap's server also counts requests by
-operation (``FSNAP_REQUEST_COUNTS``, ``fsnap.mount.stats``), SIGUSR1 before and after the
-phase. strace slows its target a lot; no figure here is a time.
+show what serving a request costs in system calls. fsnap's server and the floor also count
+requests by operation (``FSNAP_REQUEST_COUNTS``, ``fsnap.mount.stats``), SIGUSR1 before and
+after the phase. strace slows its target a lot; no figure here is a time.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from benchlib.mounts import FsnapMount, FuseOverlayMount, Mount, View
+from benchlib.mounts import FloorMount, FsnapMount, FuseOverlayMount, Mount, View
 from benchlib.timing import drop_caches, table
 
 IMPORTS = "import json, email, http.client"
@@ -87,12 +88,14 @@ def fsnap_counts(pid: int, path: Path) -> dict[str, int]:
 
 def main_requests(work: Path, fsnap_root: Path, view: View) -> None:
     fsnap = FsnapMount(work, fsnap_root)
+    floor = FloorMount(work)
     counts_file = work / "request-counts.json"
-    fsnap.env = {"FSNAP_REQUEST_COUNTS": str(counts_file)}
-    kinds: list[Mount] = [fsnap, FuseOverlayMount(work)]
+    fsnap.env = floor.env = {"FSNAP_REQUEST_COUNTS": str(counts_file)}
+    kinds: list[Mount] = [fsnap, floor, FuseOverlayMount(work)]
     rows = [["phase", "mount", "answered (writev)", "reads of requests", "all syscalls", "top"]]
-    by_op: list[list[str]] = [["phase", "fsnap requests by operation"]]
+    by_op: list[list[str]] = [["phase", "mount", "requests by operation"]]
     for kind in kinds:
+        counted = kind is fsnap or kind is floor
         mnt = work / f"mnt-req-{kind.name}"
         mnt.mkdir(exist_ok=True)
         drop_caches()
@@ -100,7 +103,7 @@ def main_requests(work: Path, fsnap_root: Path, view: View) -> None:
         try:
             for name, run in phases(mnt):
                 trace = work / f"strace-{kind.name}-{name.replace(' ', '_')}.txt"
-                before = fsnap_counts(kind.pid, counts_file) if kind is fsnap else {}
+                before = fsnap_counts(kind.pid, counts_file) if counted else {}
                 with straced(kind.pid, trace):
                     run()
                 calls = syscalls(trace)
@@ -115,11 +118,11 @@ def main_requests(work: Path, fsnap_root: Path, view: View) -> None:
                         ", ".join(f"{k} {v}" for k, v in top),
                     ]
                 )
-                if kind is fsnap:
+                if counted:
                     after = fsnap_counts(kind.pid, counts_file)
                     diff = {k: v - before.get(k, 0) for k, v in after.items()}
                     ops = sorted(((k, v) for k, v in diff.items() if v), key=lambda kv: -kv[1])
-                    by_op.append([name, ", ".join(f"{k} {v}" for k, v in ops)])
+                    by_op.append([name, kind.name, ", ".join(f"{k} {v}" for k, v in ops)])
                 print(f"{kind.name}: {name} counted", flush=True)
         finally:
             kind.umount(mnt)

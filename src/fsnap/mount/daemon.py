@@ -24,7 +24,7 @@ import trio
 
 from fsnap.errors import FsnapError, Unavailable
 from fsnap.labels import LAZY_LABEL
-from fsnap.mount import records, source, stats, treecache
+from fsnap.mount import loop, records, source, stats, treecache
 from fsnap.mount.fs import MergedFS, TreeFS
 from fsnap.mount.idshift import IdShift
 from fsnap.mount.spec import MountSpec
@@ -98,8 +98,12 @@ def serve(
         ready(exc)
         return
     counts = stats.from_environment(fs)
+    tasks = fs.serving_tasks()
     try:
-        trio.run(_run, ready, fs, counts)
+        with loop.serving(tasks[1]) as waits:
+            if counts is not None:
+                counts.loop = waits
+            trio.run(_run, ready, fs, tasks, counts)
     finally:
         pyfuse3.close(unmount=True)
         if counts is not None:
@@ -118,15 +122,16 @@ def release_snapshot(spec: MountSpec, stores: MountStores) -> None:
         pass
 
 
-async def _run(ready: Ready, fs: TreeFS, counts: stats.RequestCounts | None) -> None:
+async def _run(
+    ready: Ready, fs: TreeFS, tasks: tuple[int, int], counts: stats.RequestCounts | None
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signal, nursery.cancel_scope)
         nursery.start_soon(fs.background)
         if counts is not None:  # (listening before the mount is live: SIGUSR1 kills)
             await nursery.start(counts.report_on_signal)
         ready(None)
-        min_tasks, max_tasks = fs.serving_tasks()
-        await pyfuse3.main(min_tasks=min_tasks, max_tasks=max_tasks)
+        await pyfuse3.main(min_tasks=tasks[0], max_tasks=tasks[1])
         nursery.cancel_scope.cancel()
 
 

@@ -244,7 +244,8 @@ class MergedFS(TreeFS):
     another cost more CPU than they saved (cold ``tar``: daemon CPU 4.7 -> 2.9 s, within
     12 % of a minimal pyfuse3 server), and on a loaded machine each hand-off also waits to
     be scheduled. A slow lower file system (NFS) now holds up the mount's other requests
-    while it answers, as it does fuse-overlayfs's."""
+    while it answers, as it does fuse-overlayfs's. With one task, the server also waits for
+    each request by blocking, not through trio (``fsnap.mount.loop``)."""
 
     cache_timeout = CACHE_TIMEOUT
 

@@ -19,15 +19,22 @@ import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
 
 ENV = "FSNAP_REQUEST_COUNTS"
+# Beside the operations: requests the blocking loop read without a trio round, and its waits
+# through trio (``fsnap.mount.loop``).
+LOOP_DIRECT = "(loop) direct"
+LOOP_ROUNDS = "(loop) via trio"
 OPERATIONS = tuple(
     name for name, value in vars(pyfuse3.Operations).items() if inspect.iscoroutinefunction(value)
 )
+
+if TYPE_CHECKING:
+    from fsnap.mount.loop import BlockingTrio
 
 log = logging.getLogger("fsnap.mount.stats")
 
@@ -38,6 +45,8 @@ class RequestCounts:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.counts: collections.Counter[str] = collections.Counter()
+        # The blocking request loop, if the server runs one: its waits are written too.
+        self.loop: BlockingTrio | None = None
 
     def wrap(self, fs: pyfuse3.Operations) -> None:
         """Count every operation ``fs`` serves (instance attributes shadow its methods)."""
@@ -58,7 +67,11 @@ class RequestCounts:
 
     def write(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(dict(sorted(self.counts.items()))))
+        totals = dict(self.counts)
+        if self.loop is not None:
+            totals[LOOP_DIRECT] = self.loop.direct
+            totals[LOOP_ROUNDS] = self.loop.rounds
+        tmp.write_text(json.dumps(dict(sorted(totals.items()))))
         os.replace(tmp, self.path)
 
     async def report_on_signal(
