@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
+from fault_server import FaultServer
 from support.registry import RegistryProcess, make_image, make_layer
 
 from fsnap.client import Client
@@ -126,3 +128,40 @@ def test_mount_pull_starts_its_supervisor_after_the_pull_imports(
     assert done.returncode == 2, done.stderr
     line = next(x for x in done.stderr.splitlines() if x.startswith("SUPERVISOR "))
     assert json.loads(line.split(" ", 1)[1]) == [["fsnap.pull", "httpx", "trio"]]
+
+
+def test_the_config_is_asked_for_while_the_manifest_commits(
+    registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A pull asks for the config without waiting for its manifest's commit (a flushed
+    file and LMDB transactions): with the manifest's ingest held by another writer, the
+    config is requested meanwhile; once the holder lets go, the pull completes."""
+    image = make_image([make_layer({"etc/": b"", "etc/motd": "hi\n"}, "gzip")])
+    registry.push_image("start/overlap", "v1", image)
+    root = tmp_path / "root"
+    argv = ["--root", str(root), "pull", "-q", "--plain-http", "--no-unpack"]
+    ref = f"{fault_server.host}/start/overlap:v1"
+    with Client(root) as client:
+        holder = client.content.writer(image.manifest.digest, image.manifest.descriptor())
+        pulling = subprocess.Popen(
+            [sys.executable, "-m", "fsnap.cli", *argv, ref],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while not fault_server.seen("GET", image.config.digest):
+                assert pulling.poll() is None, pulling.stderr
+                assert time.monotonic() < deadline, "the config waited for the manifest's commit"
+                time.sleep(0.05)
+            holder.close()
+            _, err = pulling.communicate(timeout=120)
+        finally:
+            holder.close()
+            pulling.kill()
+            pulling.wait()
+    assert pulling.returncode == 0, err
+    with Client(root) as client:
+        assert client.content.exists(image.manifest.digest)
+        assert client.content.exists(image.config.digest)
