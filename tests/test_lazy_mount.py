@@ -1485,3 +1485,26 @@ def test_background_fetch_downloads_the_smallest_blob_first(
     _complete_all(root)
     assert _lazy_layers(root) == []
     assert _download_order(fault_server, layers, since) == by_size
+
+
+def test_early_downloads_run_two_at_once(
+    images: str, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Four blobs wanted on a slow link: two download at once, not four (the link is
+    shared: more streams only split it, and each layer is whole later; measured in
+    ``fsnap.lazy.early``)."""
+    layers = {**_layers(images, "esgz"), **_layers(images, "src")}
+    assert len(layers) == 4
+    since = len(fault_server.requests)
+    fault_server.slow_blobs(100_000)  # each blob takes seconds
+    try:
+        with Client(tmp_path / "root") as client:
+            ref = f"{fault_server.host}/{REPO}:esgz"
+            with early.EarlyDownloads(client.content, ref) as downloads:
+                for digest, size in layers.items():
+                    downloads.want(oci.Descriptor(oci.OCI_LAYER_GZIP, digest, size))
+                time.sleep(2)
+                started = _download_order(fault_server, layers, since)
+    finally:
+        fault_server.slow_blobs(0)
+    assert len(started) == 2, started

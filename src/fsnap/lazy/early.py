@@ -11,7 +11,17 @@ also starts downloading each lazy layer's blob as soon as the pull knows the lay
 Once the mount serves, ``stop`` ends them: what arrived stays in the ingest, the writer
 is closed, and the mount's background fetch resumes it (its one pass replays those bytes
 from the ingest's file) instead of fetching them again. A small blob may be committed
-before that, which the background fetch then finds committed.
+before that, which the background fetch then finds committed. Meanwhile the mount's reads
+take what the ingests hold (``ContentStore.read_held``) instead of requesting it.
+
+Order and number, measured (docs/benchmarks.md, "Reads from the ingests"): the smallest
+blob first, ``DOWNLOADS`` (two) at once. The link is shared, so more streams only split
+it; what the first program on the mount needs is whole layers here soonest. On the bench
+image (blobs of 9.6, 23.6, 55.5 and 75.8 MB; 100 Mbit/s, 20 ms; the mount returns 1-2 s
+after the downloads start) python's start then made 5-11 requests with two at once, 6-7
+with one (a lone stream carries ~8.5 of the link's 12.5 MB/s, and the second layer
+trails), 7-14 with four (the python layer not yet whole when the mount returns), against
+26 before the reads looked in the ingests.
 
 The downloads run in a thread with their own trio loop and registry client (same
 options as the pull), beside the pull's loop, which only hands over descriptors. They are
@@ -45,8 +55,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Blobs downloaded at once: as the background fetch (fsnap.lazy.fetch.DOWNLOADS).
-DOWNLOADS = 4
+# Blobs downloaded at once, smallest first (see the module docstring for the measurements).
+DOWNLOADS = 2
 # The pull announces its lazy layers together (their TOCs are asked for at once): a
 # download waits this long for the others to be wanted, so the smallest goes first.
 GATHER = 0.05
