@@ -13,15 +13,19 @@ import hashlib
 import json
 import os
 import random
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
+import pyfuse3
 import pytest
+import trio
 from support.mount import E, mounted, write_layer
 
+from fsnap.mount import fs as fs_module
 from fsnap.mount import source
 from fsnap.mount.fs import MergedFS, TreeFS
 from fsnap.mount.tree import MergedTree
@@ -161,3 +165,37 @@ def test_one_serving_task_unless_lazy_layers_make_reads_wait(tmp_path: Path) -> 
     fs.lazy_files = cast("LazyFiles", object())
     assert fs.serving_tasks() == TreeFS.TASKS
     assert TreeFS.TASKS[1] > 1
+
+
+def test_a_read_only_mount_builds_each_nodes_attributes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its nodes never change, so lookups, getattrs and listings hand out one attributes
+    object per node (building it is most of a listing entry's cost); at most ATTR_CACHE are
+    kept, and the cache starts over when full."""
+    dirs, _ = _layers(tmp_path / "layers")
+    fs = MergedFS(MergedTree.build(source.dir_layers(dirs)))
+    monkeypatch.setattr(fs_module, "ATTR_CACHE", 3)
+    ctx = cast("pyfuse3.RequestContext", None)
+
+    async def attrs(name: bytes) -> pyfuse3.EntryAttributes:
+        d = await fs.lookup(pyfuse3.ROOT_INODE, b"d", ctx)
+        return await fs.lookup(d.st_ino, name, ctx)
+
+    async def main() -> None:
+        first = await attrs(b"f01")
+        assert first.st_size == 1
+        assert stat.S_ISREG(first.st_mode)
+        assert await fs.getattr(first.st_ino, ctx) is first
+        assert await attrs(b"f01") is first
+        await attrs(b"f02")  # "d", f01 and f02: full
+        await attrs(b"f03")  # started over with f03
+        again = await attrs(b"f01")
+        assert again is not first
+        assert (again.st_ino, again.st_size, again.st_mode) == (
+            first.st_ino,
+            first.st_size,
+            first.st_mode,
+        )
+
+    trio.run(main)

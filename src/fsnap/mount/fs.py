@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 CACHE_TIMEOUT = 86400.0
 # What stat tells readers to use as a buffer size: large reads mean fewer FUSE round trips.
 BLOCK_SIZE = 128 * 1024
+# Attributes a read-only mount keeps built (``MergedFS._attrs``): room for every entry of a
+# 10,000-entry image, about 4 MB; a walk over a larger one empties it when full, so the
+# memory stays bounded (a 500,000-entry tree is not held twice).
+ATTR_CACHE = 16384
 # Lazily opened files get handles from here up, above any file descriptor number.
 LAZY_HANDLES = 1 << 32
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
@@ -256,6 +260,19 @@ class MergedFS(TreeFS):
         # lazily opened file handle -> its node and (once read) descriptor
         self._lazy: dict[int, _LazyFile] = {}
         self._last_handle = LAZY_HANDLES
+        self._built: dict[int, pyfuse3.EntryAttributes] = {}  # inode -> its attributes
+
+    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        """A node's attributes, built once while cached: the nodes of a read-only mount
+        never change, and building the object costs more than the rest of a listing's
+        entry (a ``readdir`` answers every entry with its attributes). At most
+        ``ATTR_CACHE`` are kept; the cache is emptied when full."""
+        built = self._built.get(node.ino)
+        if built is None:
+            if len(self._built) >= ATTR_CACHE:
+                self._built.clear()
+            built = self._built[node.ino] = super()._attrs(node)
+        return built
 
     def serving_tasks(self) -> tuple[int, int]:
         """One task unless lazy layers make handlers wait for the network: several tasks
