@@ -41,7 +41,6 @@ from fsnap.labels import LAZY_LABEL, TARGET_LABEL
 from fsnap.lazy import complete, early, fetch, state
 from fsnap.lazy.complete import one_pass
 from fsnap.lazy.fetch import LazyFiles
-from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.state import read_record
 from fsnap.lazy.toc import ESTARGZ_TOC_DIGEST, HIDDEN
 from fsnap.mount import treecache
@@ -848,7 +847,7 @@ def test_mount_start_reads_the_file_table_not_the_toc(
             for info in chain
             if LAZY_LABEL in info.labels
         }
-        parsed = {name: file_paths(toc) for name, toc in tocs.items()}
+        parsed = {name: toc.file_paths() for name, toc in tocs.items()}
 
         def no_parse(*_: object, **__: object) -> None:
             raise AssertionError("the TOC was parsed again")

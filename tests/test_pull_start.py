@@ -73,6 +73,29 @@ def test_first_request_before_the_applying_code(registry: RegistryProcess, tmp_p
         assert image.name == ref
 
 
+def test_a_lazy_pull_asks_before_loading_the_layout_code(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """``pull --lazy`` (and so ``mount --lazy --pull``) loads the code that lays a TOC out
+    (``fsnap.lazy.skeleton``: the tar applier, ISA-L) in the thread that lays it out, after
+    the first request, not before it. (The layers here are not seekable: the check is at
+    the first connect, whatever the image.)"""
+    layers = [make_layer({"etc/": b"", "etc/motd": "hello\n"}, "gzip")]
+    registry.push_image("start/lazy", "v1", make_image(layers, platform=Platform.host()))
+    laying_out = ("isal", "fsnap.archive.apply", "fsnap.unpack.blob", "fsnap.lazy.skeleton")
+    ref = f"{registry.host}/start/lazy:v1"
+    argv = ["--root", str(tmp_path / "root"), "pull", "-q", "--plain-http", "--lazy", ref]
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(applying=laying_out), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stderr.splitlines() if x.startswith("FIRST-CONNECT "))
+    assert json.loads(line.split(" ", 1)[1]) == [[]]
+
+
 def test_an_applier_is_ready_with_the_applying_code_loaded() -> None:
     async def start_and_look() -> str:
         applier = Applier.start(())

@@ -20,14 +20,13 @@ import trio
 
 from fsnap.archive.entry import Entry
 from fsnap.labels import LAZY_LABEL, LAZY_REF_LABEL
-from fsnap.lazy.skeleton import build_skeleton
 from fsnap.lazy.state import LazyRecord, write_record
-from fsnap.lazy.toc import Seekable, load_toc, seekable
+from fsnap.lazy.toc import Seekable, Toc, load_toc, seekable
 from fsnap.oci import Descriptor
 from fsnap.reference import Reference
 from fsnap.remotes.auth import Credentials
 from fsnap.remotes.registry import RegistryClient
-from fsnap.unpack.blob import SizeLimit
+from fsnap.unpack.limit import SizeLimit
 
 
 @dataclass
@@ -122,9 +121,19 @@ class LazyLayers:
             return await fetch_range(self.registry, self.ref, desc, start, end)
 
         toc = await load_toc(layer, fetch, self.limit.for_blob(desc.size))
-        entries = await trio.to_thread.run_sync(build_skeleton, toc, staging)
+        entries = await trio.to_thread.run_sync(_lay_out, toc, staging)
         record = LazyRecord.of_toc(desc, str(self.ref), toc, diff_id)
         return Built(entries, record)
+
+
+def _lay_out(toc: Toc, staging: Path) -> list[Entry]:
+    """``fsnap.lazy.skeleton.build_skeleton``, imported here, in the worker thread: the
+    layout code (``tarfile``, the tar applier, ISA-L) loads while the loop waits for the
+    other TOCs, not before the pull's first request (docs/benchmarks.md, "The first request
+    of a cold pull"; ``tests/test_pull_start.py``)."""
+    from fsnap.lazy.skeleton import build_skeleton
+
+    return build_skeleton(toc, staging)
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ from pathlib import Path
 from fsnap.archive.apply import apply_headers
 from fsnap.archive.entry import Entry
 from fsnap.diff.tar import tarinfo_of
-from fsnap.lazy.toc import Toc, TocEntry
+from fsnap.lazy.toc import Toc
 
 
 def skeleton_headers(toc: Toc) -> Iterator[tarfile.TarInfo]:
@@ -36,7 +36,7 @@ def build_skeleton(toc: Toc, staging: Path) -> list[Entry]:
     """Lay the TOC's tree out in the empty ``staging`` (its files with contents left out,
     see the module docstring); return the layer's index, with every file's size (and its
     hardlinks') as the TOC declares it."""
-    paths = file_paths(toc)
+    paths = toc.file_paths()
     entries = apply_headers(skeleton_headers(toc), staging, paths.__contains__)
     sizes = {e.path: e.size for e in toc.entries if e.kind == "file"}
     index = {e.path: e for e in entries}
@@ -48,8 +48,3 @@ def build_skeleton(toc: Toc, staging: Path) -> list[Entry]:
             entry = dataclasses.replace(entry, size=sizes.get(entry.link, 0))
         out.append(entry)
     return out
-
-
-def file_paths(toc: Toc) -> dict[str, TocEntry]:
-    """The files with contents, by index path (the last TOC entry for a path wins)."""
-    return {e.path: e for e in toc.entries if e.kind == "file" and e.chunks}

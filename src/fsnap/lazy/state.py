@@ -35,7 +35,6 @@ from fsnap.archive.entry import Entry
 from fsnap.db import Database, delete_prefix, dumps
 from fsnap.errors import FailedPrecondition
 from fsnap.labels import LAZY_LABEL
-from fsnap.lazy.skeleton import file_paths
 from fsnap.lazy.toc import Chunk, Seekable, Toc, TocEntry, parse_toc, seekable
 from fsnap.oci import Descriptor
 from fsnap.snapshots.info import Info
@@ -74,7 +73,7 @@ class LazyRecord:
         encoded = base64.b64encode(toc.raw).decode()
         record = cls(descriptor, reference, diff_id, encoded, toc.payload_end)
         record._toc = toc
-        record.table = {path: _row(e) for path, e in file_paths(toc).items()}
+        record.table = {path: _row(e) for path, e in toc.file_paths().items()}
         record.stored_prefetch_end = toc.prefetch_end
         return record
 
@@ -103,10 +102,10 @@ class LazyRecord:
 
     @property
     def files(self) -> FileTable:
-        """The files with contents by index path (``fsnap.lazy.skeleton.file_paths``)."""
+        """The files with contents by index path (``Toc.file_paths``)."""
         if self._files is None:
             if self.table is None:
-                self.table = {path: _row(e) for path, e in file_paths(self.toc).items()}
+                self.table = {path: _row(e) for path, e in self.toc.file_paths().items()}
             self._files = FileTable(self.table)
         return self._files
 

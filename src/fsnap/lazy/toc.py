@@ -162,6 +162,10 @@ class Toc:
         """The regular files with contents."""
         return [e for e in self.entries if e.chunks]
 
+    def file_paths(self) -> dict[str, TocEntry]:
+        """The files with contents, by index path (the last TOC entry for a path wins)."""
+        return {e.path: e for e in self.entries if e.kind == "file" and e.chunks}
+
 
 @dataclass(frozen=True)
 class Seekable:
