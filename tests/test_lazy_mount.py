@@ -1323,15 +1323,16 @@ def _files_by_end(root: Path) -> list[tuple[int, str]]:
         return sorted((max(c.end for c in files[p].chunks), p) for p in files)
 
 
+@pytest.mark.parametrize("tag", ["esgz", "zstd"])
 def test_a_read_of_bytes_an_ingest_holds_makes_no_request(
-    images: str, registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+    images: str, registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path, tag: str
 ) -> None:
     """The files whose compressed bytes lie in what an ingest of the layer's blob holds
     (an early download's, or the mount's own) are read from there, verified: no request;
     the others are fetched. Before, every read went to the registry."""
-    ref = f"{fault_server.host}/{REPO}:esgz"
+    ref = f"{fault_server.host}/{REPO}:{tag}"
     root = _pulled_lazily(ref, tmp_path / "root")
-    varied = list(_layers(images, "esgz"))[1]
+    varied = list(_layers(images, tag))[1]
     by_end = _files_by_end(root)
     cut = by_end[len(by_end) // 2][0]
     inside = [p for end, p in by_end if end <= cut]
