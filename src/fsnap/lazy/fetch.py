@@ -20,11 +20,11 @@ path before, for ~33 files read one after another by python's start.
 
 Meanwhile ``complete_all`` (the mount's background task, unless the mount says
 ``--no-background-fetch``) downloads the lazy layers' whole blobs into the content store,
-up to ``DOWNLOADS`` at once, each from its start (eStargz puts the prioritised files first,
-before its prefetch landmark, so they arrive first) or from where an ingest left by
-another writer stops (``fsnap.lazy.early``: ``mount --lazy --pull`` starts the downloads as
-it pulls), and completes each layer (``fsnap.lazy.complete``): every file present, diff_id
-checked, labels gone. A network
+up to ``DOWNLOADS`` at once and the smallest blob first (a layer whole soonest), each from
+its start (eStargz puts the prioritised files first, before its prefetch landmark, so they
+arrive first) or from where an ingest left by another writer stops (``fsnap.lazy.early``:
+``mount --lazy --pull`` starts the downloads as it pulls), and completes each layer
+(``fsnap.lazy.complete``): every file present, diff_id checked, labels gone. A network
 failure retries with backoff; a mismatch is logged as an error and the layer stays lazy
 (reads still verify each chunk).
 
