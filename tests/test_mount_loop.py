@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import pyfuse3
@@ -123,3 +125,30 @@ def test_a_pyfuse3_without_a_trio_attribute_serves_as_before(
         assert shim is None
         assert not hasattr(pyfuse3, "trio")
     assert "no trio module to replace" in caplog.text
+
+
+def test_a_signal_that_comes_while_it_polls_is_handled_by_trio(pipe: tuple[int, int]) -> None:
+    """The loop blocks in poll for up to IDLE_SECONDS; a signal then (SIGTERM, a counter's
+    SIGUSR1) is not lost: trio's receiver gets it once the loop gives trio the thread."""
+    r, w = pipe
+    shim = loop.BlockingTrio()
+    got = []
+
+    async def receiver(task_status: trio.TaskStatus[None]) -> None:
+        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+            task_status.started()
+            async for signum in signals:
+                got.append(signum)
+                os.write(w, b"x")  # what a request would do: wake the loop
+                return
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(receiver)
+            threading.Timer(loop.IDLE_SECONDS / 5, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+            with trio.fail_after(5):
+                await shim.wait_readable(r)  # in poll when the signal comes
+
+    trio.run(main)
+    assert got == [signal.SIGUSR1]
+    assert shim.rounds == 1  # the poll ran out, trio ran the receiver, which woke the wait
