@@ -107,6 +107,15 @@ def test_a_closed_descriptor_ends_the_wait_in_trio(pipe: tuple[int, int]) -> Non
     assert (shim.direct, shim.rounds) == (0, 1)
 
 
+def test_every_other_name_is_trios() -> None:
+    shim = loop.BlockingTrio()
+    assert shim.open_nursery is trio.open_nursery
+    assert shim.ClosedResourceError is trio.ClosedResourceError
+    assert shim.lowlevel.notify_closing is trio.lowlevel.notify_closing
+    assert shim.lowlevel.current_task is trio.lowlevel.current_task
+    assert shim.lowlevel.wait_readable == shim.wait_readable
+
+
 def test_serving_swaps_pyfuse3s_trio_for_one_task_only() -> None:
     with loop.serving(1) as shim:
         assert shim is not None

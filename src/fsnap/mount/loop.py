@@ -29,8 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import select
-import types
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pyfuse3
@@ -54,33 +53,40 @@ class _FreeLock:
         return None
 
 
+class _Lowlevel:
+    """``trio.lowlevel`` with another ``wait_readable``."""
+
+    def __init__(self, wait_readable: Callable[[Any], Awaitable[None]]) -> None:
+        self.wait_readable = wait_readable
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trio.lowlevel, name)
+
+
 class BlockingTrio:
     """The ``trio`` pyfuse3 sees while ``serving``: trio, but waiting for /dev/fuse by
     blocking in ``poll`` first (see the module docstring). ``rounds`` counts the waits that
-    went through trio, ``direct`` the requests read without it (for tests and benches)."""
+    went through trio, ``direct`` the requests read without it (for tests and benches).
+    Every other name is trio's (a later pyfuse3 may use more of it)."""
 
     def __init__(self) -> None:
         self._poll = select.poll()
         self._fd = -1  # pyfuse3's /dev/fuse descriptor, the one it waits for
         self._streak = 0
+        self._idle_ms = IDLE_SECONDS * 1000
         self.direct = 0
         self.rounds = 0
         self.Lock = _FreeLock
-        self.open_nursery = trio.open_nursery
-        self.ClosedResourceError = trio.ClosedResourceError
-        self.from_thread = trio.from_thread
-        self.lowlevel = types.SimpleNamespace(
-            current_trio_token=trio.lowlevel.current_trio_token,
-            current_task=trio.lowlevel.current_task,
-            notify_closing=trio.lowlevel.notify_closing,
-            wait_readable=self.wait_readable,
-        )
+        self.lowlevel = _Lowlevel(self.wait_readable)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(trio, name)
 
     async def wait_readable(self, fd: Any) -> None:
         if fd != self._fd:
             self._poll.register(fd, select.POLLIN)
             self._fd = fd
-        if self._streak < FAIR_REQUESTS and self._poll.poll(IDLE_SECONDS * 1000):
+        if self._streak < FAIR_REQUESTS and self._poll.poll(self._idle_ms):
             self._streak += 1
             self.direct += 1
             return
