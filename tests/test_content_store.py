@@ -12,10 +12,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fsnap.content import ContentStore, Ingester, Provider, Writer
+from fsnap.content.ingest import INGEST_TABLE
 from fsnap.content.writer import IngestWriter
 from fsnap.db import Database
 from fsnap.digest import sha256_of
@@ -332,13 +334,58 @@ def test_status_is_refreshed_at_most_once_a_second(store: ContentStore) -> None:
     once a second has passed since the last refresh (STATUS_INTERVAL), not per chunk."""
     data = b"f" * 100
     writer = store.writer("throttled", desc_of(data))
+    writer.write(data[:5])
     opened = store.status("throttled").updated
-    writer.write(data[:10])
+    writer.write(data[5:10])
     assert store.status("throttled").updated == opened
     time.sleep(1.05)
     writer.write(data[10:20])
     assert store.status("throttled").updated > opened
     writer.close()
+
+
+def test_the_first_record_comes_with_the_first_bytes(store: ContentStore) -> None:
+    """Opening a writer writes no record (a pull opens its layers' writers one after the
+    other before their requests: a synced transaction each held the next request back);
+    the first write does, so a writer killed after it is resumable as before. A blob
+    written whole in one write and committed costs no record transaction at all."""
+    data = b"g" * 100
+    db = store.ingests.db
+    transactions = 0
+    put_json, delete = db.put_json, db.delete
+
+    def counted_put(table: str, *args: Any) -> None:
+        nonlocal transactions
+        transactions += table == INGEST_TABLE
+        put_json(table, *args)
+
+    def counted_delete(table: str, *args: Any) -> bool:
+        nonlocal transactions
+        transactions += table == INGEST_TABLE
+        return delete(table, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(db, "put_json", counted_put)
+        patch.setattr(db, "delete", counted_delete)
+        with store.writer("document", desc_of(data)) as writer:
+            with pytest.raises(NotFound):
+                store.status("document")
+            writer.write(data)
+            writer.commit()
+        assert transactions == 0  # no record written, none deleted
+        streamed = b"h" * 100
+        with store.writer("streamed", desc_of(streamed)) as writer:
+            with pytest.raises(NotFound):
+                store.status("streamed")
+            writer.write(streamed[:10])
+            assert store.status("streamed").expected == desc_of(streamed).digest
+            writer.write(streamed[10:])
+            writer.commit()
+        assert transactions == 2  # its first record, and forgetting it at the commit
+    closed = b"i" * 100
+    with store.writer("whole, then closed", desc_of(closed)) as writer:
+        writer.write(closed)
+    assert store.status("whole, then closed").offset == len(closed)  # resumable once closed
 
 
 def test_a_writer_that_failed_to_open_leaves_its_ref_free(store: ContentStore) -> None:

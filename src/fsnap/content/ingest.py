@@ -15,10 +15,13 @@ that can be taken means nobody is writing: whoever takes it may resume or remove
 ingest, and holding it keeps a writer from starting meanwhile. A lock file is never
 deleted: unlinking one that others wait on would let two writers each lock a different
 inode. The kernel drops an flock when its process dies, however it dies, so a killed
-writer leaves its data, its status (refreshed every ``STATUS_INTERVAL``; the data file,
-not the record, says how far it got) and a free lock: the next writer resumes it, or gc
-removes it. A directory without a record (killed before its first status, or while
-forgetting) is an *orphan*: nothing can resume it, gc removes it once its lock is free.
+writer leaves its data, its status (written with its first bytes, then refreshed every
+``STATUS_INTERVAL``; the data file, not the record, says how far it got) and a free lock:
+the next writer resumes it, or gc removes it. A directory without a record is an
+*orphan*: nothing can resume it (the next writer of its ref starts afresh), gc removes it
+once its lock is free. It is left by a writer killed before its first status (so before
+or during its first write; a blob written whole in one write, a document the caller holds
+in memory, gets no record before its commit), or while forgetting.
 """
 
 from __future__ import annotations
@@ -128,11 +131,14 @@ class Ingests:
             },
         )
 
-    def forget(self, ref: str) -> None:
+    def forget(self, ref: str, *, recorded: bool = True) -> None:
         """Drop ``ref``'s record, then its partial data (the lock holder only; removing
         what is not there is no error). The record goes first: a crash in between leaves
-        an orphan directory, never a record whose data is half removed."""
-        self.db.delete(INGEST_TABLE, ref)
+        an orphan directory, never a record whose data is half removed. ``recorded=False``
+        (the holder knows no record was ever written: only lock holders write them) skips
+        the record's synced transaction."""
+        if recorded:
+            self.db.delete(INGEST_TABLE, ref)
         with contextlib.suppress(OSError):
             remove_tree(self.directory(ref))
 

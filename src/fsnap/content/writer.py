@@ -15,6 +15,7 @@ to the store of committed blobs: the writer is given it as ``publish``.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -29,7 +30,10 @@ from fsnap.errors import AlreadyExists, DigestMismatch
 from fsnap.oci import Descriptor
 
 # How often a writer refreshes its LMDB status record: each write transaction syncs, so
-# doing it per chunk would cost more than the download.
+# doing it per chunk would cost more than the download. The first record is written with
+# the first bytes, not at the open: a pull opens its layers' writers one after the other
+# before their requests, and a synced transaction at each open (~25 ms at load 5) held
+# the next layer's request back (docs/benchmarks.md, "The writers' first records").
 STATUS_INTERVAL = 1.0
 
 # Make the verified, flushed file at ``Path`` the committed blob ``Descriptor`` with these
@@ -42,7 +46,8 @@ class IngestWriter:
     Use ``ContentStore.writer``."""
 
     _offset: int  # bytes in the data file; set by ``_resume``, which ``open`` always runs
-    _status_at: float  # monotonic time of the last status save (``_save_status``)
+    _status_at: float  # monotonic time of the last status save (-inf: none yet)
+    _recorded: bool  # whether the ingest table may hold a record of this ref
 
     def __init__(
         self, ingests: Ingests, publish: Publish, ref: str, expected: Descriptor, lock_fd: int
@@ -78,6 +83,7 @@ class IngestWriter:
         """Pick up bytes left by an earlier writer of the same ref, or start afresh."""
         record = self.ingests.record(self.ref)
         same_blob = record is not None and record["expected"]["digest"] == self.expected.digest
+        self._recorded = record is not None
         if record is not None and same_blob:
             self._started = float(record["started"])
         self._data.parent.mkdir(exist_ok=True)  # in the ingest root, which holds the lock
@@ -91,7 +97,9 @@ class IngestWriter:
         self._offset = size
         # Held open across calls until commit/close, so no ``with`` block can own it.
         self._file = open(self._data, "ab")  # noqa: SIM115
-        self._save_status()
+        self._status_at = -math.inf
+        if record is not None and not same_blob:
+            self._save_status()  # the record describes another blob: replace it now
 
     def write(self, data: bytes) -> None:
         """Append ``data``. Blocking (hashing, disk): call it from a worker thread."""
@@ -104,7 +112,10 @@ class IngestWriter:
         assert self._file is not None, "write after commit, close or discard"
         self._file.write(data)
         self._hash.update(data)
+        whole = self._offset == 0 and len(data) == self.expected.size
         self._offset += len(data)
+        if whole and self._status_at == -math.inf:
+            return  # all of a blob in one write: its commit follows, which forgets records
         if time.monotonic() - self._status_at >= STATUS_INTERVAL:
             self._save_status()
 
@@ -161,12 +172,13 @@ class IngestWriter:
         self._forget()
 
     def _forget(self) -> None:
-        self.ingests.forget(self.ref)
+        self.ingests.forget(self.ref, recorded=self._recorded)
         self._release()
 
     def _save_status(self) -> None:
         self._status_at = time.monotonic()
         self.ingests.save(self.ref, self.expected, self._offset, self._started)
+        self._recorded = True
 
     def _release(self) -> None:
         if self._lock_fd is not None:
