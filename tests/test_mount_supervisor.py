@@ -235,3 +235,28 @@ def test_a_supervisor_signalled_to_stop_unmounts(registry: RegistryProcess, tmp_
         _until(lambda: _gone(info.pid) and _gone(server), 10)
         assert info.mountpoint not in records.mounted_points()
         assert list((root / "mounts").glob("*.json")) == []
+
+
+def test_a_process_still_exiting_counts_as_running() -> None:
+    """``records.running`` on real /proc entries: a zombie and a kernel thread are no
+    daemon, an fsnap server is one, and so is a process between releasing its memory (its
+    cmdline reads empty) and becoming a zombie, which ``umount`` once took for gone while
+    the process was still in /proc (a loaded test run). That moment cannot be caught
+    live, so it is this process's own stat with the empty cmdline it would have then."""
+    own = Path("/proc/self/stat").read_text()
+    assert not records.running(own, Path("/proc/self/cmdline").read_bytes())  # pytest
+    assert records.running(own, b"python\0-m\0fsnap.mount.server\0")
+    assert records.running(own, b"")  # exiting
+    kthreadd = Path("/proc/2/stat").read_text()
+    assert not records.running(kthreadd, Path("/proc/2/cmdline").read_bytes())
+    child = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while " Z " not in Path(f"/proc/{child.pid}/stat").read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        zombie = Path(f"/proc/{child.pid}/stat").read_text()
+        assert not records.running(zombie, b"")
+        assert not records.running(zombie, b"python\0-m\0fsnap.mount.server\0")
+    finally:
+        child.wait()

@@ -175,7 +175,7 @@ def _not_connected(mnt: str) -> bool:
 
 def alive(pid: int) -> bool:
     """Is ``pid`` a running fsnap mount supervisor or daemon (not a zombie, not a reused
-    pid)?"""
+    pid)? A process still exiting counts as running (``running``)."""
     if pid <= 0:
         return False
     with contextlib.suppress(ChildProcessError):
@@ -185,7 +185,22 @@ def alive(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    if stat.rpartition(")")[2].split()[0] == "Z":
+    return running(stat, cmdline) or (pid == os.getpid())
+
+
+# ``flags`` bit of a kernel thread in /proc/PID/stat (linux/sched.h).
+PF_KTHREAD = 0x00200000
+
+
+def running(stat: str, cmdline: bytes) -> bool:
+    """Whether /proc/PID's ``stat`` and ``cmdline`` describe a live fsnap supervisor or
+    server. A zombie is not one. An empty ``cmdline`` is a process between releasing its
+    memory and becoming a zombie (closing its files, /dev/fuse among them), so it still
+    counts: ``umount`` returning then left it in /proc under the caller's eyes (seen in a
+    loaded test run); a kernel thread (which has none either) does not."""
+    fields = stat.rpartition(")")[2].split()
+    if fields[0] == "Z":
         return False
-    ours = b"fsnap.mount.server" in cmdline or b"fsnap.mount.supervisor" in cmdline
-    return ours or pid == os.getpid()
+    if not cmdline:
+        return not int(fields[6]) & PF_KTHREAD
+    return b"fsnap.mount.server" in cmdline or b"fsnap.mount.supervisor" in cmdline
