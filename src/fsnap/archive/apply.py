@@ -176,10 +176,53 @@ def _translated(layer: _Layer) -> Iterator[None]:
 
 def _syncfs(fd: int) -> None:
     """One flush of the whole filesystem instead of an fsync per file."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.syncfs(fd) != 0:
+    if _libc().syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+# <linux/fs.h>: start writing a range's dirty pages back, wait for nothing.
+_SYNC_FILE_RANGE_WRITE = 2
+# Files from this size start their writeback as soon as written (``_Writeback``): in the
+# bench image 471 of 8,187 files, 81 % of the bytes. Measured in whole pulls (8 pairs,
+# load ~4; docs/benchmarks.md, "The tail"): every file: the flush after the last layer
+# 0.68 -> 0.14 s but the appliers' CPU +16 % and the pull longer; from 64 KiB: the flush
+# 0.59 -> 0.36 s, CPU and wall unchanged within the noise.
+_WRITEBACK_FROM = 64 << 10
+
+
+def _sync_file_range(fd: int) -> None:
+    """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``; OSError if refused."""
+    call = _libc().sync_file_range
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    if call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+class _Writeback:
+    """Starts each written file's writeback as soon as its data is written (as dpkg does),
+    so that the commit's flush (``sync_tree``) finds little left to write; the flush
+    stays, and is what makes the files durable. Where the file system refuses
+    (EINVAL, ENOSYS, EOPNOTSUPP, ...: nothing was started) it is not asked again for this
+    layer, and the flush writes everything as before."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+    def start(self, fd: int) -> None:
+        if not self.enabled:
+            return
+        try:
+            _sync_file_range(fd)
+        except (OSError, AttributeError) as e:  # AttributeError: a libc without the call
+            self.enabled = False
+            log.debug("writeback not started early (%s): the commit's flush writes it", e)
 
 
 def sync_tree(root: Path) -> None:
@@ -220,6 +263,7 @@ class _Layer:
         # to them, are in the index only; these are their paths (nothing of theirs on disk).
         self._defer = defer
         self._deferred: set[str] = set()
+        self._writeback = _Writeback()
 
     def entries(self) -> list[Entry]:
         return sorted(self.index.values(), key=lambda e: e.key())
@@ -392,6 +436,8 @@ class _Layer:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
+            if entry.size >= _WRITEBACK_FROM:
+                self._writeback.start(fd)
             metadata.set_by_fd(
                 fd, entry, self.privileged, mode_on_disk=created, owner_on_disk=self._creator
             )
