@@ -174,11 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def out_of_space(exc: BaseException, root: Path) -> bool:
     """Whether ``exc`` is (or wraps, in a group or as its cause) ENOSPC/EDQUOT on a path
-    under ``root`` (or on no named path: a write to a descriptor the store opened)."""
+    under ``root`` (or on no named path: a write to a descriptor the store opened), or
+    LMDB's ``DiskError`` (its name for ENOSPC; the metadata lives in ``root``)."""
     if isinstance(exc, BaseExceptionGroup):
         return any(out_of_space(inner, root) for inner in exc.exceptions)
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return exc.filename is None or Path(os.fsdecode(exc.filename)).is_relative_to(root)
+    lmdb = sys.modules.get("lmdb")  # (not imported: no LMDB error can have come)
+    if lmdb is not None and isinstance(exc, lmdb.DiskError):
+        return True
     return exc.__cause__ is not None and out_of_space(exc.__cause__, root)
 
 
