@@ -155,3 +155,19 @@ def test_a_spool_file_is_anonymous_in_the_ingest_root(ingests: Ingests) -> None:
         assert set(os.listdir(ingests.root)) == before
         spool.seek(0)
         assert spool.read() == b"spooled"
+
+
+def test_reading_what_was_written_never_fails(ingests: Ingests) -> None:
+    """``read_written`` says what the data file holds, and nothing (never an error) where
+    it holds nothing readable: no file, an empty range, a range past its end, or a data
+    path that is not a file at all (a damaged store: pread on a directory is EISDIR)."""
+    ref = "sha256:" + "ab" * 32
+    assert ingests.read_written(ref, 0, 10) == b""
+    ingests.directory(ref).mkdir()
+    ingests.data_path(ref).write_bytes(DATA)
+    assert ingests.read_written(ref, 1, 4) == DATA[1:4]
+    assert ingests.read_written(ref, 2, 2) == b""
+    assert ingests.read_written(ref, len(DATA), len(DATA) + 5) == b""
+    ingests.data_path(ref).unlink()
+    ingests.data_path(ref).mkdir()
+    assert ingests.read_written(ref, 0, 10) == b""
