@@ -310,7 +310,8 @@ def test_a_resumed_ingest_keeps_its_start_time_and_another_blob_gets_its_own(
     time.sleep(0.01)
     with store.writer("timed", desc_of(data)) as again:
         assert store.status("timed").started == started
-        again.write(data[10:])
+        again.write(data[10:])  # its record written again: still the first start
+        assert store.status("timed").started == started
     time.sleep(0.01)
     with store.writer("timed", desc_of(other)):  # the same ref for another blob: a new ingest
         assert store.status("timed").started > started
