@@ -436,4 +436,20 @@ def test_read_held_reads_what_an_ingest_or_the_committed_blob_holds(store: Conte
         writer.commit()
     assert store.read_held(desc.digest, 0, len(data)) == data
     assert store.read_held(desc.digest, 299_990, 400_000) == data[299_990:]
+    assert store.read_held(desc.digest, 100, 200) == data[100:200]
+    # Both committed and in an ingest (left by a writer that never committed): the
+    # committed blob's verified bytes, not the ingest's unverified ones.
+    store.ingests.directory(desc.digest).mkdir()
+    store.ingests.data_path(desc.digest).write_bytes(bytes(1000))
+    assert store.read_held(desc.digest, 100, 200) == data[100:200]
     assert store.read_held(desc.digest, 5, 5) == b""
+    # A damaged store: indexed, but the file is missing, then not a file: what the
+    # ingest holds (unverified: the caller checks it), else nothing.
+    blob = store.path(desc.digest)
+    blob.chmod(0o600)
+    blob.unlink()
+    assert store.read_held(desc.digest, 0, 10) == bytes(10)
+    store.ingests.data_path(desc.digest).unlink()
+    assert store.read_held(desc.digest, 0, 10) == b""
+    blob.mkdir()
+    assert store.read_held(desc.digest, 0, 10) == b""

@@ -79,14 +79,13 @@ class ContentStore:
         checks what it uses against digests of its own (a lazy read's chunk digests)."""
         if end <= start:
             return b""
-        data = self.ingests.read_written(digest, start, end)
-        if len(data) == end - start or not self.exists(digest):
-            return data
-        try:
-            with self.open(digest) as handle:
-                return os.pread(handle.fileno(), end - start, start)
-        except (NotFound, OSError):
-            return data
+        if self.exists(digest):  # verified bytes first
+            try:
+                with self.open(digest) as handle:
+                    return os.pread(handle.fileno(), end - start, start)
+            except (NotFound, OSError):
+                pass  # indexed, but its file is damaged: what an ingest may hold
+        return self.ingests.read_written(digest, start, end)
 
     def walk(self) -> Iterator[Info]:
         """Every committed blob, in digest order."""
