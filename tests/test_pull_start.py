@@ -57,16 +57,8 @@ def test_first_request_before_the_applying_code(registry: RegistryProcess, tmp_p
     registry.push_image("start/imports", "v1", make_image(layers, platform=Platform.host()))
     root = tmp_path / "root"
     ref = f"{registry.host}/start/imports:v1"
-    code = PROBE.format(applying=APPLYING)
-    done = subprocess.run(
-        [sys.executable, "-c", code, "--root", str(root), "pull", "-q", "--plain-http", ref],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    line = next(x for x in done.stderr.splitlines() if x.startswith("FIRST-CONNECT "))
-    assert json.loads(line.split(" ", 1)[1]) == [[]]
+    argv = ["--root", str(root), "pull", "-q", "--plain-http", ref]
+    assert _loaded_at_first_connect(APPLYING, argv) == [[]]
     with Client(root) as client:  # and the layers were applied and committed
         (image,) = client.images.list()
         assert len(list(client.snapshots.walk())) == 2
@@ -85,15 +77,21 @@ def test_a_lazy_pull_asks_before_loading_the_layout_code(
     laying_out = ("isal", "fsnap.archive.apply", "fsnap.unpack.blob", "fsnap.lazy.skeleton")
     ref = f"{registry.host}/start/lazy:v1"
     argv = ["--root", str(tmp_path / "root"), "pull", "-q", "--plain-http", "--lazy", ref]
+    assert _loaded_at_first_connect(laying_out, argv) == [[]]
+
+
+def _loaded_at_first_connect(modules: tuple[str, ...], argv: list[str]) -> object:
+    """Run ``fsnap ARGV`` under ``PROBE`` (it must succeed); what the probe says of
+    ``modules`` at the first connect (``[[]]``: none of them was loaded)."""
     done = subprocess.run(
-        [sys.executable, "-c", PROBE.format(applying=laying_out), *argv],
+        [sys.executable, "-c", PROBE.format(applying=modules), *argv],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
     line = next(x for x in done.stderr.splitlines() if x.startswith("FIRST-CONNECT "))
-    assert json.loads(line.split(" ", 1)[1]) == [[]]
+    return json.loads(line.split(" ", 1)[1])
 
 
 def test_an_applier_is_ready_with_the_applying_code_loaded() -> None:
