@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TypeVar, cast
+from typing import Any, BinaryIO, TypeVar, cast
 
 from fsnap.archive import metadata
 from fsnap.archive.entry import Entry
@@ -193,11 +193,17 @@ _WRITEBACK_FROM = 64 << 10
 
 def _sync_file_range(fd: int) -> None:
     """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)``; OSError if refused."""
-    call = _libc().sync_file_range
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    if call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
+    if _sync_file_range_call()(fd, 0, 0, _SYNC_FILE_RANGE_WRITE) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+@functools.cache
+def _sync_file_range_call() -> Any:
+    """libc's ``sync_file_range``, its argument types set once (AttributeError without it)."""
+    call = _libc().sync_file_range
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return call
 
 
 @functools.cache
