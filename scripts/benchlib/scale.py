@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from benchlib import scaleimage, services
@@ -158,7 +158,7 @@ def pull(work: Path, reg_ref: str, info: ImageInfo, rounds: int, figures: Figure
 # --- report -------------------------------------------------------------------------------
 
 
-def slope(points: list[tuple[float, float]]) -> float:
+def slope(points: Sequence[tuple[float, float]]) -> float:
     """Least-squares slope of y over x."""
     n = len(points)
     mx = sum(x for x, _ in points) / n
