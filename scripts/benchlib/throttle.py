@@ -106,6 +106,13 @@ def running(upstream_port: int, mbit: float = 100.0, rtt: float = 0.020) -> Iter
 
     def serve() -> None:
         loop.run_until_complete(throttle._serve(ready, stop))
+        # Connections a client kept open outlive the server: end them here, so that none
+        # is destroyed pending when the loop goes ("Task was destroyed but it is pending").
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.close()
 
     thread = threading.Thread(target=serve, name="throttle", daemon=True)
     thread.start()
