@@ -34,6 +34,11 @@ from benchlib.timing import drop_caches, median, ratio, run_timed, table
 
 PULL_TIMEOUT = 120.0
 IMPORTS = "import json, email, http.client"
+# The x5 figure is one sample per round of ~0.25 s in which a single stall shows (3-round
+# medians of it ranged 1.01-1.26x fuse-overlayfs on one quiet machine); each round also
+# times this many single runs, and their median over all rounds is the steadier figure.
+SINGLE_RUNS = 10
+ONE_RUN = f"chroot python3 imports, one run (ms, median of {SINGLE_RUNS} a round)"
 STAT_SCRIPT = (
     "import os, sys, time\n"
     "paths = [os.path.join(sys.argv[1], p) for p in sys.argv[2:]]\n"
@@ -87,6 +92,8 @@ def tree_figures(kind: Mount, view: View, mnt: Path, figures: Figures) -> None:
         run("tar -cf - ., warm (s)", tar)
         chroot = " && ".join([f"chroot {mnt} python3 -c '{IMPORTS}'"] * 5)
         run("chroot python3 imports x5 (s)", chroot)
+        for _ in range(SINGLE_RUNS):
+            add(ONE_RUN, run_timed(["chroot", str(mnt), "python3", "-c", IMPORTS]) * 1000)
         memory = rss_mb(kind.pid) if kind.pid else None
         if memory is not None:
             add("daemon VmRSS after tar (MB)", memory[0])
