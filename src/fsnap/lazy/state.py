@@ -22,6 +22,8 @@ index has them all. It carries:
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import os
 import posixpath
@@ -33,7 +35,7 @@ from typing import Any
 from fsnap.archive import metadata
 from fsnap.archive.entry import Entry
 from fsnap.db import Database, delete_prefix, dumps
-from fsnap.errors import FailedPrecondition
+from fsnap.errors import FailedPrecondition, InvalidArgument
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.toc import Chunk, Seekable, Toc, TocEntry, parse_toc, seekable
 from fsnap.oci import Descriptor
@@ -44,6 +46,7 @@ STATE_FILE = "lazy.json"
 # The snapshotter drops a snapshot's rows of both when it removes it.
 TABLE, CHUNK_TABLE = OWNED_TABLES
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_WALK = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 @dataclass
@@ -325,14 +328,14 @@ def mark_fetched(db: Database, fetched: list[Fetched]) -> None:
 def flush_fetched(layer_dir: str | Path, done: Fetched) -> None:
     """Flush what ``write_file(..., sync=False)`` wrote of ``done`` (with its directory
     entry if the write created the file): afterwards it may be ``mark_fetched``."""
-    target = os.path.join(layer_dir, done.path)
-    fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if done.created:
-        _sync_dir(os.path.dirname(target))
+    with _parent_of(layer_dir, done.path) as (parent, name):
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if done.created:
+            _sync_dir(parent)
 
 
 def write_file(
@@ -343,32 +346,71 @@ def write_file(
     leaves it out) and given the index's metadata each time (a write moves its mtime).
     Then flushed (``sync``), with its directory when it was created: only after that may
     its chunks be ``mark_chunks`` (without ``sync``: after ``flush_fetched``). Whether
-    the file was created."""
-    target = os.path.join(layer_dir, entry.path)
-    try:
-        fd, created = os.open(target, _CREATE_NEW, 0o600), True
-    except FileExistsError:
-        fd, created = os.open(target, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC), False
-    try:
-        os.ftruncate(fd, entry.size)
-        for chunk, data in pieces:
-            view = memoryview(data)
-            offset = chunk.offset
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
-        metadata.set_by_fd(fd, entry, os.geteuid() == 0)
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created and sync:
-        _sync_dir(os.path.dirname(target))
+    the file was created. The path is the TOC's: ``NotContained`` if any of its parents
+    is not a real directory of the layer (``_parent_of``)."""
+    with _parent_of(layer_dir, entry.path) as (parent, name):
+        try:
+            fd, created = os.open(name, _CREATE_NEW, 0o600, dir_fd=parent), True
+        except FileExistsError:
+            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            created = False
+        try:
+            os.ftruncate(fd, entry.size)
+            for chunk, data in pieces:
+                view = memoryview(data)
+                offset = chunk.offset
+                while view:
+                    written = os.pwrite(fd, view, offset)
+                    view, offset = view[written:], offset + written
+            metadata.set_by_fd(fd, entry, os.geteuid() == 0)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if created and sync:
+            _sync_dir(parent)
     return created
 
 
-def _sync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+class NotContained(InvalidArgument):
+    """A lazy file's path leads out of its layer's real directories (a hostile TOC)."""
+
+
+@contextlib.contextmanager
+def _parent_of(layer_dir: str | Path, path: str) -> Iterator[tuple[int, str]]:
+    """The directory holding ``path`` (an index path of the layer), opened one component at
+    a time from ``layer_dir`` without following any symlink, and the path's last name.
+
+    A TOC names its files as it likes: ``a/x`` after a symlink ``a`` to ``/etc`` (the
+    applier laid ``a/x`` out inside the layer, where ``a`` resolves from the layer's root)
+    would, opened as one path string, be the host's ``/etc/x``. Only real directories are
+    walked through: a symlink, a file or a missing directory on the way is
+    ``NotContained``, never followed nor created."""
+    *dirs, name = path.split("/")
+    if not name or any(part in ("", ".", "..") for part in (*dirs, name)):
+        raise NotContained(f"lazy file {path!r}: not a path inside its layer")
+    fd = os.open(layer_dir, _WALK)
+    try:
+        for part in dirs:
+            try:
+                step = os.open(part, _WALK | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:  # a symlink is ENOTDIR here (O_PATH | O_DIRECTORY)
+                if exc.errno not in (errno.ENOTDIR, errno.ENOENT, errno.ELOOP):
+                    raise
+                raise NotContained(
+                    f"lazy file {path!r}: {part!r} on its way is no directory of its layer "
+                    "(a symlink is not followed)"
+                ) from None
+            os.close(fd)
+            fd = step
+        yield fd, name
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(dir_fd: int) -> None:
+    """fsync the directory ``dir_fd`` (an ``O_PATH`` descriptor) names."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         os.fsync(fd)
     finally:
