@@ -215,6 +215,7 @@ def test_cli_mount_rw_of_a_pulled_image(
         taken = fsnap(root, "mount", "--rw", "--key", "mine", ref, str(mnt))
         assert taken.returncode != 0
         assert "already exists" in taken.stderr
+        assert "`fsnap snapshots mount mine MNT` mounts it again" in taken.stderr  # the way on
         with Client(root) as client:
             assert (client.snapshots.dir(key) / "etc" / "motd").read_text() == "changed\n"
     finally:

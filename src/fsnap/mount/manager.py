@@ -101,10 +101,18 @@ def mount_image_writable(
     launched: Launched | None = None,
 ) -> MountInfo:
     """Prepare active snapshot ``key`` (default ``<image name>-rw-<random>``) on image
-    ``ref``'s top snapshot ``top`` and mount it writable; a failed mount removes it again."""
+    ``ref``'s top snapshot ``top`` and mount it writable; a failed mount removes it again.
+    A ``key`` taken already is AlreadyExists naming the ways on: an earlier ``--rw`` mount's
+    snapshot outlives its umount, and mounting it again is a different verb."""
     check_mountpoint(stores.root, mountpoint)
     key = key or f"{_image_name(ref)}-rw-{secrets.token_hex(4)}"
-    stores.snapshots.prepare(key, top, labels={"fsnap.io/image": ref})
+    try:
+        stores.snapshots.prepare(key, top, labels={"fsnap.io/image": ref})
+    except AlreadyExists as exc:
+        raise AlreadyExists(
+            f"{exc}: `fsnap snapshots mount {key} MNT` mounts it again, "
+            f"`fsnap snapshots rm {key}` removes it"
+        ) from None
     try:
         return mount_active(stores, key, mountpoint, options, launched)
     except BaseException:
