@@ -16,6 +16,7 @@ from pathlib import Path
 
 from benchlib import fsnap_layers, services
 from benchlib.image import ImageInfo, ensure_images, lookup_paths
+from benchlib.interleaved import IMPORTS, STAT_SCRIPT, main_interleaved
 from benchlib.mounts import (
     FSNAP,
     FloorMount,
@@ -33,19 +34,11 @@ from benchlib.rootfs import apt_install_missing, ensure_rootfs
 from benchlib.timing import drop_caches, median, ratio, run_timed, table
 
 PULL_TIMEOUT = 120.0
-IMPORTS = "import json, email, http.client"
 # The x5 figure is one sample per round of ~0.25 s in which a single stall shows (3-round
 # medians of it ranged 1.01-1.26x fuse-overlayfs on one quiet machine); each round also
 # times this many single runs, and their median over all rounds is the steadier figure.
 SINGLE_RUNS = 10
 ONE_RUN = f"chroot python3 imports, one run (ms, median of {SINGLE_RUNS} a round)"
-STAT_SCRIPT = (
-    "import os, sys, time\n"
-    "paths = [os.path.join(sys.argv[1], p) for p in sys.argv[2:]]\n"
-    "start = time.perf_counter()\n"
-    "for p in paths:\n    os.stat(p)\n"
-    "print(time.perf_counter() - start)\n"
-)
 Figures = dict[str, dict[str, list[float]]]  # figure -> mount kind -> values
 
 
@@ -208,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of timing: py-spy profiles of fsnap's and the floor's server per phase",
     )
     parser.add_argument("--native", action="store_true", help="--profile with C frames")
+    parser.add_argument(
+        "--interleaved",
+        type=int,
+        metavar="N",
+        help="instead: N interleaved rounds of one python run and warm stat x1000, with "
+        "fsnap, the floor and fuse-overlayfs mounted at once",
+    )
     args = parser.parse_args(argv)
     apt_install_missing("fuse-overlayfs", "fuse-overlayfs")
     apt_install_missing("strace", "strace")
@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
         if args.requests:
             main_requests(args.work, fsnap.root, views["rootfs"])
+            return 0
+        if args.interleaved:
+            main_interleaved(args.work, fsnap.root, views, args.interleaved)
             return 0
         if args.profile:
             floor = FloorMount(args.work)

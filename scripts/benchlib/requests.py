@@ -22,10 +22,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from benchlib.interleaved import IMPORTS
 from benchlib.mounts import FloorMount, FsnapMount, FuseOverlayMount, Mount, View
 from benchlib.timing import drop_caches, table
-
-IMPORTS = "import json, email, http.client"
 
 
 def phases(mnt: Path) -> list[tuple[str, Callable[[], object]]]:
