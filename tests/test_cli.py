@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+from support.cli import fsnap
 from support.registry import RegistryProcess, make_image, make_layer
 
 from fsnap.cli import COMMANDS, TOPICS, build_parser, topics_for
-from fsnap.errors import FailedPrecondition
+from fsnap.errors import FailedPrecondition, Unavailable
 from fsnap.oci import Platform
 
 
@@ -198,3 +202,24 @@ def test_the_cli_ends_without_a_teardown_and_loses_no_output(tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[:2] == ["REF", "DIGEST"]
     assert "torn down" not in out.stderr
+
+
+def test_a_registry_host_that_does_not_exist_fails_at_once_naming_it(tmp_path: Path) -> None:
+    """A typo in the registry's name: one line naming the host at once (skopeo and ctr say
+    "no such host" at once), not 15 s of retries ending in the socket library's words."""
+    host = "no-such-registry.invalid"  # RFC 6761: never resolves
+    try:
+        socket.getaddrinfo(host, 443)
+    except socket.gaierror as exc:
+        if exc.errno != socket.EAI_NONAME:
+            pytest.skip(f"this machine's resolver does not say 'no such name' ({exc})")
+    else:
+        pytest.skip(f"this machine's resolver makes up an address for {host}")
+    started = time.monotonic()
+    out = fsnap(tmp_path / "root", "pull", f"{host}/team/app:1")
+    took = time.monotonic() - started
+    assert out.returncode == Unavailable.exit_code, out.stderr
+    assert f"unknown host {host} (" in out.stderr.splitlines()[-1]
+    assert "retry" not in out.stderr
+    assert "Traceback" not in out.stderr
+    assert took < 5, f"{took:.1f} s"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from fsnap.errors import (
     NotFound,
     RegistryError,
     Unauthorized,
+    Unavailable,
 )
 from fsnap.reference import Reference
 from fsnap.remotes import dockerconfig
@@ -566,7 +568,51 @@ def _transient_reason(exc: httpx.HTTPError, what: str) -> str:
         raise RegistryError(f"{what}: {exc}") from None
     if not isinstance(exc, httpx.TransportError):
         raise RegistryError(f"{what}: {type(exc).__name__}: {exc}") from None
+    if isinstance(exc, httpx.ConnectError):
+        return _connect_failure(exc, what)
     return f"{type(exc).__name__}: {exc or 'connection failed'}"
+
+
+# getaddrinfo's answers that a host name does not exist (EAI_AGAIN, a resolver that did not
+# answer, stays transient).
+_NO_SUCH_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def _connect_failure(exc: httpx.ConnectError, what: str) -> str:
+    """Name why a connection could not be made, as skopeo and ctr do ("connection
+    refused", not the socket library's "all attempts to connect ... failed"); a host name
+    that does not exist is no transient failure: Unavailable at once, naming the host."""
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror) and cause.errno in _NO_SUCH_HOST:
+            host = _request_host(exc, port=False)
+            raise Unavailable(f"{what}: unknown host {host} ({cause.strerror})") from None
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused by {_request_host(exc)}"
+    return f"{type(exc).__name__}: {exc or 'connection failed'}"
+
+
+def _request_host(exc: httpx.HTTPError, port: bool = True) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:  # (an error raised before its request was set)
+        return "the registry"
+    return f"{url.host}:{url.port}" if port and url.port else url.host
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc``'s chain of causes, with the members of exception groups in it (trio reports
+    a failed connect as one error per address tried)."""
+    found: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo and len(found) < 32:
+        seen = todo.pop(0)
+        if any(seen is f for f in found):
+            continue
+        found.append(seen)
+        todo += [c for c in (seen.__cause__, seen.__context__) if c is not None]
+        if isinstance(seen, BaseExceptionGroup):
+            todo += list(seen.exceptions)
+    return found
 
 
 def _is_tls_verification(exc: BaseException) -> bool:
