@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import random
 import signal
 import tarfile
 import threading
@@ -14,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from image_builder import Blob, Layer, layer_media_type, make_image
+from fault_server import FaultServer
+from image_builder import Blob, Layer, layer_media_type, make_image, make_layer
 from support.cli import fsnap, start
 from support.registry import RegistryProcess
 
@@ -89,3 +91,37 @@ def test_ctrl_c_stops_a_pull_while_a_large_layer_is_applied(
     again = fsnap(root, "pull", "--plain-http", big_ref, timeout=600)
     assert again.returncode == 0, again.stderr
     assert fsnap(root, "snapshots", "ls").stdout.count("\n") == 2  # header + the layer
+
+
+def test_ctrl_c_while_a_layer_downloads_leaves_a_clean_check_and_a_resumable_download(
+    registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """Ctrl-C in the middle of a layer's download keeps the bytes for the next pull (it
+    resumes them): ``fsnap check`` calls that a paused download, not a problem (it said
+    'abandoned download' and 'names a missing blob', exit 21, and --repair threw the bytes
+    away)."""
+    data = random.Random(7).randbytes(4 << 20)  # (random: gzip leaves it as large)
+    layer = make_layer({"big.bin": data})
+    registry.push_image("interrupt/download", "v1", make_image([layer], platform=Platform.host()))
+    gate = threading.Event()
+    fault_server.stall_blob_after(1 << 20, gate, match=layer.blob.digest)
+    root, ref = tmp_path / "root", f"{fault_server.host}/interrupt/download:v1"
+    child = start(root, "pull", "--plain-http", ref)
+    try:
+        assert child.stdout is not None
+        for raw in child.stdout:  # (the progress lines)
+            if layer.blob.digest.encode() in raw and b"downloading" in raw:
+                break
+        time.sleep(1.5)  # the first MiB arrives and is written
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=STOPPED_WITHIN) == 130
+    finally:
+        gate.set()
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    checked = fsnap(root, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    again = fsnap(root, "pull", "--plain-http", ref)
+    assert again.returncode == 0, again.stderr
+    assert "resumed at 1.0 MiB" in again.stdout

@@ -2,7 +2,8 @@
 
 ``check_store(client)`` reads everything a store holds and lists what is wrong with it
 (``fsnap.check.findings``): blobs whose file is missing or does not hash to its digest or
-size, committed snapshots whose directory disagrees with their index, abandoned downloads,
+size, committed snapshots whose directory disagrees with their index, abandoned downloads
+(not the paused download of a blob the store lacks: the next pull resumes it),
 directories and records without each other, images naming missing blobs, labels pointing
 nowhere, and store directories other users could enter. It only reads, with one exception
 that is not its own: opening the snapshotter already removes snapshot directories without

@@ -177,17 +177,31 @@ def _leased(path: Path, since: float | None) -> bool:
 
 
 def ingests(client: Client) -> Iterator[Problem]:
-    """Downloads no writer holds (what ``gc`` would remove), with their partial data."""
+    """Downloads no writer holds (what ``gc`` would remove), with their partial data; but
+    not a paused download (``paused_downloads``): the next pull resumes it."""
     from fsnap import gc
 
+    paused = paused_downloads(client.content)
     for item in client.gc(dry_run=True).removed:
-        if item.kind == gc.INGEST:
+        if item.kind == gc.INGEST and item.name not in paused:
             yield Problem(
                 INGEST,
                 item.name,
                 "abandoned download",
                 f"{item.size} bytes" + (f" of {item.detail}" if item.detail else ""),
             )
+
+
+def paused_downloads(content: ContentStore) -> dict[str, str]:
+    """Ingest ref -> blob of the downloads a stopped pull (Ctrl-C, a registry gone) left of
+    blobs the store still lacks: the normal state of a pull that has not finished, which the
+    next pull of the image resumes (and ``gc`` removes meanwhile), not damage. Its manifest,
+    committed already, names the blob in a gc label: no problem either (``labels``)."""
+    return {
+        status.ref: status.expected
+        for status in content.list_ingests()
+        if status.expected and not _has_blob(content, status.expected)
+    }
 
 
 # -- snapshots --------------------------------------------------------------------------------
@@ -319,10 +333,13 @@ def labels(client: Client) -> Iterator[Problem]:
     content, sn = client.content, client.snapshots
     names = {info.name: info for info in sn.walk()}
     lazy = lazy_blobs(sn)
+    paused = set(paused_downloads(content).values())
     for info in content.walk():
         for key, value in sorted(info.labels.items()):
             if key.startswith(label_names.CONTENT_REF) and value in lazy:
                 continue  # a lazy layer's blob: fetched in ranges, not stored whole yet
+            if key.startswith(label_names.CONTENT_REF) and value in paused:
+                continue  # a blob a stopped pull was downloading: its next pull resumes it
             if key.startswith(label_names.CONTENT_REF) and not _has_blob(content, value):
                 yield Problem(LABEL, f"{info.digest} {key}", "names a missing blob", value)
             elif key == label_names.SNAPSHOT_LABEL and value not in names:
