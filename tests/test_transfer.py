@@ -423,3 +423,21 @@ def test_legacy_docker_archive_with_a_parent_cycle(pushed: str, tmp_path: Path) 
     assert done.returncode == 4, done.stderr
     assert "cyclic" in done.stderr, done.stderr
     assert_nothing_left(tmp_path / "root")
+
+
+@pytest.mark.parametrize("how", [[], ["--format", "oci-dir"], ["--rootfs"]])
+def test_export_into_a_missing_directory_names_the_path_given(
+    pushed: str, tmp_path: Path, how: list[str]
+) -> None:
+    """The error names the -o path and what is wrong with it, not the staging file beside
+    it ('[Errno 2] No such file or directory: .../.out.tar.g4uni8xu', exit 1)."""
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", pushed))
+    (tmp_path / "file").write_text("")
+    for parent, why in [("missing", "no directory"), ("file", "is not a directory")]:
+        out = tmp_path / parent / "out.tar"
+        done = fsnap(root, "export", *how, pushed, "-o", str(out))
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.startswith(f"fsnap: error: cannot write {out}: "), done.stderr
+        assert why in done.stderr
+        assert ".out.tar." not in done.stderr

@@ -143,7 +143,8 @@ def _blob_name(digest: str) -> str:
 def _write_oci_dir(content: ContentStore, layout: _Layout, out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AlreadyExists(f"{out} exists and is not an empty directory")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    with _naming(out):
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for name, data in _oci_files(layout):
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +294,8 @@ def _replacing(out: Path) -> Iterator[IO[bytes]]:
     """A file beside ``out`` that becomes ``out`` when the block succeeds."""
     if out.is_dir():
         raise AlreadyExists(f"{out} is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+    with _naming(out):
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
         with os.fdopen(fd, "wb") as stream:
             yield stream
@@ -305,6 +307,20 @@ def _replacing(out: Path) -> Iterator[IO[bytes]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def _naming(out: Path) -> Iterator[None]:
+    """Creating the staging file or directory beside ``out``: a failure names ``out``, the
+    path the user gave (the staging name is ours), and a missing directory says so."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise NotFound(f"cannot write {out}: no directory {out.parent}") from None
+    except NotADirectoryError:
+        raise NotFound(f"cannot write {out}: {out.parent} is not a directory") from None
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {out}: {exc.strerror}") from None
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
