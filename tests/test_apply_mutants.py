@@ -1,13 +1,15 @@
 """Applying a layer (``fsnap.archive.apply``): what the archive tests did not pin down,
 found by reading the module for its mutation run (docs/mutation.md): the declared-size
-limit at its boundary, a setgid snapshot root, whiteout metadata, and the same path
-declared twice as a directory."""
+limit at its boundary, a setgid snapshot root, whiteout metadata, the same path
+declared twice as a directory, and the early writeback of big files (its real calls seen,
+and refused, by strace)."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -19,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.tar import TarBuilder, apply_with
+from support.needs import unavailable
+from support.tar import TarBuilder, apply_under, apply_with
 
 from fsnap.archive.apply import (
     ApplyResult,
@@ -416,3 +419,111 @@ def test_sync_tree_reports_a_failed_write_back_naming_the_root(tmp_path: Path) -
         finally:
             with contextlib.suppress(OSError):  # closing flushes again: EIO
                 os.close(fd)
+
+
+# -- early writeback (``_Writeback``): the real calls, seen and refused by strace ----------
+
+BIG = 64 << 10  # a written file from this size starts its writeback at once
+WRITTEN = {
+    "at": b"a" * BIG,
+    "under": b"u" * (BIG - 1),
+    "d/over": b"o" * (3 * BIG + 1),
+    "empty": b"",
+}
+STARTED = ", 0, 0, SYNC_FILE_RANGE_WRITE"  # sync_file_range's arguments after the fd
+
+
+def writeback_layer(tmp_path: Path) -> tuple[Path, Path]:
+    """The tar (as a file) of ``WRITTEN`` beside members that write no data (a directory,
+    a hard link and a symlink to a big file), and an empty root to apply it into."""
+    tar = TarBuilder().dir("d")
+    for name, data in WRITTEN.items():
+        tar.file(name, data)
+    tar.hardlink("link", "at").symlink("s", "at")
+    tar_path = tmp_path / "layer.tar"
+    tar_path.write_bytes(tar.data())
+    root = tmp_path / "root"
+    root.mkdir()
+    return tar_path, root
+
+
+def assert_applied(root: Path) -> None:
+    assert {name: (root / name).read_bytes() for name in WRITTEN} == WRITTEN
+    assert os.lstat(root / "link").st_ino == os.lstat(root / "at").st_ino
+    assert os.readlink(root / "s") == "at"
+
+
+def traced_flushes(tmp_path: Path, *inject: str) -> list[tuple[str, str, str, str]]:
+    """Apply ``writeback_layer`` with its flush in a subprocess under strace (``inject``:
+    strace's options that make a call fail for real); its ``sync_file_range`` and
+    ``syncfs`` calls as (call, path under the root, arguments after the fd, result)."""
+    if shutil.which("strace") is None:
+        unavailable("strace is not installed (package strace)")
+    tar_path, root = writeback_layer(tmp_path)
+    log = tmp_path / "strace.log"
+    trace = ["-e", "trace=sync_file_range,syncfs", "-e", "signal=none", *inject]
+    apply_under(["strace", "-f", "-qq", "-y", "-o", str(log), *trace], tar_path, root)
+    assert_applied(root)
+    calls = []
+    for line in log.read_text().splitlines():
+        found = re.search(r"(sync_file_range|syncfs)\(\d+<([^>]*)>(.*)\) += (.+)$", line)
+        assert found is not None, line
+        call, path, args, result = found.groups()
+        calls.append((call, os.path.relpath(path, root), args, result))
+    return calls
+
+
+def test_each_file_of_64_kib_or_more_starts_its_writeback_once_written(tmp_path: Path) -> None:
+    """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`` on each file written with
+    64 KiB or more (at the boundary too), none on a smaller one; the flush follows."""
+    assert traced_flushes(tmp_path) == [
+        ("sync_file_range", "at", STARTED, "0"),
+        ("sync_file_range", "d/over", STARTED, "0"),
+        ("syncfs", ".", "", "0"),
+    ]
+
+
+@pytest.mark.parametrize("refusal", ["EINVAL", "ENOSYS", "EOPNOTSUPP"])
+def test_a_refused_writeback_is_asked_once_and_the_flush_stays(
+    tmp_path: Path, refusal: str
+) -> None:
+    """A kernel, file system or sandbox refusing ``sync_file_range`` (strace fails the
+    real call): the layer asks once, applies all the same, and is flushed as before."""
+    calls = traced_flushes(tmp_path, "-e", f"inject=sync_file_range:error={refusal}")
+    assert [c[:3] for c in calls] == [("sync_file_range", "at", STARTED), ("syncfs", ".", "")]
+    assert calls[0][3].startswith(f"-1 {refusal} ")
+    assert calls[0][3].endswith(" (INJECTED)")
+    assert calls[1][3] == "0"
+
+
+WITHOUT_THE_CALL = """
+import ctypes, json, sys
+from pathlib import Path
+from fsnap.archive import apply
+
+class Libc:
+    '''The C library without sync_file_range (glibc before 2.6), counting its look-ups.'''
+    def __init__(self):
+        self.real = ctypes.CDLL(None, use_errno=True)
+        self.lookups = 0
+    def __getattr__(self, name):
+        if name == "sync_file_range":
+            self.lookups += 1
+            raise AttributeError(name)
+        return getattr(self.real, name)
+
+libc = Libc()
+apply._libc = lambda: libc
+with open(sys.argv[1], "rb") as f:
+    result = apply.apply_layer(f, Path(sys.argv[2]))
+print(json.dumps({"lookups": libc.lookups, "size": result.size}))
+"""
+
+
+def test_a_libc_without_sync_file_range_applies_the_layer(tmp_path: Path) -> None:
+    """In a process whose C library lacks the call, the layer looks it up once and
+    applies all the same (flushed by ``syncfs``, which it has)."""
+    tar_path, root = writeback_layer(tmp_path)
+    out = apply_under([], tar_path, root, runner=WITHOUT_THE_CALL)
+    assert out == {"lookups": 1, "size": tar_path.stat().st_size}
+    assert_applied(root)

@@ -184,16 +184,16 @@ def apply_as(uid: int, gid: int, tar_path: Path, root: Path) -> dict[str, Any]:
 def apply_with(setpriv: list[str], tar_path: Path, root: Path) -> dict[str, Any]:
     """Run ``apply_layer`` in a subprocess under ``setpriv`` with these options (another
     user, fewer capabilities); the result as JSON."""
+    return apply_under(["setpriv", *setpriv], tar_path, root)
+
+
+def apply_under(
+    prefix: list[str], tar_path: Path, root: Path, *, runner: str = RUNNER
+) -> dict[str, Any]:
+    """Run ``runner`` (``apply_layer`` with its flush, by default) in a subprocess started
+    through the command ``prefix`` (``setpriv``, ``strace``); the result as JSON."""
     proc = subprocess.run(
-        [
-            "setpriv",
-            *setpriv,
-            sys.executable,
-            "-c",
-            RUNNER,
-            str(tar_path),
-            str(root),
-        ],
+        [*prefix, sys.executable, "-c", runner, str(tar_path), str(root)],
         capture_output=True,
         text=True,
         env={**os.environ, "HOME": "/nonexistent"},
