@@ -5,8 +5,10 @@ kills the mount's daemon."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import json
+import os
 import tarfile
 import time
 from pathlib import Path
@@ -18,10 +20,15 @@ from support.image_mount import image_mounted
 from support.registry import RegistryProcess
 
 from fsnap import oci
+from fsnap.archive.entry import Entry
 from fsnap.client import Client
-from fsnap.convert.estargz import write_estargz
+from fsnap.convert.estargz import (
+    write_estargz,
+)
 from fsnap.convert.source import LANDMARK_CONTENTS, PREFETCH_LANDMARK, Member
 from fsnap.labels import LAZY_LABEL
+from fsnap.lazy.state import NotContained, write_file
+from fsnap.lazy.toc import Chunk
 from fsnap.oci import Platform
 
 pytestmark = pytest.mark.timeout(300)
@@ -108,3 +115,56 @@ def test_a_symlinked_parent_in_the_toc_cannot_write_outside_the_layer(
     _mounted_a_while(tmp_path / "root", f"{registry.host}/{repo}:v1", tmp_path / "mnt")
     assert (outside / "kept").read_bytes() == b"precious\n"
     assert sorted(p.name for p in outside.iterdir()) == ["kept"]
+
+
+def test_a_file_the_toc_replaces_by_a_directory_does_not_kill_the_mount(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A TOC names ``d`` twice: a file with contents (listed for prefetch), then a
+    directory, which wins (the last entry for a path does). The prefetch of the file must
+    not write over the directory, nor take the mount's daemon down with it: the mount
+    serves ``d`` as the directory and the layer completes."""
+    members: Members = [
+        (tar_info("d", size=7), b"first\n\n"),
+        (tar_info("d", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("d/inside", size=3), b"in\n"),
+    ]
+    repo = "hostile/lazy-file-then-dir"
+    registry.push_image(repo, "v1", estargz_image(_prioritised(members)))
+    root, ref, mnt = tmp_path / "root", f"{registry.host}/{repo}:v1", tmp_path / "mnt"
+    _mounted_a_while(root, ref, mnt)
+    with image_mounted(root, ref, mnt) as mounted:
+        assert (mounted / "d/inside").read_bytes() == b"in\n"
+
+
+@pytest.mark.parametrize("there", ["dir", "fifo", "symlink", "file-parent"])
+def test_write_file_writes_only_a_regular_file_of_the_layer(tmp_path: Path, there: str) -> None:
+    """``write_file`` at a path where the layer holds no regular file (what a TOC naming
+    a path twice may leave) refuses with ``NotContained``: it neither writes through a
+    symlink, nor blocks on a fifo, nor opens a directory."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"precious\n")
+    path = "f"
+    if there == "dir":
+        (layer / "f").mkdir()
+    elif there == "fifo":
+        os.mkfifo(layer / "f")
+    elif there == "symlink":
+        (layer / "f").symlink_to(outside)
+    else:
+        (layer / "d").write_bytes(b"")
+        path = "d/f"
+    data = b"hacked\n"
+    chunk = Chunk(0, len(data), 100, 200, 0, "sha256:" + "0" * 64)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        done = pool.submit(write_file, layer, Entry(path, "file", 0o644, size=7), [(chunk, data)])
+        with pytest.raises(NotContained):
+            done.result(timeout=5)
+    finally:
+        if there == "fifo" and not done.done():  # blocked opening it: let it go
+            os.close(os.open(layer / "f", os.O_RDONLY | os.O_NONBLOCK))
+        pool.shutdown()
+    assert outside.read_bytes() == b"precious\n"

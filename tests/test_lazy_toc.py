@@ -217,3 +217,20 @@ def test_landmarks_are_hidden_and_mark_the_prefetch_end() -> None:
     assert toc.prefetch_end == 300
     sh = toc.entries[0].chunks[0]
     assert (sh.start, sh.end) == (100, 300)  # ends where the next file's data starts
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        {"name": "./f", "type": "dir", "mode": 0o755},
+        {"name": "f", "type": "fifo", "mode": 0o644},
+        {"name": "f", "type": "symlink", "linkName": "/etc/passwd", "mode": 0o777},
+        {"name": "f", "type": "reg", "mode": 0o644},  # empty: nothing to fetch
+    ],
+)
+def test_a_file_a_later_entry_replaces_is_none_to_fetch(later: dict[str, Any]) -> None:
+    """The last TOC entry for a path wins whatever its kind, as the applier lays the
+    layer out: the file table (what reads and the prefetch write) must not keep the
+    first file, which would be written over the directory, fifo or symlink."""
+    toc = _parse([_reg("f", 10, 100), later, _reg("g", 10, 200)])
+    assert list(toc.file_paths()) == ["g"]

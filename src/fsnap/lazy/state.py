@@ -27,6 +27,7 @@ import errno
 import json
 import os
 import posixpath
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,8 +353,7 @@ def write_file(
         try:
             fd, created = os.open(name, _CREATE_NEW, 0o600, dir_fd=parent), True
         except FileExistsError:
-            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-            created = False
+            fd, created = _open_existing(parent, name, entry.path), False
         try:
             os.ftruncate(fd, entry.size)
             for chunk, data in pieces:
@@ -370,6 +370,15 @@ def write_file(
         if created and sync:
             _sync_dir(parent)
     return created
+
+
+def _open_existing(parent: int, name: str, path: str) -> int:
+    """The layer's regular file ``name`` in ``parent`` opened to write. Anything else there
+    (a directory, a fifo, a device node: what a TOC naming ``path`` twice may have left)
+    is ``NotContained`` and never opened (a fifo would block, a device act)."""
+    if not stat.S_ISREG(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+        raise NotContained(f"lazy file {path!r}: not a regular file in its layer")
+    return os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
 
 
 class NotContained(InvalidArgument):

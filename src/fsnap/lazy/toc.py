@@ -163,8 +163,11 @@ class Toc:
         return [e for e in self.entries if e.chunks]
 
     def file_paths(self) -> dict[str, TocEntry]:
-        """The files with contents, by index path (the last TOC entry for a path wins)."""
-        return {e.path: e for e in self.entries if e.kind == "file" and e.chunks}
+        """The files with contents, by index path. The last TOC entry for a path wins,
+        whatever its kind (as the applier lays it out): a file that a later directory,
+        fifo, device or empty file replaces is none to fetch."""
+        last = {e.path: e for e in self.entries}
+        return {path: e for path, e in last.items() if e.kind == "file" and e.chunks}
 
 
 @dataclass(frozen=True)
