@@ -14,7 +14,7 @@ from support.cli import fsnap
 from support.registry import RegistryProcess, make_image, make_layer
 
 from fsnap.cli import COMMANDS, TOPICS, build_parser, topics_for
-from fsnap.errors import FailedPrecondition, Unavailable
+from fsnap.errors import FailedPrecondition, InvalidArgument, Unavailable
 from fsnap.oci import Platform
 
 
@@ -223,3 +223,16 @@ def test_a_registry_host_that_does_not_exist_fails_at_once_naming_it(tmp_path: P
     assert "retry" not in out.stderr
     assert "Traceback" not in out.stderr
     assert took < 5, f"{took:.1f} s"
+
+
+def test_a_root_that_cannot_be_a_directory_is_named_as_the_store(tmp_path: Path) -> None:
+    """``--root`` naming a file (or a path under one): one line about the store, not the
+    bare mkdir failure ('[Errno 17] File exists: ...', exit 1)."""
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for root, why in [(afile, "is not a directory"), (afile / "sub", "a directory above it")]:
+        out = fsnap(root, "images")
+        assert out.returncode == InvalidArgument.exit_code, out.stderr
+        assert out.stderr.startswith(f"fsnap: error: store {root} (--root)"), out.stderr
+        assert why in out.stderr
+    assert afile.read_text() == ""

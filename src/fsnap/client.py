@@ -44,6 +44,26 @@ def _check_private(root: Path) -> dict[str, os.stat_result]:
     return {name: st for name, st in before.items() if st is not None}
 
 
+def _make_root(root: Path) -> None:
+    """Create the store's directory if it is missing; a path that cannot be one is an error
+    naming the store (``--root``), not the bare ``mkdir`` failure ("[Errno 17] File
+    exists"). A full disk stays the OSError the CLI reports as out of space."""
+    import errno
+
+    from fsnap.errors import FailedPrecondition, InvalidArgument
+
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InvalidArgument(f"store {root} (--root) is not a directory") from None
+    except NotADirectoryError:
+        raise InvalidArgument(f"store {root} (--root): a directory above it is a file") from None
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise FailedPrecondition(f"cannot create store {root} (--root): {exc.strerror}") from None
+
+
 def _has_entries(path: Path) -> bool:
     try:
         with os.scandir(path) as entries:
@@ -82,7 +102,7 @@ class Client:
         if self._db is None:
             from fsnap.db import Database  # (LMDB: not for commands that open no store)
 
-            self.root.mkdir(parents=True, exist_ok=True)
+            _make_root(self.root)
             self._db = Database(self.root)
             self.private_repairs = _check_private(self.root)
             if _has_entries(self.root / "unpack"):  # a pull runs, or one was killed
