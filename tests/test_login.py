@@ -92,6 +92,12 @@ def test_login_stores_auth_in_config_json(
     stale = {**kept, "auths": {**auths, f"http://{host}/v1/": {"auth": "eDp5"}}}
     refused = fsnap(None, "login", host, "-u", "alice", "--password-stdin", stdin="nope\n", env=env)
     assert (refused.returncode, json.loads(config.read_text())) == (7, kept), refused.stderr
+    # (said once, about the login: not "... refused user 'alice' for HOST: ..., or no pull
+    # access", the words of a pull)
+    said = refused.stderr.splitlines()[-1]
+    assert said.startswith(f"fsnap: error: registry {host} refused user 'alice': "), said
+    assert "wrong username or password" in said
+    assert "pull access" not in said
     config.write_text(json.dumps(stale))  # an old URL-shaped entry for the host goes
     done = fsnap(
         None, "login", host, "-u", "alice", "--password-stdin", stdin=PASSWORD + "\n", env=env

@@ -551,12 +551,15 @@ def _status_error(
 
 
 def _refusal(domain: str, name: str, credentials: Credentials | None, message: str) -> str:
+    """Why a 401 stands, for a repository ``name`` or (a login) the registry itself."""
     suffix = f" ({message})" if message else ""
+    target = "" if name == domain else f" for {name}"
     if credentials is None:
-        return f"registry {domain} requires authentication for {name}{suffix}"
+        return f"registry {domain} requires authentication{target}{suffix}"
+    access = "" if name == domain else ", or no pull access"
     return (
-        f"registry {domain} refused user {credentials.username!r} for {name}: "
-        f"wrong username or password, or no pull access{suffix}"
+        f"registry {domain} refused user {credentials.username!r}{target}: "
+        f"wrong username or password{access}{suffix}"
     )
 
 
