@@ -5,7 +5,6 @@ open that the walk needs anyway, not an lstat first. Counted by wrapping ``os.st
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 from collections import Counter
@@ -16,7 +15,6 @@ from typing import Any
 import pytest
 from support.tar import TarBuilder
 
-from fsnap.archive import apply as apply_mod
 from fsnap.archive.apply import apply_layer
 
 DIRS = 40
@@ -54,41 +52,3 @@ def test_no_stat_per_directory_and_no_chown_to_the_owner_a_node_has(
     theirs = os.lstat(tmp_path / "theirs")
     assert (theirs.st_uid, theirs.st_gid) == (1000, 1001)
     assert (os.lstat(tmp_path / "d1/s").st_uid, os.lstat(tmp_path / "pipe").st_uid) == (0, 0)
-
-
-def test_each_big_file_starts_its_writeback_and_a_refusal_stops_asking(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A regular file of 64 KiB or more gets ``sync_file_range(SYNC_FILE_RANGE_WRITE)``
-    once written (so the commit's flush finds little left); a file system that refuses
-    it (EINVAL here: injected) is asked once per layer, and the layer applies all the
-    same."""
-    big = 64 << 10
-    tar = TarBuilder()
-    for n in range(10):
-        tar.file(f"f{n}", bytes([n]) * big)
-    tar.file("small", b"x" * (big - 1)).file("empty", b"").dir("d").symlink("s", "f0")
-    started: list[int] = []
-    real = apply_mod._sync_file_range
-
-    def counted(fd: int) -> None:
-        started.append(fd)
-        real(fd)  # the real call: it must work where the tests run (ext4, tmpfs)
-
-    monkeypatch.setattr(apply_mod, "_sync_file_range", counted)
-    (tmp_path / "a").mkdir()
-    apply_layer(io.BytesIO(tar.data()), tmp_path / "a", sync=False)
-    assert len(started) == 10  # not the smaller files, nor directories or symlinks
-
-    def refused(fd: int) -> None:
-        started.append(fd)
-        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-
-    started.clear()
-    monkeypatch.setattr(apply_mod, "_sync_file_range", refused)
-    (tmp_path / "b").mkdir()
-    apply_layer(io.BytesIO(tar.data()), tmp_path / "b", sync=False)
-    assert len(started) == 1
-    for n in range(10):
-        assert (tmp_path / f"b/f{n}").read_bytes() == bytes([n]) * big
-    assert os.readlink(tmp_path / "b/s") == "f0"
