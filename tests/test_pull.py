@@ -174,6 +174,25 @@ def test_no_matching_platform_is_not_found(registry: RegistryProcess, tmp_path: 
     assert "linux/s390x" in stderr
 
 
+def test_a_lone_manifest_for_another_platform_pulls_with_a_warning(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """No index to choose from: pulled as it is (as podman does), but saying that it will not
+    run here (it was silent: the first sign was ``fsnap run``'s exec format error)."""
+    s390x = Platform("linux", "s390x")
+    layer = make_layer({"etc/arch": "s390x\n"})
+    registry.push_image("pull/lone-s390x", "v1", make_image([layer], platform=s390x))
+    ref = f"{registry.host}/pull/lone-s390x:v1"
+    for args in [(), ("--platform", str(Platform.host()))]:
+        done = fsnap(tmp_path / "root", "pull", *args, ref)
+        assert done.returncode == 0, done.stderr
+        warning = f"fsnap: warning: {ref}: the image is for linux/s390x, not {Platform.host()}"
+        assert warning in done.stderr
+    same = fsnap(tmp_path / "root", "pull", "--platform", "linux/s390x", ref)
+    assert same.returncode == 0, same.stderr
+    assert "warning" not in same.stderr
+
+
 def test_schema_media_types_are_what_the_registry_serves(
     registry: RegistryProcess, tmp_path: Path
 ) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
@@ -60,6 +61,8 @@ from fsnap.reference import Reference
 from fsnap.remotes.auth import Credentials
 from fsnap.remotes.registry import RegistryClient
 from fsnap.remotes.retry import RetryEvent
+
+log = logging.getLogger("fsnap.pull")
 
 # Chunks from the network are gathered to this size before a worker thread writes them.
 WRITE_BATCH = 1 << 20
@@ -184,6 +187,7 @@ class Puller:
             )
         platform = manifest.descriptor.platform or config.platform
         self.tally.platforms.append(platform)
+        self._say_foreign(platform)
         if self.sink is not None:
             await self.sink.manifest_ready(manifest, config)
         skip = self.options.skip_layer
@@ -196,6 +200,15 @@ class Puller:
                 # One at a time until each holds its download slot (or needs none): the
                 # slots, and so the sink's appliers, go biggest layer first.
                 await nursery.start(self.fetch_blob, layer)
+
+    def _say_foreign(self, platform: Platform) -> None:
+        """A manifest for another platform than the one wanted is pulled as it is (an index
+        chose it, or there was nothing to choose from), with a warning, as podman does."""
+        wanted = self.options.wanted_platform()
+        if wanted is None or not (platform.os and platform.architecture):
+            return
+        if not wanted.matches(platform):
+            log.warning("%s: the image is for %s, not %s", self.ref, platform, wanted)
 
     # -- documents (index, manifest) -------------------------------------------------------
 
