@@ -6,12 +6,15 @@ kills the mount's daemon."""
 from __future__ import annotations
 
 import concurrent.futures
+import gzip
 import io
 import json
 import os
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from image_builder import Blob, Image, Layer, tar_info
@@ -23,12 +26,17 @@ from fsnap import oci
 from fsnap.archive.entry import Entry
 from fsnap.client import Client
 from fsnap.convert.estargz import (
+    FOOTER_SIZE,
+    TOC_DIGEST_ANNOTATION,
+    TOC_NAME,
+    footer,
     write_estargz,
 )
 from fsnap.convert.source import LANDMARK_CONTENTS, PREFETCH_LANDMARK, Member
+from fsnap.digest import sha256_of
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy.state import NotContained, write_file
-from fsnap.lazy.toc import Chunk
+from fsnap.lazy.toc import Chunk, estargz_toc_json, estargz_toc_offset
 from fsnap.oci import Platform
 
 pytestmark = pytest.mark.timeout(300)
@@ -68,6 +76,39 @@ def estargz_image(members: Members) -> Image:
         "layers": [desc.to_json()],
     }
     return Image(Blob(oci.OCI_MANIFEST, json.dumps(manifest).encode()), config, (layer,), platform)
+
+
+def with_toc(image: Image, edit: Callable[[list[dict[str, Any]]], None]) -> Image:
+    """``image`` with its eStargz layer's TOC entries changed by ``edit`` (in place): the
+    payload kept, a new TOC member and footer, the annotation pinning the new JSON (a
+    registry serving a TOC that says what it likes, correctly pinned, and the config the
+    blob's diff_id)."""
+    (layer,) = image.layers
+    blob = layer.blob.data
+    offset = estargz_toc_offset(blob[-FOOTER_SIZE:], len(blob))
+    doc = json.loads(estargz_toc_json(blob[offset:-FOOTER_SIZE]))
+    edit(doc["entries"])
+    toc = json.dumps(doc, separators=(",", ":")).encode("ascii")
+    info = tarfile.TarInfo(TOC_NAME)
+    info.size = len(toc)
+    tar = info.tobuf(tarfile.GNU_FORMAT) + toc + b"\0" * (-len(toc) % 512) + b"\0" * 1024
+    new = blob[:offset] + gzip.compress(tar) + footer(offset)
+    config = json.loads(image.config.data)
+    config["rootfs"]["diff_ids"] = [sha256_of(gzip.decompress(new))]
+    config_blob = Blob(oci.OCI_CONFIG, json.dumps(config).encode())
+    manifest = json.loads(image.manifest.data)
+    manifest["config"] = config_blob.descriptor().to_json()
+    manifest["layers"][0].update(
+        digest=sha256_of(new),
+        size=len(new),
+        annotations={**manifest["layers"][0]["annotations"], TOC_DIGEST_ANNOTATION: sha256_of(toc)},
+    )
+    return Image(
+        Blob(oci.OCI_MANIFEST, json.dumps(manifest).encode()),
+        config_blob,
+        (Layer(Blob(oci.OCI_LAYER_GZIP, new), b""),),
+        image.platform,
+    )
 
 
 def _prioritised(members: Members) -> Members:
@@ -168,3 +209,42 @@ def test_write_file_writes_only_a_regular_file_of_the_layer(tmp_path: Path, ther
             os.close(os.open(layer / "f", os.O_RDONLY | os.O_NONBLOCK))
         pool.shutdown()
     assert outside.read_bytes() == b"precious\n"
+
+
+def _rename(old: str, new: str) -> Callable[[list[dict[str, Any]]], None]:
+    def edit(entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            if entry["name"] == old:
+                entry["name"] = new
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "x" * 256,  # one byte over NAME_MAX: no file system takes it
+        "etc/\ud800",  # a lone surrogate: no bytes on disk spell it
+    ],
+    ids=["name-max", "surrogate"],
+)
+def test_a_toc_naming_a_file_no_disk_can_hold_is_refused_at_pull(
+    registry: RegistryProcess, tmp_path: Path, name: str
+) -> None:
+    """A TOC (correctly pinned) names a file with contents by a name no file system can
+    hold. A full pull's applier refuses such a name as it creates the file; a lazy pull
+    creates no file with contents, so its TOC check must: else the pull records the layer
+    (or dies on the name: exit 70) and the mount's first write of the file (a read, the
+    prefetch or the completion) fails outside any typed error and kills the daemon."""
+    members: Members = [
+        (tar_info("etc", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("etc/placeholder", size=7), b"hello!\n"),
+    ]
+    image = with_toc(estargz_image(members), _rename("etc/placeholder", name))
+    repo = f"hostile/lazy-name-{len(name)}"
+    registry.push_image(repo, "v1", image)
+    done = fsnap(tmp_path / "root", "pull", "--lazy", f"{registry.host}/{repo}:v1")
+    assert done.returncode == 4, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "bad name" in done.stderr, done.stderr

@@ -234,3 +234,27 @@ def test_a_file_a_later_entry_replaces_is_none_to_fetch(later: dict[str, Any]) -
     first file, which would be written over the directory, fifo or symlink."""
     toc = _parse([_reg("f", 10, 100), later, _reg("g", 10, 200)])
     assert list(toc.file_paths()) == ["g"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        (_reg(name="d/" + "x" * 256), "bad name"),
+        (_reg(name="\ud800"), "bad name"),
+        ({"name": "l", "type": "symlink", "linkName": "a\udfffb", "mode": 0o777}, "bad link"),
+        (_reg(xattrs={"user.\ud800": ""}), "bad xattr"),
+        (_reg(xattrs={"user." + "x" * 251: ""}), "bad xattr"),
+    ],
+)
+def test_names_no_disk_can_hold_are_refused(entry: dict[str, Any], match: str) -> None:
+    """Names, link targets and xattr names must be bytes a file system takes (what the
+    applier would refuse when creating them; a lazy file is created only later)."""
+    with pytest.raises(InvalidArgument, match=match):
+        _parse([entry])
+
+
+def test_names_the_disk_can_hold_pass() -> None:
+    """255 bytes a component, and the surrogate escapes of non-UTF-8 bytes, are fine."""
+    name = "d/" + "é" * 127 + "x/\udcff"
+    toc = _parse([_reg(name=name, xattrs={"user." + "x" * 250: ""})])
+    assert toc.entries[0].name == name

@@ -72,6 +72,8 @@ MAX_ENTRIES = 1_000_000
 # zstd:chunked's rolling checksum averages 64 KiB (zero runs are holes, never fetched).
 MAX_CHUNK = 64 << 20
 MAX_NAME = 16 << 10
+NAME_MAX = 255  # bytes of one path component (Linux; fsnap.archive.format's too)
+XATTR_NAME_MAX = 255
 MAX_XATTRS = 256
 MAX_XATTR_VALUE = 64 << 10
 MAX_ID = (1 << 32) - 1
@@ -338,11 +340,11 @@ class _Builder:
 
     def entry(self, number: int, row: dict[str, Any]) -> TocEntry:
         name = row.get("name")
-        if not isinstance(name, str) or not name or "\0" in name or len(name) > MAX_NAME:
+        if not isinstance(name, str) or not _path_on_disk(name):
             raise self.bad(number, f"bad name {str(name)[:80]!r}")
         kind = str(row["type"])
         link = row.get("linkName", "")
-        if not isinstance(link, str) or "\0" in link or len(link) > MAX_NAME:
+        if not isinstance(link, str) or _on_disk(link, MAX_NAME) is None:
             raise self.bad(number, f"{name!r}: bad link name")
         if kind in ("symlink", "hardlink") and not link:
             raise self.bad(number, f"{name!r}: a {kind} without a target")
@@ -380,7 +382,7 @@ class _Builder:
             raise self.bad(number, "bad xattrs")
         out: dict[str, bytes] = {}
         for key, value in raw.items():
-            if not isinstance(value, str) or not key or "\0" in key or len(key) > 255:
+            if not isinstance(value, str) or not key or _on_disk(key, XATTR_NAME_MAX) is None:
                 raise self.bad(number, f"bad xattr {str(key)[:80]!r}")
             try:
                 out[key] = base64.b64decode(value, validate=True)
@@ -459,6 +461,25 @@ class _Builder:
 
     def bad_file(self, where: str, why: str) -> InvalidArgument:
         return InvalidArgument(f"{self.layer.format} TOC: {where}: {why}")
+
+
+def _path_on_disk(name: str) -> bool:
+    """``_on_disk`` for an entry's name: not empty, each component at most ``NAME_MAX``."""
+    raw = _on_disk(name, MAX_NAME)
+    return raw is not None and raw != b"" and all(len(p) <= NAME_MAX for p in raw.split(b"/"))
+
+
+def _on_disk(text: str, limit: int) -> bytes | None:
+    """``text`` as the bytes the applier writes it as (``os.fsencode``); None when it
+    has none (a lone surrogate spells no bytes), holds a NUL or is over ``limit`` bytes.
+    The applier refuses such a name as it creates an entry; a lazy pull creates its files
+    with contents only later, in the mount's daemon, where a name the disk cannot take
+    must never arrive (the write would fail outside any typed error)."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None
+    return None if b"\0" in raw or len(raw) > limit else raw
 
 
 def _with_chunks(entry: TocEntry, chunks: list[Chunk]) -> TocEntry:
