@@ -272,6 +272,26 @@ def test_terminal_under_a_pty(root: Path, images: dict[str, str]) -> None:
     assert "got typed words" in text
 
 
+def test_t_without_a_terminal_is_refused_before_anything_is_made(
+    root: Path, images: dict[str, str]
+) -> None:
+    """``-t`` from a pipe, cron or CI (no controlling terminal): one line naming the way on,
+    exit 4, no snapshot; runc failed it after the snapshot was made ('runc run failed: open
+    /dev/tty: no such device or address', twice, exit 125)."""
+    before = fsnap(root, "snapshots", "ls", "--json").stdout
+    done = subprocess.run(
+        [str(FSNAP), "--root", str(root), "run", "--rm", "-t", images["plain"], "true"],
+        capture_output=True,
+        text=True,
+        start_new_session=True,  # (no controlling terminal, whatever pytest has)
+        timeout=60,
+    )
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.startswith("fsnap: error: -t needs a terminal"), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert fsnap(root, "snapshots", "ls", "--json").stdout == before
+
+
 def _read_until(fd: int, marker: bytes | None, timeout: float) -> bytes:
     data = b""
     deadline = time.monotonic() + timeout

@@ -95,7 +95,7 @@ def handle_run(client: Client, args: argparse.Namespace) -> int:
         volumes=[opts.parse_volume(v) for v in args.volume],
         network=opts.check_network(args.net),
         hostname=args.hostname,
-        tty=args.tty,
+        tty=opts.check_tty(args.tty),
         interactive=args.interactive,
         read_only=args.read_only,
         pull=args.pull,

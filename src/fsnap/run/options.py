@@ -1,5 +1,6 @@
 """Command-line values of ``fsnap run`` checked before anything is mounted: ``-e`` and
-``--env-file`` assignments, ``-v`` specs, ``--net``. Errors are ``InvalidArgument``."""
+``--env-file`` assignments, ``-v`` specs, ``--net``, ``-t`` without a terminal. Errors are
+``InvalidArgument``."""
 
 from __future__ import annotations
 
@@ -88,3 +89,18 @@ def check_network(network: str) -> str:
     if network not in NETWORKS:
         raise InvalidArgument(f"--net {network}: expected one of {', '.join(NETWORKS)}")
     return network
+
+
+def check_tty(tty: bool) -> bool:
+    """``-t`` as given: runc gives the container fsnap's controlling terminal, so a
+    ``-t`` without one (a pipe, cron, CI) is refused here, before a snapshot is made, not
+    by runc after it ("open /dev/tty: no such device or address", exit 125)."""
+    if not tty:
+        return False
+    try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_CLOEXEC))
+    except OSError:
+        raise InvalidArgument(
+            "-t needs a terminal, and fsnap runs without one: leave out -t (-i alone passes stdin)"
+        ) from None
+    return True
