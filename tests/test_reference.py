@@ -120,6 +120,8 @@ def test_parse_normalises(
         ("a/-b", "bad repository component"),
         ("a/b_", "bad repository component"),
         ("bad_host.io/a", "bad registry host"),
+        ("http://host.io:5000/a:1", r"leave out 'http://' \(host.io:5000/a:1\); .* --plain-http"),
+        ("docker://busybox", r"leave out 'docker://' \(busybox\)$"),
         (" busybox", "whitespace"),
         ("bu sybox", "whitespace"),
         ("a/" + "b" * 260, "longer than"),

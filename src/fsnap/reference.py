@@ -46,6 +46,7 @@ class Reference:
             raise InvalidArgument("invalid reference: empty")
         if text != text.strip() or any(c.isspace() for c in text):
             raise InvalidArgument(f"invalid reference {text!r}: contains whitespace")
+        _check_no_scheme(text)
         rest, digest = _split_digest(text)
         rest, tag = _split_tag(text, rest)
         domain, path = _split_domain(rest)
@@ -167,3 +168,17 @@ def _check_path(text: str, path: str) -> None:
                 f"invalid reference {text!r}: bad repository component {component!r} "
                 "(lowercase letters and digits, separated by '.', '_', '__' or '-')"
             )
+
+
+def _check_no_scheme(text: str) -> None:
+    """A URL (``http://host/app``) or a skopeo transport (``docker://app``) pasted as a
+    reference: say to leave the prefix out (it read as the registry host ``http:``)."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or not scheme.isascii() or not scheme.replace("-", "").isalnum():
+        return
+    hint = ""
+    if scheme == "http":
+        hint = (
+            "; localhost and 127.0.0.0/8 are plain HTTP by default, other hosts with --plain-http"
+        )
+    raise InvalidArgument(f"invalid reference {text!r}: leave out '{scheme}://' ({rest}){hint}")
