@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import subprocess
 import tarfile
 import time
 from collections.abc import Callable
@@ -248,3 +249,43 @@ def test_a_toc_naming_a_file_no_disk_can_hold_is_refused_at_pull(
     assert "Traceback" not in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert "bad name" in done.stderr, done.stderr
+
+
+def _layer_dir(root: Path) -> Path:
+    with Client(root) as client:
+        (name,) = [i.name for i in client.snapshots.walk() if LAZY_LABEL in i.labels]
+        return client.snapshots.dir(name)
+
+
+def _mount_log(root: Path) -> str:
+    return "".join(log.read_text() for log in (root / "mounts").glob("*.log"))
+
+
+def test_a_disk_error_in_the_background_work_leaves_the_mount_serving(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """The prefetch and the completion write files into the layer's directory; a write
+    that fails there (any disk error: here EPERM, ``etc`` made immutable) is logged and the
+    layer stays lazy. It must not end the mount: its other files are still served."""
+    members: Members = [
+        (tar_info("etc", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("etc/x", size=6), b"first\n"),
+        (tar_info("usr", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("usr/y", size=7), b"second\n"),
+    ]
+    repo = "hostile/lazy-disk-error"
+    registry.push_image(repo, "v1", estargz_image([*_prioritised(members[:2]), *members[2:]]))
+    root, ref = tmp_path / "root", f"{registry.host}/{repo}:v1"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    etc = _layer_dir(root) / "etc"
+    subprocess.run(["chattr", "+i", str(etc)], check=True)
+    try:
+        with image_mounted(root, ref, tmp_path / "mnt") as mounted:
+            deadline = time.monotonic() + 30
+            while "cannot be completed" not in _mount_log(root) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "Operation not permitted" in _mount_log(root)
+            assert (mounted / "usr/y").read_bytes() == b"second\n"
+            assert _lazy(root)
+    finally:
+        subprocess.run(["chattr", "-i", str(etc)], check=True)

@@ -435,8 +435,8 @@ class LazyFiles:
         """The files the layer lists before its ``.prefetch.landmark`` (what its image
         said a container reads first) fetched as if read: their compressed bytes, which
         lie together at the blob's start, in one Range request (at most ``PREFETCH_MAX``
-        bytes; a longer list is fetched file by file). A failure is logged: reads fetch
-        the files later."""
+        bytes; a longer list is fetched file by file). A failure (a disk error
+        included) is logged: reads fetch the files later."""
         end = layer.record.prefetch_end
         if end is None:
             return
@@ -450,7 +450,7 @@ class LazyFiles:
                     await self._fetch_raw(layer, start, end)
             for path in wanted:
                 await self.ensure(os.path.join(layer.dir, path))
-        except FsnapError as exc:
+        except (FsnapError, OSError) as exc:  # a disk error too: never the mount's end
             log.warning("prefetch of lazy layer %s: %s", layer.name, exc)
             return
         log.info("lazy layer %s: %d prioritised files prefetched", layer.name, len(wanted))
@@ -502,7 +502,9 @@ class LazyFiles:
     async def _finish(
         self, layer: LazyLayer, streamed: OnePass | None, completions: trio.Nursery
     ) -> None:
-        """``layer``'s completion from its downloaded blob (``fsnap.lazy.complete``)."""
+        """``layer``'s completion from its downloaded blob (``fsnap.lazy.complete``). A
+        failure (a disk error included) is logged and the layer stays lazy: the mount
+        serves on, its reads fetch as before."""
         try:
             await trio.to_thread.run_sync(
                 complete_layer, self.snapshots, self.content, self.db, layer.name, streamed
@@ -517,7 +519,7 @@ class LazyFiles:
             layer.raw.close()
             await self._complete(layer, completions)
             return
-        except FsnapError as exc:
+        except (FsnapError, OSError) as exc:  # a disk error too: never the mount's end
             log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
             return
         layer.present.update(layer.files)
