@@ -258,3 +258,16 @@ def test_names_the_disk_can_hold_pass() -> None:
     name = "d/" + "é" * 127 + "x/\udcff"
     toc = _parse([_reg(name=name, xattrs={"user." + "x" * 250: ""})])
     assert toc.entries[0].name == name
+
+
+def test_a_chunk_spans_at_most_max_span_of_a_huge_blob() -> None:
+    """A read holds its chunks' compressed bytes in memory, from a chunk's offset to where
+    the next file's data starts. A TOC whose one small file is followed by nothing in a
+    blob the descriptor says is 1 TiB must not make a read fetch (and hold) the whole
+    blob: a chunk's span is capped (its member cannot be longer than what it inflates to,
+    ``innerOffset`` and ``size`` at most ``MAX_CHUNK`` each, plus framing)."""
+    huge = Seekable("estargz", "sha256:" + "0" * 64, 1 << 40)
+    doc = json.dumps({"version": 1, "entries": [_reg("f", 10, 100)]}).encode()
+    (chunk,) = parse_toc(doc, huge, payload_end=(1 << 40) - 100).entries[0].chunks
+    assert chunk.end - chunk.start <= 2 * toc_mod.MAX_CHUNK + (1 << 20)
+    assert chunk.end - chunk.start >= 2 * toc_mod.MAX_CHUNK  # incompressible data fits

@@ -20,10 +20,13 @@ Two formats, one model (``Toc``: entries in archive order, each regular file wit
 
 A TOC comes from a registry, so it is hostile until checked: its digest must match the
 annotation (``DigestMismatch``, exit 6); the JSON and the entry count are capped; every
-chunk must lie inside the blob's payload, chunks must tile their file exactly, sizes and
-ids are bounded, and the files may declare at most ``max_size`` bytes (the unpacker's
-inflation rule). Names are left as the TOC spells them: they reach the disk only through
-the tar applier (``fsnap.lazy.skeleton``), whose path containment applies unchanged.
+chunk must lie inside the blob's payload, chunks must tile their file exactly, sizes,
+ids and a chunk's compressed span (``MAX_SPAN``) are bounded, and the files may declare
+at most ``max_size`` bytes (the unpacker's inflation rule). Names must be bytes a file
+system takes (``_on_disk``) and are otherwise left as the TOC spells them: the tree is
+laid out by the tar applier (``fsnap.lazy.skeleton``), whose path containment applies
+unchanged, and a file with contents is created later only through real directories of
+its layer (``fsnap.lazy.state.write_file``).
 
 The landmark files (``.prefetch.landmark``, ``.no.prefetch.landmark``) and the TOC's own tar
 entry are not part of the image's tree (stargz-snapshotter hides them): ``Toc.entries``
@@ -71,6 +74,11 @@ MAX_ENTRIES = 1_000_000
 # A chunk is decompressed in memory on a read: eStargz's default chunk is 4 MiB,
 # zstd:chunked's rolling checksum averages 64 KiB (zero runs are holes, never fetched).
 MAX_CHUNK = 64 << 20
+# A read holds its chunks' compressed bytes in memory: a chunk's span in the blob ends at
+# the next file's data, and a TOC may put none after a chunk in a blob of any size. A
+# gzip member / zstd frame is at most what it inflates to (``innerOffset`` and ``size``,
+# each at most ``MAX_CHUNK``) and some framing: a span is cut there.
+MAX_SPAN = 2 * MAX_CHUNK + (1 << 20)
 MAX_NAME = 16 << 10
 NAME_MAX = 255  # bytes of one path component (Linux; fsnap.archive.format's too)
 XATTR_NAME_MAX = 255
@@ -425,7 +433,7 @@ class _Builder:
             start = _opt_int(row, "offset", -1)
             if not 0 < start < self.payload_end:
                 raise self.bad_file(where, f"data offset {start} outside the blob's payload")
-            end = self.end_of(start, index, group, end_of_file, starts)
+            end = min(self.end_of(start, index, group, end_of_file, starts), start + MAX_SPAN)
             inner = _opt_int(row, "innerOffset", 0)
             if not 0 <= inner <= MAX_CHUNK:
                 raise self.bad_file(where, "bad innerOffset")
