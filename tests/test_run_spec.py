@@ -173,12 +173,42 @@ def test_environment_order_and_overrides() -> None:
     assert plain == (f"PATH={process.DEFAULT_PATH}", "HOSTNAME=h", "HOME=/x")
 
 
+def test_environment_bare_name_unsets_as_containerd() -> None:
+    assert process.merge_env(["A=1", "B=2"], ["A", "C", "", "B=3"]) == ["B=3"]
+    image = process.ImageRuntime(env=("PATH=/bin", "X=1", "X", "LONE"))
+    assert process.environment(image, [], User(), "h", False) == (
+        "PATH=/bin",
+        "HOSTNAME=h",
+        "HOME=/",
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"Env": ["=x"]}, "Env entry '=x' has no name"),
+        ({"Env": ["A=\0"]}, "Env entry 'A=\\x00' contains a NUL"),
+        ({"Cmd": ["sh", "a\0"]}, "Cmd entry 'a\\x00' contains a NUL"),
+        ({"Entrypoint": ["x" * 131072]}, "Entrypoint entry 'xxx"),
+        ({"WorkingDir": "/a\0"}, "WorkingDir '/a\\x00' contains a NUL"),
+    ],
+)
+def test_image_config_strings_execve_refuses(config: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        process.ImageRuntime.from_config({"config": config})
+    assert message in str(refused.value)
+
+
 def test_working_dir() -> None:
     assert process.working_dir(IMAGE, None) == "/srv/app"
     assert process.working_dir(IMAGE, "/tmp/../w") == "/w"
     assert process.working_dir(process.ImageRuntime(), None) == "/"
     with pytest.raises(InvalidArgument, match="not absolute"):
         process.working_dir(IMAGE, "rel")
+    assert process.working_dir(IMAGE, "/" + "n" * 255) == "/" + "n" * 255
+    for too_long in ("/" + "n" * 256, "/d" * 2048):
+        with pytest.raises(InvalidArgument, match="longer than the kernel takes"):
+            process.working_dir(IMAGE, too_long)
 
 
 def test_ill_typed_config_is_an_error() -> None:

@@ -34,11 +34,12 @@ class GroupEntry:
 
 
 def parse_passwd(text: str) -> list[PasswdEntry]:
-    """Well-formed lines of a passwd file (others are skipped, as libc skips them)."""
+    """Well-formed lines of a passwd file (others are skipped, as libc skips them; so is a
+    line with a NUL, which no name, home or environment variable can hold)."""
     entries = []
     for line in text.splitlines():
         fields = line.split(":")
-        if len(fields) < 7 or line.startswith("#"):
+        if len(fields) < 7 or line.startswith("#") or "\0" in line:
             continue
         uid, gid = _number(fields[2]), _number(fields[3])
         if uid is not None and gid is not None:
