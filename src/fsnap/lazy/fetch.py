@@ -301,10 +301,12 @@ class LazyFiles:
         for batch in batches(tuple(chunks)):
             start, end = batch[0].start, max(c.end for c in batch)
             if layer.raw.holds(start, end):  # fetched already (by the landmark prefetch)
-                data = await trio.to_thread.run_sync(layer.raw.read, start, end)
                 try:
+                    data = await trio.to_thread.run_sync(layer.raw.read, start, end)
                     pieces += await trio.to_thread.run_sync(_decode, fmt, batch, start, data)
                     continue
+                except Unavailable:  # dropped meanwhile: fetched below
+                    pass
                 except DigestMismatch as exc:  # the prefetch kept bad bytes: not again
                     log.warning("lazy layer %s: dropping prefetched bytes: %s", layer.name, exc)
                     layer.raw.close()

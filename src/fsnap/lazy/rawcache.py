@@ -6,6 +6,11 @@ keeps what the reads fetched (in an unlinked file: nothing to clean after a cras
 completion copies those ranges instead of fetching them again. It lives as long as the
 mount; a new mount starts with an empty one (the completion's own partial blob is resumed
 from the content store's ingest).
+
+Its calls come from trio's worker threads (the reads', the prefetch's, the completion's)
+and may cross: a read's ``holds`` then ``read`` while another read, finding bad bytes,
+or the completion, closes it. Each call holds a lock, and ``read`` of a range no
+longer held is ``Unavailable`` (fetch it): bytes or that, never another exception.
 """
 
 from __future__ import annotations
@@ -13,8 +18,11 @@ from __future__ import annotations
 import bisect
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO
+
+from fsnap.errors import Unavailable
 
 
 class RawCache:
@@ -24,20 +32,22 @@ class RawCache:
         self.directory = directory
         self._file: IO[bytes] | None = None
         self._ranges: list[tuple[int, int]] = []  # sorted, disjoint, not touching
+        self._lock = threading.Lock()
 
     def put(self, start: int, data: bytes) -> None:
         """Keep ``data``, the blob's bytes from ``start``. Blocking: call it in a thread."""
         if not data:
             return
-        if self._file is None:
-            # Open for the cache's life (``close`` ends it), unlinked from the start.
-            self._file = tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115
-        view = memoryview(data)
-        offset = start
-        while view:
-            written = os.pwrite(self._file.fileno(), view, offset)
-            view, offset = view[written:], offset + written
-        self._add(start, start + len(data))
+        with self._lock:
+            if self._file is None:
+                # Open for the cache's life (``close`` ends it), unlinked from the start.
+                self._file = tempfile.TemporaryFile(dir=self.directory)  # noqa: SIM115
+            view = memoryview(data)
+            offset = start
+            while view:
+                written = os.pwrite(self._file.fileno(), view, offset)
+                view, offset = view[written:], offset + written
+            self._add(start, start + len(data))
 
     def pieces(self, start: int, end: int, min_held: int = 0) -> list[tuple[int, int, bool]]:
         """``[start, end)`` cut into consecutive pieces, each held here (True) or not; a
@@ -74,18 +84,22 @@ class RawCache:
         return self._pieces(start, end) == [(start, end, True)]
 
     def read(self, start: int, end: int) -> bytes:
-        """Bytes ``pieces`` said are held. Blocking: call it in a thread."""
-        assert self._file is not None
-        return os.pread(self._file.fileno(), end - start, start)
+        """Bytes ``pieces`` said are held; ``Unavailable`` if they are not any more (a
+        ``close`` came between). Blocking: call it in a thread."""
+        with self._lock:
+            if self._file is None or not self.holds(start, end):
+                raise Unavailable(f"bytes {start}-{end} of the blob are no longer kept")
+            return os.pread(self._file.fileno(), end - start, start)
 
     def held(self) -> int:
         return sum(last - first for first, last in self._ranges)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._ranges.clear()
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            self._ranges = []
 
     def _add(self, start: int, end: int) -> None:
         kept: list[tuple[int, int]] = []
