@@ -105,7 +105,9 @@ def allocated(path: Path) -> tuple[int, int]:
 
 
 def iter_stats(path: Path) -> Iterator[os.stat_result]:
-    """``lstat`` of ``path`` and of everything beneath it (depth first, one fd held)."""
+    """``lstat`` of ``path`` and of everything beneath it (depth first, one fd held). An
+    entry or a subdirectory removed while the walk runs is left out (a writer may be
+    busy in the tree); ``path`` itself missing is FileNotFoundError."""
     top = os.lstat(path)
     yield top
     if not stat.S_ISDIR(top.st_mode):
@@ -117,19 +119,25 @@ def iter_stats(path: Path) -> Iterator[os.stat_result]:
         while True:
             with os.scandir(fd) as entries:
                 for entry in entries:
-                    st = entry.stat(follow_symlinks=False)
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
                     yield st
                     if stat.S_ISDIR(st.st_mode):
                         level.subdirs.append(entry.name)
             levels.append(level)
-            while levels and not levels[-1].subdirs:
-                levels.pop()
-                if levels:
-                    fd = climb(fd, levels[-1].dev, levels[-1].ino)
-            if not levels:
-                return
-            name = levels[-1].subdirs.pop()
-            child = os.open(name, _OPEN_DIR, dir_fd=fd)
+            child = -1
+            while child < 0:
+                while levels and not levels[-1].subdirs:
+                    levels.pop()
+                    if levels:
+                        fd = climb(fd, levels[-1].dev, levels[-1].ino)
+                if not levels:
+                    return
+                name = levels[-1].subdirs.pop()
+                with contextlib.suppress(FileNotFoundError):
+                    child = os.open(name, _OPEN_DIR, dir_fd=fd)
             os.close(fd)
             fd = child
             st = os.fstat(fd)

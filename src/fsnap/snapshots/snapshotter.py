@@ -23,6 +23,7 @@ or removed (a writable mount) is a ``Hold`` it is given, not something it tracks
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,7 +35,7 @@ import lmdb
 
 from fsnap.archive.entry import Entry
 from fsnap.db import Database, delete_prefix
-from fsnap.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from fsnap.errors import AlreadyExists, Busy, FailedPrecondition, InvalidArgument, NotFound
 from fsnap.private import private_dir
 from fsnap.snapshots import disk
 from fsnap.snapshots.api import Hold, Snapshotter
@@ -233,10 +234,7 @@ class LocalSnapshotter:
             record = self._get(txn, key)
         if record.usage is not None:
             return record.usage
-        try:
-            return disk.disk_usage(self._home(record.id) / disk.FS)
-        except FileNotFoundError:
-            raise NotFound(f"directory of snapshot {key} is missing") from None
+        return _measure(key, self._home(record.id) / disk.FS)
 
     # -- changing ------------------------------------------------------------------------
 
@@ -404,6 +402,25 @@ def _updated_labels(
         else:
             raise InvalidArgument(f"cannot update {path!r} of a snapshot: only labels change")
     return result
+
+
+USAGE_TRIES = 5  # walks of an active snapshot a concurrent writer may spoil
+
+
+def _measure(key: str, fs: Path) -> Usage:
+    """``disk_usage`` of an active snapshot's directory, which a container may be changing:
+    a walk that lost its way (a directory it was in removed meanwhile) is retried; only the
+    directory itself missing is NotFound."""
+    for _ in range(USAGE_TRIES):
+        try:
+            return disk.disk_usage(fs)
+        except FileNotFoundError:
+            if not fs.is_dir():
+                raise NotFound(f"directory of snapshot {key} is missing") from None
+        except OSError as exc:
+            if exc.errno != errno.ESTALE:
+                raise
+    raise Busy(f"snapshot {key} kept changing while its usage was measured; try again")
 
 
 if TYPE_CHECKING:  # (mypy holds the class to the contract, verb by verb)

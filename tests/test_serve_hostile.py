@@ -1,0 +1,167 @@
+"""``fsnap serve`` against a hostile or careless client, over real gRPC to a real server:
+keys and names built to escape the store, parents that are missing or active, a commit
+twice, a remove under children, garbage filters, oversized labels, racing calls, a client
+that gives up mid-call, Usage of a snapshot a container is writing. Each call gets the
+typed status containerd's own snapshotters give, the server keeps serving, and the store
+stays consistent (nothing outside it touched)."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from support.serve import Served, run_serve
+
+from fsnap import errors
+from fsnap.serve.client import RemoteSnapshotter
+from fsnap.snapshots import Kind
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with run_serve(tmp_path / "root", tmp_path / "run" / "fsnap.sock", tmp_path / "log") as s:
+        yield s
+        assert s.process.poll() is None, "the server died"
+        assert "Traceback" not in s.log.read_text()
+
+
+@pytest.fixture
+def remote(served: Served) -> Iterator[RemoteSnapshotter]:
+    client = RemoteSnapshotter(served.address, timeout=30)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def outcome(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except errors.FsnapError as exc:
+        return type(exc).__name__
+    return "ok"
+
+
+def test_keys_are_names_never_paths(remote: RemoteSnapshotter, tmp_path: Path) -> None:
+    """'/', '..' and newlines are just names (the directory is the store's own number);
+    NUL, empty and over-long keys are InvalidArgument."""
+    for key in ("a/b/../../../../etc", "..", "/", "a\nb"):
+        (mount,) = remote.prepare(key)
+        assert Path(mount.source).is_relative_to(tmp_path / "root")
+        assert remote.stat(key).name == key
+    remote.commit("../../escape", "..")
+    assert remote.stat("../../escape").kind is Kind.COMMITTED
+    assert not (tmp_path.parent / "escape").exists()
+    for bad in ("a\0b", "", "k" * 256):
+        assert outcome(functools.partial(remote.prepare, bad)) == "InvalidArgument"
+
+
+def test_verbs_out_of_order_get_containerds_codes(remote: RemoteSnapshotter) -> None:
+    remote.prepare("active")
+    assert outcome(lambda: remote.prepare("x", "missing")) == "NotFound"
+    assert outcome(lambda: remote.prepare("x", "active")) == "InvalidArgument"
+    assert outcome(lambda: remote.view("x", "active")) == "InvalidArgument"
+    remote.commit("base", "active")
+    assert outcome(lambda: remote.commit("base", "active")) == "NotFound"  # twice
+    remote.prepare("other")
+    assert outcome(lambda: remote.commit("base", "other")) == "AlreadyExists"
+    assert remote.stat("other").kind is Kind.ACTIVE  # the refused commit left it as it was
+    assert outcome(lambda: remote.commit("again", "base")) == "FailedPrecondition"
+    remote.prepare("child", "base")
+    assert outcome(lambda: remote.remove("base")) == "FailedPrecondition"
+    assert remote.mounts("base")[0].options == ("rbind", "ro")
+    assert outcome(lambda: remote.update("base", {"a": "b"}, ["kind"])) == "InvalidArgument"
+    assert outcome(lambda: remote.usage("missing")) == "NotFound"
+    assert outcome(lambda: remote.remove("missing")) == "NotFound"
+    assert sorted(i.name for i in remote.walk()) == ["base", "child", "other"]
+
+
+@pytest.mark.parametrize(
+    "bad", ["(((garbage", 'labels."x==', "name~=(", "\0", "kind==active,", "labels.==x"]
+)
+def test_garbage_walk_filters_are_invalid_argument(remote: RemoteSnapshotter, bad: str) -> None:
+    remote.prepare("one")
+    assert outcome(lambda: list(remote.walk([bad]))) == "InvalidArgument"
+    assert [i.name for i in remote.walk()] == ["one"]
+
+
+def test_oversized_labels_are_refused(remote: RemoteSnapshotter) -> None:
+    many = {f"k{i}": "v" * 100 for i in range(20_000)}  # 2 MB, under gRPC's 4 MB message
+    assert outcome(lambda: remote.prepare("labelled", "", many)) == "InvalidArgument"
+    assert outcome(lambda: remote.prepare("labelled", "", {"k": "v" * 3_000_000})) == (
+        "InvalidArgument"
+    )
+    assert list(remote.walk()) == []
+
+
+def test_racing_calls_leave_one_winner(served: Served, remote: RemoteSnapshotter) -> None:
+    def client_call(call: Callable[[RemoteSnapshotter], object]) -> str:
+        client = RemoteSnapshotter(served.address, timeout=30)
+        try:
+            return outcome(lambda: call(client))
+        finally:
+            client.close()
+
+    with ThreadPoolExecutor(8) as pool:
+        prepares = Counter(pool.map(lambda _: client_call(lambda c: c.prepare("same")), range(16)))
+        assert prepares == {"ok": 1, "AlreadyExists": 15}
+        commits = Counter(
+            pool.map(lambda i: client_call(lambda c: c.commit(f"name-{i}", "same")), range(8))
+        )
+        assert commits == {"ok": 1, "NotFound": 7}
+    assert [i.kind for i in remote.walk()] == [Kind.COMMITTED]
+
+
+def test_client_giving_up_mid_commit(served: Served, remote: RemoteSnapshotter) -> None:
+    """A deadline that expires while Commit scans a big snapshot: the client sees a timeout,
+    the server finishes the commit (or not) atomically, and serves on."""
+    (mount,) = remote.prepare("big")
+    for i in range(20_000):
+        (Path(mount.source) / f"f{i}").write_bytes(b"x")
+    hasty = RemoteSnapshotter(served.address, timeout=0.05)
+    assert outcome(lambda: hasty.commit("big-done", "big")) != "ok"
+    hasty.close()
+    names = {i.name: i.kind for i in remote.walk()}
+    for _ in range(100):
+        if names == {"big-done": Kind.COMMITTED}:
+            break
+        names = {i.name: i.kind for i in remote.walk()}
+        threading.Event().wait(0.1)
+    assert names in ({"big-done": Kind.COMMITTED}, {"big": Kind.ACTIVE})
+
+
+def test_usage_of_a_snapshot_being_written(remote: RemoteSnapshotter) -> None:
+    """A container creating and removing directories while containerd asks for Usage: every
+    answer is a usage, never NotFound for a snapshot that exists (was: 'directory of
+    snapshot busy is missing')."""
+    (mount,) = remote.prepare("busy")
+    upper = Path(mount.source)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            sub = upper / f"d{i % 20}" / "e"
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"f{i}").write_bytes(b"y" * 100)
+            if i % 3 == 0:
+                shutil.rmtree(upper / f"d{i % 20}", ignore_errors=True)
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        answers = Counter(outcome(lambda: remote.usage("busy")) for _ in range(200))
+    finally:
+        stop.set()
+        thread.join()
+    assert answers == {"ok": 200}
+    assert remote.usage("busy").inodes >= 1
