@@ -6,18 +6,21 @@ kills the mount's daemon."""
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import gzip
 import io
 import json
 import os
 import subprocess
 import tarfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_server import FaultServer
 from image_builder import Blob, Image, Layer, tar_info
 from support.cli import fsnap, succeeded
 from support.image_mount import image_mounted
@@ -36,12 +39,14 @@ from fsnap.convert.estargz import (
 from fsnap.convert.source import LANDMARK_CONTENTS, PREFETCH_LANDMARK, Member
 from fsnap.digest import sha256_of
 from fsnap.labels import LAZY_LABEL
+from fsnap.lazy import fetch
 from fsnap.lazy.state import NotContained, write_file
 from fsnap.lazy.toc import Chunk, estargz_toc_json, estargz_toc_offset
 from fsnap.oci import Platform
 
 pytestmark = pytest.mark.timeout(300)
 Members = list[tuple[tarfile.TarInfo, bytes | None]]
+NOISE = os.urandom(300 << 10)  # incompressible: its range is long enough to stall in
 
 
 def estargz_image(members: Members) -> Image:
@@ -289,3 +294,52 @@ def test_a_disk_error_in_the_background_work_leaves_the_mount_serving(
             assert _lazy(root)
     finally:
         subprocess.run(["chattr", "-i", str(etc)], check=True)
+
+
+def _two_files_image(fault_server: FaultServer, registry: RegistryProcess, repo: str) -> str:
+    """An eStargz image of ``etc/x`` and ``usr/y`` pushed as ``repo:v1``; its reference
+    through ``fault_server``."""
+    members: Members = [
+        (tar_info("etc", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("etc/x", size=len(NOISE)), NOISE),
+        (tar_info("usr", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("usr/y", size=7), b"second\n"),
+    ]
+    registry.push_image(repo, "v1", estargz_image(members))
+    return f"{fault_server.host}/{repo}:v1"
+
+
+def test_a_registry_stalling_mid_range_gives_eio_within_the_read_deadline(
+    registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A registry that sends part of a read's range and then nothing: the read gets EIO
+    within the read deadline (not a hang), the mount serves on, and the same read
+    succeeds once the registry answers."""
+    ref = _two_files_image(fault_server, registry, "hostile/lazy-stall")
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    gate = threading.Event()
+    with image_mounted(root, ref, tmp_path / "mnt", "--no-background-fetch") as mounted:
+        fault_server.stall_blob_after(1000, gate)
+        started = time.monotonic()
+        with pytest.raises(OSError) as failed:
+            (mounted / "etc/x").read_bytes()
+        assert failed.value.errno == errno.EIO
+        assert time.monotonic() - started < fetch.READ_DEADLINE + 5
+        gate.set()
+        assert (mounted / "usr/y").read_bytes() == b"second\n"
+        assert (mounted / "etc/x").read_bytes() == NOISE
+
+
+def test_a_registry_ignoring_range_still_gives_the_right_bytes(
+    registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
+) -> None:
+    """A registry (or a proxy) that answers every Range request with the whole blob (200):
+    the pull finds the TOC and each read its own bytes in it."""
+    ref = _two_files_image(fault_server, registry, "hostile/lazy-no-range")
+    fault_server.ignore_range = True
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    with image_mounted(root, ref, tmp_path / "mnt", "--no-background-fetch") as mounted:
+        assert (mounted / "usr/y").read_bytes() == b"second\n"
+        assert (mounted / "etc/x").read_bytes() == NOISE
