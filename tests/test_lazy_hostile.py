@@ -343,3 +343,33 @@ def test_a_registry_ignoring_range_still_gives_the_right_bytes(
     with image_mounted(root, ref, tmp_path / "mnt", "--no-background-fetch") as mounted:
         assert (mounted / "usr/y").read_bytes() == b"second\n"
         assert (mounted / "etc/x").read_bytes() == NOISE
+
+
+def test_a_disk_error_in_the_background_download_leaves_the_mount_serving(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """The background download writes the blob into the content store's ingest; a disk
+    error there (here EPERM: the ingest directory made immutable) is logged, the layer
+    stays lazy, and the mount serves on: its reads fetch as before."""
+    members: Members = [
+        (tar_info("etc", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("etc/x", size=6), b"first\n"),
+    ]
+    repo = "hostile/lazy-download-error"
+    registry.push_image(repo, "v1", estargz_image(members))
+    root, ref = tmp_path / "root", f"{registry.host}/{repo}:v1"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    with Client(root) as client:
+        ingest = client.content.ingests.root
+    ingest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["chattr", "+i", str(ingest)], check=True)
+    try:
+        with image_mounted(root, ref, tmp_path / "mnt") as mounted:
+            deadline = time.monotonic() + 30
+            while "cannot be completed" not in _mount_log(root) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "Operation not permitted" in _mount_log(root)
+            assert (mounted / "etc/x").read_bytes() == b"first\n"
+            assert _lazy(root)
+    finally:
+        subprocess.run(["chattr", "-i", str(ingest)], check=True)

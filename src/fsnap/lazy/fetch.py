@@ -479,7 +479,8 @@ class LazyFiles:
     ) -> None:
         """Download ``layer``'s blob (again and again while the registry is unavailable),
         then start its completion in ``completions``; ``holding``: the caller took this
-        layer's first download slot (it is released here)."""
+        layer's first download slot (it is released here). Another failure (a disk error
+        included) is logged and the layer stays lazy."""
         delay = 1.0
         while True:
             try:
@@ -495,7 +496,7 @@ class LazyFiles:
                 await trio.sleep(delay)
                 delay = min(2 * delay, 60.0)
                 continue
-            except FsnapError as exc:
+            except (FsnapError, OSError) as exc:  # a disk error too: never the mount's end
                 log.error("lazy layer %s cannot be completed: %s", layer.name, exc)
                 return
             completions.start_soon(self._finish, layer, streamed, completions)
