@@ -98,6 +98,30 @@ def test_quiet_pull_prints_only_reference_and_digest(
     assert CURSOR.sub("", STYLE.sub("", output)).strip() == f"{ref}: {image.manifest.digest}"
 
 
+def test_a_lazy_pull_says_lazy_for_the_layers_it_leaves_in_the_registry(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A seekable layer of ``pull --lazy`` (only its TOC fetched) is ``lazy``, not ``exists``
+    (the store has none of its bytes), and out of the pull's byte totals; a layer that is
+    not seekable is pulled as always, and says so."""
+    plain = make_image([make_layer({"etc/motd": "hi\n"})], platform=Platform.host())
+    registry.push_image("progress/plain", "v1", plain)
+    src, esgz = f"{registry.host}/progress/plain:v1", f"{registry.host}/progress/plain:esgz"
+    maker = tmp_path / "maker"
+    for args in (["pull", src], ["convert", "--estargz", src, esgz], ["push", esgz]):
+        done = fsnap(maker, *args)
+        assert done.returncode == 0, done.stderr
+    root = tmp_path / "root"
+    lazy = fsnap(root, "pull", "--lazy", esgz)
+    assert lazy.returncode == 0, lazy.stderr
+    layer = next(line for line in lazy.stdout.splitlines() if line.startswith("layer-"))
+    assert layer.endswith(": lazy"), lazy.stdout
+    assert "exists" not in lazy.stdout
+    full = fsnap(root, "pull", "--lazy", src)
+    assert full.returncode == 0, full.stderr
+    assert f"layer-{plain.layers[0].blob.digest}: done" in full.stdout
+
+
 def test_pull_to_a_pipe_prints_lines_and_byte_counts_of_slow_blobs(
     registry: RegistryProcess, fault_server: FaultServer, tmp_path: Path
 ) -> None:

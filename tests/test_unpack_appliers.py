@@ -311,7 +311,7 @@ class UnpackOrder(PullProgress):
         self._waiting = set(before)
         self._gate = gate
 
-    def blob_done(self, desc: Descriptor, state: Literal["done", "exists"]) -> None:
+    def blob_done(self, desc: Descriptor, state: Literal["done", "exists", "lazy"]) -> None:
         self._waiting.discard(desc.digest)
         if not self._waiting:
             self._gate.set()

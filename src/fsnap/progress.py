@@ -79,8 +79,10 @@ class PullProgress:
     def blob_verifying(self, desc: Descriptor) -> None:
         """Every byte is written; its digest is being checked and the blob committed."""
 
-    def blob_done(self, desc: Descriptor, state: Literal["done", "exists"]) -> None:
-        """The blob is committed: fetched now (``done``) or found in the store (``exists``)."""
+    def blob_done(self, desc: Descriptor, state: Literal["done", "exists", "lazy"]) -> None:
+        """The blob is committed: fetched now (``done``) or found in the store (``exists``);
+        or, a seekable layer of a lazy pull, left in the registry (``lazy``: only its table
+        of contents was fetched, its files come when read)."""
 
     def blob_failed(self, desc: Descriptor, reason: str) -> None:
         """The blob (its download, or its layer's unpacking) failed; the pull will raise."""

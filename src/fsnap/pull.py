@@ -195,7 +195,7 @@ class Puller:
             for layer in _biggest_first(manifest.layers):
                 if skip is not None and skip(layer):
                     self.tally.sizes[layer.digest] = layer.size
-                    self.progress.blob_done(layer, "exists")  # its TOC is what is fetched
+                    self.progress.blob_done(layer, "lazy")  # its TOC is what is fetched
                     continue
                 # One at a time until each holds its download slot (or needs none): the
                 # slots, and so the sink's appliers, go biggest layer first.

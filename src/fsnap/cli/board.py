@@ -30,12 +30,13 @@ State = Literal[
     "verifying",
     "done",
     "exists",
+    "lazy",
     "mounted",
     "pushed",
     "unpacked",
     "failed",
 ]
-FINAL = frozenset({"done", "exists", "mounted", "pushed", "unpacked", "failed"})
+FINAL = frozenset({"done", "exists", "lazy", "mounted", "pushed", "unpacked", "failed"})
 # Phases whose bytes grow: their rows get a bar and a byte count.
 MOVING = frozenset({"downloading", "uploading", "writing", "unpacking", "verifying"})
 
@@ -100,7 +101,7 @@ class Board:
             if state != row.state and state in MOVING:
                 row.since = self.clock()
             row.state = state
-            if state == "exists":
+            if state in ("exists", "lazy"):  # (no bytes of this pull's: out of its totals)
                 row.cached = True
             if state in ("done", "exists", "pushed", "mounted", "unpacked"):
                 row.done = row.total

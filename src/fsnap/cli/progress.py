@@ -143,9 +143,9 @@ class PullReporter(PullProgress, Drawn):
         elif row.state == "downloading":  # the applier still has bytes to go
             self.board.set_state(desc, "unpacking")
 
-    def blob_done(self, desc: Descriptor, state: Literal["done", "exists"]) -> None:
+    def blob_done(self, desc: Descriptor, state: Literal["done", "exists", "lazy"]) -> None:
         row = self.board.row(desc)
-        if row.applied is None or row.state in FINAL:
+        if row.applied is None or row.state in FINAL or state == "lazy":
             self.board.set_state(desc, state, "")
         elif state == "exists":  # replayed from the store into the unpacker
             row.cached, row.done = True, row.total
@@ -160,8 +160,11 @@ class PullReporter(PullProgress, Drawn):
 
     def layer_unpacking(self, desc: Descriptor, applied: Meter) -> None:
         """While the blob still downloads the row stays ``downloading`` and shows both
-        counts; the ``unpacking`` phase begins when the last byte is in."""
+        counts; the ``unpacking`` phase begins when the last byte is in. A lazy layer's
+        row stays ``lazy``: its snapshot is made from the TOC, none of its bytes are here."""
         row = self.board.row(desc)
+        if row.state == "lazy":
+            return
         row.applied = applied
         if row.state != "downloading":
             self.board.set_state(desc, "unpacking")
@@ -170,9 +173,14 @@ class PullReporter(PullProgress, Drawn):
             self.say(f"{blob_label(desc)}: unpacking while it downloads")
 
     def layer_verifying(self, desc: Descriptor) -> None:
+        if self.board.row(desc).state == "lazy":
+            return
         self.board.set_state(desc, "verifying")
 
     def layer_unpacked(self, desc: Descriptor, chain_id: str) -> None:
+        if self.board.row(desc).state == "lazy":
+            self.say(f"{blob_label(desc)}: unpacked {chain_id} from its table of contents")
+            return
         self.unpacked(desc, chain_id)
 
     def finished(self, downloaded: int, elapsed: float) -> None:
