@@ -373,3 +373,36 @@ def test_a_disk_error_in_the_background_download_leaves_the_mount_serving(
             assert _lazy(root)
     finally:
         subprocess.run(["chattr", "-i", str(ingest)], check=True)
+
+
+def test_a_chunk_pointing_at_another_files_bytes_gives_eio_not_those_bytes(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A TOC (pinned) whose ``etc/x`` chunk offset points at ``usr/y``'s gzip member
+    (offsets overlapping, out of order): the read of ``etc/x`` decodes ``usr/y``'s bytes,
+    which do not hash to ``etc/x``'s chunk digest: EIO, never those bytes; ``usr/y``
+    reads right and the mount serves on."""
+    members: Members = [
+        (tar_info("etc", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("etc/x", size=7), b"first!\n"),
+        (tar_info("usr", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("usr/y", size=7), b"second\n"),
+    ]
+
+    def overlap(entries: list[dict[str, Any]]) -> None:
+        offsets = {e["name"]: e.get("offset") for e in entries}
+        for entry in entries:
+            if entry["name"] == "etc/x":
+                entry["offset"] = offsets["usr/y"]
+
+    repo = "hostile/lazy-overlap"
+    registry.push_image(repo, "v1", with_toc(estargz_image(members), overlap))
+    root, ref = tmp_path / "root", f"{registry.host}/{repo}:v1"
+    succeeded(fsnap(root, "pull", "--lazy", ref))
+    with image_mounted(root, ref, tmp_path / "mnt", "--no-background-fetch") as mounted:
+        with pytest.raises(OSError) as failed:
+            (mounted / "etc/x").read_bytes()
+        assert failed.value.errno == errno.EIO
+        assert (mounted / "usr/y").read_bytes() == b"second\n"
+        with pytest.raises(OSError):
+            (mounted / "etc/x").read_bytes()
