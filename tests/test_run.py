@@ -235,6 +235,27 @@ def test_signals_are_forwarded(
         proc.communicate()
 
 
+def test_sigterm_while_setting_up_cleans_up(root: Path, images: dict[str, str]) -> None:
+    """SIGTERM to fsnap as soon as its run is recorded (the mount, the spec and runc still
+    to come) ends the run as Ctrl-C does: nothing is left for ``fsnap gc`` (was: fsnap
+    died of the signal, leaving its run record, its mount and the --rm snapshot)."""
+    before = active_snapshots(root)
+    script = 'trap "exit 7" TERM; sleep 30 & wait'  # (if the signal came late after all)
+    proc = _start(root, "--rm", images["plain"], "sh", "-c", script)
+    try:
+        deadline = time.monotonic() + 30
+        while not list((root / "runs").glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert leftovers(root) == []
+        assert active_snapshots(root) == before
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_terminal_under_a_pty(root: Path, images: dict[str, str]) -> None:
     """-t -i in a pseudo-terminal: the process has a terminal (its own pts), TERM=xterm, and
     what is typed reaches it."""

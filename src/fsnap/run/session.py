@@ -18,7 +18,8 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +64,33 @@ class RunResult:
 
 
 def run(client: Host, ref: str, options: RunOptions, notify: Notify) -> RunResult:
-    """Run ``ref``'s program as ``options`` say; ``notify`` gets fsnap's own messages."""
+    """Run ``ref``'s program as ``options`` say; ``notify`` gets fsnap's own messages.
+
+    A SIGTERM while the run is set up or torn down interrupts it as Ctrl-C does (the
+    cleanup below runs: no mount, record or ``--rm`` snapshot is left for ``fsnap gc``);
+    while the container runs, ``Runc.run`` forwards it to the container instead."""
+    with _sigterm_interrupts():
+        return _run_cleaned(client, ref, options, notify)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt meanwhile (main thread only: signals go there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_cleaned(client: Host, ref: str, options: RunOptions, notify: Notify) -> RunResult:
     _check(options)
     runtime = bundle.runtime_dir()
     ident = f"fsnap-{secrets.token_hex(6)}"
