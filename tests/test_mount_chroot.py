@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -189,3 +190,42 @@ def test_cli_mount_errors(busybox: tuple[Path, str], tmp_path: Path) -> None:
     assert "nothing is mounted" in nothing.stderr
     for done in (missing, busy, within, absent, again, nothing):
         assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_mount_point_given_through_a_symlink_is_the_directory_it_names(
+    busybox: tuple[Path, str], tmp_path: Path
+) -> None:
+    """The kernel's mount table names the directory a symlink points at (mount(8) resolves
+    it too): the record must, or `fsnap mounts` said 'starting' for ever of a live mount."""
+    root, key = busybox
+    mnt, link = tmp_path / "mnt", tmp_path / "link"
+    mnt.mkdir()
+    link.symlink_to(mnt)
+    try:
+        done = fsnap(root, "snapshots", "mount", key, str(link))
+        assert done.returncode == 0, done.stderr
+        assert f" at {mnt} read-only" in done.stdout
+        listed = json.loads(fsnap(root, "mounts", "--json").stdout)
+        assert [(m["mountpoint"], m["state"]) for m in listed] == [(str(mnt), "live")]
+        pid = listed[0]["pid"]
+        gone = fsnap(root, "umount", str(link))
+        assert gone.returncode == 0, gone.stderr
+        assert str(mnt) not in records.mounted_points()
+        assert fsnap(root, "mounts", "--json").stdout.strip() == "[]"
+        assert not _alive(pid)
+    finally:
+        fsnap(root, "umount", str(mnt))
+
+
+def _alive(pid: int, within: float = 5.0) -> bool:
+    """Whether ``pid`` (not our child: the CLI's daemon) still runs after ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return False
+        if state == "Z":  # exited, its parent yet to reap it
+            return False
+        time.sleep(0.1)
+    return True

@@ -98,7 +98,9 @@ def _unescape(raw: bytes) -> str:
 
 
 def normalize(mountpoint: str | os.PathLike[str]) -> str:
-    return os.path.normpath(os.path.abspath(os.fspath(mountpoint)))
+    """The mount point as the kernel's mount table names it: absolute, symlinks resolved
+    (as mount(8) does; a dead FUSE mount on the way is taken as it is, never an error)."""
+    return os.path.realpath(os.fspath(mountpoint))
 
 
 def mounts_dir(root: Path) -> Path:
