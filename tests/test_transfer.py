@@ -356,6 +356,10 @@ def test_images_filters_and_digests(pushed: str, tmp_path: Path) -> None:
     done = fsnap(root, "images", "-f", "colour==red")
     assert done.returncode == 4
     assert "colour" in done.stderr
+    # (a bad pattern is the user's mistake, as in `snapshots ls -f`; it was exit 70)
+    bad = fsnap(root, "images", "-f", "name~=[")
+    assert bad.returncode == 4, bad.stderr
+    assert bad.stderr.startswith("fsnap: error: bad regular expression in filter: '['"), bad.stderr
 
 
 def test_version(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from fsnap.errors import InvalidArgument
 from fsnap.images.store import Image
-from fsnap.snapshots.filters import Selector, parse_filter
+from fsnap.snapshots.filters import Selector, check_regex, parse_filter
 
 FIELDS = ("name", "digest", "platform", "labels")
 
@@ -35,6 +35,8 @@ def _check(selector: Selector) -> None:
         raise InvalidArgument(f"unknown image filter field {head!r} (use {', '.join(FIELDS)})")
     if (head == "labels") != (len(rest) == 1) or len(rest) > 1:
         raise InvalidArgument(f"bad image filter field {'.'.join(selector.path)!r}")
+    if selector.op == "~=":
+        check_regex(selector.value)
 
 
 def _matches(selector: Selector, image: Image) -> bool:

@@ -87,7 +87,7 @@ def compile_filters(filters: Sequence[str]) -> Predicate:
         for selector in selectors:
             check_path(selector.path)
             if selector.op == "~=":
-                _check_regex(selector.value)
+                check_regex(selector.value)
 
     def predicate(info: Info) -> bool:
         return any(all(s.matches(info) for s in selectors) for selectors in alternatives)
@@ -105,7 +105,8 @@ def parse_filter(text: str) -> list[Selector]:
     return selectors
 
 
-def _check_regex(pattern: str) -> None:
+def check_regex(pattern: str) -> None:
+    """A ``~=`` selector's pattern compiles, or InvalidArgument says why."""
     try:
         re.compile(pattern)
     except re.error as exc:
