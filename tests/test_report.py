@@ -53,6 +53,11 @@ def test_html_report_renders_a_chart_per_layer(registry: RegistryProcess, tmp_pa
     root = tmp_path / "root"
     succeeded(fsnap(root, "pull", ref))
     page = tmp_path / "report.html"
+    nowhere = tmp_path / "missing" / "report.html"  # named as given, not its temporary file
+    refused = fsnap(root, "analyze", ref, "--html", str(nowhere))
+    assert refused.returncode == 2, refused.stderr
+    said = f"fsnap: error: cannot write {nowhere}: no directory {nowhere.parent}\n"
+    assert refused.stderr == said
     succeeded(fsnap(root, "analyze", ref, "--html", str(page)))
     text = page.read_text()
     assert "<script" not in text

@@ -226,6 +226,8 @@ def _write_report(
     from fsnap.inspect import report
     from fsnap.mount.tree import MergedTree
 
+    if not out.parent.is_dir():  # (said of ``out``: the temporary file beside it is ours)
+        raise NotFound(f"cannot write {out}: no directory {out.parent}")
     page = report.render(image, _names(image), analysis, MergedTree.build(layers))
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page)
