@@ -112,6 +112,12 @@ CASES: dict[str, tuple[dict[str, Any], list[Member], str | None, str]] = {
         "",
     ),
     "workdir-a-file": ({**BASE, "WorkingDir": "/etc/passwd"}, [], None, "not a directory"),
+    "hostname-a-directory": (
+        BASE,
+        [(tar_info("etc/hostname", tarfile.DIRTYPE, mode=0o755), None)],
+        None,
+        "/etc/hostname is a directory in the image: a file cannot be mounted on it",
+    ),
     "passwd-symlink-to-host": (
         {**BASE, "User": "daemon"},
         [_sym("etc/passwd", "../../../../../../etc/passwd-")],  # (the host has it)

@@ -93,7 +93,8 @@ def find_executable(root: Path, name: str, cwd: str, path_env: str) -> str | Non
 def ensure(root: Path, path: str, directory: bool) -> list[str]:
     """Make ``path`` exist (a directory, or an empty file) with its missing parents; return
     what was created, parents first, as canonical paths. An existing non-directory in the way
-    is an error, never replaced."""
+    is an error, never replaced; so is a directory where a file is wanted (a file's bind
+    mount target: mount(2) binds a file only on a file)."""
     created: list[str] = []
     with _opened(root, created) as rootdir:
         comps = clean_name(path)
@@ -112,6 +113,10 @@ def ensure(root: Path, path: str, directory: bool) -> list[str]:
             if not stat.S_ISLNK(st.st_mode):
                 if directory and not stat.S_ISDIR(st.st_mode):
                     raise InvalidArgument(f"{path} is not a directory in the image")
+                if not directory and stat.S_ISDIR(st.st_mode):
+                    raise InvalidArgument(
+                        f"{path} is a directory in the image: a file cannot be mounted on it"
+                    )
                 return created
             target = os.readlink(name, dir_fd=parent_fd)
             comps = clean_name(target if target.startswith("/") else join(parent, target))
