@@ -93,13 +93,17 @@ def test_garbage_walk_filters_are_invalid_argument(remote: RemoteSnapshotter, ba
     assert [i.name for i in remote.walk()] == ["one"]
 
 
-def test_oversized_labels_are_refused(remote: RemoteSnapshotter) -> None:
+def test_oversized_labels_are_refused(served: Served, remote: RemoteSnapshotter) -> None:
+    """InvalidArgument, and the debug log is not made to hold them (it wrote each call's
+    labels whole: 2 to 3 MB a line)."""
+    logged = served.log.stat().st_size
     many = {f"k{i}": "v" * 100 for i in range(20_000)}  # 2 MB, under gRPC's 4 MB message
     assert outcome(lambda: remote.prepare("labelled", "", many)) == "InvalidArgument"
     assert outcome(lambda: remote.prepare("labelled", "", {"k": "v" * 3_000_000})) == (
         "InvalidArgument"
     )
     assert list(remote.walk()) == []
+    assert served.log.stat().st_size - logged < 10_000
 
 
 def test_racing_calls_leave_one_winner(served: Served, remote: RemoteSnapshotter) -> None:

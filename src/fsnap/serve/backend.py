@@ -125,7 +125,7 @@ class Backend:
         self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
     ) -> list[Mount]:
         labels = labels or {}
-        log.debug("prepare %s on %r with labels %s", key, parent, dict(labels))
+        log.debug("prepare %s on %r with labels %s", key, parent, _brief(labels))
         with self._lock:
             self._adopt_target(parent, labels)
             self._refuse_lazy(parent, f"prepare {key}")
@@ -200,6 +200,13 @@ class Backend:
             extra = {TARGET_LABEL: target, OWNER_LABEL: OWNER}
             self.snapshots.update(target, extra, [f"labels.{k}" for k in extra])
         raise AlreadyExists(f"target snapshot {target} exists")
+
+
+def _brief(labels: Mapping[str, str], limit: int = 500) -> str:
+    """``labels`` for a log line, cut to ``limit`` characters: a client's labels are checked
+    (4 KiB at most) only after the line is written, and a call may carry megabytes."""
+    text = repr(dict(labels))
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(labels)} labels)"
 
 
 def _owned(labels: Mapping[str, str]) -> dict[str, str]:
