@@ -339,6 +339,23 @@ def test_tag_and_short_names_work_everywhere(pushed: str, tmp_path: Path) -> Non
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def test_a_name_pinning_another_digest_is_refused(pushed: str, tmp_path: Path) -> None:
+    """``NAME@DIGEST`` names the image with that digest only (docker: "refusing to create a
+    tag with a digest reference"); `tag` and `commit` recorded it over any image, and
+    `fsnap images` showed a name whose digest was not the image's."""
+    root = tmp_path / "root"
+    succeeded(fsnap(root, "pull", pushed))
+    with Client(root) as client:
+        own = client.images.get(pushed).target.digest
+    other = "sha256:" + "a" * 64
+    done = fsnap(root, "tag", pushed, f"example.com/team/app@{other}")
+    assert done.returncode == 4, done.stderr
+    assert f"is not {own}" in done.stderr
+    assert "@" not in succeeded(fsnap(root, "images", "-q"))
+    pinned = f"example.com/team/app@{own}"  # its own digest: a name as a pull by digest gives
+    assert succeeded(fsnap(root, "tag", pushed, pinned)).startswith(f"{pinned}: {own}")
+
+
 def test_images_filters_and_digests(pushed: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
     succeeded(fsnap(root, "pull", pushed))

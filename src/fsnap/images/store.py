@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fsnap.db import Database
-from fsnap.errors import NotFound
+from fsnap.errors import InvalidArgument, NotFound
 from fsnap.oci import Descriptor, Platform
 
 IMAGES_TABLE = "images"
@@ -76,6 +76,7 @@ class ImageStore:
         Pulling another platform of the same index adds to the record's platforms, and its
         blobs to the size (the index itself counted once; a layer two platforms share would
         count twice, which registries' per-architecture layers make rare)."""
+        _check_pin(image)
         now = time.time()
         existing = self.db.get_json(IMAGES_TABLE, image.name)
         created = float(existing["created"]) if existing else now
@@ -94,3 +95,14 @@ class ImageStore:
     def delete(self, name: str) -> None:
         if not self.db.delete(IMAGES_TABLE, name):
             raise NotFound(f"image {name} not found")
+
+
+def _check_pin(image: Image) -> None:
+    """A name with a digest (``repo@sha256:...``, as a pull by digest records) names that
+    content only: recording it over another image is InvalidArgument, as docker refuses."""
+    _, at, pinned = image.name.rpartition("@")
+    if at and pinned != image.target.digest:
+        raise InvalidArgument(
+            f"cannot name an image {image.name}: the digest in the name is not "
+            f"{image.target.digest}, the image's own; name it by a tag"
+        )
