@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import shutil
+import socket
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from support.cli import fsnap
 from support.serve import Served, run_serve
 
 from fsnap import errors
@@ -169,3 +171,23 @@ def test_usage_of_a_snapshot_being_written(remote: RemoteSnapshotter) -> None:
         thread.join()
     assert answers == {"ok": 200}
     assert remote.usage("busy").inodes >= 1
+
+
+def test_serve_never_removes_what_is_not_a_socket(tmp_path: Path) -> None:
+    """``--address`` naming a file (or a symlink) is refused and the file kept (it was
+    unlinked and replaced by the socket); a dead server's socket is still replaced."""
+    precious = tmp_path / "precious"
+    precious.write_text("keep me\n")
+    (tmp_path / "link").symlink_to(precious)
+    for address in (precious, tmp_path / "link"):
+        done = fsnap(tmp_path / "root", "serve", "--address", str(address), timeout=30)
+        assert done.returncode == 4, done.stderr
+        assert f"{address} exists and is not a socket" in done.stderr
+    assert precious.read_text() == "keep me\n"
+    assert (tmp_path / "link").is_symlink()
+    dead = tmp_path / "run" / "dead.sock"
+    dead.parent.mkdir()
+    with socket.socket(socket.AF_UNIX) as leftover:
+        leftover.bind(str(dead))  # bound, never listening: a crashed server's socket
+    with run_serve(tmp_path / "root", dead, tmp_path / "log") as served:
+        assert RemoteSnapshotter(served.address).walk() is not None

@@ -3,7 +3,8 @@
 The socket is created mode 0600 in a directory of mode 0700 that the server creates when
 missing (whoever can talk to it can create and remove snapshots). A socket that answers
 is another live server: refused (Busy), never stolen. A socket file nobody answers on is
-a crashed server's leftover and is replaced.
+a crashed server's leftover and is replaced; anything else there (a file, a symlink) is
+refused, never removed.
 
 Shutdown: the first SIGTERM/SIGINT stops accepting calls and lets calls in flight finish
 (up to ``GRACE`` seconds), then the socket file is removed.
@@ -16,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -75,6 +77,8 @@ def _listening(address: Path) -> Iterator[str]:
     if address.exists() or address.is_symlink():
         if _answers(address):
             raise Busy(f"{address} is in use by a running server")
+        if not stat.S_ISSOCK(address.lstat().st_mode):
+            raise InvalidArgument(f"{address} exists and is not a socket: not replaced")
         address.unlink()
     try:
         yield f"unix:{address}"
