@@ -403,6 +403,9 @@ def test_du_per_directory_and_per_layer(pulled: Pulled) -> None:
         (["du", "{ref}", "relative"], 4, "not absolute"),
         (["tree", "{ref}", "/no/such"], 2, "does not exist"),
         (["analyze", "{ref}", "--lowest-efficiency", "2"], 4, "ratio"),
+        # (a lone manifest for another platform: it answered with that one, saying nothing)
+        (["inspect", "{ref}", "--platform", "linux/s390x"], 2, "no manifest for linux/s390x"),
+        (["which", "{ref}", "/etc", "--platform", "linux/s390x"], 2, "the image is linux/"),
     ],
 )
 def test_bad_input_is_a_clear_error(pulled: Pulled, args: list[str], code: int, words: str) -> None:

@@ -128,7 +128,10 @@ def _image(client: Client, args: argparse.Namespace) -> ImageLayers:
     from fsnap.oci import Platform
 
     platform = Platform.parse(args.platform) if args.platform else None
-    return resolve(client.content, client.images, args.ref, platform)
+    image = resolve(client.content, client.images, args.ref, platform)
+    if platform is not None and not platform.matches(image.platform):  # (a lone manifest)
+        raise NotFound(f"{image.name}: no manifest for {platform} (the image is {image.platform})")
+    return image
 
 
 def _names(image: ImageLayers) -> list[str]:
