@@ -108,6 +108,27 @@ def test_oversized_labels_are_refused(served: Served, remote: RemoteSnapshotter)
     assert served.log.stat().st_size - logged < 10_000
 
 
+def test_labels_containerds_cri_sends_are_taken(remote: RemoteSnapshotter) -> None:
+    """containerd limits each label to 4 KiB (key + value), not all of them: its CRI
+    plugin's Prepare carries a ``cri.image-layers`` label of nearly 4 KiB beside four
+    others (was InvalidArgument 'labels too large: 4470 bytes > 4096')."""
+    prefix = "containerd.io/snapshot/cri."
+    layers = ",".join(f"sha256:{i:064x}" for i in range(56))  # 4 KiB with its key, at most
+    labels = {
+        "containerd.io/snapshot.ref": "sha256:" + "1" * 64,
+        prefix + "image-ref": "registry.example/some/image:tag",
+        prefix + "manifest-digest": "sha256:" + "2" * 64,
+        prefix + "layer-digest": "sha256:" + "3" * 64,
+        prefix + "image-layers": layers,
+    }
+    sizes = [len(k) + len(v) for k, v in labels.items()]
+    assert max(sizes) <= 4096 < sum(sizes)
+    remote.prepare("extract-1 sha256:" + "1" * 64, "", labels)
+    assert remote.stat("extract-1 sha256:" + "1" * 64).labels[prefix + "image-layers"] == layers
+    too_big = {prefix + "image-layers": layers + ",sha256:" + "4" * 64}
+    assert outcome(lambda: remote.prepare("other", "", too_big)) == "InvalidArgument"
+
+
 def test_racing_calls_leave_one_winner(served: Served, remote: RemoteSnapshotter) -> None:
     def client_call(call: Callable[[RemoteSnapshotter], object]) -> str:
         client = RemoteSnapshotter(served.address, timeout=30)

@@ -47,7 +47,11 @@ from fsnap.snapshots.metadata import Record, Tables, require_active
 
 log = logging.getLogger(__name__)
 
-MAX_LABELS_SIZE = 4096
+# containerd's limit is per label (``labels.Validate``: key + value, 4 KiB); its CRI plugin
+# sends a 4 KiB ``cri.image-layers`` label beside four others. The total is fsnap's own
+# bound on what one snapshot's record may hold.
+MAX_LABEL_SIZE = 4096
+MAX_LABELS_SIZE = 64 * 1024
 # A parent link is keyed parent + NUL + child in LMDB (511 bytes at most): 255 each fits.
 MAX_KEY_BYTES = 255
 # The tables of rows "<snapshot name> <path>..." that describe a snapshot's directory
@@ -372,12 +376,17 @@ def _check_key(key: str) -> None:
 
 
 def _check_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
-    """A copy of ``labels``, refused if malformed or over containerd's 4 KiB budget."""
+    """A copy of ``labels``, refused if malformed, if one label is over containerd's 4 KiB
+    or all together over MAX_LABELS_SIZE."""
     result = dict(labels or {})
     size = 0
     for k, v in result.items():
         if not isinstance(k, str) or not isinstance(v, str) or not k:
             raise InvalidArgument(f"bad label {k!r}={v!r}: keys and values are strings")
+        if len(k) + len(v) > MAX_LABEL_SIZE:
+            raise InvalidArgument(
+                f"label {k[:64]!r} too large: {len(k) + len(v)} bytes > {MAX_LABEL_SIZE}"
+            )
         size += len(k) + len(v)
     if size > MAX_LABELS_SIZE:
         raise InvalidArgument(f"labels too large: {size} bytes > {MAX_LABELS_SIZE}")
