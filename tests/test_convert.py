@@ -257,6 +257,10 @@ def test_convert_bad_input_gives_one_line_and_its_exit_code(
     tiny = fsnap(root, "convert", "--zstd-chunked", "--chunk-size", "1", src, "x/y:z")
     assert tiny.returncode == 4, tiny.stderr
     assert tiny.stderr.count("\n") == 1, tiny.stderr
+    for size in ("0", "-4096"):  # 0 is no size, not "the default"
+        refused = fsnap(root, "convert", "--estargz", "--chunk-size", size, src, "x/y:z")
+        assert refused.returncode == 4, refused.stderr
+        assert f"chunk size {size}" in refused.stderr
     neither = fsnap(root, "convert", src, "x/y:z")
     assert neither.returncode != 0
     assert "--estargz" in neither.stderr

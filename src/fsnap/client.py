@@ -361,7 +361,7 @@ class Client:
             new_ref,
             kind,
             prefetch=prefetch,
-            chunk_size=chunk_size or DEFAULT_CHUNK_SIZE,
+            chunk_size=DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size,
             on_layer=on_layer,
         )
 
