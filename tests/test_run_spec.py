@@ -250,13 +250,20 @@ def test_users_errors(spec: str, message: str) -> None:
         users.resolve(spec, PASSWD, GROUP)
 
 
-def test_volume_specs(tmp_path: Path) -> None:
+def test_volume_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert options.parse_volume(f"{tmp_path}:/data:ro") == Volume(str(tmp_path), "/data", True)
     assert options.parse_volume(f"{tmp_path}:/d/../data") == Volume(str(tmp_path), "/data")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")  # a relative host path, as docker and podman take it
+    assert options.parse_volume("./:/w") == Volume(str(tmp_path / "sub"), "/w")
+    assert options.parse_volume("..:/w:ro") == Volume(str(tmp_path), "/w", True)
+    with pytest.raises(InvalidArgument, match="named volumes are not supported"):
+        options.parse_volume("rel:/c")
     for bad in (
         "nocolon",
         f"{tmp_path}:rel",
         "rel:/c",
+        "./missing:/c",
         f"{tmp_path}:/c:rx",
         f"{tmp_path}/missing:/c",
         f"{tmp_path}:/",

@@ -69,13 +69,20 @@ def read_env_file(path: str, host: Mapping[str, str]) -> list[str]:
 
 
 def parse_volume(spec: str) -> Volume:
-    """``HOST:CTR[:ro|rw]``: HOST an existing absolute path, CTR absolute and not /."""
+    """``HOST:CTR[:ro|rw]``: HOST an existing path, absolute or (as docker and podman take
+    it) starting with ``.`` from the working directory; CTR absolute and not /. A bare
+    name is a named volume in docker, which fsnap has none of: refused, saying so."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
         raise InvalidArgument(f"invalid volume {spec!r}: expected HOST:CONTAINER[:ro]")
     host, ctr = parts[0], parts[1]
-    if not host.startswith("/") or not ctr.startswith("/"):
-        raise InvalidArgument(f"invalid volume {spec!r}: both paths must be absolute")
+    if not host.startswith(("/", ".")):
+        raise InvalidArgument(
+            f"invalid volume {spec!r}: named volumes are not supported; give a host path "
+            f"(/{host} or ./{host})"
+        )
+    if not ctr.startswith("/"):
+        raise InvalidArgument(f"invalid volume {spec!r}: the container path must be absolute")
     if not os.path.exists(host):
         raise InvalidArgument(f"invalid volume {spec!r}: {host} does not exist")
     target = clean_path(ctr)
