@@ -334,9 +334,11 @@ def test_tag_and_short_names_work_everywhere(pushed: str, tmp_path: Path) -> Non
     assert "debian:12" in succeeded(fsnap(root, "inspect", "debian:12"))
     succeeded(fsnap(root, "rmi", "debian:12"))
     assert "debian" not in succeeded(fsnap(root, "images", "-q"))
-    done = fsnap(root, "tag", "no-such-image", "x:1")
-    assert done.returncode == 2, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    for verb in (("tag", "no-such-image", "x:1"), ("push", "no-such-image", "127.0.0.1:1/x:1")):
+        done = fsnap(root, *verb)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "run `fsnap pull" in done.stderr  # as every other command says it
 
 
 def test_a_name_pinning_another_digest_is_refused(pushed: str, tmp_path: Path) -> None:

@@ -294,9 +294,10 @@ class Client:
         """Record ``new`` naming the image ``source`` names (``fsnap tag``)."""
         from dataclasses import replace
 
+        from fsnap.images.resolve import find
         from fsnap.reference import Reference
 
-        image = self.images.get(str(Reference.parse(source)))
+        image = find(self.images, source)
         return self.images.create_or_update(replace(image, name=str(Reference.parse(new))))
 
     def commit_image(

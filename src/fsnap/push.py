@@ -21,6 +21,7 @@ import trio
 from fsnap.content.store import ContentStore
 from fsnap.errors import FailedPrecondition, InvalidArgument, first_fsnap_error
 from fsnap.images.manifest import kind_of, load_document, parse_index, parse_manifest
+from fsnap.images.resolve import find
 from fsnap.images.store import Image, ImageStore
 from fsnap.oci import Descriptor
 from fsnap.progress import PushProgress
@@ -102,7 +103,7 @@ async def push_image(
 ) -> Descriptor:
     """Push image ``ref`` of the store to ``target`` (default: ``ref``); its descriptor."""
     source = Reference.parse(ref)
-    image: Image = await trio.to_thread.run_sync(images.get, str(source))
+    image: Image = await trio.to_thread.run_sync(find, images, str(source))
     dest = Reference.parse(target) if target else source
     progress = progress or PushProgress()
     started = time.monotonic()
