@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from fault_server import FaultServer
 from image_builder import Blob, Image, Layer, tar_info
+from listing import differences, full_listing
 from support.cli import fsnap, succeeded
 from support.image_mount import image_mounted
 from support.registry import RegistryProcess
@@ -41,7 +42,7 @@ from fsnap.digest import sha256_of
 from fsnap.labels import LAZY_LABEL
 from fsnap.lazy import fetch
 from fsnap.lazy.state import NotContained, write_file
-from fsnap.lazy.toc import Chunk, estargz_toc_json, estargz_toc_offset
+from fsnap.lazy.toc import HIDDEN, Chunk, estargz_toc_json, estargz_toc_offset
 from fsnap.oci import Platform
 
 pytestmark = pytest.mark.timeout(300)
@@ -406,3 +407,95 @@ def test_a_chunk_pointing_at_another_files_bytes_gives_eio_not_those_bytes(
         assert (mounted / "usr/y").read_bytes() == b"second\n"
         with pytest.raises(OSError):
             (mounted / "etc/x").read_bytes()
+
+
+# Layouts a lazy index keyed by TOC names cannot serve: such a layer is pulled in full.
+UNSERVABLE: dict[str, Members] = {
+    # ``a`` -> ``sub`` of the same layer: the applier writes ``a/kept`` to ``sub/kept``.
+    "file-under-symlinked-dir": [
+        (tar_info("sub", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("a", tarfile.SYMTYPE, linkname="sub"), None),
+        (tar_info("a/kept", size=9), b"kept via\n"),
+        (tar_info("plain", size=6), b"plain\n"),
+    ],
+    # ``l`` keeps ``f``'s inode (and bytes) when a later entry makes ``f`` a directory.
+    "hardlink-to-replaced-file": [
+        (tar_info("f", size=10), b"old bytes\n"),
+        (tar_info("l", tarfile.LNKTYPE, linkname="f"), None),
+        (tar_info("f", tarfile.DIRTYPE, mode=0o755), None),
+        (tar_info("f/inside", size=3), b"in\n"),
+    ],
+}
+# Near misses that stay lazy: a symlinked directory whose files are named by their own
+# path, a hardlink whose target stays.
+SERVABLE: Members = [
+    (tar_info("sub", tarfile.DIRTYPE, mode=0o755), None),
+    (tar_info("a", tarfile.SYMTYPE, linkname="sub"), None),
+    (tar_info("sub/kept", size=9), b"kept here"),
+    (tar_info("f", size=10), b"old bytes\n"),
+    (tar_info("l", tarfile.LNKTYPE, linkname="f"), None),
+]
+
+
+def _views(registry: RegistryProcess, tmp_path: Path, repo: str, members: Members) -> str:
+    """Push ``members`` as an eStargz image; pull it lazily and in full into two stores and
+    assert their mounts show the same tree, bytes included (the lazy mount reading each
+    file, no background fetch). Returns the lazy pull's stderr."""
+    registry.push_image(repo, "v1", estargz_image(members))
+    ref = f"{registry.host}/{repo}:v1"
+    lazy_root, full_root = tmp_path / "lazy", tmp_path / "full"
+    pulled = fsnap(lazy_root, "pull", "--lazy", ref)
+    succeeded(pulled)
+    succeeded(fsnap(full_root, "pull", ref))
+    with (
+        image_mounted(full_root, ref, tmp_path / "full-mnt") as full,
+        image_mounted(lazy_root, ref, tmp_path / "mnt", "--no-background-fetch") as lazy,
+    ):
+        expected = _visible(full_listing(full))
+        got = _visible(full_listing(lazy))
+    assert got == expected, differences(expected, got, ("full pull", "lazy"))
+    return pulled.stderr
+
+
+def _visible(listing: list[str]) -> list[str]:
+    """A listing without what a lazy mount hides (the TOC, the landmarks)."""
+    return [line for line in listing if line.split(" ", 1)[0] not in HIDDEN]
+
+
+@pytest.mark.parametrize("layout", sorted(UNSERVABLE))
+def test_a_layout_the_lazy_index_cannot_serve_is_pulled_in_full(
+    registry: RegistryProcess, tmp_path: Path, layout: str
+) -> None:
+    """A layer whose file lands at another path than its TOC name, or whose hardlink
+    keeps the bytes of a replaced file, would show empty files in the lazy view: it is
+    downloaded and unpacked in full instead (one warning says why), and the lazy mount
+    shows what a full pull's does."""
+    stderr = _views(registry, tmp_path, f"hostile/lazy-{layout}", UNSERVABLE[layout])
+    assert "pulled in full, not lazily" in stderr
+    assert not _lazy(tmp_path / "lazy")
+
+
+def test_a_symlinked_dir_and_a_kept_hardlink_stay_lazy(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """The near misses of the layouts above are served lazily, and right."""
+    stderr = _views(registry, tmp_path, "hostile/lazy-near-miss", SERVABLE)
+    assert "pulled in full" not in stderr
+    assert _lazy(tmp_path / "lazy")
+
+
+def test_mount_lazy_pull_pulls_such_a_layer_in_full(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """``mount --lazy --pull`` (its early blob downloads on, which may hold the blob's
+    ingest when the pull comes to it): the layer that cannot be lazy is pulled in full
+    and the mount serves its bytes."""
+    members = UNSERVABLE["file-under-symlinked-dir"]
+    repo = "hostile/lazy-mount-pull-in-full"
+    registry.push_image(repo, "v1", estargz_image(members))
+    ref, root = f"{registry.host}/{repo}:v1", tmp_path / "root"
+    with image_mounted(root, ref, tmp_path / "mnt", "--lazy", "--pull") as mounted:
+        assert (mounted / "sub/kept").read_bytes() == b"kept via\n"
+        assert (mounted / "a/kept").read_bytes() == b"kept via\n"
+        assert (mounted / "plain").read_bytes() == b"plain\n"
+    assert not _lazy(root)

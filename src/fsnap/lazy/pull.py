@@ -5,12 +5,16 @@ the unpacker (``build``: the layer's TOC fetched with Range requests, verified a
 annotation, laid out by ``fsnap.lazy.skeleton`` in a staging directory). The unpacker then
 commits that directory under the layer's chain ID like any other layer, with the lazy
 labels and, before the commit, the layer's ``lazy.json`` (``fsnap.lazy.state``). Layers
-that are not seekable are downloaded and unpacked as always: mixed images work.
+that are not seekable are downloaded and unpacked as always: mixed images work. So is a
+seekable layer whose TOC lays out a tree its index cannot serve (``build`` raises
+``fsnap.lazy.skeleton.NotLazy``): the unpacker hands it to ``pull_in_full`` before the
+pull asks ``skip``, with one warning saying why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,8 @@ from fsnap.reference import Reference
 from fsnap.remotes.auth import Credentials
 from fsnap.remotes.registry import RegistryClient
 from fsnap.unpack.limit import SizeLimit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,18 +106,26 @@ class LazyLayers:
         self.registry = registry
         self.limit = limit
         self.started = started
+        self.in_full: set[str] = set()  # seekable layers' digests pulled in full instead
 
     def skip(self, desc: Descriptor) -> bool:
-        """Whether the pull leaves this blob to us (a seekable layer)."""
-        return self.seekable(desc) is not None
+        """Whether the pull leaves this blob to us (a seekable layer not ``pull_in_full``)."""
+        return desc.digest not in self.in_full and self.seekable(desc) is not None
+
+    def pull_in_full(self, desc: Descriptor, why: str) -> None:
+        """From now on ``desc`` is no lazy layer: the pull downloads and unpacks it."""
+        log.warning("layer %s is pulled in full, not lazily: %s", desc.digest, why)
+        self.in_full.add(desc.digest)
 
     @staticmethod
     def seekable(desc: Descriptor) -> Seekable | None:
         return seekable(desc.media_type, desc.size, desc.annotations)
 
-    async def build(self, desc: Descriptor, diff_id: str, staging: Path) -> Built:
+    async def build(self, desc: Descriptor, diff_id: str, staging: Path) -> Built | None:
         """Fetch and verify ``desc``'s TOC; lay its tree out in the empty ``staging``.
-        ``diff_id`` (the config's) is kept to check the blob against once it is complete."""
+        ``diff_id`` (the config's) is kept to check the blob against once it is complete.
+        None if its tree cannot be served lazily (``fsnap.lazy.skeleton.NotLazy``): the
+        layer is then ``pull_in_full`` and ``staging`` holds part of its tree."""
         layer = self.seekable(desc)
         assert layer is not None
         if self.started is not None:  # fsnap.lazy.early: the blob's download begins now
@@ -122,18 +136,24 @@ class LazyLayers:
 
         toc = await load_toc(layer, fetch, self.limit.for_blob(desc.size))
         entries = await trio.to_thread.run_sync(_lay_out, toc, staging)
+        if isinstance(entries, str):
+            self.pull_in_full(desc, entries)
+            return None
         record = LazyRecord.of_toc(desc, str(self.ref), toc, diff_id)
         return Built(entries, record)
 
 
-def _lay_out(toc: Toc, staging: Path) -> list[Entry]:
+def _lay_out(toc: Toc, staging: Path) -> list[Entry] | str:
     """``fsnap.lazy.skeleton.build_skeleton``, imported here, in the worker thread: the
     layout code (``tarfile``, the tar applier, ISA-L) loads while the loop waits for the
     other TOCs, not before the pull's first request (docs/benchmarks.md, "The first request
-    of a cold pull"; ``tests/test_pull_start.py``)."""
-    from fsnap.lazy.skeleton import build_skeleton
+    of a cold pull"; ``tests/test_pull_start.py``). A layout it refuses gives the reason."""
+    from fsnap.lazy.skeleton import NotLazy, build_skeleton
 
-    return build_skeleton(toc, staging)
+    try:
+        return build_skeleton(toc, staging)
+    except NotLazy as exc:
+        return str(exc)
 
 
 @contextlib.asynccontextmanager

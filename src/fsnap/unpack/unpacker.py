@@ -16,7 +16,9 @@ a time, see ``fsnap.unpack.worker``), into a staging directory of its own:
 3. One task per manifest commits bottom to top: when layer i is applied and layer i-1's
    chain is committed, the staged tree becomes snapshot ``chain[i]`` (``commit_staged``).
    A lazy layer (``fsnap.lazy.pull``: its TOC only) is built from the start, all of
-   a plan's at once (``LAZY_BUILDS``), and committed in its turn.
+   a plan's at once (``LAZY_BUILDS``), and committed in its turn. ``manifest_ready`` waits
+   for those builds: a layer whose TOC cannot be served lazily is then claimed like a
+   non-seekable one, before the pull decides which blobs to download.
 4. A layer not streamed to us (its blob was already in the store and, e.g., another manifest
    declined it, or it repeats in the manifest) is applied from the stored blob.
 5. ``finish``, once the pull has every blob: the layer blobs get
@@ -41,7 +43,7 @@ import trio
 from fsnap.archive.result import ApplyResult
 from fsnap.content.store import ContentStore
 from fsnap.digest import chain_ids
-from fsnap.errors import FsnapError, first_fsnap_error
+from fsnap.errors import FailedPrecondition, FsnapError, first_fsnap_error
 from fsnap.images.manifest import ImageConfig, Manifest
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
 from fsnap.oci import Descriptor, Platform
@@ -102,7 +104,7 @@ class _Build:
     """A lazy layer's TOC fetched and its tree laid out, ahead of its commit."""
 
     done: trio.Event = field(default_factory=trio.Event)
-    applied: _Applied | None = None
+    applied: _Applied | None = None  # None once done: the layer is pulled in full instead
 
 
 @dataclass
@@ -160,14 +162,26 @@ class Unpacker:
         plan = _Plan(manifest, diff_ids, chain_ids(diff_ids))
         self._plans.append(plan)
         for i, desc in enumerate(manifest.layers):
+            if self._is_lazy(desc) and not await self._reuse(plan.chain[i]):
+                plan.built[i] = build = _Build()
+                self._nursery.start_soon(self._build_lazy, build, desc, diff_ids[i])
+        await self._lazy_settled(plan)
+        for i, desc in enumerate(manifest.layers):
             if self._is_lazy(desc):
-                if not await self._reuse(plan.chain[i]):
-                    plan.built[i] = build = _Build()
-                    self._nursery.start_soon(self._build_lazy, build, desc, diff_ids[i])
                 continue
             if desc.digest not in self._claims and not await self._reuse(plan.chain[i]):
                 self._claims[desc.digest] = (plan, i)
         self._nursery.start_soon(self._commit_chain, plan)
+
+    async def _lazy_settled(self, plan: _Plan) -> None:
+        """Wait for the plan's lazy builds. One that gave no layer (its TOC lays out a tree
+        the lazy index cannot serve: ``LazyLayers.build``) leaves ``plan.built``; its layer
+        is no longer lazy (``LazyLayers.skip``), so the pull, which asks only once this
+        returns, downloads it and it unpacks as any other layer."""
+        for index, build in list(plan.built.items()):
+            await build.done.wait()
+            if build.applied is None:
+                del plan.built[index]
 
     async def layer_started(self, desc: Descriptor) -> bool:
         claim = self._claims.get(desc.digest)
@@ -303,8 +317,9 @@ class Unpacker:
     def _is_lazy(self, desc: Descriptor) -> bool:
         return self.lazy is not None and self.lazy.skip(desc)
 
-    async def _apply_lazy(self, desc: Descriptor, diff_id: str) -> _Applied:
-        """A seekable layer from its TOC alone (``fsnap.lazy.pull``)."""
+    async def _apply_lazy(self, desc: Descriptor, diff_id: str) -> _Applied | None:
+        """A seekable layer from its TOC alone (``fsnap.lazy.pull``); None (nothing staged)
+        if it cannot be lazy: it is to be pulled in full."""
         assert self.lazy is not None
         staged = await trio.to_thread.run_sync(self.session.staging_dir)
         self.progress.layer_unpacking(desc, ByteMeter())
@@ -314,6 +329,9 @@ class Unpacker:
             await trio.to_thread.run_sync(remove_tree, staged)
             self.progress.blob_failed(desc, _naming(desc, exc))
             raise type(exc)(_naming(desc, exc)) from None
+        if built is None:
+            await trio.to_thread.run_sync(remove_tree, staged)
+            return None
         return _Applied(staged, ApplyResult("", built.entries, 0), built)
 
     async def _build_lazy(self, build: _Build, desc: Descriptor, diff_id: str) -> None:
@@ -327,12 +345,19 @@ class Unpacker:
     async def _lazy_built(self, plan: _Plan, index: int) -> _Applied:
         """Layer ``index`` of ``plan``, a lazy one, built (by its ``_build_lazy``)."""
         build = plan.built.pop(index, None)
-        if build is None:
-            desc = plan.manifest.layers[index]
-            return await self._apply_lazy(desc, plan.diff_ids[index])
-        await build.done.wait()
-        assert build.applied is not None
-        return build.applied
+        if build is not None:
+            await build.done.wait()
+            assert build.applied is not None  # (``_lazy_settled`` dropped the others)
+            return build.applied
+        # Reused when the manifest came, its snapshot gone since (a gc): built only now.
+        desc = plan.manifest.layers[index]
+        applied = await self._apply_lazy(desc, plan.diff_ids[index])
+        if applied is None:  # too late for this pull to download it
+            raise FailedPrecondition(
+                f"layer {desc.digest}: its snapshot was removed during the pull and the "
+                "layer cannot be lazy; pull the image again"
+            )
+        return applied
 
     async def _wait_for_blob(self, digest: str) -> None:
         """Until the blob is committed: its own download finished, or the whole pull did."""
