@@ -165,6 +165,28 @@ def test_client_giving_up_mid_commit(served: Served, remote: RemoteSnapshotter) 
     assert names in ({"big-done": Kind.COMMITTED}, {"big": Kind.ACTIVE})
 
 
+def test_remove_racing_a_commit(served: Served, remote: RemoteSnapshotter) -> None:
+    """Remove of a key whose Commit is scanning it: one of them wins cleanly (the commit,
+    then Remove is NotFound), never a commit failing on files deleted under its scan
+    (was FailedPrecondition 'scanning snapshot directory ...: No such file or directory')."""
+    (mount,) = remote.prepare("big")
+    for i in range(30_000):
+        (Path(mount.source) / f"f{i}").write_bytes(b"x")
+    results: dict[str, str] = {}
+    committer = RemoteSnapshotter(served.address, timeout=60)
+    thread = threading.Thread(
+        target=lambda: results.update(commit=outcome(lambda: committer.commit("done", "big")))
+    )
+    thread.start()
+    threading.Event().wait(0.1)  # (the commit's scan of 30,000 files takes longer)
+    results["remove"] = outcome(lambda: remote.remove("big"))
+    thread.join()
+    committer.close()
+    one_wins = ({"commit": "ok", "remove": "NotFound"}, {"commit": "NotFound", "remove": "ok"})
+    assert results in one_wins
+    assert [i.name for i in remote.walk()] == (["done"] if results["commit"] == "ok" else [])
+
+
 def test_usage_of_a_snapshot_being_written(remote: RemoteSnapshotter) -> None:
     """A container creating and removing directories while containerd asks for Usage: every
     answer is a usage, never NotFound for a snapshot that exists (was: 'directory of

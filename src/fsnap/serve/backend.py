@@ -23,7 +23,8 @@ wrapping a ``LocalSnapshotter``; most verbs map one to one, four need more:
 
 Calls come from gRPC worker threads. The snapshotter is safe for concurrent use (LMDB
 orders transactions, each change repeats its checks inside its own); ``_lock`` only keeps
-the compound operations above (check, then act) from interleaving with each other.
+the compound operations above (check, then act) and Remove from interleaving with each
+other.
 """
 
 from __future__ import annotations
@@ -156,7 +157,10 @@ class Backend:
             self.snapshots.commit(name, key, merged, index=entries)
 
     def remove(self, key: str) -> None:
-        self.snapshots.remove(key)
+        """Under ``_lock``: a Remove racing a Commit of the same key waits for it (then the
+        key is gone: NotFound), instead of deleting the files the commit is scanning."""
+        with self._lock:
+            self.snapshots.remove(key)
 
     def stat(self, key: str) -> Info:
         return self.snapshots.stat(key)
