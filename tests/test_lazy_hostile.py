@@ -148,7 +148,12 @@ def test_a_symlinked_parent_in_the_toc_cannot_write_outside_the_layer(
     """A TOC names a symlink ``a`` to a host directory, then a file ``a/x`` with contents,
     listed for prefetch. The applier lays ``a/x`` out inside the layer (the symlink resolved
     from the layer's root); the prefetch, which writes what the TOC names, must not follow
-    ``a`` on the host: the host's file keeps its bytes, nothing is created there."""
+    ``a`` on the host: the host's file keeps its bytes, nothing is created there.
+
+    Since fd89f82 such a layer (a file whose resolved path is not its TOC name) is pulled in
+    full, not lazily, so this checks the whole path end to end; the lazy writer's own
+    containment, for a file table that names such a path anyway (one written by an older
+    fsnap), is ``test_write_file_writes_only_a_regular_file_of_the_layer``."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "kept").write_bytes(b"precious\n")
@@ -185,17 +190,24 @@ def test_a_file_the_toc_replaces_by_a_directory_does_not_kill_the_mount(
         assert (mounted / "d/inside").read_bytes() == b"in\n"
 
 
-@pytest.mark.parametrize("there", ["dir", "fifo", "symlink", "file-parent"])
+@pytest.mark.parametrize("there", ["dir", "fifo", "symlink", "file-parent", "symlink-parent"])
 def test_write_file_writes_only_a_regular_file_of_the_layer(tmp_path: Path, there: str) -> None:
     """``write_file`` at a path where the layer holds no regular file (what a TOC naming
-    a path twice may leave) refuses with ``NotContained``: it neither writes through a
-    symlink, nor blocks on a fifo, nor opens a directory."""
+    a path twice may leave), or under a symlinked parent (a file table naming a path the
+    applier resolved elsewhere), refuses with ``NotContained``: it neither writes through
+    a symlink, nor blocks on a fifo, nor opens a directory."""
     layer = tmp_path / "layer"
     layer.mkdir()
     outside = tmp_path / "outside"
     outside.write_bytes(b"precious\n")
+    outdir = tmp_path / "outdir"  # what a symlinked parent would reach on the host
+    outdir.mkdir()
+    (outdir / "kept").write_bytes(b"precious\n")
     path = "f"
-    if there == "dir":
+    if there == "symlink-parent":
+        (layer / "a").symlink_to(outdir)
+        path = "a/kept"
+    elif there == "dir":
         (layer / "f").mkdir()
     elif there == "fifo":
         os.mkfifo(layer / "f")
@@ -216,6 +228,8 @@ def test_write_file_writes_only_a_regular_file_of_the_layer(tmp_path: Path, ther
             os.close(os.open(layer / "f", os.O_RDONLY | os.O_NONBLOCK))
         pool.shutdown()
     assert outside.read_bytes() == b"precious\n"
+    assert [p.name for p in outdir.iterdir()] == ["kept"]
+    assert (outdir / "kept").read_bytes() == b"precious\n"
 
 
 def _rename(old: str, new: str) -> Callable[[list[dict[str, Any]]], None]:
