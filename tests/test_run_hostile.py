@@ -150,7 +150,7 @@ CASES: dict[str, tuple[dict[str, Any], list[Member], str | None, str]] = {
         "",
     ),
     "user-group-dotdot": ({**BASE, "User": "root:../x"}, [], None, "unable to find group ../x"),
-    "user-uid-out-of-range": ({**BASE, "User": "4294967296"}, [], None, "unable to find user"),
+    "user-uid-out-of-range": ({**BASE, "User": "4294967296"}, [], None, "uid 4294967296 is out of"),
     "user-uid-largest": ({**BASE, "User": "2147483647"}, [], "2147483647\n/\n", ""),
     "no-command": ({"Entrypoint": None, "Cmd": [], "Env": ["PATH=/bin"]}, [], None, "no command"),
     "odd-volumes-and-ports": (

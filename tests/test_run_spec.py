@@ -242,7 +242,8 @@ def test_users_resolve(spec: str, expected: User) -> None:
         ("nosuch", "unable to find user nosuch"),
         ("app:nogroup", "unable to find group nogroup"),
         ("app:", "empty group"),
-        ("99999999999", "unable to find user"),
+        ("99999999999", "uid 99999999999 is out of range"),
+        ("0:2147483648", "gid 2147483648 is out of range"),
     ],
 )
 def test_users_errors(spec: str, message: str) -> None:

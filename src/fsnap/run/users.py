@@ -67,6 +67,9 @@ def resolve(spec: str, passwd: str, group: str) -> User:
     user_part, sep, group_part = spec.partition(":")
     if sep and not group_part:
         raise InvalidArgument(f"invalid user {spec!r}: empty group")
+    for part, kind in ((user_part, "uid"), (group_part, "gid")):
+        if part.isdecimal() and part.isascii() and int(part) > MAX_ID:
+            raise InvalidArgument(f"{kind} {part} is out of range (0-{MAX_ID})")
     users = parse_passwd(passwd)
     groups = parse_group(group)
     entry = _find_user(user_part or "0", users)
