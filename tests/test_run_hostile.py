@@ -162,6 +162,17 @@ CASES: dict[str, tuple[dict[str, Any], list[Member], str | None, str]] = {
 }
 
 
+# Bundle files (/etc/hosts, /etc/resolv.conf, /etc/hostname) whose image path is a symlink
+# into what runc mounts (/proc's magic links to the host's root, /sys, /dev): runc resolves
+# the target inside the root (SecureJoin) and refuses or binds inside the container.
+RUNC_CONTAINED = {
+    "hosts-to-proc-root": [_sym("etc/hosts", "/proc/self/root/etc/hosts")],
+    "hosts-to-pid1-root": [_sym("etc/hosts", "../proc/1/root/etc/hosts")],
+    "resolv-to-sys": [_sym("etc/resolv.conf", "/sys/kernel/x")],
+    "hostname-to-dev": [_sym("etc/hostname", "/dev/shm/hn")],
+}
+
+
 @pytest.fixture(scope="module")
 def hostile(
     registry: RegistryProcess, tmp_path_factory: pytest.TempPathFactory
@@ -170,6 +181,9 @@ def hostile(
     refs = {}
     for name, (config, extra, _, _) in CASES.items():
         refs[name] = pushed(registry, f"run-hostile/{name}", hostile_image(config, extra))
+        pulled(root, refs[name])
+    for name, extra in RUNC_CONTAINED.items():
+        refs[name] = pushed(registry, f"run-hostile/{name}", hostile_image(BASE, extra))
         pulled(root, refs[name])
     return root, refs
 
@@ -206,3 +220,15 @@ def test_hostile_image_config(root: Path, hostile: tuple[Path, dict[str, str]], 
         assert env["PATH"] == "/bin"
         return
     assert done.stdout == expected
+
+
+@pytest.mark.parametrize("case", list(RUNC_CONTAINED))
+def test_bundle_file_symlinked_into_runcs_mounts(
+    root: Path, hostile: tuple[Path, dict[str, str]], case: str
+) -> None:
+    """Holds: the run fails in runc (125) or runs, and the host's files stay as they were."""
+    host_files = {p: Path(p).read_bytes() for p in ("/etc/hosts", "/etc/hostname")}
+    done = fsnap(root, "run", "--rm", hostile[1][case])
+    assert done.returncode in (0, 125), done.stderr
+    assert "Traceback" not in done.stderr
+    assert {p: Path(p).read_bytes() for p in host_files} == host_files
