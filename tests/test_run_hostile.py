@@ -152,6 +152,8 @@ CASES: dict[str, tuple[dict[str, Any], list[Member], str | None, str]] = {
     "user-group-dotdot": ({**BASE, "User": "root:../x"}, [], None, "unable to find group ../x"),
     "user-uid-out-of-range": ({**BASE, "User": "4294967296"}, [], None, "uid 4294967296 is out of"),
     "user-uid-largest": ({**BASE, "User": "2147483647"}, [], "2147483647\n/\n", ""),
+    "stop-signal-0": ({**BASE, "StopSignal": "0"}, [], None, "StopSignal '0' is not a signal"),
+    "stop-signal-99999": ({**BASE, "StopSignal": "99999"}, [], None, "StopSignal '99999' is not"),
     "no-command": ({"Entrypoint": None, "Cmd": [], "Env": ["PATH=/bin"]}, [], None, "no command"),
     "odd-volumes-and-ports": (
         {**BASE, "Volumes": {"../../x": {}, "": None}, "ExposedPorts": {"99999/xyz": []}},

@@ -248,11 +248,14 @@ def _raise_runtime_failure(message: str, command: str) -> None:
 
 
 def _signal_number(name: str) -> int:
-    """``StopSignal`` as a number: ``SIGQUIT``, ``QUIT`` or ``3``; SIGTERM when unset."""
+    """``StopSignal`` as a number: ``SIGQUIT``, ``QUIT`` or ``3`` (1 to NSIG - 1: 0 would
+    forward nothing, a larger number make the forwarding fail); SIGTERM when unset."""
     if not name:
         return int(signal.SIGTERM)
-    if name.isdecimal():
-        return int(name)
+    if name.isdecimal() and name.isascii():
+        if 0 < int(name) < signal.NSIG:
+            return int(name)
+        raise InvalidArgument(f"the image's StopSignal {name!r} is not a signal")
     try:
         return int(signal.Signals["SIG" + name.upper().removeprefix("SIG")])
     except KeyError:
