@@ -87,12 +87,39 @@ def test_verbs_out_of_order_get_containerds_codes(remote: RemoteSnapshotter) -> 
 
 
 @pytest.mark.parametrize(
-    "bad", ["(((garbage", 'labels."x==', "name~=(", "\0", "kind==active,", "labels.==x"]
+    "bad",
+    [
+        "(((garbage",
+        'labels."x==',
+        "name~=(",
+        "\0",
+        "kind==active,",
+        "labels.==x",
+        "name~=(?=a)",  # lookahead: not RE2 (Go's regexp refuses it too)
+        "name~=(a)\\1",  # a backreference, the same
+    ],
 )
 def test_garbage_walk_filters_are_invalid_argument(remote: RemoteSnapshotter, bad: str) -> None:
     remote.prepare("one")
     assert outcome(lambda: list(remote.walk([bad]))) == "InvalidArgument"
     assert [i.name for i in remote.walk()] == ["one"]
+
+
+def test_a_backtracking_pattern_does_not_freeze_the_server(
+    served: Served, remote: RemoteSnapshotter
+) -> None:
+    """``name~=^(a+)+$`` over a 41-character name: Python's ``re`` backtracks for hours,
+    holding the interpreter, so one Walk froze every other call of the server (a Stat from
+    a second client timed out). RE2, as in containerd, answers at once."""
+    remote.prepare("a" * 40 + "!")
+    remote.prepare("a" * 40)
+    quick = RemoteSnapshotter(served.address, timeout=10)
+    try:
+        found = [i.name for i in quick.walk(["name~=^(a+)+$"])]
+        assert found == ["a" * 40]
+        assert quick.stat("a" * 40 + "!").kind is Kind.ACTIVE
+    finally:
+        quick.close()
 
 
 def test_oversized_labels_are_refused(served: Served, remote: RemoteSnapshotter) -> None:

@@ -379,6 +379,7 @@ def test_images_filters_and_digests(pushed: str, tmp_path: Path) -> None:
     bad = fsnap(root, "images", "-f", "name~=[")
     assert bad.returncode == 4, bad.stderr
     assert bad.stderr.startswith("fsnap: error: bad regular expression in filter: '['"), bad.stderr
+    assert bad.stderr.count("\n") == 1, bad.stderr  # RE2 logs nothing of its own
 
 
 def test_version(tmp_path: Path) -> None:
