@@ -790,6 +790,11 @@ def test_export_and_push_refuse_a_lazy_image_until_a_pull_completes_it(
     assert not rootfs.exists()
     _refused(fsnap(root, "export", "-o", str(tmp_path / "oci.tar"), ref), f"export {ref}")
     _refused(fsnap(root, "push", ref, f"{images}/{REPO}:copy"), f"push {ref}")
+    # an image made on the lazy one exists here only: the pull to run is of its base
+    succeeded(fsnap(root, "tag", ref, "local/made:1"))
+    done = fsnap(root, "push", "local/made:1", f"{images}/{REPO}:made")
+    _refused(done, "push local/made:1")
+    assert f"`fsnap pull {ref}` completes them" in done.stderr, done.stderr
     succeeded(fsnap(root, "pull", ref))
     succeeded(fsnap(root, "export", "--rootfs", "-o", str(rootfs), ref))
     with tarfile.open(rootfs) as archive:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from fsnap.progress import CommitProgress, PullProgress, PushProgress
     from fsnap.pull import LayerSink
     from fsnap.remotes.auth import Credentials
+    from fsnap.snapshots.info import Info
     from fsnap.snapshots.snapshotter import LocalSnapshotter
     from fsnap.unpack.blob import SizeLimit
 
@@ -288,7 +289,22 @@ class Client:
             chain = self.snapshots.chain(top)
         except (NotFound, FailedPrecondition):
             return
-        require_complete(chain, doing, f"`fsnap pull {ref}` completes them")
+        sources = " or ".join(f"`fsnap pull {r}`" for r in self._lazy_sources(chain) or [ref])
+        require_complete(chain, doing, f"{sources} completes them")
+
+    def _lazy_sources(self, chain: list[Info]) -> list[str]:
+        """The images the lazy layers of ``chain`` were pulled from (their records say):
+        an image committed or tagged on a lazy one is not in any registry, its base is."""
+        from fsnap.errors import FsnapError
+        from fsnap.labels import LAZY_LABEL
+        from fsnap.lazy.state import read_record
+
+        sources = set()
+        for info in chain:
+            if LAZY_LABEL in info.labels:
+                with contextlib.suppress(FsnapError, OSError):
+                    sources.add(read_record(self.snapshots.state_dir(info.name)).reference)
+        return sorted(sources)
 
     def tag(self, source: str, new: str) -> Image:
         """Record ``new`` naming the image ``source`` names (``fsnap tag``)."""
