@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from fsnap.archive.entry import Entry, Kind
-from fsnap.archive.format import NAME_MAX, WHITEOUT, kind_of_mode
+from fsnap.archive.format import NAME_MAX, OVERLAY_XATTR_PREFIXES, WHITEOUT, kind_of_mode
 from fsnap.mount.fastpath import open_source, write_nowait
 from fsnap.mount.tree import MergedTree, Node, UpperMarks
 from fsnap.mount.upper import Upper, join
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+_OVERLAY_XATTRS = tuple(os.fsencode(p) for p in OVERLAY_XATTR_PREFIXES)
 _RENAME_FLAGS = RENAME_NOREPLACE | RENAME_EXCHANGE  # RENAME_WHITEOUT is not for users
 _T = TypeVar("_T")
 
@@ -640,6 +641,10 @@ class Union:
         return node
 
     async def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        """Set one xattr; overlayfs's own (``trusted.overlay.*`` and the like) are markers
+        of the layer format, not content: EOPNOTSUPP, as kernel overlayfs answers."""
+        if name.startswith(_OVERLAY_XATTRS):
+            raise _fail(errno.EOPNOTSUPP)
         await self._change_xattr(ino, name, value)
 
     async def remove_xattr(self, ino: int, name: bytes) -> None:

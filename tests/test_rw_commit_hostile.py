@@ -1,0 +1,69 @@
+"""A container process as the adversary of a writable mount and of the commit that turns
+its writes into a layer: what it does must reach the layer tar as data, be refused with
+the errno the kernel's overlayfs gives, or fail the commit with a typed error."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.rw import mounted_rw, shared_dir
+
+from fsnap.client import Client
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    with shared_dir() as path:
+        yield path
+
+
+def committed_tar(root: Path, key: str) -> dict[str, tarfile.TarInfo]:
+    """Commit snapshot ``key`` as a new image; the entries of its layer tar by name."""
+    with Client(root) as client:
+        image = client.commit_image(key, "example.com/hostile:1", "none")
+        manifest = json.loads(client.content.read(image.target.digest))
+        data = client.content.read(manifest["layers"][-1]["digest"])
+    with tarfile.open(fileobj=io.BytesIO(data), errors="surrogateescape") as tar:
+        return {info.name.rstrip("/"): info for info in tar}
+
+
+def test_overlay_private_xattrs_are_refused_and_never_reach_the_layer(
+    tmp_path: Path, shared: Path
+) -> None:
+    """overlayfs's own xattrs are markers (``trusted.overlay.opaque=y`` hides every lower
+    entry of a directory wherever the layer is unpacked for overlayfs): a container
+    cannot set them, as kernel overlayfs answers EOPNOTSUPP; other xattrs still work."""
+    root = tmp_path / "root"
+    with Client(root) as client:
+        client.snapshots.prepare("rw", "")
+    mnt = shared / "mnt"
+    with mounted_rw(root, "rw", mnt):
+        (mnt / "d").mkdir()
+        (mnt / "d" / "f").write_bytes(b"f")
+        for name in ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.x"):
+            for target in (mnt / "d", mnt / "d" / "f"):
+                with pytest.raises(OSError) as refused:
+                    os.setxattr(target, name, b"y")
+                assert refused.value.errno == errno.EOPNOTSUPP, name
+                assert name not in os.listxattr(target)
+        os.setxattr(mnt / "d", "user.kept", b"v")
+        assert os.getxattr(mnt / "d", "user.kept") == b"v"
+    entries = committed_tar(root, "rw")
+    assert entries["d"].pax_headers.get("SCHILY.xattr.user.kept") == "v"
+    leaked = [
+        (name, key)
+        for name, info in entries.items()
+        for key in info.pax_headers
+        if ".overlay." in key or "fuseoverlayfs" in key
+    ]
+    assert leaked == []
+    assert ".wh..wh..opq" not in {n.rpartition("/")[2] for n in entries}
