@@ -322,7 +322,8 @@ class Unpacker:
         if it cannot be lazy: it is to be pulled in full."""
         assert self.lazy is not None
         staged = await trio.to_thread.run_sync(self.session.staging_dir)
-        self.progress.layer_unpacking(desc, ByteMeter())
+        # No ``layer_unpacking``: the pull says "lazy" once the builds settle, and a layer
+        # that cannot be lazy is downloaded and unpacked, saying so, as any other.
         try:
             built = await self.lazy.build(desc, diff_id, staged)
         except FsnapError as exc:
