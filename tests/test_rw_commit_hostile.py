@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.cli import fsnap
 from support.rw import mounted_rw, shared_dir
 
 from fsnap.client import Client
@@ -67,3 +68,35 @@ def test_overlay_private_xattrs_are_refused_and_never_reach_the_layer(
     ]
     assert leaked == []
     assert ".wh..wh..opq" not in {n.rpartition("/")[2] for n in entries}
+
+
+def test_a_terabyte_sparse_file_is_refused_before_the_commit_writes_anything(
+    tmp_path: Path, shared: Path
+) -> None:
+    """A 1 TiB file of holes takes no disk in the snapshot but a layer tar carries it as
+    1 TiB of zeros (hours of gzip, then a 1 TiB file where the commit unpacks its layer):
+    refused at once, naming the file; a file with a few holes still commits, whole."""
+    root = tmp_path / "root"
+    with Client(root) as client:
+        client.snapshots.prepare("rw", "")
+    mnt = shared / "mnt"
+    with mounted_rw(root, "rw", mnt):
+        with open(mnt / "small", "wb") as f:
+            f.truncate(1 << 20)
+            f.seek(1 << 19)
+            f.write(b"middle")
+        with open(mnt / "huge", "wb") as f:
+            f.truncate(1 << 40)
+            f.seek((1 << 40) - 5)
+            f.write(b"tail\n")
+    # (gzip, and a timeout: without the check this would run for hours, ~1 MB per GiB)
+    refused = fsnap(root, "commit", "rw", "example.com/sparse:1", timeout=30)
+    assert refused.returncode not in (0, 70), refused.stderr
+    assert "'huge', is 1024.0 GiB long" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    with Client(root) as client:
+        assert client.images.list() == []
+        assert list(client.content.walk()) == []
+        os.unlink(client.snapshots.dir("rw") / "huge")  # (the container gave it up)
+    entries = committed_tar(root, "rw")
+    assert entries["small"].size == 1 << 20

@@ -35,6 +35,7 @@ from fsnap.images.manifest import Manifest, manifest_labels
 from fsnap.images.resolve import Resolved, manifests
 from fsnap.images.store import Image, ImageStore
 from fsnap.labels import SNAPSHOT_LABEL, UNCOMPRESSED_LABEL
+from fsnap.limits import INFLATION_FLOOR
 from fsnap.oci import Descriptor, Platform
 from fsnap.progress import ByteMeter, CommitProgress
 from fsnap.reference import Reference
@@ -59,7 +60,11 @@ def commit_image(
     ``progress`` is called from this thread.
 
     Unix sockets in the snapshot are not content: the layer leaves them out and
-    ``left_out`` gets their paths (when there are any)."""
+    ``left_out`` gets their paths (when there are any). Sparse files whose holes add up to
+    more than a pull accepts from a small blob (``fsnap.limits.INFLATION_FLOOR``) are
+    refused before anything is written: the tar would carry every hole as zeros (a 1 TiB
+    sparse file: hours of gzip, and a 1 TiB file written by the unpack that follows).
+    """
     progress = progress or CommitProgress()
     started = time.monotonic()
     name = str(Reference.parse(new_ref))
@@ -70,7 +75,8 @@ def commit_image(
     fam = compose.family(base.manifest.descriptor.media_type) if base.manifest else "oci"
     overrides = {e.path: e for e in snapshots.index.read(key)}
     fs_dir = snapshots.dir(key)
-    entries, sockets = without_sockets(scan_snapshot(fs_dir, overrides))
+    scanned = scan_snapshot(fs_dir, overrides, max_holes=INFLATION_FLOOR)
+    entries, sockets = without_sockets(scanned)
     if sockets and left_out is not None:
         left_out(sockets)
     file_bytes = sum(e.size for e in entries if e.kind == "file")

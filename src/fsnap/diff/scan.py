@@ -17,6 +17,7 @@ lower and upper directories): a 0/0 character device is a whiteout, and the xatt
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import stat
@@ -35,6 +36,7 @@ from fsnap.archive.format import (
 )
 from fsnap.errors import FailedPrecondition
 from fsnap.fdtree import climb
+from fsnap.progress import human_size
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +44,51 @@ _NO_OVERRIDES: Mapping[str, Entry] = {}
 
 
 def scan_snapshot(
-    fs_dir: Path, overrides: Mapping[str, Entry] = _NO_OVERRIDES, *, overlay: bool = False
+    fs_dir: Path,
+    overrides: Mapping[str, Entry] = _NO_OVERRIDES,
+    *,
+    overlay: bool = False,
+    max_holes: int | None = None,
 ) -> list[Entry]:
     """The entries of the layer in ``fs_dir``, ordered by path bytes (as an index is).
 
     The root itself is included only when ``overrides`` has an entry for it (a layer whose
-    tar named ``./``). Raises ``FailedPrecondition`` when the directory cannot be read.
+    tar named ``./``). Raises ``FailedPrecondition`` when the directory cannot be read, or
+    when its sparse files' holes (apparent size beyond the blocks on disk) add up to more
+    than ``max_holes`` bytes: a layer tar carries holes as zeros, in full.
     """
     scanner = _Scanner(Path(fs_dir), overrides, overlay)
     try:
         scanner.walk()
     except OSError as e:
         raise FailedPrecondition(f"scanning snapshot directory {fs_dir}: {e}") from None
+    if max_holes is not None and scanner.holes > max_holes:
+        raise FailedPrecondition(_too_sparse(scanner, max_holes))
     return sorted(scanner.entries.values(), key=lambda e: e.key())
+
+
+def _too_sparse(scanner: _Scanner, max_holes: int) -> str:
+    _, size, path = scanner.sparsest
+    return (
+        f"sparse files hold {human_size(scanner.holes)} of holes, more than "
+        f"{human_size(max_holes)}: a layer tar carries them as zeros, in full (the largest, "
+        f"{path!r}, is {human_size(size)} long); remove or shrink them first"
+    )
+
+
+def _data_bytes(fd: int, size: int) -> int:
+    """The bytes of an open file that are not holes (``SEEK_DATA``/``SEEK_HOLE``)."""
+    data = offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:  # ENXIO: only a hole is left
+                raise
+            break
+        offset = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        data += offset - start
+    return data
 
 
 def without_sockets(entries: list[Entry]) -> tuple[list[Entry], list[str]]:
@@ -111,6 +145,8 @@ class _Scanner:
         self.overlay = overlay
         self.entries: dict[str, Entry] = {}
         self._inodes: dict[int, str] = {}
+        self.holes = 0  # bytes of regular files beyond their blocks on disk
+        self.sparsest: tuple[int, int, str] = (0, 0, "")  # holes, size, path of the worst
 
     def walk(self) -> None:
         """Depth first, names in byte order (hard links pick the same first path as any
@@ -167,8 +203,23 @@ class _Scanner:
         entry = self._entry_of(dir_fd, path, st, name if link is None else None, link)
         if (stat.S_ISREG(st.st_mode) or stat.S_ISSOCK(st.st_mode)) and st.st_nlink > 1:
             entry = self._link_or_first(entry, st.st_ino)
+        if entry.kind == "file" and st.st_blocks * 512 < st.st_size:  # maybe sparse
+            self._count_holes(dir_fd, name, path, st.st_size)  # (a hard link's data: once)
         self.entries[path] = entry
         return None
+
+    def _count_holes(self, dir_fd: int, name: str, path: str, size: int) -> None:
+        """Add the holes of a file with fewer blocks than its size (sparse, or compressed
+        by the file system: ``SEEK_HOLE`` tells them apart)."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=dir_fd)
+        try:
+            holes = size - _data_bytes(fd, size)
+        finally:
+            os.close(fd)
+        self.holes += holes
+        if holes > self.sparsest[0]:
+            self.sparsest = (holes, size, path)
 
     def _add_whiteout(self, parent: str, name: str) -> None:
         """``.wh.NAME`` deletes NAME below, unless this layer has NAME too: a directory of
