@@ -126,6 +126,8 @@ class _Files:
             return json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"{self.name}: {member} is not valid JSON: {exc}") from None
+        except RecursionError:  # "[[[[..." deeper than the parser's stack
+            raise InvalidArgument(f"{self.name}: {member} is nested too deeply") from None
 
     def close(self) -> None:
         pass
@@ -252,6 +254,9 @@ class _DirFiles(_Files):
         self.root = root
 
     def _open(self, member: str) -> int:
+        """A descriptor of the regular file ``member``. The last open does not block
+        (``O_NONBLOCK``: a FIFO would wait for a writer for good), and anything but a
+        regular file is refused before it is read."""
         parts = _clean_member(member, self.name).split("/")
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self.root, flags | os.O_DIRECTORY)
@@ -260,7 +265,8 @@ class _DirFiles(_Files):
                 next_fd = os.open(part, flags | os.O_DIRECTORY, dir_fd=fd)
                 os.close(fd)
                 fd = next_fd
-            return os.open(parts[-1], flags, dir_fd=fd)
+            fd_file = os.open(parts[-1], flags | os.O_NONBLOCK, dir_fd=fd)
+            return _regular(fd_file, f"{self.name}: {member}")
         except FileNotFoundError:
             raise NotFound(f"{self.name}: {member} is missing") from None
         except OSError as exc:
@@ -277,13 +283,17 @@ class _DirFiles(_Files):
 
     def opener(self, member: str) -> Opener:
         def open_file() -> IO[bytes]:
-            fd = self._open(member)
-            if not os.path.isfile(f"/proc/self/fd/{fd}"):
-                os.close(fd)
-                raise InvalidArgument(f"{self.name}: {member} is not a regular file")
-            return os.fdopen(fd, "rb")
+            return os.fdopen(self._open(member), "rb")
 
         return open_file
+
+
+def _regular(fd: int, where: str) -> int:
+    """``fd`` when it is a regular file; else it is closed and ``where`` refused."""
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    os.close(fd)
+    raise InvalidArgument(f"{where} is not a regular file")
 
 
 # -- OCI image layout -------------------------------------------------------------------------
@@ -299,6 +309,8 @@ def _oci_source(files: _Files, where: str) -> Source:
         raise InvalidArgument(f"{where}: {INDEX_FILE} lists no manifests")
     source = Source(closers=[files.close])
     for raw in manifests:
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"{where}: bad descriptor in {INDEX_FILE}: {raw!r:.80}")
         try:
             desc = oci.Descriptor.from_json(raw)
         except (KeyError, TypeError, ValueError) as exc:
@@ -351,6 +363,8 @@ def _docker_source(files: _TarFiles, where: str) -> Source:
             raise InvalidArgument(f"{where}: malformed entry in {DOCKER_MANIFEST_FILE}")
         desc = _docker_manifest(files, entry, source)
         tags = entry.get("RepoTags") or [None]
+        if not isinstance(tags, list):
+            raise InvalidArgument(f"{where}: RepoTags in {DOCKER_MANIFEST_FILE} is not a list")
         for tag in tags:
             source.images.append((str(tag) if tag else None, desc))
     return source

@@ -1,0 +1,118 @@
+"""``fsnap import`` of hostile archives built here (no registry): malformed documents, a
+FIFO where a blob should be, ``RepoTags`` of the wrong type. Each is refused with one typed
+line (never exit 70, never a hang) and leaves no image, snapshot or ingest behind."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from image_builder import Image, make_image, make_layer
+from support.cli import fsnap
+
+from fsnap.client import Client
+
+NAME = "example.com/hostile/x:v1"
+
+
+@pytest.fixture(scope="module")
+def image() -> Image:
+    return make_image([make_layer({"etc/": b"", "etc/a": b"hello\n"})])
+
+
+def oci_dir(path: Path, image: Image, index: Any = None) -> Path:
+    """An OCI layout directory of ``image`` (``index`` replaces index.json's content)."""
+    blobs = path / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (path / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    for blob in [image.manifest, image.config, *(layer.blob for layer in image.layers)]:
+        (blobs / blob.digest.partition(":")[2]).write_bytes(blob.data)
+    desc = image.manifest.descriptor().to_json()
+    desc["annotations"] = {"io.containerd.image.name": NAME}
+    if index is None:
+        index = {"schemaVersion": 2, "manifests": [desc]}
+    (path / "index.json").write_text(index if isinstance(index, str) else json.dumps(index))
+    return path
+
+
+def docker_tar(path: Path, image: Image, entries: Any) -> Path:
+    members = {
+        "manifest.json": json.dumps(entries).encode(),
+        "config.json": image.config.data,
+        "l/layer.tar": image.layers[0].tar,
+    }
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def refused(root: Path, archive: Path, code: int = 4) -> str:
+    done = fsnap(root, "import", str(archive), timeout=60)
+    assert done.returncode == code, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    with Client(root) as client:
+        assert client.images.list() == []
+        assert list(client.snapshots.walk()) == []
+        assert client.content.list_ingests() == []
+    return done.stderr
+
+
+def test_the_fixture_archives_import(image: Image, tmp_path: Path) -> None:
+    entries = [{"Config": "config.json", "RepoTags": [NAME], "Layers": ["l/layer.tar"]}]
+    for archive in (
+        oci_dir(tmp_path / "oci", image),
+        docker_tar(tmp_path / "d.tar", image, entries),
+    ):
+        done = fsnap(tmp_path / "root", "import", str(archive))
+        assert done.returncode == 0, done.stderr
+        assert NAME in done.stdout
+
+
+@pytest.mark.parametrize("where", ["index.json", "manifest.json"])
+def test_deeply_nested_json_is_refused(image: Image, tmp_path: Path, where: str) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    if where == "index.json":
+        archive = oci_dir(tmp_path / "oci", image, deep)
+    else:
+        archive = tmp_path / "d.tar"
+        with tarfile.open(archive, "w") as tar:
+            info = tarfile.TarInfo("manifest.json")
+            info.size = len(deep)
+            tar.addfile(info, io.BytesIO(deep.encode()))
+    assert "nested" in refused(tmp_path / "root", archive)
+
+
+@pytest.mark.parametrize("entry", [1, "x", ["a"], None])
+def test_an_index_entry_that_is_not_an_object_is_refused(
+    image: Image, tmp_path: Path, entry: Any
+) -> None:
+    archive = oci_dir(tmp_path / "oci", image, {"schemaVersion": 2, "manifests": [entry]})
+    assert "descriptor" in refused(tmp_path / "root", archive)
+
+
+@pytest.mark.parametrize("where", ["oci-layout", "blob"])
+def test_a_fifo_in_an_oci_directory_is_refused(image: Image, tmp_path: Path, where: str) -> None:
+    """Opening a FIFO for reading blocks until a writer comes: the import hung for good."""
+    archive = oci_dir(tmp_path / "oci", image)
+    fifo = archive / "oci-layout"
+    if where == "blob":
+        fifo = archive / "blobs/sha256" / image.layers[0].blob.digest.partition(":")[2]
+    fifo.unlink()
+    os.mkfifo(fifo)
+    assert "not a regular file" in refused(tmp_path / "root", archive)
+
+
+@pytest.mark.parametrize("tags", [5, "abc", {"a": "b"}])
+def test_repo_tags_of_the_wrong_type_are_refused(image: Image, tmp_path: Path, tags: Any) -> None:
+    """A string or object was iterated: RepoTags "abc" imported images a, b and c."""
+    entries = [{"Config": "config.json", "RepoTags": tags, "Layers": ["l/layer.tar"]}]
+    archive = docker_tar(tmp_path / "d.tar", image, entries)
+    assert "RepoTags" in refused(tmp_path / "root", archive)
