@@ -152,6 +152,9 @@ class _TarFiles(_Files):
             raise InvalidArgument(f"{path}: not a readable tar archive: {exc}") from None
         self.members: dict[str, tarfile.TarInfo] = {}
         self.aliases: dict[str, str] = {}
+        # Hashes by (resolved member, what): each member is read once, however many
+        # manifest entries, layer lists or legacy chains name it.
+        self.hashes: dict[tuple[str, str], Any] = {}
         try:
             self._index()
         except BaseException:
@@ -450,8 +453,22 @@ def _legacy_manifest(files: _TarFiles, top: str, source: Source) -> oci.Descript
     return _made_manifest(config_desc, layers, source)
 
 
+def _once(files: _TarFiles, member: str, what: str, compute: Callable[[], Any]) -> Any:
+    """``compute()`` for ``member`` the first time, its saved result after: an archive
+    naming one large member many times (a manifest.json listing it 100000 times, tags
+    sharing a legacy chain) costs one read of it, not one per mention."""
+    key = (files._resolve(member), what)
+    if key not in files.hashes:
+        files.hashes[key] = compute()
+    return files.hashes[key]
+
+
 def _diff_id(files: _TarFiles, member: str) -> str:
     """sha256 of the layer's uncompressed bytes (the DiffID a config names)."""
+    return str(_once(files, member, "diff_id", lambda: _inflated_digest(files, member)))
+
+
+def _inflated_digest(files: _TarFiles, member: str) -> str:
     sha = hashlib.sha256()
     with files.opener(member)() as raw:
         stream = open_uncompressed(cast(BinaryIO, raw), oci.OCI_LAYER)
@@ -463,16 +480,7 @@ def _diff_id(files: _TarFiles, member: str) -> str:
 def _hashed(files: _TarFiles, member: str, source: Source) -> oci.Descriptor:
     """A descriptor for one member (digest and media type from its bytes)."""
     opener = files.opener(member)
-    sha = hashlib.sha256()
-    size = 0
-    head = b""
-    with opener() as stream:
-        while chunk := stream.read(_CHUNK):
-            if not head:
-                head = chunk[:4]
-            sha.update(chunk)
-            size += len(chunk)
-    digest = "sha256:" + sha.hexdigest()
+    digest, size, head = _once(files, member, "digest", lambda: _digest(opener))
     source.blobs[digest] = opener
     if member.endswith(".json"):
         return oci.Descriptor(oci.OCI_CONFIG, digest, size)
@@ -483,6 +491,20 @@ def _hashed(files: _TarFiles, member: str, source: Source) -> oci.Descriptor:
     else:
         media_type = oci.OCI_LAYER
     return oci.Descriptor(media_type, digest, size)
+
+
+def _digest(opener: Opener) -> tuple[str, int, bytes]:
+    """sha256, size and first bytes of one member."""
+    sha = hashlib.sha256()
+    size = 0
+    head = b""
+    with opener() as stream:
+        while chunk := stream.read(_CHUNK):
+            if not head:
+                head = chunk[:4]
+            sha.update(chunk)
+            size += len(chunk)
+    return "sha256:" + sha.hexdigest(), size, head
 
 
 @contextlib.contextmanager
