@@ -126,3 +126,25 @@ def test_a_member_named_many_times_is_read_once(tmp_path: Path) -> None:
     entries = [{"Config": "config.json", "RepoTags": [NAME], "Layers": ["l/layer.tar"] * 20_000}]
     archive = docker_tar(tmp_path / "d.tar", image, entries)
     assert "20000 layers" in refused(tmp_path / "root", archive)
+
+
+@pytest.mark.parametrize(
+    "meta", [{"config": "x"}, {"config": [1]}, {"architecture": 5}, {"os": ["linux"]}]
+)
+def test_a_legacy_top_layer_with_a_malformed_config_is_refused(
+    image: Image, tmp_path: Path, meta: dict[str, Any]
+) -> None:
+    """fsnap makes a legacy archive's config from its top layer's json: a string there was
+    imported as the runtime config, and ``fsnap inspect`` then failed with exit 70."""
+    archive = tmp_path / "legacy.tar"
+    members = {
+        "repositories": json.dumps({"example.com/hostile/legacy": {"v1": "top"}}).encode(),
+        "top/json": json.dumps(meta).encode(),
+        "top/layer.tar": image.layers[0].tar,
+    }
+    with tarfile.open(archive, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert "top/json" in refused(tmp_path / "root", archive)

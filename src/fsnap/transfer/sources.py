@@ -442,11 +442,8 @@ def _legacy_manifest(files: _TarFiles, top: str, source: Source) -> oci.Descript
         member = f"{layer_id}/layer.tar"
         layers.append(_hashed(files, member, source))
         diff_ids.append(_diff_id(files, member))
-    top_meta = chain[-1][1]
     config = {
-        "architecture": top_meta.get("architecture") or "amd64",
-        "os": top_meta.get("os") or "linux",
-        "config": top_meta.get("config") or {},
+        **_legacy_runtime(files, chain[-1]),
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }
     config_desc = _made(source, oci.OCI_CONFIG, json.dumps(config, sort_keys=True).encode())
@@ -461,6 +458,23 @@ def _once(files: _TarFiles, member: str, what: str, compute: Callable[[], Any]) 
     if key not in files.hashes:
         files.hashes[key] = compute()
     return files.hashes[key]
+
+
+def _legacy_runtime(files: _TarFiles, top: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """Platform and runtime config of the image from its top layer's ``json``, checked as
+    a registry's config would be: fsnap makes this config, it must not make a malformed one
+    (``config: "x"`` imported and then broke every command that reads the config)."""
+    layer_id, meta = top
+    found = {
+        "architecture": meta.get("architecture") or "amd64",
+        "os": meta.get("os") or "linux",
+        "config": meta.get("config") or {},
+    }
+    if not isinstance(found["config"], dict):
+        raise InvalidArgument(f"{files.name}: {layer_id}/json: config is not a JSON object")
+    if not isinstance(found["architecture"], str) or not isinstance(found["os"], str):
+        raise InvalidArgument(f"{files.name}: {layer_id}/json: architecture and os are not strings")
+    return found
 
 
 def _diff_id(files: _TarFiles, member: str) -> str:
