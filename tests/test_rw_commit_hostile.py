@@ -8,12 +8,13 @@ import errno
 import io
 import json
 import os
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cli import fsnap
+from support.cli import argv, fsnap
 from support.rw import mounted_rw, shared_dir
 
 from fsnap.client import Client
@@ -100,3 +101,34 @@ def test_a_terabyte_sparse_file_is_refused_before_the_commit_writes_anything(
         os.unlink(client.snapshots.dir("rw") / "huge")  # (the container gave it up)
     entries = committed_tar(root, "rw")
     assert entries["small"].size == 1 << 20
+
+
+def test_a_file_truncated_while_the_commit_copies_it_is_named(tmp_path: Path, shared: Path) -> None:
+    """The container truncates a file while ``fsnap commit`` copies its data: the commit
+    fails naming the file (no image, no leftover ingest), and the mount keeps serving."""
+    root = tmp_path / "root"
+    with Client(root) as client:
+        client.snapshots.prepare("rw", "")
+    mnt = shared / "mnt"
+    with mounted_rw(root, "rw", mnt):
+        with open(mnt / "big", "wb") as f:
+            for _ in range(256):
+                f.write(os.urandom(1 << 20))  # random: gzip takes seconds over it
+        command = argv(root, "commit", "rw", "example.com/shrunk:1")
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as commit:
+            assert commit.stdout is not None
+            for line in commit.stdout:
+                if line.startswith("new layer: writing"):
+                    break
+            os.truncate(mnt / "big", 1000)
+            _, stderr = commit.communicate(timeout=120)
+        assert commit.returncode not in (0, 70), stderr
+        assert "'big' changed while it was committed" in stderr
+        assert "Traceback" not in stderr
+        assert os.stat(mnt / "big").st_size == 1000
+        assert os.listdir(mnt) == ["big"]
+    with Client(root) as client:
+        assert client.images.list() == []
+        assert client.content.list_ingests() == []

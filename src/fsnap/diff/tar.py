@@ -149,7 +149,7 @@ def _add_file(tar: tarfile.TarFile, tree: RootDir, entry: Entry, info: tarfile.T
 
     A running container may have replaced the file since the scan: whatever is not a
     regular file now is refused (a fifo is opened without blocking, so it cannot hang the
-    commit waiting for a writer)."""
+    commit waiting for a writer), and so is a file truncated while its data is copied."""
     parent, _, name = entry.path.rpartition("/")
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     fd = os.open(name, flags, dir_fd=tree.dir_fd(parent))
@@ -158,7 +158,14 @@ def _add_file(tar: tarfile.TarFile, tree: RootDir, entry: Entry, info: tarfile.T
         if not stat.S_ISREG(st.st_mode):
             raise FailedPrecondition(f"{entry.path!r} changed while it was committed: not a file")
         info.size = st.st_size
-        tar.addfile(info, data)
+        try:
+            tar.addfile(info, data)
+        except OSError as e:
+            if e.errno is not None:
+                raise
+            raise FailedPrecondition(  # tarfile's short read: the file shrank meanwhile
+                f"{entry.path!r} changed while it was committed: shorter than {st.st_size} bytes"
+            ) from None
 
 
 def tarinfo_of(entry: Entry) -> tarfile.TarInfo:
