@@ -4,6 +4,7 @@ line (never exit 70, never a hang) and leaves no image, snapshot or ingest behin
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -148,3 +149,20 @@ def test_a_legacy_top_layer_with_a_malformed_config_is_refused(
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     assert "top/json" in refused(tmp_path / "root", archive)
+
+
+def test_a_manifest_named_by_sha512_imports(image: Image, tmp_path: Path) -> None:
+    """OCI digests may be sha512: such a manifest was refused as not matching its bytes."""
+    archive = oci_dir(tmp_path / "oci", image)
+    hexdigest = hashlib.sha512(image.manifest.data).hexdigest()
+    (archive / "blobs/sha512").mkdir()
+    (archive / "blobs/sha512" / hexdigest).write_bytes(image.manifest.data)
+    desc = image.manifest.descriptor().to_json()
+    desc["digest"] = "sha512:" + hexdigest
+    desc["annotations"] = {"io.containerd.image.name": NAME}
+    (archive / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [desc]}))
+    root = tmp_path / "root"
+    done = fsnap(root, "import", str(archive))
+    assert done.returncode == 0, done.stderr
+    assert f"{NAME}: sha512:{hexdigest}" in done.stdout
+    assert fsnap(root, "check").returncode == 0

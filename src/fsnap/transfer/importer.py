@@ -12,7 +12,6 @@ fails with one line and leaves no image behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +22,7 @@ import trio
 from fsnap import oci
 from fsnap.content.api import Ingester
 from fsnap.content.store import ContentStore
+from fsnap.digest import hasher
 from fsnap.errors import DigestMismatch, FsnapError, InvalidArgument, NotFound
 from fsnap.images.store import Image
 from fsnap.reference import Reference
@@ -59,7 +59,9 @@ class ArchiveRegistry:
         if desc.size > oci.MAX_MANIFEST_SIZE:
             raise InvalidArgument(f"manifest {desc.digest} too large ({desc.size} bytes)")
         data = await trio.to_thread.run_sync(self.source.read_document, desc.digest)
-        if "sha256:" + hashlib.sha256(data).hexdigest() != desc.digest:
+        found = hasher(desc.digest)  # the descriptor's algorithm: sha512 is OCI's too
+        found.update(data)
+        if f"{found.name}:{found.hexdigest()}" != desc.digest:
             raise DigestMismatch(f"manifest {desc.digest} in the archive does not match")
         return data
 
