@@ -8,6 +8,7 @@ import errno
 import io
 import json
 import os
+import stat
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -132,3 +133,26 @@ def test_a_file_truncated_while_the_commit_copies_it_is_named(tmp_path: Path, sh
     with Client(root) as client:
         assert client.images.list() == []
         assert client.content.list_ingests() == []
+
+
+def test_a_0_0_character_device_is_refused_as_overlayfs_refuses_it(
+    tmp_path: Path, shared: Path
+) -> None:
+    """A 0/0 character device is overlayfs's whiteout: committed into a layer, containerd's
+    overlayfs snapshotter would unpack it as a deletion of the lower file of that name
+    where fsnap shows a device. Kernel overlayfs refuses to make one (EPERM); so does the
+    mount, and other devices are still made and committed."""
+    root = tmp_path / "root"
+    with Client(root) as client:
+        client.snapshots.prepare("rw", "")
+    mnt = shared / "mnt"
+    with mounted_rw(root, "rw", mnt):
+        with pytest.raises(PermissionError):
+            os.mknod(mnt / "whiteout", stat.S_IFCHR | 0o644, os.makedev(0, 0))
+        assert not (mnt / "whiteout").exists()
+        os.mknod(mnt / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        os.mknod(mnt / "block0", stat.S_IFBLK | 0o600, os.makedev(0, 0))  # not a whiteout
+    entries = committed_tar(root, "rw")
+    assert "whiteout" not in entries
+    assert (entries["null"].type, entries["null"].devmajor) == (tarfile.CHRTYPE, 1)
+    assert entries["block0"].type == tarfile.BLKTYPE

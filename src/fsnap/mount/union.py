@@ -423,6 +423,8 @@ class Union:
     ) -> Node:
         parent = self._dir(parent_ino)
         self._check_new_name(name)
+        if new.kind == "char" and new.rdev == 0:
+            raise _fail(errno.EPERM)  # a whiteout in overlayfs's format (overlayfs: EPERM)
         await self._make_room(parent, name)
         uid, gid, perms = self._owner(parent, *caller, new.mode)
         rel = join(self.path(parent), name)
