@@ -166,3 +166,32 @@ def test_a_manifest_named_by_sha512_imports(image: Image, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr
     assert f"{NAME}: sha512:{hexdigest}" in done.stdout
     assert fsnap(root, "check").returncode == 0
+
+
+@pytest.mark.parametrize("pin", ["tag@digest", "digest"])
+def test_a_docker_archive_export_of_a_pinned_name_imports_again(
+    image: Image, tmp_path: Path, pin: str
+) -> None:
+    """``name:tag@digest`` went into RepoTags (and ``name:tag@sha256`` became a repository in
+    ``repositories``): docker's RepoTags are ``repo:tag``, and fsnap's own import refused
+    the archive, the digest naming a manifest the archive does not have."""
+    root = tmp_path / "root"
+    assert fsnap(root, "import", str(oci_dir(tmp_path / "oci", image))).returncode == 0
+    pinned = f"example.com/hostile/y{':v2' if pin == 'tag@digest' else ''}@{image.manifest.digest}"
+    assert fsnap(root, "tag", NAME, pinned).returncode == 0
+    out = tmp_path / "d.tar"
+    done = fsnap(root, "export", "--format", "docker-archive", "-o", str(out), pinned)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(out) as tar:
+        entries = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        repositories = json.load(tar.extractfile("repositories"))  # type: ignore[arg-type]
+    again = ["--name", "example.com/hostile/z:v3"] if pin == "digest" else []
+    done = fsnap(tmp_path / "again", "import", str(out), *again)
+    assert done.returncode == 0, done.stderr
+    if pin == "digest":
+        assert entries[0]["RepoTags"] == []
+        assert repositories == {}
+    else:
+        assert entries[0]["RepoTags"] == ["example.com/hostile/y:v2"]
+        assert list(repositories) == ["example.com/hostile/y"]
+        assert done.stdout.startswith("example.com/hostile/y:v2: sha256:")

@@ -7,7 +7,9 @@
   containerd writes it) and ``org.opencontainers.image.ref.name`` (the tag).
 - ``docker-archive``: ``docker save``'s layout (``manifest.json``, ``repositories``, the
   config as ``<hex>.json`` and each layer uncompressed as ``<diff_id hex>/layer.tar``), one
-  platform per image (this host's, else the only one in the store).
+  platform per image (this host's, else the only one in the store). ``RepoTags`` hold
+  ``repo:tag`` only, as docker writes them: the archive's manifests are remade on load, so
+  a digest in a name could never match; an image named by digest alone gets none.
 - ``--rootfs``: the image's merged root file system as one tar (``docker export``),
   built from the layer indexes, so owners, devices and xattrs are right even after an
   unprivileged pull; hard links stay links.
@@ -190,10 +192,10 @@ def _write_docker(
                     _add_uncompressed(tar, content, layer, name)
                     written.add(name)
                 layer_names.append(name)
-            tag = ref.familiar
-            entries.append({"Config": config_name, "RepoTags": [tag], "Layers": layer_names})
+            tags = [Reference(ref.domain, ref.path, ref.tag).familiar] if ref.tag else []
+            entries.append({"Config": config_name, "RepoTags": tags, "Layers": layer_names})
             if ref.tag and layer_names:
-                repo = tag.rpartition(":")[0]
+                repo = Reference(ref.domain, ref.path).familiar
                 repositories.setdefault(repo, {})[ref.tag] = layer_names[-1].partition("/")[0]
         _add_bytes(tar, "manifest.json", json.dumps(entries).encode())
         _add_bytes(tar, "repositories", json.dumps(repositories).encode())
