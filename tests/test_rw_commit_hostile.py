@@ -104,9 +104,13 @@ def test_a_terabyte_sparse_file_is_refused_before_the_commit_writes_anything(
     assert entries["small"].size == 1 << 20
 
 
-def test_a_file_truncated_while_the_commit_copies_it_is_named(tmp_path: Path, shared: Path) -> None:
-    """The container truncates a file while ``fsnap commit`` copies its data: the commit
-    fails naming the file (no image, no leftover ingest), and the mount keeps serving."""
+@pytest.mark.parametrize("change", ["truncated", "removed"])
+def test_a_file_changed_while_the_commit_copies_the_layer_is_named(
+    tmp_path: Path, shared: Path, change: str
+) -> None:
+    """The container truncates ``big`` while ``fsnap commit`` copies its data, or removes
+    ``deep/z`` before the commit reaches it: the commit fails naming the file (no image, no
+    leftover ingest), and the mount keeps serving."""
     root = tmp_path / "root"
     with Client(root) as client:
         client.snapshots.prepare("rw", "")
@@ -115,7 +119,9 @@ def test_a_file_truncated_while_the_commit_copies_it_is_named(tmp_path: Path, sh
         with open(mnt / "big", "wb") as f:
             for _ in range(256):
                 f.write(os.urandom(1 << 20))  # random: gzip takes seconds over it
-        command = argv(root, "commit", "rw", "example.com/shrunk:1")
+        (mnt / "deep").mkdir()
+        (mnt / "deep" / "z").write_bytes(b"z")  # after big/ in the tar
+        command = argv(root, "commit", "rw", "example.com/changed:1")
         with subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         ) as commit:
@@ -123,13 +129,16 @@ def test_a_file_truncated_while_the_commit_copies_it_is_named(tmp_path: Path, sh
             for line in commit.stdout:
                 if line.startswith("new layer: writing"):
                     break
-            os.truncate(mnt / "big", 1000)
+            if change == "truncated":
+                os.truncate(mnt / "big", 1000)
+            else:
+                os.unlink(mnt / "deep" / "z")
             _, stderr = commit.communicate(timeout=120)
         assert commit.returncode not in (0, 70), stderr
-        assert "'big' changed while it was committed" in stderr
+        path = "big" if change == "truncated" else "deep/z"
+        assert f"{path!r} changed while it was committed" in stderr
         assert "Traceback" not in stderr
-        assert os.stat(mnt / "big").st_size == 1000
-        assert os.listdir(mnt) == ["big"]
+        assert sorted(os.listdir(mnt)) == ["big", "deep"]
     with Client(root) as client:
         assert client.images.list() == []
         assert client.content.list_ingests() == []

@@ -149,10 +149,16 @@ def _add_file(tar: tarfile.TarFile, tree: RootDir, entry: Entry, info: tarfile.T
 
     A running container may have replaced the file since the scan: whatever is not a
     regular file now is refused (a fifo is opened without blocking, so it cannot hang the
-    commit waiting for a writer), and so is a file truncated while its data is copied."""
+    commit waiting for a writer), and so is a file removed, or truncated while its data is
+    copied."""
     parent, _, name = entry.path.rpartition("/")
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    fd = os.open(name, flags, dir_fd=tree.dir_fd(parent))
+    try:
+        fd = os.open(name, flags, dir_fd=tree.dir_fd(parent))
+    except FileNotFoundError:
+        raise FailedPrecondition(
+            f"{entry.path!r} changed while it was committed: removed"
+        ) from None
     with os.fdopen(fd, "rb") as data:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
