@@ -195,3 +195,20 @@ def test_a_docker_archive_export_of_a_pinned_name_imports_again(
         assert entries[0]["RepoTags"] == ["example.com/hostile/y:v2"]
         assert list(repositories) == ["example.com/hostile/y"]
         assert done.stdout.startswith("example.com/hostile/y:v2: sha256:")
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"RepoTags": [NAME], "Layers": ["l/layer.tar"]}, "no Config"),
+        ({"Config": 5, "RepoTags": [NAME], "Layers": ["l/layer.tar"]}, "no Config"),
+        ({"Config": "config.json", "RepoTags": [NAME], "Layers": [{"a": 1}]}, "no Layers"),
+    ],
+)
+def test_a_docker_entry_without_config_or_layer_names_says_so(
+    image: Image, tmp_path: Path, entry: dict[str, Any], says: str
+) -> None:
+    """A missing Config was "member '' points outside the archive"; a layer given as an
+    object was looked up as the member "{'a': 1}" (exit 2, not found)."""
+    archive = docker_tar(tmp_path / "d.tar", image, [entry])
+    assert says in refused(tmp_path / "root", archive)

@@ -362,8 +362,12 @@ def _docker_source(files: _TarFiles, where: str) -> Source:
         raise InvalidArgument(f"{where}: {DOCKER_MANIFEST_FILE} lists no images")
     source = Source(closers=[files.close])
     for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("Layers"), list):
-            raise InvalidArgument(f"{where}: malformed entry in {DOCKER_MANIFEST_FILE}")
+        if not isinstance(entry, dict) or not _strings(entry.get("Layers")):
+            raise InvalidArgument(
+                f"{where}: an entry of {DOCKER_MANIFEST_FILE} has no Layers list of strings"
+            )
+        if not isinstance(entry.get("Config"), str) or not entry["Config"]:
+            raise InvalidArgument(f"{where}: an entry of {DOCKER_MANIFEST_FILE} has no Config")
         desc = _docker_manifest(files, entry, source)
         tags = entry.get("RepoTags") or [None]
         if not isinstance(tags, list):
@@ -373,12 +377,13 @@ def _docker_source(files: _TarFiles, where: str) -> Source:
     return source
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def _docker_manifest(files: _TarFiles, entry: dict[str, Any], source: Source) -> oci.Descriptor:
-    config_member = _clean_member(str(entry.get("Config", "")), files.name)
-    config = _hashed(files, config_member, source)
-    layers = [
-        _hashed(files, _clean_member(str(name), files.name), source) for name in entry["Layers"]
-    ]
+    config = _hashed(files, _clean_member(entry["Config"], files.name), source)
+    layers = [_hashed(files, _clean_member(name, files.name), source) for name in entry["Layers"]]
     return _made_manifest(config, layers, source)
 
 
