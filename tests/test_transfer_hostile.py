@@ -212,3 +212,32 @@ def test_a_docker_entry_without_config_or_layer_names_says_so(
     object was looked up as the member "{'a': 1}" (exit 2, not found)."""
     archive = docker_tar(tmp_path / "d.tar", image, [entry])
     assert says in refused(tmp_path / "root", archive)
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_a_blob_linked_to_a_file_inside_the_archive_imports(
+    image: Image, tmp_path: Path, kind: bytes
+) -> None:
+    """A link inside the archive is accepted as an alias of its target, but blobs present
+    only as such a link were not listed: 'blob ... is missing from the archive' (exit 2)."""
+    layout = oci_dir(tmp_path / "oci", image)
+    hexdigest = image.layers[0].blob.digest.partition(":")[2]
+    archive = tmp_path / "linked.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(layout / "blobs" / "sha256" / hexdigest, arcname=f"shared/{hexdigest}")
+        for path in sorted(layout.rglob("*")):
+            name = str(path.relative_to(layout))
+            if path.name != hexdigest:
+                tar.add(path, arcname=name, recursive=False)
+                continue
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            info.linkname = (
+                f"../../shared/{hexdigest}" if kind == tarfile.SYMTYPE else f"shared/{hexdigest}"
+            )
+            tar.addfile(info)
+    root = tmp_path / "root"
+    done = fsnap(root, "import", str(archive))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{NAME}: ")
+    assert fsnap(root, "check").returncode == 0

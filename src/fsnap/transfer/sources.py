@@ -335,7 +335,9 @@ def _bare_tag(name: str) -> bool:
 
 def _blob_members(files: _Files) -> Iterator[str]:
     if isinstance(files, _TarFiles):
-        yield from (m for m in files.members if _is_blob_path(m))
+        # A blob may be a link to a file elsewhere in the archive (GNU tar writes a second
+        # hard link to one file as a link): it is that file's bytes, read through the alias.
+        yield from (m for m in [*files.members, *files.aliases] if _is_blob_path(m))
         return
     assert isinstance(files, _DirFiles)
     blobs = files.root / "blobs"
