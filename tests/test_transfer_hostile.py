@@ -8,13 +8,14 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from image_builder import Image, make_image, make_layer
-from support.cli import fsnap
+from support.cli import FSNAP, fsnap
 
 from fsnap.client import Client
 
@@ -241,3 +242,26 @@ def test_a_blob_linked_to_a_file_inside_the_archive_imports(
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{NAME}: ")
     assert fsnap(root, "check").returncode == 0
+
+
+def test_a_pipe_is_refused_naming_the_path_given(image: Image, tmp_path: Path) -> None:
+    """/dev/stdin fed by a pipe was '/proc/PID/fd/pipe:[N]: not a readable tar archive: No
+    such file or directory'; a FIFO with no writer hung in open."""
+    archive = docker_tar(
+        tmp_path / "d.tar",
+        image,
+        [{"Config": "config.json", "RepoTags": [NAME], "Layers": ["l/layer.tar"]}],
+    )
+    root = tmp_path / "root"
+    done = subprocess.run(
+        f"cat {archive} | {FSNAP} --root {root} import /dev/stdin",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.startswith("fsnap: error: /dev/stdin: not a file or directory"), done.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "not a file or directory" in refused(root, fifo)

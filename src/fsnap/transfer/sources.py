@@ -82,15 +82,24 @@ class Source:
 
 
 def open_source(path: Path) -> Source:
-    """The archive at ``path``: an OCI layout directory, or a tar (OCI or docker save)."""
+    """The archive at ``path``: an OCI layout directory, or a tar (OCI or docker save).
+    A pipe, device or socket is refused before it is opened: the tar's members are read
+    by seeking, and opening a FIFO nobody writes to would wait for good."""
+    given = path
     try:
         st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            st = os.stat(given)  # (a pipe's /dev/stdin has no real path to stat)
+            path = Path(os.path.realpath(path))  # the argument may be a link, as with tar
     except FileNotFoundError:
-        raise NotFound(f"{path}: no such file or directory") from None
-    if stat.S_ISLNK(st.st_mode):
-        path = Path(os.path.realpath(path))  # the argument itself may be a link, as with tar
-    if os.path.isdir(path):
+        raise NotFound(f"{given}: no such file or directory") from None
+    if stat.S_ISDIR(st.st_mode):
         return _oci_source(_DirFiles(path), str(path))
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidArgument(
+            f"{given}: not a file or directory (a pipe or device?): fsnap import reads an "
+            "archive file or an OCI layout directory"
+        )
     files = _TarFiles(path)
     try:
         if files.exists(LAYOUT_FILE) and files.exists(INDEX_FILE):
