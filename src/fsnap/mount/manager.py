@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -99,15 +99,20 @@ def mount_image_writable(
     key: str | None = None,
     options: MountOptions | None = None,
     launched: Launched | None = None,
+    labels: Mapping[str, str] | None = None,
 ) -> MountInfo:
     """Prepare active snapshot ``key`` (default ``<image name>-rw-<random>``) on image
     ``ref``'s top snapshot ``top`` and mount it writable; a failed mount removes it again.
     A ``key`` taken already is AlreadyExists naming the ways on: an earlier ``--rw`` mount's
-    snapshot outlives its umount, and mounting it again is a different verb."""
+    snapshot outlives its umount, and mounting it again is a different verb.
+
+    ``labels`` go on the new snapshot with ``fsnap.io/image`` (the image's reference) in
+    the same transaction that creates it: a caller killed before it learns the key can
+    still be told its snapshot by them (``fsnap run``'s ``fsnap.io/run``)."""
     check_mountpoint(stores.root, mountpoint)
     key = key or f"{_image_name(ref)}-rw-{secrets.token_hex(4)}"
     try:
-        stores.snapshots.prepare(key, top, labels={"fsnap.io/image": ref})
+        stores.snapshots.prepare(key, top, labels={**(labels or {}), "fsnap.io/image": ref})
     except AlreadyExists as exc:
         raise AlreadyExists(
             f"{exc}: `fsnap snapshots mount {key} MNT` mounts it again, "
@@ -185,6 +190,8 @@ def umount(stores: MountStores, mountpoint: str | os.PathLike[str]) -> MountInfo
     mnt = records.normalize(mountpoint)
     record = records.read_record(records.record_path(stores.root, mnt))
     fstype = records.mounted_points().get(mnt)
+    if record is None and fstype is None and records.record_path(stores.root, mnt).exists():
+        return _left_half_written(stores, mnt)
     if record is None and fstype != records.FSTYPE:
         if fstype is None:
             raise NotFound(f"nothing is mounted at {mnt}")
@@ -200,6 +207,15 @@ def umount(stores: MountStores, mountpoint: str | os.PathLike[str]) -> MountInfo
     records.record_path(stores.root, mnt).unlink(missing_ok=True)
     info.state = "unmounted"
     return info
+
+
+def _left_half_written(stores: MountStores, mnt: str) -> MountInfo:
+    """A record its writer died creating (empty: killed between the O_EXCL create and the
+    write), nothing mounted: no daemon was started; the writable hold taken just before
+    it goes with it, or the snapshot could never be removed."""
+    stores.writable.release_at(mnt)
+    records.record_path(stores.root, mnt).unlink(missing_ok=True)
+    return MountInfo(mnt, "?", "?", state="unmounted")
 
 
 def fuse_options(name: str, options: MountOptions, writable: bool = False) -> list[str]:

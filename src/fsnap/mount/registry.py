@@ -43,6 +43,19 @@ class WritableMounts:
                 )
             txn.put(key.encode(), mountpoint.encode(), db=self._table)
 
+    def release_at(self, mountpoint: str) -> list[str]:
+        """Drop every record of a writable mount at ``mountpoint`` (its starter died
+        before the mount's own record was written); the keys released."""
+        with self.db.begin(write=True) as txn:
+            keys = [
+                bytes(k).decode()
+                for k, v in txn.cursor(db=self._table)
+                if bytes(v).decode() == mountpoint
+            ]
+            for key in keys:
+                txn.delete(key.encode(), db=self._table)
+        return keys
+
     def at(self, key: str) -> str | None:
         """Where active ``key`` is mounted writable, or None."""
         with self.db.begin() as txn:
