@@ -4,9 +4,11 @@ exit statuses, commit, cleanup after crashes, containerd running what fsnap comm
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
+import random
 import select
 import signal
 import subprocess
@@ -31,6 +33,8 @@ from support.run import (
     runc_pid,
     status_ids,
 )
+
+from fsnap.mount import records
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.needs_fuse]
 
@@ -487,6 +491,63 @@ def test_killed_fsnap_is_cleaned_by_gc(root: Path, images: dict[str, str], clean
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_fsnap_killed_at_random_moments_leaves_gc_nothing_of_its_runs(
+    root: Path, images: dict[str, str]
+) -> None:
+    """SIGKILL to ``fsnap run --rm`` at random moments of its run, every other time just as
+    its mount's record appears (the snapshot prepared, its key not yet in the run record):
+    ``fsnap gc`` removes every snapshot of the dead runs and keeps the user's, one a run
+    kept with --key, which the killed runs asking for the same --key never take (was: a
+    run killed while its mount started left its snapshot, which no gc removed)."""
+    before = active_snapshots(root)
+    run_ok(root, "--key", "kept-by-user", images["plain"], "true")
+    rng = random.Random()
+    for attempt in range(16):
+        key = ["--key", "kept-by-user"] if attempt % 4 == 3 else []
+        mounts = set((root / "mounts").glob("*.json"))
+        proc = _start(root, "--rm", *key, images["plain"], "true", pipes=False)
+        try:
+            if attempt % 2 == 0:
+                deadline = time.monotonic() + 30
+                while set((root / "mounts").glob("*.json")) <= mounts:
+                    assert time.monotonic() < deadline
+                    assert proc.poll() is None
+                    time.sleep(0.001)
+            else:
+                time.sleep(rng.uniform(0, 1.5))
+        finally:
+            proc.kill()
+            proc.wait()
+    _mount_daemons_started(root)
+    succeeded(fsnap(root, "gc"))
+    assert leftovers(root) == []
+    assert sorted(active_snapshots(root)) == sorted([*before, "kept-by-user"])
+
+
+def _mount_daemons_started(root: Path) -> None:
+    """Wait until every mount daemon a killed fsnap had started is serving (its record
+    names its server) or gone: a ``fsnap gc`` before that finds nothing mounted while the
+    daemon still comes up after it (a race of ``fsnap mount``'s spawn, not of the run's
+    record)."""
+    deadline = time.monotonic() + 60
+    for path in (root / "mounts").glob("*.json"):
+        while (info := records.read_record(path)) and not info.server:
+            if not _supervisor_of(info.mountpoint):
+                break
+            assert time.monotonic() < deadline, path
+            time.sleep(0.05)
+
+
+def _supervisor_of(mountpoint: str) -> bool:
+    """Whether a mount supervisor for ``mountpoint`` runs (its spec is in its arguments)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            args = cmdline.read_bytes()
+            if b"fsnap.mount.supervisor" in args and f'"{mountpoint}"'.encode() in args:
+                return True
+    return False
 
 
 @pytest.mark.needs_containerd

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -454,17 +454,19 @@ class Client:
         *,
         writable: bool = False,
         key: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> MountInfo:
         """Mount image ``ref``'s root file system at ``mountpoint`` (``fsnap mount``):
         read-only, or ``writable`` on a new active snapshot ``key`` (default
-        ``<image name>-rw-<random>``; it outlives the mount). ``options.pull`` pulls a
+        ``<image name>-rw-<random>``; it outlives the mount) with ``labels`` besides
+        ``fsnap.io/image``, set as it is created. ``options.pull`` pulls a
         missing image first; ``options.foreground`` serves from this process until
         unmounted. Returns the mount's record (``fsnap.mount.manager``)."""
         from fsnap.errors import InvalidArgument
         from fsnap.mount import manager
 
-        if key is not None and not writable:
-            raise InvalidArgument("a snapshot key is for writable mounts only")
+        if (key is not None or labels) and not writable:
+            raise InvalidArgument("a snapshot key or labels are for writable mounts only")
         options = options or manager.MountOptions()
         mnt = manager.check_mountpoint(self.root, mountpoint)  # before a pull, not after it
         pull = options.pull or options.lazy
@@ -480,7 +482,7 @@ class Client:
             launched = None if launch is None else launch.launched
             if writable:
                 return manager.mount_image_writable(
-                    self.mount_stores(), ref, top, mountpoint, key, options, launched
+                    self.mount_stores(), ref, top, mountpoint, key, options, launched, labels
                 )
             return manager.mount_image(self.mount_stores(), ref, top, mountpoint, options, launched)
 

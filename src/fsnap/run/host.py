@@ -8,6 +8,7 @@ against ``Client`` keeps that a one-way dependency: ``fsnap.run`` never imports 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,9 +42,11 @@ class Host(Protocol):
         *,
         writable: bool = ...,
         key: str | None = ...,
+        labels: Mapping[str, str] | None = ...,
     ) -> MountInfo:
         """Mount image ``ref`` at ``mountpoint``: read-only, or ``writable`` on a new
-        active snapshot ``key`` (a generated name if None)."""
+        active snapshot ``key`` (a generated name if None) labelled ``labels`` from its
+        creation on."""
         ...
 
     def umount(self, mountpoint: str) -> MountInfo:

@@ -9,6 +9,12 @@ snapshot, config.json, ``runc run``. Then ``runc delete``, the created mount tar
 
 Until the container has started, the run's snapshot is removed on failure: nothing happened
 in it yet. After, it is kept unless ``--rm``.
+
+The snapshot is created with the label ``fsnap.io/run`` naming the run, in the transaction
+that creates it, and its key saved in the record only after the mount: a run killed in
+between (SIGKILL, OOM) left an unnamed snapshot that no ``fsnap gc`` removed. ``finish``
+finds it by the label; a snapshot the run did not create (a ``--key`` taken already) never
+carries it, so it is never taken for the run's.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ if TYPE_CHECKING:
     from fsnap.images.store import Image
     from fsnap.run.host import Host
 
+RUN_LABEL = "fsnap.io/run"  # on a run's snapshot: the run's id
 MAX_ETC_FILE = 1 << 20  # /etc/passwd and /etc/group read from the image, at most
 Notify = Callable[[str], None]
 
@@ -142,7 +149,9 @@ def _run(client: Host, ref: str, options: RunOptions, record: RunRecord, notify:
     if options.read_only:
         client.mount(ref, root, mount_options)
     else:
-        info = client.mount(ref, root, mount_options, writable=True, key=options.key)
+        info = client.mount(
+            ref, root, mount_options, writable=True, key=options.key, labels={RUN_LABEL: record.id}
+        )
         record.key = info.writable
         state.save(client, record)
         notify(f"active snapshot {record.key}")
@@ -281,10 +290,20 @@ def teardown(client: Host, record: RunRecord) -> None:
 
 def finish(client: Host, record: RunRecord) -> None:
     """The last step: the snapshot goes if asked, then the record."""
-    if record.remove_snapshot and record.key:
-        with contextlib.suppress(NotFound):
-            client.snapshots.remove(record.key)
+    if record.remove_snapshot:
+        for key in _snapshots_of(client, record):
+            with contextlib.suppress(NotFound):
+                client.snapshots.remove(key)
     state.forget(client, record.id)
+
+
+def _snapshots_of(client: Host, record: RunRecord) -> list[str]:
+    """The run's snapshot: the record's key, or, before the record got it (killed while
+    mounting), the one labelled with the run's id, if the run created one."""
+    if record.key:
+        return [record.key]
+    found = client.snapshots.walk([f'labels."{RUN_LABEL}"=={record.id}'])
+    return [info.name for info in found]
 
 
 def cleanup(client: Host, record: RunRecord) -> None:

@@ -31,7 +31,7 @@ class RunRecord:
     started: str  # the owner's start time (/proc/PID/stat field 22): pids are reused
     runc_state: str
     bundle: str
-    key: str = ""  # the active snapshot ("" while not prepared yet, or a read-only run)
+    key: str = ""  # the active snapshot ("" until mounted: labelled fsnap.io/run=id; read-only)
     remove_snapshot: bool = False
     created: list[str] = field(default_factory=list)  # mount targets fsnap made in it
 
