@@ -473,6 +473,22 @@ def test_bad_input_is_one_line_and_leaves_nothing(
     assert active_snapshots(root) == before
 
 
+def test_runc_failure_is_said_once(root: Path, images: dict[str, str], tmp_path: Path) -> None:
+    """runc failing to start the process (a volume hides the image's program behind a
+    file without execute permission: the image's check passes, runc's exec fails) is
+    runc's one line, exit 126 (was: runc's line and fsnap's repeating it)."""
+    text = tmp_path / "text"
+    text.write_text("just text\n")
+    text.chmod(0o644)
+    volume = f"{text}:/bin/busybox:ro"
+    done = fsnap(root, "run", "--rm", "-v", volume, images["plain"], "/bin/busybox", "true")
+    assert done.returncode == 126, done.stderr
+    said = [line for line in done.stderr.splitlines() if "permission denied" in line]
+    assert len(said) == 1, done.stderr
+    assert said[0].startswith("runc run failed: unable to start container process: exec: ")
+    assert "fsnap: error" not in done.stderr
+
+
 @pytest.mark.parametrize("cleaner", ["gc", "mounts"])
 def test_killed_fsnap_is_cleaned_by_gc(root: Path, images: dict[str, str], cleaner: str) -> None:
     """SIGKILL to fsnap mid-run: container, mount, bundle and (--rm) snapshot stay behind

@@ -13,6 +13,9 @@ class FsnapError(Exception):
     """Base of every error fsnap reports to a user."""
 
     exit_code: int = 1
+    # The user has read the message already (runc prints its own failure on the stderr a
+    # run shares with it): the CLI only exits with ``exit_code``, saying it no second time.
+    shown: bool = False
 
 
 class NotFound(FsnapError):

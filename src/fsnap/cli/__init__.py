@@ -196,7 +196,8 @@ def guarded(prog: str, call: Callable[[], int]) -> int:
     except BrokenPipeError:
         return _reader_gone()
     except FsnapError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        if not exc.shown:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -245,15 +245,20 @@ def _prepare_root(
 
 
 def _raise_runtime_failure(message: str, command: str) -> None:
-    """runc logged an error: the container's process never ran; say why, with the status
-    docker uses."""
+    """runc logged an error: the container's process never ran; the status docker uses.
+    runc printed the message on the stderr the run shares with it already, in its own
+    words: the error is ``shown``, the CLI does not repeat it."""
     if not message:
         return
+    error: FsnapError
     if "executable file not found" in message or "no such file or directory" in message:
-        raise CommandNotFound(f"{command}: {message}")
-    if "permission denied" in message or "exec format error" in message:
-        raise CannotExecute(f"{command}: {message}")
-    raise RuntimeFailed(f"runc: {message}")
+        error = CommandNotFound(f"{command}: {message}")
+    elif "permission denied" in message or "exec format error" in message:
+        error = CannotExecute(f"{command}: {message}")
+    else:
+        error = RuntimeFailed(f"runc: {message}")
+    error.shown = True
+    raise error
 
 
 def _signal_number(name: str) -> int:
