@@ -8,8 +8,10 @@ import hashlib
 import io
 import json
 import os
+import stat
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -265,3 +267,55 @@ def test_a_pipe_is_refused_naming_the_path_given(image: Image, tmp_path: Path) -
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     assert "not a file or directory" in refused(root, fifo)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_export_to_a_fifo_or_device_writes_into_it(
+    image: Image, tmp_path: Path, kind: str
+) -> None:
+    """The archive was written beside ``-o`` and renamed over it: ``-o /dev/null`` run as
+    root replaced the device node with a regular file, and a named pipe's reader got
+    nothing. Now the archive goes into it, as ``docker save -o /dev/stdout``."""
+    root = tmp_path / "root"
+    assert fsnap(root, "import", str(oci_dir(tmp_path / "oci", image))).returncode == 0
+    out = tmp_path / "out"
+    got = io.BytesIO()
+    if kind == "device":
+        if os.geteuid() != 0:
+            pytest.skip("mknod needs root")
+        os.mknod(out, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # a /dev/null
+        reader = None
+    else:
+        os.mkfifo(out)
+        reader = threading.Thread(target=lambda: got.write(out.read_bytes()))
+        reader.start()
+    done = fsnap(root, "export", "-o", str(out), NAME, timeout=60)
+    if reader is not None:
+        reader.join(timeout=60)
+    assert done.returncode == 0, done.stderr
+    kept = os.lstat(out).st_mode
+    assert stat.S_ISFIFO(kept) if kind == "fifo" else stat.S_ISCHR(kept)
+    if kind == "fifo":
+        with tarfile.open(fileobj=io.BytesIO(got.getvalue())) as tar:
+            assert "index.json" in tar.getnames()
+
+
+def test_an_export_to_a_link_into_proc_is_refused(image: Image, tmp_path: Path) -> None:
+    """``-o /dev/stdout`` with stdout redirected to a file renamed the archive over the
+    link: the system's /dev/stdout became a regular file. A link of the test's own stands
+    in for /dev/stdout here; it is refused and stays a link."""
+    root = tmp_path / "root"
+    assert fsnap(root, "import", str(oci_dir(tmp_path / "oci", image))).returncode == 0
+    link = tmp_path / "stdout"
+    link.symlink_to("/proc/self/fd/1")
+    with open(tmp_path / "saved.tar", "wb") as stdout:
+        done = subprocess.run(
+            [str(FSNAP), "--root", str(root), "export", "-o", str(link), NAME],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 4, done.stderr
+    assert "file descriptor" in done.stderr
+    assert link.is_symlink()

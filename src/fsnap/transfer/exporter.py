@@ -27,6 +27,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -293,9 +294,15 @@ def _rootfs_info(path: str, node: Node) -> tarfile.TarInfo:
 
 @contextlib.contextmanager
 def _replacing(out: Path) -> Iterator[IO[bytes]]:
-    """A file beside ``out`` that becomes ``out`` when the block succeeds."""
+    """A file beside ``out`` that becomes ``out`` when the block succeeds. A device or FIFO
+    (``-o /dev/stdout``, ``-o /dev/null``, a named pipe) is written to as it is, as
+    ``docker save -o`` does: renaming over it replaced the device node with a file."""
     if out.is_dir():
         raise AlreadyExists(f"{out} is a directory")
+    if _special(out):
+        with open(out, "wb", buffering=0) as raw:
+            yield cast(IO[bytes], _Counted(raw))
+        return
     with _naming(out):
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     try:
@@ -309,6 +316,57 @@ def _replacing(out: Path) -> Iterator[IO[bytes]]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+class _Counted(io.RawIOBase):
+    """A pipe or device as ``tarfile`` writes to a file: ``tell`` counts the bytes written
+    (a pipe cannot seek), every write is written whole."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            done += self.raw.write(view[done:]) or 0
+        self.written += done
+        return done
+
+    def tell(self) -> int:
+        return self.written
+
+
+def _special(out: Path) -> bool:
+    """True when ``out`` (followed, as ``/dev/stdout`` is a link) exists and is neither a
+    regular file nor a directory. A link into ``/proc`` to a regular file (``-o
+    /dev/stdout`` redirected to a file) is refused: renaming over it replaced the system's
+    ``/dev/stdout`` link, and writing through it would share the file with our own
+    output."""
+    try:
+        mode = os.stat(out).st_mode
+    except OSError:
+        return False
+    if not stat.S_ISREG(mode):
+        return not stat.S_ISDIR(mode)
+    if _into_proc(out):
+        raise InvalidArgument(f"{out} is a process's file descriptor: give the file's own path")
+    return False
+
+
+def _into_proc(out: Path) -> bool:
+    path = str(out)
+    for _ in range(40):
+        if path.startswith("/proc/"):
+            return True
+        if not os.path.islink(path):
+            return False
+        path = os.path.join(os.path.dirname(path), os.readlink(path))
+    return False
 
 
 @contextlib.contextmanager
