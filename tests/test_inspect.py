@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+from image_builder import Blob, make_image, make_layer
 from support.cli import fsnap, succeeded
 from support.inspect_image import HISTORY, RUNTIME, fsnap_json, inspect_image
 from support.registry import RegistryProcess
@@ -428,3 +431,27 @@ def test_an_image_not_unpacked_says_how(registry: RegistryProcess, tmp_path: Pat
         assert "not unpacked" in done.stderr
         assert f"fsnap pull {ref}" in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_an_image_whose_runtime_config_is_not_an_object_is_inspected(
+    registry: RegistryProcess, tmp_path: Path
+) -> None:
+    """A registry's config document is anyone's: ``"config": "x"`` (not an object) made
+    `fsnap inspect` exit 70 (AttributeError); it shows the image without a runtime config."""
+    good = make_image([make_layer({"etc/motd": "hi\n"})])
+    doc = json.loads(good.config.data)
+    doc["config"] = "x"
+    config = Blob(good.config.media_type, json.dumps(doc).encode())
+    manifest = json.loads(good.manifest.data)
+    manifest["config"] = config.descriptor().to_json()
+    odd = dataclasses.replace(
+        good, manifest=Blob(good.manifest.media_type, json.dumps(manifest).encode()), config=config
+    )
+    registry.push_image("inspect/odd", "v1", odd)
+    ref = f"{registry.host}/inspect/odd:v1"
+    succeeded(fsnap(tmp_path, "pull", ref))
+    shown = fsnap_json(tmp_path, "inspect", ref)
+    assert shown["layers"]
+    assert not shown.get("runtime")
+    done = fsnap(tmp_path, "inspect", ref)
+    assert done.returncode == 0, done.stderr

@@ -65,8 +65,11 @@ class ImageLayers:
 
     @property
     def runtime(self) -> dict[str, Any]:
-        """The runtime config keys a user cares about (absent ones left out)."""
-        config = self.config_doc.get("config") or {}
+        """The runtime config keys a user cares about (absent ones left out; none when the
+        document's ``config`` is not an object: it comes from whoever made the image)."""
+        config = self.config_doc.get("config")
+        if not isinstance(config, dict):
+            return {}
         return {key: config[key] for key in RUNTIME_KEYS if config.get(key) is not None}
 
     def layer(self, index: int) -> LayerInfo:
