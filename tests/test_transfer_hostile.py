@@ -300,6 +300,23 @@ def test_an_export_to_a_fifo_or_device_writes_into_it(
             assert "index.json" in tar.getnames()
 
 
+def test_an_export_to_stdout_is_the_archive_alone(image: Image, tmp_path: Path) -> None:
+    """``export -o /dev/stdout | tar`` (as ``docker save -o /dev/stdout``): the pipe gets the
+    archive and nothing after it; 'wrote /dev/stdout' went to the pipe too."""
+    root = tmp_path / "root"
+    assert fsnap(root, "import", str(oci_dir(tmp_path / "oci", image))).returncode == 0
+    done = subprocess.run(
+        [str(FSNAP), "--root", str(root), "export", "-o", "/dev/stdout", NAME],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(fileobj=io.BytesIO(done.stdout)) as tar:
+        assert "index.json" in tar.getnames()
+    assert b"wrote" not in done.stdout[-4096:]
+    assert b"wrote /dev/stdout" in done.stderr
+
+
 def test_an_export_to_a_link_into_proc_is_refused(image: Image, tmp_path: Path) -> None:
     """``-o /dev/stdout`` with stdout redirected to a file renamed the archive over the
     link: the system's /dev/stdout became a regular file. A link of the test's own stands

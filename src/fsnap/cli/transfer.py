@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,8 @@ def handle_export(client: Client, args: argparse.Namespace) -> int:
         client.export_rootfs(args.refs[0], args.output)
     else:
         client.export(args.refs, args.output, args.format)
-    print(f"wrote {args.output}")
+    # stderr: -o /dev/stdout (docker save -o's use) makes stdout the archive itself
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
