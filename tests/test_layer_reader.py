@@ -17,7 +17,7 @@ from support.tar import TarBuilder
 
 from fsnap.archive.apply import apply_layer
 from fsnap.archive.compression import open_uncompressed
-from fsnap.archive.reader import LayerStream
+from fsnap.archive.reader import MAX_TRAILING, LayerStream
 from fsnap.errors import InvalidArgument
 from fsnap.oci import OCI_LAYER_GZIP
 from fsnap.unpack.worker import FdSource
@@ -117,3 +117,22 @@ def test_a_failing_apply_wakes_the_reader_blocked_on_the_download(tmp_path: Path
     assert woken, "the applier stayed blocked on a download that had stalled"
     assert isinstance(outcome[0], InvalidArgument)
     assert not _reader_threads()
+
+
+def test_padding_after_the_archive_is_hashed_and_a_flood_of_it_refused(tmp_path: Path) -> None:
+    """What follows the end-of-archive blocks is part of the diff_id (hashed, counted) but
+    describes nothing and counted towards no limit: a small gzip inflating to gigabytes of
+    zeros after a tiny archive was read and hashed to its end. Padding as tar writers leave
+    it applies; past ``MAX_TRAILING`` the layer is InvalidArgument."""
+    archive = TarBuilder().file("etc/motd", b"hi\n").data()
+    padded = archive + bytes(1 << 20)  # a 1 MiB record size
+    (tmp_path / "a").mkdir()
+    result = apply_layer(io.BytesIO(padded), tmp_path / "a", sync=False)
+    assert result.diff_id == "sha256:" + hashlib.sha256(padded).hexdigest()
+    flood = gzip.compress(archive + bytes(MAX_TRAILING + (2 << 20)), compresslevel=1)
+    (tmp_path / "b").mkdir()
+    with (
+        open_uncompressed(io.BytesIO(flood), OCI_LAYER_GZIP) as stream,
+        pytest.raises(InvalidArgument, match="follow its end-of-archive"),
+    ):
+        apply_layer(stream, tmp_path / "b", sync=False)
