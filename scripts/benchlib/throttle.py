@@ -111,7 +111,8 @@ def running(upstream_port: int, mbit: float = 100.0, rtt: float = 0.020) -> Iter
         left = asyncio.all_tasks(loop)
         for task in left:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        if left:  # gather() of nothing asks for the thread's current loop, which it has not
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
         loop.close()
 
     thread = threading.Thread(target=serve, name="throttle", daemon=True)
