@@ -281,6 +281,24 @@ def _mount_log(root: Path) -> str:
     return "".join(log.read_text() for log in (root / "mounts").glob("*.log"))
 
 
+def _serves_with_a_refusing_disk(root: Path, ref: str, mnt: Path, frozen: Path, read: str) -> None:
+    """Mount ``ref`` lazily with ``frozen`` made immutable (EPERM for every write under
+    it): the background work says it cannot complete, ``read`` still reads (``etc/x`` is
+    ``first``, ``usr/y`` ``second``) and the layer stays lazy."""
+    subprocess.run(["chattr", "+i", str(frozen)], check=True)
+    try:
+        with image_mounted(root, ref, mnt) as mounted:
+            deadline = time.monotonic() + 30
+            while "cannot be completed" not in _mount_log(root) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert "Operation not permitted" in _mount_log(root)
+            expected = {"etc/x": b"first\n", "usr/y": b"second\n"}[read]
+            assert (mounted / read).read_bytes() == expected
+            assert _lazy(root)
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], check=True)
+
+
 def test_a_disk_error_in_the_background_work_leaves_the_mount_serving(
     registry: RegistryProcess, tmp_path: Path
 ) -> None:
@@ -297,18 +315,7 @@ def test_a_disk_error_in_the_background_work_leaves_the_mount_serving(
     registry.push_image(repo, "v1", estargz_image([*_prioritised(members[:2]), *members[2:]]))
     root, ref = tmp_path / "root", f"{registry.host}/{repo}:v1"
     succeeded(fsnap(root, "pull", "--lazy", ref))
-    etc = _layer_dir(root) / "etc"
-    subprocess.run(["chattr", "+i", str(etc)], check=True)
-    try:
-        with image_mounted(root, ref, tmp_path / "mnt") as mounted:
-            deadline = time.monotonic() + 30
-            while "cannot be completed" not in _mount_log(root) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert "Operation not permitted" in _mount_log(root)
-            assert (mounted / "usr/y").read_bytes() == b"second\n"
-            assert _lazy(root)
-    finally:
-        subprocess.run(["chattr", "-i", str(etc)], check=True)
+    _serves_with_a_refusing_disk(root, ref, tmp_path / "mnt", _layer_dir(root) / "etc", "usr/y")
 
 
 def _two_files_image(fault_server: FaultServer, registry: RegistryProcess, repo: str) -> str:
@@ -377,17 +384,7 @@ def test_a_disk_error_in_the_background_download_leaves_the_mount_serving(
     with Client(root) as client:
         ingest = client.content.ingests.root
     ingest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["chattr", "+i", str(ingest)], check=True)
-    try:
-        with image_mounted(root, ref, tmp_path / "mnt") as mounted:
-            deadline = time.monotonic() + 30
-            while "cannot be completed" not in _mount_log(root) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            assert "Operation not permitted" in _mount_log(root)
-            assert (mounted / "etc/x").read_bytes() == b"first\n"
-            assert _lazy(root)
-    finally:
-        subprocess.run(["chattr", "-i", str(ingest)], check=True)
+    _serves_with_a_refusing_disk(root, ref, tmp_path / "mnt", ingest, "etc/x")
 
 
 def test_a_chunk_pointing_at_another_files_bytes_gives_eio_not_those_bytes(
