@@ -50,6 +50,11 @@ def docker_tar(path: Path, image: Image, entries: Any) -> Path:
         "config.json": image.config.data,
         "l/layer.tar": image.layers[0].tar,
     }
+    return write_tar(path, members)
+
+
+def write_tar(path: Path, members: dict[str, bytes]) -> Path:
+    """An uncompressed tar at ``path`` of regular files ``members`` (name: contents)."""
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
@@ -146,11 +151,7 @@ def test_a_legacy_top_layer_with_a_malformed_config_is_refused(
         "top/json": json.dumps(meta).encode(),
         "top/layer.tar": image.layers[0].tar,
     }
-    with tarfile.open(archive, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    write_tar(archive, members)
     assert "top/json" in refused(tmp_path / "root", archive)
 
 
