@@ -76,13 +76,20 @@ def _too_sparse(scanner: _Scanner, max_holes: int) -> str:
     )
 
 
+# What a file system says when it cannot report holes: then the file counts as all data.
+_NO_HOLE_INFO = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ESPIPE, errno.ENOSYS)
+
+
 def _data_bytes(fd: int, size: int) -> int:
-    """The bytes of an open file that are not holes (``SEEK_DATA``/``SEEK_HOLE``)."""
+    """The bytes of an open file that are not holes (``SEEK_DATA``/``SEEK_HOLE``); all of
+    them where the file system cannot tell (no hole is then counted against the limit)."""
     data = offset = 0
     while offset < size:
         try:
             start = os.lseek(fd, offset, os.SEEK_DATA)
         except OSError as e:
+            if e.errno in _NO_HOLE_INFO and offset == 0:
+                return size
             if e.errno != errno.ENXIO:  # ENXIO: only a hole is left
                 raise
             break
